@@ -1,0 +1,170 @@
+package trading
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/shopspring/decimal"
+)
+
+// Trade is the execution of an approved order, in full, at the order's price.
+type Trade struct {
+	ID          uuid.UUID `json:"id"`
+	OrderID     uuid.UUID `json:"order_id"`
+	UserID      uuid.UUID `json:"-"`
+	Symbol      string    `json:"symbol"`
+	Side        Side      `json:"side"`
+	Quantity    Amount    `json:"quantity"`
+	Price       Amount    `json:"price"`
+	RealizedPnL Amount    `json:"realized_pnl"`
+	ExecutedAt  time.Time `json:"executed_at"`
+}
+
+// Position is what a user holds of a symbol: a signed quantity (negative is short), the
+// average entry price of the open quantity, and the P&L realized so far.
+type Position struct {
+	UserID        uuid.UUID
+	Symbol        string
+	Quantity      decimal.Decimal
+	AvgEntryPrice decimal.Decimal
+	RealizedPnL   decimal.Decimal
+	UpdatedAt     time.Time
+}
+
+// ApplyTrade returns the position after a trade of qty at price on side, and the P&L the
+// trade realized, by the average-cost method:
+//   - in the direction of the position (or from flat) the average entry price moves to the
+//     quantity-weighted mean, rounded to Scale digits;
+//   - against it, the closed quantity realizes (price - avg) * closed for a long, the mirror
+//     for a short, and the average stays;
+//   - a trade that crosses zero closes the old side and opens the remainder at price.
+//
+// qty must be positive. Pure, so that the database transaction and the tests share it.
+func ApplyTrade(p Position, side Side, qty, price decimal.Decimal) (Position, decimal.Decimal) {
+	signed := qty
+	if side == Sell {
+		signed = qty.Neg()
+	}
+	realized := decimal.Zero
+	newQty := p.Quantity.Add(signed)
+
+	switch {
+	case p.Quantity.IsZero() || p.Quantity.Sign() == signed.Sign():
+		cost := p.Quantity.Abs().Mul(p.AvgEntryPrice).Add(qty.Mul(price))
+		p.AvgEntryPrice = cost.Div(newQty.Abs()).Round(Scale)
+	default:
+		closed := decimal.Min(p.Quantity.Abs(), qty)
+		if p.Quantity.IsPositive() {
+			realized = price.Sub(p.AvgEntryPrice).Mul(closed)
+		} else {
+			realized = p.AvgEntryPrice.Sub(price).Mul(closed)
+		}
+		switch {
+		case newQty.IsZero():
+			p.AvgEntryPrice = decimal.Zero
+		case newQty.Sign() != p.Quantity.Sign():
+			p.AvgEntryPrice = price // crossed zero: the remainder opens at the trade price
+		}
+	}
+	p.Quantity = newQty
+	p.RealizedPnL = p.RealizedPnL.Add(realized)
+	return p, realized
+}
+
+// UnrealizedPnL is (mark - avg) * quantity; for a short the negative quantity makes it
+// (avg - mark) * |quantity|.
+func UnrealizedPnL(p Position, mark decimal.Decimal) decimal.Decimal {
+	return mark.Sub(p.AvgEntryPrice).Mul(p.Quantity)
+}
+
+// PositionView is a position as GET /api/positions shows it, valued at the mark price
+// (the price of the symbol's latest trade by anyone).
+type PositionView struct {
+	Symbol        string    `json:"symbol"`
+	Quantity      Amount    `json:"quantity"`
+	AvgEntryPrice Amount    `json:"avg_entry_price"`
+	MarkPrice     Amount    `json:"mark_price"`
+	MarketValue   Amount    `json:"market_value"`
+	UnrealizedPnL Amount    `json:"unrealized_pnl"`
+	RealizedPnL   Amount    `json:"realized_pnl"`
+	UpdatedAt     time.Time `json:"updated_at"`
+}
+
+// ViewPosition values p at mark.
+func ViewPosition(p Position, mark decimal.Decimal) PositionView {
+	return PositionView{
+		Symbol:        p.Symbol,
+		Quantity:      Amount{Decimal: p.Quantity, Set: true},
+		AvgEntryPrice: Amount{Decimal: p.AvgEntryPrice, Set: true},
+		MarkPrice:     Amount{Decimal: mark, Set: true},
+		MarketValue:   Amount{Decimal: p.Quantity.Mul(mark), Set: true},
+		UnrealizedPnL: Amount{Decimal: UnrealizedPnL(p, mark), Set: true},
+		RealizedPnL:   Amount{Decimal: p.RealizedPnL, Set: true},
+		UpdatedAt:     p.UpdatedAt,
+	}
+}
+
+// Summary is a user's book at a glance (GET /api/summary).
+type Summary struct {
+	PositionsCount   int    `json:"positions_count"`
+	GrossExposure    Amount `json:"gross_exposure"`
+	NetExposure      Amount `json:"net_exposure"`
+	RealizedPnL      Amount `json:"realized_pnl"`
+	UnrealizedPnL    Amount `json:"unrealized_pnl"`
+	DailyRealizedPnL Amount `json:"daily_realized_pnl"`
+	PendingOrders    int    `json:"pending_orders"`
+	TradesToday      int    `json:"trades_today"`
+}
+
+// Summarize folds valued positions into the summary's money fields; the counters of the
+// day come from the store.
+func Summarize(views []PositionView, dailyRealized decimal.Decimal, pending, tradesToday int) Summary {
+	gross, net, realized, unrealized := decimal.Zero, decimal.Zero, decimal.Zero, decimal.Zero
+	count := 0
+	for _, v := range views {
+		if !v.Quantity.IsZero() {
+			count++
+		}
+		gross = gross.Add(v.MarketValue.Abs())
+		net = net.Add(v.MarketValue.Decimal)
+		realized = realized.Add(v.RealizedPnL.Decimal)
+		unrealized = unrealized.Add(v.UnrealizedPnL.Decimal)
+	}
+	amt := func(d decimal.Decimal) Amount { return Amount{Decimal: d, Set: true} }
+	return Summary{
+		PositionsCount:   count,
+		GrossExposure:    amt(gross),
+		NetExposure:      amt(net),
+		RealizedPnL:      amt(realized),
+		UnrealizedPnL:    amt(unrealized),
+		DailyRealizedPnL: amt(dailyRealized),
+		PendingOrders:    pending,
+		TradesToday:      tradesToday,
+	}
+}
+
+// TradeFilter selects the caller's trades, newest first, with keyset pagination.
+type TradeFilter struct {
+	Symbol *string
+	Limit  int
+	Cursor string
+}
+
+// PortfolioService reads a user's trades, positions and summary. Positions and summary
+// are what the cache (runtime/redis) wraps; they take the user explicitly so that the
+// cache key is the user and not the request.
+type PortfolioService interface {
+	// FindTrades lists the caller's own trades newest first and the next cursor.
+	FindTrades(ctx context.Context, f TradeFilter) ([]*Trade, string, error)
+	// Positions returns userID's open positions valued at the mark (flat ones omitted).
+	Positions(ctx context.Context, userID uuid.UUID) ([]PositionView, error)
+	// Summary returns userID's summary.
+	Summary(ctx context.Context, userID uuid.UUID) (*Summary, error)
+}
+
+// Invalidator is told, before an approve returns, that a user's cached views are stale.
+// It is the seam between the order workflow and a read cache; without a cache it is nil.
+type Invalidator interface {
+	InvalidateUser(ctx context.Context, userID uuid.UUID) error
+}

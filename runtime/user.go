@@ -1,0 +1,79 @@
+package trading
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Role is what a user may do. Roles are cumulative: risk can do what a trader can,
+// admin what risk can.
+type Role string
+
+const (
+	RoleTrader Role = "trader" // submits and sees its own orders, trades and positions
+	RoleRisk   Role = "risk"   // additionally sees every order and decides pending ones
+	RoleAdmin  Role = "admin"  // all of that and manages users
+)
+
+// ParseRole returns the role named s.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RoleTrader, RoleRisk, RoleAdmin:
+		return r, nil
+	}
+	return "", Errorf(EINVALID, "role must be one of trader, risk, admin")
+}
+
+// User is an account that can log in.
+type User struct {
+	ID        uuid.UUID `json:"id"`
+	Username  string    `json:"username"`
+	Roles     []Role    `json:"roles"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Principal is the authenticated caller of a request, taken from a verified access token.
+type Principal struct {
+	UserID   uuid.UUID
+	Username string
+	Roles    []Role
+}
+
+// Has reports whether the principal holds role r.
+func (p Principal) Has(r Role) bool { return slices.Contains(p.Roles, r) }
+
+// CanSeeAll reports whether the principal sees every user's orders (risk and admin).
+func (p Principal) CanSeeAll() bool { return p.Has(RoleRisk) || p.Has(RoleAdmin) }
+
+// CanDecide reports whether the principal may approve or reject orders.
+func (p Principal) CanDecide() bool { return p.CanSeeAll() }
+
+// UserService stores users and checks their passwords.
+type UserService interface {
+	// CreateUser hashes password (bcrypt) and stores the user; ECONFLICT when the
+	// username is taken, EINVALID for a bad username or a password bcrypt refuses.
+	CreateUser(ctx context.Context, username, password string, role Role) (*User, error)
+	// EnsureUser creates the user when no user of that name exists and reports whether it did.
+	EnsureUser(ctx context.Context, username, password string, role Role) (bool, error)
+	// Authenticate returns the user when the password matches, else EUNAUTHORIZED.
+	// An unknown username costs the same time as a wrong password.
+	Authenticate(ctx context.Context, username, password string) (*User, error)
+	// FindUserByID returns the user or ENOTFOUND.
+	FindUserByID(ctx context.Context, id uuid.UUID) (*User, error)
+}
+
+// Session is one login: the chain of refresh tokens issued since a password was checked.
+// Refresh tokens are stored only as hashes.
+type SessionService interface {
+	// CreateSession starts a login and stores the first refresh token's hash.
+	CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) error
+	// RotateRefreshToken marks the token with oldHash used and stores newHash in the same
+	// login, returning the user. A token that was already rotated (reuse) revokes the whole
+	// login and returns EUNAUTHORIZED; an unknown, expired or revoked token is EUNAUTHORIZED.
+	RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (uuid.UUID, error)
+	// RevokeSession ends the login that the token belongs to; an unknown token is not an error.
+	RevokeSession(ctx context.Context, tokenHash []byte) error
+}
