@@ -1,0 +1,242 @@
+// Package jwt issues and verifies the access tokens of tradingd (HS256 JWTs with a `kid`
+// header) and makes the opaque refresh tokens, which are deliberately not JWTs: a refresh
+// token is 32 random bytes that the database knows only by its SHA-256.
+package jwt
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	gojwt "github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// MinSecretBytes is the shortest HS256 secret accepted: the hash's own size, as RFC 7518
+// section 3.2 asks.
+const MinSecretBytes = 32
+
+// accessUse marks a token as an access token so that no other token this service might
+// sign one day (refresh, password reset) can be replayed as one.
+const accessUse = "access"
+
+var kidPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// Key is one HS256 secret and the id that names it in a token's `kid` header.
+type Key struct {
+	ID     string
+	Secret []byte
+}
+
+// KeySet holds the keys that verify tokens; the first one also signs. Rotation: put the
+// new key first and keep the old one after it until the old tokens have expired.
+type KeySet struct {
+	keys []Key
+	byID map[string][]byte
+}
+
+// ParseKeys reads JWT_KEYS: `kid:base64secret` pairs separated by commas or newlines.
+// Secrets may use standard or URL base64, padded or not, and must decode to at least
+// MinSecretBytes. Errors name JWT_KEYS and the kid, never the secret.
+func ParseKeys(s string) (*KeySet, error) {
+	ks := &KeySet{byID: map[string][]byte{}}
+	for _, entry := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == '\n' || r == '\r' }) {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		kid, secret, ok := strings.Cut(entry, ":")
+		kid, secret = strings.TrimSpace(kid), strings.TrimSpace(secret)
+		if !ok || secret == "" {
+			return nil, fmt.Errorf("JWT_KEYS: each entry must be kid:base64secret")
+		}
+		if !kidPattern.MatchString(kid) {
+			return nil, fmt.Errorf("JWT_KEYS: key id %q must be 1 to 64 characters of A-Z a-z 0-9 . _ -", kid)
+		}
+		if _, dup := ks.byID[kid]; dup {
+			return nil, fmt.Errorf("JWT_KEYS: key id %q appears twice", kid)
+		}
+		raw, err := decodeSecret(secret)
+		if err != nil {
+			return nil, fmt.Errorf("JWT_KEYS: the secret of key %q is not base64", kid)
+		}
+		if len(raw) < MinSecretBytes {
+			return nil, fmt.Errorf("JWT_KEYS: the secret of key %q has %d bytes, at least %d are needed", kid, len(raw), MinSecretBytes)
+		}
+		ks.keys = append(ks.keys, Key{ID: kid, Secret: raw})
+		ks.byID[kid] = raw
+	}
+	if len(ks.keys) == 0 {
+		return nil, errors.New("JWT_KEYS: no key given (kid:base64secret)")
+	}
+	return ks, nil
+}
+
+func decodeSecret(s string) ([]byte, error) {
+	var err error
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		var b []byte
+		if b, err = enc.DecodeString(s); err == nil {
+			return b, nil
+		}
+	}
+	return nil, err
+}
+
+// SigningKeyID is the kid of the key that signs new tokens.
+func (ks *KeySet) SigningKeyID() string { return ks.keys[0].ID }
+
+// Len is the number of keys.
+func (ks *KeySet) Len() int { return len(ks.keys) }
+
+// Claims are the claims of an access token.
+type Claims struct {
+	Name  string   `json:"name"`
+	Roles []string `json:"roles"`
+	// Use is "access" for access tokens; verification refuses anything else.
+	Use string `json:"token_use"`
+	gojwt.RegisteredClaims
+}
+
+// Authority issues and verifies access tokens for one issuer and audience.
+type Authority struct {
+	keys      *KeySet
+	issuer    string
+	audience  string
+	ttl       time.Duration
+	parser    *gojwt.Parser
+	now       func() time.Time
+	signingID string
+}
+
+// leeway tolerates small clock differences between replicas when checking exp/iat.
+const leeway = 30 * time.Second
+
+// NewAuthority returns an Authority that signs with the first key of keys and accepts
+// tokens of issuer for audience that any key of keys signed.
+func NewAuthority(keys *KeySet, issuer, audience string, accessTTL time.Duration) *Authority {
+	a := &Authority{
+		keys:      keys,
+		issuer:    issuer,
+		audience:  audience,
+		ttl:       accessTTL,
+		now:       time.Now,
+		signingID: keys.SigningKeyID(),
+	}
+	// The algorithm is pinned: a token's own alg header never chooses how it is checked,
+	// which is what defeats alg=none and RS/HS confusion.
+	a.parser = gojwt.NewParser(
+		gojwt.WithValidMethods([]string{gojwt.SigningMethodHS256.Alg()}),
+		gojwt.WithExpirationRequired(),
+		gojwt.WithIssuedAt(),
+		gojwt.WithIssuer(issuer),
+		gojwt.WithAudience(audience),
+		gojwt.WithLeeway(leeway),
+		gojwt.WithTimeFunc(func() time.Time { return a.now() }),
+	)
+	return a
+}
+
+// AccessTTL is how long an access token lives (expires_in of a login).
+func (a *Authority) AccessTTL() time.Duration { return a.ttl }
+
+// Issue signs an access token for p and says how long it is valid.
+func (a *Authority) Issue(p trading.Principal) (string, time.Duration, error) {
+	now := a.now().UTC().Truncate(time.Second)
+	roles := make([]string, len(p.Roles))
+	for i, r := range p.Roles {
+		roles[i] = string(r)
+	}
+	claims := Claims{
+		Name:  p.Username,
+		Roles: roles,
+		Use:   accessUse,
+		RegisteredClaims: gojwt.RegisteredClaims{
+			Subject:   p.UserID.String(),
+			Issuer:    a.issuer,
+			Audience:  gojwt.ClaimStrings{a.audience},
+			IssuedAt:  gojwt.NewNumericDate(now),
+			ExpiresAt: gojwt.NewNumericDate(now.Add(a.ttl)),
+			ID:        uuid.NewString(),
+		},
+	}
+	t := gojwt.NewWithClaims(gojwt.SigningMethodHS256, claims)
+	t.Header["kid"] = a.signingID
+	s, err := t.SignedString(a.keys.byID[a.signingID])
+	if err != nil {
+		return "", 0, fmt.Errorf("sign access token: %w", err)
+	}
+	return s, a.ttl, nil
+}
+
+// Verify checks an access token (signature by the key its kid names, algorithm, exp, iat,
+// iss, aud, token use) and returns the principal it carries. Every failure is EUNAUTHORIZED
+// with a message that does not help an attacker tell the cases apart.
+func (a *Authority) Verify(token string) (trading.Principal, error) {
+	var claims Claims
+	_, err := a.parser.ParseWithClaims(token, &claims, a.keyFor)
+	if err != nil {
+		if errors.Is(err, gojwt.ErrTokenExpired) {
+			return trading.Principal{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token has expired", Err: err}
+		}
+		return trading.Principal{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token is not valid", Err: err}
+	}
+	invalid := func(why string) (trading.Principal, error) {
+		return trading.Principal{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token is not valid", Err: errors.New(why)}
+	}
+	if claims.Use != accessUse {
+		return invalid("not an access token")
+	}
+	id, err := uuid.Parse(claims.Subject)
+	if err != nil {
+		return invalid("sub is not a user id")
+	}
+	p := trading.Principal{UserID: id, Username: claims.Name}
+	for _, s := range claims.Roles {
+		r, err := trading.ParseRole(s)
+		if err != nil {
+			return invalid("unknown role")
+		}
+		p.Roles = append(p.Roles, r)
+	}
+	return p, nil
+}
+
+// keyFor picks the verification key by kid; a token without a kid or with one we do not
+// know is refused rather than tried against every key.
+func (a *Authority) keyFor(t *gojwt.Token) (any, error) {
+	kid, _ := t.Header["kid"].(string)
+	key, ok := a.keys.byID[kid]
+	if !ok {
+		return nil, errors.New("unknown kid")
+	}
+	return key, nil
+}
+
+// RefreshTokenBytes is the entropy of a refresh token.
+const RefreshTokenBytes = 32
+
+// NewRefreshToken returns a fresh opaque refresh token for the client and the hash that
+// the database stores in its place.
+func NewRefreshToken() (token string, hash []byte, err error) {
+	b := make([]byte, RefreshTokenBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, fmt.Errorf("refresh token: %w", err)
+	}
+	token = base64.RawURLEncoding.EncodeToString(b)
+	return token, HashRefreshToken(token), nil
+}
+
+// HashRefreshToken is the SHA-256 of a refresh token as the client presents it. A fast
+// hash is enough: the token has 256 bits of entropy, so there is nothing to brute-force.
+func HashRefreshToken(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
