@@ -1,0 +1,144 @@
+// Package postgres implements the services of package trading on PostgreSQL with pgx:
+// users, refresh-token sessions, the four-eyes order workflow, trades and positions.
+//
+// Every call is bounded by Config.QueryTimeout, and every database error goes through
+// mapError, so a dead database answers EUNAVAILABLE quickly and no SQL reaches a client.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// Pool defaults, as in the spec (DB_MAX_CONNS and friends).
+const (
+	DefaultMaxConns          int32 = 30
+	DefaultMinConns          int32 = 2
+	DefaultMaxConnLifetime         = time.Hour
+	DefaultHealthCheckPeriod       = 30 * time.Second
+	DefaultQueryTimeout            = 5 * time.Second
+
+	defaultConnectTimeout = 5 * time.Second
+)
+
+// Config configures the connection pool. Zero values take the defaults above.
+type Config struct {
+	URL               string
+	MaxConns          int32
+	MinConns          int32
+	MaxConnLifetime   time.Duration
+	HealthCheckPeriod time.Duration
+	// QueryTimeout bounds every service call (default 5s), so that a dead or stuck database
+	// gives EUNAVAILABLE quickly instead of holding requests.
+	QueryTimeout time.Duration
+	// Tracer, when set, sees every query (metrics).
+	Tracer pgx.QueryTracer
+}
+
+// DB is the connection pool shared by the services.
+type DB struct {
+	pool    *pgxpool.Pool
+	timeout time.Duration
+	// now is the clock of the "today" boundaries (daily P&L, trades today); tests keep it.
+	now func() time.Time
+}
+
+// Open builds the pool. It does not wait for the database: the pool connects lazily, so a
+// process can start (and report not ready) while the database is down.
+func Open(ctx context.Context, cfg Config) (*DB, error) {
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		// The parse error may quote the DSN, password included: never pass it on.
+		return nil, trading.Errorf(trading.EINVALID, "DATABASE_URL is not a valid PostgreSQL connection string")
+	}
+	pc.MaxConns = orDefault(cfg.MaxConns, DefaultMaxConns)
+	pc.MinConns = orDefault(cfg.MinConns, DefaultMinConns)
+	if pc.MinConns > pc.MaxConns {
+		pc.MinConns = pc.MaxConns
+	}
+	pc.MaxConnLifetime = orDefault(cfg.MaxConnLifetime, DefaultMaxConnLifetime)
+	pc.HealthCheckPeriod = orDefault(cfg.HealthCheckPeriod, DefaultHealthCheckPeriod)
+	timeout := orDefault(cfg.QueryTimeout, DefaultQueryTimeout)
+	if pc.ConnConfig.ConnectTimeout == 0 || pc.ConnConfig.ConnectTimeout > timeout {
+		pc.ConnConfig.ConnectTimeout = timeout
+	}
+	if cfg.Tracer != nil {
+		pc.ConnConfig.Tracer = cfg.Tracer
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: pool: %w", err)
+	}
+	return &DB{pool: pool, timeout: timeout, now: time.Now}, nil
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Pool returns the pgx pool (for metrics of its stats).
+func (db *DB) Pool() *pgxpool.Pool { return db.pool }
+
+// Close closes every connection of the pool.
+func (db *DB) Close() { db.pool.Close() }
+
+// Ping checks that the database answers (GET /readyz); EUNAVAILABLE otherwise.
+func (db *DB) Ping(ctx context.Context) error {
+	ctx, cancel := db.bound(ctx)
+	defer cancel()
+	return mapError(db.pool.Ping(ctx))
+}
+
+// CheckSchema returns the applied schema version, and an error wrapping ErrSchemaTooOld when it
+// is older than SchemaVersion (`serve` refuses to start then).
+func (db *DB) CheckSchema(ctx context.Context) (int64, error) {
+	ctx, cancel := db.bound(ctx)
+	defer cancel()
+	var version int64
+	err := db.pool.QueryRow(ctx,
+		`SELECT COALESCE(MAX(version_id), 0) FROM goose_db_version WHERE is_applied`).Scan(&version)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: never migrated
+		version, err = 0, nil
+	}
+	if err != nil {
+		return 0, mapError(err)
+	}
+	if version < SchemaVersion {
+		return version, fmt.Errorf("%w (database has version %d, this binary needs %d)",
+			ErrSchemaTooOld, version, SchemaVersion)
+	}
+	return version, nil
+}
+
+// bound gives a call its QueryTimeout.
+func (db *DB) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, db.timeout)
+}
+
+// inTx runs fn in a transaction bounded by the query timeout, committing when fn returns nil.
+func (db *DB) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	ctx, cancel := db.bound(ctx)
+	defer cancel()
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return mapError(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
+	if err := fn(tx); err != nil {
+		return mapError(err)
+	}
+	return mapError(tx.Commit(ctx))
+}

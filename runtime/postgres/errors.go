@@ -1,0 +1,89 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"net"
+	"syscall"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// SQLSTATE codes that the services react to.
+const (
+	codeUniqueViolation      = "23505"
+	codeSerializationFailure = "40001"
+	codeDeadlockDetected     = "40P01"
+	codeQueryCanceled        = "57014"
+	codeAdminShutdown        = "57P01"
+	codeCrashShutdown        = "57P02"
+	codeCannotConnectNow     = "57P03"
+	codeTooManyConnections   = "53300"
+)
+
+// mapError is the one place where database errors become coded trading errors:
+//   - an error that already carries a code passes through unchanged;
+//   - a database that cannot be reached, a timeout or a server going away is EUNAVAILABLE,
+//     so that the API answers 503 instead of hanging or claiming a bug;
+//   - a unique violation is ECONFLICT;
+//   - anything else is EINTERNAL, whose message is never shown (no SQL leaks to clients);
+//     the cause stays in Err for the logs.
+func mapError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *trading.Error
+	if errors.As(err, &te) {
+		return err
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return &trading.Error{Code: trading.ENOTFOUND, Message: "not found", Err: err}
+	}
+	if unavailable(err) {
+		return trading.Unavailable("database", err)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation {
+		return &trading.Error{Code: trading.ECONFLICT, Message: "already exists", Err: err}
+	}
+	return &trading.Error{Code: trading.EINTERNAL, Message: "internal error", Err: err}
+}
+
+// unavailable reports whether err means the database could not answer in time.
+func unavailable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections:
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	if pgconn.Timeout(err) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return true
+	}
+	// A pool that was closed, or a connection that died mid-query.
+	if errors.Is(err, pgx.ErrTxClosed) {
+		return false
+	}
+	return pgconn.SafeToRetry(err)
+}
