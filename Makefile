@@ -41,6 +41,40 @@ run: build ## start tradingd with demo users on a local or throwaway database an
 bench: build ## load-test tradingd against the local PostgreSQL, with baselines in the same run
 	hack/services.sh $(GO) run ./hack/bench
 
+##@ Operator
+
+# The operator image; it holds /manager and /tradingd, and is also the runtime's default image.
+IMG ?= ghcr.io/findmy/trading-operator:$(VERSION)
+CONTROLLER_GEN ?= bin/controller-gen
+KUBECTL ?= $(shell [ -x bin/k8s/1.37.2/kubectl ] && echo bin/k8s/1.37.2/kubectl || echo kubectl)
+CONTAINER_TOOL ?= docker
+
+$(CONTROLLER_GEN):
+	hack/envtest-assets.sh >/dev/null
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## generate the CRD (config/crd/bases) and the RBAC role (config/rbac/role.yaml) from the markers
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## generate the deepcopy functions of api/
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths="./api/..."
+
+.PHONY: install
+install: manifests ## install the CRD into the cluster of the current kubeconfig
+	$(KUBECTL) apply --server-side -k config/crd
+
+.PHONY: deploy
+deploy: manifests ## deploy the operator (image IMG) into the cluster of the current kubeconfig
+	@# A throwaway overlay sets the image, so the tree stays clean (kubectl has no `kustomize edit`).
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- %s\nimages:\n- name: controller\n  newName: %s\n' "$(CURDIR)/config/default" "$(IMG)" > "$$tmp/kustomization.yaml" && \
+	$(KUBECTL) apply --server-side -k "$$tmp"
+
+.PHONY: docker-build
+docker-build: ## build the operator image IMG (manager and tradingd; the runtime default image is IMG itself)
+	$(CONTAINER_TOOL) build --build-arg IMG=$(IMG) --build-arg VERSION=$(VERSION) -t $(IMG) .
+
 .PHONY: help
 help: ## this list
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
