@@ -1,0 +1,120 @@
+package http
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// errBodyTooLarge and errMediaType are answered with 413 and 415, which have no trading
+// code because no service ever returns them.
+var (
+	errBodyTooLarge = errors.New("request body too large")
+	errMediaType    = errors.New("unsupported media type")
+)
+
+// decode reads a JSON request body into v: application/json only, at most the body
+// limit, no unknown fields, nothing after the value. A value of the wrong JSON type for a
+// field is EINVALID naming the field, and v holds the other fields as read, so that a
+// caller can list every failing field at once.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return errMediaType
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.BodyLimit)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err)
+	}
+	// Anything but the end of the body after the value is refused: a client that sends
+	// two objects meant something we would silently drop.
+	if _, err := dec.Token(); err != io.EOF {
+		if err != nil {
+			if e := decodeError(err); errors.Is(e, errBodyTooLarge) {
+				return e
+			}
+		}
+		return trading.Errorf(trading.EMALFORMED, "unexpected data after the JSON value")
+	}
+	return nil
+}
+
+func decodeError(err error) error {
+	var maxErr *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &maxErr):
+		return errBodyTooLarge
+	case errors.As(err, &typeErr) && typeErr.Field != "":
+		return trading.Invalid(trading.FieldError{Field: typeErr.Field, Message: "must be a JSON " + jsonKind(typeErr.Type.Kind().String())})
+	case errors.As(err, &typeErr):
+		return trading.Errorf(trading.EMALFORMED, "the body must be a JSON object")
+	case errors.As(err, &syntaxErr):
+		return trading.Errorf(trading.EMALFORMED, "malformed JSON at byte %d", syntaxErr.Offset)
+	case errors.Is(err, io.EOF):
+		return trading.Errorf(trading.EMALFORMED, "the body is empty")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return trading.Errorf(trading.EMALFORMED, "the body ends in the middle of the JSON value")
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		// encoding/json has no type for this error; the message quotes the field name.
+		return trading.Errorf(trading.EMALFORMED, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	default:
+		return &trading.Error{Code: trading.EMALFORMED, Message: "malformed JSON body", Err: err}
+	}
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "string"
+	case "slice", "array":
+		return "array"
+	case "struct", "map", "ptr":
+		return "object"
+	case "bool":
+		return "boolean"
+	default:
+		return "number"
+	}
+}
+
+// decodeFailed answers a decode error.
+func (s *Server) decodeFailed(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, errMediaType):
+		s.problem(w, r, http.StatusUnsupportedMediaType, "the body must be application/json", nil)
+	case errors.Is(err, errBodyTooLarge):
+		s.problem(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body must be at most %d bytes", s.cfg.BodyLimit), nil)
+	default:
+		s.Error(w, r, err)
+	}
+}
+
+// mergeFields adds the fields of extra (wrong JSON types) to the fields of err
+// (validation), replacing validation's message for a field the decoder already named.
+func mergeFields(err error, extra []trading.FieldError) error {
+	if len(extra) == 0 {
+		return err
+	}
+	named := map[string]bool{}
+	for _, f := range extra {
+		named[f.Field] = true
+	}
+	fields := append([]trading.FieldError(nil), extra...)
+	for _, f := range trading.ErrorFields(err) {
+		if !named[f.Field] {
+			fields = append(fields, f)
+		}
+	}
+	return trading.Invalid(fields...)
+}

@@ -1,0 +1,123 @@
+package http
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// codeStatus is the one mapping from trading error codes to HTTP statuses.
+var codeStatus = map[string]int{
+	trading.EINVALID:      http.StatusUnprocessableEntity,
+	trading.EMALFORMED:    http.StatusBadRequest,
+	trading.EUNAUTHORIZED: http.StatusUnauthorized,
+	trading.EFORBIDDEN:    http.StatusForbidden,
+	trading.ENOTFOUND:     http.StatusNotFound,
+	trading.ECONFLICT:     http.StatusConflict,
+	trading.ERATELIMIT:    http.StatusTooManyRequests,
+	trading.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	trading.EINTERNAL:     http.StatusInternalServerError,
+}
+
+// ErrorStatus returns the HTTP status for err.
+func ErrorStatus(err error) int {
+	if status, ok := codeStatus[errorCode(err)]; ok {
+		return status
+	}
+	return http.StatusInternalServerError
+}
+
+// errorCode is trading.ErrorCode, except that a deadline which is not already a coded
+// error means a dependency did not answer in time: 503, not a bug.
+func errorCode(err error) string {
+	var te *trading.Error
+	if !errors.As(err, &te) && errors.Is(err, context.DeadlineExceeded) {
+		return trading.EUNAVAILABLE
+	}
+	return trading.ErrorCode(err)
+}
+
+// Problem is an RFC 9457 problem details body.
+type Problem struct {
+	Type   string               `json:"type"`
+	Title  string               `json:"title"`
+	Status int                  `json:"status"`
+	Detail string               `json:"detail"`
+	Errors []trading.FieldError `json:"errors,omitempty"`
+}
+
+// Error answers with the problem that err stands for. Internal errors are logged with
+// their cause and shown with a generic detail; the client's own disconnect is only logged.
+func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
+	code := errorCode(err)
+	status := ErrorStatus(err)
+	detail := trading.ErrorMessage(err)
+
+	switch code {
+	case trading.EINTERNAL:
+		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+			// The client went away; nobody reads this answer.
+			s.log.DebugContext(r.Context(), "request canceled by client", "request_id", RequestID(r.Context()), "route", r.Pattern)
+		} else {
+			s.log.ErrorContext(r.Context(), "internal error", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
+		}
+		detail = "internal error"
+	case trading.EUNAVAILABLE:
+		s.log.WarnContext(r.Context(), "dependency unavailable", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
+		if detail == "" || detail == "internal error" {
+			detail = "a dependency is unavailable, try again shortly"
+		}
+		// Clients may retry soon: the pool reconnects by itself.
+		w.Header().Set("Retry-After", "1")
+	case trading.EUNAUTHORIZED:
+		w.Header().Set("WWW-Authenticate", `Bearer`)
+	}
+	var fields []trading.FieldError
+	if code == trading.EINVALID {
+		fields = trading.ErrorFields(err)
+	}
+	s.problem(w, r, status, detail, fields)
+}
+
+// problem writes a problem+json body. Everything that answers with an error ends here.
+func (s *Server) problem(w http.ResponseWriter, r *http.Request, status int, detail string, fields []trading.FieldError) {
+	if status == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer`)
+	}
+	if status == http.StatusUnprocessableEntity && fields == nil {
+		fields = []trading.FieldError{} // the contract promises the member on every 422
+	}
+	p := Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail, Errors: fields}
+	if status == http.StatusUnprocessableEntity {
+		writeJSONAs(w, status, "application/problem+json", problem422{p, fields})
+		return
+	}
+	writeJSONAs(w, status, "application/problem+json", p)
+}
+
+// problem422 always shows "errors", even when empty.
+type problem422 struct {
+	Problem
+	Errors []trading.FieldError `json:"errors"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	writeJSONAs(w, status, "application/json", v)
+}
+
+func writeJSONAs(w http.ResponseWriter, status int, contentType string, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only a bug gets here (a type that cannot marshal); answer without a body.
+		w.WriteHeader(http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Del("Content-Length")
+	h.Set("Content-Type", contentType)
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}

@@ -1,0 +1,219 @@
+package http
+
+import (
+	"net/http"
+	"net/url"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// Listing limits (api.md: limit 1..500, default 50).
+const (
+	DefaultLimit = 50
+	MaxLimit     = 500
+)
+
+func (s *Server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
+	var req trading.OrderRequest
+	var typeFields []trading.FieldError
+	if err := s.decode(w, r, &req); err != nil {
+		// A field of the wrong JSON type is listed together with the other failing fields.
+		if trading.ErrorCode(err) != trading.EINVALID {
+			s.decodeFailed(w, r, err)
+			return
+		}
+		typeFields = trading.ErrorFields(err)
+	}
+	o, err := s.cfg.Rules.Validate(req)
+	if err != nil || typeFields != nil {
+		s.Error(w, r, mergeFields(err, typeFields))
+		return
+	}
+	order, created, err := s.svc.Orders.CreateOrder(r.Context(), o)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	status := http.StatusOK // an idempotent replay: the first order, unchanged
+	if created {
+		status = http.StatusCreated
+		w.Header().Set("Location", "/api/orders/"+order.ID.String())
+	}
+	writeJSON(w, status, order)
+}
+
+// OrderList is the answer of GET /api/orders; NextCursor is null on the last page.
+type OrderList struct {
+	Orders     []*trading.Order `json:"orders"`
+	NextCursor *string          `json:"next_cursor"`
+}
+
+func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var fields []trading.FieldError
+	f := trading.OrderFilter{Cursor: q.Get("cursor")}
+	if v := q.Get("status"); v != "" {
+		st, err := trading.ParseOrderStatus(v)
+		if err != nil {
+			fields = append(fields, trading.FieldError{Field: "status", Message: trading.ErrorMessage(err)})
+		}
+		f.Status = &st
+	}
+	if v := q.Get("symbol"); v != "" {
+		f.Symbol = &v
+	}
+	f.Limit, fields = parseLimit(q, fields)
+	if fields != nil {
+		s.Error(w, r, trading.Invalid(fields...))
+		return
+	}
+	orders, next, err := s.svc.Orders.FindOrders(r.Context(), f)
+	if err != nil {
+		s.Error(w, r, cursorError(err, f.Cursor))
+		return
+	}
+	writeJSON(w, http.StatusOK, OrderList{Orders: nonNil(orders), NextCursor: optional(next)})
+}
+
+// parseLimit reads the limit query parameter, DefaultLimit when absent.
+func parseLimit(q url.Values, fields []trading.FieldError) (int, []trading.FieldError) {
+	v := q.Get("limit")
+	if v == "" {
+		return DefaultLimit, fields
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxLimit {
+		return 0, append(fields, trading.FieldError{Field: "limit", Message: "must be an integer from 1 to 500"})
+	}
+	return n, fields
+}
+
+// cursorError names the cursor field when a service refuses a listing as invalid without
+// saying which field: the cursor is the only parameter it still checks.
+func cursorError(err error, cursor string) error {
+	if trading.ErrorCode(err) == trading.EINVALID && len(trading.ErrorFields(err)) == 0 && cursor != "" {
+		return trading.Invalid(trading.FieldError{Field: "cursor", Message: "is not a cursor of this listing"})
+	}
+	return err
+}
+
+// PendingList is the answer of GET /api/orders/pending.
+type PendingList struct {
+	Orders []*trading.Order `json:"orders"`
+}
+
+func (s *Server) handlePendingOrders(w http.ResponseWriter, r *http.Request) {
+	orders, err := s.svc.Orders.FindPendingOrders(r.Context())
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, PendingList{Orders: nonNil(orders)})
+}
+
+// errNoOrder answers an id that is not a UUID like one that does not exist.
+var errNoOrder = trading.Errorf(trading.ENOTFOUND, "order not found")
+
+func orderID(r *http.Request) (uuid.UUID, error) {
+	id, err := uuid.Parse(r.PathValue("id"))
+	if err != nil {
+		return uuid.Nil, errNoOrder
+	}
+	return id, nil
+}
+
+func (s *Server) handleGetOrder(w http.ResponseWriter, r *http.Request) {
+	id, err := orderID(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	order, err := s.svc.Orders.FindOrderByID(r.Context(), id)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, order)
+}
+
+// ApprovedOrder is the answer of an approve: the order's fields and the trade it produced.
+type ApprovedOrder struct {
+	*trading.Order
+	Trade *trading.Trade `json:"trade"`
+}
+
+func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
+	id, err := orderID(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	order, trade, err := s.svc.Orders.ApproveOrder(r.Context(), id)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	// Read-your-writes: the requester's cached positions and summary must be gone before
+	// anyone learns that the approve happened. The trade is committed whatever happens
+	// here, so a failure is logged rather than reported as a failed approve.
+	if s.svc.Invalidator != nil {
+		if err := s.svc.Invalidator.InvalidateUser(r.Context(), order.RequestedBy); err != nil {
+			s.log.WarnContext(r.Context(), "cache invalidation after approve failed", "error", err,
+				"request_id", RequestID(r.Context()), "user_id", order.RequestedBy)
+		}
+	}
+	writeJSON(w, http.StatusOK, ApprovedOrder{Order: order, Trade: trade})
+}
+
+type rejectRequest struct {
+	Reason *string `json:"reason"`
+}
+
+// MaxReasonLength bounds a rejection reason (characters).
+const MaxReasonLength = 500
+
+func (s *Server) handleReject(w http.ResponseWriter, r *http.Request) {
+	id, err := orderID(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	var req rejectRequest
+	if err := s.decode(w, r, &req); err != nil {
+		s.decodeFailed(w, r, err)
+		return
+	}
+	switch {
+	case req.Reason == nil || *req.Reason == "":
+		s.Error(w, r, trading.Invalid(trading.FieldError{Field: "reason", Message: "is required"}))
+		return
+	case utf8.RuneCountInString(*req.Reason) > MaxReasonLength:
+		s.Error(w, r, trading.Invalid(trading.FieldError{Field: "reason", Message: "must be at most 500 characters"}))
+		return
+	}
+	order, err := s.svc.Orders.RejectOrder(r.Context(), id, *req.Reason)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, order)
+}
+
+// nonNil makes an empty listing marshal as [] rather than null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}

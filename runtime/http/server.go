@@ -1,0 +1,258 @@
+// Package http is tradingd's HTTP API: routing, authentication, JSON decoding and the one
+// place where trading error codes become HTTP statuses. It owns no listener; cmd/tradingd
+// puts NewHandler and NewAdminHandler behind its http.Servers.
+package http
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/jwt"
+)
+
+// DefaultBodyLimit is the largest request body accepted (413 above it).
+const DefaultBodyLimit = 64 << 10
+
+// Config is what the API needs besides its services.
+type Config struct {
+	Rules      trading.OrderRules
+	Tokens     *jwt.Authority
+	RefreshTTL time.Duration
+	Logger     *slog.Logger
+	// BodyLimit caps request bodies; 0 means DefaultBodyLimit.
+	BodyLimit int64
+
+	// Observe wraps every route outside authentication, so it sees every request the
+	// route answers, 401s included (metrics). Applied in order: the first is outermost.
+	Observe []Middleware
+	// Guard wraps every route inside authentication, so the principal is in the context
+	// when the route needs one (rate limits per user; per client IP on login).
+	Guard []Middleware
+}
+
+// Services are the domain services the handlers call.
+type Services struct {
+	Users     trading.UserService
+	Sessions  trading.SessionService
+	Orders    trading.OrderService
+	Portfolio trading.PortfolioService
+	// Invalidator, when set, is told about the requester before an approve answers so
+	// that the requester's next positions and summary read their own write. May be nil.
+	Invalidator trading.Invalidator
+}
+
+// Rate-limit classes of the routes (api.md, Rate limits).
+const (
+	ClassNone    = ""        // not limited (openapi.json)
+	ClassLogin   = "login"   // per client IP
+	ClassTrading = "trading" // POST on orders, approve, reject
+	ClassData    = "data"    // GET under /api
+)
+
+// Route describes one endpoint to the middleware that wraps it.
+type Route struct {
+	// Pattern is the ServeMux pattern, e.g. "POST /api/orders/{id}/approve"; the request's
+	// r.Pattern equals it inside the route, so metrics label by it, never the raw path.
+	Pattern string
+	// Class is the rate-limit class.
+	Class string
+	// Auth is true when the route needs a bearer access token.
+	Auth bool
+}
+
+// Middleware wraps the handler of one route.
+type Middleware func(route Route, next http.Handler) http.Handler
+
+// Server holds the handlers' dependencies.
+type Server struct {
+	cfg    Config
+	svc    Services
+	log    *slog.Logger
+	mux    *http.ServeMux
+	routes []Route
+}
+
+// NewHandler returns the API handler (the :8080 port).
+func NewHandler(cfg Config, svc Services) http.Handler {
+	return newServer(cfg, svc)
+}
+
+func newServer(cfg Config, svc Services) *Server {
+	if cfg.BodyLimit <= 0 {
+		cfg.BodyLimit = DefaultBodyLimit
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, mux: http.NewServeMux()}
+
+	s.route("GET /openapi.json", ClassNone, false, s.handleOpenAPI)
+
+	s.route("POST /api/auth/login", ClassLogin, false, s.handleLogin)
+	// Refresh and logout are authorized by the refresh token in the body: a client whose
+	// access token has expired must still be able to use them.
+	s.route("POST /api/auth/refresh", ClassLogin, false, s.handleRefresh)
+	s.route("POST /api/auth/logout", ClassLogin, false, s.handleLogout)
+	s.route("GET /api/auth/me", ClassData, true, s.handleMe)
+
+	s.route("POST /api/orders", ClassTrading, true, s.handleCreateOrder)
+	s.route("GET /api/orders", ClassData, true, s.handleListOrders)
+	s.route("GET /api/orders/pending", ClassData, true, s.handlePendingOrders)
+	s.route("GET /api/orders/{id}", ClassData, true, s.handleGetOrder)
+	s.route("POST /api/orders/{id}/approve", ClassTrading, true, s.handleApprove)
+	s.route("POST /api/orders/{id}/reject", ClassTrading, true, s.handleReject)
+
+	s.route("GET /api/trades", ClassData, true, s.handleTrades)
+	s.route("GET /api/positions", ClassData, true, s.handlePositions)
+	s.route("GET /api/summary", ClassData, true, s.handleSummary)
+	return s
+}
+
+// route registers h under pattern with the chain Observe → authentication → Guard → h.
+func (s *Server) route(pattern, class string, auth bool, h http.HandlerFunc) {
+	rt := Route{Pattern: pattern, Class: class, Auth: auth}
+	s.routes = append(s.routes, rt)
+
+	var next http.Handler = h
+	for i := len(s.cfg.Guard) - 1; i >= 0; i-- {
+		next = s.cfg.Guard[i](rt, next)
+	}
+	if auth {
+		next = s.authenticate(next)
+	}
+	for i := len(s.cfg.Observe) - 1; i >= 0; i-- {
+		next = s.cfg.Observe[i](rt, next)
+	}
+	s.mux.Handle(pattern, next)
+}
+
+// Routes lists the routes the API serves, in registration order.
+func (s *Server) Routes() []Route { return append([]Route(nil), s.routes...) }
+
+// ServeHTTP is the outer chain every response passes through, unknown routes included:
+// security headers and request id first, then the access log and panic recovery.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	id := requestID(r)
+	setCommonHeaders(w.Header(), id)
+
+	info := &requestInfo{id: id}
+	r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
+	sw := &statusWriter{ResponseWriter: w}
+
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.ErrorContext(r.Context(), "panic in handler", "panic", v, "request_id", id, "route", r.Pattern)
+			if !sw.wrote {
+				s.problem(sw, r, http.StatusInternalServerError, "internal error", nil)
+			}
+		}
+		s.logRequest(r, info, sw.status, time.Since(start))
+	}()
+
+	// ServeMux answers unknown paths and wrong methods in plain text; find those first
+	// and let them answer through a writer that turns them into problem+json.
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		s.mux.ServeHTTP(&muxErrorWriter{statusWriter: sw, s: s, r: r}, r)
+		return
+	}
+	s.mux.ServeHTTP(sw, r)
+}
+
+func (s *Server) logRequest(r *http.Request, info *requestInfo, status int, d time.Duration) {
+	if status == 0 {
+		status = http.StatusOK
+	}
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.String("route", r.Pattern),
+		slog.Int("status", status),
+		slog.Duration("duration", d),
+		slog.String("request_id", info.id),
+	}
+	if info.user != "" {
+		attrs = append(attrs, slog.String("user_id", info.user))
+	}
+	s.log.LogAttrs(r.Context(), level, "request", attrs...)
+}
+
+// requestInfo is filled in along the chain for the access log.
+type requestInfo struct {
+	id   string
+	user string
+}
+
+type requestInfoKey struct{}
+
+func infoFrom(ctx context.Context) *requestInfo {
+	if i, ok := ctx.Value(requestInfoKey{}).(*requestInfo); ok {
+		return i
+	}
+	return &requestInfo{}
+}
+
+// RequestID returns the id of the request that ctx belongs to ("" outside a request).
+func RequestID(ctx context.Context) string { return infoFrom(ctx).id }
+
+// statusWriter remembers the status for the access log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.status, w.wrote = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.status, w.wrote = http.StatusOK, true
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (deadlines, flush).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// muxErrorWriter replaces ServeMux's plain-text 404 and 405 with problem+json; other
+// answers of the mux (redirects of unclean paths) pass through.
+type muxErrorWriter struct {
+	*statusWriter
+	s         *Server
+	r         *http.Request
+	swallowed bool
+}
+
+func (w *muxErrorWriter) WriteHeader(code int) {
+	switch code {
+	case http.StatusNotFound:
+		w.swallowed = true
+		w.s.problem(w.statusWriter, w.r, code, "no such resource", nil)
+	case http.StatusMethodNotAllowed:
+		w.swallowed = true // the mux has set Allow already
+		w.s.problem(w.statusWriter, w.r, code, "method not allowed on this resource", nil)
+	default:
+		w.statusWriter.WriteHeader(code)
+	}
+}
+
+func (w *muxErrorWriter) Write(b []byte) (int, error) {
+	if w.swallowed {
+		return len(b), nil
+	}
+	return w.statusWriter.Write(b)
+}
