@@ -1,0 +1,104 @@
+package trading
+
+import (
+	"testing"
+
+	"github.com/shopspring/decimal"
+)
+
+func dec(s string) decimal.Decimal { return decimal.RequireFromString(s) }
+
+type fill struct {
+	side       Side
+	qty, price string
+}
+
+func TestApplyTrade(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		fills    []fill
+		qty      string // position quantity after all fills
+		avg      string // average entry price after all fills
+		realized string // realized P&L of the last fill
+		total    string // realized P&L of the position after all fills
+	}{
+		{"buy from flat", []fill{{Buy, "100", "150"}}, "100", "150", "0", "0"},
+		{"sell from flat opens a short", []fill{{Sell, "100", "150"}}, "-100", "150", "0", "0"},
+		{"adding to a long moves the average", []fill{{Buy, "100", "150"}, {Buy, "100", "160"}}, "200", "155", "0", "0"},
+		{"weighted average", []fill{{Buy, "100", "150"}, {Buy, "300", "170"}}, "400", "165", "0", "0"},
+		{"adding to a short moves the average", []fill{{Sell, "100", "150"}, {Sell, "100", "160"}}, "-200", "155", "0", "0"},
+		{"closing a long at a profit", []fill{{Buy, "100", "150"}, {Sell, "100", "160"}}, "0", "0", "1000", "1000"},
+		{"closing a long at a loss", []fill{{Buy, "100", "150"}, {Sell, "100", "140"}}, "0", "0", "-1000", "-1000"},
+		{"partly closing a long keeps the average", []fill{{Buy, "100", "150"}, {Sell, "40", "160"}}, "60", "150", "400", "400"},
+		{"closing a short at a profit", []fill{{Sell, "100", "150"}, {Buy, "100", "140"}}, "0", "0", "1000", "1000"},
+		{"closing a short at a loss", []fill{{Sell, "100", "150"}, {Buy, "100", "160"}}, "0", "0", "-1000", "-1000"},
+		{"a sell crossing zero opens a short at the trade price", []fill{{Buy, "100", "150"}, {Sell, "150", "160"}}, "-50", "160", "1000", "1000"},
+		{"a buy crossing zero opens a long at the trade price", []fill{{Sell, "100", "150"}, {Buy, "130", "140"}}, "30", "140", "1000", "1000"},
+		{"realized P&L accumulates", []fill{{Buy, "100", "150"}, {Sell, "50", "160"}, {Sell, "50", "140"}}, "0", "0", "-500", "0"},
+		{"fractional quantities", []fill{{Buy, "0.5", "100.1"}, {Buy, "0.25", "100.4"}}, "0.75", "100.2", "0", "0"},
+		{"average rounded to 8 digits", []fill{{Buy, "1", "1"}, {Buy, "2", "2"}}, "3", "1.66666667", "0", "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var p Position
+			var realized decimal.Decimal
+			for _, f := range tc.fills {
+				p, realized = ApplyTrade(p, f.side, dec(f.qty), dec(f.price))
+			}
+			if !p.Quantity.Equal(dec(tc.qty)) {
+				t.Errorf("quantity %s, want %s", p.Quantity, tc.qty)
+			}
+			if !p.AvgEntryPrice.Equal(dec(tc.avg)) {
+				t.Errorf("avg entry %s, want %s", p.AvgEntryPrice, tc.avg)
+			}
+			if !realized.Equal(dec(tc.realized)) {
+				t.Errorf("realized by the last fill %s, want %s", realized, tc.realized)
+			}
+			if !p.RealizedPnL.Equal(dec(tc.total)) {
+				t.Errorf("position's realized P&L %s, want %s", p.RealizedPnL, tc.total)
+			}
+		})
+	}
+}
+
+func TestUnrealizedPnL(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		qty, avg, mark string
+		want           string
+	}{
+		{"long in profit", "100", "150", "160", "1000"},
+		{"long at a loss", "100", "150", "140", "-1000"},
+		{"short in profit", "-100", "150", "140", "1000"},
+		{"short at a loss", "-100", "150", "160", "-1000"},
+		{"flat", "0", "0", "160", "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Position{Quantity: dec(tc.qty), AvgEntryPrice: dec(tc.avg)}
+			if got := UnrealizedPnL(p, dec(tc.mark)); !got.Equal(dec(tc.want)) {
+				t.Errorf("unrealized %s, want %s", got, tc.want)
+			}
+			v := ViewPosition(p, dec(tc.mark))
+			if !v.UnrealizedPnL.Equal(dec(tc.want)) || !v.MarketValue.Equal(dec(tc.qty).Mul(dec(tc.mark))) {
+				t.Errorf("view %+v", v)
+			}
+		})
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	long := ViewPosition(Position{Symbol: "BTC/USD", Quantity: dec("2"), AvgEntryPrice: dec("100"), RealizedPnL: dec("10")}, dec("110"))
+	short := ViewPosition(Position{Symbol: "ETH/USD", Quantity: dec("-3"), AvgEntryPrice: dec("50"), RealizedPnL: dec("-4")}, dec("40"))
+	s := Summarize([]PositionView{long, short}, dec("6"), 2, 5)
+	for name, got := range map[string]decimal.Decimal{
+		"gross 220+120": s.GrossExposure.Decimal, "net 220-120": s.NetExposure.Decimal,
+		"realized 10-4": s.RealizedPnL.Decimal, "unrealized 20+30": s.UnrealizedPnL.Decimal, "daily": s.DailyRealizedPnL.Decimal,
+	} {
+		want := map[string]string{"gross 220+120": "340", "net 220-120": "100", "realized 10-4": "6", "unrealized 20+30": "50", "daily": "6"}[name]
+		if !got.Equal(dec(want)) {
+			t.Errorf("%s: %s, want %s", name, got, want)
+		}
+	}
+	if s.PositionsCount != 2 || s.PendingOrders != 2 || s.TradesToday != 5 {
+		t.Errorf("counters %+v", s)
+	}
+}
