@@ -1,0 +1,480 @@
+// Package cache is the read cache in front of a trader's positions and summary: an
+// in-process L1 (otter v2, TTL and a size bound in approximate bytes) and an optional shared
+// L2 (Remote, implemented by runtime/redis) whose pub/sub channel carries invalidations to
+// every replica.
+//
+// Consistency. An approve calls InvalidateUser before it returns. InvalidateUser bumps the
+// user's generation (part of every L1 key, so a load that started earlier can only fill an
+// entry nobody reads any more), deletes the user's L1 and L2 entries and publishes the
+// invalidation; Remote.PublishInvalidation returns once every subscribed replica has dropped
+// its L1 entries (acknowledged pub/sub), and the L2 keys are deleted once more afterwards to
+// remove a value that a slow loader on another replica wrote in between. So a read on any
+// replica after InvalidateUser returned is fresh. Pub/sub is at most once: a replica flushes
+// its whole L1 on every (re)subscription, and an invalidation that could not reach Redis is
+// remembered and replayed when Redis is back. What remains is bounded by the TTLs
+// (positions 30s, summary 10s): while Redis is down, another replica may serve an L1 entry
+// cached before the trade until it expires.
+//
+// Redis errors never fail a read: every Remote call is bounded by the Remote's own short
+// timeout and skipped while it reports itself unhealthy; the read then uses L1 and the
+// database. Concurrent misses for one key do the database work once (otter's loader); the
+// load runs under context.WithoutCancel plus LoadTimeout so that the first caller going
+// away does not fail the others, and callers get copies, never the cached value itself.
+//
+// Wiring (cmd/tradingd serve):
+//
+//	var remote cache.Remote          // nil without REDIS_URL: L1 only, invalidated locally
+//	if rc != nil { remote = rc }      // rc is the *redis.Client from redis.Open
+//	portfolio := cache.NewPortfolio(postgres.NewPortfolioService(db), cache.Options{
+//		PositionsTTL: cfg.CachePositionsTTL, // CACHE_POSITIONS_TTL, default 30s
+//		SummaryTTL:   cfg.CacheSummaryTTL,   // CACHE_SUMMARY_TTL, default 10s
+//		Remote:       remote,
+//		Observer:     m,                     // *metrics.Metrics: cache_hits_total / cache_misses_total
+//		Logger:       logger,
+//	})
+//	defer portfolio.Close()
+//	m.WatchCache("l1", portfolio.L1Stats) // cache_entries / cache_size_bytes
+//	m.WatchCache("l2", portfolio.L2Stats)
+//	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{..., Invalidator: portfolio})
+//	// give `portfolio` (a trading.PortfolioService) to the HTTP server instead of the postgres one.
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"hash/maphash"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/maypok86/otter/v2"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// Remote is the shared L2 and the invalidation channel between replicas. *redis.Client
+// (runtime/redis) implements it. Every method must bound its own time (a short timeout)
+// and return at once while the remote is known to be down.
+type Remote interface {
+	// Get returns the value stored under key; ok is false when there is none.
+	Get(ctx context.Context, key string) (val []byte, ok bool, err error)
+	// Set stores val under key for ttl.
+	Set(ctx context.Context, key string, val []byte, ttl time.Duration) error
+	// Delete removes keys.
+	Delete(ctx context.Context, keys ...string) error
+	// PublishInvalidation tells every subscribed replica that userID's entries are stale and
+	// returns once they have all handled it (onInvalidate returned), or with an error.
+	PublishInvalidation(ctx context.Context, userID uuid.UUID) error
+	// SubscribeInvalidations calls onSubscribe on every (re)subscription and onInvalidate for
+	// every published invalidation until stop is called.
+	SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID)) (stop func())
+	// Healthy reports whether the remote is answering; false means degraded.
+	Healthy() bool
+	// Stats counts the entries under a key prefix and their bytes (for metrics).
+	Stats(ctx context.Context, prefix string, maxKeys int) (entries, bytes int64, err error)
+}
+
+// Observer is told about every lookup; *metrics.Metrics implements it. level is "l1" or
+// "l2", pattern is "positions" or "summary".
+type Observer interface {
+	CacheHit(level, pattern string)
+	CacheMiss(level, pattern string)
+}
+
+// Options configure a Portfolio. Zero values take the defaults.
+type Options struct {
+	PositionsTTL time.Duration // default 30s (CACHE_POSITIONS_TTL)
+	SummaryTTL   time.Duration // default 10s (CACHE_SUMMARY_TTL)
+	// MaxBytes bounds L1 by the approximate size of its values (default 64 MiB).
+	MaxBytes uint64
+	// LoadTimeout bounds one database load, detached from the caller's context (default 5s).
+	LoadTimeout time.Duration
+	// Remote is the L2 and invalidation channel; nil means L1 only, invalidated locally.
+	Remote   Remote
+	Observer Observer
+	Logger   *slog.Logger
+	// KeyPrefix is put in front of the L2 keys (default "cache:").
+	KeyPrefix string
+}
+
+type kind uint8
+
+const (
+	kindPositions kind = iota
+	kindSummary
+)
+
+func (k kind) String() string {
+	if k == kindPositions {
+		return "positions"
+	}
+	return "summary"
+}
+
+// key is an L1 key: the user, the flush epoch and the user's generation, so that an entry
+// loaded before an invalidation can never be found afterwards.
+type key struct {
+	user  uuid.UUID
+	epoch uint64
+	gen   uint64
+	kind  kind
+}
+
+// entry is an immutable cached value; callers get copies.
+type entry struct {
+	positions []trading.PositionView
+	summary   *trading.Summary
+}
+
+const stripes = 64
+
+type stripe struct {
+	// mu excludes bumping a generation while a load writes L2 for the old one (see setL2).
+	mu   sync.RWMutex
+	gens map[uuid.UUID]uint64
+}
+
+// Portfolio is a trading.PortfolioService and trading.Invalidator that caches Positions
+// and Summary per user. FindTrades passes through.
+type Portfolio struct {
+	next   trading.PortfolioService
+	opts   Options
+	l1     *otter.Cache[key, *entry]
+	epoch  atomic.Uint64
+	seed   maphash.Seed
+	stripe [stripes]stripe
+	log    *slog.Logger
+	stop   func()
+
+	pendingMu sync.Mutex
+	pending   map[uuid.UUID]struct{} // invalidations Redis did not get; replayed on resubscribe
+	replaying atomic.Bool
+
+	l2statsMu sync.Mutex
+	l2statsAt time.Time
+	l2entries int64
+	l2bytes   int64
+}
+
+var (
+	_ trading.PortfolioService = (*Portfolio)(nil)
+	_ trading.Invalidator      = (*Portfolio)(nil)
+)
+
+// NewPortfolio wraps next. With a Remote it subscribes to invalidations at once; call Close
+// at shutdown.
+func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
+	if o.PositionsTTL <= 0 {
+		o.PositionsTTL = 30 * time.Second
+	}
+	if o.SummaryTTL <= 0 {
+		o.SummaryTTL = 10 * time.Second
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = 64 << 20
+	}
+	if o.LoadTimeout <= 0 {
+		o.LoadTimeout = 5 * time.Second
+	}
+	if o.KeyPrefix == "" {
+		o.KeyPrefix = "cache:"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]struct{}{}}
+	for i := range p.stripe {
+		p.stripe[i].gens = map[uuid.UUID]uint64{}
+	}
+	p.l1 = otter.Must(&otter.Options[key, *entry]{
+		MaximumWeight: o.MaxBytes,
+		Weigher:       weigh,
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[key, *entry]) time.Duration {
+			return p.ttl(e.Key.kind)
+		}),
+	})
+	p.stop = func() {}
+	if o.Remote != nil {
+		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, p.dropLocal)
+	}
+	return p
+}
+
+// Close stops the invalidation subscription.
+func (p *Portfolio) Close() { p.stop() }
+
+// weigh approximates the bytes an entry holds: a position view is a dozen decimals and a
+// symbol, about 400 bytes with their big.Int backing; a summary about 300.
+func weigh(k key, e *entry) uint32 {
+	if e.summary != nil {
+		return 64 + 300
+	}
+	return uint32(64 + 48 + 400*len(e.positions))
+}
+
+func (p *Portfolio) ttl(k kind) time.Duration {
+	if k == kindPositions {
+		return p.opts.PositionsTTL
+	}
+	return p.opts.SummaryTTL
+}
+
+func (p *Portfolio) stripeOf(user uuid.UUID) *stripe {
+	return &p.stripe[maphash.Bytes(p.seed, user[:])%stripes]
+}
+
+func (p *Portfolio) currentKey(user uuid.UUID, k kind) key {
+	s := p.stripeOf(user)
+	s.mu.RLock()
+	g := s.gens[user]
+	s.mu.RUnlock()
+	return key{user: user, epoch: p.epoch.Load(), gen: g, kind: k}
+}
+
+func (p *Portfolio) l2Key(user uuid.UUID, k kind) string {
+	return p.opts.KeyPrefix + k.String() + ":" + user.String()
+}
+
+// FindTrades is not cached: it is paginated and read far less than positions.
+func (p *Portfolio) FindTrades(ctx context.Context, f trading.TradeFilter) ([]*trading.Trade, string, error) {
+	return p.next.FindTrades(ctx, f)
+}
+
+// Positions returns userID's positions from L1, L2 or the database, in that order.
+func (p *Portfolio) Positions(ctx context.Context, userID uuid.UUID) ([]trading.PositionView, error) {
+	e, err := p.get(ctx, userID, kindPositions)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(e.positions), nil
+}
+
+// Summary returns userID's summary from L1, L2 or the database, in that order.
+func (p *Portfolio) Summary(ctx context.Context, userID uuid.UUID) (*trading.Summary, error) {
+	e, err := p.get(ctx, userID, kindSummary)
+	if err != nil {
+		return nil, err
+	}
+	s := *e.summary
+	return &s, nil
+}
+
+func (p *Portfolio) observe(hit bool, level string, k kind) {
+	if p.opts.Observer == nil {
+		return
+	}
+	if hit {
+		p.opts.Observer.CacheHit(level, k.String())
+	} else {
+		p.opts.Observer.CacheMiss(level, k.String())
+	}
+}
+
+func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, error) {
+	ck := p.currentKey(user, k)
+	if e, ok := p.l1.GetIfPresent(ck); ok {
+		p.observe(true, "l1", k)
+		return e, nil
+	}
+	p.observe(false, "l1", k)
+	// otter collapses concurrent loads of one key into one call of the loader.
+	return p.l1.Get(ctx, ck, otter.LoaderFunc[key, *entry](p.load))
+}
+
+// load fills one key from L2 or the database. It runs once for all concurrent callers of
+// the key, detached from the first caller's cancellation.
+func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.LoadTimeout)
+	defer cancel()
+
+	r := p.opts.Remote
+	useL2 := r != nil && r.Healthy()
+	if useL2 {
+		if b, ok, err := r.Get(ctx, p.l2Key(ck.user, ck.kind)); err == nil && ok {
+			if e, err := decode(ck.kind, b); err == nil {
+				p.observe(true, "l2", ck.kind)
+				return e, nil
+			}
+		}
+		p.observe(false, "l2", ck.kind)
+	}
+
+	var e entry
+	var err error
+	if ck.kind == kindPositions {
+		e.positions, err = p.next.Positions(ctx, ck.user)
+		if e.positions == nil && err == nil {
+			e.positions = []trading.PositionView{}
+		}
+	} else {
+		e.summary, err = p.next.Summary(ctx, ck.user)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if useL2 {
+		p.setL2(ctx, ck, &e)
+	}
+	return &e, nil
+}
+
+// setL2 writes a loaded value to L2 unless the user was invalidated since the load began.
+// The stripe's read lock is held across the check and the write, and an invalidation takes
+// the write lock to bump the generation, so either the write lands before the bump (and the
+// publisher's second delete removes it) or it is skipped.
+func (p *Portfolio) setL2(ctx context.Context, ck key, e *entry) {
+	b, err := encode(e)
+	if err != nil {
+		return
+	}
+	s := p.stripeOf(ck.user)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.gens[ck.user] != ck.gen || p.epoch.Load() != ck.epoch {
+		return
+	}
+	_ = p.opts.Remote.Set(ctx, p.l2Key(ck.user, ck.kind), b, p.ttl(ck.kind))
+}
+
+func encode(e *entry) ([]byte, error) {
+	if e.summary != nil {
+		return json.Marshal(e.summary)
+	}
+	return json.Marshal(e.positions)
+}
+
+func decode(k kind, b []byte) (*entry, error) {
+	var e entry
+	if k == kindSummary {
+		e.summary = new(trading.Summary)
+		return &e, json.Unmarshal(b, e.summary)
+	}
+	e.positions = []trading.PositionView{}
+	return &e, json.Unmarshal(b, &e.positions)
+}
+
+// dropLocal makes userID's L1 entries unreachable (new generation) and removes them.
+func (p *Portfolio) dropLocal(user uuid.UUID) {
+	s := p.stripeOf(user)
+	s.mu.Lock()
+	old := s.gens[user]
+	s.gens[user] = old + 1
+	s.mu.Unlock()
+	ep := p.epoch.Load()
+	p.l1.Invalidate(key{user: user, epoch: ep, gen: old, kind: kindPositions})
+	p.l1.Invalidate(key{user: user, epoch: ep, gen: old, kind: kindSummary})
+}
+
+// flushAll empties L1: called on every (re)subscription, because invalidations published
+// while this replica was not subscribed are lost.
+func (p *Portfolio) flushAll() {
+	for i := range p.stripe {
+		p.stripe[i].mu.Lock()
+	}
+	p.epoch.Add(1)
+	for i := range p.stripe {
+		p.stripe[i].mu.Unlock()
+	}
+	p.l1.InvalidateAll()
+}
+
+func (p *Portfolio) onSubscribe() {
+	p.flushAll()
+	p.pendingMu.Lock()
+	n := len(p.pending)
+	p.pendingMu.Unlock()
+	// Not on the subscriber's goroutine: a publish waits for this replica's acknowledgement.
+	if n > 0 && p.replaying.CompareAndSwap(false, true) {
+		go p.replay()
+	}
+}
+
+// replay sends the invalidations that Redis missed while it was down.
+func (p *Portfolio) replay() {
+	defer p.replaying.Store(false)
+	p.pendingMu.Lock()
+	users := make([]uuid.UUID, 0, len(p.pending))
+	for u := range p.pending {
+		users = append(users, u)
+	}
+	clear(p.pending)
+	p.pendingMu.Unlock()
+	for _, u := range users {
+		if err := p.invalidateRemote(context.Background(), u); err != nil {
+			p.remember(u)
+		}
+	}
+	if len(users) > 0 {
+		p.log.Info("replayed cache invalidations that Redis missed", "users", len(users))
+	}
+}
+
+func (p *Portfolio) remember(u uuid.UUID) {
+	p.pendingMu.Lock()
+	p.pending[u] = struct{}{}
+	p.pendingMu.Unlock()
+}
+
+// InvalidateUser drops userID's cached positions and summary here, in L2 and in every other
+// replica's L1 before it returns. It never fails the caller (the trade is already
+// committed): when Redis cannot be reached it logs, remembers the user for a replay on
+// reconnection, and returns nil; the TTL bounds what another replica may still serve.
+func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID) error {
+	p.dropLocal(userID)
+	if p.opts.Remote == nil {
+		return nil
+	}
+	if err := p.invalidateRemote(ctx, userID); err != nil {
+		p.remember(userID)
+		p.log.Warn("cache invalidation did not reach every replica; the TTL bounds staleness there",
+			"user_id", userID.String(), "err", err.Error())
+	}
+	return nil
+}
+
+func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID) error {
+	r := p.opts.Remote
+	keys := []string{p.l2Key(userID, kindPositions), p.l2Key(userID, kindSummary)}
+	if err := r.Delete(ctx, keys...); err != nil {
+		return err
+	}
+	if err := r.PublishInvalidation(ctx, userID); err != nil {
+		return err
+	}
+	// Another replica's load may have written L2 between the first delete and its
+	// acknowledgement (see setL2); after the acknowledgements no such write can follow.
+	return r.Delete(ctx, keys...)
+}
+
+// Degraded reports whether the L2 is configured but not answering.
+func (p *Portfolio) Degraded() bool {
+	return p.opts.Remote != nil && !p.opts.Remote.Healthy()
+}
+
+// L1Stats returns the L1's entry count and approximate bytes (for metrics.WatchCache).
+func (p *Portfolio) L1Stats() (entries, bytes int64) {
+	return int64(p.l1.EstimatedSize()), int64(p.l1.WeightedSize())
+}
+
+// L2Stats returns the L2's entry count and bytes, scanned at most every 10 seconds (for
+// metrics.WatchCache); zero without a Remote.
+func (p *Portfolio) L2Stats() (entries, bytes int64) {
+	if p.opts.Remote == nil {
+		return 0, 0
+	}
+	p.l2statsMu.Lock()
+	defer p.l2statsMu.Unlock()
+	if time.Since(p.l2statsAt) < 10*time.Second {
+		return p.l2entries, p.l2bytes
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if e, b, err := p.opts.Remote.Stats(ctx, p.opts.KeyPrefix, 100000); err == nil {
+		p.l2entries, p.l2bytes = e, b
+	}
+	p.l2statsAt = time.Now()
+	return p.l2entries, p.l2bytes
+}

@@ -1,0 +1,334 @@
+package metrics
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// maxTables caps the table label: table names come from our own SQL, but a cap keeps the
+// label set bounded whatever is sent through the pool.
+const maxTables = 32
+
+type tableSet struct {
+	mu   sync.RWMutex
+	seen map[string]struct{}
+}
+
+// label returns name when it is already known or there is room for it, else "other".
+func (s *tableSet) label(name string) string {
+	s.mu.RLock()
+	_, ok := s.seen[name]
+	n := len(s.seen)
+	s.mu.RUnlock()
+	if ok {
+		return name
+	}
+	if n >= maxTables {
+		return "other"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]struct{}{}
+	}
+	if len(s.seen) >= maxTables {
+		return "other"
+	}
+	s.seen[name] = struct{}{}
+	return name
+}
+
+type queryStartKey struct{}
+
+type queryStart struct {
+	table, op string
+	at        time.Time
+}
+
+type tracer struct{ m *Metrics }
+
+// QueryTracer returns the pgx.QueryTracer for postgres.Config.Tracer: db_queries_total by
+// table and operation, db_query_duration_seconds by table.
+func (m *Metrics) QueryTracer() pgx.QueryTracer { return tracer{m} }
+
+func (t tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	op, table := ClassifySQL(data.SQL)
+	return context.WithValue(ctx, queryStartKey{}, queryStart{table: t.m.tables.label(table), op: op, at: time.Now()})
+}
+
+func (t tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
+	qs, ok := ctx.Value(queryStartKey{}).(queryStart)
+	if !ok {
+		return
+	}
+	t.m.dbQueries.WithLabelValues(qs.table, qs.op).Inc()
+	t.m.dbQueryDuration.WithLabelValues(qs.table).Observe(time.Since(qs.at).Seconds())
+}
+
+// ClassifySQL returns the operation (select, insert, update, delete, other) and the main
+// table of a statement without parsing it: the first keyword, then the word after FROM,
+// INTO or UPDATE. A CTE (WITH ...) is classified by its final statement's keyword when it
+// can be found cheaply, else "select". Unknown shapes give "other".
+func ClassifySQL(sql string) (op, table string) {
+	s := skipSpaceAndComments(sql)
+	kw, _ := nextWord(s)
+	kw = strings.ToLower(kw)
+	lower := strings.ToLower(strings.NewReplacer("\n", " ", "\t", " ", "\r", " ").Replace(s))
+	var marker string
+	switch kw {
+	case "select":
+		op, marker = "select", " from "
+	case "insert":
+		op, marker = "insert", " into "
+	case "update":
+		op, marker = "update", "update "
+	case "delete":
+		op, marker = "delete", " from "
+	case "with":
+		// The statement after the CTEs decides: the last of these that appears after a
+		// closing parenthesis; a plain SELECT otherwise.
+		op, marker = "select", " from "
+		best := -1
+		for _, c := range []struct{ op, find, marker string }{
+			{"insert", ") insert into ", " into "},
+			{"update", ") update ", "update "},
+			{"delete", ") delete from ", " from "},
+			{"select", ") select ", " from "},
+		} {
+			if i := strings.LastIndex(lower, c.find); i > best {
+				best, op, marker = i, c.op, c.marker
+			}
+		}
+		if best < 0 {
+			return op, "other"
+		}
+		lower = lower[best:]
+	case "begin", "commit", "rollback", "savepoint", "release":
+		return "transaction", "none"
+	default:
+		return "other", "other"
+	}
+	i := strings.Index(lower, marker)
+	if i < 0 {
+		return op, "none" // SELECT 1, SELECT now(): no table
+	}
+	name, _ := nextWord(strings.TrimLeft(lower[i+len(marker):], " "))
+	name = strings.Trim(name, `"`)
+	if j := strings.LastIndexByte(name, '.'); j >= 0 {
+		name = name[j+1:] // schema-qualified
+	}
+	if !isIdent(name) {
+		return op, "other"
+	}
+	return op, name
+}
+
+func skipSpaceAndComments(s string) string {
+	for {
+		s = strings.TrimLeft(s, " \t\r\n(")
+		switch {
+		case strings.HasPrefix(s, "--"):
+			if i := strings.IndexByte(s, '\n'); i >= 0 {
+				s = s[i+1:]
+			} else {
+				return ""
+			}
+		case strings.HasPrefix(s, "/*"):
+			if i := strings.Index(s, "*/"); i >= 0 {
+				s = s[i+2:]
+			} else {
+				return ""
+			}
+		default:
+			return s
+		}
+	}
+}
+
+func nextWord(s string) (string, string) {
+	i := 0
+	for i < len(s) {
+		c := s[i]
+		if c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '(' || c == ',' || c == ';' {
+			break
+		}
+		i++
+	}
+	return s[:i], s[i:]
+}
+
+func isIdent(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c == '_' || (i > 0 && c >= '0' && c <= '9')) {
+			return false
+		}
+	}
+	return true
+}
+
+var dbConnsDesc = prometheus.NewDesc("db_connections_active", "Connections of the pool in use (acquired).", nil, nil)
+
+type poolCollector struct{ stat func() *pgxpool.Stat }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- dbConnsDesc }
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(dbConnsDesc, prometheus.GaugeValue, float64(c.stat().AcquiredConns()))
+}
+
+// WatchPool reports db_connections_active from stat (pass db.Pool().Stat).
+func (m *Metrics) WatchPool(stat func() *pgxpool.Stat) {
+	m.reg.MustRegister(poolCollector{stat})
+}
+
+// BusinessStats are the book-wide gauges read from the database at scrape time.
+type BusinessStats struct {
+	PositionsActive map[string]int     // open (non-flat) positions by symbol
+	PositionsValue  map[string]float64 // gross market value of open positions by quote currency
+	OrdersPending   int
+	DailyLoss       float64 // losses realized today (UTC), as a positive number
+}
+
+// BusinessSource computes BusinessStats; NewSQLBusiness is the PostgreSQL one.
+type BusinessSource interface {
+	BusinessStats(ctx context.Context) (BusinessStats, error)
+}
+
+var (
+	positionsActiveDesc = prometheus.NewDesc("positions_active", "Open (non-flat) positions by symbol.", []string{"symbol"}, nil)
+	positionsValueDesc  = prometheus.NewDesc("positions_total_value", "Gross market value of open positions at the mark price, by quote currency.", []string{"currency"}, nil)
+	ordersPendingDesc   = prometheus.NewDesc("orders_pending_total", "Orders waiting for a risk decision.", nil, nil)
+	dailyLossDesc       = prometheus.NewDesc("daily_loss_total", "Losses realized today (UTC) over all users, as a positive amount.", nil, nil)
+)
+
+// businessCollector runs the source at most every ttl, with a timeout, and serves the last
+// good values in between (and when the database does not answer in time), so that scrapes
+// from several Prometheus servers cost a few aggregate queries every few seconds at most.
+type businessCollector struct {
+	src     BusinessSource
+	ttl     time.Duration
+	timeout time.Duration
+
+	mu   sync.Mutex
+	at   time.Time
+	last *BusinessStats
+}
+
+// WatchBusiness reports the business gauges from src, refreshed at most every 5 seconds.
+func (m *Metrics) WatchBusiness(src BusinessSource) {
+	m.reg.MustRegister(&businessCollector{src: src, ttl: 5 * time.Second, timeout: 2 * time.Second})
+}
+
+func (c *businessCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- positionsActiveDesc
+	ch <- positionsValueDesc
+	ch <- ordersPendingDesc
+	ch <- dailyLossDesc
+}
+
+func (c *businessCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	if c.last == nil || time.Since(c.at) >= c.ttl {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		s, err := c.src.BusinessStats(ctx)
+		cancel()
+		c.at = time.Now() // also after a failure: do not hammer a struggling database
+		if err != nil {
+			slog.Warn("metrics: business gauges not refreshed", "err", err.Error())
+		} else {
+			c.last = &s
+		}
+	}
+	s := c.last
+	c.mu.Unlock()
+	if s == nil {
+		s = &BusinessStats{}
+	}
+	for sym, n := range s.PositionsActive {
+		ch <- prometheus.MustNewConstMetric(positionsActiveDesc, prometheus.GaugeValue, float64(n), sym)
+	}
+	for cur, v := range s.PositionsValue {
+		ch <- prometheus.MustNewConstMetric(positionsValueDesc, prometheus.GaugeValue, v, cur)
+	}
+	ch <- prometheus.MustNewConstMetric(ordersPendingDesc, prometheus.GaugeValue, float64(s.OrdersPending))
+	ch <- prometheus.MustNewConstMetric(dailyLossDesc, prometheus.GaugeValue, s.DailyLoss)
+}
+
+// Querier is what NewSQLBusiness needs (*pgxpool.Pool).
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+type sqlBusiness struct{ q Querier }
+
+// NewSQLBusiness computes BusinessStats with three aggregate queries against tradingd's
+// schema. Each is cheap: positions has one row per user and traded symbol; the pending
+// count uses the partial index on pending orders; today's losses read today's trades per
+// traded symbol through trades_symbol_executed_idx.
+func NewSQLBusiness(q Querier) BusinessSource { return sqlBusiness{q} }
+
+// positionsSQL values open positions at the mark price (the symbol's latest trade).
+// Money is summed as NUMERIC and only converted for the gauge (metrics are not a money path).
+const positionsSQL = `
+SELECT p.symbol, p.active, (p.gross_qty * coalesce(m.price, 0))::float8
+FROM (SELECT symbol, count(*) AS active, sum(abs(quantity)) AS gross_qty
+      FROM positions WHERE quantity <> 0 GROUP BY symbol) p
+LEFT JOIN LATERAL (SELECT t.price FROM trades t WHERE t.symbol = p.symbol
+                   ORDER BY t.executed_at DESC, t.id DESC LIMIT 1) m ON true`
+
+const pendingSQL = `SELECT count(*) FROM orders WHERE status = 'pending'`
+
+const dailyLossSQL = `
+SELECT coalesce(-sum(t.realized_pnl), 0)::float8
+FROM (SELECT DISTINCT symbol FROM positions) s
+JOIN trades t ON t.symbol = s.symbol
+WHERE t.executed_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+  AND t.realized_pnl < 0`
+
+func (b sqlBusiness) BusinessStats(ctx context.Context) (BusinessStats, error) {
+	s := BusinessStats{PositionsActive: map[string]int{}, PositionsValue: map[string]float64{}}
+	rows, err := b.q.Query(ctx, positionsSQL)
+	if err != nil {
+		return s, err
+	}
+	for rows.Next() {
+		var sym string
+		var n int
+		var v float64
+		if err := rows.Scan(&sym, &n, &v); err != nil {
+			rows.Close()
+			return s, err
+		}
+		s.PositionsActive[sym] = n
+		cur := sym
+		if _, quote, ok := strings.Cut(sym, "/"); ok {
+			cur = quote
+		}
+		s.PositionsValue[cur] += v
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return s, err
+	}
+	if err := b.q.QueryRow(ctx, pendingSQL).Scan(&s.OrdersPending); err != nil {
+		return s, err
+	}
+	if err := b.q.QueryRow(ctx, dailyLossSQL).Scan(&s.DailyLoss); err != nil {
+		return s, err
+	}
+	if len(s.PositionsValue) == 0 {
+		s.PositionsValue["USD"] = 0 // keep the series present on an empty book
+	}
+	return s, nil
+}

@@ -1,0 +1,283 @@
+// Package ratelimit enforces api.md's rate limits: login 5/min per client IP; trading 30/min,
+// data 60/min, and a global 100/min and 1000/day per authenticated user; 0 turns a class off.
+//
+// With Redis the limits are shared by every replica: each class is a GCRA bucket in Redis
+// (go-redis/redis_rate v10) with a burst equal to the limit, so N requests of a class may come
+// at once and then one every period/N (30/min: 30 at once, then one every 2s); the per-day
+// bucket refills smoothly (one request every 86.4s), it does not reset at midnight. While
+// Redis is down (or without REDIS_URL) every replica limits on its own with
+// golang.org/x/time/rate, the same shape per process (so N replicas allow N times the limit),
+// logs the switch and sets the rate_limit_local_fallback gauge; when Redis answers again the
+// shared buckets take over.
+//
+// A request checks its class bucket, then global per minute, then global per day, one round
+// trip each (about 40µs apiece on loopback), stopping at the first refusal: a request refused
+// by its class does not use up the global budget; one refused by a global bucket has used one
+// request of its class bucket. The headers describe the tightest bucket: the refusing one,
+// else the one with the fewest remaining requests.
+//
+// Which requests count: POST /api/auth/login per client IP (login); POST /api/auth/refresh
+// and /api/auth/logout also in class login per client IP, each endpoint in a bucket of its
+// own so that refreshing never locks a user out of logging in (they carry a refresh token, not
+// an access token, so there is no user to count them for); trading (POST /api/orders, approve,
+// reject) and data (GET under /api, /api/auth/me included) per user, and every authenticated
+// request also in the two global buckets. /openapi.json and the admin port are not limited.
+//
+// Client IP: the TCP peer, unless the peer is in TRUSTED_PROXIES; only then the right-most
+// X-Forwarded-For entry that is not itself a trusted proxy.
+//
+// Wiring into runtime/http (cmd/tradingd serve):
+//
+//	limiter := ratelimit.New(ratelimit.Config{
+//		Login: cfg.RateLimitLogin, Trading: cfg.RateLimitTrading, Data: cfg.RateLimitData,
+//		GlobalPerMinute: cfg.RateLimitGlobalPerMinute, GlobalPerDay: cfg.RateLimitGlobalPerDay,
+//		TrustedProxies: cfg.TrustedProxies, // []netip.Prefix
+//	}, ratelimit.Options{Redis: rc /* *redis.Client or nil */, Metrics: m, Logger: logger})
+//	httpapi.Config{ ...,
+//		Guard: []httpapi.Middleware{func(rt httpapi.Route, next http.Handler) http.Handler {
+//			return limiter.Route(rt.Class, rt.Pattern, next)
+//		}},
+//	}
+//
+// Guard runs inside authentication, so the principal (trading.PrincipalFromContext) is in
+// the context for the per-user classes. Outside runtime/http, Middleware classifies by
+// method and path itself, and Check is the building block for anything else.
+package ratelimit
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/maypok86/otter/v2"
+	"golang.org/x/time/rate"
+
+	"github.com/findmy/trading-operator/runtime/redis"
+)
+
+// Class is a rate-limit class; its name is the class label of rate_limit_rejections_total.
+type Class string
+
+const (
+	Login        Class = "login"
+	Trading      Class = "trading"
+	Data         Class = "data"
+	GlobalMinute Class = "global_minute"
+	GlobalDay    Class = "global_day"
+)
+
+// Config holds the limits (requests per period; 0 turns a class off) and the proxies whose
+// X-Forwarded-For is believed.
+type Config struct {
+	Login           int // per minute, per client IP (RATE_LIMIT_LOGIN)
+	Trading         int // per minute, per user (RATE_LIMIT_TRADING)
+	Data            int // per minute, per user (RATE_LIMIT_DATA)
+	GlobalPerMinute int // per minute, per user (RATE_LIMIT_GLOBAL_PER_MINUTE)
+	GlobalPerDay    int // per day, per user (RATE_LIMIT_GLOBAL_PER_DAY)
+	TrustedProxies  []netip.Prefix
+}
+
+// DefaultConfig is api.md's defaults.
+func DefaultConfig() Config {
+	return Config{Login: 5, Trading: 30, Data: 60, GlobalPerMinute: 100, GlobalPerDay: 1000}
+}
+
+// Recorder receives rejections and fallback changes; *metrics.Metrics implements it.
+type Recorder interface {
+	RateLimited(class string)
+	SetRateLimitFallback(local bool)
+}
+
+// Options are the limiter's dependencies.
+type Options struct {
+	// Redis shares the limits between replicas; nil limits per process only.
+	Redis *redis.Client
+	// Prefix goes in front of the Redis keys (default "rl:"), after the client's own prefix.
+	Prefix  string
+	Metrics Recorder
+	Logger  *slog.Logger
+}
+
+// Decision is the outcome of a check.
+type Decision struct {
+	Allowed bool
+	// Class is the bucket the headers describe: the one that refused, else the tightest.
+	Class     Class
+	Limit     int
+	Remaining int
+	// Reset is how long until the bucket is full again; RetryAfter how long until the next
+	// request would be allowed (0 when allowed).
+	Reset      time.Duration
+	RetryAfter time.Duration
+	// Shared is true when Redis decided (false: the per-process fallback).
+	Shared bool
+}
+
+// Request names one bucket: a class and the key within it (client IP or user id).
+type Request struct {
+	Class Class
+	Key   string
+}
+
+type limit struct {
+	n      int
+	period time.Duration
+}
+
+// Limiter checks requests against the configured limits. Safe for concurrent use.
+type Limiter struct {
+	cfg    Config
+	limits map[Class]limit
+	rdb    *redis.Client
+	rl     *redis_rate.Limiter
+	prefix string
+	rec    Recorder
+	log    *slog.Logger
+	local  *otter.Cache[string, *rate.Limiter]
+
+	fallback atomic.Bool
+}
+
+// New builds a limiter. With Options.Redis it follows the client's health: shared while
+// Redis answers, per process while it does not.
+func New(cfg Config, o Options) *Limiter {
+	if o.Prefix == "" {
+		o.Prefix = "rl:"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	l := &Limiter{
+		cfg: cfg,
+		limits: map[Class]limit{
+			Login:        {cfg.Login, time.Minute},
+			Trading:      {cfg.Trading, time.Minute},
+			Data:         {cfg.Data, time.Minute},
+			GlobalMinute: {cfg.GlobalPerMinute, time.Minute},
+			GlobalDay:    {cfg.GlobalPerDay, 24 * time.Hour},
+		},
+		rdb:    o.Redis,
+		prefix: o.Prefix,
+		rec:    o.Metrics,
+		log:    o.Logger,
+		// Local buckets expire when unused for a day (the longest period): a full bucket is
+		// the same as no bucket. The size bound keeps a flood of client IPs from growing it.
+		local: otter.Must(&otter.Options[string, *rate.Limiter]{
+			MaximumSize:      200_000,
+			ExpiryCalculator: otter.ExpiryAccessing[string, *rate.Limiter](24 * time.Hour),
+		}),
+	}
+	if o.Redis != nil {
+		l.rl = redis_rate.NewLimiter(o.Redis.Redis())
+		o.Redis.OnHealthChange(func(healthy bool) { l.setFallback(!healthy) })
+		l.fallback.Store(!o.Redis.Healthy())
+	} else {
+		l.fallback.Store(true)
+		l.log.Info("rate limits are per process (no REDIS_URL): each replica allows the full limit")
+	}
+	if l.rec != nil {
+		l.rec.SetRateLimitFallback(l.fallback.Load())
+	}
+	return l
+}
+
+func (l *Limiter) setFallback(local bool) {
+	if l.fallback.Swap(local) == local {
+		return
+	}
+	if local {
+		l.log.Warn("rate limits fall back to per-process limiters while Redis is down: each replica allows the full limit")
+	} else {
+		l.log.Info("rate limits are shared through Redis again")
+	}
+	if l.rec != nil {
+		l.rec.SetRateLimitFallback(local)
+	}
+}
+
+// Local reports whether limits are currently enforced per process.
+func (l *Limiter) Local() bool { return l.fallback.Load() }
+
+// Check checks one bucket.
+func (l *Limiter) Check(ctx context.Context, class Class, key string) Decision {
+	return l.CheckAll(ctx, Request{class, key})
+}
+
+// CheckAll checks the buckets in order and stops at the first refusal (see the package
+// comment). With no enabled bucket the decision is Allowed with Limit 0 (no headers).
+func (l *Limiter) CheckAll(ctx context.Context, reqs ...Request) Decision {
+	best := Decision{Allowed: true, Remaining: math.MaxInt}
+	for _, r := range reqs {
+		lim := l.limits[r.Class]
+		if lim.n <= 0 {
+			continue
+		}
+		d := l.check(ctx, r, lim)
+		if !d.Allowed {
+			if l.rec != nil {
+				l.rec.RateLimited(string(r.Class))
+			}
+			return d
+		}
+		if d.Remaining < best.Remaining {
+			best = d
+		}
+	}
+	if best.Limit == 0 {
+		best.Remaining = 0
+	}
+	return best
+}
+
+func (l *Limiter) check(ctx context.Context, r Request, lim limit) Decision {
+	if l.rl != nil && !l.fallback.Load() {
+		ctx, cancel := context.WithTimeout(ctx, l.rdb.OpTimeout())
+		res, err := l.rl.Allow(ctx, l.rdb.Prefix()+l.prefix+string(r.Class)+":"+r.Key, redis_rate.Limit{
+			Rate: lim.n, Burst: lim.n, Period: lim.period,
+		})
+		cancel()
+		if err == nil {
+			d := Decision{
+				Allowed: res.Allowed > 0, Class: r.Class, Limit: lim.n, Remaining: res.Remaining,
+				Reset: res.ResetAfter, Shared: true,
+			}
+			if !d.Allowed {
+				d.RetryAfter = res.RetryAfter
+			}
+			return d
+		}
+		// Redis did not answer: decide locally now and let the client's health tracking
+		// switch the limiter over (and back when the pinger sees Redis again).
+		l.rdb.ReportError(err)
+		if redis.IsUnavailable(err) {
+			l.setFallback(true)
+		}
+	}
+	return l.checkLocal(r, lim)
+}
+
+func (l *Limiter) checkLocal(r Request, lim limit) Decision {
+	every := lim.period / time.Duration(lim.n)
+	key := string(r.Class) + ":" + strconv.Itoa(lim.n) + ":" + r.Key
+	tb, _ := l.local.ComputeIfAbsent(key, func() (*rate.Limiter, bool) {
+		return rate.NewLimiter(rate.Every(every), lim.n), false
+	})
+	now := time.Now()
+	res := tb.ReserveN(now, 1)
+	d := Decision{Class: r.Class, Limit: lim.n}
+	if delay := res.DelayFrom(now); !res.OK() || delay > 0 {
+		res.CancelAt(now)
+		d.RetryAfter = delay
+	} else {
+		d.Allowed = true
+	}
+	tokens := tb.TokensAt(now)
+	d.Remaining = max(0, int(math.Floor(tokens)))
+	d.Reset = time.Duration((float64(lim.n) - tokens) * float64(every))
+	return d
+}

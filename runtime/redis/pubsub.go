@@ -1,0 +1,152 @@
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Cache invalidation between replicas.
+//
+// Redis pub/sub is at most once, and PUBLISH returns as soon as Redis has queued the message,
+// before any subscriber has acted on it. To give read-your-writes across replicas, an
+// invalidation is acknowledged: PUBLISH reports how many subscribers got the message, each
+// subscriber pushes an acknowledgement onto a list named in the message after its handler
+// ran (its L1 entries are gone), and the publisher waits (bounded by AckTimeout) until it has
+// as many acknowledgements as receivers. A replica that is not subscribed at that moment
+// (reconnecting) is not counted; it flushes its whole L1 when it subscribes again (the
+// onSubscribe callback), so a lost message costs at most a cold L1, never a stale read past
+// the reconnect.
+
+const channelName = "cache-invalidate"
+
+// AckTimeout bounds how long PublishInvalidation waits for the other replicas.
+var AckTimeout = 300 * time.Millisecond
+
+// PublishInvalidation tells every subscribed replica (this one included) that userID's
+// cached views are stale and returns once all of them have dropped their L1 entries, or
+// with an error when Redis failed or some replica did not acknowledge within AckTimeout.
+func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID) error {
+	nonce := make([]byte, 12)
+	_, _ = rand.Read(nonce)
+	ackKey := c.opts.Prefix + "inv-ack:" + hex.EncodeToString(nonce)
+	msg := ackKey + " " + userID.String()
+
+	pctx, cancel := c.opCtx(ctx)
+	receivers, err := c.rdb.Publish(pctx, c.opts.Prefix+channelName, msg).Result()
+	cancel()
+	if err != nil {
+		c.ReportError(err)
+		return err
+	}
+	c.setHealthy(true, nil)
+
+	deadline := time.Now().Add(AckTimeout)
+	for got := int64(0); got < receivers; {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return errors.New("redis: not every replica acknowledged the invalidation in time")
+		}
+		bctx, cancel := context.WithTimeout(ctx, left+50*time.Millisecond)
+		// BLPOP with a fractional timeout (Redis >= 6); go-redis' BLPop rounds to seconds.
+		res, err := c.rdb.Do(bctx, "BLPOP", ackKey, strconv.FormatFloat(left.Seconds(), 'f', 3, 64)).Result()
+		cancel()
+		if errors.Is(err, goredis.Nil) {
+			continue // timed out server side; the loop checks the deadline
+		} else if err != nil {
+			c.ReportError(err)
+			return err
+		}
+		if _, ok := res.([]any); ok {
+			got++
+		}
+	}
+	return nil
+}
+
+// SubscribeInvalidations runs a subscription until the client is closed or stop is called.
+// onSubscribe runs on every (re)subscription, before any message of it is handled: the
+// caller flushes its L1 there, because messages sent while it was not subscribed are lost.
+// onInvalidate runs for every invalidation (also the ones this replica published); the
+// acknowledgement is sent after it returns.
+func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID)) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.done.Add(1)
+	go func() {
+		defer c.done.Done()
+		go func() {
+			select {
+			case <-c.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		backoff := 50 * time.Millisecond
+		for ctx.Err() == nil {
+			err := c.subscribeOnce(ctx, onSubscribe, onInvalidate)
+			if ctx.Err() != nil {
+				return
+			}
+			c.ReportError(err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, time.Second)
+		}
+	}()
+	return cancel
+}
+
+// subscribeOnce holds one subscription connection until it fails.
+func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvalidate func(uuid.UUID)) error {
+	ps := c.rdb.Subscribe(ctx, c.opts.Prefix+channelName)
+	defer ps.Close()
+	for {
+		m, err := ps.ReceiveTimeout(ctx, 5*time.Second)
+		if err != nil {
+			var nerr interface{ Timeout() bool }
+			if errors.As(err, &nerr) && nerr.Timeout() {
+				// Idle: make sure the connection is still alive (a silent partition
+				// otherwise leaves us believing we are subscribed).
+				pctx, cancel := c.opCtx(ctx)
+				perr := ps.Ping(pctx)
+				cancel()
+				if perr == nil {
+					continue
+				}
+				return perr
+			}
+			return err
+		}
+		switch m := m.(type) {
+		case *goredis.Subscription:
+			if m.Kind == "subscribe" {
+				c.setHealthy(true, nil)
+				onSubscribe()
+			}
+		case *goredis.Message:
+			ackKey, user, ok := strings.Cut(m.Payload, " ")
+			id, err := uuid.Parse(user)
+			if !ok || err != nil {
+				continue
+			}
+			onInvalidate(id)
+			actx, cancel := c.opCtx(context.WithoutCancel(ctx))
+			pipe := c.rdb.TxPipeline()
+			pipe.RPush(actx, ackKey, "1")
+			pipe.Expire(actx, ackKey, 10*time.Second)
+			_, err = pipe.Exec(actx)
+			cancel()
+			c.ReportError(err)
+		}
+	}
+}

@@ -1,0 +1,232 @@
+// Package redis connects tradingd to Redis (go-redis v9): the L2 cache storage, the pub/sub
+// channel that carries cache invalidations between replicas, and the connection the shared
+// rate limiter (runtime/ratelimit) runs its GCRA scripts on.
+//
+// Redis is optional and never a reason to fail a request. Every operation runs under a short
+// timeout (Options.OpTimeout, 100ms by default); a connection error marks the client degraded
+// (Healthy() == false) so that callers skip Redis at once instead of waiting for a timeout on
+// every request, and a background pinger marks it healthy again when Redis answers: the
+// runtime reconnects by itself.
+//
+// Wiring (cmd/tradingd serve, only when REDIS_URL is set):
+//
+//	rc, err := redis.Open(cfg.RedisURL) // does not fail when Redis is down, only on a bad URL
+//	if err != nil { exit 2 naming REDIS_URL }
+//	defer rc.Close()
+//	rc.SetLogger(logger)
+//	// readiness: /readyz stays 200 when Redis is down and says "redis: degraded" in its body:
+//	//   if !rc.Healthy() { body += "redis: degraded" }
+//	// pass rc to cache.Options.Remote and ratelimit.New(cfg, rc, ...); see those packages.
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Options tune a Client; the zero value is the production default.
+type Options struct {
+	// Prefix is put in front of every key and channel name, so that several deployments
+	// (or several tests) can share one Redis.
+	Prefix string
+	// OpTimeout bounds every cache operation (default 100ms): a slow Redis costs a read at
+	// most this much before it falls back to L1 and the database.
+	OpTimeout time.Duration
+	// PingInterval is how often the background pinger checks Redis (default 1s).
+	PingInterval time.Duration
+	// Logger receives one line per health transition (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Client is a Redis connection with health tracking. It is safe for concurrent use.
+type Client struct {
+	rdb  *goredis.Client
+	opts Options
+
+	healthy atomic.Bool
+	logMu   sync.Mutex
+	log     *slog.Logger
+
+	hooksMu sync.Mutex
+	hooks   []func(healthy bool)
+
+	stop chan struct{}
+	done sync.WaitGroup
+	once sync.Once
+}
+
+// Open parses url (redis://[user:password@]host:port/db or rediss://) and starts a client
+// with production defaults. It does not fail when Redis is down: the client starts degraded
+// and recovers when Redis answers. An error means a malformed URL.
+func Open(url string) (*Client, error) {
+	return OpenWith(url, Options{})
+}
+
+// OpenWith is Open with options.
+func OpenWith(url string, o Options) (*Client, error) {
+	ro, err := goredis.ParseURL(url)
+	if err != nil {
+		// ParseURL errors do not echo the password, but keep the message generic anyway.
+		return nil, fmt.Errorf("REDIS_URL is not a valid redis:// URL")
+	}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = 100 * time.Millisecond
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	// Fail fast: one retry at most, short dials. The per-operation context deadline is the
+	// real bound (ContextTimeoutEnabled); ReadTimeout is only a ceiling for blocking commands.
+	ro.MaxRetries = 1
+	ro.DialTimeout = 500 * time.Millisecond
+	ro.ReadTimeout = time.Second
+	ro.WriteTimeout = time.Second
+	ro.PoolTimeout = 200 * time.Millisecond
+	ro.ContextTimeoutEnabled = true
+	ro.DisableIdentity = true
+	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{})}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*o.OpTimeout+ro.DialTimeout)
+	err = c.rdb.Ping(ctx).Err()
+	cancel()
+	c.healthy.Store(err == nil)
+	if err != nil {
+		c.logger().Warn("redis is not answering; cache and rate limits run degraded until it does", "addr", ro.Addr, "err", err.Error())
+	}
+	c.done.Add(1)
+	go c.pinger()
+	return c, nil
+}
+
+// SetLogger replaces the logger (for health transitions).
+func (c *Client) SetLogger(l *slog.Logger) {
+	c.logMu.Lock()
+	c.log = l
+	c.logMu.Unlock()
+}
+
+func (c *Client) logger() *slog.Logger {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
+	return c.log
+}
+
+// Redis returns the underlying go-redis client (for redis_rate and benchmarks).
+func (c *Client) Redis() *goredis.Client { return c.rdb }
+
+// Prefix returns the key prefix of the client.
+func (c *Client) Prefix() string { return c.opts.Prefix }
+
+// OpTimeout is the bound of one operation.
+func (c *Client) OpTimeout() time.Duration { return c.opts.OpTimeout }
+
+// Close stops the pinger and the subscriptions and closes the connections.
+func (c *Client) Close() error {
+	var err error
+	c.once.Do(func() {
+		close(c.stop)
+		c.done.Wait()
+		err = c.rdb.Close()
+	})
+	return err
+}
+
+// Ping checks Redis now (readiness probes) and updates the health state.
+func (c *Client) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout*3)
+	defer cancel()
+	err := c.rdb.Ping(ctx).Err()
+	c.setHealthy(err == nil, err)
+	return err
+}
+
+// Healthy reports whether Redis answered the last operation or ping. False means degraded:
+// callers use their local fallbacks.
+func (c *Client) Healthy() bool { return c.healthy.Load() }
+
+// OnHealthChange registers fn to be called (from the goroutine that observed it) on every
+// transition between healthy and degraded.
+func (c *Client) OnHealthChange(fn func(healthy bool)) {
+	c.hooksMu.Lock()
+	c.hooks = append(c.hooks, fn)
+	c.hooksMu.Unlock()
+}
+
+// ReportError marks the client degraded when err says that Redis could not be reached
+// (a network error or a timeout). redis.Nil and script errors are answers, not outages.
+func (c *Client) ReportError(err error) {
+	if IsUnavailable(err) {
+		c.setHealthy(false, err)
+	}
+}
+
+// IsUnavailable reports whether err means Redis did not answer (connection refused, closed,
+// timeout, pool exhausted) as opposed to a reply such as redis.Nil.
+func IsUnavailable(err error) bool {
+	if err == nil || errors.Is(err, goredis.Nil) {
+		return false
+	}
+	var rerr goredis.Error
+	if errors.As(err, &rerr) {
+		return false // a reply from the server
+	}
+	// The caller gave up (client went away): says nothing about Redis.
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	// Everything else (net.Error, io.EOF, timeouts, pool timeouts, a closed client) means
+	// that no answer came.
+	return true
+}
+
+func (c *Client) setHealthy(ok bool, err error) {
+	if c.healthy.Swap(ok) == ok {
+		return
+	}
+	if ok {
+		c.logger().Info("redis is answering again; shared cache and rate limits resume")
+	} else {
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		c.logger().Warn("redis is not answering; falling back to L1 cache and per-process rate limits", "err", msg)
+	}
+	c.hooksMu.Lock()
+	hooks := append([]func(bool){}, c.hooks...)
+	c.hooksMu.Unlock()
+	for _, fn := range hooks {
+		fn(ok)
+	}
+}
+
+// pinger probes Redis periodically so that a degraded client recovers without traffic and
+// a healthy one notices an outage even when idle.
+func (c *Client) pinger() {
+	defer c.done.Done()
+	t := time.NewTicker(c.opts.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			_ = c.Ping(context.Background())
+		}
+	}
+}
+
+// opCtx bounds one operation.
+func (c *Client) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.opts.OpTimeout)
+}
