@@ -1,0 +1,35 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+
+	"github.com/findmy/trading-operator/runtime/postgres"
+)
+
+// migrate applies the pending migrations and prints the schema version. Safe to run
+// concurrently (replicas, Jobs) and repeatedly: postgres.Migrate holds an advisory lock.
+func migrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	fs := newFlagSet("migrate")
+	cfg, err := load(fs, dbSettings, args, getenv)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("migrate: unexpected argument %q", fs.Arg(0))
+	}
+	logger := newLogger(cfg, stderr)
+	logger.Info("migrating", "database", redactDSN(cfg.DatabaseURL))
+	version, err := postgres.Migrate(ctx, cfg.DatabaseURL, logger)
+	if err != nil {
+		return fmt.Errorf("migrate: %v", cause(err))
+	}
+	fmt.Fprintf(stdout, "database schema at version %d\n", version)
+	return nil
+}

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	tradinghttp "github.com/findmy/trading-operator/runtime/http"
+	"github.com/findmy/trading-operator/runtime/jwt"
+	"github.com/findmy/trading-operator/runtime/postgres"
+)
+
+// Server limits. They are not settings (api.md lists none): they protect the process from
+// slow or oversized clients, and WriteTimeout leaves room for a query timeout plus bcrypt.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 15 * time.Second
+	writeTimeout      = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 32 << 10
+	bodyLimit         = 64 << 10 // api.md: request bodies of at most 64 KiB
+
+	// queryTimeout bounds every database call of a request, so that a dead database gives
+	// 503 quickly instead of holding connections.
+	queryTimeout = 5 * time.Second
+	// readyTimeout bounds /readyz's ping: a probe must answer before the kubelet gives up.
+	readyTimeout = 2 * time.Second
+
+	// startupWait is how long serve waits for an unreachable database at start, retrying
+	// with backoff while /healthz is 200 and /readyz 503, before it gives up with exit 1.
+	// A database that restarts with the application (a fresh cluster, a failover) does not
+	// turn into a crash loop; one that never comes still surfaces as a failed process.
+	startupWait     = 2 * time.Minute
+	startupBackoff  = 500 * time.Millisecond
+	startupMaxDelay = 10 * time.Second
+)
+
+// demoUsers are created by DEMO_USERS=true: well-known passwords for trying the API.
+var demoUsers = []struct {
+	name, password string
+	role           trading.Role
+}{
+	{"trader1", "password123", trading.RoleTrader},
+	{"trader2", "password456", trading.RoleTrader},
+	{"risk1", "password789", trading.RoleRisk},
+}
+
+// Readiness states of the process, reported by /readyz.
+const (
+	stateStarting int32 = iota
+	stateServing
+	stateDraining
+)
+
+// serve runs the API until SIGTERM or SIGINT, then drains.
+func serve(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	// First of all, so that a SIGTERM at any point of the start is a clean stop.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	cfg, err := Load(args, getenv)
+	if err != nil {
+		return err
+	}
+	keys, err := cfg.KeySet(os.ReadFile)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg, stderr)
+	logger.Info("starting tradingd", "version", trading.Version, "config", cfg)
+
+	db, err := postgres.Open(ctx, postgres.Config{
+		URL:               cfg.DatabaseURL,
+		MaxConns:          cfg.DBMaxConns,
+		MinConns:          cfg.DBMinConns,
+		MaxConnLifetime:   cfg.DBMaxConnLifetime,
+		HealthCheckPeriod: cfg.DBHealthCheckPeriod,
+		QueryTimeout:      queryTimeout,
+	})
+	if err != nil {
+		return settingError("DATABASE_URL", errors.New(strings.TrimPrefix(trading.ErrorMessage(err), "DATABASE_URL ")))
+	}
+	defer db.Close() // also on the error paths; closing twice is harmless
+
+	// Bind both ports before waiting for anything, so that a port in use fails at once.
+	apiLn, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("LISTEN_ADDR: %v", err)
+	}
+	defer apiLn.Close()
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("ADMIN_ADDR: %v", err)
+	}
+
+	var state atomic.Int32 // stateStarting
+	ready := func(ctx context.Context) error {
+		switch state.Load() {
+		case stateStarting:
+			return errors.New("starting: waiting for the database")
+		case stateDraining:
+			return errors.New("shutting down")
+		}
+		ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+		return db.Ping(ctx)
+	}
+	serveErr := make(chan error, 2)
+	admin := newServer(tradinghttp.NewAdminHandler(ready), logger)
+	go func() { serveErr <- serveOn(admin, adminLn, "admin") }()
+	logger.Info("admin listening", "addr", adminLn.Addr().String())
+
+	version, err := waitForSchema(ctx, db, logger)
+	if err == nil {
+		err = bootstrapUsers(ctx, cfg, postgres.NewUserService(db), logger)
+	}
+	if err != nil {
+		shutdownAdmin(admin, logger)
+		if ctx.Err() != nil { // SIGTERM while starting: a clean stop
+			logger.Info("stopped before serving")
+			return nil
+		}
+		return err
+	}
+
+	handler := tradinghttp.NewHandler(tradinghttp.Config{
+		Rules:      cfg.Rules(),
+		Tokens:     jwt.NewAuthority(keys, cfg.JWTIssuer, cfg.JWTAudience, cfg.AccessTokenTTL),
+		RefreshTTL: cfg.RefreshTokenTTL,
+		Logger:     logger,
+		BodyLimit:  bodyLimit,
+	}, tradinghttp.Services{
+		Users:     postgres.NewUserService(db),
+		Sessions:  postgres.NewSessionService(db),
+		Orders:    postgres.NewOrderService(db, postgres.OrderServiceConfig{MaxDailyLoss: cfg.MaxDailyLoss, Logger: logger}),
+		Portfolio: postgres.NewPortfolioService(db),
+		// No read cache yet (runtime/redis comes later), so nothing to invalidate.
+	})
+	api := newServer(handler, logger)
+	go func() { serveErr <- serveOn(api, apiLn, "api") }()
+	state.Store(stateServing)
+	logger.Info("serving", "api_addr", apiLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
+		"schema_version", version)
+
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-serveErr: // a listener died: drain the rest and exit non-zero
+	}
+	stop() // a second signal kills the process the default way
+
+	// Drain: /readyz turns 503 at once (the admin server keeps answering), the API stops
+	// accepting and in-flight requests get up to SHUTDOWN_GRACE to finish.
+	state.Store(stateDraining)
+	logger.Info("shutting down: draining in-flight requests", "grace", cfg.ShutdownGrace)
+	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	if err := api.Shutdown(graceCtx); err != nil {
+		logger.Warn("shutdown grace period over: closing the connections still open", "err", err)
+		api.Close()
+	}
+	shutdownAdmin(admin, logger)
+	db.Close()
+	logger.Info("database pool closed; stopped")
+	return failed
+}
+
+func newServer(h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// serveOn serves until Shutdown; only an unexpected failure is returned.
+func serveOn(s *http.Server, ln net.Listener, name string) error {
+	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s server: %w", name, err)
+	}
+	return nil
+}
+
+func shutdownAdmin(s *http.Server, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		logger.Warn("admin server did not stop in time", "err", err)
+		s.Close()
+	}
+}
+
+// waitForSchema checks the schema version, waiting with backoff while the database cannot
+// be reached (up to startupWait). An old schema, a refused login or a missing database
+// are not going to fix themselves: they fail at once.
+func waitForSchema(ctx context.Context, db *postgres.DB, logger *slog.Logger) (int64, error) {
+	deadline := time.Now().Add(startupWait)
+	delay := startupBackoff
+	for attempt := 1; ; attempt++ {
+		version, err := db.CheckSchema(ctx)
+		switch {
+		case err == nil:
+			return version, nil
+		case errors.Is(err, postgres.ErrSchemaTooOld):
+			return 0, err // its message says to run `tradingd migrate`
+		case ctx.Err() != nil:
+			return 0, ctx.Err()
+		case permanent(err):
+			return 0, fmt.Errorf("database: %v", cause(err))
+		case time.Now().Add(delay).After(deadline):
+			return 0, fmt.Errorf("database unreachable for %s, giving up: %v", startupWait, cause(err))
+		}
+		logger.Warn("database not reachable yet; /readyz answers 503 until it is",
+			"attempt", attempt, "retry_in", delay, "err", cause(err))
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, startupMaxDelay)
+	}
+}
+
+// permanent reports a database error that waiting will not cure: authentication refused
+// (SQLSTATE class 28) or a database that does not exist (3D000).
+func permanent(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "28") || pgErr.Code == "3D000")
+}
+
+// cause is the underlying error of a coded one, for logs (the coded message is the generic
+// text meant for clients). pgx's errors name host, user and database, never the password.
+func cause(err error) error {
+	var te *trading.Error
+	if errors.As(err, &te) && te.Err != nil {
+		return te.Err
+	}
+	return err
+}
+
+// bootstrapUsers creates the demo users (DEMO_USERS) and the first admin
+// (BOOTSTRAP_ADMIN_PASSWORD) when they do not exist; existing users are left alone.
+func bootstrapUsers(ctx context.Context, cfg *Config, users trading.UserService, logger *slog.Logger) error {
+	if cfg.DemoUsers {
+		logger.Warn("DEMO_USERS is on: trader1, trader2 and risk1 have well-known passwords; never use this in production")
+		for _, u := range demoUsers {
+			created, err := users.EnsureUser(ctx, u.name, u.password, u.role)
+			if err != nil {
+				return fmt.Errorf("DEMO_USERS: creating %s: %v", u.name, cause(err))
+			}
+			if created {
+				logger.Info("demo user created", "username", u.name, "role", u.role)
+			}
+		}
+	}
+	if cfg.BootstrapAdminPassword != "" {
+		created, err := users.EnsureUser(ctx, "admin", cfg.BootstrapAdminPassword, trading.RoleAdmin)
+		switch {
+		case trading.ErrorCode(err) == trading.EINVALID:
+			return settingError("BOOTSTRAP_ADMIN_PASSWORD", errors.New(trading.ErrorMessage(err)))
+		case err != nil:
+			return fmt.Errorf("BOOTSTRAP_ADMIN_PASSWORD: creating admin: %v", cause(err))
+		case created:
+			logger.Info("admin user created from BOOTSTRAP_ADMIN_PASSWORD", "username", "admin")
+		default:
+			logger.Info("user admin exists; BOOTSTRAP_ADMIN_PASSWORD left it unchanged")
+		}
+	}
+	return nil
+}

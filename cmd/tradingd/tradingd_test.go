@@ -1,0 +1,506 @@
+package main
+
+// These tests run the real binary as a process, against a real PostgreSQL database of
+// their own (pgtest), and check what an operator of tradingd sees: exit codes, the one-line
+// errors, the admin endpoints, a login through the API, and a graceful SIGTERM.
+// Run them through hack/services.sh, which provides the server.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
+)
+
+const testVersion = "v0.0.0-tradingd-test"
+
+// binary is the tradingd built once for every test.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tradingd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "tradingd")
+	build := exec.Command("go", "build", "-race",
+		"-ldflags", "-X github.com/findmy/trading-operator/runtime.Version="+testVersion,
+		"-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building tradingd:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// baseEnv is what every child gets: nothing of the test's own environment (DATABASE_URL
+// there is the server's admin DSN, which no test may use directly), only PATH and HOME.
+func baseEnv(kv map[string]string) []string {
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
+	for k, v := range kv {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// tradingd runs the binary to completion.
+func tradingd(t *testing.T, env map[string]string, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = baseEnv(env)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("tradingd %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return result{stdout.String(), stderr.String(), code}
+}
+
+func keysFor(secret string) string {
+	return "k1:" + base64.StdEncoding.EncodeToString([]byte(secret))
+}
+
+var jwtKeys = keysFor("a-test-secret-of-at-least-32-bytes!")
+
+func TestCommandLine(t *testing.T) {
+	if r := tradingd(t, nil, "", "version"); r.code != 0 || r.stdout != testVersion+"\n" {
+		t.Errorf("version: exit %d, stdout %q; want 0 and %q", r.code, r.stdout, testVersion)
+	}
+	for _, args := range [][]string{nil, {"launch"}, {"user"}, {"user", "remove"}, {"serve", "--no-such-flag"}} {
+		r := tradingd(t, nil, "", args...)
+		if r.code != 2 || !strings.Contains(r.stderr, "Usage:") {
+			t.Errorf("tradingd %q: exit %d, stderr %q; want 2 and the usage", args, r.code, r.stderr)
+		}
+	}
+	if r := tradingd(t, nil, "", "serve", "-h"); r.code != 0 || !strings.Contains(r.stdout, "-database-url") {
+		t.Errorf("serve -h: exit %d, stdout %q", r.code, r.stdout)
+	}
+}
+
+// TestSettingErrors: a missing or malformed setting stops the process before it touches
+// anything, with exit code 2 and one line that names the setting.
+func TestSettingErrors(t *testing.T) {
+	// Valid but pointing nowhere: validation must fail before any connection is tried.
+	dsn := "postgres://nobody@127.0.0.1:1/nothing?sslmode=disable"
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		setting string
+	}{
+		{"serve without DATABASE_URL", []string{"serve"}, map[string]string{"JWT_KEYS": jwtKeys}, "DATABASE_URL"},
+		{"migrate without DATABASE_URL", []string{"migrate"}, nil, "DATABASE_URL"},
+		{"user add without DATABASE_URL", []string{"user", "add", "--username", "u", "--role", "trader"}, nil, "DATABASE_URL"},
+		{"serve without JWT keys", []string{"serve"}, map[string]string{"DATABASE_URL": dsn}, "JWT_KEYS"},
+		{"malformed JWT_KEYS", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": "k1:short"}, "JWT_KEYS"},
+		{"unreadable JWT_KEYS_FILE", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS_FILE": "/nonexistent/keys"}, "JWT_KEYS_FILE"},
+		{"malformed ACCESS_TOKEN_TTL", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "ACCESS_TOKEN_TTL": "one hour"}, "ACCESS_TOKEN_TTL"},
+		{"malformed --access-token-ttl", []string{"serve", "--access-token-ttl", "60"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys}, "ACCESS_TOKEN_TTL"},
+		{"malformed TRUSTED_PROXIES", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"},
+		{"malformed MAX_PRICE", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "MAX_PRICE": "-1"}, "MAX_PRICE"},
+		{"malformed REDIS_URL", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "REDIS_URL": "localhost:6379"}, "REDIS_URL"},
+		{"malformed SYMBOLS", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "SYMBOLS": "BTCUSD"}, "SYMBOLS"},
+		{"malformed LOG_LEVEL", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"},
+		{"malformed DATABASE_URL", []string{"migrate"}, map[string]string{"DATABASE_URL": "mysql://a@b/c"}, "DATABASE_URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tradingd(t, tt.env, "", tt.args...)
+			if r.code != 2 {
+				t.Errorf("exit %d, want 2 (stderr %q)", r.code, r.stderr)
+			}
+			if want := "tradingd: " + tt.setting + ": "; !strings.HasPrefix(r.stderr, want) {
+				t.Errorf("stderr %q does not start with %q", r.stderr, want)
+			}
+			if strings.Count(r.stderr, "\n") != 1 {
+				t.Errorf("stderr is not one line: %q", r.stderr)
+			}
+		})
+	}
+}
+
+func TestMigrate(t *testing.T) {
+	t.Run("twice", func(t *testing.T) {
+		env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t)}
+		for i := range 2 {
+			r := tradingd(t, env, "", "migrate")
+			if r.code != 0 || !strings.Contains(r.stdout, "version") {
+				t.Fatalf("migrate #%d: exit %d, stdout %q, stderr %s", i+1, r.code, r.stdout, r.stderr)
+			}
+		}
+	})
+	t.Run("concurrently", func(t *testing.T) {
+		env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t)}
+		var wg sync.WaitGroup
+		results := make([]result, 2)
+		for i := range results {
+			wg.Go(func() { results[i] = tradingd(t, env, "", "migrate") })
+		}
+		wg.Wait()
+		for i, r := range results {
+			if r.code != 0 {
+				t.Errorf("migrate #%d: exit %d, stderr %s", i+1, r.code, r.stderr)
+			}
+		}
+		if results[0].stdout != results[1].stdout {
+			t.Errorf("the two migrations report different versions: %q and %q", results[0].stdout, results[1].stdout)
+		}
+	})
+}
+
+func TestServeRefusesUnmigratedDatabase(t *testing.T) {
+	env := map[string]string{
+		"DATABASE_URL": pgtest.NewDatabase(t),
+		"JWT_KEYS":     jwtKeys,
+		"LISTEN_ADDR":  "127.0.0.1:0",
+		"ADMIN_ADDR":   "127.0.0.1:0",
+	}
+	r := tradingd(t, env, "", "serve")
+	if r.code == 0 {
+		t.Fatalf("serve on an unmigrated database exited 0; stderr %s", r.stderr)
+	}
+	if !strings.Contains(r.stderr, "tradingd migrate") {
+		t.Errorf("stderr does not say to run `tradingd migrate`: %s", r.stderr)
+	}
+}
+
+func TestUserAdd(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	env := map[string]string{"DATABASE_URL": dsn}
+	if r := tradingd(t, env, "", "migrate"); r.code != 0 {
+		t.Fatalf("migrate: %d %s", r.code, r.stderr)
+	}
+	add := func(stdin string, args ...string) result {
+		return tradingd(t, env, stdin, append([]string{"user", "add"}, args...)...)
+	}
+	if r := add("correct horse battery\n", "--username", "alice", "--role", "risk"); r.code != 0 || !strings.Contains(r.stdout, "alice") {
+		t.Fatalf("user add: exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
+	}
+	tests := []struct {
+		name  string
+		stdin string
+		args  []string
+		code  int
+		says  string
+	}{
+		{"duplicate", "another password\n", []string{"--username", "alice", "--role", "trader"}, 1, "taken"},
+		{"bad role", "pw-for-bob\n", []string{"--username", "bob", "--role", "boss"}, 1, "role"},
+		{"password over 72 bytes", strings.Repeat("x", 73) + "\n", []string{"--username", "bob", "--role", "trader"}, 1, "72"},
+		{"no password", "", []string{"--username", "bob", "--role", "trader"}, 1, "password"},
+		{"no username", "pw\n", []string{"--role", "trader"}, 2, "--username"},
+		{"unknown flag", "pw\n", []string{"--username", "bob", "--role", "trader", "--admin"}, 2, "admin"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := add(tt.stdin, tt.args...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.says) {
+				t.Errorf("exit %d, stderr %q; want %d and a message about %q", r.code, r.stderr, tt.code, tt.says)
+			}
+		})
+	}
+}
+
+// process is a running `tradingd serve` whose JSON log lines the test reads.
+type process struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs []map[string]any
+	raw  bytes.Buffer
+	more chan struct{} // closed and replaced on every new line
+	done chan struct{} // closed when stderr ends
+	exit chan error
+}
+
+func startServe(t *testing.T, env map[string]string) *process {
+	t.Helper()
+	cmd := exec.Command(binary, "serve")
+	cmd.Env = baseEnv(env)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{t: t, cmd: cmd, more: make(chan struct{}), done: make(chan struct{}), exit: make(chan error, 1)}
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var line map[string]any
+			_ = json.Unmarshal(sc.Bytes(), &line)
+			p.mu.Lock()
+			p.raw.Write(sc.Bytes())
+			p.raw.WriteByte('\n')
+			if line != nil {
+				p.logs = append(p.logs, line)
+			}
+			close(p.more)
+			p.more = make(chan struct{})
+			p.mu.Unlock()
+		}
+	}()
+	go func() { <-p.done; p.exit <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("tradingd's log:\n%s", p.log())
+		}
+	})
+	return p
+}
+
+func (p *process) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.raw.String()
+}
+
+// waitLog waits for the first log line with msg and returns it; it fails the test when the
+// process ends first. No clock: a hung process is caught by the test binary's timeout.
+func (p *process) waitLog(msg string) map[string]any {
+	p.t.Helper()
+	for seen := 0; ; {
+		p.mu.Lock()
+		for ; seen < len(p.logs); seen++ {
+			if p.logs[seen]["msg"] == msg {
+				line := p.logs[seen]
+				p.mu.Unlock()
+				return line
+			}
+		}
+		more := p.more
+		p.mu.Unlock()
+		select {
+		case <-more:
+		case <-p.done:
+			p.mu.Lock()
+			for ; seen < len(p.logs); seen++ {
+				if p.logs[seen]["msg"] == msg {
+					line := p.logs[seen]
+					p.mu.Unlock()
+					return line
+				}
+			}
+			p.mu.Unlock()
+			p.t.Fatalf("tradingd ended before logging %q:\n%s", msg, p.log())
+		}
+	}
+}
+
+// wait returns the exit code once the process has ended.
+func (p *process) wait() int {
+	p.t.Helper()
+	err := <-p.exit
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	p.t.Fatalf("wait: %v", err)
+	return -1
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func login(t *testing.T, apiAddr, username, password string) (int, map[string]any) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"username": username, "password": password})
+	resp, err := http.Post("http://"+apiAddr+"/api/auth/login", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("login %s: %v", username, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// TestServe starts tradingd on a migrated database with demo users, a bootstrap admin and
+// keys from a file, uses it, and stops it with SIGTERM while a login is in flight.
+func TestServe(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	if r := tradingd(t, map[string]string{"DATABASE_URL": dsn}, "", "migrate"); r.code != 0 {
+		t.Fatalf("migrate: %d %s", r.code, r.stderr)
+	}
+	if r := tradingd(t, map[string]string{"DATABASE_URL": dsn}, "alice-password\n", "user", "add", "--username", "alice", "--role", "trader"); r.code != 0 {
+		t.Fatalf("user add: %d %s", r.code, r.stderr)
+	}
+	secret := "a-file-secret-of-at-least-32-bytes!!"
+	keyFile := filepath.Join(t.TempDir(), "jwt-keys")
+	if err := os.WriteFile(keyFile, []byte(keysFor(secret)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, map[string]string{
+		"DATABASE_URL":             dsn,
+		"JWT_KEYS_FILE":            keyFile,
+		"LISTEN_ADDR":              "127.0.0.1:0",
+		"ADMIN_ADDR":               "127.0.0.1:0",
+		"DEMO_USERS":               "true",
+		"BOOTSTRAP_ADMIN_PASSWORD": "admin-bootstrap-pw",
+		"SHUTDOWN_GRACE":           "2m", // generous: the in-flight request must finish, not be cut
+	})
+	serving := p.waitLog("serving")
+	api, _ := serving["api_addr"].(string)
+	admin, _ := serving["admin_addr"].(string)
+
+	if code, body := get(t, "http://"+admin+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+	if code, body := get(t, "http://"+admin+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+	for _, u := range []struct{ name, password string }{
+		{"trader1", "password123"}, {"trader2", "password456"}, {"risk1", "password789"},
+		{"admin", "admin-bootstrap-pw"}, {"alice", "alice-password"},
+	} {
+		code, out := login(t, api, u.name, u.password)
+		if code != http.StatusOK || out["access_token"] == nil || out["token_type"] != "Bearer" {
+			t.Errorf("login %s: %d %v", u.name, code, out)
+		}
+	}
+	if code, _ := login(t, api, "trader1", "wrong-password"); code != http.StatusUnauthorized {
+		t.Errorf("login with a wrong password: %d, want 401", code)
+	}
+	if !strings.Contains(p.log(), "DEMO_USERS") {
+		t.Errorf("no warning about DEMO_USERS in the log")
+	}
+
+	// A login in flight: headers sent with Expect: 100-continue; the server's "100 Continue"
+	// proves the handler is running and reading the body. Then SIGTERM.
+	conn, err := net.Dial("tcp", api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"username":"trader1","password":"password123"}`
+	fmt.Fprintf(conn, "POST /api/auth/login HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
+		"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n", api, len(body))
+	br := bufio.NewReader(conn)
+	status, err := br.ReadString('\n')
+	if err != nil || !strings.Contains(status, "100") {
+		t.Fatalf("want 100 Continue, got %q, %v", status, err)
+	}
+	if blank, err := br.ReadString('\n'); err != nil || blank != "\r\n" {
+		t.Fatalf("after 100 Continue: %q, %v", blank, err)
+	}
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("shutting down: draining in-flight requests")
+	if code, body := get(t, "http://"+admin+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while draining: %d %s, want 503", code, body)
+	}
+	if _, err := io.WriteString(conn, body); err != nil {
+		t.Fatalf("finishing the in-flight request: %v", err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("in-flight request got no response: %v", err)
+	}
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || out["access_token"] == nil {
+		t.Errorf("in-flight login: %d %v; want 200 with a token", resp.StatusCode, out)
+	}
+
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+	p.waitLog("database pool closed; stopped")
+	if _, err := net.Dial("tcp", api); err == nil {
+		t.Errorf("the API port still accepts connections after exit")
+	}
+	logs := p.log()
+	for _, s := range []string{secret, base64.StdEncoding.EncodeToString([]byte(secret)), "admin-bootstrap-pw", "password123", "alice-password"} {
+		if strings.Contains(logs, s) {
+			t.Errorf("the log contains the secret %q", s)
+		}
+	}
+}
+
+// TestServeWaitsForDatabase: with the database unreachable, serve stays up (healthz 200,
+// readyz 503) and retries instead of crash-looping; SIGTERM then stops it with exit 0.
+func TestServeWaitsForDatabase(t *testing.T) {
+	// A port where nothing listens: connections are refused at once.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := ln.Addr().String()
+	ln.Close()
+
+	p := startServe(t, map[string]string{
+		"DATABASE_URL": "postgres://app:db-password-xyz@" + deadAddr + "/trading?sslmode=disable",
+		"JWT_KEYS":     jwtKeys,
+		"LISTEN_ADDR":  "127.0.0.1:0",
+		"ADMIN_ADDR":   "127.0.0.1:0",
+	})
+	admin, _ := p.waitLog("admin listening")["addr"].(string)
+	p.waitLog("database not reachable yet; /readyz answers 503 until it is")
+	if code, body := get(t, "http://"+admin+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+	if code, body := get(t, "http://"+admin+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz: %d %s, want 503", code, body)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+	if strings.Contains(p.log(), "db-password-xyz") {
+		t.Errorf("the log contains the database password")
+	}
+}

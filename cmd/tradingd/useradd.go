@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/postgres"
+)
+
+// maxPasswordLine bounds what is read from stdin: far above bcrypt's 72 bytes, so that a
+// long password is reported as too long rather than cut.
+const maxPasswordLine = 4096
+
+// userAdd creates a user. The password is the first line of stdin, so that it never
+// appears in the process list or the shell history: `printf '%s\n' "$PW" | tradingd user add ...`.
+func userAdd(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlagSet("user add")
+	username := fs.String("username", "", "name of the new user (required)")
+	role := fs.String("role", "", "trader, risk or admin (required)")
+	cfg, err := load(fs, dbSettings, args, getenv)
+	if err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return usageErrorf("user add: unexpected argument %q", fs.Arg(0))
+	case *username == "":
+		return usageErrorf("user add: --username is required")
+	case *role == "":
+		return usageErrorf("user add: --role is required (trader, risk or admin)")
+	}
+	r, err := trading.ParseRole(*role)
+	if err != nil {
+		return fmt.Errorf("user add: --role %q: %s", *role, trading.ErrorMessage(err))
+	}
+	password, err := readPassword(stdin)
+	if err != nil {
+		return fmt.Errorf("user add: %v", err)
+	}
+	logger := newLogger(cfg, stderr)
+
+	db, err := postgres.Open(ctx, postgres.Config{URL: cfg.DatabaseURL, MaxConns: 2, MinConns: 1, QueryTimeout: queryTimeout})
+	if err != nil {
+		return settingError("DATABASE_URL", errors.New(strings.TrimPrefix(trading.ErrorMessage(err), "DATABASE_URL ")))
+	}
+	defer db.Close()
+	if _, err := db.CheckSchema(ctx); err != nil {
+		return fmt.Errorf("user add: %v", cause(err))
+	}
+	u, err := postgres.NewUserService(db).CreateUser(ctx, *username, password, r)
+	switch trading.ErrorCode(err) {
+	case "":
+	case trading.ECONFLICT:
+		return fmt.Errorf("user add: username %q is taken", *username)
+	case trading.EINVALID:
+		msg := trading.ErrorMessage(err)
+		for _, f := range trading.ErrorFields(err) {
+			msg += fmt.Sprintf("; %s %s", f.Field, f.Message)
+		}
+		return fmt.Errorf("user add: %s", msg)
+	default:
+		return fmt.Errorf("user add: %v", cause(err))
+	}
+	logger.Info("user created", "username", u.Username, "role", r, "id", u.ID)
+	fmt.Fprintf(stdout, "created user %s (%s) with id %s\n", u.Username, r, u.ID)
+	return nil
+}
+
+// readPassword reads the first line of r, without its line ending.
+func readPassword(r io.Reader) (string, error) {
+	br := bufio.NewReaderSize(io.LimitReader(r, maxPasswordLine+1), maxPasswordLine+1)
+	line, err := br.ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("reading the password from standard input: %v", err)
+	}
+	if len(line) > maxPasswordLine {
+		return "", fmt.Errorf("the password on standard input is longer than %d bytes", maxPasswordBytes)
+	}
+	password := strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	switch {
+	case password == "":
+		return "", errors.New("no password on standard input (give it as the first line)")
+	case len(password) > maxPasswordBytes:
+		return "", fmt.Errorf("the password is %d bytes long; at most %d are allowed (bcrypt)", len(password), maxPasswordBytes)
+	}
+	return password, nil
+}
