@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/shopspring/decimal"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -530,6 +531,20 @@ func checkDSN(v string) error {
 	}
 	if !strings.Contains(v, "=") {
 		return errors.New("is neither a postgres:// URL nor a keyword=value connection string")
+	}
+	return nil
+}
+
+// parseDSN is the full check of DATABASE_URL, by the driver itself. It is not part of Load
+// because pgx may read a password file; the commands call it before connecting.
+func parseDSN(dsn string) error {
+	if _, err := pgx.ParseConfig(dsn); err != nil {
+		// pgx's message may quote the DSN; say only what is wrong with it.
+		msg := "is not a valid PostgreSQL connection string"
+		if cause := errors.Unwrap(err); cause != nil {
+			msg += ": " + redactDSN(cause.Error())
+		}
+		return settingError("DATABASE_URL", errors.New(msg))
 	}
 	return nil
 }

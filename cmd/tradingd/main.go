@@ -5,6 +5,15 @@
 // see config.go. Exit codes: 0 success (also after a graceful SIGTERM), 1 failure at run
 // time (database, schema, duplicate user), 2 a bad command line or a missing or malformed
 // setting, reported on one line that names the setting.
+//
+// Lifecycle of serve: validate every setting (exit 2) → bind both ports → the admin port
+// answers at once (/healthz 200, /readyz 503 "starting") → check the schema: too old is exit 1
+// with "run `tradingd migrate`"; a database that cannot be reached is retried with backoff
+// for up to two minutes (then exit 1), so that a database starting alongside does not cause
+// a crash loop; refused credentials or a missing database fail at once → create the demo
+// users and the bootstrap admin when asked → serve the API (/readyz pings the database).
+// SIGTERM or SIGINT: /readyz turns 503, the API stops accepting, in-flight requests get
+// SHUTDOWN_GRACE to finish, the pool is closed, exit 0.
 package main
 
 import (

@@ -24,6 +24,9 @@ func migrate(ctx context.Context, args []string, getenv func(string) string, std
 	if fs.NArg() > 0 {
 		return usageErrorf("migrate: unexpected argument %q", fs.Arg(0))
 	}
+	if err := parseDSN(cfg.DatabaseURL); err != nil {
+		return err
+	}
 	logger := newLogger(cfg, stderr)
 	logger.Info("migrating", "database", redactDSN(cfg.DatabaseURL))
 	version, err := postgres.Migrate(ctx, cfg.DatabaseURL, logger)

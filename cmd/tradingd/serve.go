@@ -79,6 +79,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	if err != nil {
 		return err
 	}
+	if err := parseDSN(cfg.DatabaseURL); err != nil {
+		return err
+	}
 	logger := newLogger(cfg, stderr)
 	logger.Info("starting tradingd", "version", trading.Version, "config", cfg)
 

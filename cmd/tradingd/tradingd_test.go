@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,6 +137,8 @@ func TestSettingErrors(t *testing.T) {
 		{"malformed SYMBOLS", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "SYMBOLS": "BTCUSD"}, "SYMBOLS"},
 		{"malformed LOG_LEVEL", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"},
 		{"malformed DATABASE_URL", []string{"migrate"}, map[string]string{"DATABASE_URL": "mysql://a@b/c"}, "DATABASE_URL"},
+		{"DATABASE_URL pgx refuses", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://a:pw@b/c?sslmode=sometimes"}, "DATABASE_URL"},
+		{"DATABASE_URL pgx refuses, serve", []string{"serve"}, map[string]string{"DATABASE_URL": "host=b port=x", "JWT_KEYS": jwtKeys}, "DATABASE_URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -195,6 +198,26 @@ func TestServeRefusesUnmigratedDatabase(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "tradingd migrate") {
 		t.Errorf("stderr does not say to run `tradingd migrate`: %s", r.stderr)
+	}
+}
+
+// TestServeMissingDatabase: a database that does not exist will not appear by waiting, so
+// serve fails at once (exit 1) instead of retrying.
+func TestServeMissingDatabase(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/no_such_database_here"
+	r := tradingd(t, map[string]string{
+		"DATABASE_URL": u.String(),
+		"JWT_KEYS":     jwtKeys,
+		"LISTEN_ADDR":  "127.0.0.1:0",
+		"ADMIN_ADDR":   "127.0.0.1:0",
+	}, "", "serve")
+	if r.code != 1 || !strings.Contains(r.stderr, "no_such_database_here") {
+		t.Errorf("exit %d, stderr %s; want 1 and the database named", r.code, r.stderr)
 	}
 }
 

@@ -34,6 +34,9 @@ func userAdd(ctx context.Context, args []string, getenv func(string) string, std
 	case *role == "":
 		return usageErrorf("user add: --role is required (trader, risk or admin)")
 	}
+	if err := parseDSN(cfg.DatabaseURL); err != nil {
+		return err
+	}
 	r, err := trading.ParseRole(*role)
 	if err != nil {
 		return fmt.Errorf("user add: --role %q: %s", *role, trading.ErrorMessage(err))
