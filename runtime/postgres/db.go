@@ -128,16 +128,17 @@ func (db *DB) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, db.timeout)
 }
 
-// inTx runs fn in a transaction bounded by the query timeout, committing when fn returns nil.
-func (db *DB) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+// inTx runs fn in a transaction bounded by the query timeout (fn gets the bounded context),
+// committing when fn returns nil.
+func (db *DB) inTx(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	ctx, cancel := db.bound(ctx)
 	defer cancel()
-	tx, err := db.pool.Begin(ctx)
+	tx, err := db.pool.BeginTx(ctx, opts)
 	if err != nil {
 		return mapError(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
-	if err := fn(tx); err != nil {
+	if err := fn(ctx, tx); err != nil {
 		return mapError(err)
 	}
 	return mapError(tx.Commit(ctx))

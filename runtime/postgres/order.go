@@ -1,0 +1,439 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/shopspring/decimal"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// OrderServiceConfig configures the order workflow.
+type OrderServiceConfig struct {
+	// MaxDailyLoss, when set, refuses new orders of a user whose realized P&L over the trades
+	// executed since 00:00 UTC today is at or below -MaxDailyLoss.
+	MaxDailyLoss *decimal.Decimal
+	// Invalidator is told after an approval commits that the requester's cached positions and
+	// summary are stale. May be nil (no cache).
+	Invalidator trading.Invalidator
+	// Logger receives the failures that do not fail a call (a failed invalidation). Optional.
+	Logger *slog.Logger
+}
+
+// OrderService implements trading.OrderService, the four-eyes workflow.
+type OrderService struct {
+	db  *DB
+	cfg OrderServiceConfig
+	log *slog.Logger
+}
+
+var _ trading.OrderService = (*OrderService)(nil)
+
+// NewOrderService returns the order workflow.
+func NewOrderService(db *DB, cfg OrderServiceConfig) *OrderService {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &OrderService{db: db, cfg: cfg, log: log}
+}
+
+const orderColumns = `id, client_order_id, symbol, side, quantity, price, status, requested_by,
+	decided_by, decision_reason, created_at, updated_at, decided_at`
+
+func scanOrder(row pgx.Row) (*trading.Order, error) {
+	var (
+		o            trading.Order
+		side, status string
+	)
+	err := row.Scan(&o.ID, &o.ClientOrderID, &o.Symbol, &side, num(&o.Quantity.Decimal), num(&o.Price.Decimal),
+		&status, &o.RequestedBy, &o.DecidedBy, &o.DecisionReason, &o.CreatedAt, &o.UpdatedAt, &o.DecidedAt)
+	if err != nil {
+		return nil, err
+	}
+	o.Side, o.Status = trading.Side(side), trading.OrderStatus(status)
+	o.Quantity.Set, o.Price.Set = true, true
+	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
+	if o.DecidedAt != nil {
+		t := o.DecidedAt.UTC()
+		o.DecidedAt = &t
+	}
+	return &o, nil
+}
+
+func collectOrders(rows pgx.Rows) ([]*trading.Order, error) {
+	defer rows.Close()
+	orders := []*trading.Order{}
+	for rows.Next() {
+		o, err := scanOrder(rows)
+		if err != nil {
+			return nil, err
+		}
+		orders = append(orders, o)
+	}
+	return orders, rows.Err()
+}
+
+func errOrderNotFound() error { return trading.Errorf(trading.ENOTFOUND, "order not found") }
+
+// sameBody reports whether a retried request is the order that was stored under its client
+// order id (quantities compare as numbers: "1.0" is "1").
+func sameBody(o *trading.Order, n trading.NewOrder) bool {
+	return o.Symbol == n.Symbol && o.Side == n.Side && o.Quantity.Equal(n.Quantity) && o.Price.Equal(n.Price)
+}
+
+// CreateOrder stores a pending order for the caller, idempotently per client order id.
+//
+// Idempotency holds under concurrent retries because the unique index on (requested_by,
+// client_order_id) decides: INSERT ... ON CONFLICT DO NOTHING inserts for exactly one of them,
+// the others insert nothing and read the winner's row.
+func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*trading.Order, bool, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+
+	var clientOrderID *string
+	if n.ClientOrderID != "" {
+		clientOrderID = &n.ClientOrderID
+		// A retry of an order that exists is answered with it even once the loss limit is
+		// reached: it creates nothing.
+		if o, err := s.findByClientOrderID(ctx, p.UserID, n); err == nil || !errors.Is(err, pgx.ErrNoRows) {
+			return o, false, err
+		}
+	}
+	if err := s.checkDailyLoss(ctx, p.UserID); err != nil {
+		return nil, false, err
+	}
+	o, err := scanOrder(s.db.pool.QueryRow(ctx, `
+		INSERT INTO orders (client_order_id, symbol, side, quantity, price, requested_by)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (requested_by, client_order_id) DO NOTHING
+		RETURNING `+orderColumns,
+		clientOrderID, n.Symbol, string(n.Side), numArg(n.Quantity), numArg(n.Price), p.UserID))
+	if errors.Is(err, pgx.ErrNoRows) && clientOrderID != nil {
+		// A concurrent request with the same client order id won the insert.
+		o, err := s.findByClientOrderID(ctx, p.UserID, n)
+		return o, false, mapError(err)
+	}
+	if err != nil {
+		return nil, false, mapError(err)
+	}
+	return o, true, nil
+}
+
+// findByClientOrderID returns the caller's order stored under n's client order id: the order
+// when the body matches, ECONFLICT when it differs, pgx.ErrNoRows when there is none.
+func (s *OrderService) findByClientOrderID(ctx context.Context, userID uuid.UUID, n trading.NewOrder) (*trading.Order, error) {
+	o, err := scanOrder(s.db.pool.QueryRow(ctx, `
+		SELECT `+orderColumns+` FROM orders WHERE requested_by = $1 AND client_order_id = $2`,
+		userID, n.ClientOrderID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, mapError(err)
+	}
+	if !sameBody(o, n) {
+		return nil, trading.Errorf(trading.ECONFLICT,
+			"client_order_id %q was already used for a different order", n.ClientOrderID)
+	}
+	return o, nil
+}
+
+// startOfDayUTC is the SQL for 00:00 UTC of the database's current day: the database clock is
+// the one that stamped executed_at, so both sides of the comparison use it.
+const startOfDayUTC = `date_trunc('day', now(), 'UTC')`
+
+// checkDailyLoss refuses new orders (EINVALID, field "daily_loss") once the user's realized
+// P&L of today is at or below -MaxDailyLoss.
+func (s *OrderService) checkDailyLoss(ctx context.Context, userID uuid.UUID) error {
+	if s.cfg.MaxDailyLoss == nil {
+		return nil
+	}
+	var pnl decimal.Decimal
+	err := s.db.pool.QueryRow(ctx, `
+		SELECT COALESCE(SUM(realized_pnl), 0) FROM trades
+		WHERE user_id = $1 AND executed_at >= `+startOfDayUTC, userID).Scan(num(&pnl))
+	if err != nil {
+		return mapError(err)
+	}
+	if limit := *s.cfg.MaxDailyLoss; pnl.LessThanOrEqual(limit.Neg()) {
+		return trading.Invalid(trading.FieldError{
+			Field: "daily_loss",
+			Message: fmt.Sprintf("daily loss limit of %s reached (realized today: %s); new orders are refused until 00:00 UTC",
+				limit.String(), pnl.StringFixed(trading.Scale)),
+		})
+	}
+	return nil
+}
+
+// FindOrderByID returns the order when the caller may see it; ENOTFOUND otherwise (an order of
+// another trader is indistinguishable from a missing one).
+func (s *OrderService) FindOrderByID(ctx context.Context, id uuid.UUID) (*trading.Order, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	o, err := scanOrder(s.db.pool.QueryRow(ctx, `
+		SELECT `+orderColumns+` FROM orders
+		WHERE id = $1 AND ($2 OR requested_by = $3)`, id, p.CanSeeAll(), p.UserID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errOrderNotFound()
+	}
+	return o, mapError(err)
+}
+
+// where builds a WHERE clause from conditions with numbered placeholders.
+type where struct {
+	conds []string
+	args  []any
+}
+
+func (w *where) add(cond string, args ...any) {
+	for _, a := range args {
+		w.args = append(w.args, a)
+		cond = strings.Replace(cond, "?", fmt.Sprintf("$%d", len(w.args)), 1)
+	}
+	w.conds = append(w.conds, cond)
+}
+
+func (w *where) String() string {
+	if len(w.conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(w.conds, " AND ")
+}
+
+// FindOrders lists the visible orders newest first with keyset pagination on
+// (created_at DESC, id DESC): a page never repeats or skips rows however many are inserted
+// meanwhile, and its cost does not grow with the page number.
+func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([]*trading.Order, string, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	limit, err := pageLimit(f.Limit)
+	if err != nil {
+		return nil, "", err
+	}
+	after, err := decodeCursor(f.Cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	var w where
+	if !p.CanSeeAll() {
+		w.add("requested_by = ?", p.UserID)
+	}
+	if f.Status != nil {
+		w.add("status = ?", string(*f.Status))
+	}
+	if f.Symbol != nil {
+		w.add("symbol = ?", *f.Symbol)
+	}
+	if after != nil {
+		w.add("(created_at, id) < (?, ?)", after.at, after.id)
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+
+		fmt.Sprintf(` ORDER BY created_at DESC, id DESC LIMIT %d`, limit+1), w.args...)
+	if err != nil {
+		return nil, "", mapError(err)
+	}
+	orders, err := collectOrders(rows)
+	if err != nil {
+		return nil, "", mapError(err)
+	}
+	next := ""
+	if len(orders) > limit {
+		orders = orders[:limit]
+		last := orders[limit-1]
+		next = encodeCursor(last.CreatedAt, last.ID)
+	}
+	return orders, next, nil
+}
+
+// maxPendingOrders bounds the pending queue a single call returns (the interface has no
+// paging); the oldest come first, so nothing is starved.
+const maxPendingOrders = 1000
+
+// FindPendingOrders lists the pending orders visible to the caller, oldest first.
+func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	rows, err := s.db.pool.Query(ctx, `
+		SELECT `+orderColumns+` FROM orders
+		WHERE status = 'pending' AND ($1 OR requested_by = $2)
+		ORDER BY created_at, id
+		LIMIT `+fmt.Sprint(maxPendingOrders), p.CanSeeAll(), p.UserID)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	orders, err := collectOrders(rows)
+	return orders, mapError(err)
+}
+
+// lockPendingForDecision locks the order row (FOR UPDATE) and checks that p may decide it:
+// risk or admin, not the requester (four eyes), still pending. Concurrent deciders queue on
+// the row lock; each later one re-reads the committed row and gets ECONFLICT.
+func lockPendingForDecision(ctx context.Context, tx pgx.Tx, p trading.Principal, id uuid.UUID) (*trading.Order, error) {
+	o, err := scanOrder(tx.QueryRow(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1 FOR UPDATE`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errOrderNotFound()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if o.RequestedBy == p.UserID {
+		return nil, trading.Errorf(trading.EFORBIDDEN, "four-eyes rule: you cannot decide your own order")
+	}
+	if o.Status != trading.StatusPending {
+		return nil, trading.Errorf(trading.ECONFLICT, "order is already %s", o.Status)
+	}
+	return o, nil
+}
+
+func canDecide(p trading.Principal) error {
+	if !p.CanDecide() {
+		return trading.Errorf(trading.EFORBIDDEN, "only the risk or admin role may decide orders")
+	}
+	return nil
+}
+
+// ApproveOrder executes a pending order into one trade at its price and moves the requester's
+// position, in one transaction: the order row lock makes exactly one concurrent approval win,
+// the position row lock serializes trades of the same user and symbol, and the unique index
+// on trades.order_id backs both up.
+//
+// After the commit the requester's cache is invalidated. The trade is committed by then, so a
+// failed invalidation is logged and the approval still succeeds: answering an error would make
+// the client believe the approval failed (a retry would get 409), while the staleness it
+// causes is bounded by the cache TTLs.
+func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading.Order, *trading.Trade, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := canDecide(p); err != nil {
+		return nil, nil, err
+	}
+	var (
+		order *trading.Order
+		trade *trading.Trade
+	)
+	err = s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
+		o, err := lockPendingForDecision(ctx, tx, p, id)
+		if err != nil {
+			return err
+		}
+		if order, err = scanOrder(tx.QueryRow(ctx, `
+			UPDATE orders SET status = 'approved', decided_by = $2, decided_at = now(), updated_at = now()
+			WHERE id = $1 AND status = 'pending'
+			RETURNING `+orderColumns, id, p.UserID)); err != nil {
+			return err
+		}
+		pos, err := lockPosition(ctx, tx, o.RequestedBy, o.Symbol)
+		if err != nil {
+			return err
+		}
+		next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
+		// Realized P&L is stored at Scale digits; the position adds exactly what the trade
+		// row says, so the sum of trades always equals the position's realized P&L.
+		realized = realized.Round(trading.Scale)
+		next.RealizedPnL = pos.RealizedPnL.Add(realized)
+
+		trade = &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
+			Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
+		if err := tx.QueryRow(ctx, `
+			INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			RETURNING id, executed_at`,
+			o.ID, o.RequestedBy, o.Symbol, string(o.Side), numArg(o.Quantity.Decimal), numArg(o.Price.Decimal),
+			numArg(realized)).Scan(&trade.ID, &trade.ExecutedAt); err != nil {
+			return err
+		}
+		trade.ExecutedAt = trade.ExecutedAt.UTC()
+		_, err = tx.Exec(ctx, `
+			UPDATE positions SET quantity = $3, avg_entry_price = $4, realized_pnl = $5, updated_at = now()
+			WHERE user_id = $1 AND symbol = $2`,
+			o.RequestedBy, o.Symbol, numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL))
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	s.invalidate(ctx, order.RequestedBy)
+	return order, trade, nil
+}
+
+// lockPosition returns the position row locked FOR UPDATE, creating a flat one first when the
+// user never traded the symbol (so that there is always a row to lock).
+func lockPosition(ctx context.Context, tx pgx.Tx, userID uuid.UUID, symbol string) (trading.Position, error) {
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO positions (user_id, symbol) VALUES ($1, $2) ON CONFLICT (user_id, symbol) DO NOTHING`,
+		userID, symbol); err != nil {
+		return trading.Position{}, err
+	}
+	pos := trading.Position{UserID: userID, Symbol: symbol}
+	err := tx.QueryRow(ctx, `
+		SELECT quantity, avg_entry_price, realized_pnl, updated_at FROM positions
+		WHERE user_id = $1 AND symbol = $2 FOR UPDATE`, userID, symbol).
+		Scan(num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt)
+	return pos, err
+}
+
+func (s *OrderService) invalidate(ctx context.Context, userID uuid.UUID) {
+	if s.cfg.Invalidator == nil {
+		return
+	}
+	// The approval is committed: a client that hung up must not leave the cache stale.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.db.timeout)
+	defer cancel()
+	if err := s.cfg.Invalidator.InvalidateUser(ctx, userID); err != nil {
+		s.log.ErrorContext(ctx, "cache invalidation after approval failed; cached views may be stale until they expire",
+			"user_id", userID, "error", err)
+	}
+}
+
+// RejectOrder marks a pending order rejected with the reason.
+func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason string) (*trading.Order, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := canDecide(p); err != nil {
+		return nil, err
+	}
+	if len(reason) > 1000 {
+		return nil, trading.Invalid(trading.FieldError{Field: "reason", Message: "must be at most 1000 bytes"})
+	}
+	var order *trading.Order
+	err = s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := lockPendingForDecision(ctx, tx, p, id); err != nil {
+			return err
+		}
+		var err error
+		order, err = scanOrder(tx.QueryRow(ctx, `
+			UPDATE orders SET status = 'rejected', decided_by = $2, decision_reason = NULLIF($3, ''),
+				decided_at = now(), updated_at = now()
+			WHERE id = $1 AND status = 'pending'
+			RETURNING `+orderColumns, id, p.UserID, reason))
+		return err
+	})
+	return order, err
+}

@@ -1,0 +1,352 @@
+package postgres_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/postgres"
+)
+
+func TestCreateOrderAndIdempotency(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	ctx := as(e.trader1)
+
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1.5", "30000.12345678", "c-1"))
+	if o.Status != trading.StatusPending || o.RequestedBy != e.trader1.ID || o.DecidedAt != nil ||
+		o.ClientOrderID == nil || *o.ClientOrderID != "c-1" {
+		t.Fatalf("created order = %+v", o)
+	}
+	eq(t, "quantity", o.Quantity.Decimal, "1.5")
+	eq(t, "price", o.Price.Decimal, "30000.12345678")
+
+	// Same body again (quantity written differently but equal): the first order, not created.
+	again, created, err := e.orders.CreateOrder(ctx, newOrder("BTC/USD", trading.Buy, "1.50", "30000.12345678", "c-1"))
+	if err != nil || created || again.ID != o.ID {
+		t.Fatalf("retry = %v, created=%v, %v; want the first order", again, created, err)
+	}
+	// Reused id with a different body.
+	_, _, err = e.orders.CreateOrder(ctx, newOrder("BTC/USD", trading.Buy, "2", "30000.12345678", "c-1"))
+	wantCode(t, err, trading.ECONFLICT)
+	_, _, err = e.orders.CreateOrder(ctx, newOrder("BTC/USD", trading.Sell, "1.5", "30000.12345678", "c-1"))
+	wantCode(t, err, trading.ECONFLICT)
+	// The same client order id from another user is another order.
+	other := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1.5", "30000.12345678", "c-1"))
+	if other.ID == o.ID {
+		t.Fatal("another user's client order id returned trader1's order")
+	}
+	// Orders without a client order id never collide.
+	e.create(t, e.trader1, newOrder("ETH/USD", trading.Buy, "1", "10", ""))
+	e.create(t, e.trader1, newOrder("ETH/USD", trading.Buy, "1", "10", ""))
+	if n := e.count(t, `SELECT count(*) FROM orders WHERE requested_by = $1`, e.trader1.ID); n != 3 {
+		t.Fatalf("trader1 has %d orders, want 3", n)
+	}
+
+	_, _, err = e.orders.CreateOrder(context.Background(), newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	wantCode(t, err, trading.EUNAUTHORIZED)
+}
+
+func TestCreateOrderConcurrentRetries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	const n = 10
+	var (
+		wg      sync.WaitGroup
+		created atomic.Int32
+		ids     = make([]uuid.UUID, n)
+		errs    = make([]error, n)
+	)
+	for i := range n {
+		wg.Go(func() {
+			o, c, err := e.orders.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "1", "100", "same-key"))
+			errs[i] = err
+			if err == nil {
+				ids[i] = o.ID
+				if c {
+					created.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("submission %d: %v", i, errs[i])
+		}
+		if ids[i] != ids[0] {
+			t.Fatalf("submission %d got order %s, submission 0 got %s", i, ids[i], ids[0])
+		}
+	}
+	if created.Load() != 1 {
+		t.Errorf("%d submissions reported created, want 1", created.Load())
+	}
+	if c := e.count(t, `SELECT count(*) FROM orders`); c != 1 {
+		t.Errorf("%d orders stored, want 1", c)
+	}
+}
+
+func TestOrderVisibility(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+
+	if got, err := e.orders.FindOrderByID(as(e.trader1), o.ID); err != nil || got.ID != o.ID {
+		t.Fatalf("owner: %v, %v", got, err)
+	}
+	_, err := e.orders.FindOrderByID(as(e.trader2), o.ID)
+	wantCode(t, err, trading.ENOTFOUND)
+	_, err = e.orders.FindOrderByID(as(e.trader1), uuid.New())
+	wantCode(t, err, trading.ENOTFOUND)
+	for _, u := range []*trading.User{e.risk1, e.admin} {
+		if got, err := e.orders.FindOrderByID(as(u), o.ID); err != nil || got.ID != o.ID {
+			t.Fatalf("%s: %v, %v", u.Username, got, err)
+		}
+	}
+
+	list, _, err := e.orders.FindOrders(as(e.trader2), trading.OrderFilter{})
+	if err != nil || len(list) != 0 {
+		t.Fatalf("trader2 lists %d orders (%v), want 0", len(list), err)
+	}
+	list, _, err = e.orders.FindOrders(as(e.risk1), trading.OrderFilter{})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("risk1 lists %d orders (%v), want 1", len(list), err)
+	}
+	pending, err := e.orders.FindPendingOrders(as(e.trader2))
+	if err != nil || len(pending) != 0 {
+		t.Fatalf("trader2 pending = %d (%v), want 0", len(pending), err)
+	}
+	pending, err = e.orders.FindPendingOrders(as(e.risk1))
+	if err != nil || len(pending) != 1 {
+		t.Fatalf("risk1 pending = %d (%v), want 1", len(pending), err)
+	}
+	// trader2 cannot decide trader1's order (not a risk user), nor learn that it exists.
+	_, _, err = e.orders.ApproveOrder(as(e.trader2), o.ID)
+	wantCode(t, err, trading.EFORBIDDEN)
+}
+
+func TestFourEyes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	own := e.create(t, e.risk1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	_, _, err := e.orders.ApproveOrder(as(e.risk1), own.ID)
+	wantCode(t, err, trading.EFORBIDDEN)
+	_, err = e.orders.RejectOrder(as(e.risk1), own.ID, "mine")
+	wantCode(t, err, trading.EFORBIDDEN)
+
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	_, _, err = e.orders.ApproveOrder(as(e.trader1), o.ID)
+	wantCode(t, err, trading.EFORBIDDEN)
+	_, _, err = e.orders.ApproveOrder(as(e.trader2), o.ID)
+	wantCode(t, err, trading.EFORBIDDEN)
+
+	// Admin may decide risk1's order; it is someone else's.
+	got, tr, err := e.orders.ApproveOrder(as(e.admin), own.ID)
+	if err != nil || got.Status != trading.StatusApproved || got.DecidedBy == nil || *got.DecidedBy != e.admin.ID || tr == nil {
+		t.Fatalf("admin approves risk1's order = %+v, %+v, %v", got, tr, err)
+	}
+	_, _, err = e.orders.ApproveOrder(as(e.risk1), uuid.New())
+	wantCode(t, err, trading.ENOTFOUND)
+}
+
+func TestRejectThenApprove(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	got, err := e.orders.RejectOrder(as(e.risk1), o.ID, "too large")
+	if err != nil || got.Status != trading.StatusRejected || got.DecisionReason == nil || *got.DecisionReason != "too large" ||
+		got.DecidedAt == nil {
+		t.Fatalf("reject = %+v, %v", got, err)
+	}
+	_, _, err = e.orders.ApproveOrder(as(e.risk1), o.ID)
+	wantCode(t, err, trading.ECONFLICT)
+	_, err = e.orders.RejectOrder(as(e.risk1), o.ID, "again")
+	wantCode(t, err, trading.ECONFLICT)
+	if n := e.count(t, `SELECT count(*) FROM trades`); n != 0 {
+		t.Fatalf("%d trades after a rejection, want 0", n)
+	}
+}
+
+// recordingInvalidator remembers whom it was told about.
+type recordingInvalidator struct {
+	mu    sync.Mutex
+	users []uuid.UUID
+}
+
+func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.users = append(r.users, id)
+	return nil
+}
+
+func TestConcurrentApprovalsExactlyOnce(t *testing.T) {
+	t.Parallel()
+	inv := &recordingInvalidator{}
+	e := newEnv(t, postgres.OrderServiceConfig{Invalidator: inv})
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
+
+	const n = 12
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		approver := e.risk1
+		if i%2 == 1 {
+			approver = e.admin
+		}
+		wg.Go(func() { _, _, errs[i] = e.orders.ApproveOrder(as(approver), o.ID) })
+	}
+	wg.Wait()
+	ok, conflict := 0, 0
+	for _, err := range errs {
+		switch trading.ErrorCode(err) {
+		case "":
+			ok++
+		case trading.ECONFLICT:
+			conflict++
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if ok != 1 || conflict != n-1 {
+		t.Fatalf("%d successes and %d conflicts, want 1 and %d", ok, conflict, n-1)
+	}
+	if c := e.count(t, `SELECT count(*) FROM trades WHERE order_id = $1`, o.ID); c != 1 {
+		t.Fatalf("%d trades for the order, want 1", c)
+	}
+	views, err := e.portfolio.Positions(context.Background(), e.trader1.ID)
+	if err != nil || len(views) != 1 {
+		t.Fatalf("positions = %v, %v", views, err)
+	}
+	eq(t, "position quantity", views[0].Quantity.Decimal, "2")
+	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID {
+		t.Errorf("invalidated %v, want exactly the requester once", inv.users)
+	}
+}
+
+func TestFindOrdersKeysetPagination(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	created := map[uuid.UUID]bool{}
+	var last uuid.UUID
+	for range 25 {
+		o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+		created[o.ID] = true
+		last = o.ID
+	}
+	e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "100", "")) // not trader1's
+
+	seen := map[uuid.UUID]bool{}
+	var sizes []int
+	cursor := ""
+	var prev *trading.Order
+	for page := 0; ; page++ {
+		if page > 5 {
+			t.Fatal("pagination does not end")
+		}
+		list, next, err := e.orders.FindOrders(as(e.trader1), trading.OrderFilter{Limit: 10, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, len(list))
+		for _, o := range list {
+			if !created[o.ID] {
+				t.Fatalf("listed an order that is not trader1's: %s", o.ID)
+			}
+			if seen[o.ID] {
+				t.Fatalf("order %s listed twice", o.ID)
+			}
+			seen[o.ID] = true
+			if prev != nil && (o.CreatedAt.After(prev.CreatedAt) ||
+				(o.CreatedAt.Equal(prev.CreatedAt) && o.ID.String() > prev.ID.String())) {
+				t.Fatalf("not newest first: %s after %s", o.CreatedAt, prev.CreatedAt)
+			}
+			prev = o
+		}
+		if page == 0 && list[0].ID != last {
+			t.Errorf("first order listed is not the newest")
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if len(sizes) != 3 || sizes[0] != 10 || sizes[1] != 10 || sizes[2] != 5 {
+		t.Fatalf("page sizes %v, want [10 10 5]", sizes)
+	}
+	if len(seen) != 25 {
+		t.Fatalf("%d distinct orders listed, want 25", len(seen))
+	}
+
+	// Filters.
+	pending := trading.StatusPending
+	sym := "ETH/USD"
+	list, _, err := e.orders.FindOrders(as(e.risk1), trading.OrderFilter{Status: &pending, Limit: 500})
+	if err != nil || len(list) != 26 {
+		t.Fatalf("risk pending = %d (%v), want 26", len(list), err)
+	}
+	list, _, err = e.orders.FindOrders(as(e.risk1), trading.OrderFilter{Symbol: &sym})
+	if err != nil || len(list) != 0 {
+		t.Fatalf("ETH/USD orders = %d (%v), want 0", len(list), err)
+	}
+
+	for _, bad := range []string{"!!", "bm90LWEtY3Vyc29y", "MjAyNi0wMS0wMVQwMDowMDowMFp8bm90LWEtdXVpZA"} {
+		_, _, err = e.orders.FindOrders(as(e.trader1), trading.OrderFilter{Cursor: bad})
+		wantField(t, err, "cursor")
+	}
+	for _, limit := range []int{-1, 501} {
+		_, _, err = e.orders.FindOrders(as(e.trader1), trading.OrderFilter{Limit: limit})
+		wantField(t, err, "limit")
+	}
+	list, _, err = e.orders.FindOrders(as(e.trader1), trading.OrderFilter{})
+	if err != nil || len(list) != 25 {
+		t.Fatalf("default limit lists %d (%v), want 25 (default 50)", len(list), err)
+	}
+}
+
+func TestDailyLossLimit(t *testing.T) {
+	t.Parallel()
+	limit := dec("1000")
+	e := newEnv(t, postgres.OrderServiceConfig{MaxDailyLoss: &limit})
+	e.trade(t, e.trader1, trading.Buy, "BTC/USD", "100", "150")
+	e.trade(t, e.trader1, trading.Sell, "BTC/USD", "50", "140") // -500: still allowed
+	e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "1", "keep"))
+	e.trade(t, e.trader1, trading.Sell, "BTC/USD", "50", "140") // -1000 in total: the limit
+
+	_, _, err := e.orders.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	wantField(t, err, "daily_loss")
+	// A retry of an order that already exists creates nothing and is still answered.
+	if _, created, err := e.orders.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "1", "1", "keep")); err != nil || created {
+		t.Fatalf("retry after the limit = created %v, %v", created, err)
+	}
+	// Other users are not limited.
+	e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+}
+
+func TestUnavailableDatabase(t *testing.T) {
+	t.Parallel()
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	p := &trading.User{ID: uuid.New(), Username: "x", Roles: []trading.Role{trading.RoleRisk}}
+	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
+	_, _, err = orders.CreateOrder(as(p), newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	wantCode(t, err, trading.EUNAVAILABLE)
+	_, _, err = orders.FindOrders(as(p), trading.OrderFilter{})
+	wantCode(t, err, trading.EUNAVAILABLE)
+	_, _, err = orders.ApproveOrder(as(p), uuid.New())
+	wantCode(t, err, trading.EUNAVAILABLE)
+	_, err = postgres.NewUserService(db).Authenticate(context.Background(), "x", "y")
+	wantCode(t, err, trading.EUNAVAILABLE)
+	_, err = postgres.NewPortfolioService(db).Summary(context.Background(), p.ID)
+	wantCode(t, err, trading.EUNAVAILABLE)
+	_, err = postgres.NewSessionService(db).RotateRefreshToken(context.Background(), []byte("a"), []byte("b"), time.Now())
+	wantCode(t, err, trading.EUNAVAILABLE)
+}

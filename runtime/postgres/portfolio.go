@@ -1,0 +1,192 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/shopspring/decimal"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// PortfolioService implements trading.PortfolioService: trades, positions and the summary.
+type PortfolioService struct{ db *DB }
+
+var _ trading.PortfolioService = (*PortfolioService)(nil)
+
+// NewPortfolioService returns the portfolio reader.
+func NewPortfolioService(db *DB) *PortfolioService { return &PortfolioService{db: db} }
+
+const tradeColumns = `id, order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at`
+
+func scanTrade(row pgx.Row) (*trading.Trade, error) {
+	var (
+		t    trading.Trade
+		side string
+	)
+	err := row.Scan(&t.ID, &t.OrderID, &t.UserID, &t.Symbol, &side, num(&t.Quantity.Decimal), num(&t.Price.Decimal),
+		num(&t.RealizedPnL.Decimal), &t.ExecutedAt)
+	if err != nil {
+		return nil, err
+	}
+	t.Side = trading.Side(side)
+	t.Quantity.Set, t.Price.Set, t.RealizedPnL.Set = true, true, true
+	t.ExecutedAt = t.ExecutedAt.UTC()
+	return &t, nil
+}
+
+// FindTrades lists the caller's own trades newest first, keyset-paginated on
+// (executed_at DESC, id DESC).
+func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter) ([]*trading.Trade, string, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	limit, err := pageLimit(f.Limit)
+	if err != nil {
+		return nil, "", err
+	}
+	after, err := decodeCursor(f.Cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	var w where
+	w.add("user_id = ?", p.UserID)
+	if f.Symbol != nil {
+		w.add("symbol = ?", *f.Symbol)
+	}
+	if after != nil {
+		w.add("(executed_at, id) < (?, ?)", after.at, after.id)
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	rows, err := s.db.pool.Query(ctx, `SELECT `+tradeColumns+` FROM trades`+w.String()+
+		fmt.Sprintf(` ORDER BY executed_at DESC, id DESC LIMIT %d`, limit+1), w.args...)
+	if err != nil {
+		return nil, "", mapError(err)
+	}
+	defer rows.Close()
+	trades := []*trading.Trade{}
+	for rows.Next() {
+		t, err := scanTrade(rows)
+		if err != nil {
+			return nil, "", mapError(err)
+		}
+		trades = append(trades, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", mapError(err)
+	}
+	next := ""
+	if len(trades) > limit {
+		trades = trades[:limit]
+		last := trades[limit-1]
+		next = encodeCursor(last.ExecutedAt, last.ID)
+	}
+	return trades, next, nil
+}
+
+// Positions returns userID's non-flat positions valued at the mark. The caller (HTTP layer or
+// cache) passes the authenticated user's id; this method does not read the principal so that
+// a cache can key on userID alone.
+func (s *PortfolioService) Positions(ctx context.Context, userID uuid.UUID) ([]trading.PositionView, error) {
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	views, err := positions(ctx, s.db.pool, userID)
+	return views, mapError(err)
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// positions reads the open positions with their mark: the price of the symbol's latest trade
+// by anyone, one index probe per position on trades (symbol, executed_at DESC, id DESC); id
+// breaks ties of trades executed in the same microsecond.
+func positions(ctx context.Context, q querier, userID uuid.UUID) ([]trading.PositionView, error) {
+	rows, err := q.Query(ctx, `
+		SELECT p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at, m.price
+		FROM positions p
+		LEFT JOIN LATERAL (
+			SELECT t.price FROM trades t
+			WHERE t.symbol = p.symbol
+			ORDER BY t.executed_at DESC, t.id DESC
+			LIMIT 1
+		) m ON true
+		WHERE p.user_id = $1 AND p.quantity <> 0
+		ORDER BY p.symbol`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	views := []trading.PositionView{}
+	for rows.Next() {
+		pos := trading.Position{UserID: userID}
+		var mark decimal.Decimal
+		markValid := markScan{d: &mark}
+		if err := rows.Scan(&pos.Symbol, num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL),
+			&pos.UpdatedAt, &markValid); err != nil {
+			return nil, err
+		}
+		if !markValid.valid {
+			// A position exists only through a trade, so this is unreachable unless trades
+			// were deleted by hand; the entry price is the only price left.
+			mark = pos.AvgEntryPrice
+		}
+		pos.UpdatedAt = pos.UpdatedAt.UTC()
+		views = append(views, trading.ViewPosition(pos, mark))
+	}
+	return views, rows.Err()
+}
+
+// Summary returns userID's book: trading.Summarize over the valued positions plus today's
+// realized P&L, trades and pending orders, read in one REPEATABLE READ snapshot so that the
+// numbers agree with each other.
+func (s *PortfolioService) Summary(ctx context.Context, userID uuid.UUID) (*trading.Summary, error) {
+	var sum trading.Summary
+	err := s.db.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+		func(ctx context.Context, tx pgx.Tx) error {
+			views, err := positions(ctx, tx, userID)
+			if err != nil {
+				return err
+			}
+			var (
+				daily          decimal.Decimal
+				trades, orders int
+			)
+			err = tx.QueryRow(ctx, `
+				SELECT COALESCE(SUM(realized_pnl), 0), count(*),
+					(SELECT count(*) FROM orders WHERE requested_by = $1 AND status = 'pending')
+				FROM trades
+				WHERE user_id = $1 AND executed_at >= `+startOfDayUTC, userID).
+				Scan(num(&daily), &trades, &orders)
+			if err != nil {
+				return err
+			}
+			sum = trading.Summarize(views, daily, orders, trades)
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return &sum, nil
+}
+
+// markScan scans a nullable NUMERIC (the mark of a symbol without trades).
+type markScan struct {
+	d     *decimal.Decimal
+	valid bool
+}
+
+func (m *markScan) ScanNumeric(v pgtype.Numeric) error {
+	if !v.Valid {
+		m.valid = false
+		return nil
+	}
+	m.valid = true
+	return (&numeric{d: m.d}).ScanNumeric(v)
+}

@@ -1,0 +1,256 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/crypto/bcrypt"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// BcryptCost is the work factor of stored password hashes (about 60 ms on a small core).
+const BcryptCost = 10
+
+var usernamePattern = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,64}$`)
+
+// UserService implements trading.UserService.
+type UserService struct{ db *DB }
+
+var _ trading.UserService = (*UserService)(nil)
+
+// NewUserService returns the user store.
+func NewUserService(db *DB) *UserService { return &UserService{db: db} }
+
+const userColumns = `id, username, roles, created_at`
+
+func scanUser(row pgx.Row, extra ...any) (*trading.User, error) {
+	var u trading.User
+	var roles []string
+	if err := row.Scan(append([]any{&u.ID, &u.Username, &roles, &u.CreatedAt}, extra...)...); err != nil {
+		return nil, err
+	}
+	for _, r := range roles {
+		u.Roles = append(u.Roles, trading.Role(r))
+	}
+	u.CreatedAt = u.CreatedAt.UTC()
+	return &u, nil
+}
+
+// hashPassword validates and hashes a new password. bcrypt reads only the first 72 bytes,
+// so a longer password is refused (422) rather than silently truncated.
+func hashPassword(password string) ([]byte, error) {
+	switch {
+	case password == "":
+		return nil, trading.Invalid(trading.FieldError{Field: "password", Message: "is required"})
+	case len(password) > 72:
+		return nil, trading.Invalid(trading.FieldError{Field: "password", Message: "must be at most 72 bytes"})
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), BcryptCost)
+	if err != nil {
+		return nil, &trading.Error{Code: trading.EINTERNAL, Message: "internal error", Err: err}
+	}
+	return hash, nil
+}
+
+func checkNewUser(username string, role trading.Role) error {
+	var fields []trading.FieldError
+	if !usernamePattern.MatchString(username) {
+		fields = append(fields, trading.FieldError{Field: "username", Message: "must be 1 to 64 characters of A-Z a-z 0-9 . _ @ -"})
+	}
+	if _, err := trading.ParseRole(string(role)); err != nil {
+		fields = append(fields, trading.FieldError{Field: "role", Message: "must be one of trader, risk, admin"})
+	}
+	if len(fields) > 0 {
+		return trading.Invalid(fields...)
+	}
+	return nil
+}
+
+// CreateUser stores a new user; ECONFLICT when the username is taken.
+func (s *UserService) CreateUser(ctx context.Context, username, password string, role trading.Role) (*trading.User, error) {
+	if err := checkNewUser(username, role); err != nil {
+		return nil, err
+	}
+	hash, err := hashPassword(password) // before the query timeout starts: bcrypt is slow on purpose
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	u, err := scanUser(s.db.pool.QueryRow(ctx, `
+		INSERT INTO users (username, password_hash, roles) VALUES ($1, $2, $3)
+		RETURNING `+userColumns, username, string(hash), []string{string(role)}))
+	if trading.ErrorCode(mapError(err)) == trading.ECONFLICT {
+		return nil, &trading.Error{Code: trading.ECONFLICT, Message: "username is taken", Err: err}
+	}
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return u, nil
+}
+
+// EnsureUser creates the user unless one of that name exists (bootstrap and demo users); it
+// never changes an existing user's password or role.
+func (s *UserService) EnsureUser(ctx context.Context, username, password string, role trading.Role) (bool, error) {
+	if err := checkNewUser(username, role); err != nil {
+		return false, err
+	}
+	hash, err := hashPassword(password)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	tag, err := s.db.pool.Exec(ctx, `
+		INSERT INTO users (username, password_hash, roles) VALUES ($1, $2, $3)
+		ON CONFLICT (username) DO NOTHING`, username, string(hash), []string{string(role)})
+	if err != nil {
+		return false, mapError(err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// dummyHash is compared against when the username is unknown, so that an unknown user costs
+// the same bcrypt work as a wrong password and usernames cannot be probed by timing.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, err := bcrypt.GenerateFromPassword([]byte("not-a-real-password-only-for-timing"), BcryptCost)
+	if err != nil {
+		panic(err)
+	}
+	return h
+})
+
+func errBadCredentials() error {
+	return trading.Errorf(trading.EUNAUTHORIZED, "invalid username or password")
+}
+
+// Authenticate returns the user whose password matches, else EUNAUTHORIZED.
+func (s *UserService) Authenticate(ctx context.Context, username, password string) (*trading.User, error) {
+	qctx, cancel := s.db.bound(ctx)
+	var hash string
+	u, err := scanUser(s.db.pool.QueryRow(qctx, `
+		SELECT `+userColumns+`, password_hash FROM users WHERE username = $1`, username), &hash)
+	cancel()
+	if errors.Is(err, pgx.ErrNoRows) {
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
+		return nil, errBadCredentials()
+	}
+	if err != nil {
+		return nil, mapError(err)
+	}
+	if bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) != nil {
+		return nil, errBadCredentials()
+	}
+	return u, nil
+}
+
+// FindUserByID returns the user or ENOTFOUND.
+func (s *UserService) FindUserByID(ctx context.Context, id uuid.UUID) (*trading.User, error) {
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	u, err := scanUser(s.db.pool.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, trading.Errorf(trading.ENOTFOUND, "user not found")
+	}
+	return u, mapError(err)
+}
+
+// SessionService implements trading.SessionService: refresh tokens stored as hashes, rotated on
+// every use, with reuse detection.
+type SessionService struct{ db *DB }
+
+var _ trading.SessionService = (*SessionService)(nil)
+
+// NewSessionService returns the refresh-token store.
+func NewSessionService(db *DB) *SessionService { return &SessionService{db: db} }
+
+func errBadRefreshToken() error {
+	return trading.Errorf(trading.EUNAUTHORIZED, "invalid or expired refresh token")
+}
+
+// CreateSession starts a login with its first refresh token.
+func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) error {
+	if len(tokenHash) == 0 {
+		return trading.Errorf(trading.EINTERNAL, "empty refresh token hash")
+	}
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	// One statement, so the session and its first token appear together or not at all.
+	_, err := s.db.pool.Exec(ctx, `
+		WITH s AS (INSERT INTO sessions (user_id) VALUES ($1) RETURNING id)
+		INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
+		SELECT $2, s.id, $3 FROM s`, userID, tokenHash, expiresAt)
+	return mapError(err)
+}
+
+// RotateRefreshToken exchanges the token with oldHash for newHash in the same login.
+//
+// The token row is locked (FOR UPDATE), so two concurrent uses of one token serialize: the
+// first rotates, the second finds it used and is treated as reuse, which revokes the login.
+// Revocation is committed even though the call returns EUNAUTHORIZED.
+func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (uuid.UUID, error) {
+	var (
+		userID uuid.UUID
+		denied bool
+	)
+	err := s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
+		var (
+			sessionID     uuid.UUID
+			usedAt        *time.Time
+			revokedAt     *time.Time
+			expiredByTime bool
+		)
+		err := tx.QueryRow(ctx, `
+			SELECT t.session_id, t.used_at, s.revoked_at, s.user_id, t.expires_at <= now()
+			FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+			WHERE t.token_hash = $1
+			FOR UPDATE OF t, s`, oldHash).
+			Scan(&sessionID, &usedAt, &revokedAt, &userID, &expiredByTime)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			denied = true
+			return nil
+		case err != nil:
+			return err
+		case revokedAt != nil || expiredByTime:
+			denied = true
+			return nil
+		case usedAt != nil:
+			// Reuse: someone holds a token that was already exchanged. Either the client or
+			// an attacker has a stolen copy; end the whole login so neither can go on.
+			denied = true
+			_, err := tx.Exec(ctx, `UPDATE sessions SET revoked_at = now() WHERE id = $1`, sessionID)
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1`, oldHash); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)`,
+			newHash, sessionID, expiresAt)
+		return err
+	})
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if denied {
+		return uuid.Nil, errBadRefreshToken()
+	}
+	return userID, nil
+}
+
+// RevokeSession ends the login of the token (logout); an unknown token is not an error.
+func (s *SessionService) RevokeSession(ctx context.Context, tokenHash []byte) error {
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	_, err := s.db.pool.Exec(ctx, `
+		UPDATE sessions SET revoked_at = now()
+		WHERE revoked_at IS NULL
+		  AND id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)`, tokenHash)
+	return mapError(err)
+}

@@ -1,0 +1,130 @@
+package postgres_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+func TestUsers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	ctx := context.Background()
+
+	u, err := e.users.CreateUser(ctx, "alice", "correct horse", trading.RoleRisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Username != "alice" || len(u.Roles) != 1 || u.Roles[0] != trading.RoleRisk || u.ID == uuid.Nil {
+		t.Fatalf("created user = %+v", u)
+	}
+	var hash string
+	if err := e.db.Pool().QueryRow(ctx, `SELECT password_hash FROM users WHERE id = $1`, u.ID).Scan(&hash); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(hash, "$2a$10$") {
+		t.Errorf("password hash %q is not bcrypt cost 10", hash[:7])
+	}
+
+	_, err = e.users.CreateUser(ctx, "alice", "other", trading.RoleTrader)
+	wantCode(t, err, trading.ECONFLICT)
+
+	_, err = e.users.CreateUser(ctx, "bob", strings.Repeat("x", 73), trading.RoleTrader)
+	wantField(t, err, "password")
+	_, err = e.users.CreateUser(ctx, "bob", "pw", trading.Role("root"))
+	wantField(t, err, "role")
+	_, err = e.users.CreateUser(ctx, "bad name", "pw", trading.RoleTrader)
+	wantField(t, err, "username")
+
+	got, err := e.users.Authenticate(ctx, "alice", "correct horse")
+	if err != nil || got.ID != u.ID {
+		t.Fatalf("authenticate with the right password = %v, %v", got, err)
+	}
+	_, err = e.users.Authenticate(ctx, "alice", "wrong")
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	_, err = e.users.Authenticate(ctx, "nobody", "correct horse")
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	if trading.ErrorMessage(err) != "invalid username or password" {
+		t.Errorf("unknown user message = %q, must equal the wrong-password one", trading.ErrorMessage(err))
+	}
+
+	found, err := e.users.FindUserByID(ctx, u.ID)
+	if err != nil || found.Username != "alice" {
+		t.Fatalf("FindUserByID = %v, %v", found, err)
+	}
+	_, err = e.users.FindUserByID(ctx, uuid.New())
+	wantCode(t, err, trading.ENOTFOUND)
+
+	created, err := e.users.EnsureUser(ctx, "demo", "pw1", trading.RoleTrader)
+	if err != nil || !created {
+		t.Fatalf("EnsureUser new = %v, %v", created, err)
+	}
+	created, err = e.users.EnsureUser(ctx, "demo", "pw2", trading.RoleAdmin)
+	if err != nil || created {
+		t.Fatalf("EnsureUser existing = %v, %v; want false, nil", created, err)
+	}
+	if _, err := e.users.Authenticate(ctx, "demo", "pw1"); err != nil {
+		t.Errorf("EnsureUser changed an existing user's password: %v", err)
+	}
+}
+
+func TestRefreshRotationAndReuse(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	h := func(s string) []byte { return []byte("hash-" + s) }
+
+	if err := e.sessions.CreateSession(ctx, e.trader1.ID, h("1"), exp); err != nil {
+		t.Fatal(err)
+	}
+	uid, err := e.sessions.RotateRefreshToken(ctx, h("1"), h("2"), exp)
+	if err != nil || uid != e.trader1.ID {
+		t.Fatalf("rotate 1->2 = %v, %v", uid, err)
+	}
+	uid, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("3"), exp)
+	if err != nil || uid != e.trader1.ID {
+		t.Fatalf("rotate 2->3 = %v, %v", uid, err)
+	}
+	// Reuse of the rotated token 2: refused, and the whole login is revoked, so the newest
+	// token 3 (its sibling) stops working too.
+	_, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("x"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	_, err = e.sessions.RotateRefreshToken(ctx, h("3"), h("4"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	if n := e.count(t, `SELECT count(*) FROM refresh_tokens WHERE token_hash = $1`, h("x")); n != 0 {
+		t.Errorf("a reused token minted a new one")
+	}
+
+	// Another login of the same user is not affected.
+	if err := e.sessions.CreateSession(ctx, e.trader1.ID, h("b1"), exp); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.sessions.RotateRefreshToken(ctx, h("b1"), h("b2"), exp); err != nil {
+		t.Fatalf("other login: %v", err)
+	}
+
+	// Logout revokes; unknown tokens are fine to log out.
+	if err := e.sessions.RevokeSession(ctx, h("b2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sessions.RevokeSession(ctx, h("never-issued")); err != nil {
+		t.Fatalf("revoke unknown = %v, want nil", err)
+	}
+	_, err = e.sessions.RotateRefreshToken(ctx, h("b2"), h("b3"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+
+	// Unknown and expired tokens.
+	_, err = e.sessions.RotateRefreshToken(ctx, h("unknown"), h("u2"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	if err := e.sessions.CreateSession(ctx, e.trader2.ID, h("old"), time.Now().Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.sessions.RotateRefreshToken(ctx, h("old"), h("old2"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+}
