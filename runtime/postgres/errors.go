@@ -15,6 +15,7 @@ import (
 // SQLSTATE codes that the services react to.
 const (
 	codeUniqueViolation      = "23505"
+	codeForeignKeyViolation  = "23503"
 	codeSerializationFailure = "40001"
 	codeDeadlockDetected     = "40P01"
 	codeQueryCanceled        = "57014"
@@ -60,7 +61,9 @@ func unavailable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
-		case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections:
+		case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections,
+			// transient by nature: the same call may succeed when retried
+			codeSerializationFailure, codeDeadlockDetected:
 			return true
 		}
 		return false
@@ -86,4 +89,9 @@ func unavailable(err error) bool {
 		return false
 	}
 	return pgconn.SafeToRetry(err)
+}
+
+func isForeignKeyViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == codeForeignKeyViolation
 }

@@ -124,6 +124,10 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 		o, err := s.findByClientOrderID(ctx, p.UserID, n)
 		return o, false, mapError(err)
 	}
+	if isForeignKeyViolation(err) {
+		// A valid token of a user that was deleted since.
+		return nil, false, trading.Errorf(trading.EUNAUTHORIZED, "the user no longer exists")
+	}
 	if err != nil {
 		return nil, false, mapError(err)
 	}
@@ -236,6 +240,9 @@ func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([
 		w.add("requested_by = ?", p.UserID)
 	}
 	if f.Status != nil {
+		if _, err := trading.ParseOrderStatus(string(*f.Status)); err != nil {
+			return nil, "", trading.Invalid(trading.FieldError{Field: "status", Message: "must be one of pending, approved, rejected"})
+		}
 		w.add("status = ?", string(*f.Status))
 	}
 	if f.Symbol != nil {
@@ -276,11 +283,16 @@ func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order,
 	}
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
-	rows, err := s.db.pool.Query(ctx, `
-		SELECT `+orderColumns+` FROM orders
-		WHERE status = 'pending' AND ($1 OR requested_by = $2)
-		ORDER BY created_at, id
-		LIMIT `+fmt.Sprint(maxPendingOrders), p.CanSeeAll(), p.UserID)
+	// Two query shapes rather than "($1 OR requested_by = $2)", so that each keeps its own
+	// index under a generic plan: orders_pending_created_idx for risk/admin,
+	// orders_pending_requested_by_idx for a trader.
+	var w where
+	w.add("status = 'pending'")
+	if !p.CanSeeAll() {
+		w.add("requested_by = ?", p.UserID)
+	}
+	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+
+		fmt.Sprintf(` ORDER BY created_at, id LIMIT %d`, maxPendingOrders), w.args...)
 	if err != nil {
 		return nil, mapError(err)
 	}
@@ -342,11 +354,15 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 			return err
 		}
 		if order, err = scanOrder(tx.QueryRow(ctx, `
-			UPDATE orders SET status = 'approved', decided_by = $2, decided_at = now(), updated_at = now()
+			UPDATE orders SET status = 'approved', decided_by = $2, decided_at = clock_timestamp(), updated_at = clock_timestamp()
 			WHERE id = $1 AND status = 'pending'
 			RETURNING `+orderColumns, id, p.UserID)); err != nil {
 			return err
 		}
+		// The decision time is taken after the row lock was granted (clock_timestamp, not the
+		// transaction's start), and the trade and position carry the same instant: trades then
+		// execute in the order their approvals won, which is what "latest trade" (the mark)
+		// means.
 		pos, err := lockPosition(ctx, tx, o.RequestedBy, o.Symbol)
 		if err != nil {
 			return err
@@ -360,18 +376,19 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 		trade = &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
 			Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
 		if err := tx.QueryRow(ctx, `
-			INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			RETURNING id, executed_at`,
 			o.ID, o.RequestedBy, o.Symbol, string(o.Side), numArg(o.Quantity.Decimal), numArg(o.Price.Decimal),
-			numArg(realized)).Scan(&trade.ID, &trade.ExecutedAt); err != nil {
+			numArg(realized), *order.DecidedAt).Scan(&trade.ID, &trade.ExecutedAt); err != nil {
 			return err
 		}
 		trade.ExecutedAt = trade.ExecutedAt.UTC()
 		_, err = tx.Exec(ctx, `
-			UPDATE positions SET quantity = $3, avg_entry_price = $4, realized_pnl = $5, updated_at = now()
+			UPDATE positions SET quantity = $3, avg_entry_price = $4, realized_pnl = $5, updated_at = $6
 			WHERE user_id = $1 AND symbol = $2`,
-			o.RequestedBy, o.Symbol, numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL))
+			o.RequestedBy, o.Symbol, numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL),
+			trade.ExecutedAt)
 		return err
 	})
 	if err != nil {
@@ -430,7 +447,7 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 		var err error
 		order, err = scanOrder(tx.QueryRow(ctx, `
 			UPDATE orders SET status = 'rejected', decided_by = $2, decision_reason = NULLIF($3, ''),
-				decided_at = now(), updated_at = now()
+				decided_at = clock_timestamp(), updated_at = clock_timestamp()
 			WHERE id = $1 AND status = 'pending'
 			RETURNING `+orderColumns, id, p.UserID, reason))
 		return err

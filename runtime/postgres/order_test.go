@@ -350,3 +350,47 @@ func TestUnavailableDatabase(t *testing.T) {
 	_, err = postgres.NewSessionService(db).RotateRefreshToken(context.Background(), []byte("a"), []byte("b"), time.Now())
 	wantCode(t, err, trading.EUNAVAILABLE)
 }
+
+// TestQueryTimeoutBoundsCalls: a database that does not answer (here: a row lock held by
+// another transaction) makes a call fail with EUNAVAILABLE instead of hanging.
+func TestQueryTimeoutBoundsCalls(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+
+	ctx := context.Background()
+	tx, err := e.db.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, `SELECT id FROM orders WHERE id = $1 FOR UPDATE`, o.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	dsn := e.db.Pool().Config().ConnString()
+	short, err := postgres.Open(ctx, postgres.Config{URL: dsn, QueryTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(short.Close)
+	_, _, err = postgres.NewOrderService(short, postgres.OrderServiceConfig{}).ApproveOrder(as(e.risk1), o.ID)
+	wantCode(t, err, trading.EUNAVAILABLE)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The lock is gone: the order is still pending and can be approved.
+	if _, _, err := e.orders.ApproveOrder(as(e.risk1), o.ID); err != nil {
+		t.Fatalf("approve after the lock is released: %v", err)
+	}
+}
+
+func TestFindOrdersRejectsUnknownStatus(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	bad := trading.OrderStatus("executed")
+	_, _, err := e.orders.FindOrders(as(e.risk1), trading.OrderFilter{Status: &bad})
+	wantField(t, err, "status")
+	err = e.sessions.CreateSession(context.Background(), uuid.New(), []byte("h"), time.Now().Add(time.Hour))
+	wantCode(t, err, trading.ENOTFOUND)
+}

@@ -186,6 +186,9 @@ func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, to
 		WITH s AS (INSERT INTO sessions (user_id) VALUES ($1) RETURNING id)
 		INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
 		SELECT $2, s.id, $3 FROM s`, userID, tokenHash, expiresAt)
+	if isForeignKeyViolation(err) {
+		return trading.Errorf(trading.ENOTFOUND, "user not found")
+	}
 	return mapError(err)
 }
 
