@@ -40,7 +40,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "tradingd")
-	build := exec.Command("go", "build", "-race",
+	// Not -race: bcrypt in a race-instrumented binary makes every login seconds long on a
+	// small machine; the race detector is on in the tests' own process.
+	build := exec.Command("go", "build",
 		"-ldflags", "-X github.com/findmy/trading-operator/runtime.Version="+testVersion,
 		"-o", binary, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
