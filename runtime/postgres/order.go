@@ -300,24 +300,41 @@ func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order,
 	return orders, mapError(err)
 }
 
-// lockPendingForDecision locks the order row (FOR UPDATE) and checks that p may decide it:
-// risk or admin, not the requester (four eyes), still pending. Concurrent deciders queue on
-// the row lock; each later one re-reads the committed row and gets ECONFLICT.
-func lockPendingForDecision(ctx context.Context, tx pgx.Tx, p trading.Principal, id uuid.UUID) (*trading.Order, error) {
-	o, err := scanOrder(tx.QueryRow(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1 FOR UPDATE`, id))
+// decide moves a pending order to its decision in one conditional UPDATE: still pending and not
+// requested by the decider (four eyes). Concurrent deciders queue on the row lock; when the
+// winner commits, PostgreSQL re-checks the WHERE for each of the others on the new row
+// version, which is no longer pending, so exactly one UPDATE matches. When nothing matched,
+// whyNotDecided says why.
+func decide(ctx context.Context, tx pgx.Tx, p trading.Principal, id uuid.UUID, set string, args ...any) (*trading.Order, error) {
+	o, err := scanOrder(tx.QueryRow(ctx, `
+		UPDATE orders SET `+set+`, decided_by = $2, decided_at = clock_timestamp(), updated_at = clock_timestamp()
+		WHERE id = $1 AND status = 'pending' AND requested_by <> $2
+		RETURNING `+orderColumns, append([]any{id, p.UserID}, args...)...))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, errOrderNotFound()
+		return nil, whyNotDecided(ctx, tx, p, id)
 	}
-	if err != nil {
-		return nil, err
+	return o, err
+}
+
+// whyNotDecided explains a decision that matched no row: ENOTFOUND, EFORBIDDEN (the requester,
+// four eyes) or ECONFLICT (no longer pending).
+func whyNotDecided(ctx context.Context, tx pgx.Tx, p trading.Principal, id uuid.UUID) error {
+	var (
+		requestedBy uuid.UUID
+		status      string
+	)
+	err := tx.QueryRow(ctx, `SELECT requested_by, status FROM orders WHERE id = $1`, id).Scan(&requestedBy, &status)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return errOrderNotFound()
+	case err != nil:
+		return err
+	case requestedBy == p.UserID:
+		return trading.Errorf(trading.EFORBIDDEN, "four-eyes rule: you cannot decide your own order")
+	case status != string(trading.StatusPending):
+		return trading.Errorf(trading.ECONFLICT, "order is already %s", status)
 	}
-	if o.RequestedBy == p.UserID {
-		return nil, trading.Errorf(trading.EFORBIDDEN, "four-eyes rule: you cannot decide your own order")
-	}
-	if o.Status != trading.StatusPending {
-		return nil, trading.Errorf(trading.ECONFLICT, "order is already %s", o.Status)
-	}
-	return o, nil
+	return fmt.Errorf("postgres: order %s is pending but could not be decided", id)
 }
 
 func canDecide(p trading.Principal) error {
@@ -328,14 +345,21 @@ func canDecide(p trading.Principal) error {
 }
 
 // ApproveOrder executes a pending order into one trade at its price and moves the requester's
-// position, in one transaction: the order row lock makes exactly one concurrent approval win,
-// the position row lock serializes trades of the same user and symbol, and the unique index
-// on trades.order_id backs both up.
+// position, in one transaction of five round trips (begin, decide, lock position, trade and
+// position, commit):
+//   - the conditional UPDATE of the order makes exactly one concurrent approval win;
+//   - the position row is locked (INSERT ... ON CONFLICT DO UPDATE locks it, creating it when
+//     the user never traded the symbol), so trades of one user and symbol apply one at a time
+//     and the average-cost maths (trading.ApplyTrade) always start from the committed position;
+//   - the unique index on trades.order_id backs the exactly-once guarantee up.
 //
-// After the commit the requester's cache is invalidated. The trade is committed by then, so a
-// failed invalidation is logged and the approval still succeeds: answering an error would make
-// the client believe the approval failed (a retry would get 409), while the staleness it
-// causes is bounded by the cache TTLs.
+// Locks are always taken in the order order row, then position row: no deadlock between
+// approvals.
+//
+// After the commit the requester's cache is invalidated, before returning. The trade is
+// committed by then, so a failed invalidation is logged and the approval still succeeds:
+// answering an error would make the client believe the approval failed (a retry would get
+// 409), while the staleness it causes is bounded by the cache TTLs.
 func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading.Order, *trading.Trade, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -349,47 +373,44 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 		trade *trading.Trade
 	)
 	err = s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
-		o, err := lockPendingForDecision(ctx, tx, p, id)
+		o, err := decide(ctx, tx, p, id, `status = 'approved'`)
 		if err != nil {
 			return err
 		}
-		if order, err = scanOrder(tx.QueryRow(ctx, `
-			UPDATE orders SET status = 'approved', decided_by = $2, decided_at = clock_timestamp(), updated_at = clock_timestamp()
-			WHERE id = $1 AND status = 'pending'
-			RETURNING `+orderColumns, id, p.UserID)); err != nil {
-			return err
-		}
-		// The decision time is taken after the row lock was granted (clock_timestamp, not the
-		// transaction's start), and the trade and position carry the same instant: trades then
-		// execute in the order their approvals won, which is what "latest trade" (the mark)
-		// means.
+		order = o
 		pos, err := lockPosition(ctx, tx, o.RequestedBy, o.Symbol)
 		if err != nil {
 			return err
 		}
 		next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
 		// Realized P&L is stored at Scale digits; the position adds exactly what the trade
-		// row says, so the sum of trades always equals the position's realized P&L.
+		// row says, so the sum of a user's trades always equals the position's realized P&L.
 		realized = realized.Round(trading.Scale)
 		next.RealizedPnL = pos.RealizedPnL.Add(realized)
 
+		// The trade executes at the decision time, taken after the order's row lock was
+		// granted (clock_timestamp, not the transaction start): trades then execute in the
+		// order their approvals won, which is what "latest trade" (the mark) relies on.
 		trade = &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
 			Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
 		if err := tx.QueryRow(ctx, `
-			INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-			RETURNING id, executed_at`,
+			WITH t AS (
+				INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+				RETURNING id, executed_at
+			), p AS (
+				UPDATE positions SET quantity = $9, avg_entry_price = $10, realized_pnl = $11, updated_at = $8
+				WHERE user_id = $2 AND symbol = $3
+			)
+			SELECT id, executed_at FROM t`,
 			o.ID, o.RequestedBy, o.Symbol, string(o.Side), numArg(o.Quantity.Decimal), numArg(o.Price.Decimal),
-			numArg(realized), *order.DecidedAt).Scan(&trade.ID, &trade.ExecutedAt); err != nil {
+			numArg(realized), *o.DecidedAt,
+			numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL)).
+			Scan(&trade.ID, &trade.ExecutedAt); err != nil {
 			return err
 		}
 		trade.ExecutedAt = trade.ExecutedAt.UTC()
-		_, err = tx.Exec(ctx, `
-			UPDATE positions SET quantity = $3, avg_entry_price = $4, realized_pnl = $5, updated_at = $6
-			WHERE user_id = $1 AND symbol = $2`,
-			o.RequestedBy, o.Symbol, numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL),
-			trade.ExecutedAt)
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, nil, err
@@ -398,18 +419,15 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	return order, trade, nil
 }
 
-// lockPosition returns the position row locked FOR UPDATE, creating a flat one first when the
-// user never traded the symbol (so that there is always a row to lock).
+// lockPosition returns the user's position in symbol, locked until the transaction ends. The
+// no-op DO UPDATE takes the row lock and returns the committed values in one round trip, and
+// creates a flat position when the user never traded the symbol.
 func lockPosition(ctx context.Context, tx pgx.Tx, userID uuid.UUID, symbol string) (trading.Position, error) {
-	if _, err := tx.Exec(ctx, `
-		INSERT INTO positions (user_id, symbol) VALUES ($1, $2) ON CONFLICT (user_id, symbol) DO NOTHING`,
-		userID, symbol); err != nil {
-		return trading.Position{}, err
-	}
 	pos := trading.Position{UserID: userID, Symbol: symbol}
 	err := tx.QueryRow(ctx, `
-		SELECT quantity, avg_entry_price, realized_pnl, updated_at FROM positions
-		WHERE user_id = $1 AND symbol = $2 FOR UPDATE`, userID, symbol).
+		INSERT INTO positions AS p (user_id, symbol) VALUES ($1, $2)
+		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
+		RETURNING p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, userID, symbol).
 		Scan(num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt)
 	return pos, err
 }
@@ -427,7 +445,7 @@ func (s *OrderService) invalidate(ctx context.Context, userID uuid.UUID) {
 	}
 }
 
-// RejectOrder marks a pending order rejected with the reason.
+// RejectOrder marks a pending order rejected with the reason (same rules as ApproveOrder).
 func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason string) (*trading.Order, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -441,15 +459,8 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 	}
 	var order *trading.Order
 	err = s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := lockPendingForDecision(ctx, tx, p, id); err != nil {
-			return err
-		}
 		var err error
-		order, err = scanOrder(tx.QueryRow(ctx, `
-			UPDATE orders SET status = 'rejected', decided_by = $2, decision_reason = NULLIF($3, ''),
-				decided_at = clock_timestamp(), updated_at = clock_timestamp()
-			WHERE id = $1 AND status = 'pending'
-			RETURNING `+orderColumns, id, p.UserID, reason))
+		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = NULLIF($3, '')`, reason)
 		return err
 	})
 	return order, err
