@@ -1,0 +1,327 @@
+// Command bench load-tests tradingd against a real PostgreSQL and, in the same run, measures
+// the baselines it is judged against: a bare net/http handler (the HTTP stack's limit on this
+// machine) and single-row insert transactions through pgx with no HTTP (the database's limit).
+// It prints requests/s and p50/p99 per scenario and the ratios of the API to the baselines.
+//
+// Run it with `make bench` (which builds bin/tradingd and provides DATABASE_URL).
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+var (
+	duration = flag.Duration("duration", 5*time.Second, "how long each scenario runs at each concurrency")
+	binary   = flag.String("tradingd", "bin/tradingd", "the tradingd binary")
+	levels   = flag.String("clients", "16,64", "concurrent clients, comma separated")
+)
+
+// result is one scenario at one concurrency.
+type result struct {
+	name    string
+	clients int
+	n       int
+	errors  int64
+	elapsed time.Duration
+	lat     []time.Duration
+}
+
+func (r result) rps() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+func (r result) pct(p float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[int(float64(len(r.lat)-1)*p)]
+}
+
+// load runs op from clients goroutines for the duration (or until op reports done) and
+// records each successful call's latency.
+func load(name string, clients int, d time.Duration, op func(worker int) (ok bool, done bool)) result {
+	var (
+		mu     sync.Mutex
+		all    []time.Duration
+		errs   atomic.Int64
+		wg     sync.WaitGroup
+		stop   atomic.Bool
+		start  = time.Now()
+		finish = start.Add(d)
+	)
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, 4096)
+			for !stop.Load() && time.Now().Before(finish) {
+				t0 := time.Now()
+				ok, done := op(w)
+				if done {
+					stop.Store(true)
+					break
+				}
+				if ok {
+					lat = append(lat, time.Since(t0))
+				} else {
+					errs.Add(1)
+				}
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(all)
+	return result{name: name, clients: clients, n: len(all), errors: errs.Load(), elapsed: elapsed, lat: all}
+}
+
+func freePort() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	ctx := context.Background()
+	var clientLevels []int
+	for _, s := range strings.Split(*levels, ",") {
+		var n int
+		_, err := fmt.Sscan(s, &n)
+		must(err)
+		clientLevels = append(clientLevels, n)
+	}
+
+	admin := os.Getenv("DATABASE_URL")
+	if admin == "" {
+		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	}
+	dbName := "bench_" + randHex(6)
+	adminConn, err := pgx.Connect(ctx, admin)
+	must(err)
+	_, err = adminConn.Exec(ctx, "CREATE DATABASE "+dbName)
+	must(err)
+	defer func() {
+		_, _ = adminConn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)")
+		adminConn.Close(context.Background())
+	}()
+	u, err := url.Parse(admin)
+	must(err)
+	u.Path = "/" + dbName
+	dsn := u.String()
+
+	// tradingd, as a separate process, exactly as it is deployed.
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	apiAddr, adminAddr := freePort(), freePort()
+	env := append(os.Environ(),
+		"DATABASE_URL="+dsn,
+		"JWT_KEYS=bench:"+base64.StdEncoding.EncodeToString(key),
+		"LISTEN_ADDR="+apiAddr, "ADMIN_ADDR="+adminAddr,
+		"DEMO_USERS=true", "LOG_LEVEL=warn",
+		// The benchmark measures the request path, not the limiter refusing it.
+		"RATE_LIMIT_LOGIN=0", "RATE_LIMIT_TRADING=0", "RATE_LIMIT_DATA=0",
+		"RATE_LIMIT_GLOBAL_PER_MINUTE=0", "RATE_LIMIT_GLOBAL_PER_DAY=0",
+	)
+	env = slices.DeleteFunc(env, func(s string) bool { return strings.HasPrefix(s, "REDIS_URL=") })
+	migrate := exec.Command(*binary, "migrate")
+	migrate.Env, migrate.Stderr = env, os.Stderr
+	must(migrate.Run())
+	serve := exec.Command(*binary, "serve")
+	serve.Env, serve.Stderr = env, os.Stderr
+	must(serve.Start())
+	defer func() { _ = serve.Process.Signal(syscall.SIGTERM); _ = serve.Wait() }()
+	waitReady("http://" + adminAddr + "/readyz")
+
+	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}, Timeout: 10 * time.Second}
+	base := "http://" + apiAddr
+	trader := login(httpc, base, "trader1", "password123")
+	risk := login(httpc, base, "risk1", "password789")
+
+	// Baseline 1: a bare net/http handler answering 60 bytes of JSON from memory.
+	bare := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok","message":"hello from the bare handler!!!"}` + "\n"))
+	})}
+	bareAddr := freePort()
+	ln, err := net.Listen("tcp", bareAddr)
+	must(err)
+	go func() { _ = bare.Serve(ln) }()
+	defer bare.Close()
+
+	// Baseline 2: single-row insert transactions through pgx, no HTTP.
+	pool, err := pgxpool.New(ctx, dsn)
+	must(err)
+	defer pool.Close()
+	_, err = pool.Exec(ctx, `CREATE TABLE bench_insert (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+		symbol text NOT NULL, quantity numeric(20,8) NOT NULL, price numeric(20,8) NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`)
+	must(err)
+
+	var results []result
+	report := func(r result) {
+		results = append(results, r)
+		fmt.Printf("%-28s c=%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  (n=%d, errors=%d)\n",
+			r.name, r.clients, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n, r.errors)
+	}
+
+	var orderIDs = make(chan string, 1_000_000)
+	for _, c := range clientLevels {
+		report(load("bare net/http", c, *duration, func(int) (bool, bool) {
+			return get(httpc, "http://"+bareAddr+"/", "") == 200, false
+		}))
+		report(load("raw pgx insert tx", c, *duration, func(int) (bool, bool) {
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				return false, false
+			}
+			_, err = tx.Exec(ctx, `INSERT INTO bench_insert (symbol, quantity, price) VALUES ($1, $2, $3)`, "BTC/USD", "1.5", "150.25")
+			if err != nil {
+				_ = tx.Rollback(ctx)
+				return false, false
+			}
+			return tx.Commit(ctx) == nil, false
+		}))
+		report(load("POST /api/orders", c, *duration, func(int) (bool, bool) {
+			body := `{"symbol":"BTC/USD","side":"buy","quantity":"1.5","price":"150.25"}`
+			status, resp := post(httpc, base+"/api/orders", trader, body)
+			if status != 201 {
+				return false, false
+			}
+			var o struct{ ID string }
+			_ = json.Unmarshal(resp, &o)
+			select {
+			case orderIDs <- o.ID:
+			default:
+			}
+			return true, false
+		}))
+		report(load("POST /api/orders/{id}/approve", c, *duration, func(int) (bool, bool) {
+			select {
+			case id := <-orderIDs:
+				status, _ := post(httpc, base+"/api/orders/"+id+"/approve", risk, "")
+				return status == 200, false
+			default:
+				return false, true // every pending order approved
+			}
+		}))
+		report(load("GET /api/positions", c, *duration, func(int) (bool, bool) {
+			return get(httpc, base+"/api/positions", trader) == 200, false
+		}))
+	}
+
+	fmt.Println()
+	find := func(name string, c int) result {
+		for _, r := range results {
+			if r.name == name && r.clients == c {
+				return r
+			}
+		}
+		return result{}
+	}
+	for _, c := range clientLevels {
+		raw := find("raw pgx insert tx", c).rps()
+		bareR := find("bare net/http", c).rps()
+		fmt.Printf("c=%d  submit/raw insert %.2f (aim >= 0.50)  approve/raw insert %.2f (aim >= 0.33)  positions/bare %.2f  submit p99 %.2f ms\n",
+			c, find("POST /api/orders", c).rps()/raw, find("POST /api/orders/{id}/approve", c).rps()/raw,
+			find("GET /api/positions", c).rps()/bareR, ms(find("POST /api/orders", c).pct(0.99)))
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func waitReady(u string) {
+	for range 200 {
+		resp, err := http.Get(u)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log.Fatalf("tradingd did not become ready at %s", u)
+}
+
+func login(c *http.Client, base, user, pass string) string {
+	status, body := post(c, base+"/api/auth/login", "", fmt.Sprintf(`{"username":%q,"password":%q}`, user, pass))
+	if status != 200 {
+		log.Fatalf("login %s: %d %s", user, status, body)
+	}
+	var t struct {
+		AccessToken string `json:"access_token"`
+	}
+	must(json.Unmarshal(body, &t))
+	return t.AccessToken
+}
+
+func post(c *http.Client, u, token, body string) (int, []byte) {
+	req, _ := http.NewRequest(http.MethodPost, u, bytes.NewBufferString(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func get(c *http.Client, u, token string) int {
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
