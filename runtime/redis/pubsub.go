@@ -110,7 +110,20 @@ func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(us
 func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvalidate func(uuid.UUID)) error {
 	ps := c.rdb.Subscribe(ctx, c.opts.Prefix+channelName)
 	defer ps.Close()
+	// A blocked read does not watch ctx: closing the connection ends it at once.
+	closed := make(chan struct{})
+	defer close(closed)
+	go func() {
+		select {
+		case <-ctx.Done():
+			ps.Close()
+		case <-closed:
+		}
+	}()
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		m, err := ps.ReceiveTimeout(ctx, 5*time.Second)
 		if err != nil {
 			var nerr interface{ Timeout() bool }

@@ -1,0 +1,129 @@
+package redis_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/findmy/trading-operator/runtime/redis"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
+)
+
+func open(t *testing.T, url, prefix string) *redis.Client {
+	t.Helper()
+	c, err := redis.OpenWith(url, redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestOpenRejectsMalformedURL(t *testing.T) {
+	if _, err := redis.Open("http://nope"); err == nil {
+		t.Fatal("a non-redis URL was accepted")
+	}
+}
+
+func TestStoreRoundTrip(t *testing.T) {
+	c := open(t, redistest.SharedURL(t), redistest.Prefix(t))
+	ctx := context.Background()
+	if _, ok, err := c.Get(ctx, "k"); err != nil || ok {
+		t.Fatalf("Get of a missing key: ok=%v err=%v", ok, err)
+	}
+	if err := c.Set(ctx, "k", []byte(`{"a":1}`), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	b, ok, err := c.Get(ctx, "k")
+	if err != nil || !ok || string(b) != `{"a":1}` {
+		t.Fatalf("Get = %q %v %v", b, ok, err)
+	}
+	n, size, err := c.Stats(ctx, "", 1000)
+	if err != nil || n != 1 || size != int64(len(`{"a":1}`)) {
+		t.Fatalf("Stats = %d entries %d bytes, %v", n, size, err)
+	}
+	if err := c.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := c.Get(ctx, "k"); ok {
+		t.Fatal("deleted key still there")
+	}
+}
+
+// An invalidation returns only after every subscribed replica ran its handler, and a
+// subscription that comes back after an outage calls onSubscribe again (the L1 flush).
+func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	a, b := open(t, srv.URL(), prefix), open(t, srv.URL(), prefix)
+
+	var subsA, subsB atomic.Int32
+	var mu sync.Mutex
+	seenB := map[uuid.UUID]bool{}
+	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID) {})
+	defer stopA()
+	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(u uuid.UUID) {
+		time.Sleep(20 * time.Millisecond) // a slow handler: the publisher must wait for it
+		mu.Lock()
+		seenB[u] = true
+		mu.Unlock()
+	})
+	defer stopB()
+	redistest.Eventually(t, 5*time.Second, "both subscriptions", func() bool { return subsA.Load() >= 1 && subsB.Load() >= 1 })
+
+	user := uuid.New()
+	if err := a.PublishInvalidation(context.Background(), user); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := seenB[user]
+	mu.Unlock()
+	if !got {
+		t.Fatal("PublishInvalidation returned before the other replica handled the message")
+	}
+
+	before := subsB.Load()
+	srv.Stop()
+	redistest.Eventually(t, 5*time.Second, "degraded health", func() bool { return !a.Healthy() && !b.Healthy() })
+	if err := a.PublishInvalidation(context.Background(), user); err == nil {
+		t.Fatal("publishing with Redis down reported success")
+	}
+	srv.Restart()
+	redistest.Eventually(t, 10*time.Second, "recovery", func() bool { return a.Healthy() && b.Healthy() })
+	redistest.Eventually(t, 10*time.Second, "resubscription", func() bool { return subsB.Load() > before })
+	if err := a.PublishInvalidation(context.Background(), uuid.New()); err != nil {
+		t.Fatalf("publish after recovery: %v", err)
+	}
+}
+
+func TestDegradedOperationsFailFast(t *testing.T) {
+	srv := redistest.Start(t)
+	c := open(t, srv.URL(), redistest.Prefix(t))
+	var changes []bool
+	var mu sync.Mutex
+	c.OnHealthChange(func(h bool) { mu.Lock(); changes = append(changes, h); mu.Unlock() })
+	srv.Stop()
+	if _, _, err := c.Get(context.Background(), "x"); err == nil {
+		t.Fatal("Get with Redis down reported no error")
+	}
+	if c.Healthy() {
+		t.Fatal("a failed Get did not mark the client degraded")
+	}
+	if _, _, err := c.Get(context.Background(), "x"); err != redis.ErrDegraded {
+		t.Fatalf("Get while degraded = %v, want ErrDegraded without a round trip", err)
+	}
+	srv.Restart()
+	redistest.Eventually(t, 10*time.Second, "recovery by the pinger", c.Healthy)
+	if err := c.Set(context.Background(), "x", []byte("1"), time.Minute); err != nil {
+		t.Fatalf("Set after recovery: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(changes) < 2 || changes[0] != false || changes[len(changes)-1] != true {
+		t.Fatalf("health transitions = %v, want [false ... true]", changes)
+	}
+}
