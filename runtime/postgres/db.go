@@ -98,7 +98,7 @@ func (db *DB) Close() { db.pool.Close() }
 func (db *DB) Ping(ctx context.Context) error {
 	ctx, cancel := db.bound(ctx)
 	defer cancel()
-	return mapError(db.pool.Ping(ctx))
+	return db.mapError(db.pool.Ping(ctx))
 }
 
 // CheckSchema returns the applied schema version, and an error wrapping ErrSchemaTooOld when it
@@ -114,7 +114,7 @@ func (db *DB) CheckSchema(ctx context.Context) (int64, error) {
 		version, err = 0, nil
 	}
 	if err != nil {
-		return 0, mapError(err)
+		return 0, db.mapError(err)
 	}
 	if version < SchemaVersion {
 		return version, fmt.Errorf("%w (database has version %d, this binary needs %d)",
@@ -135,11 +135,11 @@ func (db *DB) inTx(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.
 	defer cancel()
 	tx, err := db.pool.BeginTx(ctx, opts)
 	if err != nil {
-		return mapError(err)
+		return db.mapError(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
 	if err := fn(ctx, tx); err != nil {
-		return mapError(err)
+		return db.mapError(err)
 	}
-	return mapError(tx.Commit(ctx))
+	return db.mapError(tx.Commit(ctx))
 }

@@ -95,3 +95,15 @@ func isForeignKeyViolation(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == codeForeignKeyViolation
 }
+
+// mapError maps err like the package-level mapError and, when the server dropped the
+// connection (restart, failover, pg_terminate_backend), resets the pool: the other pooled
+// connections were almost certainly dropped too, and without the reset each of them would
+// fail one more request before the pool notices.
+func (db *DB) mapError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) {
+		db.pool.Reset()
+	}
+	return mapError(err)
+}

@@ -122,14 +122,14 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 	if errors.Is(err, pgx.ErrNoRows) && clientOrderID != nil {
 		// A concurrent request with the same client order id won the insert.
 		o, err := s.findByClientOrderID(ctx, p.UserID, n)
-		return o, false, mapError(err)
+		return o, false, s.db.mapError(err)
 	}
 	if isForeignKeyViolation(err) {
 		// A valid token of a user that was deleted since.
 		return nil, false, trading.Errorf(trading.EUNAUTHORIZED, "the user no longer exists")
 	}
 	if err != nil {
-		return nil, false, mapError(err)
+		return nil, false, s.db.mapError(err)
 	}
 	return o, true, nil
 }
@@ -144,7 +144,7 @@ func (s *OrderService) findByClientOrderID(ctx context.Context, userID uuid.UUID
 		return nil, err
 	}
 	if err != nil {
-		return nil, mapError(err)
+		return nil, s.db.mapError(err)
 	}
 	if !sameBody(o, n) {
 		return nil, trading.Errorf(trading.ECONFLICT,
@@ -168,7 +168,7 @@ func (s *OrderService) checkDailyLoss(ctx context.Context, userID uuid.UUID) err
 		SELECT COALESCE(SUM(realized_pnl), 0) FROM trades
 		WHERE user_id = $1 AND executed_at >= `+startOfDayUTC, userID).Scan(num(&pnl))
 	if err != nil {
-		return mapError(err)
+		return s.db.mapError(err)
 	}
 	if limit := *s.cfg.MaxDailyLoss; pnl.LessThanOrEqual(limit.Neg()) {
 		return trading.Invalid(trading.FieldError{
@@ -195,7 +195,7 @@ func (s *OrderService) FindOrderByID(ctx context.Context, id uuid.UUID) (*tradin
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, errOrderNotFound()
 	}
-	return o, mapError(err)
+	return o, s.db.mapError(err)
 }
 
 // where builds a WHERE clause from conditions with numbered placeholders.
@@ -256,11 +256,11 @@ func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([
 	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+
 		fmt.Sprintf(` ORDER BY created_at DESC, id DESC LIMIT %d`, limit+1), w.args...)
 	if err != nil {
-		return nil, "", mapError(err)
+		return nil, "", s.db.mapError(err)
 	}
 	orders, err := collectOrders(rows)
 	if err != nil {
-		return nil, "", mapError(err)
+		return nil, "", s.db.mapError(err)
 	}
 	next := ""
 	if len(orders) > limit {
@@ -294,10 +294,10 @@ func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order,
 	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+
 		fmt.Sprintf(` ORDER BY created_at, id LIMIT %d`, maxPendingOrders), w.args...)
 	if err != nil {
-		return nil, mapError(err)
+		return nil, s.db.mapError(err)
 	}
 	orders, err := collectOrders(rows)
-	return orders, mapError(err)
+	return orders, s.db.mapError(err)
 }
 
 // decide moves a pending order to its decision in one conditional UPDATE: still pending and not

@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	"github.com/findmy/trading-operator/runtime/postgres"
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
 func TestCreateOrderAndIdempotency(t *testing.T) {
@@ -393,4 +395,53 @@ func TestFindOrdersRejectsUnknownStatus(t *testing.T) {
 	wantField(t, err, "status")
 	err = e.sessions.CreateSession(context.Background(), uuid.New(), []byte("h"), time.Now().Add(time.Hour))
 	wantCode(t, err, trading.ENOTFOUND)
+}
+
+// TestRecoversAfterConnectionsAreKilled: when the server drops every connection (a restart, a
+// failover), calls fail as EUNAVAILABLE at worst, never EINTERNAL, and the pool recovers by
+// itself.
+func TestRecoversAfterConnectionsAreKilled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	ctx := as(e.trader1)
+	e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+
+	// Warm several pooled connections, then kill every backend of the database from outside.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { _, _, _ = e.orders.FindOrders(ctx, trading.OrderFilter{}) })
+	}
+	wg.Wait()
+	admin, err := pgx.Connect(context.Background(), pgtest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	var dbName string
+	if err := e.db.Pool().QueryRow(context.Background(), `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	var killed int
+	if err := admin.QueryRow(context.Background(), `
+		SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1`, dbName).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed == 0 {
+		t.Fatal("no backend was terminated")
+	}
+
+	// At most the first call sees a dead connection; it resets the pool, so the next one works.
+	for i := range 2 {
+		_, _, err := e.orders.FindOrders(ctx, trading.OrderFilter{})
+		if err == nil {
+			break
+		}
+		if i == 1 {
+			t.Fatalf("second call after the kill still fails: %v", err)
+		}
+		wantCode(t, err, trading.EUNAVAILABLE)
+	}
+	if err := e.db.Ping(context.Background()); err != nil {
+		t.Fatalf("ping after recovery: %v", err)
+	}
 }

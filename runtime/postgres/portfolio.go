@@ -66,19 +66,19 @@ func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter
 	rows, err := s.db.pool.Query(ctx, `SELECT `+tradeColumns+` FROM trades`+w.String()+
 		fmt.Sprintf(` ORDER BY executed_at DESC, id DESC LIMIT %d`, limit+1), w.args...)
 	if err != nil {
-		return nil, "", mapError(err)
+		return nil, "", s.db.mapError(err)
 	}
 	defer rows.Close()
 	trades := []*trading.Trade{}
 	for rows.Next() {
 		t, err := scanTrade(rows)
 		if err != nil {
-			return nil, "", mapError(err)
+			return nil, "", s.db.mapError(err)
 		}
 		trades = append(trades, t)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, "", mapError(err)
+		return nil, "", s.db.mapError(err)
 	}
 	next := ""
 	if len(trades) > limit {
@@ -96,7 +96,7 @@ func (s *PortfolioService) Positions(ctx context.Context, userID uuid.UUID) ([]t
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
 	views, err := positions(ctx, s.db.pool, userID)
-	return views, mapError(err)
+	return views, s.db.mapError(err)
 }
 
 type querier interface {

@@ -86,11 +86,11 @@ func (s *UserService) CreateUser(ctx context.Context, username, password string,
 	u, err := scanUser(s.db.pool.QueryRow(ctx, `
 		INSERT INTO users (username, password_hash, roles) VALUES ($1, $2, $3)
 		RETURNING `+userColumns, username, string(hash), []string{string(role)}))
-	if trading.ErrorCode(mapError(err)) == trading.ECONFLICT {
+	if trading.ErrorCode(s.db.mapError(err)) == trading.ECONFLICT {
 		return nil, &trading.Error{Code: trading.ECONFLICT, Message: "username is taken", Err: err}
 	}
 	if err != nil {
-		return nil, mapError(err)
+		return nil, s.db.mapError(err)
 	}
 	return u, nil
 }
@@ -111,7 +111,7 @@ func (s *UserService) EnsureUser(ctx context.Context, username, password string,
 		INSERT INTO users (username, password_hash, roles) VALUES ($1, $2, $3)
 		ON CONFLICT (username) DO NOTHING`, username, string(hash), []string{string(role)})
 	if err != nil {
-		return false, mapError(err)
+		return false, s.db.mapError(err)
 	}
 	return tag.RowsAffected() == 1, nil
 }
@@ -142,7 +142,7 @@ func (s *UserService) Authenticate(ctx context.Context, username, password strin
 		return nil, errBadCredentials()
 	}
 	if err != nil {
-		return nil, mapError(err)
+		return nil, s.db.mapError(err)
 	}
 	if bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) != nil {
 		return nil, errBadCredentials()
@@ -158,7 +158,7 @@ func (s *UserService) FindUserByID(ctx context.Context, id uuid.UUID) (*trading.
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, trading.Errorf(trading.ENOTFOUND, "user not found")
 	}
-	return u, mapError(err)
+	return u, s.db.mapError(err)
 }
 
 // SessionService implements trading.SessionService: refresh tokens stored as hashes, rotated on
@@ -189,7 +189,7 @@ func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, to
 	if isForeignKeyViolation(err) {
 		return trading.Errorf(trading.ENOTFOUND, "user not found")
 	}
-	return mapError(err)
+	return s.db.mapError(err)
 }
 
 // RotateRefreshToken exchanges the token with oldHash for newHash in the same login.
@@ -255,5 +255,5 @@ func (s *SessionService) RevokeSession(ctx context.Context, tokenHash []byte) er
 		UPDATE sessions SET revoked_at = now()
 		WHERE revoked_at IS NULL
 		  AND id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)`, tokenHash)
-	return mapError(err)
+	return s.db.mapError(err)
 }
