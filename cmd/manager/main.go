@@ -1,0 +1,88 @@
+// Command manager runs the TradingStack operator: one controller that turns a
+// TradingStack into the whole trading service (database, cache, migrations,
+// runtime, policies and monitoring).
+package main
+
+import (
+	"errors"
+	"flag"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/go-logr/logr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/findmy/trading-operator/controllers"
+)
+
+func main() {
+	var (
+		metricsAddr  string
+		probeAddr    string
+		leaderElect  bool
+		concurrency  int
+		logLevel     string
+		secureMetric bool
+	)
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the controller-runtime metrics endpoint binds to; 0 disables it")
+	flag.BoolVar(&secureMetric, "metrics-secure", false, "serve metrics over HTTPS with authentication and authorization (needs the metrics-auth RBAC)")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so that only one replica reconciles at a time")
+	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "TradingStacks reconciled in parallel")
+	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		slog.Error("invalid --log-level", "value", logLevel)
+		os.Exit(2)
+	}
+	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	slog.SetDefault(slog.New(handler))
+	ctrl.SetLogger(logr.FromSlogHandler(handler))
+	log := slog.Default()
+
+	namespaces := controllers.ParseWatchNamespaces(os.Getenv("WATCH_NAMESPACE"))
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{
+		Scheme:                        controllers.NewScheme(),
+		Cache:                         controllers.CacheOptions(namespaces),
+		Metrics:                       metricsserver.Options{BindAddress: metricsAddr, SecureServing: secureMetric},
+		HealthProbeBindAddress:        probeAddr,
+		LeaderElection:                leaderElect,
+		LeaderElectionID:              "trading-operator.trading.findmy.io",
+		LeaderElectionReleaseOnCancel: true,
+	})
+	if err != nil {
+		log.Error("create manager", "err", err)
+		os.Exit(1)
+	}
+	if err := controllers.NewTradingStackReconciler(mgr, concurrency).SetupWithManager(mgr); err != nil {
+		log.Error("set up the TradingStack controller", "err", err)
+		os.Exit(1)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		log.Error("add health check", "err", err)
+		os.Exit(1)
+	}
+	// Ready once the informer caches have synced: before that a reconcile would
+	// see an empty cluster.
+	if err := mgr.AddReadyzCheck("readyz", func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return errors.New("informer caches not synced")
+		}
+		return nil
+	}); err != nil {
+		log.Error("add ready check", "err", err)
+		os.Exit(1)
+	}
+
+	log.Info("starting manager", "watchNamespaces", namespaces, "leaderElection", leaderElect)
+	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+		log.Error("manager stopped", "err", err)
+		os.Exit(1)
+	}
+}

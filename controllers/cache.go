@@ -1,0 +1,81 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// reconcileCache runs the managed Redis (Deployment and Service), checks an
+// external one's password Secret, or records that Redis is disabled. Leaving
+// managed mode removes the managed Redis.
+func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (bool, error) {
+	spec := p.spec.Spec.Redis
+	if spec.Mode != tradingv1alpha1.RedisManaged {
+		if err := r.deleteIfExists(ctx, p, objectNamed(&appsv1.Deployment{}, p.stack.Namespace, redisName(p.stack))); err != nil {
+			return false, err
+		}
+		if err := r.deleteIfExists(ctx, p, objectNamed(&corev1.Service{}, p.stack.Namespace, redisName(p.stack))); err != nil {
+			return false, err
+		}
+	}
+
+	switch spec.Mode {
+	case tradingv1alpha1.RedisDisabled:
+		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheDisabled,
+			"spec.redis.mode is disabled: each runtime replica caches and rate-limits on its own")
+		return false, nil
+
+	case tradingv1alpha1.RedisExternal:
+		if ref := spec.PasswordSecretRef; ref != nil {
+			secret, _, msg, err := r.readUserSecret(ctx, p.stack.Namespace, *ref, "spec.redis.passwordSecretRef")
+			if err != nil {
+				return false, err
+			}
+			if secret == nil {
+				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing, msg)
+				p.requeue(userSecretRecheck)
+				return true, nil
+			}
+			p.runtimeSecrets = append(p.runtimeSecrets, secret)
+		}
+		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheExternal,
+			fmt.Sprintf("using the external Redis at %s", spec.Address))
+		return false, nil
+	}
+
+	dep := desiredRedisDeployment(p.spec)
+	if err := r.applyChildInto(ctx, p, dep); err != nil {
+		return false, err
+	}
+	if _, err := r.applyChild(ctx, p, desiredRedisService(p.spec)); err != nil {
+		return false, err
+	}
+	if deploymentAvailable(dep) {
+		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheAvailable,
+			fmt.Sprintf("Deployment %s is available", dep.Name))
+	} else {
+		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheNotReady,
+			fmt.Sprintf("waiting for Deployment %s to become available", dep.Name))
+	}
+	return false, nil
+}
+
+// deploymentAvailable reports whether the Deployment controller has seen the
+// current spec and reports it Available with at least one ready pod.
+func deploymentAvailable(d *appsv1.Deployment) bool {
+	if d.Status.ObservedGeneration < d.Generation || d.Status.ReadyReplicas < 1 {
+		return false
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentAvailable {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

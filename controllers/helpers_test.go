@@ -1,0 +1,310 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+var bg = context.Background()
+
+func key(ns, name string) client.ObjectKey { return client.ObjectKey{Namespace: ns, Name: name} }
+
+// newStack returns a TradingStack with an explicit runtime image (so that tests
+// can change it) and whatever mutate sets.
+func newStack(ns, name string, mutate ...func(*tradingv1alpha1.TradingStack)) *tradingv1alpha1.TradingStack {
+	s := &tradingv1alpha1.TradingStack{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	s.Spec.Runtime.Image = "registry.example.com/tradingd:v1"
+	for _, m := range mutate {
+		m(s)
+	}
+	return s
+}
+
+func createStack(t *testing.T, s *tradingv1alpha1.TradingStack) {
+	t.Helper()
+	if err := k8s.Create(bg, s); err != nil {
+		t.Fatalf("create TradingStack %s: %v", s.Name, err)
+	}
+}
+
+func getStack(t *testing.T, ns, name string) *tradingv1alpha1.TradingStack {
+	t.Helper()
+	s := &tradingv1alpha1.TradingStack{}
+	if err := k8s.Get(bg, key(ns, name), s); err != nil {
+		t.Fatalf("get TradingStack %s: %v", name, err)
+	}
+	return s
+}
+
+// updateStack changes a stack's spec, retrying on conflicts with the operator's
+// status writes.
+func updateStack(t *testing.T, ns, name string, mutate func(*tradingv1alpha1.TradingStack)) {
+	t.Helper()
+	eventually(t, "update TradingStack "+name, func() error {
+		s := &tradingv1alpha1.TradingStack{}
+		if err := k8s.Get(bg, key(ns, name), s); err != nil {
+			return err
+		}
+		mutate(s)
+		return k8s.Update(bg, s)
+	})
+}
+
+func condition(s *tradingv1alpha1.TradingStack, t string) *metav1.Condition {
+	return meta.FindStatusCondition(s.Status.Conditions, t)
+}
+
+// waitCondition waits until the stack's condition has the status (and reason,
+// unless empty) for the stack's current generation.
+func waitCondition(t *testing.T, ns, name, condType string, status metav1.ConditionStatus, reason string) *tradingv1alpha1.TradingStack {
+	t.Helper()
+	var s *tradingv1alpha1.TradingStack
+	eventually(t, fmt.Sprintf("%s %s=%s %s", name, condType, status, reason), func() error {
+		s = &tradingv1alpha1.TradingStack{}
+		if err := k8s.Get(bg, key(ns, name), s); err != nil {
+			return err
+		}
+		c := condition(s, condType)
+		switch {
+		case c == nil:
+			return fmt.Errorf("no %s condition; conditions: %s", condType, describeConditions(s))
+		case c.Status != status || (reason != "" && c.Reason != reason):
+			return fmt.Errorf("%s is %s/%s: %s", condType, c.Status, c.Reason, c.Message)
+		case c.ObservedGeneration != s.Generation:
+			return fmt.Errorf("%s describes generation %d, stack is at %d", condType, c.ObservedGeneration, s.Generation)
+		}
+		return nil
+	})
+	return s
+}
+
+func describeConditions(s *tradingv1alpha1.TradingStack) string {
+	var parts []string
+	for _, c := range s.Status.Conditions {
+		parts = append(parts, fmt.Sprintf("%s=%s(%s)", c.Type, c.Status, c.Reason))
+	}
+	return strings.Join(parts, " ")
+}
+
+// waitFor waits until obj exists and returns it.
+func waitFor[T client.Object](t *testing.T, obj T, ns, name string) T {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%T %s exists", obj, name), func() error {
+		return k8s.Get(bg, key(ns, name), obj)
+	})
+	return obj
+}
+
+// --- what a kubelet and the controller-manager would write ---
+
+func markStatefulSetReady(t *testing.T, ns, name string) {
+	t.Helper()
+	eventually(t, "mark StatefulSet "+name+" ready", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(bg, key(ns, name), sts); err != nil {
+			return err
+		}
+		sts.Status = appsv1.StatefulSetStatus{
+			ObservedGeneration: sts.Generation, Replicas: 1, ReadyReplicas: 1, CurrentReplicas: 1,
+			UpdatedReplicas: 1, AvailableReplicas: 1,
+		}
+		return k8s.Status().Update(bg, sts)
+	})
+}
+
+func markDeploymentReady(t *testing.T, ns, name string) {
+	t.Helper()
+	eventually(t, "mark Deployment "+name+" ready", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, name), d); err != nil {
+			return err
+		}
+		n := int32(1)
+		if d.Spec.Replicas != nil {
+			n = *d.Spec.Replicas
+		}
+		now := metav1.Now()
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: n, ReadyReplicas: n, AvailableReplicas: n, UpdatedReplicas: n,
+			Conditions: []appsv1.DeploymentCondition{
+				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "NewReplicaSetAvailable", LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(bg, d)
+	})
+}
+
+// migrationJobs lists the stack's migration Jobs (NAME-migrate-HASH).
+func migrationJobs(t *testing.T, ns, stack string) []batchv1.Job {
+	t.Helper()
+	list := &batchv1.JobList{}
+	if err := k8s.List(bg, list, client.InNamespace(ns)); err != nil {
+		t.Fatalf("list jobs: %v", err)
+	}
+	var out []batchv1.Job
+	for _, j := range list.Items {
+		if strings.HasPrefix(j.Name, stack+"-migrate-") {
+			out = append(out, j)
+		}
+	}
+	sort.Slice(out, func(i, k int) bool { return out[i].Name < out[k].Name })
+	return out
+}
+
+// waitMigrationJob waits for the migration Job that runs image.
+func waitMigrationJob(t *testing.T, ns, stack, image string) *batchv1.Job {
+	t.Helper()
+	var found *batchv1.Job
+	eventually(t, "migration Job for "+image, func() error {
+		for _, j := range migrationJobs(t, ns, stack) {
+			for _, c := range j.Spec.Template.Spec.Containers {
+				if c.Image == image {
+					found = &j
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no migration Job runs %s", image)
+	})
+	return found
+}
+
+// finishJob writes a terminal Job status as the Job controller of Kubernetes
+// 1.37 would (the API server validates it).
+func finishJob(t *testing.T, ns, name string, succeeded bool) {
+	t.Helper()
+	eventually(t, "finish Job "+name, func() error {
+		j := &batchv1.Job{}
+		if err := k8s.Get(bg, key(ns, name), j); err != nil {
+			return err
+		}
+		start := metav1.NewTime(time.Now().Add(-2 * time.Second))
+		now := metav1.Now()
+		if succeeded {
+			j.Status = batchv1.JobStatus{
+				StartTime: &start, CompletionTime: &now, Succeeded: 1,
+				Conditions: []batchv1.JobCondition{
+					{Type: batchv1.JobSuccessCriteriaMet, Status: corev1.ConditionTrue, Reason: "CompletionsReached", Message: "Reached expected number of succeeded pods", LastProbeTime: now, LastTransitionTime: now},
+					{Type: batchv1.JobComplete, Status: corev1.ConditionTrue, Reason: "CompletionsReached", Message: "Reached expected number of succeeded pods", LastProbeTime: now, LastTransitionTime: now},
+				},
+			}
+		} else {
+			j.Status = batchv1.JobStatus{
+				StartTime: &start, Failed: 1,
+				Conditions: []batchv1.JobCondition{
+					{Type: batchv1.JobFailureTarget, Status: corev1.ConditionTrue, Reason: "BackoffLimitExceeded", Message: "Job has reached the specified backoff limit", LastProbeTime: now, LastTransitionTime: now},
+					{Type: batchv1.JobFailed, Status: corev1.ConditionTrue, Reason: "BackoffLimitExceeded", Message: "Job has reached the specified backoff limit", LastProbeTime: now, LastTransitionTime: now},
+				},
+			}
+		}
+		return k8s.Status().Update(bg, j)
+	})
+}
+
+// makeReady plays kubelet for a stack with managed PostgreSQL and Redis until
+// the stack is Ready.
+func makeReady(t *testing.T, ns, name string) *tradingv1alpha1.TradingStack {
+	t.Helper()
+	s := getStack(t, ns, name)
+	if !s.ExternalPostgres() {
+		waitFor(t, &appsv1.StatefulSet{}, ns, name+"-postgres")
+		markStatefulSetReady(t, ns, name+"-postgres")
+	}
+	if s.ManagedRedis() {
+		waitFor(t, &appsv1.Deployment{}, ns, name+"-redis")
+		markDeploymentReady(t, ns, name+"-redis")
+	}
+	job := waitMigrationJob(t, ns, name, s.RuntimeImage())
+	if _, state := jobOutcome(job); state == jobRunning {
+		finishJob(t, ns, job.Name, true)
+	}
+	waitFor(t, &appsv1.Deployment{}, ns, name+"-api")
+	markDeploymentReady(t, ns, name+"-api")
+	return waitCondition(t, ns, name, tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+}
+
+// reconcileDirectly runs passes of a reconciler wired like the manager's, so a
+// test can count what a resync writes without waiting for an event.
+func reconcileDirectly(t *testing.T, ns, name string, times int) ctrl.Result {
+	t.Helper()
+	mgrMu.Lock()
+	mgr := currentMgr
+	mgrMu.Unlock()
+	r := NewTradingStackReconciler(mgr, 1)
+	var res ctrl.Result
+	for i := 0; i < times; i++ {
+		var err error
+		res, err = r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, name)})
+		if err != nil {
+			t.Fatalf("reconcile %s: %v", name, err)
+		}
+	}
+	return res
+}
+
+// childKinds are every kind of child the contract names.
+var childKinds = []schema.GroupVersionKind{
+	{Version: "v1", Kind: "Secret"},
+	{Version: "v1", Kind: "ConfigMap"},
+	{Version: "v1", Kind: "Service"},
+	{Group: "apps", Version: "v1", Kind: "StatefulSet"},
+	{Group: "apps", Version: "v1", Kind: "Deployment"},
+	{Group: "batch", Version: "v1", Kind: "Job"},
+	{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"},
+	{Group: "autoscaling", Version: "v2", Kind: "HorizontalPodAutoscaler"},
+	{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicy"},
+}
+
+// resourceVersions maps "Kind/name" to resourceVersion for the stack and every
+// object in the namespace of the kinds above (and the monitoring kinds when
+// their CRDs exist).
+func resourceVersions(t *testing.T, ns, stack string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	s := getStack(t, ns, stack)
+	out["TradingStack/"+stack] = s.ResourceVersion
+	kinds := append([]schema.GroupVersionKind(nil), childKinds...)
+	kinds = append(kinds,
+		schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "ServiceMonitor"},
+		schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "PrometheusRule"})
+	for _, gvk := range kinds {
+		list := &unstructured.UnstructuredList{}
+		list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
+		if err := k8s.List(bg, list, client.InNamespace(ns)); err != nil {
+			if meta.IsNoMatchError(err) {
+				continue
+			}
+			t.Fatalf("list %s: %v", gvk.Kind, err)
+		}
+		for _, o := range list.Items {
+			out[gvk.Kind+"/"+o.GetName()] = o.GetResourceVersion()
+		}
+	}
+	return out
+}
+
+func hasControllerRef(obj metav1.Object, s *tradingv1alpha1.TradingStack) bool {
+	for _, ref := range obj.GetOwnerReferences() {
+		if ref.UID == s.UID && ref.Controller != nil && *ref.Controller && ref.Kind == "TradingStack" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,163 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// Waiting on a migration Job is the one place the operator polls: the Job's
+// own status changes wake it too, the timer is a backstop that grows with the
+// Job's age so a slow migration is not polled hot.
+const (
+	migrationPollMin = 5 * time.Second
+	migrationPollMax = 2 * time.Minute
+)
+
+// reconcileMigrations runs `tradingd migrate` for the desired runtime image in
+// a Job named after the image, and decides which image the runtime may run:
+// the desired one once its Job succeeded, otherwise the last one that did.
+func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pass) (bool, error) {
+	image := p.spec.RuntimeImage()
+	previous := p.stack.Status.Migration.Image
+	p.servingImage = previous
+
+	if previous == image {
+		// Already migrated: keep the Job as the record, nothing to run.
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
+			fmt.Sprintf("migration Job %s succeeded for image %s", p.stack.Status.Migration.JobName, image))
+		return false, r.pruneMigrationJobs(ctx, p, p.stack.Status.Migration.JobName)
+	}
+
+	if !meta.IsStatusConditionTrue(p.stack.Status.Conditions, tradingv1alpha1.ConditionDatabaseReady) {
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonWaitingForDatabase,
+			fmt.Sprintf("the migration for image %s waits for the database", image))
+		return false, nil
+	}
+
+	job := desiredMigrationJob(p.spec, image)
+	current := &batchv1.Job{}
+	found, err := r.getCached(ctx, client.ObjectKeyFromObject(job), current)
+	if err != nil {
+		return false, err
+	}
+	if !found {
+		// A Job's template is immutable, so it is only ever created, never
+		// re-applied: a later change of the stack does not re-run a migration.
+		if err := r.applyChildInto(ctx, p, job); err != nil {
+			return false, err
+		}
+		current = job
+	}
+
+	switch cond, state := jobOutcome(current); state {
+	case jobSucceeded:
+		p.servingImage = image
+		p.stack.Status.Migration = tradingv1alpha1.MigrationStatus{Image: image, JobName: current.Name}
+		p.stack.Status.SchemaVersion = schemaVersionOf(image)
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
+			fmt.Sprintf("migration Job %s succeeded for image %s", current.Name, image))
+		return false, r.pruneMigrationJobs(ctx, p, current.Name)
+
+	case jobFailed:
+		reason, msg := tradingv1alpha1.ReasonMigrationFailed, fmt.Sprintf("migration Job %s failed", current.Name)
+		if cond != nil {
+			if cond.Reason != "" {
+				reason = cond.Reason
+			}
+			msg = fmt.Sprintf("migration Job %s failed: %s: %s", current.Name, cond.Reason, cond.Message)
+		}
+		if previous != "" {
+			msg += fmt.Sprintf("; the runtime keeps serving image %s", previous)
+		}
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, reason, msg)
+		return false, nil
+
+	default:
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
+			fmt.Sprintf("migration Job %s for image %s is running", current.Name, image))
+		p.requeue(migrationPoll(current))
+		return false, nil
+	}
+}
+
+type jobState int
+
+const (
+	jobRunning jobState = iota
+	jobSucceeded
+	jobFailed
+)
+
+// jobOutcome reads a Job's terminal condition, as the Job controller sets it.
+func jobOutcome(j *batchv1.Job) (*batchv1.JobCondition, jobState) {
+	for i := range j.Status.Conditions {
+		c := &j.Status.Conditions[i]
+		if c.Status != corev1.ConditionTrue {
+			continue
+		}
+		switch c.Type {
+		case batchv1.JobComplete:
+			return c, jobSucceeded
+		case batchv1.JobFailed:
+			return c, jobFailed
+		}
+	}
+	return nil, jobRunning
+}
+
+// migrationPoll is half the Job's age, within bounds: a quick migration is
+// noticed quickly, a long one is not polled often.
+func migrationPoll(j *batchv1.Job) time.Duration {
+	d := time.Since(j.CreationTimestamp.Time) / 2
+	return min(max(d, migrationPollMin), migrationPollMax)
+}
+
+// pruneMigrationJobs deletes the stack's migration Jobs other than keep: they
+// belong to images the runtime no longer runs.
+func (r *TradingStackReconciler) pruneMigrationJobs(ctx context.Context, p *pass, keep string) error {
+	jobs := &batchv1.JobList{}
+	if err := r.List(ctx, jobs, client.InNamespace(p.stack.Namespace),
+		client.MatchingLabels{instanceLabel: p.stack.Name, componentLabel: migrationComponent}); err != nil {
+		return err
+	}
+	for i := range jobs.Items {
+		j := &jobs.Items[i]
+		if j.Name == keep || !metav1IsControlledBy(j, p.stack) {
+			continue
+		}
+		if _, state := jobOutcome(j); state == jobRunning {
+			continue // an image change raced with it; let it finish
+		}
+		if err := r.Delete(ctx, j, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// schemaVersionOf names the schema an image's `tradingd migrate` applies: the
+// migrations are embedded in the binary, so the image's tag (or digest) is the
+// schema version.
+func schemaVersionOf(image string) string {
+	if i := strings.LastIndex(image, "@"); i >= 0 {
+		d := image[i+1:]
+		if j := strings.IndexByte(d, ':'); j >= 0 && len(d) > j+13 {
+			return d[:j+13]
+		}
+		return d
+	}
+	if i := strings.LastIndex(image, ":"); i >= 0 && !strings.Contains(image[i:], "/") {
+		return image[i+1:]
+	}
+	return "latest"
+}

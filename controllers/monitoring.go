@@ -1,0 +1,196 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+var (
+	serviceMonitorGK = schema.GroupKind{Group: monitoringv1.SchemeGroupVersion.Group, Kind: monitoringv1.ServiceMonitorsKind}
+	prometheusRuleGK = schema.GroupKind{Group: monitoringv1.SchemeGroupVersion.Group, Kind: monitoringv1.PrometheusRuleKind}
+)
+
+// crdSettle is how long after a monitoring CRD event a stack that still sees
+// the kind as absent looks again: the API server serves a new CRD's resource a
+// moment after the CRD object exists.
+const crdSettle = 2 * time.Second
+
+// monitoringAPIs answers "is the ServiceMonitor (PrometheusRule) CRD
+// installed?" from a cache that lives until a monitoring.coreos.com CRD is
+// created, changed or deleted, so a pass never runs discovery. Once a kind is
+// there it also starts, once, a watch on it, so a ServiceMonitor deleted by
+// hand is put back like any other child.
+type monitoringAPIs struct {
+	mapper     meta.RESTMapper
+	cache      cache.Cache
+	controller controller.Controller
+
+	mu        sync.Mutex
+	installed map[schema.GroupKind]bool
+	watching  map[schema.GroupKind]bool
+	changedAt time.Time
+}
+
+func newMonitoringAPIs(mapper meta.RESTMapper, c cache.Cache) *monitoringAPIs {
+	return &monitoringAPIs{
+		mapper:    mapper,
+		cache:     c,
+		installed: map[schema.GroupKind]bool{},
+		watching:  map[schema.GroupKind]bool{},
+	}
+}
+
+// isInstalled looks the kind up once and remembers the answer.
+func (m *monitoringAPIs) isInstalled(gk schema.GroupKind) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v, ok := m.installed[gk]; ok {
+		return v, nil
+	}
+	_, err := m.mapper.RESTMapping(gk, monitoringv1.SchemeGroupVersion.Version)
+	switch {
+	case err == nil:
+		m.installed[gk] = true
+	case meta.IsNoMatchError(err):
+		m.installed[gk] = false
+	default:
+		return false, err
+	}
+	return m.installed[gk], nil
+}
+
+// forget drops the cached answers after a CRD event; the next pass asks the
+// RESTMapper, which then re-reads that API group.
+func (m *monitoringAPIs) forget() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.installed = map[schema.GroupKind]bool{}
+	m.changedAt = time.Now()
+}
+
+func (m *monitoringAPIs) recentlyChanged() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !m.changedAt.IsZero() && time.Since(m.changedAt) < time.Minute
+}
+
+// watch starts watching the kind's objects owned by stacks, once.
+func (m *monitoringAPIs) watch(gk schema.GroupKind, obj client.Object, scheme *runtime.Scheme) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.watching[gk] || m.controller == nil {
+		return nil
+	}
+	src := source.Kind(m.cache, obj,
+		handler.EnqueueRequestForOwner(scheme, m.mapper, &tradingv1alpha1.TradingStack{}, handler.OnlyControllerOwner()))
+	if err := m.controller.Watch(src); err != nil {
+		return err
+	}
+	m.watching[gk] = true
+	return nil
+}
+
+// isMonitoringCRD selects the CustomResourceDefinitions of prometheus-operator.
+func isMonitoringCRD(obj client.Object) bool {
+	return strings.HasSuffix(obj.GetName(), "."+monitoringv1.SchemeGroupVersion.Group)
+}
+
+// monitoringCRDChanged forgets what was known about the monitoring kinds and
+// re-reconciles every stack, so a CRD installed after the operator started
+// brings the ServiceMonitors without a restart.
+func (r *TradingStackReconciler) monitoringCRDChanged(ctx context.Context, _ client.Object) []ctrl.Request {
+	r.monitoring.forget()
+	stacks := &tradingv1alpha1.TradingStackList{}
+	if err := r.List(ctx, stacks); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "list TradingStacks after a monitoring CRD change")
+		return nil
+	}
+	reqs := make([]ctrl.Request, 0, len(stacks.Items))
+	for i := range stacks.Items {
+		reqs = append(reqs, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&stacks.Items[i])})
+	}
+	return reqs
+}
+
+// reconcileMonitoring applies the ServiceMonitor and PrometheusRule when they
+// are enabled and their CRDs exist, and deletes them when disabled. An absent
+// CRD is reported in MonitoringReady; it is not an error and does not keep the
+// stack from becoming Ready.
+func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pass) (bool, error) {
+	kinds := []struct {
+		gk      schema.GroupKind
+		wanted  bool
+		desired func() client.Object
+		empty   client.Object
+	}{
+		{serviceMonitorGK, p.spec.ServiceMonitorEnabled(), func() client.Object { return desiredServiceMonitor(p.spec) }, &monitoringv1.ServiceMonitor{}},
+		{prometheusRuleGK, p.spec.PrometheusRuleEnabled(), func() client.Object { return desiredPrometheusRule(p.spec) }, &monitoringv1.PrometheusRule{}},
+	}
+	var missing, made []string
+	for _, k := range kinds {
+		installed, err := r.monitoring.isInstalled(k.gk)
+		if err != nil {
+			return false, err
+		}
+		if !installed {
+			if k.wanted {
+				missing = append(missing, k.gk.Kind)
+			}
+			continue
+		}
+		if err := r.monitoring.watch(k.gk, k.empty, r.Scheme); err != nil {
+			return false, err
+		}
+		if !k.wanted {
+			obj := k.desired()
+			if err := r.deleteIfExists(ctx, p, objectNamed(k.empty.DeepCopyObject().(client.Object), obj.GetNamespace(), obj.GetName())); err != nil && !meta.IsNoMatchError(err) {
+				return false, err
+			}
+			continue
+		}
+		obj := k.desired()
+		if _, err := r.applyChild(ctx, p, obj); err != nil {
+			if meta.IsNoMatchError(err) { // the CRD went away since we looked
+				r.monitoring.forget()
+				missing = append(missing, k.gk.Kind)
+				continue
+			}
+			return false, err
+		}
+		made = append(made, fmt.Sprintf("%s %s", k.gk.Kind, obj.GetName()))
+	}
+
+	switch {
+	case len(missing) > 0:
+		p.setCondition(tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled,
+			fmt.Sprintf("the %s CRD (%s) is not installed, so none is created; installing prometheus-operator's CRDs brings it without restarting the operator",
+				strings.Join(missing, " and "), monitoringv1.SchemeGroupVersion))
+		if r.monitoring.recentlyChanged() {
+			p.requeue(crdSettle)
+		}
+	case len(made) == 0:
+		p.setCondition(tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringDisabled,
+			"spec.monitoring disables the ServiceMonitor and the PrometheusRule")
+	default:
+		p.setCondition(tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured,
+			strings.Join(made, " and ")+" applied")
+	}
+	return false, nil
+}

@@ -1,0 +1,55 @@
+package controllers
+
+import (
+	"context"
+
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// reconcilePolicy applies the PodDisruptionBudget (more than one replica), the
+// HorizontalPodAutoscaler (autoscaling set) and the NetworkPolicies, and
+// removes the ones the spec no longer asks for.
+func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (bool, error) {
+	ns, name := p.stack.Namespace, apiName(p.stack)
+
+	if pdb := desiredPDB(p.spec); pdb != nil {
+		if _, err := r.applyChild(ctx, p, pdb); err != nil {
+			return false, err
+		}
+	} else if err := r.deleteIfExists(ctx, p, objectNamed(&policyv1.PodDisruptionBudget{}, ns, name)); err != nil {
+		return false, err
+	}
+
+	if hpa := desiredHPA(p.spec); hpa != nil {
+		if _, err := r.applyChild(ctx, p, hpa); err != nil {
+			return false, err
+		}
+	} else if err := r.deleteIfExists(ctx, p, objectNamed(&autoscalingv2.HorizontalPodAutoscaler{}, ns, name)); err != nil {
+		return false, err
+	}
+
+	wanted := map[string]bool{}
+	for _, np := range desiredNetworkPolicies(p.spec) {
+		wanted[np.Name] = true
+		if _, err := r.applyChild(ctx, p, np); err != nil {
+			return false, err
+		}
+	}
+	existing := &networkingv1.NetworkPolicyList{}
+	if err := r.List(ctx, existing, client.InNamespace(ns), client.MatchingLabels{instanceLabel: p.stack.Name}); err != nil {
+		return false, err
+	}
+	for i := range existing.Items {
+		np := &existing.Items[i]
+		if wanted[np.Name] {
+			continue
+		}
+		if err := r.deleteIfExists(ctx, p, objectNamed(&networkingv1.NetworkPolicy{}, ns, np.Name)); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}

@@ -1,0 +1,61 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// reconcileRuntime applies the runtime's ConfigMap, Service and Deployment. The
+// Deployment runs the image whose migration succeeded (never an unmigrated
+// one), and its pod template carries a hash of the ConfigMap and the Secrets
+// the runtime reads, so a change to either rolls the pods.
+func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) (bool, error) {
+	cm := desiredRuntimeConfigMap(p.spec)
+	if _, err := r.applyChild(ctx, p, cm); err != nil {
+		return false, err
+	}
+	if _, err := r.applyChild(ctx, p, desiredAPIService(p.spec)); err != nil {
+		return false, err
+	}
+	p.stack.Status.Endpoints = tradingv1alpha1.EndpointsStatus{API: apiEndpoint(p.stack), Metrics: metricsEndpoint(p.stack)}
+
+	if p.servingImage == "" {
+		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonWaitingForMigration,
+			fmt.Sprintf("the runtime starts once the migration for image %s succeeded", p.spec.RuntimeImage()))
+		return false, nil
+	}
+
+	dep := desiredAPIDeployment(p.spec, p.servingImage, configHash(cm, p.runtimeSecrets...))
+	if err := r.applyChildInto(ctx, p, dep); err != nil {
+		return false, err
+	}
+
+	desired := p.spec.Spec.Runtime.Replicas
+	if dep.Spec.Replicas != nil {
+		desired = *dep.Spec.Replicas
+	}
+	p.stack.Status.Runtime = tradingv1alpha1.RuntimeStatus{
+		Replicas:      desired,
+		ReadyReplicas: dep.Status.ReadyReplicas,
+		ReplicasText:  fmt.Sprintf("%d/%d", dep.Status.ReadyReplicas, desired),
+		Image:         p.servingImage,
+	}
+
+	switch {
+	case deploymentAvailable(dep) && dep.Status.UpdatedReplicas >= desired && dep.Status.ReadyReplicas >= desired:
+		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
+			fmt.Sprintf("Deployment %s is available with image %s", dep.Name, p.servingImage))
+	case deploymentAvailable(dep):
+		// Serving, but a rollout or a scale-up is under way.
+		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,
+			fmt.Sprintf("Deployment %s is available and rolling out image %s", dep.Name, p.servingImage))
+	default:
+		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
+			fmt.Sprintf("waiting for Deployment %s to become available", dep.Name))
+	}
+	return false, nil
+}

@@ -1,0 +1,104 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// reconcileSecrets makes sure the generated Secrets exist. Their data is
+// written once, at creation, from crypto/rand; afterwards the operator never
+// touches it, so a password a user rotated by hand is kept. Only the metadata
+// is applied on every pass: the labels, and the owner reference, which is left
+// off when the stack retains its data so that deleting the stack keeps them.
+func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) (bool, error) {
+	type generated struct {
+		build  func(*tradingv1alpha1.TradingStack) (*corev1.Secret, error)
+		record *string
+	}
+	list := []generated{
+		{newJWTSecret, &p.stack.Status.Secrets.JWT},
+		{newAdminSecret, &p.stack.Status.Secrets.Admin},
+	}
+	if !p.spec.ExternalPostgres() {
+		list = append([]generated{{newPostgresCredentialsSecret, &p.stack.Status.Secrets.PostgresCredentials}}, list...)
+	} else {
+		p.stack.Status.Secrets.PostgresCredentials = ""
+	}
+	for _, g := range list {
+		desired, err := g.build(p.spec)
+		if err != nil {
+			return false, fmt.Errorf("generate secret: %w", err)
+		}
+		current, err := r.ensureSecret(ctx, p, desired)
+		if err != nil {
+			return false, err
+		}
+		if err := r.applySecretMetadata(ctx, p, desired); err != nil {
+			return false, err
+		}
+		*g.record = current.Name
+		p.runtimeSecrets = append(p.runtimeSecrets, current)
+	}
+	return false, nil
+}
+
+// ensureSecret returns the Secret as it is, creating it from desired when it
+// does not exist. It never updates existing data.
+func (r *TradingStackReconciler) ensureSecret(ctx context.Context, p *pass, desired *corev1.Secret) (*corev1.Secret, error) {
+	key := client.ObjectKeyFromObject(desired)
+	current := &corev1.Secret{}
+	found, err := r.getCached(ctx, key, current)
+	if err != nil {
+		return nil, err
+	}
+	if found {
+		return current, nil
+	}
+	// Created without an owner reference: ownership is the applied metadata's
+	// concern, so that it can be removed again when the stack starts retaining.
+	create := desired.DeepCopy()
+	create.OwnerReferences = nil
+	if err := r.Create(ctx, create, client.FieldOwner(FieldOwner)); err != nil {
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("create secret %s: %w", key.Name, err)
+		}
+		// Created earlier but not in the cache yet, or a user's Secret without
+		// the operator's labels: read it from the API server, never replace it.
+		if err := r.APIReader.Get(ctx, key, current); err != nil {
+			return nil, fmt.Errorf("read secret %s: %w", key.Name, err)
+		}
+		return current, nil
+	}
+	r.Recorder.Eventf(p.stack, create, corev1.EventTypeNormal, "Created", "Create", "Created Secret %s", create.Name)
+	return create, nil
+}
+
+// applySecretMetadata applies only labels, annotations and (unless retained)
+// the owner reference: data is left out of the apply, so it is never owned by
+// the apply and never changed by it.
+func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pass, desired *corev1.Secret) error {
+	meta := &corev1.Secret{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        desired.Name,
+			Namespace:   desired.Namespace,
+			Labels:      desired.Labels,
+			Annotations: desired.Annotations,
+		},
+	}
+	if !p.spec.RetainData() {
+		if err := controllerutil.SetControllerReference(p.stack, meta, r.Scheme); err != nil {
+			return err
+		}
+	}
+	_, err := applyObject(ctx, r.Client, meta)
+	return err
+}

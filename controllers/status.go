@@ -1,0 +1,145 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// requiredConditions must all be True for Ready. MonitoringReady is left out on
+// purpose: a cluster without prometheus-operator still gets a working stack.
+var requiredConditions = []string{
+	tradingv1alpha1.ConditionDatabaseReady,
+	tradingv1alpha1.ConditionCacheReady,
+	tradingv1alpha1.ConditionMigrationsSucceeded,
+	tradingv1alpha1.ConditionRuntimeAvailable,
+}
+
+// summarize derives Ready, Progressing, Degraded and the phase from the
+// component conditions the steps set.
+func summarize(p *pass) {
+	st := &p.stack.Status
+	conds := st.Conditions
+	var notReady []string
+	for _, t := range requiredConditions {
+		c := meta.FindStatusCondition(conds, t)
+		if c == nil || c.Status != metav1.ConditionTrue {
+			notReady = append(notReady, t)
+		}
+	}
+
+	migration := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionMigrationsSucceeded)
+	migrationFailed := migration != nil && migration.Status == metav1.ConditionFalse
+	migrating := migration != nil && migration.Reason == tradingv1alpha1.ReasonMigrationRunning
+	database := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionDatabaseReady)
+	databaseBroken := database != nil && database.Status == metav1.ConditionFalse &&
+		(database.Reason == tradingv1alpha1.ReasonExternalSecretNotFound || database.Reason == tradingv1alpha1.ReasonExternalSecretKeyAbsent)
+	cache := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionCacheReady)
+	cacheBroken := cache != nil && cache.Status == metav1.ConditionFalse && cache.Reason == tradingv1alpha1.ReasonCacheSecretMissing
+	runtimeUp := meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionRuntimeAvailable)
+	serving := st.Migration.Image != ""
+
+	if len(notReady) == 0 {
+		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionTrue, tradingv1alpha1.ReasonAllComponentsReady,
+			"the database, cache, migrations and runtime are ready")
+	} else {
+		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady,
+			"not ready: "+strings.Join(notReady, ", "))
+	}
+
+	// Degraded: serving, but something needs a look.
+	switch {
+	case migrationFailed && serving:
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonOldRuntimeServing,
+			fmt.Sprintf("the migration of image %s failed; the runtime keeps serving image %s", p.spec.RuntimeImage(), st.Migration.Image))
+	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
+			fmt.Sprintf("%d of %d runtime replicas are ready", st.Runtime.ReadyReplicas, st.Runtime.Replicas))
+	default:
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "nothing needs attention")
+	}
+
+	// Progressing: the operator is still working towards the spec. A step
+	// that failed already set it (ApplyFailed) and summarize is not reached.
+	switch {
+	case len(notReady) == 0:
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "the stack matches its spec")
+	case migrationFailed || databaseBroken || cacheBroken:
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady,
+			"waiting for a user's action: "+strings.Join(notReady, ", "))
+	default:
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonReconciling,
+			"waiting for: "+strings.Join(notReady, ", "))
+	}
+
+	switch {
+	case len(notReady) == 0 && meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionDegraded):
+		st.Phase = tradingv1alpha1.PhaseDegraded
+	case len(notReady) == 0:
+		st.Phase = tradingv1alpha1.PhaseReady
+	case migrationFailed && serving:
+		st.Phase = tradingv1alpha1.PhaseDegraded
+	case migrationFailed || databaseBroken || cacheBroken:
+		st.Phase = tradingv1alpha1.PhaseFailed
+	case migrating:
+		st.Phase = tradingv1alpha1.PhaseMigrating
+	default:
+		st.Phase = tradingv1alpha1.PhaseProvisioning
+	}
+}
+
+// writeStatus finishes a pass: derives the summary conditions (unless paused),
+// records events for conditions that changed, and writes the status only if
+// it differs from what was read. SetStatusCondition keeps lastTransitionTime
+// when a condition's status is unchanged, so an unchanged pass compares equal.
+func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error {
+	st := &p.stack.Status
+	if !p.stack.Spec.Paused {
+		summarize(p)
+	} else if st.Phase == "" {
+		st.Phase = tradingv1alpha1.PhasePending
+	}
+	st.ObservedGeneration = p.stack.Generation
+
+	if equality.Semantic.DeepEqual(*p.original, *st) {
+		return nil
+	}
+	r.conditionEvents(p)
+
+	// A merge patch of the status subresource; the operator is the only writer
+	// of status, and the patch carries the whole conditions list.
+	base := p.stack.DeepCopy()
+	base.Status = *p.original
+	if err := r.Status().Patch(ctx, p.stack, client.MergeFrom(base), client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("write status: %w", err)
+	}
+	return nil
+}
+
+// conditionEvents records one event per condition whose status or reason changed.
+func (r *TradingStackReconciler) conditionEvents(p *pass) {
+	for _, c := range p.stack.Status.Conditions {
+		old := meta.FindStatusCondition(p.original.Conditions, c.Type)
+		if old != nil && old.Status == c.Status && old.Reason == c.Reason {
+			continue
+		}
+		eventType := corev1.EventTypeNormal
+		bad := (c.Type == tradingv1alpha1.ConditionDegraded && c.Status == metav1.ConditionTrue) ||
+			(c.Type != tradingv1alpha1.ConditionDegraded && c.Type != tradingv1alpha1.ConditionProgressing && c.Status == metav1.ConditionFalse &&
+				old != nil && old.Status == metav1.ConditionTrue) ||
+			c.Reason == tradingv1alpha1.ReasonApplyFailed || c.Reason == tradingv1alpha1.ReasonExternalSecretNotFound ||
+			c.Reason == tradingv1alpha1.ReasonCRDNotInstalled || (c.Type == tradingv1alpha1.ConditionMigrationsSucceeded && c.Status == metav1.ConditionFalse)
+		if bad {
+			eventType = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(p.stack, nil, eventType, c.Reason, "Reconcile", "%s is %s: %s", c.Type, c.Status, c.Message)
+	}
+}

@@ -1,0 +1,174 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	"log/slog"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The suite runs the real kube-apiserver and etcd (built by hack/envtest-assets.sh)
+// with the operator's CRD, and the operator's manager in-process, exactly as
+// cmd/manager wires it. There is no kubelet and no controller-manager: tests
+// write the status of Jobs, StatefulSets and Deployments as those would, and
+// there is no garbage collector, so deletion is checked through the owner
+// references and retention policies the garbage collector acts on.
+
+var (
+	testCfg    *rest.Config
+	k8s        client.Client // direct, uncached: what a user with kubectl sees
+	mgrMu      sync.Mutex
+	mgrCancel  context.CancelFunc
+	mgrDone    chan error
+	currentMgr manager.Manager
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		fmt.Fprintln(os.Stderr, "KUBEBUILDER_ASSETS is not set: run `make test`, or KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh) go test ./controllers/...")
+		return 1
+	}
+	logf.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})))
+
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start envtest:", err)
+		return 1
+	}
+	defer func() {
+		stopManager()
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop envtest:", err)
+		}
+	}()
+	testCfg = cfg
+	k8s, err = client.New(cfg, client.Options{Scheme: NewScheme()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		return 1
+	}
+	if err := startManager(); err != nil {
+		fmt.Fprintln(os.Stderr, "start manager:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// logLevel keeps the operator's log to errors (a failing reconcile still
+// shows); TEST_OPERATOR_LOGS=1 shows everything.
+func logLevel() slog.Level {
+	if os.Getenv("TEST_OPERATOR_LOGS") != "" {
+		return slog.LevelDebug
+	}
+	return slog.LevelError
+}
+
+// startManager starts the operator's manager as cmd/manager does (same scheme,
+// cache limits and controller setup).
+func startManager() error {
+	mgrMu.Lock()
+	defer mgrMu.Unlock()
+	mgr, err := ctrl.NewManager(testCfg, manager.Options{
+		Scheme:                 NewScheme(),
+		Cache:                  CacheOptions(nil),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		// A restarted manager registers the same controller name again.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		return err
+	}
+	if err := NewTradingStackReconciler(mgr, 3).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	if !mgr.GetCache().WaitForCacheSync(ctx) {
+		cancel()
+		return fmt.Errorf("cache did not sync")
+	}
+	mgrCancel, mgrDone, currentMgr = cancel, done, mgr
+	return nil
+}
+
+func stopManager() {
+	mgrMu.Lock()
+	defer mgrMu.Unlock()
+	if mgrCancel == nil {
+		return
+	}
+	mgrCancel()
+	<-mgrDone
+	mgrCancel, mgrDone, currentMgr = nil, nil, nil
+}
+
+// newNamespace gives each test a namespace of its own.
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + rand.String(8)}}
+	if err := k8s.Create(context.Background(), ns); err != nil {
+		t.Fatalf("create namespace: %v", err)
+	}
+	return ns.Name
+}
+
+// eventually polls cond until it returns nil. The bound only keeps a broken
+// test from hanging; no test asserts how fast the operator is.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, err)
+}
+
+// prometheusOperatorCRDDir locates the real prometheus-operator CRDs in the Go
+// module cache (the module proxy serves them), without copying them into the
+// repository.
+func prometheusOperatorCRDDir() (string, error) {
+	out, err := exec.Command("go", "mod", "download", "-json", "github.com/prometheus-operator/prometheus-operator@v0.85.0").Output()
+	if err != nil {
+		return "", fmt.Errorf("go mod download prometheus-operator: %w", err)
+	}
+	var mod struct{ Dir string }
+	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+		return "", fmt.Errorf("go mod download prometheus-operator: no Dir in %s", out)
+	}
+	return filepath.Join(mod.Dir, "example", "prometheus-operator-crd"), nil
+}

@@ -1,0 +1,234 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// RBAC: exactly what the reconcile reads and writes. Secrets and ConfigMaps are
+// read through a label-limited cache; the external database's Secret is read
+// directly (get only).
+//
+// +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks,verbs=get;list;watch
+// +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=statefulsets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=autoscaling,resources=horizontalpodautoscalers,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=monitoring.coreos.com,resources=servicemonitors;prometheusrules,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// TradingStackReconciler turns a TradingStack into its children. Each pass runs
+// the steps of reconcileSteps in order and writes the status once at the end.
+type TradingStackReconciler struct {
+	client.Client
+	// APIReader reads objects the cache does not hold: Secrets a user made (the
+	// external database's DSN, the external Redis password), which carry none of
+	// the operator's labels.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
+	// MaxConcurrentReconciles lets a slow stack not hold up the others.
+	MaxConcurrentReconciles int
+
+	monitoring *monitoringAPIs
+}
+
+// NewTradingStackReconciler wires a reconciler to mgr's client, cache, API reader,
+// RESTMapper and event recorder.
+func NewTradingStackReconciler(mgr ctrl.Manager, concurrency int) *TradingStackReconciler {
+	if concurrency < 1 {
+		concurrency = 1
+	}
+	return &TradingStackReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Scheme:                  mgr.GetScheme(),
+		Recorder:                mgr.GetEventRecorder("trading-operator"),
+		MaxConcurrentReconciles: concurrency,
+		monitoring:              newMonitoringAPIs(mgr.GetRESTMapper(), mgr.GetCache()),
+	}
+}
+
+// pass carries what one reconcile learned from one step to the next.
+type pass struct {
+	// stack is the object as read (its status is updated in place); spec is a
+	// copy with every default filled in, which the builders consume.
+	stack    *tradingv1alpha1.TradingStack
+	spec     *tradingv1alpha1.TradingStack
+	original *tradingv1alpha1.TradingStackStatus
+
+	// secrets the runtime reads, hashed into the pod template so that a change
+	// rolls the pods.
+	runtimeSecrets []*corev1.Secret
+	// servingImage is the runtime image whose migration Job succeeded (empty:
+	// none yet, so no runtime Deployment).
+	servingImage string
+	// requeueAfter is set only while waiting on something no watch reports.
+	requeueAfter time.Duration
+}
+
+func (p *pass) setCondition(condType string, status metav1.ConditionStatus, reason, message string) {
+	meta.SetStatusCondition(&p.stack.Status.Conditions, metav1.Condition{
+		Type:               condType,
+		Status:             status,
+		Reason:             reason,
+		Message:            message,
+		ObservedGeneration: p.stack.Generation,
+	})
+}
+
+func (p *pass) requeue(d time.Duration) {
+	if p.requeueAfter == 0 || d < p.requeueAfter {
+		p.requeueAfter = d
+	}
+}
+
+// step is one concern of the reconcile. It sets its conditions on the pass; it
+// returns stop=true when the later steps cannot run yet (they would build on
+// something missing), and an error only for API failures worth a retry.
+type step struct {
+	name string
+	run  func(ctx context.Context, p *pass) (stop bool, err error)
+}
+
+func (r *TradingStackReconciler) steps() []step {
+	return []step{
+		{"secrets", r.reconcileSecrets},
+		{"database", r.reconcileDatabase},
+		{"cache", r.reconcileCache},
+		{"migrations", r.reconcileMigrations},
+		{"runtime", r.reconcileRuntime},
+		{"policy", r.reconcilePolicy},
+		{"monitoring", r.reconcileMonitoring},
+	}
+}
+
+// Reconcile brings one TradingStack's children to the state its spec asks for.
+func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+
+	stack := &tradingv1alpha1.TradingStack{}
+	if err := r.Get(ctx, req.NamespacedName, stack); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	// Deletion needs no work of ours: owned children go with the garbage
+	// collector, and retained ones (the PVC, through the StatefulSet's retention
+	// policy, and the generated Secrets, which carry no owner reference) stay.
+	if !stack.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+
+	p := &pass{stack: stack, spec: stack.WithDefaults(), original: stack.Status.DeepCopy()}
+
+	if stack.Spec.Paused {
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonPaused,
+			"spec.paused is true: the operator does not change this stack's children")
+		return ctrl.Result{}, r.writeStatus(ctx, p)
+	}
+
+	for _, s := range r.steps() {
+		stop, err := s.run(ctx, p)
+		if err != nil {
+			// Record why on the stack, then let the workqueue retry with its
+			// per-object backoff; other stacks are unaffected.
+			p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonApplyFailed,
+				fmt.Sprintf("%s: %v", s.name, err))
+			if serr := r.writeStatus(ctx, p); serr != nil {
+				logger.Error(serr, "write status after a failed step")
+			}
+			return ctrl.Result{}, fmt.Errorf("%s: %w", s.name, err)
+		}
+		if stop {
+			break
+		}
+	}
+	if err := r.writeStatus(ctx, p); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: p.requeueAfter}, nil
+}
+
+// SetupWithManager watches TradingStacks (spec changes only: the operator's own
+// status writes must not wake it) and every kind of child, so a child deleted or
+// edited by hand is put back. No timer drives the loop.
+func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	c, err := ctrl.NewControllerManagedBy(mgr).
+		For(&tradingv1alpha1.TradingStack{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&appsv1.StatefulSet{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&batchv1.Job{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
+		Owns(&networkingv1.NetworkPolicy{}).
+		// Secrets are mapped by their instance label rather than the owner
+		// reference: retained Secrets have none, and must still be put back.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(stackFromInstanceLabel)).
+		// The prometheus-operator CRDs may be installed after the operator
+		// started; their appearance re-reconciles every stack.
+		WatchesMetadata(&apiextensionsv1.CustomResourceDefinition{},
+			handler.EnqueueRequestsFromMapFunc(r.monitoringCRDChanged),
+			builder.WithPredicates(predicate.NewPredicateFuncs(isMonitoringCRD))).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).
+		Build(r)
+	if err != nil {
+		return err
+	}
+	r.monitoring.controller = c
+	return nil
+}
+
+// stackFromInstanceLabel maps a managed object to the stack named by its
+// app.kubernetes.io/instance label.
+func stackFromInstanceLabel(_ context.Context, obj client.Object) []ctrl.Request {
+	if obj.GetLabels()[ManagedByLabel] != ManagedByValue {
+		return nil
+	}
+	name := obj.GetLabels()[instanceLabel]
+	if name == "" {
+		return nil
+	}
+	return []ctrl.Request{{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: name}}}
+}
+
+// getCached reads obj from the cache; found is false when it does not exist.
+func (r *TradingStackReconciler) getCached(ctx context.Context, key client.ObjectKey, obj client.Object) (bool, error) {
+	if err := r.Get(ctx, key, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}

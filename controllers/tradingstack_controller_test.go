@@ -1,0 +1,783 @@
+package controllers
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// TestOperator runs the behaviours in a fixed order: the first needs the
+// prometheus-operator CRDs absent and installs them; the others run after.
+func TestOperator(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"MonitoringCRDAbsentThenInstalled", testMonitoringCRDInstalledLater},
+		{"EveryChildCreated", testEveryChildCreated},
+		{"ChildrenRestored", testChildrenRestored},
+		{"QuietAtRest", testQuietAtRest},
+		{"SecretsStable", testSecretsStable},
+		{"ImageChangeWaitsForMigration", testImageChangeWaitsForMigration},
+		{"FailedMigration", testFailedMigration},
+		{"RetainDataOnDelete", testRetainDataOnDelete},
+		{"BrokenStackDoesNotBlockOthers", testBrokenStackDoesNotBlockOthers},
+		{"Paused", testPaused},
+		{"PolicyFollowsSpec", testPolicyFollowsSpec},
+		{"ValidationRules", testValidationRules},
+	} {
+		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
+			// The later tests expect the CRDs installed.
+			installMonitoringCRDs(t)
+		}
+	}
+}
+
+var monitoringCRDsInstalled bool
+
+func installMonitoringCRDs(t *testing.T) {
+	t.Helper()
+	if monitoringCRDsInstalled {
+		return
+	}
+	dir, err := prometheusOperatorCRDDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := envtest.InstallCRDs(testCfg, envtest.CRDInstallOptions{
+		Paths: []string{
+			dir + "/monitoring.coreos.com_servicemonitors.yaml",
+			dir + "/monitoring.coreos.com_prometheusrules.yaml",
+		},
+		ErrorIfPathMissing: true,
+	}); err != nil {
+		t.Fatalf("install prometheus-operator CRDs: %v", err)
+	}
+	monitoringCRDsInstalled = true
+}
+
+func testMonitoringCRDInstalledLater(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "mon"))
+	makeReady(t, ns, "mon")
+
+	s := waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
+	if !strings.Contains(condition(s, tradingv1alpha1.ConditionMonitoringReady).Message, "ServiceMonitor") {
+		t.Errorf("MonitoringReady message does not say what is missing: %q", condition(s, tradingv1alpha1.ConditionMonitoringReady).Message)
+	}
+	if c := condition(s, tradingv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
+		t.Fatalf("stack not Ready without the monitoring CRDs: %s", describeConditions(s))
+	}
+	// No error loop: further passes neither fail nor schedule a retry.
+	if res := reconcileDirectly(t, ns, "mon", 3); res.RequeueAfter != 0 {
+		t.Errorf("a stack without the monitoring CRDs requeues after %s", res.RequeueAfter)
+	}
+
+	// Install the real CRDs; the running manager must pick them up.
+	installMonitoringCRDs(t)
+	sm := waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "mon-api")
+	if !hasControllerRef(sm, s) {
+		t.Errorf("ServiceMonitor mon-api is not owned by the stack: %v", sm.OwnerReferences)
+	}
+	if len(sm.Spec.Endpoints) == 0 || sm.Spec.Endpoints[0].Port != "metrics" || sm.Spec.Endpoints[0].Path != "/metrics" {
+		t.Errorf("ServiceMonitor endpoints = %+v, want port metrics path /metrics", sm.Spec.Endpoints)
+	}
+	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "mon-alerts")
+	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
+
+	// And it is a watched child from now on: deleted, it comes back.
+	if err := k8s.Delete(bg, sm); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ServiceMonitor recreated", func() error {
+		fresh := &monitoringv1.ServiceMonitor{}
+		if err := k8s.Get(bg, key(ns, "mon-api"), fresh); err != nil {
+			return err
+		}
+		if fresh.UID == sm.UID {
+			return fmt.Errorf("still the deleted object")
+		}
+		return nil
+	})
+}
+
+// contractChildren lists every child of a default stack NAME by kind and name.
+func contractChildren(name string) []client.Object {
+	named := func(o client.Object, n string) client.Object { o.SetName(n); return o }
+	return []client.Object{
+		named(&corev1.Secret{}, name+"-postgres-credentials"),
+		named(&corev1.Secret{}, name+"-jwt"),
+		named(&corev1.Secret{}, name+"-admin"),
+		named(&appsv1.StatefulSet{}, name+"-postgres"),
+		named(&corev1.Service{}, name+"-postgres"),
+		named(&appsv1.Deployment{}, name+"-redis"),
+		named(&corev1.Service{}, name+"-redis"),
+		named(&corev1.ConfigMap{}, name+"-runtime"),
+		named(&appsv1.Deployment{}, name+"-api"),
+		named(&corev1.Service{}, name+"-api"),
+		named(&policyv1.PodDisruptionBudget{}, name+"-api"),
+		named(&monitoringv1.ServiceMonitor{}, name+"-api"),
+		named(&monitoringv1.PrometheusRule{}, name+"-alerts"),
+	}
+}
+
+func testEveryChildCreated(t *testing.T) {
+	installMonitoringCRDs(t)
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "full", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.RetainDataOnDelete = ptr.To(false) // so the Secrets are owned too
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 4}
+	}))
+	s := makeReady(t, ns, "full")
+
+	want := map[string]string{
+		"app.kubernetes.io/instance":   "full",
+		"app.kubernetes.io/managed-by": "trading-operator",
+	}
+	check := func(o client.Object) {
+		t.Helper()
+		kind := fmt.Sprintf("%T", o)
+		if err := k8s.Get(bg, key(ns, o.GetName()), o); err != nil {
+			t.Errorf("%s %s: %v", kind, o.GetName(), err)
+			return
+		}
+		for k, v := range want {
+			if o.GetLabels()[k] != v {
+				t.Errorf("%s %s: label %s=%q, want %q", kind, o.GetName(), k, o.GetLabels()[k], v)
+			}
+		}
+		for _, k := range []string{"app.kubernetes.io/name", "app.kubernetes.io/component"} {
+			if o.GetLabels()[k] == "" {
+				t.Errorf("%s %s: label %s missing", kind, o.GetName(), k)
+			}
+		}
+		if !hasControllerRef(o, s) {
+			t.Errorf("%s %s: not controlled by the stack: %v", kind, o.GetName(), o.GetOwnerReferences())
+		}
+	}
+	for _, o := range contractChildren("full") {
+		check(o)
+	}
+	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
+	hpa.SetName("full-api")
+	check(hpa)
+	job := waitMigrationJob(t, ns, "full", "registry.example.com/tradingd:v1")
+	check(job)
+	if len(job.Spec.Template.Spec.Containers) == 0 || !strings.Contains(strings.Join(append(job.Spec.Template.Spec.Containers[0].Command, job.Spec.Template.Spec.Containers[0].Args...), " "), "migrate") {
+		t.Errorf("migration Job does not run `tradingd migrate`: %v %v", job.Spec.Template.Spec.Containers[0].Command, job.Spec.Template.Spec.Containers[0].Args)
+	}
+	nps := &networkingv1.NetworkPolicyList{}
+	if err := k8s.List(bg, nps, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(nps.Items) == 0 {
+		t.Errorf("no NetworkPolicies")
+	}
+	for i := range nps.Items {
+		check(&nps.Items[i])
+	}
+
+	// The runtime Deployment: image, hash annotation, probes, hardening.
+	dep := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "full-api"), dep); err != nil {
+		t.Fatal(err)
+	}
+	if dep.Spec.Replicas != nil && s.Spec.Runtime.Autoscaling != nil {
+		// With an HPA the operator leaves replicas alone; the server default
+		// is 1 unless the HPA set it.
+		_ = dep
+	}
+	c := dep.Spec.Template.Spec.Containers[0]
+	if c.Image != "registry.example.com/tradingd:v1" {
+		t.Errorf("runtime image %q", c.Image)
+	}
+	if len(dep.Spec.Template.Annotations) == 0 {
+		t.Errorf("runtime pod template has no config hash annotation")
+	}
+	if c.SecurityContext == nil || c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem ||
+		c.SecurityContext.AllowPrivilegeEscalation == nil || *c.SecurityContext.AllowPrivilegeEscalation {
+		t.Errorf("runtime container not hardened: %+v", c.SecurityContext)
+	}
+	if c.Resources.Requests.Cpu().IsZero() || job.Spec.Template.Spec.Containers[0].Resources.Requests.Memory().IsZero() {
+		t.Errorf("containers without resource requests")
+	}
+
+	st := s.Status
+	if st.Phase != tradingv1alpha1.PhaseReady || st.ObservedGeneration != s.Generation {
+		t.Errorf("status phase %q observedGeneration %d (generation %d)", st.Phase, st.ObservedGeneration, s.Generation)
+	}
+	if st.Secrets.JWT != "full-jwt" || st.Secrets.Admin != "full-admin" || st.Secrets.PostgresCredentials != "full-postgres-credentials" {
+		t.Errorf("status.secrets = %+v", st.Secrets)
+	}
+	if st.Endpoints.API == "" || st.Migration.Image != "registry.example.com/tradingd:v1" || st.SchemaVersion == "" || st.Runtime.Image == "" {
+		t.Errorf("status = %+v", st)
+	}
+	for _, ct := range []string{tradingv1alpha1.ConditionDatabaseReady, tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ConditionMigrationsSucceeded,
+		tradingv1alpha1.ConditionRuntimeAvailable, tradingv1alpha1.ConditionMonitoringReady, tradingv1alpha1.ConditionReady} {
+		if c := condition(s, ct); c == nil || c.Status != metav1.ConditionTrue || c.Reason == "" || c.Message == "" || c.ObservedGeneration != s.Generation {
+			t.Errorf("condition %s = %+v", ct, c)
+		}
+	}
+}
+
+func testChildrenRestored(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "heal"))
+	makeReady(t, ns, "heal")
+
+	// Deleted by hand: put back.
+	for _, o := range []client.Object{
+		objectNamed(&corev1.Service{}, ns, "heal-api"),
+		objectNamed(&corev1.ConfigMap{}, ns, "heal-runtime"),
+		objectNamed(&appsv1.Deployment{}, ns, "heal-api"),
+		objectNamed(&appsv1.StatefulSet{}, ns, "heal-postgres"),
+		objectNamed(&networkingv1.NetworkPolicy{}, ns, mustFirstNetworkPolicy(t, ns)),
+	} {
+		if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil {
+			t.Fatal(err)
+		}
+		uid := o.GetUID()
+		if err := k8s.Delete(bg, o); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, fmt.Sprintf("%T %s recreated", o, o.GetName()), func() error {
+			fresh := o.DeepCopyObject().(client.Object)
+			if err := k8s.Get(bg, client.ObjectKeyFromObject(o), fresh); err != nil {
+				return err
+			}
+			if fresh.GetUID() == uid {
+				return fmt.Errorf("not deleted yet")
+			}
+			return nil
+		})
+	}
+
+	// Edited by hand: put back.
+	cm := &corev1.ConfigMap{}
+	if err := k8s.Get(bg, key(ns, "heal-runtime"), cm); err != nil {
+		t.Fatal(err)
+	}
+	original := maps.Clone(cm.Data)
+	for k := range cm.Data {
+		cm.Data[k] = "edited by hand"
+	}
+	if err := k8s.Update(bg, cm); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ConfigMap heal-runtime restored", func() error {
+		fresh := &corev1.ConfigMap{}
+		if err := k8s.Get(bg, key(ns, "heal-runtime"), fresh); err != nil {
+			return err
+		}
+		if !maps.Equal(fresh.Data, original) {
+			return fmt.Errorf("data still %v", fresh.Data)
+		}
+		return nil
+	})
+
+	dep := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "heal-api"), dep); err != nil {
+		t.Fatal(err)
+	}
+	dep.Spec.Template.Spec.Containers[0].Image = "evil.example.com/other:latest"
+	if err := k8s.Update(bg, dep); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Deployment heal-api image restored", func() error {
+		fresh := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "heal-api"), fresh); err != nil {
+			return err
+		}
+		if img := fresh.Spec.Template.Spec.Containers[0].Image; img != "registry.example.com/tradingd:v1" {
+			return fmt.Errorf("image still %s", img)
+		}
+		return nil
+	})
+}
+
+func mustFirstNetworkPolicy(t *testing.T, ns string) string {
+	t.Helper()
+	list := &networkingv1.NetworkPolicyList{}
+	if err := k8s.List(bg, list, client.InNamespace(ns)); err != nil || len(list.Items) == 0 {
+		t.Fatalf("no NetworkPolicy in %s: %v", ns, err)
+	}
+	return list.Items[0].Name
+}
+
+func testQuietAtRest(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "quiet"))
+	makeReady(t, ns, "quiet")
+	// Let the events of the last status writes settle into one more pass.
+	reconcileDirectly(t, ns, "quiet", 1)
+
+	before := resourceVersions(t, ns, "quiet")
+	if len(before) < 12 {
+		t.Fatalf("only %d objects found: %v", len(before), before)
+	}
+	res := reconcileDirectly(t, ns, "quiet", 5)
+	if res.RequeueAfter != 0 {
+		t.Errorf("a Ready stack asks to be requeued after %s", res.RequeueAfter)
+	}
+	after := resourceVersions(t, ns, "quiet")
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s written at rest: resourceVersion %s -> %s", k, v, after[k])
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			t.Errorf("%s created at rest", k)
+		}
+	}
+}
+
+func secretData(t *testing.T, ns string, names ...string) map[string]map[string][]byte {
+	t.Helper()
+	out := map[string]map[string][]byte{}
+	for _, n := range names {
+		s := &corev1.Secret{}
+		if err := k8s.Get(bg, key(ns, n), s); err != nil {
+			t.Fatalf("secret %s: %v", n, err)
+		}
+		out[n] = s.Data
+	}
+	return out
+}
+
+func sameSecretData(t *testing.T, when string, a, b map[string]map[string][]byte) {
+	t.Helper()
+	for name, data := range a {
+		for k, v := range data {
+			if !bytes.Equal(b[name][k], v) {
+				t.Errorf("%s: secret %s key %s changed", when, name, k)
+			}
+		}
+		if len(b[name]) != len(data) {
+			t.Errorf("%s: secret %s has keys %d, was %d", when, name, len(b[name]), len(data))
+		}
+	}
+}
+
+func testSecretsStable(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "sec"))
+	makeReady(t, ns, "sec")
+	names := []string{"sec-postgres-credentials", "sec-jwt", "sec-admin"}
+	first := secretData(t, ns, names...)
+	for n, d := range first {
+		if len(d) == 0 {
+			t.Fatalf("secret %s is empty", n)
+		}
+		for k, v := range d {
+			if k != "user" && len(v) < 16 {
+				t.Errorf("secret %s key %s is only %d bytes", n, k, len(v))
+			}
+		}
+	}
+
+	reconcileDirectly(t, ns, "sec", 10)
+	sameSecretData(t, "after 10 passes", first, secretData(t, ns, names...))
+
+	// A user's edit is kept.
+	admin := &corev1.Secret{}
+	if err := k8s.Get(bg, key(ns, "sec-admin"), admin); err != nil {
+		t.Fatal(err)
+	}
+	for k := range admin.Data {
+		admin.Data[k] = []byte("a-password-the-user-chose-123")
+	}
+	if err := k8s.Update(bg, admin); err != nil {
+		t.Fatal(err)
+	}
+	edited := secretData(t, ns, "sec-admin")
+	reconcileDirectly(t, ns, "sec", 3)
+
+	// An operator restart regenerates nothing.
+	stopManager()
+	if err := startManager(); err != nil {
+		t.Fatalf("restart manager: %v", err)
+	}
+	updateStack(t, ns, "sec", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 3 })
+	s := getStack(t, ns, "sec")
+	eventually(t, "restarted operator observes the new generation", func() error {
+		cur := getStack(t, ns, "sec")
+		if cur.Status.ObservedGeneration != s.Generation {
+			return fmt.Errorf("observedGeneration %d, want %d", cur.Status.ObservedGeneration, s.Generation)
+		}
+		return nil
+	})
+	sameSecretData(t, "after a restart", map[string]map[string][]byte{"sec-postgres-credentials": first["sec-postgres-credentials"], "sec-jwt": first["sec-jwt"]},
+		secretData(t, ns, "sec-postgres-credentials", "sec-jwt"))
+	sameSecretData(t, "user's edit after a restart", edited, secretData(t, ns, "sec-admin"))
+
+	// The runtime rolls when a Secret it reads changes: the hash moved.
+	dep := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "sec-api"), dep); err != nil {
+		t.Fatal(err)
+	}
+	if len(dep.Spec.Template.Annotations) == 0 {
+		t.Fatal("no config hash annotation")
+	}
+}
+
+func testImageChangeWaitsForMigration(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "mig"))
+	makeReady(t, ns, "mig")
+	firstJob := waitMigrationJob(t, ns, "mig", "registry.example.com/tradingd:v1")
+	apiImage := func() string {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "mig-api"), d); err != nil {
+			t.Fatal(err)
+		}
+		return d.Spec.Template.Spec.Containers[0].Image
+	}
+
+	updateStack(t, ns, "mig", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = "registry.example.com/tradingd:v2" })
+	job := waitMigrationJob(t, ns, "mig", "registry.example.com/tradingd:v2")
+	if job.Name == firstJob.Name || !strings.HasPrefix(job.Name, "mig-migrate-") {
+		t.Fatalf("new image's Job %s (first was %s)", job.Name, firstJob.Name)
+	}
+	s := waitCondition(t, ns, "mig", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning)
+	if s.Status.Phase != tradingv1alpha1.PhaseMigrating {
+		t.Errorf("phase %q while migrating", s.Status.Phase)
+	}
+	if res := reconcileDirectly(t, ns, "mig", 3); res.RequeueAfter == 0 {
+		t.Errorf("waiting on a running Job does not requeue")
+	}
+	if img := apiImage(); img != "registry.example.com/tradingd:v1" {
+		t.Fatalf("runtime moved to %s before its migration succeeded", img)
+	}
+
+	finishJob(t, ns, job.Name, true)
+	eventually(t, "runtime moves to v2", func() error {
+		if img := apiImage(); img != "registry.example.com/tradingd:v2" {
+			return fmt.Errorf("image %s", img)
+		}
+		return nil
+	})
+	markDeploymentReady(t, ns, "mig-api")
+	s = waitCondition(t, ns, "mig", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	if s.Status.Migration.Image != "registry.example.com/tradingd:v2" || s.Status.Runtime.Image != "registry.example.com/tradingd:v2" {
+		t.Errorf("status after migration: %+v", s.Status)
+	}
+	eventually(t, "old migration Job removed", func() error {
+		if err := k8s.Get(bg, key(ns, firstJob.Name), &batchv1.Job{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("old Job %s still there (%v)", firstJob.Name, err)
+		}
+		return nil
+	})
+}
+
+func testFailedMigration(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "fail"))
+	makeReady(t, ns, "fail")
+
+	updateStack(t, ns, "fail", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = "registry.example.com/tradingd:broken" })
+	job := waitMigrationJob(t, ns, "fail", "registry.example.com/tradingd:broken")
+	finishJob(t, ns, job.Name, false)
+
+	s := waitCondition(t, ns, "fail", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, "BackoffLimitExceeded")
+	msg := condition(s, tradingv1alpha1.ConditionMigrationsSucceeded).Message
+	if !strings.Contains(msg, job.Name) || !strings.Contains(msg, "backoff limit") {
+		t.Errorf("MigrationsSucceeded message %q does not carry the Job's name and message", msg)
+	}
+	if s.Status.Phase != tradingv1alpha1.PhaseDegraded {
+		t.Errorf("phase %q after a failed migration with the old runtime serving", s.Status.Phase)
+	}
+	if c := condition(s, tradingv1alpha1.ConditionDegraded); c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("Degraded = %+v", c)
+	}
+	reconcileDirectly(t, ns, "fail", 2)
+	d := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "fail-api"), d); err != nil {
+		t.Fatal(err)
+	}
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != "registry.example.com/tradingd:v1" {
+		t.Errorf("runtime moved to %s after a failed migration", img)
+	}
+}
+
+func testRetainDataOnDelete(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "keep"))
+	createStack(t, newStack(ns, "drop", func(s *tradingv1alpha1.TradingStack) { s.Spec.RetainDataOnDelete = ptr.To(false) }))
+	keep := makeReady(t, ns, "keep")
+	drop := makeReady(t, ns, "drop")
+
+	policy := func(name string) *appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(bg, key(ns, name+"-postgres"), sts); err != nil {
+			t.Fatal(err)
+		}
+		if len(sts.Spec.VolumeClaimTemplates) == 0 {
+			t.Errorf("StatefulSet %s-postgres has no PVC template", name)
+		}
+		return sts.Spec.PersistentVolumeClaimRetentionPolicy
+	}
+	if p := policy("keep"); p == nil || p.WhenDeleted != appsv1.RetainPersistentVolumeClaimRetentionPolicyType {
+		t.Errorf("retained stack's PVC policy = %+v, want WhenDeleted Retain", p)
+	}
+	if p := policy("drop"); p == nil || p.WhenDeleted != appsv1.DeletePersistentVolumeClaimRetentionPolicyType {
+		t.Errorf("non-retained stack's PVC policy = %+v, want WhenDeleted Delete", p)
+	}
+	secretsOf := func(name string) []*corev1.Secret {
+		var out []*corev1.Secret
+		for _, n := range []string{"-postgres-credentials", "-jwt", "-admin"} {
+			s := &corev1.Secret{}
+			if err := k8s.Get(bg, key(ns, name+n), s); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	for _, s := range secretsOf("keep") {
+		if len(s.OwnerReferences) != 0 {
+			t.Errorf("retained Secret %s has owner references %v: the garbage collector would delete it", s.Name, s.OwnerReferences)
+		}
+		if s.Labels["app.kubernetes.io/instance"] != "keep" || s.Labels["app.kubernetes.io/managed-by"] != "trading-operator" {
+			t.Errorf("retained Secret %s not labelled: %v", s.Name, s.Labels)
+		}
+	}
+	for _, s := range secretsOf("drop") {
+		if !hasControllerRef(s, drop) {
+			t.Errorf("Secret %s of a non-retaining stack has no owner reference: the garbage collector would keep it", s.Name)
+		}
+	}
+
+	// Switching retention on takes the owner references off again.
+	updateStack(t, ns, "drop", func(s *tradingv1alpha1.TradingStack) { s.Spec.RetainDataOnDelete = ptr.To(true) })
+	eventually(t, "owner references removed", func() error {
+		for _, s := range secretsOf("drop") {
+			if len(s.OwnerReferences) != 0 {
+				return fmt.Errorf("%s still owned", s.Name)
+			}
+		}
+		if p := policy("drop"); p == nil || p.WhenDeleted != appsv1.RetainPersistentVolumeClaimRetentionPolicyType {
+			return fmt.Errorf("PVC policy %+v", p)
+		}
+		return nil
+	})
+
+	// Deleting the retained stack leaves the Secrets unowned and intact.
+	before := secretData(t, ns, "keep-postgres-credentials", "keep-jwt", "keep-admin")
+	if err := k8s.Delete(bg, keep); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "stack gone", func() error {
+		if err := k8s.Get(bg, key(ns, "keep"), &tradingv1alpha1.TradingStack{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+	for _, s := range secretsOf("keep") {
+		if len(s.OwnerReferences) != 0 {
+			t.Errorf("Secret %s owned after the stack's deletion", s.Name)
+		}
+	}
+	sameSecretData(t, "after deletion", before, secretData(t, ns, "keep-postgres-credentials", "keep-jwt", "keep-admin"))
+
+	// A stack created again under the same name reuses the retained credentials.
+	createStack(t, newStack(ns, "keep"))
+	waitCondition(t, ns, "keep", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, "")
+	sameSecretData(t, "after re-creation", before, secretData(t, ns, "keep-postgres-credentials", "keep-jwt", "keep-admin"))
+	_ = keep
+}
+
+func testBrokenStackDoesNotBlockOthers(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "broken", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{
+			ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "no-such-secret", Key: "dsn"},
+		}
+	}))
+	createStack(t, newStack(ns, "good"))
+
+	s := waitCondition(t, ns, "broken", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonExternalSecretNotFound)
+	msg := condition(s, tradingv1alpha1.ConditionDatabaseReady).Message
+	if !strings.Contains(msg, "no-such-secret") {
+		t.Errorf("DatabaseReady message %q does not name the Secret", msg)
+	}
+	if s.Status.Phase != tradingv1alpha1.PhaseFailed {
+		t.Errorf("broken stack's phase %q", s.Status.Phase)
+	}
+	if err := k8s.Get(bg, key(ns, "broken-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
+		t.Errorf("external-database stack got a StatefulSet (%v)", err)
+	}
+	makeReady(t, ns, "good")
+
+	// Repeated passes on the broken stack are not errors.
+	reconcileDirectly(t, ns, "broken", 3)
+
+	// The user creates the Secret: the stack proceeds.
+	dsn := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "no-such-secret"},
+		StringData: map[string]string{"dsn": "postgres://app:pw@db.example.com:5432/trading?sslmode=require"},
+	}
+	if err := k8s.Create(bg, dsn); err != nil {
+		t.Fatal(err)
+	}
+	reconcileDirectly(t, ns, "broken", 1)
+	waitCondition(t, ns, "broken", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
+	waitMigrationJob(t, ns, "broken", "registry.example.com/tradingd:v1")
+}
+
+func testPaused(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "still"))
+	makeReady(t, ns, "still")
+	updateStack(t, ns, "still", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Paused = true
+		s.Spec.Runtime.Replicas = 5
+	})
+	waitCondition(t, ns, "still", tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonPaused)
+	svc := &corev1.Service{}
+	if err := k8s.Get(bg, key(ns, "still-api"), svc); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Delete(bg, svc); err != nil {
+		t.Fatal(err)
+	}
+	reconcileDirectly(t, ns, "still", 3)
+	if err := k8s.Get(bg, key(ns, "still-api"), &corev1.Service{}); !apierrors.IsNotFound(err) {
+		t.Errorf("paused stack's Service was recreated (%v)", err)
+	}
+	d := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "still-api"), d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Spec.Replicas != nil && *d.Spec.Replicas == 5 {
+		t.Errorf("paused stack's replicas changed")
+	}
+
+	updateStack(t, ns, "still", func(s *tradingv1alpha1.TradingStack) { s.Spec.Paused = false })
+	waitFor(t, &corev1.Service{}, ns, "still-api")
+	eventually(t, "replicas applied after unpausing", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "still-api"), d); err != nil {
+			return err
+		}
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 5 {
+			return fmt.Errorf("replicas %v", d.Spec.Replicas)
+		}
+		return nil
+	})
+}
+
+func testPolicyFollowsSpec(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "pol", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 5}
+	}))
+	makeReady(t, ns, "pol")
+	waitFor(t, &autoscalingv2.HorizontalPodAutoscaler{}, ns, "pol-api")
+	waitFor(t, &policyv1.PodDisruptionBudget{}, ns, "pol-api")
+
+	updateStack(t, ns, "pol", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = nil
+		s.Spec.Runtime.Replicas = 1
+		s.Spec.Redis.Mode = tradingv1alpha1.RedisDisabled
+	})
+	eventually(t, "HPA, PDB and managed Redis removed", func() error {
+		for _, o := range []client.Object{
+			&autoscalingv2.HorizontalPodAutoscaler{}, &policyv1.PodDisruptionBudget{},
+		} {
+			if err := k8s.Get(bg, key(ns, "pol-api"), o); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%T still there (%v)", o, err)
+			}
+		}
+		if err := k8s.Get(bg, key(ns, "pol-redis"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("redis Deployment still there (%v)", err)
+		}
+		return nil
+	})
+	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheDisabled)
+}
+
+func testValidationRules(t *testing.T) {
+	ns := newNamespace(t)
+	refused := func(what string, s *tradingv1alpha1.TradingStack, wantMsg string) {
+		t.Helper()
+		err := k8s.Create(bg, s)
+		if err == nil {
+			t.Errorf("%s: accepted", what)
+			_ = k8s.Delete(bg, s)
+			return
+		}
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), wantMsg) {
+			t.Errorf("%s: error %v, want Invalid mentioning %q", what, err, wantMsg)
+		}
+	}
+	refused("managed and external", newStack(ns, "v1", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{}
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "x", Key: "dsn"}}
+	}), "spec.postgres.managed and spec.postgres.external are mutually exclusive")
+	refused("external without a secret name", newStack(ns, "v2", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{}
+	}), "spec.postgres.external.connectionSecretRef.name")
+	refused("autoscaling min > max", newStack(ns, "v3", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 5, MaxReplicas: 2}
+	}), "spec.runtime.autoscaling.minReplicas must be less than or equal to spec.runtime.autoscaling.maxReplicas")
+	refused("external redis without address", newStack(ns, "v4", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis.Mode = tradingv1alpha1.RedisExternal
+	}), "spec.redis.address is required when spec.redis.mode is external")
+	refused("trusted proxy not a CIDR", newStack(ns, "v5", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.TrustedProxies = []string{"not-a-cidr"}
+	}), "spec.runtime.trustedProxies must contain only CIDRs")
+	refused("zero storage", newStack(ns, "v6", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "0"}}
+	}), "spec.postgres.managed.storage.size must be a positive quantity")
+
+	// Transition rules: storage may only grow; the class is immutable once set.
+	createStack(t, newStack(ns, "grow", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "10Gi", StorageClassName: "fast"}}
+	}))
+	update := func(what string, mutate func(*tradingv1alpha1.TradingStack), wantMsg string) {
+		t.Helper()
+		s := getStack(t, ns, "grow")
+		mutate(s)
+		err := k8s.Update(bg, s)
+		if wantMsg == "" {
+			if err != nil {
+				t.Errorf("%s: refused: %v", what, err)
+			}
+			return
+		}
+		if err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), wantMsg) {
+			t.Errorf("%s: error %v, want Invalid mentioning %q", what, err, wantMsg)
+		}
+	}
+	update("shrink storage", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Managed.Storage.Size = "5Gi" },
+		"spec.postgres.managed.storage.size may only grow")
+	update("change storage class", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Managed.Storage.StorageClassName = "slow" },
+		"spec.postgres.managed.storage.storageClassName is immutable once set")
+	update("grow storage", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Managed.Storage.Size = "20Gi" }, "")
+
+	// Defaults come from the schema: an empty spec is filled in.
+	createStack(t, &tradingv1alpha1.TradingStack{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "empty"}})
+	e := getStack(t, ns, "empty")
+	if e.Spec.Runtime.Replicas != 2 || e.Spec.Redis.Mode != tradingv1alpha1.RedisManaged || e.Spec.RetainDataOnDelete == nil || !*e.Spec.RetainDataOnDelete ||
+		e.Spec.Runtime.RateLimits.Login == nil || *e.Spec.Runtime.RateLimits.Login != 5 {
+		t.Errorf("schema defaults not applied: %+v", e.Spec)
+	}
+}
