@@ -16,6 +16,7 @@ import (
 const (
 	codeUniqueViolation      = "23505"
 	codeForeignKeyViolation  = "23503"
+	codeNumericOutOfRange    = "22003"
 	codeSerializationFailure = "40001"
 	codeDeadlockDetected     = "40P01"
 	codeQueryCanceled        = "57014"
@@ -47,8 +48,15 @@ func mapError(err error) error {
 		return trading.Unavailable("database", err)
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation {
-		return &trading.Error{Code: trading.ECONFLICT, Message: "already exists", Err: err}
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case codeUniqueViolation:
+			return &trading.Error{Code: trading.ECONFLICT, Message: "already exists", Err: err}
+		case codeNumericOutOfRange:
+			// A limit configured above what NUMERIC(20,8) holds (1e12): the request is what is
+			// wrong, not the server.
+			return &trading.Error{Code: trading.EINVALID, Message: "a number is larger than the system can store", Err: err}
+		}
 	}
 	return &trading.Error{Code: trading.EINTERNAL, Message: "internal error", Err: err}
 }

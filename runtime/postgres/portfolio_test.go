@@ -129,3 +129,12 @@ func TestLargeValuesDoNotOverflow(t *testing.T) {
 	}
 	eq(t, "daily realized", s.DailyRealizedPnL.Decimal, "-999999999999.99")
 }
+
+// TestNumberAboveColumnRangeIsInvalid: a price beyond NUMERIC(20,8) (a MAX_PRICE set too high)
+// is a 422, not a 500.
+func TestNumberAboveColumnRangeIsInvalid(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	_, _, err := e.orders.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "1", "1000000000000", ""))
+	wantCode(t, err, trading.EINVALID)
+}

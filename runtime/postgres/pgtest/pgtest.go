@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"net/url"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/findmy/trading-operator/runtime/postgres"
 )
@@ -61,7 +63,21 @@ func NewDatabase(t testing.TB) string {
 		_, err = conn.Exec(ctx, sql)
 		return err
 	}
-	if err := exec("CREATE DATABASE " + name); err != nil {
+	// CREATE DATABASE copies template1 and fails with object_in_use (55006) while another
+	// session is connected to it, which parallel test packages can cause for a moment.
+	for attempt := 0; ; attempt++ {
+		err := exec("CREATE DATABASE " + name)
+		if err == nil {
+			break
+		}
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" && attempt < 20 {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if pgErr != nil {
+			t.Fatalf("pgtest: create database: %v", err)
+		}
 		t.Fatalf("pgtest: no PostgreSQL server answers at DATABASE_URL (run tests through hack/services.sh): %v", err)
 	}
 	t.Cleanup(func() {
