@@ -32,6 +32,7 @@ test: vet envtest-assets ## vet, then every test with the race detector against 
 .PHONY: build
 build: ## build bin/tradingd (and bin/manager once the operator exists)
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/tradingd ./cmd/tradingd
+	$(GO) build -ldflags "$(LDFLAGS) -X github.com/findmy/trading-operator/api/v1alpha1.DefaultRuntimeImage=$(IMG)" -o bin/manager ./cmd/manager
 
 .PHONY: run
 run: build ## start tradingd with demo users on a local or throwaway database and print how to log in
@@ -40,6 +41,10 @@ run: build ## start tradingd with demo users on a local or throwaway database an
 .PHONY: bench
 bench: build ## load-test tradingd against the local PostgreSQL, with baselines in the same run
 	hack/services.sh $(GO) run ./hack/bench
+
+.PHONY: bench-operator
+bench-operator: envtest-assets ## the operator on envtest: 200 TradingStacks, time to converge, writes per stack, reconciles/s, peak memory
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) $(GO) run ./hack/bench-operator -stacks 200
 
 ##@ Operator
 

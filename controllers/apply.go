@@ -2,7 +2,10 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -14,15 +17,12 @@ import (
 // over fields the API server or other controllers default.
 const FieldOwner = "trading-operator"
 
-// applyObject writes obj with Server-Side Apply. obj is a typed object built by a
-// desired* function (TypeMeta set). It is converted to an apply configuration
-// without the fields a Go struct cannot leave out (nulls such as
-// metadata.creationTimestamp, and the status, which belongs to other writers),
-// so the operator claims only what it actually specified. An apply that changes
-// nothing does not bump the resourceVersion, which keeps a converged stack quiet.
-//
-// It returns the object as the API server stored it.
-func applyObject(ctx context.Context, c client.Client, obj client.Object) (*unstructured.Unstructured, error) {
+// applyContent converts a typed object built by a desired* function (TypeMeta
+// set) into the content of an apply request, without the fields a Go struct
+// cannot leave out: nulls (metadata.creationTimestamp and every unset pointer)
+// and the status, which belongs to other writers. The operator then claims only
+// what it actually specified.
+func applyContent(obj client.Object) (*unstructured.Unstructured, error) {
 	if obj.GetObjectKind().GroupVersionKind().Kind == "" {
 		return nil, fmt.Errorf("apply %T %s: TypeMeta not set", obj, obj.GetName())
 	}
@@ -33,21 +33,16 @@ func applyObject(ctx context.Context, c client.Client, obj client.Object) (*unst
 	delete(content, "status")
 	pruneNulls(content)
 	if md, ok := content["metadata"].(map[string]any); ok {
-		delete(md, "resourceVersion")
-		delete(md, "managedFields")
-		delete(md, "uid")
-		delete(md, "generation")
+		for _, k := range []string{"resourceVersion", "managedFields", "uid", "generation"} {
+			delete(md, k)
+		}
 	}
-	u := &unstructured.Unstructured{Object: content}
-	if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return nil, fmt.Errorf("apply %s %s/%s: %w", u.GetKind(), obj.GetNamespace(), obj.GetName(), err)
-	}
-	return u, nil
+	return &unstructured.Unstructured{Object: content}, nil
 }
 
 // pruneNulls removes nil values from maps (and maps inside lists): in a typed Go
-// object nil means "not specified", while in an apply configuration an explicit
-// null would mean "remove this field".
+// object nil means "not specified", while in an apply request an explicit null
+// would mean "remove this field".
 func pruneNulls(v any) {
 	switch t := v.(type) {
 	case map[string]any:
@@ -64,3 +59,57 @@ func pruneNulls(v any) {
 		}
 	}
 }
+
+// applyRequest sends u with Server-Side Apply and force: the operator owns the
+// fields it sets, even against a hand edit. u is replaced with the object as
+// stored. An apply that changes nothing does not bump the resourceVersion.
+func applyRequest(ctx context.Context, c client.Client, u *unstructured.Unstructured) error {
+	if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return fmt.Errorf("apply %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+	}
+	return nil
+}
+
+// appliedMemo remembers, per object, the hash of what the operator last applied
+// and the resourceVersion the API server answered with. When the cached object
+// still has that resourceVersion and the desired content is unchanged, nobody
+// has touched the object since, and the apply is skipped: a resync of a
+// converged stack sends no requests at all. Any edit (by hand, by another
+// controller, a status update) changes the resourceVersion, and the next pass
+// applies again. After a restart the memo is empty and every child is applied
+// once (those applies change nothing).
+type appliedMemo struct {
+	m sync.Map // key -> appliedRecord
+}
+
+type appliedRecord struct {
+	sum             [32]byte
+	resourceVersion string
+}
+
+func memoKey(u *unstructured.Unstructured) string {
+	return u.GetAPIVersion() + "/" + u.GetKind() + "/" + u.GetNamespace() + "/" + u.GetName()
+}
+
+func contentSum(u *unstructured.Unstructured) ([32]byte, error) {
+	b, err := json.Marshal(u.Object) // maps marshal with sorted keys: stable
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256(b), nil
+}
+
+func (m *appliedMemo) unchanged(key string, sum [32]byte, cachedRV string) bool {
+	v, ok := m.m.Load(key)
+	if !ok || cachedRV == "" {
+		return false
+	}
+	rec := v.(appliedRecord)
+	return rec.sum == sum && rec.resourceVersion == cachedRV
+}
+
+func (m *appliedMemo) record(key string, sum [32]byte, rv string) {
+	m.m.Store(key, appliedRecord{sum: sum, resourceVersion: rv})
+}
+
+func (m *appliedMemo) forget(key string) { m.m.Delete(key) }

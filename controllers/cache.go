@@ -50,10 +50,10 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 	}
 
 	dep := desiredRedisDeployment(p.spec)
-	if err := r.applyChildInto(ctx, p, dep); err != nil {
+	if err := r.applyChild(ctx, p, dep); err != nil {
 		return false, err
 	}
-	if _, err := r.applyChild(ctx, p, desiredRedisService(p.spec)); err != nil {
+	if err := r.applyChild(ctx, p, desiredRedisService(p.spec)); err != nil {
 		return false, err
 	}
 	if deploymentAvailable(dep) {

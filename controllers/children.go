@@ -3,71 +3,99 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"reflect"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 )
 
-// applyChild applies a desired child with the stack as its controlling owner
-// and records an event when the child did not exist before. It returns the
-// object as stored.
-func (r *TradingStackReconciler) applyChild(ctx context.Context, p *pass, obj client.Object) (*unstructured.Unstructured, error) {
+// applyChild applies a desired child with the stack as its controlling owner,
+// records an event when the child did not exist before, and leaves in obj the
+// object as stored (so the caller can read its status).
+func (r *TradingStackReconciler) applyChild(ctx context.Context, p *pass, obj client.Object) error {
 	if err := controllerutil.SetControllerReference(p.stack, obj, r.Scheme); err != nil {
-		return nil, err
+		return err
 	}
-	existed, err := r.getCached(ctx, client.ObjectKeyFromObject(obj), obj.DeepCopyObject().(client.Object))
-	if err != nil {
-		return nil, err
-	}
-	stored, err := applyObject(ctx, r.Client, obj)
-	if err != nil {
-		return nil, err
-	}
-	if !existed && stored.GetGeneration() <= 1 {
-		r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Created", "Create",
-			"Created %s %s", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName())
-	}
-	return stored, nil
+	return r.applyOwned(ctx, p, obj, true)
 }
 
-// applyChildInto applies obj and decodes the stored object back into it, so
-// the caller can read the status the API server holds.
-func (r *TradingStackReconciler) applyChildInto(ctx context.Context, p *pass, obj client.Object) error {
-	stored, err := r.applyChild(ctx, p, obj)
+// applyOwned applies obj as it is (owner references already decided) unless the
+// memo shows the cached object is exactly what was last applied.
+func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj client.Object, decode bool) error {
+	gvk := obj.GetObjectKind().GroupVersionKind()
+	u, err := applyContent(obj)
 	if err != nil {
 		return err
 	}
-	gvk := obj.GetObjectKind().GroupVersionKind()
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(stored.Object, obj); err != nil {
-		return fmt.Errorf("decode %s %s: %w", gvk.Kind, obj.GetName(), err)
+	sum, err := contentSum(u)
+	if err != nil {
+		return err
 	}
-	obj.GetObjectKind().SetGroupVersionKind(gvk)
+	current := obj.DeepCopyObject().(client.Object)
+	existed, err := r.getCached(ctx, client.ObjectKeyFromObject(obj), current)
+	if err != nil {
+		return err
+	}
+	k := memoKey(u)
+	if existed && r.applied.unchanged(k, sum, current.GetResourceVersion()) {
+		if decode {
+			copyInto(current, obj, gvk)
+		}
+		return nil
+	}
+	if err := applyRequest(ctx, r.Client, u); err != nil {
+		r.applied.forget(k)
+		return err
+	}
+	r.applied.record(k, sum, u.GetResourceVersion())
+	if !existed && u.GetGeneration() <= 1 {
+		r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Created", "Create",
+			"Created %s %s", gvk.Kind, obj.GetName())
+	}
+	if decode {
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, obj); err != nil {
+			return fmt.Errorf("decode %s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		obj.GetObjectKind().SetGroupVersionKind(gvk)
+	}
 	return nil
+}
+
+// copyInto replaces dst's content with src's (the same Go type) and keeps
+// dst's kind, which objects read from the cache do not carry.
+func copyInto(src, dst client.Object, gvk schema.GroupVersionKind) {
+	reflect.ValueOf(dst).Elem().Set(reflect.ValueOf(src).Elem())
+	dst.GetObjectKind().SetGroupVersionKind(gvk)
 }
 
 // deleteIfExists removes a child that is no longer wanted (a PDB after scaling
 // to one replica, an HPA after autoscaling was turned off). It reads the cache
-// first, so an absent child costs no API call.
+// first, so an absent child costs no API call, and leaves alone an object the
+// stack does not control.
 func (r *TradingStackReconciler) deleteIfExists(ctx context.Context, p *pass, obj client.Object) error {
 	found, err := r.getCached(ctx, client.ObjectKeyFromObject(obj), obj)
 	if err != nil || !found {
 		return err
 	}
-	if !metav1IsControlledBy(obj, p.stack) {
-		return nil // not ours: leave it alone
+	if !isControlledBy(obj, p.stack) {
+		return nil
 	}
 	if err := r.Delete(ctx, obj, client.PropagationPolicy("Background")); client.IgnoreNotFound(err) != nil {
 		return err
 	}
-	r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Deleted", "Delete",
-		"Deleted %T %s: no longer wanted", obj, obj.GetName())
+	kind := fmt.Sprintf("%T", obj)
+	if gvk, err := apiutil.GVKForObject(obj, r.Scheme); err == nil {
+		kind = gvk.Kind
+	}
+	r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Deleted", "Delete", "Deleted %s %s: no longer wanted", kind, obj.GetName())
 	return nil
 }
 
-func metav1IsControlledBy(obj client.Object, owner client.Object) bool {
+func isControlledBy(obj client.Object, owner client.Object) bool {
 	for _, ref := range obj.GetOwnerReferences() {
 		if ref.Controller != nil && *ref.Controller && ref.UID == owner.GetUID() {
 			return true

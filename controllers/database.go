@@ -39,10 +39,10 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 	if found && len(current.Spec.VolumeClaimTemplates) > 0 {
 		sts.Spec.VolumeClaimTemplates = keepClaimTemplates(current.Spec.VolumeClaimTemplates)
 	}
-	if err := r.applyChildInto(ctx, p, sts); err != nil {
+	if err := r.applyChild(ctx, p, sts); err != nil {
 		return false, err
 	}
-	if _, err := r.applyChild(ctx, p, desiredPostgresService(p.spec)); err != nil {
+	if err := r.applyChild(ctx, p, desiredPostgresService(p.spec)); err != nil {
 		return false, err
 	}
 

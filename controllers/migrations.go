@@ -53,7 +53,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	if !found {
 		// A Job's template is immutable, so it is only ever created, never
 		// re-applied: a later change of the stack does not re-run a migration.
-		if err := r.applyChildInto(ctx, p, job); err != nil {
+		if err := r.applyChild(ctx, p, job); err != nil {
 			return false, err
 		}
 		current = job
@@ -132,7 +132,7 @@ func (r *TradingStackReconciler) pruneMigrationJobs(ctx context.Context, p *pass
 	}
 	for i := range jobs.Items {
 		j := &jobs.Items[i]
-		if j.Name == keep || !metav1IsControlledBy(j, p.stack) {
+		if j.Name == keep || !isControlledBy(j, p.stack) {
 			continue
 		}
 		if _, state := jobOutcome(j); state == jobRunning {

@@ -166,7 +166,7 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			continue
 		}
 		obj := k.desired()
-		if _, err := r.applyChild(ctx, p, obj); err != nil {
+		if err := r.applyChild(ctx, p, obj); err != nil {
 			if meta.IsNoMatchError(err) { // the CRD went away since we looked
 				r.monitoring.forget()
 				missing = append(missing, k.gk.Kind)

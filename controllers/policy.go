@@ -16,7 +16,7 @@ func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (
 	ns, name := p.stack.Namespace, apiName(p.stack)
 
 	if pdb := desiredPDB(p.spec); pdb != nil {
-		if _, err := r.applyChild(ctx, p, pdb); err != nil {
+		if err := r.applyChild(ctx, p, pdb); err != nil {
 			return false, err
 		}
 	} else if err := r.deleteIfExists(ctx, p, objectNamed(&policyv1.PodDisruptionBudget{}, ns, name)); err != nil {
@@ -24,7 +24,7 @@ func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (
 	}
 
 	if hpa := desiredHPA(p.spec); hpa != nil {
-		if _, err := r.applyChild(ctx, p, hpa); err != nil {
+		if err := r.applyChild(ctx, p, hpa); err != nil {
 			return false, err
 		}
 	} else if err := r.deleteIfExists(ctx, p, objectNamed(&autoscalingv2.HorizontalPodAutoscaler{}, ns, name)); err != nil {
@@ -34,7 +34,7 @@ func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (
 	wanted := map[string]bool{}
 	for _, np := range desiredNetworkPolicies(p.spec) {
 		wanted[np.Name] = true
-		if _, err := r.applyChild(ctx, p, np); err != nil {
+		if err := r.applyChild(ctx, p, np); err != nil {
 			return false, err
 		}
 	}

@@ -15,10 +15,10 @@ import (
 // the runtime reads, so a change to either rolls the pods.
 func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) (bool, error) {
 	cm := desiredRuntimeConfigMap(p.spec)
-	if _, err := r.applyChild(ctx, p, cm); err != nil {
+	if err := r.applyChild(ctx, p, cm); err != nil {
 		return false, err
 	}
-	if _, err := r.applyChild(ctx, p, desiredAPIService(p.spec)); err != nil {
+	if err := r.applyChild(ctx, p, desiredAPIService(p.spec)); err != nil {
 		return false, err
 	}
 	p.stack.Status.Endpoints = tradingv1alpha1.EndpointsStatus{API: apiEndpoint(p.stack), Metrics: metricsEndpoint(p.stack)}
@@ -30,7 +30,7 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	}
 
 	dep := desiredAPIDeployment(p.spec, p.servingImage, configHash(cm, p.runtimeSecrets...))
-	if err := r.applyChildInto(ctx, p, dep); err != nil {
+	if err := r.applyChild(ctx, p, dep); err != nil {
 		return false, err
 	}
 

@@ -99,6 +99,5 @@ func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pas
 			return err
 		}
 	}
-	_, err := applyObject(ctx, r.Client, meta)
-	return err
+	return r.applyOwned(ctx, p, meta, false)
 }

@@ -61,6 +61,7 @@ type TradingStackReconciler struct {
 	MaxConcurrentReconciles int
 
 	monitoring *monitoringAPIs
+	applied    appliedMemo
 }
 
 // NewTradingStackReconciler wires a reconciler to mgr's client, cache, API reader,

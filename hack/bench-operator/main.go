@@ -1,0 +1,452 @@
+// Command bench-operator measures the TradingStack operator on a real API
+// server: it starts envtest (kube-apiserver and etcd from KUBEBUILDER_ASSETS)
+// and the operator's manager in this process, creates N TradingStacks, plays
+// kubelet for their StatefulSets, Deployments and Jobs, and reports the time
+// until every child exists and every stack is Ready, the API writes the
+// operator made per stack to converge and at rest, reconciles per second and
+// the process's peak memory.
+//
+//	KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh) go run ./hack/bench-operator -stacks 200
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+	"github.com/findmy/trading-operator/controllers"
+)
+
+// writeCounter counts the manager's mutating requests, by kind of request.
+type writeCounter struct {
+	applies, creates, deletes, status, events, other atomic.Int64
+}
+
+func (w *writeCounter) total() int64 {
+	return w.applies.Load() + w.creates.Load() + w.deletes.Load() + w.status.Load() + w.other.Load()
+}
+
+func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		switch req.Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+		default:
+			switch {
+			case strings.Contains(req.URL.Path, "/events"):
+				w.events.Add(1)
+			case strings.HasSuffix(req.URL.Path, "/status"):
+				w.status.Add(1)
+			case strings.Contains(req.URL.Path, "/leases"):
+			case req.Method == http.MethodPatch && req.Header.Get("Content-Type") == "application/apply-patch+yaml":
+				w.applies.Add(1)
+			case req.Method == http.MethodPost:
+				w.creates.Add(1)
+			case req.Method == http.MethodDelete:
+				w.deletes.Add(1)
+			default:
+				w.other.Add(1)
+			}
+		}
+		return rt.RoundTrip(req)
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func main() {
+	stacks := flag.Int("stacks", 200, "TradingStacks to create")
+	namespaces := flag.Int("namespaces", 10, "namespaces to spread them over")
+	concurrency := flag.Int("concurrency", 4, "MaxConcurrentReconciles")
+	restFor := flag.Duration("rest", 20*time.Second, "how long to watch a converged fleet for writes (with a resync in between)")
+	flag.Parse()
+	if err := run(*stacks, *namespaces, *concurrency, *restFor); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-operator:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n, nsCount, concurrency int, restFor time.Duration) error {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		return fmt.Errorf("KUBEBUILDER_ASSETS is not set (make bench-operator sets it)")
+	}
+	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return fmt.Errorf("start envtest: %w", err)
+	}
+	defer env.Stop() //nolint:errcheck
+
+	// The manager's requests go through a counter; the kubelet stand-in and the
+	// bench's own reads use a separate client that is not counted.
+	var writes writeCounter
+	mgrCfg := rest.CopyConfig(cfg)
+	mgrCfg.QPS, mgrCfg.Burst = 200, 400
+	mgrCfg.Wrap(writes.wrap)
+	benchCfg := rest.CopyConfig(cfg)
+	benchCfg.QPS, benchCfg.Burst = 200, 400
+	scheme := controllers.NewScheme()
+	c, err := client.New(benchCfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+
+	// A resync period short enough to see one during the rest window: a
+	// converged fleet must write nothing when every object is redelivered.
+	syncPeriod := restFor / 2
+	cacheOpts := controllers.CacheOptions(nil)
+	cacheOpts.SyncPeriod = &syncPeriod
+	mgr, err := ctrl.NewManager(mgrCfg, manager.Options{
+		Scheme:                 scheme,
+		Cache:                  cacheOpts,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+	})
+	if err != nil {
+		return err
+	}
+	if err := controllers.NewTradingStackReconciler(mgr, concurrency).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		if err := mgr.Start(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "manager:", err)
+		}
+	}()
+	if !mgr.GetCache().WaitForCacheSync(ctx) {
+		return fmt.Errorf("cache did not sync")
+	}
+
+	var peak peakMemory
+	go peak.sample(ctx)
+
+	nsNames := make([]string, nsCount)
+	for i := range nsNames {
+		nsNames[i] = fmt.Sprintf("bench-%02d", i)
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsNames[i]}}); err != nil {
+			return err
+		}
+	}
+
+	fmt.Printf("creating %d TradingStacks in %d namespaces (MaxConcurrentReconciles %d, GOMAXPROCS %d)\n", n, nsCount, concurrency, runtime.GOMAXPROCS(0))
+	reconcilesAtStart := reconcileTotal()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		s := &tradingv1alpha1.TradingStack{ObjectMeta: metav1.ObjectMeta{Namespace: nsNames[i%nsCount], Name: fmt.Sprintf("s%03d", i)}}
+		s.Spec.Runtime.Image = "registry.example.com/tradingd:v1"
+		if err := c.Create(ctx, s); err != nil {
+			return fmt.Errorf("create stack %d: %w", i, err)
+		}
+	}
+	created := time.Since(start)
+
+	kubeletCtx, stopKubelet := context.WithCancel(ctx)
+	defer stopKubelet()
+	var kwg sync.WaitGroup
+	kwg.Add(1)
+	go func() { defer kwg.Done(); playKubelet(kubeletCtx, c) }()
+
+	// Per default stack: 3 Secrets, StatefulSet, 3 Services, 2 Deployments,
+	// ConfigMap, Job, PDB, 2 NetworkPolicies.
+	want := map[string]int{
+		"Secret": 3 * n, "StatefulSet": n, "Service": 3 * n, "Deployment": 2 * n,
+		"ConfigMap": n, "Job": n, "PodDisruptionBudget": n, "NetworkPolicy": 2 * n,
+	}
+	var allChildren time.Duration
+	for {
+		if allChildren == 0 {
+			ok, err := childrenComplete(ctx, c, want)
+			if err != nil {
+				return err
+			}
+			if ok {
+				allChildren = time.Since(start)
+			}
+		}
+		ready, err := readyStacks(ctx, c)
+		if err != nil {
+			return err
+		}
+		if allChildren != 0 && ready == n {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("not converged after 10 minutes: %d of %d Ready", ready, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	converged := time.Since(start)
+	reconcilesToConverge := reconcileTotal() - reconcilesAtStart
+	writesToConverge := writes.total()
+	eventsToConverge := writes.events.Load()
+	stopKubelet()
+	kwg.Wait()
+
+	// At rest: let the last events drain, snapshot every resourceVersion and
+	// the counters, sit through a resync, compare.
+	time.Sleep(3 * time.Second)
+	rvBefore, err := allResourceVersions(ctx, c, nsNames)
+	if err != nil {
+		return err
+	}
+	w0, r0, e0 := writes.total(), reconcileTotal(), writes.events.Load()
+	time.Sleep(restFor)
+	rvAfter, err := allResourceVersions(ctx, c, nsNames)
+	if err != nil {
+		return err
+	}
+	changed := 0
+	for k, v := range rvBefore {
+		if rvAfter[k] != v {
+			changed++
+		}
+	}
+	changed += max(0, len(rvAfter)-len(rvBefore))
+	restWrites, restReconciles, restEvents := writes.total()-w0, reconcileTotal()-r0, writes.events.Load()-e0
+
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Printf("\nresults (%d stacks, %d objects):\n", n, len(rvAfter))
+	fmt.Printf("  stacks created in                 %s\n", created.Round(time.Millisecond))
+	fmt.Printf("  every child exists after          %s\n", allChildren.Round(time.Millisecond))
+	fmt.Printf("  every stack Ready after           %s\n", converged.Round(time.Millisecond))
+	fmt.Printf("  operator writes to converge       %d (%.1f per stack: %d applies, %d creates, %d deletes, %d status; plus %d events)\n",
+		writesToConverge, float64(writesToConverge)/float64(n), writes.applies.Load(), writes.creates.Load(), writes.deletes.Load(), writes.status.Load(), eventsToConverge)
+	fmt.Printf("  reconciles to converge            %.0f (%.1f per stack, %.0f per second)\n",
+		reconcilesToConverge, float64(reconcilesToConverge)/float64(n), float64(reconcilesToConverge)/converged.Seconds())
+	fmt.Printf("  at rest for %s (one resync):   %.0f reconciles, %d write requests, %d events, %d objects changed\n",
+		restFor, restReconciles, restWrites, restEvents, changed)
+	fmt.Printf("  peak memory of this process       VmHWM %s, Go heap peak %.1f MiB (sys %.1f MiB)\n",
+		peak.vmHWM(), float64(peak.heap.Load())/(1<<20), float64(ms.Sys)/(1<<20))
+	fmt.Println("  (VmHWM includes the bench's own client and kubelet stand-in; kube-apiserver and etcd are separate processes)")
+	return nil
+}
+
+// reconcileTotal sums controller_runtime_reconcile_total over all results.
+func reconcileTotal() float64 {
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		return 0
+	}
+	var total float64
+	for _, f := range families {
+		if f.GetName() != "controller_runtime_reconcile_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			total += m.GetCounter().GetValue()
+		}
+	}
+	return total
+}
+
+// playKubelet marks StatefulSets, Deployments and Jobs ready/succeeded as the
+// kubelet and the controller-manager would, until ctx ends.
+func playKubelet(ctx context.Context, c client.Client) {
+	sel := client.MatchingLabels{controllers.ManagedByLabel: controllers.ManagedByValue}
+	for ctx.Err() == nil {
+		var stsList appsv1.StatefulSetList
+		if err := c.List(ctx, &stsList, sel); err == nil {
+			for i := range stsList.Items {
+				s := &stsList.Items[i]
+				if s.Status.ReadyReplicas >= 1 && s.Status.ObservedGeneration == s.Generation {
+					continue
+				}
+				s.Status = appsv1.StatefulSetStatus{ObservedGeneration: s.Generation, Replicas: 1, ReadyReplicas: 1, CurrentReplicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}
+				_ = c.Status().Update(ctx, s)
+			}
+		}
+		var deps appsv1.DeploymentList
+		if err := c.List(ctx, &deps, sel); err == nil {
+			for i := range deps.Items {
+				d := &deps.Items[i]
+				want := int32(1)
+				if d.Spec.Replicas != nil {
+					want = *d.Spec.Replicas
+				}
+				if d.Status.ObservedGeneration == d.Generation && d.Status.ReadyReplicas == want && d.Status.UpdatedReplicas == want {
+					continue
+				}
+				now := metav1.Now()
+				d.Status = appsv1.DeploymentStatus{
+					ObservedGeneration: d.Generation, Replicas: want, ReadyReplicas: want, AvailableReplicas: want, UpdatedReplicas: want,
+					Conditions: []appsv1.DeploymentCondition{{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now}},
+				}
+				_ = c.Status().Update(ctx, d)
+			}
+		}
+		var jobs batchv1.JobList
+		if err := c.List(ctx, &jobs, sel); err == nil {
+			for i := range jobs.Items {
+				j := &jobs.Items[i]
+				if j.Status.CompletionTime != nil {
+					continue
+				}
+				startT := metav1.NewTime(time.Now().Add(-time.Second))
+				now := metav1.Now()
+				j.Status = batchv1.JobStatus{StartTime: &startT, CompletionTime: &now, Succeeded: 1, Conditions: []batchv1.JobCondition{
+					{Type: batchv1.JobSuccessCriteriaMet, Status: corev1.ConditionTrue, Reason: "CompletionsReached", LastProbeTime: now, LastTransitionTime: now},
+					{Type: batchv1.JobComplete, Status: corev1.ConditionTrue, Reason: "CompletionsReached", LastProbeTime: now, LastTransitionTime: now},
+				}}
+				_ = c.Status().Update(ctx, j)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+var kinds = map[string]schema.GroupVersionKind{
+	"Secret":              {Version: "v1", Kind: "SecretList"},
+	"Service":             {Version: "v1", Kind: "ServiceList"},
+	"ConfigMap":           {Version: "v1", Kind: "ConfigMapList"},
+	"StatefulSet":         {Group: "apps", Version: "v1", Kind: "StatefulSetList"},
+	"Deployment":          {Group: "apps", Version: "v1", Kind: "DeploymentList"},
+	"Job":                 {Group: "batch", Version: "v1", Kind: "JobList"},
+	"PodDisruptionBudget": {Group: "policy", Version: "v1", Kind: "PodDisruptionBudgetList"},
+	"NetworkPolicy":       {Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicyList"},
+}
+
+func listManaged(ctx context.Context, c client.Client, kind string, opts ...client.ListOption) ([]unstructured.Unstructured, error) {
+	list := &unstructured.UnstructuredList{}
+	list.SetGroupVersionKind(kinds[kind])
+	opts = append(opts, client.MatchingLabels{controllers.ManagedByLabel: controllers.ManagedByValue})
+	if err := c.List(ctx, list, opts...); err != nil {
+		return nil, err
+	}
+	return list.Items, nil
+}
+
+func childrenComplete(ctx context.Context, c client.Client, want map[string]int) (bool, error) {
+	for kind, n := range want {
+		items, err := listManaged(ctx, c, kind)
+		if err != nil {
+			return false, err
+		}
+		if len(items) < n {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func readyStacks(ctx context.Context, c client.Client) (int, error) {
+	var list tradingv1alpha1.TradingStackList
+	if err := c.List(ctx, &list); err != nil {
+		return 0, err
+	}
+	ready := 0
+	for _, s := range list.Items {
+		for _, cond := range s.Status.Conditions {
+			if cond.Type == tradingv1alpha1.ConditionReady && cond.Status == metav1.ConditionTrue && cond.ObservedGeneration == s.Generation {
+				ready++
+			}
+		}
+	}
+	return ready, nil
+}
+
+func allResourceVersions(ctx context.Context, c client.Client, namespaces []string) (map[string]string, error) {
+	out := map[string]string{}
+	var stacks tradingv1alpha1.TradingStackList
+	if err := c.List(ctx, &stacks); err != nil {
+		return nil, err
+	}
+	for _, s := range stacks.Items {
+		out["TradingStack/"+s.Namespace+"/"+s.Name] = s.ResourceVersion
+	}
+	for kind := range kinds {
+		items, err := listManaged(ctx, c, kind)
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range items {
+			out[kind+"/"+o.GetNamespace()+"/"+o.GetName()] = o.GetResourceVersion()
+		}
+	}
+	return out, nil
+}
+
+// peakMemory samples the Go heap; VmHWM comes from the kernel at the end.
+type peakMemory struct {
+	heap atomic.Uint64
+}
+
+func (p *peakMemory) sample(ctx context.Context) {
+	var ms runtime.MemStats
+	for ctx.Err() == nil {
+		runtime.ReadMemStats(&ms)
+		if ms.HeapAlloc > p.heap.Load() {
+			p.heap.Store(ms.HeapAlloc)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func (p *peakMemory) vmHWM() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			return strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:"))
+		}
+	}
+	return "unknown"
+}
+
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
