@@ -1,9 +1,11 @@
 package http
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -140,6 +142,9 @@ func (s *Server) handleGetOrder(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, order)
 }
 
+// invalidateTimeout bounds the cache invalidation after an approve.
+const invalidateTimeout = 2 * time.Second
+
 // ApprovedOrder is the answer of an approve: the order's fields and the trade it produced.
 type ApprovedOrder struct {
 	*trading.Order
@@ -159,9 +164,14 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 	}
 	// Read-your-writes: the requester's cached positions and summary must be gone before
 	// anyone learns that the approve happened. The trade is committed whatever happens
-	// here, so a failure is logged rather than reported as a failed approve.
+	// here, so a failure is logged rather than reported as a failed approve, and a client
+	// that hung up does not cancel the invalidation. (runtime/postgres's order service can
+	// do this itself: give the Invalidator to one of the two, not both.)
 	if s.svc.Invalidator != nil {
-		if err := s.svc.Invalidator.InvalidateUser(r.Context(), order.RequestedBy); err != nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), invalidateTimeout)
+		err := s.svc.Invalidator.InvalidateUser(ctx, order.RequestedBy)
+		cancel()
+		if err != nil {
 			s.log.WarnContext(r.Context(), "cache invalidation after approve failed", "error", err,
 				"request_id", RequestID(r.Context()), "user_id", order.RequestedBy)
 		}

@@ -1,0 +1,357 @@
+package http_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	rthttp "github.com/findmy/trading-operator/runtime/http"
+	"github.com/findmy/trading-operator/runtime/postgres"
+)
+
+var wantSecurityHeaders = map[string]string{
+	"Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+	"Content-Security-Policy":   "default-src 'none'; frame-ancestors 'none'",
+	"X-Frame-Options":           "DENY",
+	"X-Content-Type-Options":    "nosniff",
+	"Referrer-Policy":           "no-referrer",
+	"Cache-Control":             "no-store",
+}
+
+var uuidPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+func checkSecurityHeaders(t *testing.T, what string, h http.Header) {
+	t.Helper()
+	for k, v := range wantSecurityHeaders {
+		if got := h.Get(k); got != v {
+			t.Errorf("%s: %s = %q, want %q", what, k, got, v)
+		}
+	}
+	if h.Get("X-Request-ID") == "" {
+		t.Errorf("%s: no X-Request-ID", what)
+	}
+}
+
+// Every response, successes and every kind of error alike, carries the security headers
+// and a request id.
+func TestHeadersOnEveryResponse(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	tok := e.token("trader1")
+
+	for _, tc := range []struct {
+		name    string
+		method  string
+		path    string
+		token   string
+		body    any
+		headers []string
+		status  int
+	}{
+		{"openapi", "GET", "/openapi.json", "", nil, nil, 200},
+		{"login", "POST", "/api/auth/login", "", map[string]string{"username": "trader1", "password": e.passwords["trader1"]}, nil, 200},
+		{"created", "POST", "/api/orders", tok, map[string]string{"symbol": "BTC/USD", "side": "buy", "quantity": "1", "price": "2"}, nil, 201},
+		{"list", "GET", "/api/orders", tok, nil, nil, 200},
+		{"bad login", "POST", "/api/auth/login", "", map[string]string{"username": "trader1", "password": "nope"}, nil, 401},
+		{"no token", "GET", "/api/orders", "", nil, nil, 401},
+		{"unknown route", "GET", "/api/nothing", tok, nil, nil, 404},
+		{"unknown order", "GET", "/api/orders/" + uuid.NewString(), tok, nil, nil, 404},
+		{"wrong method", "DELETE", "/api/orders", tok, nil, nil, 405},
+		{"malformed", "POST", "/api/orders", tok, "{", nil, 400},
+		{"media type", "POST", "/api/orders", tok, "{}", []string{"Content-Type", "text/plain"}, 415},
+		{"too large", "POST", "/api/orders", tok, strings.Repeat(" ", 70<<10), nil, 413},
+		{"invalid", "POST", "/api/orders", tok, map[string]string{}, nil, 422},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do(tc.method, tc.path, tc.token, tc.body, tc.headers...)
+			r.want(tc.status)
+			checkSecurityHeaders(t, tc.name, r.header)
+			if id := r.header.Get("X-Request-ID"); !uuidPattern.MatchString(id) {
+				t.Errorf("generated request id %q is not a UUID", id)
+			}
+		})
+	}
+}
+
+func TestRequestID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	for _, tc := range []struct {
+		sent string
+		echo bool
+	}{
+		{"abc-123", true},
+		{"trace:1.2_3-x", true},
+		{strings.Repeat("a", 128), true},
+		{strings.Repeat("a", 129), false},
+		{"has space", false},
+		{"semi;colon", false},
+		{`quote"`, false},
+		{"ünïcode", false},
+	} {
+		for _, path := range []string{"/openapi.json", "/api/orders", "/nowhere"} {
+			r := e.do("GET", path, "", nil, "X-Request-ID", tc.sent)
+			got := r.header.Get("X-Request-ID")
+			if tc.echo && got != tc.sent {
+				t.Errorf("%s with %q: got %q, want it echoed", path, tc.sent, got)
+			}
+			if !tc.echo && (got == tc.sent || !uuidPattern.MatchString(got)) {
+				t.Errorf("%s with %q: got %q, want a generated UUID", path, tc.sent, got)
+			}
+		}
+	}
+	// Generated ids differ per request.
+	a := e.do("GET", "/openapi.json", "", nil).header.Get("X-Request-ID")
+	b := e.do("GET", "/openapi.json", "", nil).header.Get("X-Request-ID")
+	if a == b {
+		t.Errorf("two requests got the same id %q", a)
+	}
+}
+
+func TestUnknownRoutesAndMethods(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	tok := func() string { e.addUser("t", trading.RoleTrader); return e.token("t") }()
+
+	e.do("GET", "/", "", nil).problem(404)
+	e.do("GET", "/api/unknown", tok, nil).problem(404)
+	e.do("GET", "/api/orders/"+uuid.NewString()+"/nothing", tok, nil).problem(404)
+
+	r := e.do("PUT", "/api/orders", tok, nil)
+	r.problem(405)
+	if allow := r.header.Get("Allow"); !strings.Contains(allow, "GET") || !strings.Contains(allow, "POST") {
+		t.Errorf("405 Allow %q", allow)
+	}
+	e.do("GET", "/api/orders/"+uuid.NewString()+"/approve", tok, nil).problem(405)
+	e.do("DELETE", "/api/auth/login", "", nil).problem(405)
+}
+
+func TestRequestBodies(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	tok := e.token("trader1")
+	good := `{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"100"}`
+
+	t.Run("415 without application/json", func(t *testing.T) {
+		for _, ct := range []string{"", "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "multipart/form-data; boundary=x"} {
+			e.do("POST", "/api/orders", tok, good, "Content-Type", ct).problem(415)
+			e.do("POST", "/api/auth/login", "", `{"username":"a","password":"b"}`, "Content-Type", ct).problem(415)
+		}
+	})
+	t.Run("parameters allowed", func(t *testing.T) {
+		e.do("POST", "/api/orders", tok, good, "Content-Type", "application/json; charset=utf-8").want(201)
+		e.do("POST", "/api/orders", tok, good, "Content-Type", "Application/JSON").want(201)
+	})
+	t.Run("413 over 64 KiB", func(t *testing.T) {
+		big := `{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"100","client_order_id":"` + strings.Repeat("x", 65<<10) + `"}`
+		e.do("POST", "/api/orders", tok, big).problem(413)
+		// Whitespace after a valid object counts too.
+		e.do("POST", "/api/orders", tok, good+strings.Repeat("\n", 65<<10)).problem(413)
+		e.do("POST", "/api/auth/login", "", `{"username":"`+strings.Repeat("u", 65<<10)+`","password":"x"}`).problem(413)
+		// Just under the limit is read (and refused for what it says, not its size).
+		under := `{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"100","client_order_id":"` + strings.Repeat("x", 60<<10) + `"}`
+		if f := e.do("POST", "/api/orders", tok, under).fields(); f["client_order_id"] == "" {
+			t.Errorf("fields %v", f)
+		}
+	})
+	t.Run("400 malformed", func(t *testing.T) {
+		for _, body := range []string{
+			"", "{", "not json", `{"symbol":"BTC/USD",}`, `[1,2]`, `"string"`, `{"symbol":"BTC/USD"`,
+		} {
+			r := e.do("POST", "/api/orders", tok, body)
+			r.problem(400)
+		}
+	})
+	t.Run("400 unknown field", func(t *testing.T) {
+		p := e.do("POST", "/api/orders", tok, `{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"100","user_id":"x"}`).problem(400)
+		if !strings.Contains(p.Detail, "user_id") {
+			t.Errorf("detail %q does not name the field", p.Detail)
+		}
+		e.do("POST", "/api/auth/login", "", `{"username":"a","password":"b","admin":true}`).problem(400)
+		e.do("POST", "/api/auth/refresh", "", `{"refresh_token":"a","x":1}`).problem(400)
+	})
+	t.Run("400 trailing data", func(t *testing.T) {
+		for _, tail := range []string{"{}", "x", `{"symbol":"ETH/USD"}`, "1", "]"} {
+			e.do("POST", "/api/orders", tok, good+tail).problem(400)
+		}
+		e.do("POST", "/api/orders", tok, good+"  \n\t").want(201) // whitespace is not data
+	})
+	t.Run("422 wrong JSON type names the field with the others", func(t *testing.T) {
+		f := e.do("POST", "/api/orders", tok, `{"symbol":5,"side":"up","quantity":"1","price":"100"}`).fields()
+		if f["symbol"] == "" || f["side"] == "" || len(f) != 2 {
+			t.Errorf("fields %v", f)
+		}
+	})
+	t.Run("no order was stored by any of it", func(t *testing.T) {
+		var list struct{ Orders []order }
+		e.do("GET", "/api/orders", tok, nil).want(200).decode(&list)
+		if len(list.Orders) != 3 { // the two "parameters allowed" and the trailing whitespace one
+			t.Errorf("%d orders stored, want 3", len(list.Orders))
+		}
+	})
+}
+
+func TestUnavailableDatabase(t *testing.T) {
+	t.Parallel()
+	// A real pool pointed at a port where nothing listens: every query fails to connect.
+	db, err := postgres.Open(context.Background(), postgres.Config{
+		URL: "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=1", MinConns: 0, QueryTimeout: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	e := newEnvOn(t, db, envOptions{})
+	r := e.do("POST", "/api/auth/login", "", map[string]string{"username": "a", "password": "b"})
+	r.problem(503)
+	if r.header.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+	if strings.Contains(string(r.body), "127.0.0.1") || strings.Contains(string(r.body), "postgres") {
+		t.Errorf("503 body shows internals: %s", r.body)
+	}
+
+	admin := httptest.NewServer(rthttp.NewAdminHandler(db.Ping))
+	defer admin.Close()
+	resp, err := http.Get(admin.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body map[string]string
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(body["error"], "database") {
+		t.Errorf("readyz %d %v, want 503 naming the database", resp.StatusCode, body)
+	}
+	resp, err = http.Get(admin.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("healthz %d while serving", resp.StatusCode)
+	}
+}
+
+func TestAdminHandler(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mux := rthttp.NewAdminHandler(e.db.Ping)
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) }) // the seam for metrics
+	admin := httptest.NewServer(mux)
+	defer admin.Close()
+
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200} {
+		resp, err := http.Get(admin.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
+		}
+		if path != "/metrics" {
+			checkSecurityHeaders(t, path, resp.Header)
+		}
+	}
+
+	// ready reports a dependency down: 503 and the reason in JSON.
+	down := httptest.NewServer(rthttp.NewAdminHandler(func(context.Context) error {
+		return trading.Unavailable("database", context.DeadlineExceeded)
+	}))
+	defer down.Close()
+	resp, err := http.Get(down.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]string
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 503 || body["error"] != "database is unavailable" || body["status"] != "unavailable" {
+		t.Errorf("readyz %d %v", resp.StatusCode, body)
+	}
+}
+
+func TestOpenAPI(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := e.do("GET", "/openapi.json", "", nil).want(200)
+	if ct := r.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	var doc struct {
+		OpenAPI    string                                `json:"openapi"`
+		Paths      map[string]map[string]json.RawMessage `json:"paths"`
+		Components struct {
+			Schemas         map[string]json.RawMessage `json:"schemas"`
+			SecuritySchemes map[string]struct {
+				Type, Scheme string
+			} `json:"securitySchemes"`
+		} `json:"components"`
+	}
+	r.decode(&doc)
+	if !strings.HasPrefix(doc.OpenAPI, "3.1.") {
+		t.Errorf("openapi %q, want 3.1.x", doc.OpenAPI)
+	}
+	if s := doc.Components.SecuritySchemes["bearerAuth"]; s.Type != "http" || s.Scheme != "bearer" {
+		t.Errorf("bearer security scheme %+v", s)
+	}
+	for _, name := range []string{"Problem", "ValidationProblem", "Order", "Trade", "Position", "Summary", "TokenPair", "OrderRequest"} {
+		if doc.Components.Schemas[name] == nil {
+			t.Errorf("schema %s missing", name)
+		}
+	}
+
+	// Every route the mux serves is documented, and every documented operation is served.
+	srv := e.handler.(*rthttp.Server)
+	served := map[string]bool{}
+	for _, rt := range srv.Routes() {
+		method, path, _ := strings.Cut(rt.Pattern, " ")
+		served[strings.ToLower(method)+" "+path] = true
+		if doc.Paths[path][strings.ToLower(method)] == nil {
+			t.Errorf("route %s is not in openapi.json", rt.Pattern)
+		}
+	}
+	if len(served) < 14 {
+		t.Errorf("only %d routes served", len(served))
+	}
+	for path, ops := range doc.Paths {
+		for method, op := range ops {
+			if !served[method+" "+path] {
+				t.Errorf("openapi.json documents %s %s, which is not served", method, path)
+			}
+			var o struct {
+				Responses map[string]json.RawMessage `json:"responses"`
+			}
+			if err := json.Unmarshal(op, &o); err != nil || len(o.Responses) == 0 {
+				t.Errorf("%s %s has no responses", method, path)
+			}
+		}
+	}
+	// Every $ref points at something that exists.
+	var whole map[string]any
+	r.decode(&whole)
+	for _, ref := range regexp.MustCompile(`"\$ref":\s*"#/([^"]+)"`).FindAllStringSubmatch(string(r.body), -1) {
+		var node any = whole
+		for _, part := range strings.Split(ref[1], "/") {
+			m, ok := node.(map[string]any)
+			if !ok || m[part] == nil {
+				t.Errorf("dangling $ref #/%s", ref[1])
+				break
+			}
+			node = m[part]
+		}
+	}
+}
