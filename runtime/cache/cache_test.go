@@ -1,0 +1,353 @@
+package cache_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/shopspring/decimal"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/cache"
+	"github.com/findmy/trading-operator/runtime/postgres"
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
+	"github.com/findmy/trading-operator/runtime/redis"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
+)
+
+var _ cache.Remote = (*redis.Client)(nil)
+
+// world is a migrated database with a trader and a risk officer, the real services on it,
+// and a counting wrapper around the real portfolio reader.
+type world struct {
+	db        *postgres.DB
+	portfolio *countingPortfolio
+	trader    trading.Principal
+	risk      trading.Principal
+}
+
+// countingPortfolio counts the loads that reach PostgreSQL and can hold them at a gate.
+type countingPortfolio struct {
+	trading.PortfolioService
+	positionLoads atomic.Int32
+	summaryLoads  atomic.Int32
+	mu            sync.Mutex
+	gate          chan struct{} // when set, loads wait for it to close
+	started       chan struct{} // receives one value per load that reached the gate
+}
+
+func (c *countingPortfolio) hold() (release func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gate = make(chan struct{})
+	c.started = make(chan struct{}, 100)
+	g := c.gate
+	return func() { close(g) }
+}
+
+func (c *countingPortfolio) wait() {
+	c.mu.Lock()
+	g, s := c.gate, c.started
+	c.mu.Unlock()
+	if g != nil {
+		s <- struct{}{}
+		<-g
+	}
+}
+
+func (c *countingPortfolio) Positions(ctx context.Context, user uuid.UUID) ([]trading.PositionView, error) {
+	c.positionLoads.Add(1)
+	v, err := c.PortfolioService.Positions(ctx, user) // read before the gate: a slow, stale read
+	c.wait()
+	return v, err
+}
+
+func (c *countingPortfolio) Summary(ctx context.Context, user uuid.UUID) (*trading.Summary, error) {
+	c.summaryLoads.Add(1)
+	v, err := c.PortfolioService.Summary(ctx, user)
+	c.wait()
+	return v, err
+}
+
+func newWorld(t testing.TB) *world {
+	t.Helper()
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: pgtest.NewMigratedDatabase(t), MinConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	w := &world{db: db, portfolio: &countingPortfolio{PortfolioService: postgres.NewPortfolioService(db)}}
+	mk := func(name string, role trading.Role) trading.Principal {
+		var id uuid.UUID
+		err := db.Pool().QueryRow(context.Background(),
+			`INSERT INTO users (username, password_hash, roles) VALUES ($1, 'x', $2) RETURNING id`,
+			name, []string{string(role)}).Scan(&id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return trading.Principal{UserID: id, Username: name, Roles: []trading.Role{role}}
+	}
+	w.trader, w.risk = mk("trader1", trading.RoleTrader), mk("risk1", trading.RoleRisk)
+	return w
+}
+
+// trade submits a buy of qty BTC/USD for the trader and approves it through an order
+// service whose invalidator is inv (the replica that handles the approve).
+func (w *world) trade(t testing.TB, inv trading.Invalidator, qty string) {
+	t.Helper()
+	orders := postgres.NewOrderService(w.db, postgres.OrderServiceConfig{Invalidator: inv})
+	o, _, err := orders.CreateOrder(trading.NewContextWithPrincipal(context.Background(), w.trader), trading.NewOrder{
+		Symbol: "BTC/USD", Side: trading.Buy, Quantity: decimal.RequireFromString(qty), Price: decimal.RequireFromString("100"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := orders.ApproveOrder(trading.NewContextWithPrincipal(context.Background(), w.risk), o.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func quantity(t *testing.T, p trading.PortfolioService, user uuid.UUID) string {
+	t.Helper()
+	v, err := p.Positions(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v) == 0 {
+		return "0"
+	}
+	return v[0].Quantity.String()
+}
+
+func replica(t testing.TB, w *world, url, prefix string, o cache.Options) *cache.Portfolio {
+	t.Helper()
+	if url != "" {
+		rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		o.Remote = rc
+	}
+	p := cache.NewPortfolio(w.portfolio, o)
+	t.Cleanup(p.Close)
+	return p
+}
+
+type counts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (c *counts) CacheHit(level, pattern string)  { c.add("hit:" + level + ":" + pattern) }
+func (c *counts) CacheMiss(level, pattern string) { c.add("miss:" + level + ":" + pattern) }
+func (c *counts) add(k string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]int{}
+	}
+	c.m[k]++
+}
+func (c *counts) get(k string) int { c.mu.Lock(); defer c.mu.Unlock(); return c.m[k] }
+
+// Two replicas share PostgreSQL and Redis: an approve handled by A makes B's next read
+// fresh although B had the old positions in its L1 (the read right after InvalidateUser
+// returned, no waiting).
+func TestApproveOnOneReplicaIsReadFreshOnTheOther(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	a := replica(t, w, url, prefix, cache.Options{})
+	b := replica(t, w, url, prefix, cache.Options{})
+	user := w.trader.UserID
+
+	w.trade(t, a, "1")
+	if q := quantity(t, b, user); q != "1" {
+		t.Fatalf("B reads quantity %s, want 1", q)
+	}
+	loads := w.portfolio.positionLoads.Load()
+	if q := quantity(t, b, user); q != "1" || w.portfolio.positionLoads.Load() != loads {
+		t.Fatalf("B's second read (quantity %s) went to the database: not cached", q)
+	}
+	if q := quantity(t, a, user); q != "1" || w.portfolio.positionLoads.Load() != loads {
+		t.Fatalf("A's first read (quantity %s) did not come from L2", q)
+	}
+	if _, err := b.Summary(context.Background(), user); err != nil {
+		t.Fatal(err)
+	}
+
+	for i, want := range []string{"3", "6", "10"} {
+		w.trade(t, a, []string{"2", "3", "4"}[i]) // approve handled by A
+		if q := quantity(t, b, user); q != want {
+			t.Fatalf("after approve on A, B reads quantity %s, want %s (stale)", q, want)
+		}
+		s, err := b.Summary(context.Background(), user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.TradesToday != i+2 {
+			t.Fatalf("B's summary shows %d trades today, want %d", s.TradesToday, i+2)
+		}
+	}
+}
+
+// Without Redis: L1 only, invalidated locally.
+func TestL1OnlyInvalidatesLocally(t *testing.T) {
+	w := newWorld(t)
+	p := replica(t, w, "", "", cache.Options{})
+	w.trade(t, p, "1")
+	if q := quantity(t, p, w.trader.UserID); q != "1" {
+		t.Fatalf("quantity %s, want 1", q)
+	}
+	w.trade(t, p, "2")
+	if q := quantity(t, p, w.trader.UserID); q != "3" {
+		t.Fatalf("quantity %s after the second trade, want 3", q)
+	}
+	if p.Degraded() {
+		t.Fatal("an L1-only cache reports degraded")
+	}
+}
+
+// N concurrent misses of one key do the database work once, and a caller that gives up
+// does not fail the others.
+func TestConcurrentMissesLoadOnce(t *testing.T) {
+	w := newWorld(t)
+	p := replica(t, w, redistest.SharedURL(t), redistest.Prefix(t), cache.Options{})
+	w.trade(t, p, "1")
+	release := w.portfolio.hold()
+
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	wg.Add(1)
+	go func() { // the first caller, which will give up while the load runs
+		defer wg.Done()
+		_, _ = p.Positions(ctx, w.trader.UserID)
+	}()
+	<-w.portfolio.started // the load is running and held
+	for range n - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := p.Positions(context.Background(), w.trader.UserID)
+			if err == nil && (len(v) != 1 || v[0].Quantity.String() != "1") {
+				t.Errorf("got %v", v)
+			}
+			errs <- err
+		}()
+	}
+	cancel()
+	time.Sleep(50 * time.Millisecond) // let the waiters queue up behind the held load
+	release()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a waiter failed: %v", err)
+		}
+	}
+	if got := w.portfolio.positionLoads.Load(); got != 1 {
+		t.Fatalf("%d database loads for concurrent misses of one key, want 1", got)
+	}
+}
+
+// A load that read the database before an invalidation and finishes after it must not leave
+// its stale value in L1 or L2.
+func TestSlowLoadDoesNotRefillAfterInvalidation(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	a := replica(t, w, url, prefix, cache.Options{})
+	b := replica(t, w, url, prefix, cache.Options{})
+	w.trade(t, a, "1")
+
+	release := w.portfolio.hold()
+	done := make(chan string)
+	go func() { done <- quantity(t, b, w.trader.UserID) }() // B loads quantity 1 ...
+	<-w.portfolio.started
+	w.portfolio.mu.Lock()
+	w.portfolio.gate = nil // only that one load is held
+	w.portfolio.mu.Unlock()
+	w.trade(t, a, "2") // ... the trade commits and is invalidated everywhere ...
+	release()          // ... then B's slow load finishes with the old value
+	// The slow read began before the trade, so either answer is right for it (otter
+	// discards a load whose key was invalidated meanwhile and loads again: then 3).
+	if q := <-done; q != "1" && q != "3" {
+		t.Fatalf("the slow read returned %s", q)
+	}
+	if q := quantity(t, b, w.trader.UserID); q != "3" {
+		t.Fatalf("B reads %s after the slow load, want 3: the slow load refilled L1", q)
+	}
+	c := replica(t, w, url, prefix, cache.Options{})
+	if q := quantity(t, c, w.trader.UserID); q != "3" {
+		t.Fatalf("a third replica reads %s, want 3: the slow load refilled L2", q)
+	}
+}
+
+func TestCallersCannotMutateTheCache(t *testing.T) {
+	w := newWorld(t)
+	p := replica(t, w, "", "", cache.Options{})
+	w.trade(t, p, "1")
+	v, _ := p.Positions(context.Background(), w.trader.UserID)
+	v[0].Symbol = "XXX/YYY"
+	s, _ := p.Summary(context.Background(), w.trader.UserID)
+	s.TradesToday = 99
+	v2, _ := p.Positions(context.Background(), w.trader.UserID)
+	s2, _ := p.Summary(context.Background(), w.trader.UserID)
+	if v2[0].Symbol != "BTC/USD" || s2.TradesToday != 1 {
+		t.Fatalf("a caller's change reached the cache: %s, %d", v2[0].Symbol, s2.TradesToday)
+	}
+}
+
+// Redis dies during the test: reads and approvals keep working (L1 and the database),
+// the cache reports degraded; Redis comes back: L2 and cross-replica invalidation resume.
+func TestRedisOutage(t *testing.T) {
+	w := newWorld(t)
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	obs := &counts{}
+	a := replica(t, w, srv.URL(), prefix, cache.Options{Observer: obs})
+	b := replica(t, w, srv.URL(), prefix, cache.Options{Observer: obs})
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	_ = quantity(t, a, user)
+	_ = quantity(t, b, user)
+
+	srv.Stop()
+	// Approve and read on the same replica: the local invalidation still gives
+	// read-your-writes there, and nothing fails.
+	w.trade(t, a, "2")
+	if q := quantity(t, a, user); q != "3" {
+		t.Fatalf("A reads %s during the outage, want 3", q)
+	}
+	redistest.Eventually(t, 5*time.Second, "degraded", func() bool { return a.Degraded() && b.Degraded() })
+	for range 3 {
+		if _, err := b.Summary(context.Background(), user); err != nil {
+			t.Fatalf("a read failed because Redis is down: %v", err)
+		}
+	}
+
+	srv.Restart()
+	redistest.Eventually(t, 10*time.Second, "recovery", func() bool { return !a.Degraded() && !b.Degraded() })
+	// B flushed its L1 when it resubscribed: the outage's missed invalidation is not served.
+	redistest.Eventually(t, 10*time.Second, "B fresh after resubscribing", func() bool { return quantity(t, b, user) == "3" })
+
+	w.trade(t, a, "4")
+	if q := quantity(t, b, user); q != "7" {
+		t.Fatalf("after recovery B reads %s, want 7: invalidation did not resume", q)
+	}
+	hits := obs.get("hit:l2:positions")
+	c := replica(t, w, srv.URL(), prefix, cache.Options{Observer: obs})
+	if q := quantity(t, c, user); q != "7" || obs.get("hit:l2:positions") != hits+1 {
+		t.Fatalf("a new replica read %s without an L2 hit: L2 did not resume", q)
+	}
+	if e, _ := c.L1Stats(); e < 1 {
+		t.Fatalf("L1 entries = %d after a read", e)
+	}
+	if e, b := c.L2Stats(); e < 1 || b < 1 {
+		t.Fatalf("L2 stats = %d entries, %d bytes", e, b)
+	}
+}
