@@ -2,6 +2,7 @@ package http_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	gojwt "github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
@@ -284,5 +286,51 @@ func TestLogs(t *testing.T) {
 	}
 	if strings.Contains(logs, o.ID) && !strings.Contains(logs, "{id}") {
 		t.Errorf("the raw path was logged instead of the route pattern")
+	}
+}
+
+// Refresh tokens are stored only as hashes and passwords never in clear: no row of any
+// table contains either.
+func TestSecretsAtRest(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	first := e.login("trader1")
+	var second rthttp.TokenPair
+	e.do("POST", "/api/auth/refresh", "", map[string]string{"refresh_token": first.RefreshToken}).want(200).decode(&second)
+
+	ctx := context.Background()
+	rows, err := e.db.Pool().Query(ctx, `SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rowsSeen := 0
+	for _, table := range tables {
+		dump, err := e.db.Pool().Query(ctx, `SELECT row_to_json(t)::text FROM `+pgx.Identifier{table}.Sanitize()+` t`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		texts, err := pgx.CollectRows(dump, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, row := range texts {
+			rowsSeen++
+			for name, secret := range map[string]string{
+				"first refresh token": first.RefreshToken, "second refresh token": second.RefreshToken,
+				"password": e.passwords["trader1"], "access token": second.AccessToken,
+			} {
+				if strings.Contains(row, secret) {
+					t.Errorf("table %s stores the %s in clear: %s", table, name, row)
+				}
+			}
+		}
+	}
+	if rowsSeen < 3 {
+		t.Fatalf("only %d rows in %v: the check looked at nothing", rowsSeen, tables)
 	}
 }

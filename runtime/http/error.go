@@ -55,6 +55,9 @@ func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
 	code := errorCode(err)
 	status := ErrorStatus(err)
 	detail := trading.ErrorMessage(err)
+	if status == http.StatusInternalServerError {
+		code = trading.EINTERNAL // an unknown code is a bug too: log it, show nothing
+	}
 
 	switch code {
 	case trading.EINTERNAL:

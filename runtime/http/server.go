@@ -41,6 +41,8 @@ type Services struct {
 	Portfolio trading.PortfolioService
 	// Invalidator, when set, is told about the requester before an approve answers so
 	// that the requester's next positions and summary read their own write. May be nil.
+	// runtime/postgres's order service can do the same (OrderServiceConfig.Invalidator):
+	// give it to one of the two, not both, or every approve invalidates twice.
 	Invalidator trading.Invalidator
 }
 

@@ -1,0 +1,77 @@
+package http
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// The one mapping from codes to statuses, and what each answer shows and logs.
+func TestErrorMapping(t *testing.T) {
+	var logs bytes.Buffer
+	s := &Server{log: slog.New(slog.NewJSONHandler(&logs, nil))}
+	cause := errors.New("pq: relation secret_table does not exist")
+
+	for _, tc := range []struct {
+		err        error
+		status     int
+		detail     string
+		header     string
+		headerWant string
+	}{
+		{trading.Invalid(trading.FieldError{Field: "f", Message: "m"}), 422, "the request has invalid fields", "", ""},
+		{trading.Errorf(trading.EMALFORMED, "bad json"), 400, "bad json", "", ""},
+		{trading.Errorf(trading.EUNAUTHORIZED, "no token"), 401, "no token", "WWW-Authenticate", "Bearer"},
+		{trading.Errorf(trading.EFORBIDDEN, "four eyes"), 403, "four eyes", "", ""},
+		{trading.Errorf(trading.ENOTFOUND, "order not found"), 404, "order not found", "", ""},
+		{trading.Errorf(trading.ECONFLICT, "not pending"), 409, "not pending", "", ""},
+		{trading.Errorf(trading.ERATELIMIT, "slow down"), 429, "slow down", "", ""},
+		{trading.Unavailable("database", cause), 503, "database is unavailable", "Retry-After", "1"},
+		{fmt.Errorf("query: %w", context.DeadlineExceeded), 503, "a dependency is unavailable, try again shortly", "Retry-After", "1"},
+		{&trading.Error{Code: trading.EINTERNAL, Message: "select * from secret_table failed", Err: cause}, 500, "internal error", "", ""},
+		{cause, 500, "internal error", "", ""},
+		{&trading.Error{Code: "made-up", Message: "secret_table", Err: cause}, 500, "internal error", "", ""},
+	} {
+		logs.Reset()
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest("GET", "/x", nil)
+		s.Error(w, r, tc.err)
+		if w.Code != tc.status {
+			t.Errorf("%v: status %d, want %d", tc.err, w.Code, tc.status)
+		}
+		if ct := w.Header().Get("Content-Type"); ct != "application/problem+json" {
+			t.Errorf("%v: Content-Type %q", tc.err, ct)
+		}
+		var p map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
+			t.Fatalf("%v: body %s", tc.err, w.Body)
+		}
+		if p["status"] != float64(tc.status) || p["title"] != http.StatusText(tc.status) || p["type"] != "about:blank" {
+			t.Errorf("%v: problem %v", tc.err, p)
+		}
+		if p["detail"] != tc.detail {
+			t.Errorf("%v: detail %q, want %q", tc.err, p["detail"], tc.detail)
+		}
+		if _, ok := p["errors"]; ok != (tc.status == 422) {
+			t.Errorf("%v: errors member %v", tc.err, p["errors"])
+		}
+		if tc.header != "" && w.Header().Get(tc.header) != tc.headerWant {
+			t.Errorf("%v: %s = %q", tc.err, tc.header, w.Header().Get(tc.header))
+		}
+		if strings.Contains(w.Body.String(), "secret_table") {
+			t.Errorf("%v: the cause leaked to the client: %s", tc.err, w.Body)
+		}
+		if tc.status == 500 && !strings.Contains(logs.String(), "secret_table") {
+			t.Errorf("%v: the cause of an internal error was not logged: %s", tc.err, logs.String())
+		}
+	}
+}
