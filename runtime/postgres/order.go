@@ -98,6 +98,9 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 	if err != nil {
 		return nil, false, err
 	}
+	if err := checkNewOrder(n); err != nil {
+		return nil, false, err
+	}
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
 
@@ -132,6 +135,31 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 		return nil, false, s.db.mapError(err)
 	}
 	return o, true, nil
+}
+
+// checkNewOrder is a last guard for callers that skipped trading.OrderRules.Validate (which
+// checks symbols and limits): the store refuses what its constraints would refuse, as 422.
+func checkNewOrder(n trading.NewOrder) error {
+	var fields []trading.FieldError
+	if n.Symbol == "" {
+		fields = append(fields, trading.FieldError{Field: "symbol", Message: "is required"})
+	}
+	if n.Side != trading.Buy && n.Side != trading.Sell {
+		fields = append(fields, trading.FieldError{Field: "side", Message: "must be buy or sell"})
+	}
+	if !n.Quantity.IsPositive() {
+		fields = append(fields, trading.FieldError{Field: "quantity", Message: "must be greater than 0"})
+	}
+	if !n.Price.IsPositive() {
+		fields = append(fields, trading.FieldError{Field: "price", Message: "must be greater than 0"})
+	}
+	if len(n.ClientOrderID) > 64 {
+		fields = append(fields, trading.FieldError{Field: "client_order_id", Message: "must be at most 64 characters"})
+	}
+	if len(fields) > 0 {
+		return trading.Invalid(fields...)
+	}
+	return nil
 }
 
 // findByClientOrderID returns the caller's order stored under n's client order id: the order

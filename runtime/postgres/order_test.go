@@ -2,6 +2,8 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -443,5 +445,37 @@ func TestRecoversAfterConnectionsAreKilled(t *testing.T) {
 	}
 	if err := e.db.Ping(context.Background()); err != nil {
 		t.Fatalf("ping after recovery: %v", err)
+	}
+}
+
+type failingInvalidator struct{ calls atomic.Int32 }
+
+func (f *failingInvalidator) InvalidateUser(context.Context, uuid.UUID) error {
+	f.calls.Add(1)
+	return errors.New("redis is down")
+}
+
+// TestApproveWithFailingInvalidator: the trade is committed before the invalidation, so a
+// failed invalidation is logged and the approval still reports success (see ApproveOrder).
+func TestApproveWithFailingInvalidator(t *testing.T) {
+	t.Parallel()
+	inv := &failingInvalidator{}
+	e := newEnv(t, postgres.OrderServiceConfig{Invalidator: inv, Logger: slog.New(slog.DiscardHandler)})
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	got, tr, err := e.orders.ApproveOrder(as(e.risk1), o.ID)
+	if err != nil || got.Status != trading.StatusApproved || tr == nil {
+		t.Fatalf("approve = %v, %v, %v", got, tr, err)
+	}
+	if inv.calls.Load() != 1 {
+		t.Fatalf("invalidator called %d times, want 1", inv.calls.Load())
+	}
+}
+
+func TestCreateOrderGuardsUnvalidatedInput(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	_, _, err := e.orders.CreateOrder(as(e.trader1), trading.NewOrder{Symbol: "BTC/USD", Side: "hold", Quantity: dec("-1"), Price: dec("0")})
+	for _, f := range []string{"side", "quantity", "price"} {
+		wantField(t, err, f)
 	}
 }
