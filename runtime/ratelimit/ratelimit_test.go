@@ -1,0 +1,312 @@
+package ratelimit_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/ratelimit"
+	"github.com/findmy/trading-operator/runtime/redis"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
+)
+
+func openRedis(t testing.TB, url, prefix string) *redis.Client {
+	t.Helper()
+	c, err := redis.OpenWith(url, redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+type recorder struct {
+	mu       sync.Mutex
+	rejected map[string]int
+	local    bool
+}
+
+func (r *recorder) RateLimited(class string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.rejected == nil {
+		r.rejected = map[string]int{}
+	}
+	r.rejected[class]++
+}
+func (r *recorder) SetRateLimitFallback(local bool) { r.mu.Lock(); r.local = local; r.mu.Unlock() }
+func (r *recorder) isLocal() bool                   { r.mu.Lock(); defer r.mu.Unlock(); return r.local }
+
+// server is one replica's login route behind the limiter, as runtime/http's Guard wires it.
+func loginRoute(l *ratelimit.Limiter) http.Handler {
+	return l.Route("login", "POST /api/auth/login", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+	}))
+}
+
+func login(h http.Handler, peer string, xff ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, "/api/auth/login", nil)
+	r.RemoteAddr = peer
+	for _, x := range xff {
+		r.Header.Add("X-Forwarded-For", x)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// Two replicas on one Redis together allow exactly the login limit from one client IP.
+func TestLoginLimitSharedAcrossReplicas(t *testing.T) {
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	rec := &recorder{}
+	cfg := ratelimit.DefaultConfig()
+	a := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec}))
+	b := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec}))
+
+	for i := range 5 {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		w := login(h, "203.0.113.7:5555")
+		if w.Code != http.StatusOK {
+			t.Fatalf("login %d refused with %d", i+1, w.Code)
+		}
+		if w.Header().Get("RateLimit-Limit") != "5" || w.Header().Get("RateLimit-Remaining") != strconv.Itoa(4-i) ||
+			w.Header().Get("RateLimit-Reset") == "" {
+			t.Fatalf("login %d headers: %v", i+1, w.Header())
+		}
+	}
+	w := login(b, "203.0.113.7:6666")
+	if w.Code != http.StatusTooManyRequests {
+		t.Fatalf("6th login across two replicas got %d, want 429", w.Code)
+	}
+	if ra, _ := strconv.Atoi(w.Header().Get("Retry-After")); ra < 1 {
+		t.Fatalf("Retry-After = %q", w.Header().Get("Retry-After"))
+	}
+	if w.Header().Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("Content-Type = %q", w.Header().Get("Content-Type"))
+	}
+	var p struct {
+		Type, Title, Detail string
+		Status              int
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil || p.Status != 429 || p.Title == "" {
+		t.Fatalf("problem body %q: %v", w.Body.String(), err)
+	}
+	if w.Header().Get("RateLimit-Remaining") != "0" {
+		t.Fatalf("RateLimit-Remaining on 429 = %q", w.Header().Get("RateLimit-Remaining"))
+	}
+	if rec.rejected["login"] != 1 || rec.isLocal() {
+		t.Fatalf("recorder: %v local=%v", rec.rejected, rec.local)
+	}
+	// Another client IP has its own budget.
+	if w := login(a, "203.0.113.8:1"); w.Code != http.StatusOK {
+		t.Fatalf("another client got %d", w.Code)
+	}
+}
+
+// A forged X-Forwarded-For from an untrusted peer changes nothing; from a trusted proxy it
+// is honoured, right-most untrusted entry first.
+func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
+	url := redistest.SharedURL(t)
+	cfg := ratelimit.DefaultConfig()
+	cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	h := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, redistest.Prefix(t))}))
+
+	for i := range 6 {
+		forged := "198.51.100." + strconv.Itoa(i+1)
+		w := login(h, "203.0.113.9:1234", forged)
+		if want := http.StatusOK; i == 5 {
+			if w.Code != http.StatusTooManyRequests {
+				t.Fatalf("a forged X-Forwarded-For escaped the login limit (6th attempt got %d)", w.Code)
+			}
+		} else if w.Code != want {
+			t.Fatalf("attempt %d got %d", i+1, w.Code)
+		}
+	}
+	// Behind the trusted proxy every client is itself: 6 different clients pass.
+	for i := range 6 {
+		client := "192.0.2." + strconv.Itoa(i+1)
+		if w := login(h, "10.1.2.3:443", "6.6.6.6, "+client); w.Code != http.StatusOK {
+			t.Fatalf("client %s behind the proxy got %d", client, w.Code)
+		}
+	}
+	// One client through the proxy, spoofing the left part of the header: still one bucket.
+	for i := range 6 {
+		w := login(h, "10.1.2.3:443", "7.7.7."+strconv.Itoa(i)+", 192.0.2.200")
+		if i == 5 && w.Code != http.StatusTooManyRequests {
+			t.Fatalf("left-most X-Forwarded-For entries escaped the limit")
+		}
+	}
+}
+
+func TestClientIP(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	for _, tc := range []struct {
+		peer string
+		xff  []string
+		want string
+	}{
+		{"203.0.113.1:80", nil, "203.0.113.1"},
+		{"203.0.113.1:80", []string{"1.1.1.1"}, "203.0.113.1"},
+		{"10.0.0.1:80", nil, "10.0.0.1"},
+		{"10.0.0.1:80", []string{"1.1.1.1"}, "1.1.1.1"},
+		{"10.0.0.1:80", []string{"9.9.9.9, 1.1.1.1, 10.0.0.2"}, "1.1.1.1"},
+		{"10.0.0.1:80", []string{"9.9.9.9", "1.1.1.1"}, "1.1.1.1"},
+		{"10.0.0.1:80", []string{"garbage, 10.0.0.5"}, "10.0.0.5"},
+		{"[::1]:80", []string{"2001:db8::1"}, "2001:db8::1"},
+		{"[::ffff:203.0.113.1]:80", nil, "203.0.113.1"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.RemoteAddr = tc.peer
+		for _, x := range tc.xff {
+			r.Header.Add("X-Forwarded-For", x)
+		}
+		if got := ratelimit.ClientIP(r, trusted).String(); got != tc.want {
+			t.Errorf("ClientIP(%s, %v) = %s, want %s", tc.peer, tc.xff, got, tc.want)
+		}
+	}
+}
+
+func withUser(r *http.Request, id uuid.UUID) *http.Request {
+	return r.WithContext(trading.NewContextWithPrincipal(r.Context(), trading.Principal{UserID: id, Roles: []trading.Role{trading.RoleTrader}}))
+}
+
+// Per-user classes: the class limit, the global limits over all classes, 0 turning a class off.
+func TestPerUserClasses(t *testing.T) {
+	cfg := ratelimit.Config{Trading: 2, Data: 0, GlobalPerMinute: 4, GlobalPerDay: 100}
+	rec := &recorder{}
+	l := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, redistest.SharedURL(t), redistest.Prefix(t)), Metrics: rec})
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})
+	h := l.Middleware(ok)
+	user := uuid.New()
+	do := func(method, path string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, withUser(httptest.NewRequest(method, path, nil), user))
+		return w
+	}
+	if w := do("POST", "/api/orders"); w.Code != 200 || w.Header().Get("RateLimit-Limit") != "2" {
+		t.Fatalf("first order: %d %v", w.Code, w.Header())
+	}
+	if w := do("POST", "/api/orders/"+uuid.NewString()+"/approve"); w.Code != 200 {
+		t.Fatalf("approve: %d", w.Code)
+	}
+	if w := do("POST", "/api/orders/x/reject"); w.Code != 429 {
+		t.Fatalf("3rd trading request got %d, want 429", w.Code)
+	}
+	// data is off but still counts in the global per-minute budget (4): 2 used, 1 refused by trading.
+	if w := do("GET", "/api/positions"); w.Code != 200 || w.Header().Get("RateLimit-Limit") != "4" {
+		t.Fatalf("data request: %d limit %q", w.Code, w.Header().Get("RateLimit-Limit"))
+	}
+	if w := do("GET", "/api/summary"); w.Code != 200 {
+		t.Fatalf("data request: %d", w.Code)
+	}
+	if w := do("GET", "/api/trades"); w.Code != 429 {
+		t.Fatalf("5th request of the minute got %d, want 429 (global)", w.Code)
+	}
+	if rec.rejected["trading"] != 1 || rec.rejected["global_minute"] != 1 {
+		t.Fatalf("rejections %v", rec.rejected)
+	}
+	// Another user is not affected; unauthenticated requests pass to authentication.
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, withUser(httptest.NewRequest("GET", "/api/positions", nil), uuid.New()))
+	if w.Code != 200 {
+		t.Fatalf("another user got %d", w.Code)
+	}
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/api/positions", nil))
+	if w.Code != 200 || w.Header().Get("RateLimit-Limit") != "" {
+		t.Fatalf("unauthenticated request: %d %v", w.Code, w.Header())
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		method, path string
+		class        ratelimit.Class
+		ok           bool
+	}{
+		{"POST", "/api/auth/login", ratelimit.Login, true},
+		{"POST", "/api/auth/refresh", ratelimit.Login, true},
+		{"POST", "/api/orders", ratelimit.Trading, true},
+		{"POST", "/api/orders/abc/approve", ratelimit.Trading, true},
+		{"POST", "/api/orders/abc/reject", ratelimit.Trading, true},
+		{"GET", "/api/orders/abc", ratelimit.Data, true},
+		{"GET", "/api/auth/me", ratelimit.Data, true},
+		{"GET", "/openapi.json", "", false},
+		{"GET", "/metrics", "", false},
+	} {
+		c, ok := ratelimit.Classify(tc.method, tc.path)
+		if c != tc.class || ok != tc.ok {
+			t.Errorf("Classify(%s %s) = %q %v", tc.method, tc.path, c, ok)
+		}
+	}
+}
+
+// Redis dies: limits fall back to the process (and say so); Redis returns: the shared
+// limit holds across replicas again.
+func TestFallbackAndResume(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	cfg := ratelimit.Config{Login: 3}
+	recA := &recorder{}
+	la := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, srv.URL(), prefix), Metrics: recA})
+	lb := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, srv.URL(), prefix)})
+	a, b := loginRoute(la), loginRoute(lb)
+
+	srv.Stop()
+	// Decided locally: each replica allows the full limit on its own, nothing fails.
+	for i := range 3 {
+		if w := login(a, "203.0.113.50:1"); w.Code != 200 {
+			t.Fatalf("local attempt %d on A got %d", i+1, w.Code)
+		}
+	}
+	if w := login(a, "203.0.113.50:1"); w.Code != 429 || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("4th local attempt on A got %d", w.Code)
+	}
+	if !la.Local() || !recA.isLocal() {
+		t.Fatal("the limiter did not report the fallback")
+	}
+
+	srv.Restart()
+	redistest.Eventually(t, 10*time.Second, "shared limits resume", func() bool { return !la.Local() && !lb.Local() })
+	if recA.isLocal() {
+		t.Fatal("the fallback gauge was not cleared")
+	}
+	for i := range 3 {
+		h := a
+		if i == 1 {
+			h = b
+		}
+		if w := login(h, "203.0.113.51:1"); w.Code != 200 {
+			t.Fatalf("shared attempt %d got %d", i+1, w.Code)
+		}
+	}
+	if w := login(b, "203.0.113.51:1"); w.Code != 429 {
+		t.Fatalf("4th attempt across replicas after recovery got %d: limits are not shared", w.Code)
+	}
+}
+
+// Without Redis at all: per-process limits.
+func TestNoRedis(t *testing.T) {
+	l := ratelimit.New(ratelimit.Config{Login: 1}, ratelimit.Options{})
+	h := loginRoute(l)
+	if w := login(h, "192.0.2.1:1"); w.Code != 200 {
+		t.Fatal(w.Code)
+	}
+	if w := login(h, "192.0.2.1:1"); w.Code != 429 {
+		t.Fatal(w.Code)
+	}
+	if !l.Local() {
+		t.Fatal("not local")
+	}
+}
