@@ -10,11 +10,13 @@
 // logs the switch and sets the rate_limit_local_fallback gauge; when Redis answers again the
 // shared buckets take over.
 //
-// A request checks its class bucket, then global per minute, then global per day, one round
-// trip each (about 40µs apiece on loopback), stopping at the first refusal: a request refused
-// by its class does not use up the global budget; one refused by a global bucket has used one
-// request of its class bucket. The headers describe the tightest bucket: the refusing one,
-// else the one with the fewest remaining requests.
+// A request checks its class bucket and the two global buckets together, in one round trip
+// (one Lua script implementing the same GCRA on the same keys as redis_rate; a request with a
+// single bucket, login, goes through redis_rate itself), all or nothing: a request is allowed
+// only when every bucket allows it, and a refused request uses up nothing, so a client
+// hammering a refused class does not also burn its global budget. The per-process fallback
+// follows the same rule. The headers describe the tightest bucket: the refusing one, else
+// the one with the fewest remaining requests.
 //
 // Which requests count: POST /api/auth/login per client IP (login); POST /api/auth/refresh
 // and /api/auth/logout also in class login per client IP, each endpoint in a bucket of its
@@ -208,47 +210,44 @@ func (l *Limiter) Check(ctx context.Context, class Class, key string) Decision {
 	return l.CheckAll(ctx, Request{class, key})
 }
 
-// CheckAll checks the buckets in order and stops at the first refusal (see the package
-// comment). With no enabled bucket the decision is Allowed with Limit 0 (no headers).
+// CheckAll checks the buckets together (see the package comment): allowed when every
+// enabled bucket allows, refused by the first that does not. With no enabled bucket the
+// decision is Allowed with Limit 0 (no headers).
 func (l *Limiter) CheckAll(ctx context.Context, reqs ...Request) Decision {
-	best := Decision{Allowed: true, Remaining: math.MaxInt}
+	bs := make([]bucket, 0, len(reqs))
 	for _, r := range reqs {
-		lim := l.limits[r.Class]
-		if lim.n <= 0 {
-			continue
-		}
-		d := l.check(ctx, r, lim)
-		if !d.Allowed {
-			if l.rec != nil {
-				l.rec.RateLimited(string(r.Class))
-			}
-			return d
-		}
-		if d.Remaining < best.Remaining {
-			best = d
+		if lim := l.limits[r.Class]; lim.n > 0 {
+			bs = append(bs, bucket{r, lim})
 		}
 	}
-	if best.Limit == 0 {
-		best.Remaining = 0
+	if len(bs) == 0 {
+		return Decision{Allowed: true}
 	}
-	return best
+	d := l.decide(ctx, bs)
+	if !d.Allowed && l.rec != nil {
+		l.rec.RateLimited(string(d.Class))
+	}
+	return d
 }
 
-func (l *Limiter) check(ctx context.Context, r Request, lim limit) Decision {
+func (l *Limiter) key(r Request) string {
+	return l.rdb.Prefix() + l.prefix + string(r.Class) + ":" + r.Key
+}
+
+func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 	if l.rl != nil && !l.fallback.Load() {
 		ctx, cancel := context.WithTimeout(ctx, l.rdb.OpTimeout())
-		res, err := l.rl.Allow(ctx, l.rdb.Prefix()+l.prefix+string(r.Class)+":"+r.Key, redis_rate.Limit{
-			Rate: lim.n, Burst: lim.n, Period: lim.period,
-		})
-		cancel()
+		defer cancel()
+		var (
+			d   Decision
+			err error
+		)
+		if len(bs) == 1 {
+			d, err = l.checkOne(ctx, bs[0])
+		} else {
+			d, err = l.checkShared(ctx, bs)
+		}
 		if err == nil {
-			d := Decision{
-				Allowed: res.Allowed > 0, Class: r.Class, Limit: lim.n, Remaining: res.Remaining,
-				Reset: res.ResetAfter, Shared: true,
-			}
-			if !d.Allowed {
-				d.RetryAfter = res.RetryAfter
-			}
 			return d
 		}
 		// Redis did not answer: decide locally now and let the client's health tracking
@@ -258,16 +257,53 @@ func (l *Limiter) check(ctx context.Context, r Request, lim limit) Decision {
 			l.setFallback(true)
 		}
 	}
-	return l.checkLocal(r, lim)
+	return l.decideLocal(bs)
 }
 
-func (l *Limiter) checkLocal(r Request, lim limit) Decision {
+// checkOne is one bucket through redis_rate (login: a single bucket per request).
+func (l *Limiter) checkOne(ctx context.Context, b bucket) (Decision, error) {
+	res, err := l.rl.Allow(ctx, l.key(b.req), redis_rate.Limit{Rate: b.lim.n, Burst: b.lim.n, Period: b.lim.period})
+	if err != nil {
+		return Decision{}, err
+	}
+	d := Decision{
+		Allowed: res.Allowed > 0, Class: b.req.Class, Limit: b.lim.n, Remaining: res.Remaining,
+		Reset: res.ResetAfter, Shared: true,
+	}
+	if !d.Allowed {
+		d.RetryAfter = res.RetryAfter
+	}
+	return d, nil
+}
+
+// decideLocal is the per-process fallback with the same all-or-nothing rule: tokens are
+// reserved in order and given back when a later bucket refuses.
+func (l *Limiter) decideLocal(bs []bucket) Decision {
+	now := time.Now()
+	taken := make([]*rate.Reservation, 0, len(bs))
+	var best Decision
+	for i, b := range bs {
+		d, res := l.checkLocal(b.req, b.lim, now)
+		if !d.Allowed {
+			for _, r := range taken {
+				r.CancelAt(now)
+			}
+			return d
+		}
+		taken = append(taken, res)
+		if i == 0 || d.Remaining < best.Remaining {
+			best = d
+		}
+	}
+	return best
+}
+
+func (l *Limiter) checkLocal(r Request, lim limit, now time.Time) (Decision, *rate.Reservation) {
 	every := lim.period / time.Duration(lim.n)
 	key := string(r.Class) + ":" + strconv.Itoa(lim.n) + ":" + r.Key
 	tb, _ := l.local.ComputeIfAbsent(key, func() (*rate.Limiter, bool) {
 		return rate.NewLimiter(rate.Every(every), lim.n), false
 	})
-	now := time.Now()
 	res := tb.ReserveN(now, 1)
 	d := Decision{Class: r.Class, Limit: lim.n}
 	if delay := res.DelayFrom(now); !res.OK() || delay > 0 {
@@ -279,5 +315,5 @@ func (l *Limiter) checkLocal(r Request, lim limit) Decision {
 	tokens := tb.TokensAt(now)
 	d.Remaining = max(0, int(math.Floor(tokens)))
 	d.Reset = time.Duration((float64(lim.n) - tokens) * float64(every))
-	return d
+	return d, res
 }

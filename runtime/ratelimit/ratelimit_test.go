@@ -1,6 +1,7 @@
 package ratelimit_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -308,5 +309,30 @@ func TestNoRedis(t *testing.T) {
 	}
 	if !l.Local() {
 		t.Fatal("not local")
+	}
+}
+
+// A request refused by one bucket uses up nothing in the others, shared or local.
+func TestRefusedRequestCostsNothing(t *testing.T) {
+	cfg := ratelimit.Config{Trading: 2, GlobalPerMinute: 1}
+	for name, o := range map[string]ratelimit.Options{
+		"shared": {Redis: openRedis(t, redistest.SharedURL(t), redistest.Prefix(t))},
+		"local":  {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l := ratelimit.New(cfg, o)
+			u := uuid.NewString()
+			both := []ratelimit.Request{{Class: ratelimit.Trading, Key: u}, {Class: ratelimit.GlobalMinute, Key: u}}
+			if d := l.CheckAll(context.Background(), both...); !d.Allowed || d.Class != ratelimit.GlobalMinute || d.Remaining != 0 {
+				t.Fatalf("first: %+v", d)
+			}
+			d := l.CheckAll(context.Background(), both...)
+			if d.Allowed || d.Class != ratelimit.GlobalMinute || d.RetryAfter <= 0 {
+				t.Fatalf("second: %+v, want refused by global_minute", d)
+			}
+			if d := l.Check(context.Background(), ratelimit.Trading, u); !d.Allowed || d.Remaining != 0 {
+				t.Fatalf("trading bucket after the refusal: %+v, want 1 request used, 1 left before this one", d)
+			}
+		})
 	}
 }
