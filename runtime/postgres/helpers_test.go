@@ -16,7 +16,7 @@ import (
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
-func openDB(t *testing.T, dsn string) *postgres.DB {
+func openDB(t testing.TB, dsn string) *postgres.DB {
 	t.Helper()
 	db, err := postgres.Open(context.Background(), postgres.Config{URL: dsn, MinConns: 1})
 	if err != nil {
@@ -39,7 +39,11 @@ type env struct {
 	admin                   *trading.User
 }
 
-func newEnv(t *testing.T, cfg postgres.OrderServiceConfig) *env {
+func newEnv(t *testing.T, cfg postgres.OrderServiceConfig) *env { return newEnvCfg(t, cfg) }
+
+func newEnvTB(tb testing.TB) *env { return newEnvCfg(tb, postgres.OrderServiceConfig{}) }
+
+func newEnvCfg(t testing.TB, cfg postgres.OrderServiceConfig) *env {
 	t.Helper()
 	db := openDB(t, pgtest.NewMigratedDatabase(t))
 	e := &env{
@@ -49,22 +53,7 @@ func newEnv(t *testing.T, cfg postgres.OrderServiceConfig) *env {
 		orders:    postgres.NewOrderService(db, cfg),
 		portfolio: postgres.NewPortfolioService(db),
 	}
-	// Users go in with one shared hash: bcrypt under -race costs seconds, and TestUsers covers
-	// CreateUser itself.
-	mk := func(name string, role trading.Role) *trading.User {
-		var id uuid.UUID
-		err := db.Pool().QueryRow(context.Background(),
-			`INSERT INTO users (username, password_hash, roles) VALUES ($1, $2, $3) RETURNING id`,
-			name, string(sharedHash()), []string{string(role)}).Scan(&id)
-		if err != nil {
-			t.Fatalf("create user %s: %v", name, err)
-		}
-		u, err := e.users.FindUserByID(context.Background(), id)
-		if err != nil {
-			t.Fatalf("find user %s: %v", name, err)
-		}
-		return u
-	}
+	mk := func(name string, role trading.Role) *trading.User { return e.addUser(t, name, role) }
 	e.trader1 = mk("trader1", trading.RoleTrader)
 	e.trader2 = mk("trader2", trading.RoleTrader)
 	e.risk1 = mk("risk1", trading.RoleRisk)
@@ -150,3 +139,21 @@ func eq(t *testing.T, what string, got decimal.Decimal, want string) {
 }
 
 func postgresCfg() postgres.OrderServiceConfig { return postgres.OrderServiceConfig{} }
+
+// addUser inserts a user with one shared hash: bcrypt under -race costs seconds, and TestUsers
+// covers CreateUser itself.
+func (e *env) addUser(t testing.TB, name string, role trading.Role) *trading.User {
+	t.Helper()
+	var id uuid.UUID
+	err := e.db.Pool().QueryRow(context.Background(),
+		`INSERT INTO users (username, password_hash, roles) VALUES ($1, $2, $3) RETURNING id`,
+		name, string(sharedHash()), []string{string(role)}).Scan(&id)
+	if err != nil {
+		t.Fatalf("create user %s: %v", name, err)
+	}
+	u, err := e.users.FindUserByID(context.Background(), id)
+	if err != nil {
+		t.Fatalf("find user %s: %v", name, err)
+	}
+	return u
+}
