@@ -59,8 +59,24 @@ type tracer struct{ m *Metrics }
 func (m *Metrics) QueryTracer() pgx.QueryTracer { return tracer{m} }
 
 func (t tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
-	op, table := ClassifySQL(data.SQL)
-	return context.WithValue(ctx, queryStartKey{}, queryStart{table: t.m.tables.label(table), op: op, at: time.Now()})
+	c := t.m.classify(data.SQL)
+	return context.WithValue(ctx, queryStartKey{}, queryStart{table: c.table, op: c.op, at: time.Now()})
+}
+
+type sqlClass struct{ op, table string }
+
+// classify memoizes ClassifySQL: the statements are the few texts of our own code (a
+// bounded number are remembered, the rest classified each time).
+func (m *Metrics) classify(sql string) sqlClass {
+	if v, ok := m.sqlClasses.Load(sql); ok {
+		return v.(sqlClass)
+	}
+	op, table := ClassifySQL(sql)
+	c := sqlClass{op, m.tables.label(table)}
+	if m.sqlClassN.Add(1) <= 1000 {
+		m.sqlClasses.Store(sql, c)
+	}
+	return c
 }
 
 func (t tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
@@ -72,67 +88,93 @@ func (t tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQuery
 	t.m.dbQueryDuration.WithLabelValues(qs.table).Observe(time.Since(qs.at).Seconds())
 }
 
-// ClassifySQL returns the operation (select, insert, update, delete, other) and the main
-// table of a statement without parsing it: the first keyword, then the word after FROM,
-// INTO or UPDATE. A CTE (WITH ...) is classified by its final statement's keyword when it
-// can be found cheaply, else "select". Unknown shapes give "other".
+// ClassifySQL returns the operation (select, insert, update, delete, transaction, other)
+// and the main table of a statement without parsing it: the first keyword, then the table
+// after FROM, INTO or UPDATE. For a CTE (WITH ...) the first data-modifying statement in it
+// decides (WITH t AS (INSERT INTO trades ...), p AS (UPDATE positions ...) SELECT ... is an
+// insert into trades), else it is a select. No table (SELECT 1) gives "none", a shape it
+// does not understand "other".
 func ClassifySQL(sql string) (op, table string) {
-	s := skipSpaceAndComments(sql)
-	kw, _ := nextWord(s)
-	kw = strings.ToLower(kw)
-	lower := strings.ToLower(strings.NewReplacer("\n", " ", "\t", " ", "\r", " ").Replace(s))
-	var marker string
-	switch kw {
-	case "select":
-		op, marker = "select", " from "
-	case "insert":
-		op, marker = "insert", " into "
-	case "update":
-		op, marker = "update", "update "
-	case "delete":
-		op, marker = "delete", " from "
-	case "with":
-		// The statement after the CTEs decides: the last of these that appears after a
-		// closing parenthesis; a plain SELECT otherwise.
-		op, marker = "select", " from "
-		best := -1
-		for _, c := range []struct{ op, find, marker string }{
-			{"insert", ") insert into ", " into "},
-			{"update", ") update ", "update "},
-			{"delete", ") delete from ", " from "},
-			{"select", ") select ", " from "},
-		} {
-			if i := strings.LastIndex(lower, c.find); i > best {
-				best, op, marker = i, c.op, c.marker
-			}
-		}
-		if best < 0 {
-			return op, "other"
-		}
-		lower = lower[best:]
-	case "begin", "commit", "rollback", "savepoint", "release":
-		return "transaction", "none"
-	default:
+	toks := tokens(skipSpaceAndComments(sql))
+	if len(toks) == 0 {
 		return "other", "other"
 	}
-	i := strings.Index(lower, marker)
-	if i < 0 {
-		return op, "none" // SELECT 1, SELECT now(): no table
+	switch toks[0] {
+	case "select":
+		return "select", tableAfter(toks, "from")
+	case "insert":
+		return "insert", tableAfter(toks, "into")
+	case "update":
+		return "update", tableAfter(toks, "update")
+	case "delete":
+		return "delete", tableAfter(toks, "from")
+	case "with":
+		for i, t := range toks {
+			switch t {
+			case "insert":
+				return "insert", tableAfter(toks[i:], "into")
+			case "update":
+				if i+1 < len(toks) && toks[i+1] != "set" { // not ON CONFLICT DO UPDATE SET
+					return "update", tableAfter(toks[i:], "update")
+				}
+			case "delete":
+				return "delete", tableAfter(toks[i:], "from")
+			}
+		}
+		return "select", tableAfter(toks, "from")
+	case "begin", "commit", "rollback", "savepoint", "release":
+		return "transaction", "none"
 	}
-	name, _ := nextWord(strings.TrimLeft(lower[i+len(marker):], " "))
-	name = strings.Trim(name, `"`)
-	if j := strings.LastIndexByte(name, '.'); j >= 0 {
-		name = name[j+1:] // schema-qualified
-	}
-	if !isIdent(name) {
-		return op, "other"
-	}
-	return op, name
+	return "other", "other"
 }
+
+// tokens lowercases s and splits it on white space and punctuation.
+func tokens(s string) []string {
+	return strings.FieldsFunc(strings.ToLower(s), func(r rune) bool {
+		switch r {
+		case ' ', '\t', '\n', '\r', '(', ')', ',', ';':
+			return true
+		}
+		return false
+	})
+}
+
+// tableAfter returns the first identifier that follows the keyword kw ("none" when kw is
+// absent, "other" when what follows is not a plain table name).
+func tableAfter(toks []string, kw string) string {
+	found := false
+	for i, t := range toks {
+		if t != kw || i+1 >= len(toks) {
+			continue
+		}
+		found = true
+		name := toks[i+1]
+		if name == "only" && i+2 < len(toks) {
+			name = toks[i+2]
+		}
+		if notTable[name] {
+			continue // FROM (SELECT ...), FROM LATERAL ...: look at the next one
+		}
+		name = strings.Trim(name, `"`)
+		if j := strings.LastIndexByte(name, '.'); j >= 0 {
+			name = name[j+1:] // schema-qualified
+		}
+		if isIdent(name) {
+			return name
+		}
+		return "other"
+	}
+	if found {
+		return "other"
+	}
+	return "none"
+}
+
+var notTable = map[string]bool{"select": true, "lateral": true, "with": true, "values": true}
 
 func skipSpaceAndComments(s string) string {
 	for {
-		s = strings.TrimLeft(s, " \t\r\n(")
+		s = strings.TrimLeft(s, " \t\r\n")
 		switch {
 		case strings.HasPrefix(s, "--"):
 			if i := strings.IndexByte(s, '\n'); i >= 0 {
@@ -150,18 +192,6 @@ func skipSpaceAndComments(s string) string {
 			return s
 		}
 	}
-}
-
-func nextWord(s string) (string, string) {
-	i := 0
-	for i < len(s) {
-		c := s[i]
-		if c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '(' || c == ',' || c == ';' {
-			break
-		}
-		i++
-	}
-	return s[:i], s[i:]
 }
 
 func isIdent(s string) bool {

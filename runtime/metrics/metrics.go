@@ -32,6 +32,7 @@ package metrics
 import (
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,7 +69,9 @@ type Metrics struct {
 	cacheMu     sync.Mutex
 	cacheLevels map[string]func() (entries, bytes int64)
 
-	tables tableSet
+	tables     tableSet
+	sqlClasses sync.Map // SQL text -> sqlClass
+	sqlClassN  atomic.Int64
 }
 
 // New builds the registry with every contract series. version is app_info's label.
