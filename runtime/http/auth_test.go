@@ -21,7 +21,7 @@ import (
 func TestLogin(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	id := e.addUser("trader1", trading.RoleTrader)
+	id := e.createUser("trader1", trading.RoleTrader)
 
 	r := e.do("POST", "/api/auth/login", "", map[string]string{"username": "trader1", "password": e.passwords["trader1"]}).want(200)
 	var raw map[string]any

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"golang.org/x/crypto/bcrypt"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
@@ -112,8 +113,30 @@ func (e *env) as(t testing.TB) *env {
 	return &c
 }
 
-// addUser creates a user with a password of its own and returns its id.
+// addUser creates a user with a password of its own and returns its id. The row is
+// written directly with a bcrypt hash of the minimum cost: logins then go through the real
+// Authenticate (bcrypt reads the cost from the hash) without spending seconds per user
+// under the race detector. TestLogin creates its user through UserService.CreateUser.
 func (e *env) addUser(name string, role trading.Role) string {
+	e.t.Helper()
+	pw := "pw-" + name + "-secret"
+	hash, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var id string
+	if err := e.db.Pool().QueryRow(context.Background(),
+		`INSERT INTO users (username, password_hash, roles) VALUES ($1, $2, $3) RETURNING id::text`,
+		name, string(hash), []string{string(role)}).Scan(&id); err != nil {
+		e.t.Fatalf("create user %s: %v", name, err)
+	}
+	e.passwords[name] = pw
+	e.ids[name] = id
+	return id
+}
+
+// createUser creates a user through the user service, as `tradingd user add` does.
+func (e *env) createUser(name string, role trading.Role) string {
 	e.t.Helper()
 	pw := "pw-" + name + "-secret"
 	u, err := e.users.CreateUser(context.Background(), name, pw, role)
