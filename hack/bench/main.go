@@ -170,6 +170,12 @@ func main() {
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}, Timeout: 10 * time.Second}
 	base := "http://" + apiAddr
 	trader := login(httpc, base, "trader1", "password123")
+	// Orders come from both demo traders over the five default symbols, as a desk's would:
+	// approvals of one user's one symbol serialize on that position's row lock by design,
+	// so a single-position load would measure the lock, not the service.
+	traders := []string{trader, login(httpc, base, "trader2", "password456")}
+	symbols := []string{"BTC/USD", "ETH/USD", "BNB/USD", "XRP/USD", "ADA/USD"}
+	var seq atomic.Int64
 	risk := login(httpc, base, "risk1", "password789")
 
 	// Baseline 1: a bare net/http handler answering 60 bytes of JSON from memory.
@@ -216,8 +222,9 @@ func main() {
 			return tx.Commit(ctx) == nil, false
 		}))
 		report(load("POST /api/orders", c, *duration, func(int) (bool, bool) {
-			body := `{"symbol":"BTC/USD","side":"buy","quantity":"1.5","price":"150.25"}`
-			status, resp := post(httpc, base+"/api/orders", trader, body)
+			i := seq.Add(1)
+			body := fmt.Sprintf(`{"symbol":%q,"side":"buy","quantity":"1.5","price":"150.25"}`, symbols[i%int64(len(symbols))])
+			status, resp := post(httpc, base+"/api/orders", traders[i%2], body)
 			if status != 201 {
 				return false, false
 			}
