@@ -137,6 +137,17 @@ func replica(t testing.TB, w *world, url, prefix string, o cache.Options) *cache
 	return p
 }
 
+// slowSubscriber is a real Redis client whose replica handles invalidations late (a busy
+// process): InvalidateUser on another replica must still wait for it.
+type slowSubscriber struct{ cache.Remote }
+
+func (s slowSubscriber) SubscribeInvalidations(onSubscribe func(), onInvalidate func(uuid.UUID)) func() {
+	return s.Remote.SubscribeInvalidations(onSubscribe, func(u uuid.UUID) {
+		time.Sleep(30 * time.Millisecond)
+		onInvalidate(u)
+	})
+}
+
 type counts struct {
 	mu sync.Mutex
 	m  map[string]int
@@ -161,7 +172,12 @@ func TestApproveOnOneReplicaIsReadFreshOnTheOther(t *testing.T) {
 	w := newWorld(t)
 	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
 	a := replica(t, w, url, prefix, cache.Options{})
-	b := replica(t, w, url, prefix, cache.Options{})
+	rb, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rb.Close() })
+	b := replica(t, w, "", "", cache.Options{Remote: slowSubscriber{rb}})
 	user := w.trader.UserID
 
 	w.trade(t, a, "1")
