@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -20,11 +21,7 @@ const ReadyTimeout = 2 * time.Second
 // otherwise, with a JSON body saying what is down (ready's error, which should name the
 // dependency, e.g. trading.Unavailable("database", err)).
 func NewAdminHandler(ready func(context.Context) error) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		setCommonHeaders(w.Header(), requestID(r))
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	mux := newAdminMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		setCommonHeaders(w.Header(), requestID(r))
 		ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
@@ -38,6 +35,72 @@ func NewAdminHandler(ready func(context.Context) error) *http.ServeMux {
 	return mux
 }
 
+// ReadyCheck is one dependency that /readyz looks at.
+type ReadyCheck struct {
+	Name  string // "database", "redis"
+	Check func(context.Context) error
+	// Optional dependencies degrade the service when down (Redis: L1 cache and local rate
+	// limits) but leave it ready; /readyz says so in its body.
+	Optional bool
+}
+
+// Readiness is the body of /readyz from NewAdminHandlerWithChecks.
+type Readiness struct {
+	// Status is "ready", "degraded" (an optional dependency is down) or "unavailable".
+	Status string `json:"status"`
+	// Checks maps each dependency to "ok" or what is wrong with it.
+	Checks map[string]string `json:"checks"`
+}
+
+// NewAdminHandlerWithChecks is NewAdminHandler with named checks, run concurrently: 503
+// when a required one fails, 200 otherwise, and every check's state in the body.
+func NewAdminHandlerWithChecks(checks ...ReadyCheck) *http.ServeMux {
+	mux := newAdminMux()
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		setCommonHeaders(w.Header(), requestID(r))
+		ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
+		defer cancel()
+		errs := make([]error, len(checks))
+		var wg sync.WaitGroup
+		for i, c := range checks {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = c.Check(ctx)
+			}()
+		}
+		wg.Wait()
+
+		body := Readiness{Status: "ready", Checks: map[string]string{}}
+		status := http.StatusOK
+		for i, c := range checks {
+			if errs[i] == nil {
+				body.Checks[c.Name] = "ok"
+				continue
+			}
+			body.Checks[c.Name] = readyMessage(errs[i])
+			if c.Optional {
+				if body.Status == "ready" {
+					body.Status = "degraded"
+				}
+			} else {
+				body.Status, status = "unavailable", http.StatusServiceUnavailable
+			}
+		}
+		writeJSON(w, status, body)
+	})
+	return mux
+}
+
+func newAdminMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		setCommonHeaders(w.Header(), requestID(r))
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	return mux
+}
+
 // readyMessage says what is down without the details a driver error may carry (hosts,
 // user names): a coded error's message, else a generic one.
 func readyMessage(err error) string {
@@ -46,7 +109,7 @@ func readyMessage(err error) string {
 	case errors.As(err, &te) && te.Code != trading.EINTERNAL:
 		return te.Message
 	case errors.Is(err, context.DeadlineExceeded):
-		return "readiness check timed out"
+		return "check timed out"
 	default:
 		return "not ready: " + err.Error()
 	}

@@ -355,3 +355,43 @@ func TestOpenAPI(t *testing.T) {
 		}
 	}
 }
+
+func TestAdminHandlerWithChecks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dead, err := postgres.Open(context.Background(), postgres.Config{URL: "postgres://postgres@127.0.0.1:1/none?sslmode=disable", QueryTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+
+	get := func(checks ...rthttp.ReadyCheck) (int, rthttp.Readiness) {
+		srv := httptest.NewServer(rthttp.NewAdminHandlerWithChecks(checks...))
+		defer srv.Close()
+		resp, err := http.Get(srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		checkSecurityHeaders(t, "readyz", resp.Header)
+		var body rthttp.Readiness
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body
+	}
+	status, body := get(rthttp.ReadyCheck{Name: "database", Check: e.db.Ping}, rthttp.ReadyCheck{Name: "redis", Check: e.db.Ping, Optional: true})
+	if status != 200 || body.Status != "ready" || body.Checks["database"] != "ok" || body.Checks["redis"] != "ok" {
+		t.Errorf("all up: %d %+v", status, body)
+	}
+	// An optional dependency down: still ready, and the body says what is degraded.
+	status, body = get(rthttp.ReadyCheck{Name: "database", Check: e.db.Ping}, rthttp.ReadyCheck{Name: "redis", Check: dead.Ping, Optional: true})
+	if status != 200 || body.Status != "degraded" || body.Checks["redis"] == "ok" || body.Checks["database"] != "ok" {
+		t.Errorf("optional down: %d %+v", status, body)
+	}
+	// The database down: 503.
+	status, body = get(rthttp.ReadyCheck{Name: "database", Check: dead.Ping}, rthttp.ReadyCheck{Name: "redis", Check: e.db.Ping, Optional: true})
+	if status != 503 || body.Status != "unavailable" || !strings.Contains(body.Checks["database"], "database") {
+		t.Errorf("database down: %d %+v", status, body)
+	}
+}
