@@ -132,7 +132,8 @@ func TestPositionsAndSummary(t *testing.T) {
 		t.Errorf("flat position shown: %+v", pos)
 	}
 	s = e.summary(t1)
-	decEq(t, "realized after closing", s.RealizedPnL, "1250")
+	// The P&L realized by a position that is now flat still counts in the summary.
+	decEq(t, "summary realized_pnl including the closed ETH position (750 + 500)", s.RealizedPnL, "1250")
 	decEq(t, "daily realized after closing", s.DailyRealizedPnL, "1250")
 	if s.PositionsCount != 1 || s.TradesToday != 5 {
 		t.Errorf("summary %+v", s)
