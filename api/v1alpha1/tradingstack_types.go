@@ -574,6 +574,8 @@ type SecretsStatus struct {
 // +kubebuilder:printcolumn:name="Replicas",type=string,JSONPath=`.status.runtime.replicasText`,description="Ready/desired runtime replicas"
 // +kubebuilder:printcolumn:name="Schema",type=string,JSONPath=`.status.schemaVersion`,description="Applied database schema version"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 40",message="metadata.name must be at most 40 characters: child names add suffixes such as -migrate-0123456789 and must stay valid label values"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must start with a letter and contain only lowercase letters, digits and '-' (it names Services)"
 type TradingStack struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

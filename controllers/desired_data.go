@@ -1,0 +1,172 @@
+package controllers
+
+import (
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// pgIsReady checks the local server through its TCP socket, as the database's clients would.
+// It runs in a shell because probes do not expand $(VAR) references.
+var pgIsReady = []string{"sh", "-c", `exec pg_isready -q -h 127.0.0.1 -p 5432 -U "$POSTGRES_USER" -d "$POSTGRES_DB"`}
+
+// desiredPostgresStatefulSet is NAME-postgres: one PostgreSQL pod with a PVC from the template
+// "data". PGDATA is a subdirectory of the volume, so the entrypoint can create it with the
+// owner and mode initdb insists on even when the volume's root holds lost+found. The claim
+// retention follows retainDataOnDelete: Retain keeps the PVC when the stack (and so the
+// StatefulSet) is deleted.
+func desiredPostgresStatefulSet(s *tradingv1alpha1.TradingStack) *appsv1.StatefulSet {
+	m := s.Spec.Postgres.Managed
+	if m == nil {
+		m = &tradingv1alpha1.ManagedPostgres{Image: tradingv1alpha1.DefaultPostgresImage,
+			Storage: tradingv1alpha1.StorageSpec{Size: tradingv1alpha1.DefaultStorageSize}}
+	}
+	whenDeleted := appsv1.DeletePersistentVolumeClaimRetentionPolicyType
+	if s.RetainData() {
+		whenDeleted = appsv1.RetainPersistentVolumeClaimRetentionPolicyType
+	}
+	claim := corev1.PersistentVolumeClaim{
+		TypeMeta:   typeMeta("v1", "PersistentVolumeClaim"),
+		ObjectMeta: metav1.ObjectMeta{Name: "data", Labels: labelsFor(s, postgresApp, databaseComponent)},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{
+				corev1.ResourceStorage: resource.MustParse(m.Storage.Size),
+			}},
+		},
+	}
+	if m.Storage.StorageClassName != "" {
+		claim.Spec.StorageClassName = ptr.To(m.Storage.StorageClassName)
+	}
+	probe := func(period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: pgIsReady}},
+			PeriodSeconds:    period,
+			TimeoutSeconds:   5,
+			FailureThreshold: failures,
+		}
+	}
+	shm := corev1.Volume{Name: "dshm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+		Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("256Mi")),
+	}}}
+	return &appsv1.StatefulSet{
+		TypeMeta:   typeMeta("apps/v1", "StatefulSet"),
+		ObjectMeta: objectMeta(s, postgresName(s), postgresApp, databaseComponent),
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:    ptr.To[int32](1),
+			ServiceName: postgresName(s),
+			Selector:    &metav1.LabelSelector{MatchLabels: selectorLabels(s, databaseComponent)},
+			PersistentVolumeClaimRetentionPolicy: &appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy{
+				WhenDeleted: whenDeleted,
+				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
+			},
+			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{claim},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labelsFor(s, postgresApp, databaseComponent)},
+				Spec: corev1.PodSpec{
+					AutomountServiceAccountToken:  ptr.To(false),
+					SecurityContext:               podSecurityContext(postgresUID),
+					TerminationGracePeriodSeconds: ptr.To[int64](60),
+					Containers: []corev1.Container{{
+						Name:            "postgres",
+						Image:           m.Image,
+						ImagePullPolicy: corev1.PullIfNotPresent,
+						Ports:           []corev1.ContainerPort{tcpPort("postgres", postgresPort)},
+						Env: []corev1.EnvVar{
+							secretEnv("POSTGRES_USER", postgresCredentialsSecretName(s), postgresUserKey),
+							secretEnv("POSTGRES_PASSWORD", postgresCredentialsSecretName(s), postgresPasswordKey),
+							{Name: "POSTGRES_DB", Value: postgresDB},
+							{Name: "PGDATA", Value: postgresDataDir + "/pgdata"},
+						},
+						Resources:       resourcesOr(m.Resources, defaultPostgresResources()),
+						StartupProbe:    probe(5, 60),
+						ReadinessProbe:  probe(10, 3),
+						LivenessProbe:   probe(10, 6),
+						SecurityContext: containerSecurityContext(),
+						VolumeMounts: []corev1.VolumeMount{
+							{Name: "data", MountPath: postgresDataDir},
+							{Name: "run", MountPath: "/var/run/postgresql"},
+							{Name: "tmp", MountPath: "/tmp"},
+							{Name: "dshm", MountPath: "/dev/shm"},
+						},
+					}},
+					Volumes: []corev1.Volume{emptyDirVolume("run"), emptyDirVolume("tmp"), shm},
+				},
+			},
+		},
+	}
+}
+
+// desiredPostgresService is NAME-postgres, the database's address in the DSN.
+func desiredPostgresService(s *tradingv1alpha1.TradingStack) *corev1.Service {
+	return clusterService(s, postgresName(s), postgresApp, databaseComponent,
+		corev1.ServicePort{Name: "postgres", Port: postgresPort, TargetPort: intstr.FromString("postgres"), Protocol: corev1.ProtocolTCP})
+}
+
+// desiredRedisDeployment is NAME-redis: one Redis used as a cache and rate-limit store, without
+// persistence (its contents are rebuilt from the database and lost limits reset gracefully).
+func desiredRedisDeployment(s *tradingv1alpha1.TradingStack) *appsv1.Deployment {
+	tcp := func(period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("redis")}},
+			PeriodSeconds:    period,
+			TimeoutSeconds:   3,
+			FailureThreshold: failures,
+		}
+	}
+	readiness := tcp(5, 3)
+	readiness.ProbeHandler = corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"redis-cli", "-p", "6379", "ping"}}}
+	return &appsv1.Deployment{
+		TypeMeta:   typeMeta("apps/v1", "Deployment"),
+		ObjectMeta: objectMeta(s, redisName(s), redisApp, cacheComponent),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(s, cacheComponent)},
+			// One instance at a time: two would split the rate-limit counters.
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labelsFor(s, redisApp, cacheComponent)},
+				Spec: corev1.PodSpec{
+					AutomountServiceAccountToken: ptr.To(false),
+					SecurityContext:              podSecurityContext(postgresUID),
+					Containers: []corev1.Container{{
+						Name:            "redis",
+						Image:           s.Spec.Redis.Image,
+						ImagePullPolicy: corev1.PullIfNotPresent,
+						Args:            []string{"redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"},
+						Ports:           []corev1.ContainerPort{tcpPort("redis", redisPort)},
+						Resources:       resourcesOr(s.Spec.Redis.Resources, defaultRedisResources()),
+						ReadinessProbe:  readiness,
+						LivenessProbe:   tcp(10, 6),
+						SecurityContext: containerSecurityContext(),
+						VolumeMounts:    []corev1.VolumeMount{{Name: "data", MountPath: "/data"}},
+					}},
+					Volumes: []corev1.Volume{emptyDirVolume("data")},
+				},
+			},
+		},
+	}
+}
+
+// desiredRedisService is NAME-redis, the address in REDIS_URL.
+func desiredRedisService(s *tradingv1alpha1.TradingStack) *corev1.Service {
+	return clusterService(s, redisName(s), redisApp, cacheComponent,
+		corev1.ServicePort{Name: "redis", Port: redisPort, TargetPort: intstr.FromString("redis"), Protocol: corev1.ProtocolTCP})
+}
+
+func clusterService(s *tradingv1alpha1.TradingStack, name, app, component string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		TypeMeta:   typeMeta("v1", "Service"),
+		ObjectMeta: objectMeta(s, name, app, component),
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeClusterIP,
+			Selector: selectorLabels(s, component),
+			Ports:    ports,
+		},
+	}
+}

@@ -1,0 +1,109 @@
+package controllers
+
+import (
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// desiredPDB is NAME-api allowing one runtime pod down at a time, or nil when the runtime
+// can have a single pod (a PDB on one pod would block every node drain).
+func desiredPDB(s *tradingv1alpha1.TradingStack) *policyv1.PodDisruptionBudget {
+	r := s.Spec.Runtime
+	min := r.Replicas
+	if r.Autoscaling != nil {
+		min = r.Autoscaling.MinReplicas
+		if min == 0 {
+			min = tradingv1alpha1.DefaultAutoscalingMinReplicas
+		}
+	} else if min == 0 {
+		min = tradingv1alpha1.DefaultReplicas
+	}
+	if min <= 1 {
+		return nil
+	}
+	return &policyv1.PodDisruptionBudget{
+		TypeMeta:   typeMeta("policy/v1", "PodDisruptionBudget"),
+		ObjectMeta: objectMeta(s, apiName(s), tradingdApp, apiComponent),
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MaxUnavailable: ptr.To(intstr.FromInt32(1)),
+			Selector:       &metav1.LabelSelector{MatchLabels: selectorLabels(s, apiComponent)},
+		},
+	}
+}
+
+// desiredHPA is NAME-api scaling the runtime Deployment on CPU, or nil without autoscaling.
+func desiredHPA(s *tradingv1alpha1.TradingStack) *autoscalingv2.HorizontalPodAutoscaler {
+	a := s.Spec.Runtime.Autoscaling
+	if a == nil {
+		return nil
+	}
+	min, target := a.MinReplicas, a.TargetCPUUtilizationPercentage
+	if min == 0 {
+		min = tradingv1alpha1.DefaultAutoscalingMinReplicas
+	}
+	if target == 0 {
+		target = tradingv1alpha1.DefaultTargetCPUUtilization
+	}
+	return &autoscalingv2.HorizontalPodAutoscaler{
+		TypeMeta:   typeMeta("autoscaling/v2", "HorizontalPodAutoscaler"),
+		ObjectMeta: objectMeta(s, apiName(s), tradingdApp, apiComponent),
+		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
+			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: apiName(s)},
+			MinReplicas:    ptr.To(min),
+			MaxReplicas:    a.MaxReplicas,
+			Metrics: []autoscalingv2.MetricSpec{{
+				Type: autoscalingv2.ResourceMetricSourceType,
+				Resource: &autoscalingv2.ResourceMetricSource{
+					Name:   corev1.ResourceCPU,
+					Target: autoscalingv2.MetricTarget{Type: autoscalingv2.UtilizationMetricType, AverageUtilization: ptr.To(target)},
+				},
+			}},
+		},
+	}
+}
+
+// desiredNetworkPolicies admits only the stack's own runtime pods (and, for the database, its
+// migration Job's pods) to its managed PostgreSQL (NAME-postgres, port 5432) and managed Redis
+// (NAME-redis, port 6379). External and disabled backends get none.
+func desiredNetworkPolicies(s *tradingv1alpha1.TradingStack) []*networkingv1.NetworkPolicy {
+	var out []*networkingv1.NetworkPolicy
+	if !s.ExternalPostgres() {
+		out = append(out, ingressOnlyFrom(s, postgresName(s), postgresApp, databaseComponent, postgresPort,
+			apiComponent, migrationComponent))
+	}
+	if s.ManagedRedis() {
+		out = append(out, ingressOnlyFrom(s, redisName(s), redisApp, cacheComponent, redisPort, apiComponent))
+	}
+	return out
+}
+
+func ingressOnlyFrom(s *tradingv1alpha1.TradingStack, name, app, component string, port int32, from ...string) *networkingv1.NetworkPolicy {
+	peers := make([]networkingv1.NetworkPolicyPeer, 0, len(from))
+	for _, c := range from {
+		peers = append(peers, networkingv1.NetworkPolicyPeer{
+			PodSelector: &metav1.LabelSelector{MatchLabels: selectorLabels(s, c)},
+		})
+	}
+	return &networkingv1.NetworkPolicy{
+		TypeMeta:   typeMeta("networking.k8s.io/v1", "NetworkPolicy"),
+		ObjectMeta: objectMeta(s, name, app, component),
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(s, component)},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: peers,
+				Ports: []networkingv1.NetworkPolicyPort{{
+					Protocol: ptr.To(corev1.ProtocolTCP),
+					Port:     ptr.To(intstr.FromInt32(port)),
+				}},
+			}},
+		},
+	}
+}

@@ -1,0 +1,260 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// tradingdBinary is where the operator image (the default runtime image) holds tradingd.
+const tradingdBinary = "/tradingd"
+
+// desiredRuntimeConfigMap is NAME-runtime: every non-secret setting of tradingd under the
+// environment names of its contract, loaded with envFrom. Unset optional settings are left
+// out, so tradingd's own defaults apply.
+func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap {
+	r := s.Spec.Runtime
+	p := s.Spec.Postgres.Pool
+	i32 := func(v *int32, def int32) string {
+		if v == nil {
+			return strconv.Itoa(int(def))
+		}
+		return strconv.Itoa(int(*v))
+	}
+	data := map[string]string{
+		"SYMBOLS":                      strings.Join(r.Symbols, ","),
+		"MAX_QUANTITY":                 r.Limits.MaxQuantity,
+		"MAX_PRICE":                    r.Limits.MaxPrice,
+		"RATE_LIMIT_LOGIN":             i32(r.RateLimits.Login, tradingv1alpha1.DefaultRateLimitLogin),
+		"RATE_LIMIT_TRADING":           i32(r.RateLimits.Trading, tradingv1alpha1.DefaultRateLimitTrading),
+		"RATE_LIMIT_DATA":              i32(r.RateLimits.Data, tradingv1alpha1.DefaultRateLimitData),
+		"RATE_LIMIT_GLOBAL_PER_MINUTE": i32(r.RateLimits.GlobalPerMinute, tradingv1alpha1.DefaultRateLimitGlobalPerMin),
+		"RATE_LIMIT_GLOBAL_PER_DAY":    i32(r.RateLimits.GlobalPerDay, tradingv1alpha1.DefaultRateLimitGlobalPerDay),
+		"CACHE_POSITIONS_TTL":          r.Cache.PositionsTTL,
+		"CACHE_SUMMARY_TTL":            r.Cache.SummaryTTL,
+		"ACCESS_TOKEN_TTL":             r.Auth.AccessTokenTTL,
+		"REFRESH_TOKEN_TTL":            r.Auth.RefreshTokenTTL,
+		"DB_MAX_CONNS":                 strconv.Itoa(int(p.MaxConns)),
+		"DB_MIN_CONNS":                 i32(p.MinConns, tradingv1alpha1.DefaultPoolMinConns),
+		"DB_MAX_CONN_LIFETIME":         p.MaxConnLifetime,
+		"DB_HEALTH_CHECK_PERIOD":       p.HealthCheckPeriod,
+		"DEMO_USERS":                   strconv.FormatBool(r.DemoUsers),
+		"LOG_FORMAT":                   "json",
+		"LISTEN_ADDR":                  fmt.Sprintf(":%d", httpPort),
+		"ADMIN_ADDR":                   fmt.Sprintf(":%d", metricsPort),
+	}
+	if r.MaxDailyLoss != "" {
+		data["MAX_DAILY_LOSS"] = r.MaxDailyLoss
+	}
+	if len(r.TrustedProxies) > 0 {
+		data["TRUSTED_PROXIES"] = strings.Join(r.TrustedProxies, ",")
+	}
+	if u := redisURL(s); u != "" {
+		data["REDIS_URL"] = u
+	}
+	// Drop values an undefaulted spec left empty, so tradingd's defaults apply to them.
+	for k, v := range data {
+		if v == "" {
+			delete(data, k)
+		}
+	}
+	return &corev1.ConfigMap{
+		TypeMeta:   typeMeta("v1", "ConfigMap"),
+		ObjectMeta: objectMeta(s, runtimeConfigMapName(s), tradingdApp, apiComponent),
+		Data:       data,
+	}
+}
+
+// configHash is a stable sha256 (hex) over the ConfigMap's data and each Secret's name and
+// data, in sorted order. It goes into the runtime's pod template, so a changed setting or a
+// rotated secret rolls the pods, and an unchanged one leaves the template as it is. Nil
+// arguments are skipped.
+func configHash(cm *corev1.ConfigMap, secrets ...*corev1.Secret) string {
+	h := sha256.New()
+	write := func(parts ...string) {
+		for _, p := range parts {
+			// Length-prefixed, so that no two different inputs hash the same bytes.
+			fmt.Fprintf(h, "%d:%s;", len(p), p)
+		}
+	}
+	if cm != nil {
+		write("configmap", cm.Name)
+		for _, k := range sortedKeys(cm.Data) {
+			write(k, cm.Data[k])
+		}
+		for _, k := range sortedKeys(cm.BinaryData) {
+			write(k, string(cm.BinaryData[k]))
+		}
+	}
+	sorted := make([]*corev1.Secret, 0, len(secrets))
+	for _, sec := range secrets {
+		if sec != nil {
+			sorted = append(sorted, sec)
+		}
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	for _, sec := range sorted {
+		write("secret", sec.Name)
+		for _, k := range sortedKeys(sec.Data) {
+			write(k, string(sec.Data[k]))
+		}
+		for _, k := range sortedKeys(sec.StringData) {
+			write(k, sec.StringData[k])
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// desiredMigrationJob is NAME-migrate-HASH: `tradingd migrate` with image against the stack's
+// database. It never restarts in place (failed pods stay for their logs) and gives up after a
+// few attempts or ten minutes; its last log lines become the termination message, so a failure
+// reason can be read from the pod. ttlSecondsAfterFinished is left unset: the reconciler reads
+// the finished Job to know the image migrated.
+func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image string) *batchv1.Job {
+	meta := objectMeta(s, migrationJobName(s, image), tradingdApp, migrationComponent)
+	meta.Annotations = map[string]string{runtimeImageAnnotation: image}
+	return &batchv1.Job{
+		TypeMeta:   typeMeta("batch/v1", "Job"),
+		ObjectMeta: meta,
+		Spec: batchv1.JobSpec{
+			BackoffLimit:          ptr.To[int32](3),
+			ActiveDeadlineSeconds: ptr.To[int64](600),
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labelsFor(s, tradingdApp, migrationComponent)},
+				Spec: corev1.PodSpec{
+					RestartPolicy:                corev1.RestartPolicyNever,
+					AutomountServiceAccountToken: ptr.To(false),
+					SecurityContext:              podSecurityContext(runtimeUID),
+					Containers: []corev1.Container{{
+						Name:                     "migrate",
+						Image:                    image,
+						ImagePullPolicy:          corev1.PullIfNotPresent,
+						Command:                  []string{tradingdBinary, "migrate"},
+						Env:                      []corev1.EnvVar{databaseURLEnv(s), {Name: "LOG_FORMAT", Value: "json"}},
+						Resources:                defaultMigrationResources(),
+						SecurityContext:          containerSecurityContext(),
+						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+						VolumeMounts:             []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
+					}},
+					Volumes: []corev1.Volume{emptyDirVolume("tmp")},
+				},
+			},
+		},
+	}
+}
+
+// desiredAPIDeployment is NAME-api: `tradingd serve` with image (the last image whose
+// migration succeeded), settings from NAME-runtime, secrets from their Secrets, and
+// configHash on the pod template. With autoscaling, replicas is left unset so that the
+// HorizontalPodAutoscaler owns it.
+func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configHash string) *appsv1.Deployment {
+	r := s.Spec.Runtime
+	var replicas *int32
+	if r.Autoscaling == nil {
+		replicas = ptr.To(r.Replicas)
+		if r.Replicas == 0 {
+			replicas = ptr.To(tradingv1alpha1.DefaultReplicas)
+		}
+	}
+	env := []corev1.EnvVar{
+		databaseURLEnv(s),
+		secretEnv("JWT_KEYS", jwtSecretName(s), jwtKeysKey),
+		secretEnv("BOOTSTRAP_ADMIN_PASSWORD", adminSecretName(s), adminPasswordKey),
+	}
+	// tradingd reads the Redis password only from REDIS_URL: put it there from its Secret,
+	// through a dependent variable, so it is never written into the ConfigMap.
+	if rs := s.Spec.Redis; rs.Mode == tradingv1alpha1.RedisExternal && rs.PasswordSecretRef != nil {
+		env = append(env,
+			secretEnv("REDIS_PASSWORD", rs.PasswordSecretRef.Name, rs.PasswordSecretRef.Key),
+			corev1.EnvVar{Name: "REDIS_URL", Value: "redis://:$(REDIS_PASSWORD)@" + rs.Address + "/0"},
+		)
+	}
+	httpProbe := func(path string, period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromString(metricsPortName), Scheme: corev1.URISchemeHTTP,
+			}},
+			PeriodSeconds:    period,
+			TimeoutSeconds:   3,
+			FailureThreshold: failures,
+		}
+	}
+	return &appsv1.Deployment{
+		TypeMeta:   typeMeta("apps/v1", "Deployment"),
+		ObjectMeta: objectMeta(s, apiName(s), tradingdApp, apiComponent),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(s, apiComponent)},
+			// Surge, never drop below the desired count: a rollout keeps full capacity.
+			Strategy: appsv1.DeploymentStrategy{
+				Type: appsv1.RollingUpdateDeploymentStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateDeployment{
+					MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+					MaxSurge:       ptr.To(intstr.FromInt32(1)),
+				},
+			},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      labelsFor(s, tradingdApp, apiComponent),
+					Annotations: map[string]string{configHashAnnotation: configHash},
+				},
+				Spec: corev1.PodSpec{
+					AutomountServiceAccountToken: ptr.To(false),
+					SecurityContext:              podSecurityContext(runtimeUID),
+					// tradingd drains for SHUTDOWN_GRACE (20s) on SIGTERM.
+					TerminationGracePeriodSeconds: ptr.To[int64](30),
+					Containers: []corev1.Container{{
+						Name:            "tradingd",
+						Image:           image,
+						ImagePullPolicy: corev1.PullIfNotPresent,
+						Command:         []string{tradingdBinary, "serve"},
+						EnvFrom: []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: runtimeConfigMapName(s)},
+						}}},
+						Env: env,
+						Ports: []corev1.ContainerPort{
+							tcpPort(httpPortName, httpPort),
+							tcpPort(metricsPortName, metricsPort),
+						},
+						Resources:       resourcesOr(r.Resources, defaultRuntimeResources()),
+						LivenessProbe:   httpProbe("/healthz", 10, 3),
+						ReadinessProbe:  httpProbe("/readyz", 5, 3),
+						SecurityContext: containerSecurityContext(),
+						VolumeMounts:    []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
+					}},
+					Volumes: []corev1.Volume{emptyDirVolume("tmp")},
+				},
+			},
+		},
+	}
+}
+
+// desiredAPIService is NAME-api with ports http (8080) and metrics (9090); the ServiceMonitor
+// selects it by its labels.
+func desiredAPIService(s *tradingv1alpha1.TradingStack) *corev1.Service {
+	return clusterService(s, apiName(s), tradingdApp, apiComponent,
+		corev1.ServicePort{Name: httpPortName, Port: httpPort, TargetPort: intstr.FromString(httpPortName), Protocol: corev1.ProtocolTCP},
+		corev1.ServicePort{Name: metricsPortName, Port: metricsPort, TargetPort: intstr.FromString(metricsPortName), Protocol: corev1.ProtocolTCP},
+	)
+}
