@@ -383,10 +383,15 @@ func (p *Portfolio) flushAll() {
 
 func (p *Portfolio) onSubscribe() {
 	p.flushAll()
+	p.replayPending()
+}
+
+// replayPending starts a replay of the remembered invalidations, if any and none is running.
+// Not on the subscriber's goroutine: a publish waits for this replica's acknowledgement.
+func (p *Portfolio) replayPending() {
 	p.pendingMu.Lock()
 	n := len(p.pending)
 	p.pendingMu.Unlock()
-	// Not on the subscriber's goroutine: a publish waits for this replica's acknowledgement.
 	if n > 0 && p.replaying.CompareAndSwap(false, true) {
 		go p.replay()
 	}
@@ -431,7 +436,11 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID) error 
 		p.remember(userID)
 		p.log.Warn("cache invalidation did not reach every replica; the TTL bounds staleness there",
 			"user_id", userID.String(), "err", err.Error())
+		return nil
 	}
+	// Redis works again although this replica's subscription may never have dropped (a
+	// timeout, a slow replica): send what it missed now rather than at the next reconnect.
+	p.replayPending()
 	return nil
 }
 
