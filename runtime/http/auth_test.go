@@ -334,3 +334,27 @@ func TestSecretsAtRest(t *testing.T) {
 		t.Fatalf("only %d rows in %v: the check looked at nothing", rowsSeen, tables)
 	}
 }
+
+// A refresh token lives REFRESH_TOKEN_TTL (30 days by default) and not longer.
+func TestRefreshTokenExpiry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(o *envOptions) { o.refreshTTL = 50 * time.Millisecond })
+	e.addUser("trader1", trading.RoleTrader)
+	pair := e.login("trader1")
+	time.Sleep(100 * time.Millisecond) // past its expiry, whatever the speed of the machine
+	e.do("POST", "/api/auth/refresh", "", map[string]string{"refresh_token": pair.RefreshToken}).problem(401)
+
+	// With the default, the stored expiry is 30 days ahead.
+	d := newEnv(t)
+	d.addUser("trader1", trading.RoleTrader)
+	before := time.Now()
+	d.login("trader1")
+	var expires time.Time
+	if err := d.db.Pool().QueryRow(context.Background(),
+		`SELECT max(expires_at) FROM refresh_tokens`).Scan(&expires); err != nil {
+		t.Fatalf("read refresh token expiry: %v", err)
+	}
+	if got := expires.Sub(before); got < 719*time.Hour || got > 721*time.Hour {
+		t.Errorf("refresh token expires in %v, want 720h", got)
+	}
+}

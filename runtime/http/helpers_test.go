@@ -60,6 +60,7 @@ type envOptions struct {
 	invalidator  trading.Invalidator
 	observe      []rthttp.Middleware
 	guard        []rthttp.Middleware
+	refreshTTL   time.Duration
 }
 
 func newEnv(t testing.TB, opts ...func(*envOptions)) *env {
@@ -90,7 +91,7 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 	h := rthttp.NewHandler(rthttp.Config{
 		Rules:      rules,
 		Tokens:     jwt.NewAuthority(keys, issuer, audience, time.Hour),
-		RefreshTTL: 720 * time.Hour,
+		RefreshTTL: o.refreshTTL,
 		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Observe:    o.observe,
 		Guard:      o.guard,

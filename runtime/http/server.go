@@ -16,10 +16,14 @@ import (
 // DefaultBodyLimit is the largest request body accepted (413 above it).
 const DefaultBodyLimit = 64 << 10
 
+// DefaultRefreshTTL is how long a refresh token lives when Config.RefreshTTL is 0 (30 days).
+const DefaultRefreshTTL = 720 * time.Hour
+
 // Config is what the API needs besides its services.
 type Config struct {
-	Rules      trading.OrderRules
-	Tokens     *jwt.Authority
+	Rules  trading.OrderRules
+	Tokens *jwt.Authority
+	// RefreshTTL is the life of a refresh token; 0 means DefaultRefreshTTL.
 	RefreshTTL time.Duration
 	Logger     *slog.Logger
 	// BodyLimit caps request bodies; 0 means DefaultBodyLimit.
@@ -83,8 +87,15 @@ func NewHandler(cfg Config, svc Services) http.Handler {
 }
 
 func newServer(cfg Config, svc Services) *Server {
+	// Missing wiring is a programming error: fail at start, not at the first request.
+	if cfg.Tokens == nil || svc.Users == nil || svc.Sessions == nil || svc.Orders == nil || svc.Portfolio == nil {
+		panic("http: NewHandler needs Config.Tokens and the Users, Sessions, Orders and Portfolio services")
+	}
 	if cfg.BodyLimit <= 0 {
 		cfg.BodyLimit = DefaultBodyLimit
+	}
+	if cfg.RefreshTTL <= 0 {
+		cfg.RefreshTTL = DefaultRefreshTTL
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
