@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -52,6 +53,21 @@ type Problem struct {
 // Error answers with the problem that err stands for. Internal errors are logged with
 // their cause and shown with a generic detail; the client's own disconnect is only logged.
 func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
+	writeError(s.log, w, r, err)
+}
+
+// WriteError answers err as this API does (problem+json, the status of its code), for
+// code outside the handlers such as a rate limiter's Guard middleware:
+//
+//	w.Header().Set("Retry-After", "12")
+//	rthttp.WriteError(w, r, trading.Errorf(trading.ERATELIMIT, "too many requests"))
+//
+// Internal errors are logged to slog.Default().
+func WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	writeError(slog.Default(), w, r, err)
+}
+
+func writeError(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error) {
 	code := errorCode(err)
 	status := ErrorStatus(err)
 	detail := trading.ErrorMessage(err)
@@ -63,13 +79,13 @@ func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
 	case trading.EINTERNAL:
 		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 			// The client went away; nobody reads this answer.
-			s.log.DebugContext(r.Context(), "request canceled by client", "request_id", RequestID(r.Context()), "route", r.Pattern)
+			log.DebugContext(r.Context(), "request canceled by client", "request_id", RequestID(r.Context()), "route", r.Pattern)
 		} else {
-			s.log.ErrorContext(r.Context(), "internal error", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
+			log.ErrorContext(r.Context(), "internal error", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
 		}
 		detail = "internal error"
 	case trading.EUNAVAILABLE:
-		s.log.WarnContext(r.Context(), "dependency unavailable", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
+		log.WarnContext(r.Context(), "dependency unavailable", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
 		if detail == "" || detail == "internal error" {
 			detail = "a dependency is unavailable, try again shortly"
 		}
@@ -77,16 +93,26 @@ func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", "1")
 	case trading.EUNAUTHORIZED:
 		w.Header().Set("WWW-Authenticate", `Bearer`)
+	case trading.ERATELIMIT:
+		// The limiter knows when the window frees up and should have said so; a refusal
+		// without Retry-After would break the contract, so fall back to one window.
+		if w.Header().Get("Retry-After") == "" {
+			w.Header().Set("Retry-After", "60")
+		}
 	}
 	var fields []trading.FieldError
 	if code == trading.EINVALID {
 		fields = trading.ErrorFields(err)
 	}
-	s.problem(w, r, status, detail, fields)
+	writeProblem(w, status, detail, fields)
 }
 
 // problem writes a problem+json body. Everything that answers with an error ends here.
 func (s *Server) problem(w http.ResponseWriter, r *http.Request, status int, detail string, fields []trading.FieldError) {
+	writeProblem(w, status, detail, fields)
+}
+
+func writeProblem(w http.ResponseWriter, status int, detail string, fields []trading.FieldError) {
 	if status == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer`)
 	}

@@ -34,7 +34,7 @@ func TestErrorMapping(t *testing.T) {
 		{trading.Errorf(trading.EFORBIDDEN, "four eyes"), 403, "four eyes", "", ""},
 		{trading.Errorf(trading.ENOTFOUND, "order not found"), 404, "order not found", "", ""},
 		{trading.Errorf(trading.ECONFLICT, "not pending"), 409, "not pending", "", ""},
-		{trading.Errorf(trading.ERATELIMIT, "slow down"), 429, "slow down", "", ""},
+		{trading.Errorf(trading.ERATELIMIT, "slow down"), 429, "slow down", "Retry-After", "60"},
 		{trading.Unavailable("database", cause), 503, "database is unavailable", "Retry-After", "1"},
 		{fmt.Errorf("query: %w", context.DeadlineExceeded), 503, "a dependency is unavailable, try again shortly", "Retry-After", "1"},
 		{&trading.Error{Code: trading.EINTERNAL, Message: "select * from secret_table failed", Err: cause}, 500, "internal error", "", ""},

@@ -42,7 +42,7 @@ func TestMiddlewareSeams(t *testing.T) {
 			mu.Unlock()
 			if r.Header.Get("X-Test-Refuse") != "" {
 				w.Header().Set("Retry-After", "7")
-				w.WriteHeader(http.StatusTooManyRequests)
+				rthttp.WriteError(w, r, trading.Errorf(trading.ERATELIMIT, "too many requests"))
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -58,8 +58,11 @@ func TestMiddlewareSeams(t *testing.T) {
 	e.do("GET", "/api/orders/"+o.ID, tok, nil).want(200)
 	e.do("GET", "/api/orders/"+o.ID, "", nil).want(401)
 	r := e.do("GET", "/api/positions", tok, nil, "X-Test-Refuse", "1")
-	r.want(429)
+	r.problem(429)
 	checkSecurityHeaders(t, "guard refusal", r.header)
+	if r.header.Get("Retry-After") != "7" {
+		t.Errorf("Retry-After %q, want the limiter's 7", r.header.Get("Retry-After"))
+	}
 
 	mu.Lock()
 	defer mu.Unlock()
