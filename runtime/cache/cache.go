@@ -397,7 +397,8 @@ func (p *Portfolio) replayPending() {
 	}
 }
 
-// replay sends the invalidations that Redis missed while it was down.
+// replay sends the invalidations that Redis missed while it was down. A user leaves the
+// pending set only once its invalidation went through.
 func (p *Portfolio) replay() {
 	defer p.replaying.Store(false)
 	p.pendingMu.Lock()
@@ -405,16 +406,28 @@ func (p *Portfolio) replay() {
 	for u := range p.pending {
 		users = append(users, u)
 	}
-	clear(p.pending)
 	p.pendingMu.Unlock()
+	sent := 0
 	for _, u := range users {
 		if err := p.invalidateRemote(context.Background(), u); err != nil {
-			p.remember(u)
+			continue
 		}
+		sent++
+		p.pendingMu.Lock()
+		delete(p.pending, u)
+		p.pendingMu.Unlock()
 	}
-	if len(users) > 0 {
-		p.log.Info("replayed cache invalidations that Redis missed", "users", len(users))
+	if sent > 0 {
+		p.log.Info("replayed cache invalidations that Redis missed", "users", sent, "still_pending", len(users)-sent)
 	}
+}
+
+// PendingInvalidations is the number of users whose invalidation Redis has not received
+// yet (it failed and waits for a replay); readiness may report it.
+func (p *Portfolio) PendingInvalidations() int {
+	p.pendingMu.Lock()
+	defer p.pendingMu.Unlock()
+	return len(p.pending)
 }
 
 func (p *Portfolio) remember(u uuid.UUID) {

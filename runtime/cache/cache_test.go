@@ -333,11 +333,19 @@ func TestRedisOutage(t *testing.T) {
 	_ = quantity(t, b, user)
 
 	srv.Stop()
+	defer func() {
+		if t.Failed() {
+			t.Logf("pending invalidations on A: %d", a.PendingInvalidations())
+		}
+	}()
 	// Approve and read on the same replica: the local invalidation still gives
 	// read-your-writes there, and nothing fails.
 	w.trade(t, a, "2")
 	if q := quantity(t, a, user); q != "3" {
 		t.Fatalf("A reads %s during the outage, want 3", q)
+	}
+	if n := a.PendingInvalidations(); n != 1 {
+		t.Fatalf("%d invalidations remembered for a replay, want 1", n)
 	}
 	redistest.Eventually(t, 5*time.Second, "degraded", func() bool { return a.Degraded() && b.Degraded() })
 	for range 3 {
@@ -348,6 +356,8 @@ func TestRedisOutage(t *testing.T) {
 
 	srv.Restart()
 	redistest.Eventually(t, 10*time.Second, "recovery", func() bool { return !a.Degraded() && !b.Degraded() })
+	// A remembered the invalidation Redis missed and replays it.
+	redistest.Eventually(t, 10*time.Second, "replay of the missed invalidation", func() bool { return a.PendingInvalidations() == 0 })
 	// B flushed its L1 when it resubscribed: the outage's missed invalidation is not served.
 	redistest.Eventually(t, 10*time.Second, "B fresh after resubscribing", func() bool { return quantity(t, b, user) == "3" })
 
