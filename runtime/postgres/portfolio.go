@@ -95,7 +95,7 @@ func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter
 func (s *PortfolioService) Positions(ctx context.Context, userID uuid.UUID) ([]trading.PositionView, error) {
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
-	views, err := positions(ctx, s.db.pool, userID)
+	views, err := positions(ctx, s.db.pool, userID, false)
 	return views, s.db.mapError(err)
 }
 
@@ -107,7 +107,10 @@ type querier interface {
 // positions reads the open positions with their mark: the price of the symbol's latest trade
 // by anyone, one index probe per position on trades (symbol, executed_at DESC, id DESC); id
 // breaks ties of trades executed in the same microsecond.
-func positions(ctx context.Context, q querier, userID uuid.UUID) ([]trading.PositionView, error) {
+//
+// includeFlat keeps positions closed to zero: GET /api/positions omits them, but the summary
+// needs their realized P&L (a round trip that closed a position still made or lost money).
+func positions(ctx context.Context, q querier, userID uuid.UUID, includeFlat bool) ([]trading.PositionView, error) {
 	rows, err := q.Query(ctx, `
 		SELECT p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at, m.price
 		FROM positions p
@@ -117,8 +120,8 @@ func positions(ctx context.Context, q querier, userID uuid.UUID) ([]trading.Posi
 			ORDER BY t.executed_at DESC, t.id DESC
 			LIMIT 1
 		) m ON true
-		WHERE p.user_id = $1 AND p.quantity <> 0
-		ORDER BY p.symbol`, userID)
+		WHERE p.user_id = $1 AND ($2 OR p.quantity <> 0)
+		ORDER BY p.symbol`, userID, includeFlat)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +153,7 @@ func (s *PortfolioService) Summary(ctx context.Context, userID uuid.UUID) (*trad
 	var sum trading.Summary
 	err := s.db.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
 		func(ctx context.Context, tx pgx.Tx) error {
-			views, err := positions(ctx, tx, userID)
+			views, err := positions(ctx, tx, userID, true)
 			if err != nil {
 				return err
 			}
