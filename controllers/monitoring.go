@@ -43,7 +43,7 @@ type monitoringAPIs struct {
 	controller controller.Controller
 
 	mu        sync.Mutex
-	installed map[schema.GroupKind]bool
+	installed map[schema.GroupKind]lookup
 	watching  map[schema.GroupKind]bool
 	changedAt time.Time
 }
@@ -52,28 +52,35 @@ func newMonitoringAPIs(mapper meta.RESTMapper, c cache.Cache) *monitoringAPIs {
 	return &monitoringAPIs{
 		mapper:    mapper,
 		cache:     c,
-		installed: map[schema.GroupKind]bool{},
+		installed: map[schema.GroupKind]lookup{},
 		watching:  map[schema.GroupKind]bool{},
 	}
 }
 
-// isInstalled looks the kind up once and remembers the answer.
+// isInstalled looks the kind up once and remembers the answer. An absent
+// kind is looked up again (at most every crdSettle, for all stacks together)
+// during the minute after a monitoring CRD event: the API server starts
+// serving a new CRD's resource a moment after the CRD object appears, so the
+// first lookup after the event may still miss it.
 func (m *monitoringAPIs) isInstalled(gk schema.GroupKind) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if v, ok := m.installed[gk]; ok {
-		return v, nil
+	if e, ok := m.installed[gk]; ok {
+		settling := !m.changedAt.IsZero() && time.Since(m.changedAt) < time.Minute
+		if e.present || !settling || time.Since(e.checkedAt) < crdSettle {
+			return e.present, nil
+		}
 	}
 	_, err := m.mapper.RESTMapping(gk, monitoringv1.SchemeGroupVersion.Version)
 	switch {
 	case err == nil:
-		m.installed[gk] = true
+		m.installed[gk] = lookup{present: true, checkedAt: time.Now()}
 	case meta.IsNoMatchError(err):
-		m.installed[gk] = false
+		m.installed[gk] = lookup{present: false, checkedAt: time.Now()}
 	default:
 		return false, err
 	}
-	return m.installed[gk], nil
+	return m.installed[gk].present, nil
 }
 
 // forget drops the cached answers after a CRD event; the next pass asks the
@@ -81,7 +88,7 @@ func (m *monitoringAPIs) isInstalled(gk schema.GroupKind) (bool, error) {
 func (m *monitoringAPIs) forget() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.installed = map[schema.GroupKind]bool{}
+	m.installed = map[schema.GroupKind]lookup{}
 	m.changedAt = time.Now()
 }
 
@@ -105,6 +112,12 @@ func (m *monitoringAPIs) watch(gk schema.GroupKind, obj client.Object, scheme *r
 	}
 	m.watching[gk] = true
 	return nil
+}
+
+// lookup is one RESTMapper answer.
+type lookup struct {
+	present   bool
+	checkedAt time.Time
 }
 
 // isMonitoringCRD selects the CustomResourceDefinitions of prometheus-operator.
@@ -136,12 +149,17 @@ func (r *TradingStackReconciler) monitoringCRDChanged(ctx context.Context, _ cli
 func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pass) (bool, error) {
 	kinds := []struct {
 		gk      schema.GroupKind
+		name    string
 		wanted  bool
 		desired func() client.Object
-		empty   client.Object
+		empty   func() client.Object
 	}{
-		{serviceMonitorGK, p.spec.ServiceMonitorEnabled(), func() client.Object { return desiredServiceMonitor(p.spec) }, &monitoringv1.ServiceMonitor{}},
-		{prometheusRuleGK, p.spec.PrometheusRuleEnabled(), func() client.Object { return desiredPrometheusRule(p.spec) }, &monitoringv1.PrometheusRule{}},
+		{serviceMonitorGK, apiName(p.stack), p.spec.ServiceMonitorEnabled(),
+			func() client.Object { return desiredServiceMonitor(p.spec) },
+			func() client.Object { return &monitoringv1.ServiceMonitor{} }},
+		{prometheusRuleGK, alertsName(p.stack), p.spec.PrometheusRuleEnabled(),
+			func() client.Object { return desiredPrometheusRule(p.spec) },
+			func() client.Object { return &monitoringv1.PrometheusRule{} }},
 	}
 	var missing, made []string
 	for _, k := range kinds {
@@ -155,18 +173,16 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			}
 			continue
 		}
-		if err := r.monitoring.watch(k.gk, k.empty, r.Scheme); err != nil {
+		if err := r.monitoring.watch(k.gk, k.empty(), r.Scheme); err != nil {
 			return false, err
 		}
 		if !k.wanted {
-			obj := k.desired()
-			if err := r.deleteIfExists(ctx, p, objectNamed(k.empty.DeepCopyObject().(client.Object), obj.GetNamespace(), obj.GetName())); err != nil && !meta.IsNoMatchError(err) {
+			if err := r.deleteIfExists(ctx, p, objectNamed(k.empty(), p.stack.Namespace, k.name)); err != nil && !meta.IsNoMatchError(err) {
 				return false, err
 			}
 			continue
 		}
-		obj := k.desired()
-		if err := r.applyChild(ctx, p, obj); err != nil {
+		if err := r.applyChild(ctx, p, k.desired()); err != nil {
 			if meta.IsNoMatchError(err) { // the CRD went away since we looked
 				r.monitoring.forget()
 				missing = append(missing, k.gk.Kind)
@@ -174,7 +190,7 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			}
 			return false, err
 		}
-		made = append(made, fmt.Sprintf("%s %s", k.gk.Kind, obj.GetName()))
+		made = append(made, k.gk.Kind+" "+k.name)
 	}
 
 	switch {
