@@ -203,7 +203,7 @@ func (l *Limiter) setFallback(local bool) {
 }
 
 // Local reports whether limits are currently enforced per process.
-func (l *Limiter) Local() bool { return l.fallback.Load() }
+func (l *Limiter) Local() bool { return l.rl == nil || !l.rdb.Healthy() }
 
 // Check checks one bucket.
 func (l *Limiter) Check(ctx context.Context, class Class, key string) Decision {
@@ -235,7 +235,7 @@ func (l *Limiter) key(r Request) string {
 }
 
 func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
-	if l.rl != nil && !l.fallback.Load() {
+	if l.rl != nil && l.rdb.Healthy() {
 		ctx, cancel := context.WithTimeout(ctx, l.rdb.OpTimeout())
 		defer cancel()
 		var (
@@ -253,9 +253,6 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 		// Redis did not answer: decide locally now and let the client's health tracking
 		// switch the limiter over (and back when the pinger sees Redis again).
 		l.rdb.ReportError(err)
-		if redis.IsUnavailable(err) {
-			l.setFallback(true)
-		}
 	}
 	return l.decideLocal(bs)
 }

@@ -274,9 +274,7 @@ func TestFallbackAndResume(t *testing.T) {
 	if w := login(a, "203.0.113.50:1"); w.Code != 429 || w.Header().Get("Retry-After") == "" {
 		t.Fatalf("4th local attempt on A got %d", w.Code)
 	}
-	if !la.Local() || !recA.isLocal() {
-		t.Fatal("the limiter did not report the fallback")
-	}
+	redistest.Eventually(t, 5*time.Second, "the limiter reports the fallback", func() bool { return la.Local() && recA.isLocal() })
 
 	srv.Restart()
 	redistest.Eventually(t, 10*time.Second, "shared limits resume", func() bool { return !la.Local() && !lb.Local() })

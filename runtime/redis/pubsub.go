@@ -28,7 +28,7 @@ import (
 const channelName = "cache-invalidate"
 
 // AckTimeout bounds how long PublishInvalidation waits for the other replicas.
-var AckTimeout = 300 * time.Millisecond
+var AckTimeout = time.Second
 
 // PublishInvalidation tells every subscribed replica (this one included) that userID's
 // cached views are stale and returns once all of them have dropped their L1 entries, or
@@ -130,7 +130,7 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 			if errors.As(err, &nerr) && nerr.Timeout() {
 				// Idle: make sure the connection is still alive (a silent partition
 				// otherwise leaves us believing we are subscribed).
-				pctx, cancel := c.opCtx(ctx)
+				pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 				perr := ps.Ping(pctx)
 				cancel()
 				if perr == nil {

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,7 @@ type Client struct {
 	opts Options
 
 	healthy atomic.Bool
+	probing atomic.Bool
 	logMu   sync.Mutex
 	log     *slog.Logger
 
@@ -143,7 +145,7 @@ func (c *Client) Close() error {
 
 // Ping checks Redis now (readiness probes) and updates the health state.
 func (c *Client) Ping(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout*3)
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	err := c.rdb.Ping(ctx).Err()
 	c.setHealthy(err == nil, err)
@@ -164,11 +166,33 @@ func (c *Client) OnHealthChange(fn func(healthy bool)) {
 
 // ReportError marks the client degraded when err says that Redis could not be reached
 // (a network error or a timeout). redis.Nil and script errors are answers, not outages.
+//
+// A connection error marks the client degraded at once. A timeout only starts a probe (a
+// ping with a longer deadline, one at a time) that decides: on a busy machine one slow
+// reply must not flip every replica into per-process rate limits.
 func (c *Client) ReportError(err error) {
-	if IsUnavailable(err) {
-		c.setHealthy(false, err)
+	if !IsUnavailable(err) {
+		return
 	}
+	var nerr net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &nerr) && nerr.Timeout()) {
+		if c.probing.CompareAndSwap(false, true) {
+			go func() {
+				defer c.probing.Store(false)
+				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+				defer cancel()
+				perr := c.rdb.Ping(ctx).Err()
+				c.setHealthy(perr == nil, perr)
+			}()
+		}
+		return
+	}
+	c.setHealthy(false, err)
 }
+
+// probeTimeout bounds the pings that decide health: generous, unlike OpTimeout, because
+// they are off the request path.
+const probeTimeout = time.Second
 
 // IsUnavailable reports whether err means Redis did not answer (connection refused, closed,
 // timeout, pool exhausted) as opposed to a reply such as redis.Nil.
