@@ -8,15 +8,17 @@
 // every request, and a background pinger marks it healthy again when Redis answers: the
 // runtime reconnects by itself.
 //
-// Wiring (cmd/tradingd serve, only when REDIS_URL is set):
+// Wiring (cmd/tradingd serve, only when REDIS_URL is set; runtime/metrics'
+// Example_wiring is the compiled version):
 //
-//	rc, err := redis.Open(cfg.RedisURL) // does not fail when Redis is down, only on a bad URL
+//	rc, err := redis.Open(cfg.RedisURL) // fails only on a malformed URL, not when Redis is down
 //	if err != nil { exit 2 naming REDIS_URL }
 //	defer rc.Close()
 //	rc.SetLogger(logger)
-//	// readiness: /readyz stays 200 when Redis is down and says "redis: degraded" in its body:
-//	//   if !rc.Healthy() { body += "redis: degraded" }
-//	// pass rc to cache.Options.Remote and ratelimit.New(cfg, rc, ...); see those packages.
+//	m.SetRedisUp(rc.Healthy()); rc.OnHealthChange(m.SetRedisUp) // redis_up gauge
+//	// /readyz stays 200 while Redis is down and says so: if !rc.Healthy() -> "redis: degraded".
+//	// cache.Options{Remote: rc} and ratelimit.Options{Redis: rc}; without REDIS_URL pass a nil
+//	// cache.Remote (not a typed nil *Client) and a nil *Client.
 package redis
 
 import (
