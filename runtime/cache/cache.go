@@ -44,6 +44,7 @@ import (
 	"encoding/json"
 	"hash/maphash"
 	"log/slog"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -184,6 +185,9 @@ func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if v := reflect.ValueOf(o.Remote); o.Remote != nil && v.Kind() == reflect.Pointer && v.IsNil() {
+		o.Remote = nil // a nil *redis.Client passed as Remote means "no Redis"
 	}
 	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]struct{}{}}
 	for i := range p.stripe {

@@ -213,7 +213,8 @@ func TestApproveOnOneReplicaIsReadFreshOnTheOther(t *testing.T) {
 // Without Redis: L1 only, invalidated locally.
 func TestL1OnlyInvalidatesLocally(t *testing.T) {
 	w := newWorld(t)
-	p := replica(t, w, "", "", cache.Options{})
+	var noRedis *redis.Client // a typed nil, as a careless caller would pass it
+	p := replica(t, w, "", "", cache.Options{Remote: noRedis})
 	w.trade(t, p, "1")
 	if q := quantity(t, p, w.trader.UserID); q != "1" {
 		t.Fatalf("quantity %s, want 1", q)
