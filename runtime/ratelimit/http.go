@@ -64,8 +64,15 @@ func Classify(method, path string) (Class, bool) {
 func (l *Limiter) allow(w http.ResponseWriter, r *http.Request, c Class, path string) bool {
 	var reqs []Request
 	if c == Login {
-		// Per client IP, one bucket per auth endpoint.
-		ip := ClientIP(r, l.cfg.TrustedProxies).String()
+		// Per client IP, one bucket per auth endpoint. An IPv6 client is its /64: one host
+		// usually holds a whole /64 and could otherwise rotate addresses past the limit.
+		addr := ClientIP(r, l.cfg.TrustedProxies)
+		ip := addr.String()
+		if addr.Is6() {
+			if p, err := addr.Prefix(64); err == nil {
+				ip = p.String()
+			}
+		}
 		if path != "/api/auth/login" {
 			ip = path + ":" + ip
 		}

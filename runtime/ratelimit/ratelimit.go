@@ -26,7 +26,7 @@
 // request also in the two global buckets. /openapi.json and the admin port are not limited.
 //
 // Client IP: the TCP peer, unless the peer is in TRUSTED_PROXIES; only then the right-most
-// X-Forwarded-For entry that is not itself a trusted proxy.
+// X-Forwarded-For entry that is not itself a trusted proxy. IPv6 clients are counted per /64.
 //
 // Wiring into runtime/http (cmd/tradingd serve):
 //

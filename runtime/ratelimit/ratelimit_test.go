@@ -295,6 +295,20 @@ func TestFallbackAndResume(t *testing.T) {
 	}
 }
 
+// An IPv6 client cannot rotate through its /64 to escape the login limit.
+func TestIPv6ClientsCountPer64(t *testing.T) {
+	h := loginRoute(ratelimit.New(ratelimit.Config{Login: 2}, ratelimit.Options{}))
+	for i, peer := range []string{"[2001:db8:1:2::1]:1", "[2001:db8:1:2::2]:1", "[2001:db8:1:2:ffff::9]:1"} {
+		w := login(h, peer)
+		if (i < 2) != (w.Code == 200) {
+			t.Fatalf("attempt %d from %s got %d", i+1, peer, w.Code)
+		}
+	}
+	if w := login(h, "[2001:db8:1:3::1]:1"); w.Code != 200 {
+		t.Fatalf("another /64 got %d", w.Code)
+	}
+}
+
 // Without Redis at all: per-process limits.
 func TestNoRedis(t *testing.T) {
 	l := ratelimit.New(ratelimit.Config{Login: 1}, ratelimit.Options{})
