@@ -378,3 +378,30 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatalf("L2 stats = %d entries, %d bytes", e, b)
 	}
 }
+
+// A Redis that hangs (nothing answers, connections stay open) costs reads at most the short
+// timeout: they never fail, and the cache reports degraded until Redis answers again.
+func TestHungRedisDoesNotFailReads(t *testing.T) {
+	w := newWorld(t)
+	srv := redistest.Start(t)
+	p := replica(t, w, srv.URL(), redistest.Prefix(t), cache.Options{})
+	w.trade(t, p, "1")
+
+	srv.Pause()
+	defer srv.Resume()
+	for range 3 {
+		if _, err := p.Summary(context.Background(), w.trader.UserID); err != nil {
+			t.Fatalf("a read failed while Redis hangs: %v", err)
+		}
+		if _, err := p.Positions(context.Background(), w.risk.UserID); err != nil {
+			t.Fatalf("a read failed while Redis hangs: %v", err)
+		}
+	}
+	w.trade(t, p, "2") // the approve's invalidation cannot reach Redis: it must not fail
+	if q := quantity(t, p, w.trader.UserID); q != "3" {
+		t.Fatalf("read %s after an approve while Redis hangs, want 3", q)
+	}
+	redistest.Eventually(t, 10*time.Second, "degraded", p.Degraded)
+	srv.Resume()
+	redistest.Eventually(t, 10*time.Second, "recovered", func() bool { return !p.Degraded() })
+}

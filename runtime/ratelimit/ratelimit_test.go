@@ -309,6 +309,23 @@ func TestIPv6ClientsCountPer64(t *testing.T) {
 	}
 }
 
+// A hung Redis: requests are still decided (per process), none fails or hangs forever.
+func TestHungRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	l := ratelimit.New(ratelimit.Config{Login: 2}, ratelimit.Options{Redis: openRedis(t, srv.URL(), redistest.Prefix(t))})
+	h := loginRoute(l)
+	srv.Pause()
+	defer srv.Resume()
+	codes := []int{}
+	for range 3 {
+		codes = append(codes, login(h, "192.0.2.77:1").Code)
+	}
+	if codes[0] != 200 || codes[1] != 200 || codes[2] != 429 {
+		t.Fatalf("codes while Redis hangs: %v, want [200 200 429] from the local limiter", codes)
+	}
+	redistest.Eventually(t, 10*time.Second, "fallback reported", l.Local)
+}
+
 // Without Redis at all: per-process limits.
 func TestNoRedis(t *testing.T) {
 	l := ratelimit.New(ratelimit.Config{Login: 1}, ratelimit.Options{})
