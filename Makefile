@@ -71,9 +71,14 @@ install: manifests ## install the CRD into the cluster of the current kubeconfig
 
 .PHONY: deploy
 deploy: manifests ## deploy the operator (image IMG) into the cluster of the current kubeconfig
-	@# A throwaway overlay sets the image, so the tree stays clean (kubectl has no `kustomize edit`).
-	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- %s\nimages:\n- name: controller\n  newName: %s\n' "$(CURDIR)/config/default" "$(IMG)" > "$$tmp/kustomization.yaml" && \
+	@# A throwaway overlay sets the manager's image, so the tree stays clean (kubectl has no
+	@# `kustomize edit`); a patch rather than `images:` because IMG carries its own tag.
+	mkdir -p bin && tmp=$$(mktemp -d bin/deploy.XXXXXX) && trap 'rm -rf "$$tmp"' EXIT && \
+	printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
+	  'resources:' '- ../../config/default' 'patches:' \
+	  '- target: {kind: Deployment, labelSelector: control-plane=controller-manager}' \
+	  '  patch: |-' '    - op: replace' '      path: /spec/template/spec/containers/0/image' \
+	  '      value: $(IMG)' > "$$tmp/kustomization.yaml" && \
 	$(KUBECTL) apply --server-side -k "$$tmp"
 
 .PHONY: docker-build
