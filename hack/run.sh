@@ -81,6 +81,7 @@ Try it from another terminal:
   curl -s \$API/api/summary -H "Authorization: Bearer \$T"; echo
   # health
   curl -s $admin/readyz; echo
+  curl -s $admin/metrics | grep -E "^(api_requests_total|cache_hits_total|trades_total)"
 
 Ctrl-C stops tradingd (it drains in-flight requests first).
 

@@ -18,9 +18,13 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/cache"
 	tradinghttp "github.com/findmy/trading-operator/runtime/http"
 	"github.com/findmy/trading-operator/runtime/jwt"
+	"github.com/findmy/trading-operator/runtime/metrics"
 	"github.com/findmy/trading-operator/runtime/postgres"
+	"github.com/findmy/trading-operator/runtime/ratelimit"
+	"github.com/findmy/trading-operator/runtime/redis"
 )
 
 // Server limits. They are not settings (api.md lists none): they protect the process from
@@ -85,7 +89,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	logger := newLogger(cfg, stderr)
 	logger.Info("starting tradingd", "version", trading.Version, "config", cfg)
 
+	// Metrics first: the pool's query tracer is fixed when the pool is built.
+	m := metrics.New(trading.Version)
 	db, err := postgres.Open(ctx, postgres.Config{
+		Tracer:            m.QueryTracer(),
 		URL:               cfg.DatabaseURL,
 		MaxConns:          cfg.DBMaxConns,
 		MinConns:          cfg.DBMinConns,
@@ -97,6 +104,25 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return settingError("DATABASE_URL", errors.New(strings.TrimPrefix(trading.ErrorMessage(err), "DATABASE_URL ")))
 	}
 	defer db.Close() // also on the error paths; closing twice is harmless
+	m.WatchPool(db.Pool().Stat)
+	m.WatchBusiness(metrics.NewSQLBusiness(db.Pool()))
+
+	// Redis is optional: without REDIS_URL the cache is L1 only and limits are per process.
+	// Open fails only on a malformed URL; a Redis that is down starts degraded and the client
+	// reconnects by itself.
+	var rc *redis.Client
+	var remote cache.Remote // a nil interface without Redis, never a typed nil
+	if cfg.RedisURL != "" {
+		rc, err = redis.Open(cfg.RedisURL)
+		if err != nil {
+			return settingError("REDIS_URL", err)
+		}
+		defer rc.Close()
+		rc.SetLogger(logger)
+		m.SetRedisUp(rc.Healthy())
+		rc.OnHealthChange(m.SetRedisUp)
+		remote = rc
+	}
 
 	// Bind both ports before waiting for anything, so that a port in use fails at once.
 	apiLn, err := net.Listen("tcp", cfg.ListenAddr)
@@ -110,19 +136,42 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	}
 
 	var state atomic.Int32 // stateStarting
-	ready := func(ctx context.Context) error {
-		switch state.Load() {
-		case stateStarting:
-			return errors.New("starting: waiting for the database")
-		case stateDraining:
-			return errors.New("shutting down")
-		}
-		ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-		defer cancel()
-		return db.Ping(ctx)
+	checks := []tradinghttp.ReadyCheck{{
+		Name: "process",
+		Check: func(context.Context) error {
+			switch state.Load() {
+			case stateStarting:
+				return errors.New("starting: waiting for the database")
+			case stateDraining:
+				return errors.New("shutting down")
+			}
+			return nil
+		},
+	}, {
+		Name: "database",
+		Check: func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+			defer cancel()
+			if err := db.Ping(ctx); err != nil {
+				m.HealthCheckFailed()
+				return err
+			}
+			return nil
+		},
+	}}
+	if rc != nil {
+		// Optional: Redis down degrades to L1 and local limits, and /readyz stays 200 saying so.
+		checks = append(checks, tradinghttp.ReadyCheck{Name: "redis", Optional: true, Check: func(ctx context.Context) error {
+			if !rc.Healthy() {
+				return redis.ErrDegraded
+			}
+			return nil
+		}})
 	}
+	adminMux := tradinghttp.NewAdminHandlerWithChecks(checks...)
+	adminMux.Handle("GET /metrics", m.Handler())
 	serveErr := make(chan error, 2)
-	admin := newServer(tradinghttp.NewAdminHandler(ready), logger)
+	admin := newServer(adminMux, logger)
 	go func() { serveErr <- serveOn(admin, adminLn, "admin") }()
 	logger.Info("admin listening", "addr", adminLn.Addr().String())
 
@@ -139,20 +188,48 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 
+	// The read cache in front of positions and summary; the order service invalidates the
+	// requester's entries on every replica before an approve returns (read-your-writes).
+	portfolio := cache.NewPortfolio(postgres.NewPortfolioService(db), cache.Options{
+		PositionsTTL: cfg.CachePositionsTTL, SummaryTTL: cfg.CacheSummaryTTL,
+		Remote: remote, Observer: m, Logger: logger,
+	})
+	defer portfolio.Close()
+	m.WatchCache("l1", portfolio.L1Stats)
+	if remote != nil {
+		m.WatchCache("l2", portfolio.L2Stats)
+	}
+	orders := m.OrderService(postgres.NewOrderService(db, postgres.OrderServiceConfig{
+		MaxDailyLoss: cfg.MaxDailyLoss, Invalidator: portfolio, Logger: logger,
+	}))
+	limiter := ratelimit.New(ratelimit.Config{
+		Login: cfg.RateLimitLogin, Trading: cfg.RateLimitTrading, Data: cfg.RateLimitData,
+		GlobalPerMinute: cfg.RateLimitGlobalPerMinute, GlobalPerDay: cfg.RateLimitGlobalPerDay,
+		TrustedProxies: cfg.TrustedProxies,
+	}, ratelimit.Options{Redis: rc, Metrics: m, Logger: logger})
+
 	handler := tradinghttp.NewHandler(tradinghttp.Config{
 		Rules:      cfg.Rules(),
 		Tokens:     jwt.NewAuthority(keys, cfg.JWTIssuer, cfg.JWTAudience, cfg.AccessTokenTTL),
 		RefreshTTL: cfg.RefreshTokenTTL,
 		Logger:     logger,
 		BodyLimit:  bodyLimit,
+		// Observe runs outside authentication (metrics see 401s too); Guard inside it, where
+		// the principal is known for the per-user limits.
+		Observe: []tradinghttp.Middleware{func(rt tradinghttp.Route, next http.Handler) http.Handler {
+			return metrics.CaptureRoute(rt.Pattern, next)
+		}},
+		Guard: []tradinghttp.Middleware{func(rt tradinghttp.Route, next http.Handler) http.Handler {
+			return limiter.Route(rt.Class, rt.Pattern, next)
+		}},
 	}, tradinghttp.Services{
 		Users:     postgres.NewUserService(db),
 		Sessions:  postgres.NewSessionService(db),
-		Orders:    postgres.NewOrderService(db, postgres.OrderServiceConfig{MaxDailyLoss: cfg.MaxDailyLoss, Logger: logger}),
-		Portfolio: postgres.NewPortfolioService(db),
-		// No read cache yet (runtime/redis comes later), so nothing to invalidate.
+		Orders:    orders,
+		Portfolio: portfolio,
+		// No Invalidator here: the order service already invalidates before it returns.
 	})
-	api := newServer(handler, logger)
+	api := newServer(m.Middleware(handler), logger)
 	go func() { serveErr <- serveOn(api, apiLn, "api") }()
 	state.Store(stateServing)
 	logger.Info("serving", "api_addr", apiLn.Addr().String(), "admin_addr", adminLn.Addr().String(),

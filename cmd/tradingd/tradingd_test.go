@@ -411,7 +411,8 @@ func TestServe(t *testing.T) {
 		"ADMIN_ADDR":               "127.0.0.1:0",
 		"DEMO_USERS":               "true",
 		"BOOTSTRAP_ADMIN_PASSWORD": "admin-bootstrap-pw",
-		"SHUTDOWN_GRACE":           "2m", // generous: the in-flight request must finish, not be cut
+		"SHUTDOWN_GRACE":           "2m",  // generous: the in-flight request must finish, not be cut
+		"RATE_LIMIT_LOGIN":         "100", // seven logins from one address; limits are tested elsewhere
 	})
 	serving := p.waitLog("serving")
 	api, _ := serving["api_addr"].(string)
