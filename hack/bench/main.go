@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -144,28 +145,16 @@ func main() {
 	u.Path = "/" + dbName
 	dsn := u.String()
 
-	// tradingd, as a separate process, exactly as it is deployed.
+	// tradingd, as a separate process, exactly as it is deployed. Phase 1: one replica without
+	// Redis and with rate limits off (0), so that it measures the request path alone.
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	apiAddr, adminAddr := freePort(), freePort()
-	env := append(os.Environ(),
-		"DATABASE_URL="+dsn,
-		"JWT_KEYS=bench:"+base64.StdEncoding.EncodeToString(key),
-		"LISTEN_ADDR="+apiAddr, "ADMIN_ADDR="+adminAddr,
-		"DEMO_USERS=true", "LOG_LEVEL=warn",
-		// The benchmark measures the request path, not the limiter refusing it.
-		"RATE_LIMIT_LOGIN=0", "RATE_LIMIT_TRADING=0", "RATE_LIMIT_DATA=0",
-		"RATE_LIMIT_GLOBAL_PER_MINUTE=0", "RATE_LIMIT_GLOBAL_PER_DAY=0",
-	)
-	env = slices.DeleteFunc(env, func(s string) bool { return strings.HasPrefix(s, "REDIS_URL=") })
+	jwtKeys := "JWT_KEYS=bench:" + base64.StdEncoding.EncodeToString(key)
 	migrate := exec.Command(*binary, "migrate")
-	migrate.Env, migrate.Stderr = env, os.Stderr
+	migrate.Env, migrate.Stderr = append(os.Environ(), "DATABASE_URL="+dsn), os.Stderr
 	must(migrate.Run())
-	serve := exec.Command(*binary, "serve")
-	serve.Env, serve.Stderr = env, os.Stderr
-	must(serve.Start())
-	defer func() { _ = serve.Process.Signal(syscall.SIGTERM); _ = serve.Wait() }()
-	waitReady("http://" + adminAddr + "/readyz")
+	apiAddr, _, stopServe := startTradingd(dsn, jwtKeys, "", "0")
+	defer stopServe()
 
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}, Timeout: 10 * time.Second}
 	base := "http://" + apiAddr
@@ -259,6 +248,11 @@ func main() {
 		}
 		return result{}
 	}
+	var mixLines []string
+	if redisURL := os.Getenv("REDIS_URL"); redisURL != "" {
+		mixLines = mixPhase(ctx, httpc, dsn, jwtKeys, redisURL, bareAddr, find("GET /api/positions", 16))
+	}
+
 	for _, c := range clientLevels {
 		raw := find("raw pgx insert tx", c).rps()
 		bareR := find("bare net/http", c).rps()
@@ -266,6 +260,160 @@ func main() {
 			c, find("POST /api/orders", c).rps()/raw, find("POST /api/orders/{id}/approve", c).rps()/raw,
 			find("GET /api/positions", c).rps()/bareR, ms(find("POST /api/orders", c).pct(0.99)))
 	}
+	for _, l := range mixLines {
+		fmt.Println(l)
+	}
+}
+
+// startTradingd starts `tradingd serve` on free ports and waits until it is ready. limit is
+// the value of every RATE_LIMIT_* setting ("0": off); redisURL "" runs without Redis.
+func startTradingd(dsn, jwtKeys, redisURL, limit string) (api, admin string, stop func()) {
+	api, admin = freePort(), freePort()
+	env := slices.DeleteFunc(os.Environ(), func(s string) bool { return strings.HasPrefix(s, "REDIS_URL=") })
+	env = append(env, "DATABASE_URL="+dsn, jwtKeys, "LISTEN_ADDR="+api, "ADMIN_ADDR="+admin,
+		"DEMO_USERS=true", "LOG_LEVEL=error",
+		"RATE_LIMIT_LOGIN="+limit, "RATE_LIMIT_TRADING="+limit, "RATE_LIMIT_DATA="+limit,
+		"RATE_LIMIT_GLOBAL_PER_MINUTE="+limit, "RATE_LIMIT_GLOBAL_PER_DAY="+limit)
+	if redisURL != "" {
+		env = append(env, "REDIS_URL="+redisURL)
+	}
+	serve := exec.Command(*binary, "serve")
+	serve.Env, serve.Stderr = env, os.Stderr
+	must(serve.Start())
+	waitReady("http://" + admin + "/readyz")
+	return api, admin, func() { _ = serve.Process.Signal(syscall.SIGTERM); _ = serve.Wait() }
+}
+
+// mixPhase runs issue 3's read-heavy mix on two replicas sharing PostgreSQL and Redis, with
+// rate limits on (high enough never to refuse, so that their cost is in every request):
+// 90% GET positions/summary, 10% submit+approve, over 8 traders at 64 clients. After each
+// approve the trader's positions are read back from the OTHER replica: the quantity must
+// include every trade of that trader whose approve had returned (a stale read otherwise).
+func mixPhase(ctx context.Context, httpc *http.Client, dsn, jwtKeys, redisURL, bareAddr string, noLimits result) []string {
+	const users, clients = 8, 64
+	limit := "100000000"
+	for i := range users {
+		add := exec.Command(*binary, "user", "add", "--username", fmt.Sprintf("mix%d", i), "--role", "trader")
+		add.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+		add.Stdin = strings.NewReader("mix-password\n")
+		add.Stderr = os.Stderr
+		must(add.Run())
+	}
+	apiA, adminA, stopA := startTradingd(dsn, jwtKeys, redisURL, limit)
+	defer stopA()
+	apiB, adminB, stopB := startTradingd(dsn, jwtKeys, redisURL, limit)
+	defer stopB()
+	replicas := []string{"http://" + apiA, "http://" + apiB}
+	risk := login(httpc, replicas[0], "risk1", "password789")
+	tokens := make([]string, users)
+	for i := range users {
+		tokens[i] = login(httpc, replicas[i%2], fmt.Sprintf("mix%d", i), "mix-password")
+	}
+	var committed [users]atomic.Int64 // per trader: quantity of trades whose approve returned
+	var stale, checks atomic.Int64
+	var seq atomic.Int64
+
+	var out []string
+	report := func(r result) {
+		out = append(out, fmt.Sprintf("%-28s c=%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  (n=%d, errors=%d)",
+			r.name, r.clients, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n, r.errors))
+	}
+	before := cacheCounters(httpc, adminA, adminB)
+	mix := load("mix 90/10, 2 replicas", clients, 2**duration, func(w int) (bool, bool) {
+		i := seq.Add(1)
+		u := w % users
+		rep := int((i / 3) % 2) // not correlated with the kind of request (i%2, i%10)
+		switch {
+		case i%10 != 0 && i%2 == 0:
+			return get(httpc, replicas[rep]+"/api/positions", tokens[u]) == 200, false
+		case i%10 != 0:
+			return get(httpc, replicas[rep]+"/api/summary", tokens[u]) == 200, false
+		}
+		status, body := post(httpc, replicas[rep]+"/api/orders", tokens[u], `{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"100"}`)
+		if status != 201 {
+			return false, false
+		}
+		var o struct{ ID string }
+		_ = json.Unmarshal(body, &o)
+		if status, _ := post(httpc, replicas[rep]+"/api/orders/"+o.ID+"/approve", risk, ""); status != 200 {
+			return false, false
+		}
+		want := committed[u].Add(1)
+		// Read back on the other replica.
+		req, _ := http.NewRequest(http.MethodGet, replicas[1-rep]+"/api/positions", nil)
+		req.Header.Set("Authorization", "Bearer "+tokens[u])
+		resp, err := httpc.Do(req)
+		if err != nil {
+			return false, false
+		}
+		var p struct{ Positions []struct{ Quantity string } }
+		_ = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		checks.Add(1)
+		var got int64 // every trade here is 1 unit: the integer part is the count
+		if len(p.Positions) == 1 {
+			got, _ = strconv.ParseInt(strings.SplitN(p.Positions[0].Quantity, ".", 2)[0], 10, 64)
+		}
+		if got < want {
+			stale.Add(1)
+		}
+		return true, false
+	})
+	report(mix)
+	after := cacheCounters(httpc, adminA, adminB)
+	l1h, l1m := after["l1 hit"]-before["l1 hit"], after["l1 miss"]-before["l1 miss"]
+	l2h, l2m := after["l2 hit"]-before["l2 hit"], after["l2 miss"]-before["l2 miss"]
+	out = append(out, fmt.Sprintf("mix cache: L1 hit rate %.1f%% (%d/%d), L2 hit rate on L1 misses %.1f%% (%d/%d), overall %.1f%%; read-backs after approve %d, stale %d",
+		100*l1h/max(1, l1h+l1m), int(l1h), int(l1h+l1m), 100*l2h/max(1, l2h+l2m), int(l2h), int(l2h+l2m),
+		100*(l1h+l2h)/max(1, l1h+l1m), checks.Load(), stale.Load()))
+
+	// Cached positions on one replica against the bare handler, both at 64 clients; and at 16
+	// clients against phase 1's replica without Redis and with limits off: the limiter's cost.
+	bare := load("bare net/http", clients, *duration, func(int) (bool, bool) {
+		return get(httpc, "http://"+bareAddr+"/", "") == 200, false
+	})
+	report(bare)
+	cached := load("GET /api/positions cached", clients, *duration, func(int) (bool, bool) {
+		return get(httpc, replicas[0]+"/api/positions", tokens[0]) == 200, false
+	})
+	report(cached)
+	limited := load("GET /api/positions limits", 16, *duration, func(int) (bool, bool) {
+		return get(httpc, replicas[0]+"/api/positions", tokens[0]) == 200, false
+	})
+	report(limited)
+	out = append(out, fmt.Sprintf("cached positions/bare at c=%d: %.2f (aim >= 0.50); p50 with Redis limits %.2f ms vs without %.2f ms at c=16: +%.2f ms (aim < 0.30)",
+		clients, cached.rps()/bare.rps(), ms(limited.pct(0.5)), ms(noLimits.pct(0.5)), ms(limited.pct(0.5))-ms(noLimits.pct(0.5))))
+	return out
+}
+
+// cacheCounters sums cache_hits_total and cache_misses_total by level over both replicas.
+func cacheCounters(c *http.Client, admins ...string) map[string]float64 {
+	sums := map[string]float64{}
+	for _, a := range admins {
+		resp, err := c.Get("http://" + a + "/metrics")
+		must(err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			var kind string
+			switch {
+			case strings.HasPrefix(line, "cache_hits_total{"):
+				kind = "hit"
+			case strings.HasPrefix(line, "cache_misses_total{"):
+				kind = "miss"
+			default:
+				continue
+			}
+			level := "l1"
+			if strings.Contains(line, `cache_level="l2"`) {
+				level = "l2"
+			}
+			var v float64
+			_, _ = fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			sums[level+" "+kind] += v
+		}
+	}
+	return sums
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
