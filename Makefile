@@ -51,11 +51,12 @@ bench-operator: envtest-assets ## the operator on envtest: 200 TradingStacks, ti
 # The operator image; it holds /manager and /tradingd, and is also the runtime's default image.
 IMG ?= ghcr.io/findmy/trading-operator:$(VERSION)
 CONTROLLER_GEN ?= bin/controller-gen
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUBECTL ?= $(shell [ -x bin/k8s/1.37.2/kubectl ] && echo bin/k8s/1.37.2/kubectl || echo kubectl)
 CONTAINER_TOOL ?= docker
 
-$(CONTROLLER_GEN):
-	hack/envtest-assets.sh >/dev/null
+$(CONTROLLER_GEN): ## controller-gen, pinned, from the Go module proxy (hack/envtest-assets.sh builds the same)
+	GOBIN=$(CURDIR)/bin $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## generate the CRD (config/crd/bases) and the RBAC role (config/rbac/role.yaml) from the markers
