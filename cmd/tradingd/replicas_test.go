@@ -135,6 +135,13 @@ func TestReplicasBehaveAsOne(t *testing.T) {
 	}
 	var order struct{ ID string }
 	_ = json.Unmarshal(body, &order)
+	var pending struct {
+		PendingOrders int `json:"pending_orders"`
+	}
+	_, _, body = call(t, "GET", b.api+"/api/summary", trader, "")
+	if _ = json.Unmarshal(body, &pending); pending.PendingOrders != 1 {
+		t.Fatalf("summary on B right after a submission on A: %s, want pending_orders 1", body)
+	}
 	if code, _, body := call(t, "POST", a.api+"/api/orders/"+order.ID+"/approve", risk, ""); code != 200 {
 		t.Fatalf("approve on A: %d %s", code, body)
 	}

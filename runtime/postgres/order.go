@@ -19,8 +19,8 @@ type OrderServiceConfig struct {
 	// MaxDailyLoss, when set, refuses new orders of a user whose realized P&L over the trades
 	// executed since 00:00 UTC today is at or below -MaxDailyLoss.
 	MaxDailyLoss *decimal.Decimal
-	// Invalidator is told after an approval commits that the requester's cached positions and
-	// summary are stale. May be nil (no cache).
+	// Invalidator is told after an order is created, approved or rejected that the requester's
+	// cached positions and summary (pending_orders counts too) are stale. May be nil (no cache).
 	Invalidator trading.Invalidator
 	// Logger receives the failures that do not fail a call (a failed invalidation). Optional.
 	Logger *slog.Logger
@@ -134,6 +134,7 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 	if err != nil {
 		return nil, false, s.db.mapError(err)
 	}
+	s.invalidate(ctx, p.UserID) // the summary's pending_orders changed
 	return o, true, nil
 }
 
@@ -468,7 +469,7 @@ func (s *OrderService) invalidate(ctx context.Context, userID uuid.UUID) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.db.timeout)
 	defer cancel()
 	if err := s.cfg.Invalidator.InvalidateUser(ctx, userID); err != nil {
-		s.log.ErrorContext(ctx, "cache invalidation after approval failed; cached views may be stale until they expire",
+		s.log.ErrorContext(ctx, "cache invalidation after an order change failed; cached views may be stale until they expire",
 			"user_id", userID, "error", err)
 	}
 }
@@ -491,5 +492,8 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = NULLIF($3, '')`, reason)
 		return err
 	})
+	if err == nil {
+		s.invalidate(ctx, order.RequestedBy) // the requester's pending_orders changed
+	}
 	return order, err
 }

@@ -194,6 +194,10 @@ func TestConcurrentApprovalsExactlyOnce(t *testing.T) {
 	inv := &recordingInvalidator{}
 	e := newEnv(t, postgres.OrderServiceConfig{Invalidator: inv})
 	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
+	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID {
+		t.Fatalf("creating the order invalidated %v, want the requester once (pending_orders)", inv.users)
+	}
+	inv.users = nil
 
 	const n = 12
 	var wg sync.WaitGroup
@@ -229,7 +233,7 @@ func TestConcurrentApprovalsExactlyOnce(t *testing.T) {
 	}
 	eq(t, "position quantity", views[0].Quantity.Decimal, "2")
 	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID {
-		t.Errorf("invalidated %v, want exactly the requester once", inv.users)
+		t.Errorf("the approvals invalidated %v, want exactly the requester once", inv.users)
 	}
 }
 
@@ -461,13 +465,13 @@ func TestApproveWithFailingInvalidator(t *testing.T) {
 	t.Parallel()
 	inv := &failingInvalidator{}
 	e := newEnv(t, postgres.OrderServiceConfig{Invalidator: inv, Logger: slog.New(slog.DiscardHandler)})
-	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", "")) // its invalidation fails too
 	got, tr, err := e.orders.ApproveOrder(as(e.risk1), o.ID)
 	if err != nil || got.Status != trading.StatusApproved || tr == nil {
 		t.Fatalf("approve = %v, %v, %v", got, tr, err)
 	}
-	if inv.calls.Load() != 1 {
-		t.Fatalf("invalidator called %d times, want 1", inv.calls.Load())
+	if inv.calls.Load() != 2 {
+		t.Fatalf("invalidator called %d times, want 2 (create and approve)", inv.calls.Load())
 	}
 }
 
