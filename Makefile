@@ -25,8 +25,14 @@ vet: ## go vet and a gofmt check
 envtest-assets: ## build kube-apiserver, etcd, kubectl and controller-gen from the Go module proxy (once)
 	@hack/envtest-assets.sh >/dev/null
 
+.PHONY: verify-generated
+verify-generated: ## fail when the CRD, RBAC or deepcopy files differ from what the markers generate
+	@sum() { find api config -type f -print0 | sort -z | xargs -0 sha256sum; }; before=$$(sum); \
+	$(MAKE) -s manifests generate >/dev/null; \
+	if [ "$$before" != "$$(sum)" ]; then echo "generated files were stale (now regenerated): review and commit api/ and config/"; exit 1; fi
+
 .PHONY: test
-test: vet envtest-assets ## vet, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
+test: vet envtest-assets verify-generated ## vet, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) hack/services.sh $(GO) test $(TEST_FLAGS) ./...
 
 .PHONY: build
