@@ -85,6 +85,7 @@ type appliedMemo struct {
 type appliedRecord struct {
 	sum             [32]byte
 	resourceVersion string
+	uid             string
 }
 
 func memoKey(u *unstructured.Unstructured) string {
@@ -108,8 +109,16 @@ func (m *appliedMemo) unchanged(key string, sum [32]byte, cachedRV string) bool 
 	return rec.sum == sum && rec.resourceVersion == cachedRV
 }
 
-func (m *appliedMemo) record(key string, sum [32]byte, rv string) {
-	m.m.Store(key, appliedRecord{sum: sum, resourceVersion: rv})
+func (m *appliedMemo) record(key string, sum [32]byte, rv, uid string) {
+	m.m.Store(key, appliedRecord{sum: sum, resourceVersion: rv, uid: uid})
 }
 
 func (m *appliedMemo) forget(key string) { m.m.Delete(key) }
+
+// uid is the UID of the object last applied under key, or "".
+func (m *appliedMemo) uid(key string) string {
+	if v, ok := m.m.Load(key); ok {
+		return v.(appliedRecord).uid
+	}
+	return ""
+}

@@ -47,12 +47,15 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		}
 		return nil
 	}
+	// Applied before by this process but not in the cache yet: the cache lags
+	// our own write, and the same object (same UID) is no creation.
+	uidBefore := r.applied.uid(k)
 	if err := applyRequest(ctx, r.Client, u); err != nil {
 		r.applied.forget(k)
 		return err
 	}
-	r.applied.record(k, sum, u.GetResourceVersion())
-	if !existed && u.GetGeneration() <= 1 {
+	r.applied.record(k, sum, u.GetResourceVersion(), string(u.GetUID()))
+	if !existed && uidBefore != string(u.GetUID()) {
 		r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Created", "Create",
 			"Created %s %s", gvk.Kind, obj.GetName())
 	}

@@ -41,7 +41,7 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 		if err != nil {
 			return false, err
 		}
-		if err := r.applySecretMetadata(ctx, p, desired); err != nil {
+		if err := r.applySecretMetadata(ctx, p, desired, current); err != nil {
 			return false, err
 		}
 		*g.record = current.Name
@@ -83,8 +83,9 @@ func (r *TradingStackReconciler) ensureSecret(ctx context.Context, p *pass, desi
 
 // applySecretMetadata applies only labels, annotations and (unless retained)
 // the owner reference: data is left out of the apply, so it is never owned by
-// the apply and never changed by it.
-func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pass, desired *corev1.Secret) error {
+// the apply and never changed by it. When the Secret already carries exactly
+// that metadata (the usual case right after it was created) nothing is sent.
+func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pass, desired, current *corev1.Secret) error {
 	meta := &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{
@@ -99,5 +100,33 @@ func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pas
 			return err
 		}
 	}
+	if secretMetadataMatches(current, meta) {
+		return nil
+	}
 	return r.applyOwned(ctx, p, meta, false)
+}
+
+// secretMetadataMatches reports whether current has every wanted label and
+// annotation and exactly the wanted owner references.
+func secretMetadataMatches(current, want *corev1.Secret) bool {
+	for k, v := range want.Labels {
+		if current.Labels[k] != v {
+			return false
+		}
+	}
+	for k, v := range want.Annotations {
+		if current.Annotations[k] != v {
+			return false
+		}
+	}
+	if len(current.OwnerReferences) != len(want.OwnerReferences) {
+		return false
+	}
+	for i, ref := range want.OwnerReferences {
+		got := current.OwnerReferences[i]
+		if got.UID != ref.UID || got.Kind != ref.Kind || got.Name != ref.Name || (got.Controller == nil) != (ref.Controller == nil) {
+			return false
+		}
+	}
+	return true
 }

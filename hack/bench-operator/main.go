@@ -16,17 +16,22 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -105,6 +110,8 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
+	// Three Services per stack: envtest's default /24 service range holds 253.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
 	cfg, err := env.Start()
 	if err != nil {
 		return fmt.Errorf("start envtest: %w", err)
@@ -142,7 +149,8 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	if err := controllers.NewTradingStackReconciler(mgr, concurrency).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	// Interrupted, the deferred env.Stop still ends kube-apiserver and etcd.
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	go func() {
 		if err := mgr.Start(ctx); err != nil {
@@ -180,7 +188,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	defer stopKubelet()
 	var kwg sync.WaitGroup
 	kwg.Add(1)
-	go func() { defer kwg.Done(); playKubelet(kubeletCtx, c) }()
+	go func() { defer kwg.Done(); playKubelet(kubeletCtx, mgr.GetCache(), c) }()
 
 	// Per default stack: 3 Secrets, StatefulSet, 3 Services, 2 Deployments,
 	// ConfigMap, Job, PDB, 2 NetworkPolicies.
@@ -189,9 +197,10 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 		"ConfigMap": n, "Job": n, "PodDisruptionBudget": n, "NetworkPolicy": 2 * n,
 	}
 	var allChildren time.Duration
+	lastReport := time.Now()
 	for {
 		if allChildren == 0 {
-			ok, err := childrenComplete(ctx, c, want)
+			ok, err := childrenComplete(ctx, mgr.GetCache(), want)
 			if err != nil {
 				return err
 			}
@@ -199,17 +208,24 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 				allChildren = time.Since(start)
 			}
 		}
-		ready, err := readyStacks(ctx, c)
+		ready, err := readyStacks(ctx, mgr.GetCache())
 		if err != nil {
 			return err
 		}
 		if allChildren != 0 && ready == n {
 			break
 		}
+		if time.Since(lastReport) > 10*time.Second {
+			lastReport = time.Now()
+			fmt.Printf("  %5.0fs: %d of %d Ready, %.0f reconciles, %d writes\n", time.Since(start).Seconds(), ready, n, reconcileTotal()-reconcilesAtStart, writes.total())
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if time.Since(start) > 10*time.Minute {
 			return fmt.Errorf("not converged after 10 minutes: %d of %d Ready", ready, n)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond)
 	}
 	converged := time.Since(start)
 	reconcilesToConverge := reconcileTotal() - reconcilesAtStart
@@ -277,23 +293,26 @@ func reconcileTotal() float64 {
 }
 
 // playKubelet marks StatefulSets, Deployments and Jobs ready/succeeded as the
-// kubelet and the controller-manager would, until ctx ends.
-func playKubelet(ctx context.Context, c client.Client) {
+// kubelet and the controller-manager would, until ctx ends. It reads from the
+// manager's informer cache (no extra load on the API server, no second copy of
+// the objects in memory) and writes status with the bench's own client.
+func playKubelet(ctx context.Context, r client.Reader, c client.Client) {
 	sel := client.MatchingLabels{controllers.ManagedByLabel: controllers.ManagedByValue}
 	for ctx.Err() == nil {
 		var stsList appsv1.StatefulSetList
-		if err := c.List(ctx, &stsList, sel); err == nil {
+		if err := r.List(ctx, &stsList, sel, client.UnsafeDisableDeepCopy); err == nil {
 			for i := range stsList.Items {
 				s := &stsList.Items[i]
 				if s.Status.ReadyReplicas >= 1 && s.Status.ObservedGeneration == s.Generation {
 					continue
 				}
+				s = s.DeepCopy() // the list shares the cache's objects
 				s.Status = appsv1.StatefulSetStatus{ObservedGeneration: s.Generation, Replicas: 1, ReadyReplicas: 1, CurrentReplicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}
 				_ = c.Status().Update(ctx, s)
 			}
 		}
 		var deps appsv1.DeploymentList
-		if err := c.List(ctx, &deps, sel); err == nil {
+		if err := r.List(ctx, &deps, sel, client.UnsafeDisableDeepCopy); err == nil {
 			for i := range deps.Items {
 				d := &deps.Items[i]
 				want := int32(1)
@@ -303,6 +322,7 @@ func playKubelet(ctx context.Context, c client.Client) {
 				if d.Status.ObservedGeneration == d.Generation && d.Status.ReadyReplicas == want && d.Status.UpdatedReplicas == want {
 					continue
 				}
+				d = d.DeepCopy()
 				now := metav1.Now()
 				d.Status = appsv1.DeploymentStatus{
 					ObservedGeneration: d.Generation, Replicas: want, ReadyReplicas: want, AvailableReplicas: want, UpdatedReplicas: want,
@@ -312,12 +332,13 @@ func playKubelet(ctx context.Context, c client.Client) {
 			}
 		}
 		var jobs batchv1.JobList
-		if err := c.List(ctx, &jobs, sel); err == nil {
+		if err := r.List(ctx, &jobs, sel, client.UnsafeDisableDeepCopy); err == nil {
 			for i := range jobs.Items {
 				j := &jobs.Items[i]
 				if j.Status.CompletionTime != nil {
 					continue
 				}
+				j = j.DeepCopy()
 				startT := metav1.NewTime(time.Now().Add(-time.Second))
 				now := metav1.Now()
 				j.Status = batchv1.JobStatus{StartTime: &startT, CompletionTime: &now, Succeeded: 1, Conditions: []batchv1.JobCondition{
@@ -329,7 +350,7 @@ func playKubelet(ctx context.Context, c client.Client) {
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(500 * time.Millisecond):
 		}
 	}
 }
@@ -355,22 +376,27 @@ func listManaged(ctx context.Context, c client.Client, kind string, opts ...clie
 	return list.Items, nil
 }
 
-func childrenComplete(ctx context.Context, c client.Client, want map[string]int) (bool, error) {
+func childrenComplete(ctx context.Context, r client.Reader, want map[string]int) (bool, error) {
+	lists := map[string]client.ObjectList{
+		"Secret": &corev1.SecretList{}, "Service": &corev1.ServiceList{}, "ConfigMap": &corev1.ConfigMapList{},
+		"StatefulSet": &appsv1.StatefulSetList{}, "Deployment": &appsv1.DeploymentList{}, "Job": &batchv1.JobList{},
+		"PodDisruptionBudget": &policyv1.PodDisruptionBudgetList{}, "NetworkPolicy": &networkingv1.NetworkPolicyList{},
+	}
 	for kind, n := range want {
-		items, err := listManaged(ctx, c, kind)
-		if err != nil {
+		list := lists[kind]
+		if err := r.List(ctx, list, client.MatchingLabels{controllers.ManagedByLabel: controllers.ManagedByValue}, client.UnsafeDisableDeepCopy); err != nil {
 			return false, err
 		}
-		if len(items) < n {
+		if meta.LenList(list) < n {
 			return false, nil
 		}
 	}
 	return true, nil
 }
 
-func readyStacks(ctx context.Context, c client.Client) (int, error) {
+func readyStacks(ctx context.Context, c client.Reader) (int, error) {
 	var list tradingv1alpha1.TradingStackList
-	if err := c.List(ctx, &list); err != nil {
+	if err := c.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return 0, err
 	}
 	ready := 0
