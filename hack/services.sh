@@ -29,9 +29,9 @@ cleanup() {
     as_pg "$pg_bin/pg_ctl" -D "$tmp/pg" -m immediate stop >/dev/null 2>&1 || true
     log "stopped throwaway PostgreSQL"
   fi
-  [ -n "$tmp" ] && rm -rf "$tmp"
+  if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
 }
-trap cleanup EXIT
+trap 'rc=$?; cleanup; exit $rc' EXIT
 trap 'exit 130' INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
