@@ -93,13 +93,14 @@ func logLevel() slog.Level {
 }
 
 // startManager starts the operator's manager as cmd/manager does (same scheme,
-// cache limits and controller setup).
-func startManager() error {
+// cache limits and controller setup), watching the given namespaces (none:
+// all, as with an empty WATCH_NAMESPACE).
+func startManager(watchNamespaces ...string) error {
 	mgrMu.Lock()
 	defer mgrMu.Unlock()
 	mgr, err := ctrl.NewManager(testCfg, manager.Options{
 		Scheme:                 NewScheme(),
-		Cache:                  CacheOptions(nil),
+		Cache:                  CacheOptions(watchNamespaces),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		// A restarted manager registers the same controller name again.

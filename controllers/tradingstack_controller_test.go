@@ -42,6 +42,7 @@ func TestOperator(t *testing.T) {
 		{"Paused", testPaused},
 		{"PolicyFollowsSpec", testPolicyFollowsSpec},
 		{"ValidationRules", testValidationRules},
+		{"WatchNamespace", testWatchNamespace},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -779,5 +780,36 @@ func testValidationRules(t *testing.T) {
 	if e.Spec.Runtime.Replicas != 2 || e.Spec.Redis.Mode != tradingv1alpha1.RedisManaged || e.Spec.RetainDataOnDelete == nil || !*e.Spec.RetainDataOnDelete ||
 		e.Spec.Runtime.RateLimits.Login == nil || *e.Spec.Runtime.RateLimits.Login != 5 {
 		t.Errorf("schema defaults not applied: %+v", e.Spec)
+	}
+}
+
+// testWatchNamespace runs the manager as with WATCH_NAMESPACE="A, B": stacks in
+// A and B are reconciled, a stack elsewhere is left alone.
+func testWatchNamespace(t *testing.T) {
+	a, b, other := newNamespace(t), newNamespace(t), newNamespace(t)
+	stopManager()
+	t.Cleanup(func() {
+		stopManager()
+		if err := startManager(); err != nil {
+			t.Fatalf("restart the manager for all namespaces: %v", err)
+		}
+	})
+	if err := startManager(ParseWatchNamespaces(" " + a + ", " + b + ",")...); err != nil {
+		t.Fatalf("start a manager for %s and %s: %v", a, b, err)
+	}
+	createStack(t, newStack(other, "outside"))
+	createStack(t, newStack(a, "in-a"))
+	createStack(t, newStack(b, "in-b"))
+	makeReady(t, a, "in-a")
+	makeReady(t, b, "in-b")
+
+	// Both watched stacks went through every step; the other one, created
+	// first, has not been touched.
+	s := getStack(t, other, "outside")
+	if len(s.Status.Conditions) != 0 || s.Status.ObservedGeneration != 0 {
+		t.Errorf("stack outside WATCH_NAMESPACE was reconciled: %+v", s.Status)
+	}
+	if err := k8s.Get(bg, key(other, "outside-jwt"), &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Errorf("stack outside WATCH_NAMESPACE got children (%v)", err)
 	}
 }
