@@ -35,6 +35,10 @@ verify-generated: ## fail when the CRD, RBAC or deepcopy files differ from what 
 test: vet envtest-assets verify-generated ## vet, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) hack/services.sh $(GO) test $(TEST_FLAGS) ./...
 
+.PHONY: docs
+docs: ## regenerate docs/tradingstack.md (from the CRD) and docs/api.md (from runtime/http/openapi.json)
+	$(GO) run ./hack/crd-docs
+
 .PHONY: build
 build: ## build bin/tradingd (and bin/manager once the operator exists)
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/tradingd ./cmd/tradingd
