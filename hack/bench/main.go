@@ -271,7 +271,7 @@ func startTradingd(dsn, jwtKeys, redisURL, limit string) (api, admin string, sto
 	api, admin = freePort(), freePort()
 	env := slices.DeleteFunc(os.Environ(), func(s string) bool { return strings.HasPrefix(s, "REDIS_URL=") })
 	env = append(env, "DATABASE_URL="+dsn, jwtKeys, "LISTEN_ADDR="+api, "ADMIN_ADDR="+admin,
-		"DEMO_USERS=true", "LOG_LEVEL=error",
+		"DEMO_USERS=true", "LOG_LEVEL=warn", // warnings: e.g. an invalidation that timed out
 		"RATE_LIMIT_LOGIN="+limit, "RATE_LIMIT_TRADING="+limit, "RATE_LIMIT_DATA="+limit,
 		"RATE_LIMIT_GLOBAL_PER_MINUTE="+limit, "RATE_LIMIT_GLOBAL_PER_DAY="+limit)
 	if redisURL != "" {
@@ -310,7 +310,7 @@ func mixPhase(ctx context.Context, httpc *http.Client, dsn, jwtKeys, redisURL, b
 		tokens[i] = login(httpc, replicas[i%2], fmt.Sprintf("mix%d", i), "mix-password")
 	}
 	var committed [users]atomic.Int64 // per trader: quantity of trades whose approve returned
-	var stale, checks atomic.Int64
+	var stale, checks, readErrors atomic.Int64
 	var seq atomic.Int64
 
 	var out []string
@@ -346,6 +346,11 @@ func mixPhase(ctx context.Context, httpc *http.Client, dsn, jwtKeys, redisURL, b
 		if err != nil {
 			return false, false
 		}
+		if resp.StatusCode != 200 {
+			resp.Body.Close()
+			readErrors.Add(1)
+			return false, false
+		}
 		var p struct{ Positions []struct{ Quantity string } }
 		_ = json.NewDecoder(resp.Body).Decode(&p)
 		resp.Body.Close()
@@ -363,9 +368,9 @@ func mixPhase(ctx context.Context, httpc *http.Client, dsn, jwtKeys, redisURL, b
 	after := cacheCounters(httpc, adminA, adminB)
 	l1h, l1m := after["l1 hit"]-before["l1 hit"], after["l1 miss"]-before["l1 miss"]
 	l2h, l2m := after["l2 hit"]-before["l2 hit"], after["l2 miss"]-before["l2 miss"]
-	out = append(out, fmt.Sprintf("mix cache: L1 hit rate %.1f%% (%d/%d), L2 hit rate on L1 misses %.1f%% (%d/%d), overall %.1f%%; read-backs after approve %d, stale %d",
+	out = append(out, fmt.Sprintf("mix cache: L1 hit rate %.1f%% (%d/%d), L2 hit rate on L1 misses %.1f%% (%d/%d), overall %.1f%%; read-backs after approve %d, stale %d, failed %d",
 		100*l1h/max(1, l1h+l1m), int(l1h), int(l1h+l1m), 100*l2h/max(1, l2h+l2m), int(l2h), int(l2h+l2m),
-		100*(l1h+l2h)/max(1, l1h+l1m), checks.Load(), stale.Load()))
+		100*(l1h+l2h)/max(1, l1h+l1m), checks.Load(), stale.Load(), readErrors.Load()))
 
 	// Cached positions on one replica against the bare handler, both at 64 clients; and at 16
 	// clients against phase 1's replica without Redis and with limits off: the limiter's cost.
