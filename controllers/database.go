@@ -37,6 +37,9 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 		return false, err
 	}
 	if found && len(current.Spec.VolumeClaimTemplates) > 0 {
+		if err := r.growVolumes(ctx, p, sts, current); err != nil {
+			return false, err
+		}
 		sts.Spec.VolumeClaimTemplates = keepClaimTemplates(current.Spec.VolumeClaimTemplates)
 	}
 	if err := r.applyChild(ctx, p, sts); err != nil {
@@ -54,6 +57,60 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod", sts.Name))
 	}
 	return false, nil
+}
+
+// growVolumes carries a grown spec.postgres.managed.storage.size to the
+// database's PersistentVolumeClaim (the StatefulSet's claim template cannot
+// change). The schema only lets the size grow; a storage class that cannot
+// expand volumes makes the API server refuse, which is reported as a warning
+// event rather than retried as an error.
+func (r *TradingStackReconciler) growVolumes(ctx context.Context, p *pass, desired, current *appsv1.StatefulSet) error {
+	for _, want := range desired.Spec.VolumeClaimTemplates {
+		size := want.Spec.Resources.Requests[corev1.ResourceStorage]
+		for _, have := range current.Spec.VolumeClaimTemplates {
+			if have.Name != want.Name {
+				continue
+			}
+			old := have.Spec.Resources.Requests[corev1.ResourceStorage]
+			if size.Cmp(old) <= 0 {
+				continue
+			}
+			// One replica: the claim of pod 0 is the database's volume.
+			name := fmt.Sprintf("%s-%s-0", want.Name, current.Name)
+			pvc := &corev1.PersistentVolumeClaim{}
+			if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: current.Namespace, Name: name}, pvc); err != nil {
+				if apierrors.IsNotFound(err) {
+					continue // not provisioned yet; the next pass grows it
+				}
+				return err
+			}
+			if pvc.Spec.Resources.Requests.Storage().Cmp(size) >= 0 {
+				continue
+			}
+			grow := &corev1.PersistentVolumeClaim{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "PersistentVolumeClaim"},
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: current.Namespace},
+				Spec: corev1.PersistentVolumeClaimSpec{Resources: corev1.VolumeResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceStorage: size},
+				}},
+			}
+			u, err := applyContent(grow)
+			if err != nil {
+				return err
+			}
+			if err := applyRequest(ctx, r.Client, u); err != nil {
+				if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) {
+					r.Recorder.Eventf(p.stack, pvc, corev1.EventTypeWarning, "VolumeNotExpanded", "Resize",
+						"PersistentVolumeClaim %s cannot grow to %s: %v", name, size.String(), err)
+					continue
+				}
+				return err
+			}
+			r.Recorder.Eventf(p.stack, pvc, corev1.EventTypeNormal, "VolumeExpanded", "Resize",
+				"PersistentVolumeClaim %s grows from %s to %s", name, pvc.Spec.Resources.Requests.Storage().String(), size.String())
+		}
+	}
+	return nil
 }
 
 // keepClaimTemplates returns the existing templates without their status, so

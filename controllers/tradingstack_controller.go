@@ -30,13 +30,15 @@ import (
 
 // RBAC: exactly what the reconcile reads and writes. Secrets and ConfigMaps are
 // read through a label-limited cache; the external database's Secret is read
-// directly (get only).
+// directly (get only), as is the database's PersistentVolumeClaim when its
+// size grows.
 //
 // +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;patch
 // +kubebuilder:rbac:groups=apps,resources=statefulsets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;patch;delete

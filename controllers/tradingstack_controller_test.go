@@ -14,7 +14,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -42,6 +44,7 @@ func TestOperator(t *testing.T) {
 		{"Paused", testPaused},
 		{"PolicyFollowsSpec", testPolicyFollowsSpec},
 		{"ValidationRules", testValidationRules},
+		{"StorageGrows", testStorageGrows},
 		{"WatchNamespace", testWatchNamespace},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
@@ -811,5 +814,59 @@ func testWatchNamespace(t *testing.T) {
 	}
 	if err := k8s.Get(bg, key(other, "outside-jwt"), &corev1.Secret{}); !apierrors.IsNotFound(err) {
 		t.Errorf("stack outside WATCH_NAMESPACE got children (%v)", err)
+	}
+}
+
+// testStorageGrows: a grown storage size reaches the database's claim (the
+// StatefulSet's claim template cannot change), and the StatefulSet keeps
+// applying cleanly.
+func testStorageGrows(t *testing.T) {
+	ns := newNamespace(t)
+	sc := &storagev1.StorageClass{
+		ObjectMeta:           metav1.ObjectMeta{Name: "expandable-" + ns},
+		Provisioner:          "example.com/disks",
+		AllowVolumeExpansion: ptr.To(true),
+	}
+	if err := k8s.Create(bg, sc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(bg, sc) })
+	createStack(t, newStack(ns, "disk", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "1Gi", StorageClassName: sc.Name}}
+	}))
+	sts := waitFor(t, &appsv1.StatefulSet{}, ns, "disk-postgres")
+	tmpl := sts.Spec.VolumeClaimTemplates[0]
+
+	// The claim the StatefulSet controller would make for pod 0, bound.
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: tmpl.Name + "-disk-postgres-0", Labels: tmpl.Labels},
+		Spec:       *tmpl.Spec.DeepCopy(),
+	}
+	if err := k8s.Create(bg, pvc); err != nil {
+		t.Fatal(err)
+	}
+	pvc.Status = corev1.PersistentVolumeClaimStatus{
+		Phase: corev1.ClaimBound, AccessModes: pvc.Spec.AccessModes,
+		Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+	}
+	if err := k8s.Status().Update(bg, pvc); err != nil {
+		t.Fatal(err)
+	}
+	makeReady(t, ns, "disk")
+
+	updateStack(t, ns, "disk", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Managed.Storage.Size = "3Gi" })
+	eventually(t, "claim grows to 3Gi", func() error {
+		cur := &corev1.PersistentVolumeClaim{}
+		if err := k8s.Get(bg, client.ObjectKeyFromObject(pvc), cur); err != nil {
+			return err
+		}
+		if got := cur.Spec.Resources.Requests.Storage(); got.Cmp(resource.MustParse("3Gi")) != 0 {
+			return fmt.Errorf("claim requests %s", got)
+		}
+		return nil
+	})
+	s := waitCondition(t, ns, "disk", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	if c := condition(s, tradingv1alpha1.ConditionProgressing); c != nil && c.Reason == tradingv1alpha1.ReasonApplyFailed {
+		t.Errorf("apply failed after the size grew: %s", c.Message)
 	}
 }
