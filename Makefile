@@ -32,8 +32,12 @@ verify-generated: ## fail when the CRD, RBAC or deepcopy files differ from what 
 	if [ "$$before" != "$$(sum)" ]; then echo "generated files were stale (now regenerated): review and commit api/ and config/"; exit 1; fi
 
 .PHONY: test
-test: vet envtest-assets verify-generated ## vet, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
+test: vet envtest-assets verify-generated promtool-test ## vet, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) hack/services.sh $(GO) test $(TEST_FLAGS) ./...
+
+.PHONY: promtool-test
+promtool-test: ## promtool check rules and promtool test rules on config/prometheus (installs Debian's prometheus package when promtool is missing)
+	hack/promtool.sh
 
 .PHONY: docs
 docs: ## regenerate docs/tradingstack.md (from the CRD) and docs/api.md (from runtime/http/openapi.json)
