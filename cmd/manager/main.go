@@ -21,17 +21,19 @@ import (
 
 func main() {
 	var (
-		metricsAddr  string
-		probeAddr    string
-		leaderElect  bool
-		concurrency  int
-		logLevel     string
-		secureMetric bool
+		metricsAddr string
+		probeAddr   string
+		leaderElect bool
+		leaderNS    string
+		concurrency int
+		logLevel    string
 	)
+	// Plain HTTP inside the cluster; a NetworkPolicy or a mesh protects it.
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the controller-runtime metrics endpoint binds to; 0 disables it")
-	flag.BoolVar(&secureMetric, "metrics-secure", false, "serve metrics over HTTPS with authentication and authorization (needs the metrics-auth RBAC)")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so that only one replica reconciles at a time")
+	flag.StringVar(&leaderNS, "leader-election-namespace", os.Getenv("POD_NAMESPACE"),
+		"namespace of the leader election Lease; in a pod the default is the pod's own namespace (POD_NAMESPACE or the service account's)")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "TradingStacks reconciled in parallel")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
@@ -50,10 +52,11 @@ func main() {
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{
 		Scheme:                        controllers.NewScheme(),
 		Cache:                         controllers.CacheOptions(namespaces),
-		Metrics:                       metricsserver.Options{BindAddress: metricsAddr, SecureServing: secureMetric},
+		Metrics:                       metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:        probeAddr,
 		LeaderElection:                leaderElect,
 		LeaderElectionID:              "trading-operator.trading.findmy.io",
+		LeaderElectionNamespace:       leaderNS,
 		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
