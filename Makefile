@@ -52,6 +52,10 @@ build: ## build bin/tradingd (and bin/manager once the operator exists)
 run: build ## start tradingd with demo users on a local or throwaway database and print how to log in
 	hack/services.sh hack/run.sh
 
+.PHONY: demo
+demo: build ## the operator on a local control plane with the sample TradingStack, then a trader session on tradingd configured from what it generated; Ctrl-C cleans up
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) hack/services.sh $(GO) run ./hack/demo
+
 .PHONY: bench
 bench: build ## load-test tradingd against the local PostgreSQL, with baselines in the same run
 	hack/services.sh $(GO) run ./hack/bench

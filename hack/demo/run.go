@@ -244,6 +244,7 @@ func run(ctx context.Context, out io.Writer, opts options) (err error) {
 	p.line("kubeconfig %s", kubeconfig)
 	p.line("           %s --kubeconfig %s get tstack -n %s", kubectl, kubeconfig, sample.Namespace)
 	p.line("           %s --kubeconfig %s describe tstack %s -n %s", kubectl, kubeconfig, sample.Name, sample.Namespace)
+	p.line("           %s --kubeconfig %s get secret %s-admin -n %s -o jsonpath='{.data.password}' | base64 -d   # the bootstrap admin's password", kubectl, kubeconfig, sample.Name, sample.Namespace)
 	p.line("log in     curl -s %s/api/auth/login -H 'Content-Type: application/json' -d '{\"username\":\"trader1\",\"password\":\"password123\"}'", srv.api)
 	p.line("tradingd's log: %s", srv.logPath)
 	p.line("Ctrl-C stops tradingd, the operator and the control plane, drops the database and removes %s.", tmp)
