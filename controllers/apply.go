@@ -86,6 +86,7 @@ type appliedRecord struct {
 	sum             [32]byte
 	resourceVersion string
 	uid             string
+	stack           string // namespace/name of the stack it belongs to
 }
 
 func memoKey(u *unstructured.Unstructured) string {
@@ -109,8 +110,19 @@ func (m *appliedMemo) unchanged(key string, sum [32]byte, cachedRV string) bool 
 	return rec.sum == sum && rec.resourceVersion == cachedRV
 }
 
-func (m *appliedMemo) record(key string, sum [32]byte, rv, uid string) {
-	m.m.Store(key, appliedRecord{sum: sum, resourceVersion: rv, uid: uid})
+func (m *appliedMemo) record(key string, sum [32]byte, rv, uid, stack string) {
+	m.m.Store(key, appliedRecord{sum: sum, resourceVersion: rv, uid: uid, stack: stack})
+}
+
+// forgetStack drops the records of a deleted stack's children, so the memo
+// does not grow with every stack that ever existed.
+func (m *appliedMemo) forgetStack(stack string) {
+	m.m.Range(func(k, v any) bool {
+		if v.(appliedRecord).stack == stack {
+			m.m.Delete(k)
+		}
+		return true
+	})
 }
 
 func (m *appliedMemo) forget(key string) { m.m.Delete(key) }

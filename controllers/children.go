@@ -54,7 +54,7 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		r.applied.forget(k)
 		return err
 	}
-	r.applied.record(k, sum, u.GetResourceVersion(), string(u.GetUID()))
+	r.applied.record(k, sum, u.GetResourceVersion(), string(u.GetUID()), client.ObjectKeyFromObject(p.stack).String())
 	if !existed && uidBefore != string(u.GetUID()) {
 		r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Created", "Create",
 			"Created %s %s", gvk.Kind, obj.GetName())

@@ -142,6 +142,9 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 
 	stack := &tradingv1alpha1.TradingStack{}
 	if err := r.Get(ctx, req.NamespacedName, stack); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.applied.forgetStack(req.String())
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	// Deletion needs no work of ours: owned children go with the garbage
