@@ -24,6 +24,13 @@ const userSecretRecheck = time.Minute
 // checks the external database's Secret.
 func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass) (bool, error) {
 	if p.spec.ExternalPostgres() {
+		// A stack moved to an external database no longer runs its own; the
+		// volume stays as the StatefulSet's retention policy says.
+		for _, obj := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}} {
+			if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, postgresName(p.stack))); err != nil {
+				return false, err
+			}
+		}
 		return r.reconcileExternalDatabase(ctx, p)
 	}
 

@@ -716,6 +716,36 @@ func testPolicyFollowsSpec(t *testing.T) {
 		return nil
 	})
 	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheDisabled)
+
+	// Moving to an external database removes the managed one (its volume
+	// follows the retention policy) and its NetworkPolicy.
+	dsn := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "external-db"},
+		StringData: map[string]string{"dsn": "postgres://app:pw@db.example.com:5432/trading?sslmode=require"},
+	}
+	if err := k8s.Create(bg, dsn); err != nil {
+		t.Fatal(err)
+	}
+	updateStack(t, ns, "pol", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "external-db", Key: "dsn"}}
+	})
+	eventually(t, "managed PostgreSQL removed", func() error {
+		if err := k8s.Get(bg, key(ns, "pol-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("StatefulSet still there (%v)", err)
+		}
+		if err := k8s.Get(bg, key(ns, "pol-postgres"), &corev1.Service{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("Service still there (%v)", err)
+		}
+		nps := &networkingv1.NetworkPolicyList{}
+		if err := k8s.List(bg, nps, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		if len(nps.Items) != 0 {
+			return fmt.Errorf("%d NetworkPolicies left", len(nps.Items))
+		}
+		return nil
+	})
+	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
 }
 
 func testValidationRules(t *testing.T) {
