@@ -52,9 +52,11 @@ build: ## build bin/tradingd (and bin/manager once the operator exists)
 run: build ## start tradingd with demo users on a local or throwaway database and print how to log in
 	hack/services.sh hack/run.sh
 
+# DEMO_FLAGS=-once ends the demo (cleaning up) after the scripted session. The in-process
+# operator gets bin/manager's flags, so its default runtime image is IMG as in a deployment.
 .PHONY: demo
 demo: build ## the operator on a local control plane with the sample TradingStack, then a trader session on tradingd configured from what it generated; Ctrl-C cleans up
-	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) hack/services.sh $(GO) run ./hack/demo
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) hack/services.sh $(GO) run -ldflags "$(LDFLAGS) -X github.com/findmy/trading-operator/api/v1alpha1.DefaultRuntimeImage=$(IMG)" ./hack/demo $(DEMO_FLAGS)
 
 .PHONY: bench
 bench: build ## load-test tradingd against the local PostgreSQL, with baselines in the same run
