@@ -205,7 +205,7 @@ func resolveEnv(ctx context.Context, c client.Client, ns string, ctr corev1.Cont
 				env[from.Prefix+k] = v
 			}
 			p.line("ConfigMap %s (envFrom): %d settings, e.g. RATE_LIMIT_TRADING=%s SYMBOLS=%s REDIS_URL=%s",
-				cm.Name, len(cm.Data), cm.Data["RATE_LIMIT_TRADING"], cm.Data["SYMBOLS"], cm.Data["REDIS_URL"])
+				cm.Name, len(cm.Data), cm.Data["RATE_LIMIT_TRADING"], cm.Data["SYMBOLS"], redacted(cm.Data["REDIS_URL"]))
 		case from.SecretRef != nil:
 			s, err := getSecret(from.SecretRef.Name)
 			if err != nil {

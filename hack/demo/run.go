@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -196,7 +197,7 @@ func run(ctx context.Context, out io.Writer, opts options) (err error) {
 		return err
 	}
 	p.line("DATABASE_URL       a fresh database %s on %s (the in-cluster %s is not reachable from here)", db.name, dsnHost(db.dsn), dsnHost(settings["DATABASE_URL"]))
-	p.line("REDIS_URL          %s, emptied (instead of the in-cluster %s)", redisURL, settings["REDIS_URL"])
+	p.line("REDIS_URL          %s, emptied (instead of the in-cluster %s)", redacted(redisURL), redacted(settings["REDIS_URL"]))
 	p.line("LISTEN_ADDR        127.0.0.1:0 and ADMIN_ADDR 127.0.0.1:0 (free loopback ports)")
 	p.line("DEMO_USERS         true (trader1, trader2, risk1)")
 	p.line("RATE_LIMIT_TRADING %s per minute (was %s), so that the session shows a 429", demoTradingLimit, settings["RATE_LIMIT_TRADING"])
@@ -256,6 +257,15 @@ func run(ctx context.Context, out io.Writer, opts options) (err error) {
 		return fmt.Errorf("tradingd exited on its own (%v); log: %s", err, srv.logPath)
 	}
 	return nil
+}
+
+// redacted is a URL with any password masked, for printing.
+func redacted(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func mustGetwd() string {
