@@ -8,6 +8,8 @@ import (
 	"time"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -62,7 +64,19 @@ func newMonitoringAPIs(mapper meta.RESTMapper, c cache.Cache) *monitoringAPIs {
 // during the minute after a monitoring CRD event: the API server starts
 // serving a new CRD's resource a moment after the CRD object appears, so the
 // first lookup after the event may still miss it.
-func (m *monitoringAPIs) isInstalled(gk schema.GroupKind) (bool, error) {
+func (m *monitoringAPIs) isInstalled(ctx context.Context, gk schema.GroupKind) (bool, error) {
+	// First the CRD object itself, from the informer cache of CRD metadata:
+	// the RESTMapper never forgets a kind, so after the CRD was deleted only
+	// this tells that it is gone.
+	crd := &metav1.PartialObjectMetadata{}
+	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	if err := m.cache.Get(ctx, client.ObjectKey{Name: crdName(gk)}, crd); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e, ok := m.installed[gk]; ok {
@@ -120,6 +134,14 @@ type lookup struct {
 	checkedAt time.Time
 }
 
+// crdName is the name of the CustomResourceDefinition of a monitoring kind.
+func crdName(gk schema.GroupKind) string {
+	if gk == prometheusRuleGK {
+		return monitoringv1.PrometheusRuleName + "." + gk.Group
+	}
+	return monitoringv1.ServiceMonitorName + "." + gk.Group
+}
+
 // isMonitoringCRD selects the CustomResourceDefinitions of prometheus-operator.
 func isMonitoringCRD(obj client.Object) bool {
 	return strings.HasSuffix(obj.GetName(), "."+monitoringv1.SchemeGroupVersion.Group)
@@ -163,7 +185,7 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 	}
 	var missing, made []string
 	for _, k := range kinds {
-		installed, err := r.monitoring.isInstalled(k.gk)
+		installed, err := r.monitoring.isInstalled(ctx, k.gk)
 		if err != nil {
 			return false, err
 		}
@@ -183,7 +205,9 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			continue
 		}
 		if err := r.applyChild(ctx, p, k.desired()); err != nil {
-			if meta.IsNoMatchError(err) { // the CRD went away since we looked
+			// An apply creates a missing object, so NotFound means the
+			// resource itself is gone: the CRD went away since we looked.
+			if meta.IsNoMatchError(err) || apierrors.IsNotFound(err) {
 				r.monitoring.forget()
 				missing = append(missing, k.gk.Kind)
 				continue

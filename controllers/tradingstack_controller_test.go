@@ -15,6 +15,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -56,28 +57,55 @@ func TestOperator(t *testing.T) {
 
 var monitoringCRDsInstalled bool
 
-func installMonitoringCRDs(t *testing.T) {
+func monitoringCRDOptions(t *testing.T) envtest.CRDInstallOptions {
 	t.Helper()
-	if monitoringCRDsInstalled {
-		return
-	}
 	dir, err := prometheusOperatorCRDDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := envtest.InstallCRDs(testCfg, envtest.CRDInstallOptions{
+	return envtest.CRDInstallOptions{
 		Paths: []string{
 			dir + "/monitoring.coreos.com_servicemonitors.yaml",
 			dir + "/monitoring.coreos.com_prometheusrules.yaml",
 		},
 		ErrorIfPathMissing: true,
-	}); err != nil {
+	}
+}
+
+func installMonitoringCRDs(t *testing.T) {
+	t.Helper()
+	if monitoringCRDsInstalled {
+		return
+	}
+	if _, err := envtest.InstallCRDs(testCfg, monitoringCRDOptions(t)); err != nil {
 		t.Fatalf("install prometheus-operator CRDs: %v", err)
 	}
 	monitoringCRDsInstalled = true
 }
 
+// uninstallMonitoringCRDs removes the CRDs a previous run (go test -count=N)
+// installed, and waits until they are gone.
+func uninstallMonitoringCRDs(t *testing.T) {
+	t.Helper()
+	if !monitoringCRDsInstalled {
+		return
+	}
+	if err := envtest.UninstallCRDs(testCfg, monitoringCRDOptions(t)); err != nil {
+		t.Fatalf("uninstall prometheus-operator CRDs: %v", err)
+	}
+	eventually(t, "prometheus-operator CRDs gone", func() error {
+		for _, name := range []string{"servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"} {
+			if err := k8s.Get(bg, key("", name), &apiextensionsv1.CustomResourceDefinition{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("CRD %s still there (%v)", name, err)
+			}
+		}
+		return nil
+	})
+	monitoringCRDsInstalled = false
+}
+
 func testMonitoringCRDInstalledLater(t *testing.T) {
+	uninstallMonitoringCRDs(t)
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "mon"))
 	makeReady(t, ns, "mon")
