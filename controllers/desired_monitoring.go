@@ -3,6 +3,7 @@ package controllers
 import (
 	"fmt"
 	"maps"
+	"strings"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -47,6 +48,9 @@ func withUserLabels(own, user map[string]string) map[string]string {
 	return out
 }
 
+// runbookBaseURL is where the alerts' runbook_url annotations point (docs/runbook.md).
+const runbookBaseURL = "https://github.com/findmy/trading-operator/blob/main/docs/runbook.md#"
+
 // desiredPrometheusRule is NAME-alerts with alerts on the runtime's metrics, scoped to this
 // stack by namespace and Service, or nil when spec.monitoring.prometheusRule.enabled is false.
 func desiredPrometheusRule(s *tradingv1alpha1.TradingStack) *monitoringv1.PrometheusRule {
@@ -66,6 +70,8 @@ func desiredPrometheusRule(s *tradingv1alpha1.TradingStack) *monitoringv1.Promet
 			Annotations: map[string]string{
 				"summary":     summary,
 				"description": description,
+				// Every alert has a section of the runbook, under its lower-cased name.
+				"runbook_url": runbookBaseURL + strings.ToLower(name),
 			},
 		}
 	}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 
@@ -636,6 +637,28 @@ func TestNetworkPolicyPeers(t *testing.T) {
 			}
 		default:
 			t.Errorf("unexpected policy %s", np.Name)
+		}
+	}
+}
+
+// TestAlertsLinkTheRunbook: every alert of NAME-alerts points at a section of docs/runbook.md
+// that exists (a heading whose lower-cased text is the alert's name).
+func TestAlertsLinkTheRunbook(t *testing.T) {
+	runbook, err := os.ReadFile("../docs/runbook.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := map[string]bool{}
+	for _, line := range strings.Split(string(runbook), "\n") {
+		if h, ok := strings.CutPrefix(line, "### "); ok {
+			anchors[strings.ToLower(strings.TrimSpace(h))] = true
+		}
+	}
+	for _, r := range desiredPrometheusRule(stackWith(nil)).Spec.Groups[0].Rules {
+		u := r.Annotations["runbook_url"]
+		anchor, ok := strings.CutPrefix(u, runbookBaseURL)
+		if !ok || !anchors[anchor] {
+			t.Errorf("%s: runbook_url %q has no section in docs/runbook.md", r.Alert, u)
 		}
 	}
 }
