@@ -32,7 +32,10 @@ cleanup() {
   if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
 }
 trap 'rc=$?; cleanup; exit $rc' EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C reaches the command too (same process group): let it stop and clean up, and exit
+# with its status; the EXIT trap then stops what this script started.
+trap ':' INT
+trap 'exit 143' TERM
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
