@@ -52,8 +52,10 @@ func token(t *testing.T, api, user, password string) string {
 	return tok
 }
 
-// testRedis returns a REDIS_URL on a database of its own (1-15) of the test Redis, emptied
-// first: the rate-limit buckets of 127.0.0.1 must not be shared with other test packages.
+// testRedis returns a REDIS_URL on a database of its own (1-15) of the test Redis: the rate-limit
+// buckets of 127.0.0.1 must not be shared with other test packages running at the same time.
+// A database is claimed with SETNX of a key that expires (so a crashed run frees it), and only
+// an empty one is taken, so the demo's test (which also takes only an empty database) keeps off.
 func testRedis(t *testing.T) string {
 	t.Helper()
 	base := os.Getenv("REDIS_URL")
@@ -64,13 +66,27 @@ func testRedis(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.DB = 1 + rand.IntN(15)
-	c := goredis.NewClient(opts)
-	defer c.Close()
-	if err := c.FlushDB(context.Background()).Err(); err != nil {
-		t.Fatalf("Redis at %s: %v", base, err)
+	ctx := context.Background()
+	start := rand.IntN(15)
+	for i := range 15 {
+		o := *opts
+		o.DB = 1 + (start+i)%15
+		c := goredis.NewClient(&o)
+		size, err := c.DBSize(ctx).Result()
+		if err != nil {
+			c.Close()
+			t.Fatalf("Redis at %s: %v", base, err)
+		}
+		if size == 0 {
+			if ok, _ := c.SetNX(ctx, "trading-test-claim", t.Name(), 10*time.Minute).Result(); ok {
+				t.Cleanup(func() { _ = c.FlushDB(context.Background()).Err(); c.Close() })
+				return fmt.Sprintf("redis://%s/%d", o.Addr, o.DB)
+			}
+		}
+		c.Close()
 	}
-	return fmt.Sprintf("redis://%s/%d", opts.Addr, opts.DB)
+	t.Fatalf("no empty Redis database among 1-15 at %s", base)
+	return ""
 }
 
 type replica struct{ api, admin string }
