@@ -39,8 +39,7 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 			}
 			if secret == nil {
 				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing, msg)
-				p.requeue(userSecretRecheck)
-				return true, nil
+				return true, nil // its appearance triggers the next pass (usersecrets.go)
 			}
 			p.runtimeSecrets = append(p.runtimeSecrets, secret)
 		}

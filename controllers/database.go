@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -13,12 +12,6 @@ import (
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
-
-// userSecretRecheck is how often a stack waiting for a Secret its user must
-// create (external database or Redis password) looks again. Those Secrets carry
-// none of the operator's labels, so no watch reports them; this is the only
-// timer besides a running migration Job, and it is slow on purpose.
-const userSecretRecheck = time.Minute
 
 // reconcileDatabase runs the managed PostgreSQL (StatefulSet and Service) or
 // checks the external database's Secret.
@@ -150,8 +143,7 @@ func (r *TradingStackReconciler) reconcileExternalDatabase(ctx context.Context, 
 		} else {
 			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, status, tradingv1alpha1.ReasonExternalSecretKeyAbsent, msg)
 		}
-		p.requeue(userSecretRecheck)
-		return true, nil
+		return true, nil // the user's Secret appearing triggers the next pass (usersecrets.go)
 	}
 	p.runtimeSecrets = append(p.runtimeSecrets, secret)
 	p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase,

@@ -109,7 +109,9 @@ func startManager(watchNamespaces ...string) error {
 	if err != nil {
 		return err
 	}
-	if err := NewTradingStackReconciler(mgr, 3).SetupWithManager(mgr); err != nil {
+	r := NewTradingStackReconciler(mgr, 3)
+	r.WatchNamespaces = watchNamespaces
+	if err := r.SetupWithManager(mgr); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())

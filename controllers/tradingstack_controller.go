@@ -61,6 +61,9 @@ type TradingStackReconciler struct {
 	Recorder  events.EventRecorder
 	// MaxConcurrentReconciles lets a slow stack not hold up the others.
 	MaxConcurrentReconciles int
+	// WatchNamespaces limits the watch on users' Secrets like the manager's cache
+	// (WATCH_NAMESPACE); empty means every namespace.
+	WatchNamespaces []string
 
 	monitoring *monitoringAPIs
 	applied    appliedMemo
@@ -188,6 +191,10 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // status writes must not wake it) and every kind of child, so a child deleted or
 // edited by hand is put back. No timer drives the loop.
 func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	userSecrets, err := r.userSecretWatch(mgr)
+	if err != nil {
+		return err
+	}
 	c, err := ctrl.NewControllerManagedBy(mgr).
 		For(&tradingv1alpha1.TradingStack{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&appsv1.StatefulSet{}).
@@ -201,6 +208,8 @@ func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Secrets are mapped by their instance label rather than the owner
 		// reference: retained Secrets have none, and must still be put back.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(stackFromInstanceLabel)).
+		// Users' Secrets (external DSN, Redis password) by name, from a metadata-only cache.
+		WatchesRawSource(userSecrets).
 		// The prometheus-operator CRDs may be installed after the operator
 		// started; their appearance re-reconciles every stack.
 		WatchesMetadata(&apiextensionsv1.CustomResourceDefinition{},

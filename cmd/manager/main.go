@@ -63,7 +63,9 @@ func main() {
 		log.Error("create manager", "err", err)
 		os.Exit(1)
 	}
-	if err := controllers.NewTradingStackReconciler(mgr, concurrency).SetupWithManager(mgr); err != nil {
+	reconciler := controllers.NewTradingStackReconciler(mgr, concurrency)
+	reconciler.WatchNamespaces = namespaces
+	if err := reconciler.SetupWithManager(mgr); err != nil {
 		log.Error("set up the TradingStack controller", "err", err)
 		os.Exit(1)
 	}
