@@ -2,11 +2,15 @@ package controllers
 
 import (
 	"slices"
+	"strconv"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+	"github.com/findmy/trading-operator/runtime/postgres"
 )
 
 func TestApplyContentLeavesOutUnsetFields(t *testing.T) {
@@ -55,6 +59,8 @@ func TestSchemaVersionOf(t *testing.T) {
 		"registry.example.com:5000/tradingd:v2":   "v2",
 		"registry.example.com:5000/tradingd":      "latest",
 		"tradingd@sha256:0123456789abcdef0123456": "sha256:0123456789ab",
+		// the operator's own runtime image: the schema version compiled into this build
+		tradingv1alpha1.DefaultRuntimeImage: strconv.FormatInt(postgres.SchemaVersion, 10),
 	} {
 		if got := schemaVersionOf(in); got != want {
 			t.Errorf("schemaVersionOf(%q) = %q, want %q", in, got, want)

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+	"github.com/findmy/trading-operator/runtime/postgres"
 )
 
 // Waiting on a migration Job is the one place the operator polls: the Job's
@@ -145,10 +147,15 @@ func (r *TradingStackReconciler) pruneMigrationJobs(ctx context.Context, p *pass
 	return nil
 }
 
-// schemaVersionOf names the schema an image's `tradingd migrate` applies: the
-// migrations are embedded in the binary, so the image's tag (or digest) is the
-// schema version.
+// schemaVersionOf names the schema an image's `tradingd migrate` applies. The
+// migrations are embedded in the binary: for the runtime image built with this
+// operator (the default) that is exactly this build's postgres.SchemaVersion;
+// for any other image the operator cannot look inside, and its tag (or digest)
+// names the schema instead.
 func schemaVersionOf(image string) string {
+	if image == tradingv1alpha1.DefaultRuntimeImage {
+		return strconv.FormatInt(postgres.SchemaVersion, 10)
+	}
 	if i := strings.LastIndex(image, "@"); i >= 0 {
 		d := image[i+1:]
 		if j := strings.IndexByte(d, ':'); j >= 0 && len(d) > j+13 {

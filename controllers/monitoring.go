@@ -34,6 +34,9 @@ var (
 // moment after the CRD object exists.
 const crdSettle = 2 * time.Second
 
+// informerSyncTimeout bounds the wait for a monitoring kind's informer to sync.
+const informerSyncTimeout = 30 * time.Second
+
 // monitoringAPIs answers "is the ServiceMonitor (PrometheusRule) CRD
 // installed?" from a cache that lives until a monitoring.coreos.com CRD is
 // created, changed or deleted, so a pass never runs discovery. Once a kind is
@@ -115,8 +118,23 @@ func (m *monitoringAPIs) recentlyChanged() bool {
 // watch starts watching the kind's objects owned by stacks, once.
 func (m *monitoringAPIs) watch(gk schema.GroupKind, obj client.Object, scheme *runtime.Scheme) error {
 	m.mu.Lock()
+	started := m.watching[gk] || m.controller == nil
+	m.mu.Unlock()
+	if started {
+		return nil
+	}
+	// Get the informer synced first: a source started on a controller that is already
+	// running only logs when its informer cannot be made (a CRD the API server does not
+	// serve yet), and the watch would stay dead. An error here fails the pass instead,
+	// and the next one tries again.
+	ctx, cancel := context.WithTimeout(context.Background(), informerSyncTimeout)
+	defer cancel()
+	if _, err := m.cache.GetInformer(ctx, obj); err != nil {
+		return fmt.Errorf("watching %s: %w", gk, err)
+	}
+	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.watching[gk] || m.controller == nil {
+	if m.watching[gk] {
 		return nil
 	}
 	src := source.Kind(m.cache, obj,

@@ -475,7 +475,8 @@ type TradingStackStatus struct {
 	// +optional
 	Phase Phase `json:"phase,omitempty"`
 
-	// SchemaVersion is the database schema version applied by the last successful migration.
+	// SchemaVersion is the database schema version applied by the last successful migration:
+	// the number for the runtime image built with this operator, else the migrated image's tag.
 	// +optional
 	SchemaVersion string `json:"schemaVersion,omitempty"`
 
