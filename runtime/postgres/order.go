@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -256,11 +257,7 @@ func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([
 	if err != nil {
 		return nil, "", err
 	}
-	limit, err := pageLimit(f.Limit)
-	if err != nil {
-		return nil, "", err
-	}
-	after, err := decodeCursor(f.Cursor)
+	page, err := newKeysetPage(f.Limit, f.Cursor)
 	if err != nil {
 		return nil, "", err
 	}
@@ -277,13 +274,12 @@ func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([
 	if f.Symbol != nil {
 		w.add("symbol = ?", *f.Symbol)
 	}
-	if after != nil {
-		w.add("(created_at, id) < (?, ?)", after.at, after.id)
+	if page.after != nil {
+		w.add("(created_at, id) < (?, ?)", page.after.at, page.after.id)
 	}
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
-	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+
-		fmt.Sprintf(` ORDER BY created_at DESC, id DESC LIMIT %d`, limit+1), w.args...)
+	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+page.sql("created_at"), w.args...)
 	if err != nil {
 		return nil, "", s.db.mapError(err)
 	}
@@ -291,12 +287,7 @@ func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([
 	if err != nil {
 		return nil, "", s.db.mapError(err)
 	}
-	next := ""
-	if len(orders) > limit {
-		orders = orders[:limit]
-		last := orders[limit-1]
-		next = encodeCursor(last.CreatedAt, last.ID)
-	}
+	orders, next := trimPage(page, orders, func(o *trading.Order) (time.Time, uuid.UUID) { return o.CreatedAt, o.ID })
 	return orders, next, nil
 }
 

@@ -2,7 +2,7 @@ package postgres
 
 import (
 	"context"
-	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -45,11 +45,7 @@ func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter
 	if err != nil {
 		return nil, "", err
 	}
-	limit, err := pageLimit(f.Limit)
-	if err != nil {
-		return nil, "", err
-	}
-	after, err := decodeCursor(f.Cursor)
+	page, err := newKeysetPage(f.Limit, f.Cursor)
 	if err != nil {
 		return nil, "", err
 	}
@@ -58,13 +54,12 @@ func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter
 	if f.Symbol != nil {
 		w.add("symbol = ?", *f.Symbol)
 	}
-	if after != nil {
-		w.add("(executed_at, id) < (?, ?)", after.at, after.id)
+	if page.after != nil {
+		w.add("(executed_at, id) < (?, ?)", page.after.at, page.after.id)
 	}
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
-	rows, err := s.db.pool.Query(ctx, `SELECT `+tradeColumns+` FROM trades`+w.String()+
-		fmt.Sprintf(` ORDER BY executed_at DESC, id DESC LIMIT %d`, limit+1), w.args...)
+	rows, err := s.db.pool.Query(ctx, `SELECT `+tradeColumns+` FROM trades`+w.String()+page.sql("executed_at"), w.args...)
 	if err != nil {
 		return nil, "", s.db.mapError(err)
 	}
@@ -80,12 +75,7 @@ func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter
 	if err := rows.Err(); err != nil {
 		return nil, "", s.db.mapError(err)
 	}
-	next := ""
-	if len(trades) > limit {
-		trades = trades[:limit]
-		last := trades[limit-1]
-		next = encodeCursor(last.ExecutedAt, last.ID)
-	}
+	trades, next := trimPage(page, trades, func(t *trading.Trade) (time.Time, uuid.UUID) { return t.ExecutedAt, t.ID })
 	return trades, next, nil
 }
 

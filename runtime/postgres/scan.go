@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -99,4 +100,39 @@ func principal(ctx context.Context) (trading.Principal, error) {
 		return trading.Principal{}, trading.Errorf(trading.EUNAUTHORIZED, "authentication required")
 	}
 	return p, nil
+}
+
+// keysetPage is one page of a newest-first listing ordered by (time, id) DESC: the validated
+// limit and the position after which the page starts (nil for the first page).
+type keysetPage struct {
+	limit int
+	after *cursor
+}
+
+// newKeysetPage validates a listing's limit and cursor (EINVALID naming the field).
+func newKeysetPage(limit int, c string) (keysetPage, error) {
+	n, err := pageLimit(limit)
+	if err != nil {
+		return keysetPage{}, err
+	}
+	after, err := decodeCursor(c)
+	if err != nil {
+		return keysetPage{}, err
+	}
+	return keysetPage{limit: n, after: after}, nil
+}
+
+// sql is the ORDER BY and LIMIT of the page: one row more than the limit, so that trim knows
+// whether a next page exists without a count.
+func (p keysetPage) sql(timeColumn string) string {
+	return fmt.Sprintf(` ORDER BY %s DESC, id DESC LIMIT %d`, timeColumn, p.limit+1)
+}
+
+// trimPage drops the extra row and returns the cursor of the next page ("" at the end).
+func trimPage[T any](p keysetPage, rows []T, key func(T) (time.Time, uuid.UUID)) ([]T, string) {
+	if len(rows) <= p.limit {
+		return rows, ""
+	}
+	rows = rows[:p.limit]
+	return rows, encodeCursor(key(rows[p.limit-1]))
 }
