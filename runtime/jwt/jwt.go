@@ -15,6 +15,7 @@ import (
 
 	gojwt "github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
+	"github.com/maypok86/otter/v2"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -114,7 +115,27 @@ type Authority struct {
 	parser    *gojwt.Parser
 	now       func() time.Time
 	signingID string
+
+	// verified remembers tokens that passed Verify, so that a client's every request does
+	// not decode the same JSON and HMAC again (a quarter of a cached read's CPU). Keyed by
+	// the token's SHA-256, so a lookup compares no secret bytes; only tokens that verified
+	// get in, so forged tokens cannot fill it; each hit still checks exp against the clock.
+	// The key set never changes in a running process, so a cached verdict cannot outlive
+	// its key.
+	verified *otter.Cache[[sha256.Size]byte, verifiedToken]
 }
+
+type verifiedToken struct {
+	principal trading.Principal
+	expires   time.Time // exp plus the leeway
+}
+
+// verifiedCacheSize bounds the verified-token cache: each entry is about 200 bytes, and one
+// entry per active session is plenty (an entry that is evicted is simply verified again).
+const verifiedCacheSize = 50_000
+
+// verifiedCacheTTL caps how long a verdict is reused; exp is checked on every hit anyway.
+const verifiedCacheTTL = 5 * time.Minute
 
 // leeway tolerates small clock differences between replicas when checking exp/iat.
 const leeway = 30 * time.Second
@@ -129,6 +150,10 @@ func NewAuthority(keys *KeySet, issuer, audience string, accessTTL time.Duration
 		ttl:       accessTTL,
 		now:       time.Now,
 		signingID: keys.SigningKeyID(),
+		verified: otter.Must(&otter.Options[[sha256.Size]byte, verifiedToken]{
+			MaximumSize:      verifiedCacheSize,
+			ExpiryCalculator: otter.ExpiryWriting[[sha256.Size]byte, verifiedToken](verifiedCacheTTL),
+		}),
 	}
 	// The algorithm is pinned: a token's own alg header never chooses how it is checked,
 	// which is what defeats alg=none and RS/HS confusion.
@@ -180,16 +205,33 @@ func (a *Authority) Issue(p trading.Principal) (string, time.Duration, error) {
 // iss, aud, token use) and returns the principal it carries. Every failure is EUNAUTHORIZED
 // with a message that does not help an attacker tell the cases apart.
 func (a *Authority) Verify(token string) (trading.Principal, error) {
+	sum := sha256.Sum256([]byte(token))
+	if v, ok := a.verified.GetIfPresent(sum); ok {
+		if a.now().Before(v.expires) {
+			return v.principal, nil
+		}
+		a.verified.Invalidate(sum) // expired: the full check below says so
+	}
+	p, exp, err := a.verify(token)
+	if err != nil {
+		return trading.Principal{}, err
+	}
+	a.verified.Set(sum, verifiedToken{principal: p, expires: exp.Add(leeway)})
+	return p, nil
+}
+
+// verify is the full check of Verify, without the cache; it also returns the token's exp.
+func (a *Authority) verify(token string) (trading.Principal, time.Time, error) {
 	var claims Claims
 	_, err := a.parser.ParseWithClaims(token, &claims, a.keyFor)
 	if err != nil {
 		if errors.Is(err, gojwt.ErrTokenExpired) {
-			return trading.Principal{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token has expired", Err: err}
+			return trading.Principal{}, time.Time{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token has expired", Err: err}
 		}
-		return trading.Principal{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token is not valid", Err: err}
+		return trading.Principal{}, time.Time{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token is not valid", Err: err}
 	}
-	invalid := func(why string) (trading.Principal, error) {
-		return trading.Principal{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token is not valid", Err: errors.New(why)}
+	invalid := func(why string) (trading.Principal, time.Time, error) {
+		return trading.Principal{}, time.Time{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token is not valid", Err: errors.New(why)}
 	}
 	if claims.Use != accessUse {
 		return invalid("not an access token")
@@ -206,7 +248,7 @@ func (a *Authority) Verify(token string) (trading.Principal, error) {
 		}
 		p.Roles = append(p.Roles, r)
 	}
-	return p, nil
+	return p, claims.ExpiresAt.Time, nil
 }
 
 // keyFor picks the verification key by kid; a token without a kid or with one we do not

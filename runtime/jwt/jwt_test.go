@@ -224,3 +224,77 @@ func TestRefreshToken(t *testing.T) {
 		t.Fatal("hash contains the token")
 	}
 }
+
+// A verdict remembered by the verified-token cache must not outlive the token: the same
+// token, verified once while valid, is refused once the clock passes exp (plus leeway).
+func TestVerifyCacheHonoursExpiry(t *testing.T) {
+	a := newAuthority(t)
+	tok, _, err := a.Issue(alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second call is answered from the cache
+		p, err := a.Verify(tok)
+		if err != nil || p.UserID != alice.UserID || p.Username != alice.Username || len(p.Roles) != len(alice.Roles) {
+			t.Fatalf("fresh token: %+v, %v", p, err)
+		}
+	}
+	a.now = func() time.Time { return time.Now().Add(time.Hour + leeway + time.Second) }
+	if _, err := a.Verify(tok); trading.ErrorCode(err) != trading.EUNAUTHORIZED {
+		t.Fatalf("an hour later, after a cached verdict: %v, want unauthorized", err)
+	}
+}
+
+// A token that differs from a cached one in any byte (here its signature) is checked in
+// full, not matched to the cached verdict.
+func TestVerifyCacheDoesNotMatchTamperedToken(t *testing.T) {
+	a := newAuthority(t)
+	tok, _, err := a.Issue(alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Verify(tok); err != nil {
+		t.Fatal(err)
+	}
+	last := tok[len(tok)-1]
+	flip := byte('A')
+	if last == 'A' {
+		flip = 'B'
+	}
+	tampered := tok[:len(tok)-1] + string(flip)
+	if _, err := a.Verify(tampered); trading.ErrorCode(err) != trading.EUNAUTHORIZED {
+		t.Fatalf("tampered signature accepted after the genuine token was cached: %v", err)
+	}
+	// And a failure is never remembered as a success, nor the reverse.
+	if _, err := a.Verify(tok); err != nil {
+		t.Fatalf("genuine token after a tampered one: %v", err)
+	}
+}
+
+// BenchmarkVerify compares a full verification (HMAC and JSON of every request) with the
+// cached verdict a client's later requests get. Run: go test -bench Verify ./runtime/jwt
+func BenchmarkVerify(b *testing.B) {
+	ks, err := ParseKeys("k:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte("s"), 32)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := NewAuthority(ks, "iss", "aud", time.Hour)
+	tok, _, err := a.Issue(alice)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("full", func(b *testing.B) {
+		for b.Loop() {
+			if _, _, err := a.verify(tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("cached", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := a.Verify(tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
