@@ -69,7 +69,7 @@ func (l *Limiter) checkShared(ctx context.Context, bs []bucket) (Decision, error
 		keys[i] = "rate:" + l.key(b.req)
 		args = append(args, b.lim.n, b.lim.period.Seconds())
 	}
-	v, err := allowAll.Run(ctx, l.rdb.Redis(), keys, args...).Slice()
+	v, err := l.rdb.RunScript(ctx, allowAll, keys, args...).Slice()
 	if err != nil {
 		return Decision{}, err
 	}
