@@ -163,8 +163,21 @@ type PortfolioService interface {
 	Summary(ctx context.Context, userID uuid.UUID) (*Summary, error)
 }
 
-// Invalidator is told, before an approve returns, that a user's cached views are stale.
-// It is the seam between the order workflow and a read cache; without a cache it is nil.
+// Views names a user's cached read views. A change says which of them it made stale, so
+// that a cache drops only those: a submission or a rejection changes the summary's
+// pending_orders but not the positions, an approval changes both.
+type Views uint8
+
+const (
+	ViewPositions Views = 1 << iota
+	ViewSummary
+	// AllViews is every view (an approval: a trade moved a position).
+	AllViews = ViewPositions | ViewSummary
+)
+
+// Invalidator is told, before an order change returns, that some of a user's cached views
+// are stale. It is the seam between the order workflow and a read cache; without a cache
+// it is nil.
 type Invalidator interface {
-	InvalidateUser(ctx context.Context, userID uuid.UUID) error
+	InvalidateUser(ctx context.Context, userID uuid.UUID, stale Views) error
 }

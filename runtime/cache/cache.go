@@ -3,10 +3,11 @@
 // L2 (Remote, implemented by runtime/redis) whose pub/sub channel carries invalidations to
 // every replica.
 //
-// Consistency. An approve calls InvalidateUser before it returns. InvalidateUser bumps the
-// user's generation (part of every L1 key, so a load that started earlier can only fill an
-// entry nobody reads any more), deletes the user's L1 and L2 entries and publishes the
-// invalidation; Remote.PublishInvalidation returns once every subscribed replica has dropped
+// Consistency. A submission, an approval and a rejection call InvalidateUser with the views
+// they made stale (the summary; after an approval the positions too) before they return.
+// InvalidateUser bumps the user's generation of each stale view (part of every L1 key, so a
+// load that started earlier can only fill an entry nobody reads any more), deletes those L1
+// and L2 entries and publishes the invalidation; Remote.PublishInvalidation returns once every subscribed replica has dropped
 // its L1 entries (acknowledged pub/sub), and the L2 keys are deleted once more afterwards to
 // remove a value that a slow loader on another replica wrote in between. So a read on any
 // replica after InvalidateUser returned is fresh. Pub/sub is at most once: a replica flushes
@@ -14,6 +15,12 @@
 // remembered and replayed when Redis is back. What remains is bounded by the TTLs
 // (positions 30s, summary 10s): while Redis is down, another replica may serve an L1 entry
 // cached before the trade until it expires.
+//
+// Refresh. After an invalidation the replica that made the change loads the stale views
+// again in the background (the usual load: once per key, L2 filled): the trader who just
+// traded reads them next, on whichever replica, and finds them in L2 instead of every
+// replica missing to the database. It changes no consistency rule above: the load starts
+// after the invalidation returned, so it reads the committed change.
 //
 // Redis errors never fail a read: every Remote call is bounded by the Remote's own short
 // timeout and skipped while it reports itself unhealthy; the read then uses L1 and the
@@ -66,12 +73,12 @@ type Remote interface {
 	Set(ctx context.Context, key string, val []byte, ttl time.Duration) error
 	// Delete removes keys.
 	Delete(ctx context.Context, keys ...string) error
-	// PublishInvalidation tells every subscribed replica that userID's entries are stale and
-	// returns once they have all handled it (onInvalidate returned), or with an error.
-	PublishInvalidation(ctx context.Context, userID uuid.UUID) error
+	// PublishInvalidation tells every subscribed replica that userID's stale views are stale
+	// and returns once they have all handled it (onInvalidate returned), or with an error.
+	PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error
 	// SubscribeInvalidations calls onSubscribe on every (re)subscription and onInvalidate for
 	// every published invalidation until stop is called.
-	SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID)) (stop func())
+	SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views)) (stop func())
 	// Healthy reports whether the remote is answering; false means degraded.
 	Healthy() bool
 	// Stats counts the entries under a key prefix and their bytes (for metrics).
@@ -99,6 +106,9 @@ type Options struct {
 	Logger   *slog.Logger
 	// KeyPrefix is put in front of the L2 keys (default "cache:").
 	KeyPrefix string
+	// NoRefresh turns off the background reload of the views an invalidation dropped (see
+	// the package comment); tests that count database loads use it.
+	NoRefresh bool
 }
 
 type kind uint8
@@ -106,7 +116,16 @@ type kind uint8
 const (
 	kindPositions kind = iota
 	kindSummary
+	kinds
 )
+
+// view is the trading.Views bit of a kind.
+func (k kind) view() trading.Views {
+	if k == kindPositions {
+		return trading.ViewPositions
+	}
+	return trading.ViewSummary
+}
 
 func (k kind) String() string {
 	if k == kindPositions {
@@ -115,8 +134,8 @@ func (k kind) String() string {
 	return "summary"
 }
 
-// key is an L1 key: the user, the flush epoch and the user's generation, so that an entry
-// loaded before an invalidation can never be found afterwards.
+// key is an L1 key: the user, the flush epoch and the user's generation of the view, so
+// that an entry loaded before an invalidation can never be found afterwards.
 type key struct {
 	user  uuid.UUID
 	epoch uint64
@@ -135,7 +154,7 @@ const stripes = 64
 type stripe struct {
 	// mu excludes bumping a generation while a load writes L2 for the old one (see setL2).
 	mu   sync.RWMutex
-	gens map[uuid.UUID]uint64
+	gens map[uuid.UUID][kinds]uint64
 }
 
 // Portfolio is a trading.PortfolioService and trading.Invalidator that caches Positions
@@ -151,8 +170,10 @@ type Portfolio struct {
 	stop   func()
 
 	pendingMu sync.Mutex
-	pending   map[uuid.UUID]struct{} // invalidations Redis did not get; replayed on resubscribe
+	pending   map[uuid.UUID]trading.Views // invalidations Redis did not get; replayed on resubscribe
 	replaying atomic.Bool
+
+	refreshes sync.WaitGroup // background reloads, waited for by Close
 
 	l2statsMu sync.Mutex
 	l2statsAt time.Time
@@ -189,9 +210,9 @@ func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
 	if v := reflect.ValueOf(o.Remote); o.Remote != nil && v.Kind() == reflect.Pointer && v.IsNil() {
 		o.Remote = nil // a nil *redis.Client passed as Remote means "no Redis"
 	}
-	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]struct{}{}}
+	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]trading.Views{}}
 	for i := range p.stripe {
-		p.stripe[i].gens = map[uuid.UUID]uint64{}
+		p.stripe[i].gens = map[uuid.UUID][kinds]uint64{}
 	}
 	p.l1 = otter.Must(&otter.Options[key, *entry]{
 		MaximumWeight: o.MaxBytes,
@@ -207,8 +228,11 @@ func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
 	return p
 }
 
-// Close stops the invalidation subscription.
-func (p *Portfolio) Close() { p.stop() }
+// Close stops the invalidation subscription and waits for the background reloads.
+func (p *Portfolio) Close() {
+	p.stop()
+	p.refreshes.Wait()
+}
 
 // weigh approximates the bytes an entry holds: a position view is a dozen decimals and a
 // symbol, about 400 bytes with their big.Int backing; a summary about 300.
@@ -233,7 +257,7 @@ func (p *Portfolio) stripeOf(user uuid.UUID) *stripe {
 func (p *Portfolio) currentKey(user uuid.UUID, k kind) key {
 	s := p.stripeOf(user)
 	s.mu.RLock()
-	g := s.gens[user]
+	g := s.gens[user][k]
 	s.mu.RUnlock()
 	return key{user: user, epoch: p.epoch.Load(), gen: g, kind: k}
 }
@@ -266,8 +290,12 @@ func (p *Portfolio) Summary(ctx context.Context, userID uuid.UUID) (*trading.Sum
 	return &s, nil
 }
 
-func (p *Portfolio) observe(hit bool, level string, k kind) {
-	if p.opts.Observer == nil {
+// refreshing marks the context of a background reload: it is not a reader's lookup, so
+// it does not count as a hit or a miss.
+type refreshing struct{}
+
+func (p *Portfolio) observe(ctx context.Context, hit bool, level string, k kind) {
+	if p.opts.Observer == nil || ctx.Value(refreshing{}) != nil {
 		return
 	}
 	if hit {
@@ -280,10 +308,10 @@ func (p *Portfolio) observe(hit bool, level string, k kind) {
 func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, error) {
 	ck := p.currentKey(user, k)
 	if e, ok := p.l1.GetIfPresent(ck); ok {
-		p.observe(true, "l1", k)
+		p.observe(ctx, true, "l1", k)
 		return e, nil
 	}
-	p.observe(false, "l1", k)
+	p.observe(ctx, false, "l1", k)
 	// otter collapses concurrent loads of one key into one call of the loader.
 	return p.l1.Get(ctx, ck, otter.LoaderFunc[key, *entry](p.load))
 }
@@ -299,11 +327,11 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 	if useL2 {
 		if b, ok, err := r.Get(ctx, p.l2Key(ck.user, ck.kind)); err == nil && ok {
 			if e, err := decode(ck.kind, b); err == nil {
-				p.observe(true, "l2", ck.kind)
+				p.observe(ctx, true, "l2", ck.kind)
 				return e, nil
 			}
 		}
-		p.observe(false, "l2", ck.kind)
+		p.observe(ctx, false, "l2", ck.kind)
 	}
 
 	var e entry
@@ -337,7 +365,7 @@ func (p *Portfolio) setL2(ctx context.Context, ck key, e *entry) {
 	s := p.stripeOf(ck.user)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.gens[ck.user] != ck.gen || p.epoch.Load() != ck.epoch {
+	if s.gens[ck.user][ck.kind] != ck.gen || p.epoch.Load() != ck.epoch {
 		return
 	}
 	_ = p.opts.Remote.Set(ctx, p.l2Key(ck.user, ck.kind), b, p.ttl(ck.kind))
@@ -360,16 +388,43 @@ func decode(k kind, b []byte) (*entry, error) {
 	return &e, json.Unmarshal(b, &e.positions)
 }
 
-// dropLocal makes userID's L1 entries unreachable (new generation) and removes them.
-func (p *Portfolio) dropLocal(user uuid.UUID) {
+// dropLocal makes userID's stale L1 entries unreachable (new generations) and removes them.
+func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views) {
 	s := p.stripeOf(user)
 	s.mu.Lock()
 	old := s.gens[user]
-	s.gens[user] = old + 1
+	next := old
+	for k := range kinds {
+		if stale&k.view() != 0 {
+			next[k]++
+		}
+	}
+	s.gens[user] = next
 	s.mu.Unlock()
 	ep := p.epoch.Load()
-	p.l1.Invalidate(key{user: user, epoch: ep, gen: old, kind: kindPositions})
-	p.l1.Invalidate(key{user: user, epoch: ep, gen: old, kind: kindSummary})
+	for k := range kinds {
+		if stale&k.view() != 0 {
+			p.l1.Invalidate(key{user: user, epoch: ep, gen: old[k], kind: k})
+		}
+	}
+}
+
+// refresh reloads userID's stale views in the background after an invalidation (see the
+// package comment). A reload that a reader already started is joined, not repeated.
+func (p *Portfolio) refresh(user uuid.UUID, stale trading.Views) {
+	if p.opts.NoRefresh {
+		return
+	}
+	p.refreshes.Add(1)
+	go func() {
+		defer p.refreshes.Done()
+		ctx := context.WithValue(context.Background(), refreshing{}, true)
+		for k := range kinds {
+			if stale&k.view() != 0 {
+				_, _ = p.get(ctx, user, k) // an error leaves the key empty: the next read loads it
+			}
+		}
+	}()
 }
 
 // flushAll empties L1: called on every (re)subscription, because invalidations published
@@ -406,19 +461,23 @@ func (p *Portfolio) replayPending() {
 func (p *Portfolio) replay() {
 	defer p.replaying.Store(false)
 	p.pendingMu.Lock()
-	users := make([]uuid.UUID, 0, len(p.pending))
-	for u := range p.pending {
-		users = append(users, u)
+	users := make(map[uuid.UUID]trading.Views, len(p.pending))
+	for u, v := range p.pending {
+		users[u] = v
 	}
 	p.pendingMu.Unlock()
 	sent := 0
-	for _, u := range users {
-		if err := p.invalidateRemote(context.Background(), u); err != nil {
+	for u, v := range users {
+		if err := p.invalidateRemote(context.Background(), u, v); err != nil {
 			continue
 		}
 		sent++
 		p.pendingMu.Lock()
-		delete(p.pending, u)
+		if p.pending[u] == v { // else a newer failure added views: keep them for the next replay
+			delete(p.pending, u)
+		} else {
+			p.pending[u] &^= v
+		}
 		p.pendingMu.Unlock()
 	}
 	if sent > 0 {
@@ -434,23 +493,29 @@ func (p *Portfolio) PendingInvalidations() int {
 	return len(p.pending)
 }
 
-func (p *Portfolio) remember(u uuid.UUID) {
+func (p *Portfolio) remember(u uuid.UUID, stale trading.Views) {
 	p.pendingMu.Lock()
-	p.pending[u] = struct{}{}
+	p.pending[u] |= stale
 	p.pendingMu.Unlock()
 }
 
-// InvalidateUser drops userID's cached positions and summary here, in L2 and in every other
-// replica's L1 before it returns. It never fails the caller (the trade is already
-// committed): when Redis cannot be reached it logs, remembers the user for a replay on
-// reconnection, and returns nil; the TTL bounds what another replica may still serve.
-func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID) error {
-	p.dropLocal(userID)
+// InvalidateUser drops userID's stale cached views here, in L2 and in every other replica's
+// L1 before it returns, then reloads them in the background. It never fails the caller (the
+// change is already committed): when Redis cannot be reached it logs, remembers the user for
+// a replay on reconnection, and returns nil; the TTL bounds what another replica may still
+// serve.
+func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
+	stale &= trading.AllViews
+	if stale == 0 {
+		return nil
+	}
+	p.dropLocal(userID, stale)
+	defer p.refresh(userID, stale)
 	if p.opts.Remote == nil {
 		return nil
 	}
-	if err := p.invalidateRemote(ctx, userID); err != nil {
-		p.remember(userID)
+	if err := p.invalidateRemote(ctx, userID, stale); err != nil {
+		p.remember(userID, stale)
 		p.log.Warn("cache invalidation did not reach every replica; the TTL bounds staleness there",
 			"user_id", userID.String(), "err", err.Error())
 		return nil
@@ -461,13 +526,18 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID) error 
 	return nil
 }
 
-func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID) error {
+func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
 	r := p.opts.Remote
-	keys := []string{p.l2Key(userID, kindPositions), p.l2Key(userID, kindSummary)}
+	keys := make([]string, 0, kinds)
+	for k := range kinds {
+		if stale&k.view() != 0 {
+			keys = append(keys, p.l2Key(userID, k))
+		}
+	}
 	if err := r.Delete(ctx, keys...); err != nil {
 		return err
 	}
-	if err := r.PublishInvalidation(ctx, userID); err != nil {
+	if err := r.PublishInvalidation(ctx, userID, stale); err != nil {
 		return err
 	}
 	// Another replica's load may have written L2 between the first delete and its

@@ -122,7 +122,15 @@ func quantity(t *testing.T, p trading.PortfolioService, user uuid.UUID) string {
 	return v[0].Quantity.String()
 }
 
+// replica is one tradingd's cache. Its background refresh is off: the tests count database
+// loads and hold them at a gate, which a refresh would race; refreshingReplica has it on.
 func replica(t testing.TB, w *world, url, prefix string, o cache.Options) *cache.Portfolio {
+	t.Helper()
+	o.NoRefresh = true
+	return refreshingReplica(t, w, url, prefix, o)
+}
+
+func refreshingReplica(t testing.TB, w *world, url, prefix string, o cache.Options) *cache.Portfolio {
 	t.Helper()
 	if url != "" {
 		rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
@@ -141,10 +149,10 @@ func replica(t testing.TB, w *world, url, prefix string, o cache.Options) *cache
 // process): InvalidateUser on another replica must still wait for it.
 type slowSubscriber struct{ cache.Remote }
 
-func (s slowSubscriber) SubscribeInvalidations(onSubscribe func(), onInvalidate func(uuid.UUID)) func() {
-	return s.Remote.SubscribeInvalidations(onSubscribe, func(u uuid.UUID) {
+func (s slowSubscriber) SubscribeInvalidations(onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views)) func() {
+	return s.Remote.SubscribeInvalidations(onSubscribe, func(u uuid.UUID, v trading.Views) {
 		time.Sleep(30 * time.Millisecond)
-		onInvalidate(u)
+		onInvalidate(u, v)
 	})
 }
 
@@ -404,4 +412,84 @@ func TestHungRedisDoesNotFailReads(t *testing.T) {
 	redistest.Eventually(t, 10*time.Second, "degraded", p.Degraded)
 	srv.Resume()
 	redistest.Eventually(t, 10*time.Second, "recovered", func() bool { return !p.Degraded() })
+}
+
+// A submission changes the requester's summary (pending_orders) but not their positions:
+// every replica's summary is fresh after it, and the positions stay cached (no load).
+func TestSubmissionInvalidatesOnlyTheSummary(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	a := replica(t, w, url, prefix, cache.Options{})
+	b := replica(t, w, url, prefix, cache.Options{})
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	for _, p := range []*cache.Portfolio{a, b} {
+		_ = quantity(t, p, user)
+		if _, err := p.Summary(context.Background(), user); err != nil {
+			t.Fatal(err)
+		}
+	}
+	positionLoads := w.portfolio.positionLoads.Load()
+
+	orders := postgres.NewOrderService(w.db, postgres.OrderServiceConfig{Invalidator: a})
+	if _, _, err := orders.CreateOrder(trading.NewContextWithPrincipal(context.Background(), w.trader), trading.NewOrder{
+		Symbol: "ETH/USD", Side: trading.Buy, Quantity: decimal.RequireFromString("1"), Price: decimal.RequireFromString("10"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range map[string]*cache.Portfolio{"A": a, "B": b} {
+		s, err := p.Summary(context.Background(), user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.PendingOrders != 1 {
+			t.Fatalf("%s's summary shows %d pending orders after the submission, want 1 (stale)", name, s.PendingOrders)
+		}
+		if q := quantity(t, p, user); q != "1" {
+			t.Fatalf("%s reads quantity %s, want 1", name, q)
+		}
+	}
+	if got := w.portfolio.positionLoads.Load(); got != positionLoads {
+		t.Fatalf("the submission cost %d position loads, want 0: positions did not change", got-positionLoads)
+	}
+}
+
+// After an approve, the replica that handled it reloads the requester's views in the
+// background, so that the next read on another replica is an L2 hit, fresh, with no load
+// of its own.
+func TestRefreshAfterApproveFillsL2(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	a := refreshingReplica(t, w, url, prefix, cache.Options{})
+	obs := &counts{}
+	b := replica(t, w, url, prefix, cache.Options{Observer: obs})
+	user := w.trader.UserID
+	w.trade(t, b, "1")       // through B: no refresh of A's running yet
+	_ = quantity(t, b, user) // B has quantity 1 in L1
+
+	positions, summaries := w.portfolio.positionLoads.Load(), w.portfolio.summaryLoads.Load()
+	w.trade(t, a, "2")
+	// The refresh is done when its value is in L2 (the default KeyPrefix "cache:").
+	rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	redistest.Eventually(t, 5*time.Second, "A's refresh of positions and summary in L2", func() bool {
+		_, okP, _ := rc.Get(context.Background(), "cache:positions:"+user.String())
+		_, okS, _ := rc.Get(context.Background(), "cache:summary:"+user.String())
+		return okP && okS
+	})
+	if got := w.portfolio.summaryLoads.Load(); got < summaries+1 {
+		t.Fatalf("%d summary loads after the approve, want A's refresh", got-summaries)
+	}
+	if q := quantity(t, b, user); q != "3" {
+		t.Fatalf("B reads %s after the approve, want 3", q)
+	}
+	if got := w.portfolio.positionLoads.Load(); got != positions+1 {
+		t.Fatalf("%d position loads, want 1 (A's refresh): B did not find the refreshed value in L2", got-positions)
+	}
+	if obs.get("hit:l2:positions") != 1 {
+		t.Fatalf("B's L2 position hits: %d, want 1", obs.get("hit:l2:positions"))
+	}
 }

@@ -157,12 +157,14 @@ func TestPositionsAndSummary(t *testing.T) {
 type recordingInvalidator struct {
 	mu    sync.Mutex
 	users []uuid.UUID
+	views []trading.Views
 }
 
-func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID) error {
+func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID, stale trading.Views) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.users = append(r.users, id)
+	r.views = append(r.views, stale)
 	return nil
 }
 
@@ -190,6 +192,12 @@ func TestApproveInvalidatesRequester(t *testing.T) {
 	calls := inv.calls()
 	if len(calls) != 1 || calls[0].String() != traderID {
 		t.Fatalf("invalidations %v, want exactly the requester %s once", calls, traderID)
+	}
+	inv.mu.Lock()
+	views := inv.views[0]
+	inv.mu.Unlock()
+	if views != trading.AllViews {
+		t.Fatalf("the approve invalidated views %b, want positions and summary (%b)", views, trading.AllViews)
 	}
 	// A refused approve invalidates nothing.
 	e.do("POST", "/api/orders/"+o.ID+"/approve", risk, nil).problem(409)

@@ -135,7 +135,7 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 	if err != nil {
 		return nil, false, s.db.mapError(err)
 	}
-	s.invalidate(ctx, p.UserID) // the summary's pending_orders changed
+	s.invalidate(ctx, p.UserID, trading.ViewSummary) // pending_orders changed, positions did not
 	return o, true, nil
 }
 
@@ -435,7 +435,7 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	if err != nil {
 		return nil, nil, err
 	}
-	s.invalidate(ctx, order.RequestedBy)
+	s.invalidate(ctx, order.RequestedBy, trading.AllViews) // a trade moved a position
 	return order, trade, nil
 }
 
@@ -452,14 +452,14 @@ func lockPosition(ctx context.Context, tx pgx.Tx, userID uuid.UUID, symbol strin
 	return pos, err
 }
 
-func (s *OrderService) invalidate(ctx context.Context, userID uuid.UUID) {
+func (s *OrderService) invalidate(ctx context.Context, userID uuid.UUID, stale trading.Views) {
 	if s.cfg.Invalidator == nil {
 		return
 	}
 	// The approval is committed: a client that hung up must not leave the cache stale.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.db.timeout)
 	defer cancel()
-	if err := s.cfg.Invalidator.InvalidateUser(ctx, userID); err != nil {
+	if err := s.cfg.Invalidator.InvalidateUser(ctx, userID, stale); err != nil {
 		s.log.ErrorContext(ctx, "cache invalidation after an order change failed; cached views may be stale until they expire",
 			"user_id", userID, "error", err)
 	}
@@ -484,7 +484,7 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 		return err
 	})
 	if err == nil {
-		s.invalidate(ctx, order.RequestedBy) // the requester's pending_orders changed
+		s.invalidate(ctx, order.RequestedBy, trading.ViewSummary) // the requester's pending_orders changed
 	}
 	return order, err
 }

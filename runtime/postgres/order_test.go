@@ -180,12 +180,14 @@ func TestRejectThenApprove(t *testing.T) {
 type recordingInvalidator struct {
 	mu    sync.Mutex
 	users []uuid.UUID
+	views []trading.Views
 }
 
-func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID) error {
+func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID, stale trading.Views) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.users = append(r.users, id)
+	r.views = append(r.views, stale)
 	return nil
 }
 
@@ -194,10 +196,10 @@ func TestConcurrentApprovalsExactlyOnce(t *testing.T) {
 	inv := &recordingInvalidator{}
 	e := newEnv(t, postgres.OrderServiceConfig{Invalidator: inv})
 	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
-	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID {
-		t.Fatalf("creating the order invalidated %v, want the requester once (pending_orders)", inv.users)
+	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID || inv.views[0] != trading.ViewSummary {
+		t.Fatalf("creating the order invalidated %v %v, want the requester's summary once (pending_orders; positions unchanged)", inv.users, inv.views)
 	}
-	inv.users = nil
+	inv.users, inv.views = nil, nil
 
 	const n = 12
 	var wg sync.WaitGroup
@@ -232,8 +234,8 @@ func TestConcurrentApprovalsExactlyOnce(t *testing.T) {
 		t.Fatalf("positions = %v, %v", views, err)
 	}
 	eq(t, "position quantity", views[0].Quantity.Decimal, "2")
-	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID {
-		t.Errorf("the approvals invalidated %v, want exactly the requester once", inv.users)
+	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID || inv.views[0] != trading.AllViews {
+		t.Errorf("the approvals invalidated %v %v, want exactly the requester's positions and summary once", inv.users, inv.views)
 	}
 }
 
@@ -454,7 +456,7 @@ func TestRecoversAfterConnectionsAreKilled(t *testing.T) {
 
 type failingInvalidator struct{ calls atomic.Int32 }
 
-func (f *failingInvalidator) InvalidateUser(context.Context, uuid.UUID) error {
+func (f *failingInvalidator) InvalidateUser(context.Context, uuid.UUID, trading.Views) error {
 	f.calls.Add(1)
 	return errors.New("redis is down")
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/uuid"
 	goredis "github.com/redis/go-redis/v9"
+
+	trading "github.com/findmy/trading-operator/runtime"
 )
 
 // Cache invalidation between replicas.
@@ -24,6 +26,12 @@ import (
 // (reconnecting) is not counted; it flushes its whole L1 when it subscribes again (the
 // onSubscribe callback), so a lost message costs at most a cold L1, never a stale read past
 // the reconnect.
+//
+// The message is "<ack key> <user id>". The views it invalidates are the ack key's suffix
+// after its last dot (".1" positions, ".2" summary, ".3" both): a replica of an older
+// version that does not know views reads the user id as before, drops everything (more
+// than needed, never less) and acknowledges on the same key, so a rolling upgrade mixes
+// versions safely. A key without the suffix means every view.
 
 const channelName = "cache-invalidate"
 
@@ -31,12 +39,12 @@ const channelName = "cache-invalidate"
 var AckTimeout = time.Second
 
 // PublishInvalidation tells every subscribed replica (this one included) that userID's
-// cached views are stale and returns once all of them have dropped their L1 entries, or
+// stale views are stale and returns once all of them have dropped those L1 entries, or
 // with an error when Redis failed or some replica did not acknowledge within AckTimeout.
-func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID) error {
+func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
 	nonce := make([]byte, 12)
 	_, _ = rand.Read(nonce)
-	ackKey := c.opts.Prefix + "inv-ack:" + hex.EncodeToString(nonce)
+	ackKey := c.opts.Prefix + "inv-ack:" + hex.EncodeToString(nonce) + "." + strconv.Itoa(int(stale))
 	msg := ackKey + " " + userID.String()
 
 	pctx, cancel := c.opCtx(ctx)
@@ -76,7 +84,7 @@ func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID) erro
 // caller flushes its L1 there, because messages sent while it was not subscribed are lost.
 // onInvalidate runs for every invalidation (also the ones this replica published); the
 // acknowledgement is sent after it returns.
-func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID)) (stop func()) {
+func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views)) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.done.Add(1)
 	go func() {
@@ -107,7 +115,7 @@ func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(us
 }
 
 // subscribeOnce holds one subscription connection until it fails.
-func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvalidate func(uuid.UUID)) error {
+func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views)) error {
 	ps := c.rdb.Subscribe(ctx, c.opts.Prefix+channelName)
 	defer ps.Close()
 	// A blocked read does not watch ctx: closing the connection ends it at once.
@@ -152,7 +160,7 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 			if !ok || err != nil {
 				continue
 			}
-			onInvalidate(id)
+			onInvalidate(id, viewsOf(ackKey))
 			actx, cancel := c.opCtx(context.WithoutCancel(ctx))
 			pipe := c.rdb.TxPipeline()
 			pipe.RPush(actx, ackKey, "1")
@@ -162,4 +170,18 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 			c.ReportError(err)
 		}
 	}
+}
+
+// viewsOf reads the views an invalidation names from its ack key's suffix (see the top of
+// this file); anything else means every view.
+func viewsOf(ackKey string) trading.Views {
+	dot := strings.LastIndexByte(ackKey, '.')
+	if dot < 0 || strings.LastIndexByte(ackKey, ':') > dot {
+		return trading.AllViews
+	}
+	v, err := strconv.Atoi(ackKey[dot+1:])
+	if err != nil || v <= 0 || trading.Views(v)&^trading.AllViews != 0 {
+		return trading.AllViews
+	}
+	return trading.Views(v)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	trading "github.com/findmy/trading-operator/runtime"
 	"github.com/findmy/trading-operator/runtime/redis"
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
@@ -63,39 +64,42 @@ func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
 
 	var subsA, subsB atomic.Int32
 	var mu sync.Mutex
-	seenB := map[uuid.UUID]bool{}
-	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID) {})
+	seenB := map[uuid.UUID]trading.Views{}
+	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views) {})
 	defer stopA()
-	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(u uuid.UUID) {
+	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(u uuid.UUID, v trading.Views) {
 		time.Sleep(20 * time.Millisecond) // a slow handler: the publisher must wait for it
 		mu.Lock()
-		seenB[u] = true
+		seenB[u] = v
 		mu.Unlock()
 	})
 	defer stopB()
 	redistest.Eventually(t, 5*time.Second, "both subscriptions", func() bool { return subsA.Load() >= 1 && subsB.Load() >= 1 })
 
 	user := uuid.New()
-	if err := a.PublishInvalidation(context.Background(), user); err != nil {
+	if err := a.PublishInvalidation(context.Background(), user, trading.ViewSummary); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
 	got := seenB[user]
 	mu.Unlock()
-	if !got {
+	if got == 0 {
 		t.Fatal("PublishInvalidation returned before the other replica handled the message")
+	}
+	if got != trading.ViewSummary {
+		t.Fatalf("the other replica was told views %b, want the summary only (%b)", got, trading.ViewSummary)
 	}
 
 	before := subsB.Load()
 	srv.Stop()
 	redistest.Eventually(t, 5*time.Second, "degraded health", func() bool { return !a.Healthy() && !b.Healthy() })
-	if err := a.PublishInvalidation(context.Background(), user); err == nil {
+	if err := a.PublishInvalidation(context.Background(), user, trading.AllViews); err == nil {
 		t.Fatal("publishing with Redis down reported success")
 	}
 	srv.Restart()
 	redistest.Eventually(t, 10*time.Second, "recovery", func() bool { return a.Healthy() && b.Healthy() })
 	redistest.Eventually(t, 10*time.Second, "resubscription", func() bool { return subsB.Load() > before })
-	if err := a.PublishInvalidation(context.Background(), uuid.New()); err != nil {
+	if err := a.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews); err != nil {
 		t.Fatalf("publish after recovery: %v", err)
 	}
 }
