@@ -64,7 +64,7 @@ func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stal
 		}
 		bctx, cancel := context.WithTimeout(ctx, left+50*time.Millisecond)
 		// BLPOP with a fractional timeout (Redis >= 6); go-redis' BLPop rounds to seconds.
-		res, err := c.rdb.Do(bctx, "BLPOP", ackKey, strconv.FormatFloat(left.Seconds(), 'f', 3, 64)).Result()
+		res, err := c.acks.Do(bctx, "BLPOP", ackKey, strconv.FormatFloat(left.Seconds(), 'f', 3, 64)).Result()
 		cancel()
 		if errors.Is(err, goredis.Nil) {
 			continue // timed out server side; the loop checks the deadline
@@ -161,8 +161,10 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 				continue
 			}
 			onInvalidate(id, viewsOf(ackKey))
-			actx, cancel := c.opCtx(context.WithoutCancel(ctx))
-			pipe := c.rdb.TxPipeline()
+			// The publisher waits up to AckTimeout; so may the acknowledgement (a busy
+			// machine), rather than give up after OpTimeout and make the publisher wait anyway.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), AckTimeout)
+			pipe := c.acks.TxPipeline()
 			pipe.RPush(actx, ackKey, "1")
 			pipe.Expire(actx, ackKey, 10*time.Second)
 			_, err = pipe.Exec(actx)

@@ -51,6 +51,12 @@ type Options struct {
 // Client is a Redis connection with health tracking. It is safe for concurrent use.
 type Client struct {
 	rdb  *goredis.Client
+	// acks carries the acknowledged invalidations (PUBLISH's wait in BLPOP, the
+	// subscribers' acknowledgements) on a pool of its own: a wait holds its connection
+	// until every replica answered, and under load such waits must neither starve the
+	// cache and the limiter of connections nor wait behind them (which made a busy
+	// replica's acknowledgement miss its deadline: a stale read elsewhere).
+	acks *goredis.Client
 	opts Options
 
 	healthy atomic.Bool
@@ -99,6 +105,10 @@ func OpenWith(url string, o Options) (*Client, error) {
 	ro.ContextTimeoutEnabled = true
 	ro.DisableIdentity = true
 	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{})}
+	ackOpts := *ro
+	ackOpts.PoolSize = ackPoolSize // dialled on demand: an idle replica holds none
+	ackOpts.PoolTimeout = AckTimeout
+	c.acks = goredis.NewClient(&ackOpts)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*o.OpTimeout+ro.DialTimeout)
 	err = c.rdb.Ping(ctx).Err()
@@ -140,7 +150,7 @@ func (c *Client) Close() error {
 	c.once.Do(func() {
 		close(c.stop)
 		c.done.Wait()
-		err = c.rdb.Close()
+		err = errors.Join(c.rdb.Close(), c.acks.Close())
 	})
 	return err
 }
@@ -176,8 +186,10 @@ func (c *Client) ReportError(err error) {
 	if !IsUnavailable(err) {
 		return
 	}
+	// A timeout, or no free connection in our own pool (a busy process, not a sign that
+	// Redis is down), only starts a probe.
 	var nerr net.Error
-	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &nerr) && nerr.Timeout()) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, goredis.ErrPoolTimeout) || (errors.As(err, &nerr) && nerr.Timeout()) {
 		if c.probing.CompareAndSwap(false, true) {
 			go func() {
 				defer c.probing.Store(false)
@@ -191,6 +203,9 @@ func (c *Client) ReportError(err error) {
 	}
 	c.setHealthy(false, err)
 }
+
+// ackPoolSize bounds the connections of concurrent invalidation waits (one each).
+const ackPoolSize = 256
 
 // probeTimeout bounds the pings that decide health: generous, unlike OpTimeout, because
 // they are off the request path.
