@@ -5,13 +5,16 @@
 //
 // Consistency. A submission, an approval and a rejection call InvalidateUser with the views
 // they made stale (the summary; after an approval the positions too) before they return.
-// InvalidateUser bumps the user's generation of each stale view (part of every L1 key, so a
-// load that started earlier can only fill an entry nobody reads any more), deletes those L1
-// and L2 entries and publishes the invalidation; Remote.PublishInvalidation returns once every subscribed replica has dropped
-// its L1 entries (acknowledged pub/sub), and the L2 keys are deleted once more afterwards to
-// remove a value that a slow loader on another replica wrote in between. So a read on any
-// replica after InvalidateUser returned is fresh. Pub/sub is at most once: a replica flushes
-// its whole L1 on every (re)subscription, and an invalidation that could not reach Redis is
+// InvalidateUser first bumps each stale view's version in Redis (L2 values carry the version
+// they were loaded under and a reader accepts only the current one, so a slow loader's late
+// write of an older value is never served), then the user's local generation of the view
+// (part of every L1 key, so a load that started earlier can only fill an entry nobody reads
+// any more), then publishes the invalidation; Remote.PublishInvalidation returns once every
+// subscribed replica has bumped its generations (acknowledged pub/sub). So a read on any
+// replica after InvalidateUser returned is fresh: its L1 key is new, and its load reads the
+// Redis version (bumped after the change committed) before L2 or the database. In that
+// order, no load can pair a new generation with an old version. Pub/sub is at most once: a
+// replica flushes its whole L1 on every (re)subscription, and an invalidation that could not reach Redis is
 // remembered and replayed when Redis is back. What remains is bounded by the TTLs
 // (positions 30s, summary 10s): while Redis is down, another replica may serve an L1 entry
 // cached before the trade until it expires.
@@ -53,6 +56,7 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,12 +71,13 @@ import (
 // (runtime/redis) implements it. Every method must bound its own time (a short timeout)
 // and return at once while the remote is known to be down.
 type Remote interface {
-	// Get returns the value stored under key; ok is false when there is none.
-	Get(ctx context.Context, key string) (val []byte, ok bool, err error)
-	// Set stores val under key for ttl.
-	Set(ctx context.Context, key string, val []byte, ttl time.Duration) error
-	// Delete removes keys.
-	Delete(ctx context.Context, keys ...string) error
+	// GetVersioned returns the version under versionKey and the value under key when it
+	// was stored for that version (ok), in one round trip.
+	GetVersioned(ctx context.Context, versionKey, key string) (version int64, val []byte, ok bool, err error)
+	// SetVersioned stores val under key for version, for ttl.
+	SetVersioned(ctx context.Context, key string, version int64, val []byte, ttl time.Duration) error
+	// Bump increments the versions under versionKeys.
+	Bump(ctx context.Context, versionKeys ...string) error
 	// PublishInvalidation tells every subscribed replica that userID's stale views are stale
 	// and returns once they have all handled it (onInvalidate returned), or with an error.
 	PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error
@@ -152,7 +157,7 @@ type entry struct {
 const stripes = 64
 
 type stripe struct {
-	// mu excludes bumping a generation while a load writes L2 for the old one (see setL2).
+	// mu guards gens: the generation of each view of each user in this stripe.
 	mu   sync.RWMutex
 	gens map[uuid.UUID][kinds]uint64
 }
@@ -266,6 +271,12 @@ func (p *Portfolio) l2Key(user uuid.UUID, k kind) string {
 	return p.opts.KeyPrefix + k.String() + ":" + user.String()
 }
 
+// versionKey names the Redis version counter of a user's view; outside KeyPrefix so that
+// the L2 statistics count values only.
+func (p *Portfolio) versionKey(user uuid.UUID, k kind) string {
+	return strings.TrimSuffix(p.opts.KeyPrefix, ":") + "-version:" + k.String() + ":" + user.String()
+}
+
 // FindTrades is not cached: it is paginated and read far less than positions.
 func (p *Portfolio) FindTrades(ctx context.Context, f trading.TradeFilter) ([]*trading.Trade, string, error) {
 	return p.next.FindTrades(ctx, f)
@@ -323,12 +334,17 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 	defer cancel()
 
 	r := p.opts.Remote
-	useL2 := r != nil && r.Healthy()
-	if useL2 {
-		if b, ok, err := r.Get(ctx, p.l2Key(ck.user, ck.kind)); err == nil && ok {
-			if e, err := decode(ck.kind, b); err == nil {
-				p.observe(ctx, true, "l2", ck.kind)
-				return e, nil
+	var version int64
+	haveVersion := false // known before the database read: the version to store the value under
+	if r != nil && r.Healthy() {
+		v, b, ok, err := r.GetVersioned(ctx, p.versionKey(ck.user, ck.kind), p.l2Key(ck.user, ck.kind))
+		if err == nil {
+			version, haveVersion = v, true
+			if ok {
+				if e, err := decode(ck.kind, b); err == nil {
+					p.observe(ctx, true, "l2", ck.kind)
+					return e, nil
+				}
 			}
 		}
 		p.observe(ctx, false, "l2", ck.kind)
@@ -347,28 +363,14 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	if useL2 {
-		p.setL2(ctx, ck, &e)
+	if haveVersion {
+		// Stored under the version read before the database: if a change came in between,
+		// the version has moved on and no reader will take this value.
+		if b, err := encode(&e); err == nil {
+			_ = r.SetVersioned(ctx, p.l2Key(ck.user, ck.kind), version, b, p.ttl(ck.kind))
+		}
 	}
 	return &e, nil
-}
-
-// setL2 writes a loaded value to L2 unless the user was invalidated since the load began.
-// The stripe's read lock is held across the check and the write, and an invalidation takes
-// the write lock to bump the generation, so either the write lands before the bump (and the
-// publisher's second delete removes it) or it is skipped.
-func (p *Portfolio) setL2(ctx context.Context, ck key, e *entry) {
-	b, err := encode(e)
-	if err != nil {
-		return
-	}
-	s := p.stripeOf(ck.user)
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.gens[ck.user][ck.kind] != ck.gen || p.epoch.Load() != ck.epoch {
-		return
-	}
-	_ = p.opts.Remote.Set(ctx, p.l2Key(ck.user, ck.kind), b, p.ttl(ck.kind))
 }
 
 func encode(e *entry) ([]byte, error) {
@@ -509,9 +511,9 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale 
 	if stale == 0 {
 		return nil
 	}
-	p.dropLocal(userID, stale)
 	defer p.refresh(userID, stale)
 	if p.opts.Remote == nil {
+		p.dropLocal(userID, stale)
 		return nil
 	}
 	if err := p.invalidateRemote(ctx, userID, stale); err != nil {
@@ -526,23 +528,23 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale 
 	return nil
 }
 
+// invalidateRemote bumps the versions in Redis, then the local generations, then tells the
+// other replicas (the order matters: see the package comment). The local generations are
+// bumped whatever happens to Redis.
 func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
 	r := p.opts.Remote
 	keys := make([]string, 0, kinds)
 	for k := range kinds {
 		if stale&k.view() != 0 {
-			keys = append(keys, p.l2Key(userID, k))
+			keys = append(keys, p.versionKey(userID, k))
 		}
 	}
-	if err := r.Delete(ctx, keys...); err != nil {
+	err := r.Bump(ctx, keys...)
+	p.dropLocal(userID, stale)
+	if err != nil {
 		return err
 	}
-	if err := r.PublishInvalidation(ctx, userID, stale); err != nil {
-		return err
-	}
-	// Another replica's load may have written L2 between the first delete and its
-	// acknowledgement (see setL2); after the acknowledgements no such write can follow.
-	return r.Delete(ctx, keys...)
+	return r.PublishInvalidation(ctx, userID, stale)
 }
 
 // Degraded reports whether the L2 is configured but not answering.

@@ -50,7 +50,7 @@ type Options struct {
 
 // Client is a Redis connection with health tracking. It is safe for concurrent use.
 type Client struct {
-	rdb  *goredis.Client
+	rdb *goredis.Client
 	// acks carries the acknowledged invalidations (PUBLISH's wait in BLPOP, the
 	// subscribers' acknowledgements) on a pool of its own: a wait holds its connection
 	// until every replica answered, and under load such waits must neither starve the

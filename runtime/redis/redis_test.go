@@ -137,3 +137,30 @@ func TestDegradedOperationsFailFast(t *testing.T) {
 		t.Fatalf("health transitions = %v, want [false ... true]", changes)
 	}
 }
+
+// A value is served only for the version it was stored under: after a bump, a value
+// written late for the old version (a slow loader) is not found.
+func TestVersionedValues(t *testing.T) {
+	c := open(t, redistest.SharedURL(t), redistest.Prefix(t))
+	ctx := context.Background()
+	v, _, ok, err := c.GetVersioned(ctx, "ver", "val")
+	if err != nil || ok || v != 0 {
+		t.Fatalf("empty: version %d, ok %v, err %v", v, ok, err)
+	}
+	if err := c.SetVersioned(ctx, "val", v, []byte(`{"q":"1"}`), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, ok, err := c.GetVersioned(ctx, "ver", "val"); err != nil || !ok || string(b) != `{"q":"1"}` {
+		t.Fatalf("stored for the current version: %q, %v, %v", b, ok, err)
+	}
+	if err := c.Bump(ctx, "ver"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetVersioned(ctx, "val", v, []byte(`{"q":"old"}`), time.Minute); err != nil { // the late write
+		t.Fatal(err)
+	}
+	v2, b, ok, err := c.GetVersioned(ctx, "ver", "val")
+	if err != nil || ok || v2 != v+1 {
+		t.Fatalf("after a bump: version %d (want %d), served %q (%v), err %v", v2, v+1, b, ok, err)
+	}
+}
