@@ -228,7 +228,7 @@ func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
 	})
 	p.stop = func() {}
 	if o.Remote != nil {
-		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, p.dropLocal)
+		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func(u uuid.UUID, v trading.Views) { p.dropLocal(u, v) })
 	}
 	return p
 }
@@ -391,7 +391,8 @@ func decode(k kind, b []byte) (*entry, error) {
 }
 
 // dropLocal makes userID's stale L1 entries unreachable (new generations) and removes them.
-func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views) {
+// It returns the views that had an entry: someone read them within their TTL.
+func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views) (cached trading.Views) {
 	s := p.stripeOf(user)
 	s.mu.Lock()
 	old := s.gens[user]
@@ -406,15 +407,19 @@ func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views) {
 	ep := p.epoch.Load()
 	for k := range kinds {
 		if stale&k.view() != 0 {
-			p.l1.Invalidate(key{user: user, epoch: ep, gen: old[k], kind: k})
+			if _, had := p.l1.Invalidate(key{user: user, epoch: ep, gen: old[k], kind: k}); had {
+				cached |= k.view()
+			}
 		}
 	}
+	return cached
 }
 
-// refresh reloads userID's stale views in the background after an invalidation (see the
-// package comment). A reload that a reader already started is joined, not repeated.
+// refresh reloads userID's views in the background after an invalidation (see the package
+// comment): those that were cached here, i.e. that the trader is reading; a burst of orders
+// nobody looks at costs no reloads. A reload that a reader already started is joined.
 func (p *Portfolio) refresh(user uuid.UUID, stale trading.Views) {
-	if p.opts.NoRefresh {
+	if p.opts.NoRefresh || stale == 0 {
 		return
 	}
 	p.refreshes.Add(1)
@@ -470,7 +475,7 @@ func (p *Portfolio) replay() {
 	p.pendingMu.Unlock()
 	sent := 0
 	for u, v := range users {
-		if err := p.invalidateRemote(context.Background(), u, v); err != nil {
+		if _, err := p.invalidateRemote(context.Background(), u, v); err != nil {
 			continue
 		}
 		sent++
@@ -511,12 +516,13 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale 
 	if stale == 0 {
 		return nil
 	}
-	defer p.refresh(userID, stale)
 	if p.opts.Remote == nil {
-		p.dropLocal(userID, stale)
+		p.refresh(userID, p.dropLocal(userID, stale))
 		return nil
 	}
-	if err := p.invalidateRemote(ctx, userID, stale); err != nil {
+	cached, err := p.invalidateRemote(ctx, userID, stale)
+	p.refresh(userID, cached)
+	if err != nil {
 		p.remember(userID, stale)
 		p.log.Warn("cache invalidation did not reach every replica; the TTL bounds staleness there",
 			"user_id", userID.String(), "err", err.Error())
@@ -531,7 +537,7 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale 
 // invalidateRemote bumps the versions in Redis, then the local generations, then tells the
 // other replicas (the order matters: see the package comment). The local generations are
 // bumped whatever happens to Redis.
-func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
+func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stale trading.Views) (cached trading.Views, err error) {
 	r := p.opts.Remote
 	keys := make([]string, 0, kinds)
 	for k := range kinds {
@@ -539,12 +545,12 @@ func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stal
 			keys = append(keys, p.versionKey(userID, k))
 		}
 	}
-	err := r.Bump(ctx, keys...)
-	p.dropLocal(userID, stale)
+	err = r.Bump(ctx, keys...)
+	cached = p.dropLocal(userID, stale)
 	if err != nil {
-		return err
+		return cached, err
 	}
-	return r.PublishInvalidation(ctx, userID, stale)
+	return cached, r.PublishInvalidation(ctx, userID, stale)
 }
 
 // Degraded reports whether the L2 is configured but not answering.

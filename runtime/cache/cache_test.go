@@ -466,6 +466,10 @@ func TestRefreshAfterApproveFillsL2(t *testing.T) {
 	user := w.trader.UserID
 	w.trade(t, b, "1")       // through B: no refresh of A's running yet
 	_ = quantity(t, b, user) // B has quantity 1 in L1
+	_ = quantity(t, a, user) // the trader reads on A too: A refreshes what it had cached
+	if _, err := a.Summary(context.Background(), user); err != nil {
+		t.Fatal(err)
+	}
 
 	positions, summaries := w.portfolio.positionLoads.Load(), w.portfolio.summaryLoads.Load()
 	w.trade(t, a, "2")
@@ -491,5 +495,19 @@ func TestRefreshAfterApproveFillsL2(t *testing.T) {
 	}
 	if obs.get("hit:l2:positions") != 1 {
 		t.Fatalf("B's L2 position hits: %d, want 1", obs.get("hit:l2:positions"))
+	}
+}
+
+// A replica refreshes only the views it had cached: a burst of orders that nobody reads
+// costs no database loads beyond the orders themselves.
+func TestNoRefreshOfViewsNobodyReads(t *testing.T) {
+	w := newWorld(t)
+	a := refreshingReplica(t, w, redistest.SharedURL(t), redistest.Prefix(t), cache.Options{})
+	for _, q := range []string{"1", "2", "3"} {
+		w.trade(t, a, q)
+	}
+	a.Close() // waits for the background reloads
+	if p, s := w.portfolio.positionLoads.Load(), w.portfolio.summaryLoads.Load(); p != 0 || s != 0 {
+		t.Fatalf("%d position and %d summary loads for views nobody read, want 0", p, s)
 	}
 }
