@@ -39,7 +39,16 @@ var (
 	binary   = flag.String("tradingd", "bin/tradingd", "the tradingd binary")
 	levels   = flag.String("clients", "16,64", "concurrent clients, comma separated")
 	phase    = flag.String("phase", "all", "core (one replica, no Redis), mix (two replicas with Redis) or all")
+	// The bench starts itself with -bare-server for the bare baseline: a process of its own,
+	// like tradingd, so that both pay the same hop between processes.
+	bareServer = flag.String("bare-server", "", "internal: serve the bare handler on this address")
 )
+
+// bareHandler is the baseline: 60 bytes of JSON from memory.
+func bareHandler(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"status":"ok","message":"hello from the bare handler!!!"}` + "\n"))
+}
 
 // result is one scenario at one concurrency.
 type result struct {
@@ -119,6 +128,9 @@ func must(err error) {
 func main() {
 	flag.Parse()
 	log.SetFlags(0)
+	if *bareServer != "" {
+		log.Fatal(http.ListenAndServe(*bareServer, http.HandlerFunc(bareHandler)))
+	}
 	ctx := context.Background()
 	var clientLevels []int
 	for _, s := range strings.Split(*levels, ",") {
@@ -168,16 +180,16 @@ func main() {
 	var seq atomic.Int64
 	risk := login(httpc, base, "risk1", "password789")
 
-	// Baseline 1: a bare net/http handler answering 60 bytes of JSON from memory.
-	bare := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"status":"ok","message":"hello from the bare handler!!!"}` + "\n"))
-	})}
-	bareAddr := freePort()
-	ln, err := net.Listen("tcp", bareAddr)
+	// Baseline 1: a bare net/http handler answering 60 bytes of JSON from memory, in a
+	// process of its own (this program, started with -bare-server).
+	self, err := os.Executable()
 	must(err)
-	go func() { _ = bare.Serve(ln) }()
-	defer bare.Close()
+	bareAddr := freePort()
+	bare := exec.Command(self, "-bare-server", bareAddr)
+	bare.Stderr = os.Stderr
+	must(bare.Start())
+	defer func() { _ = bare.Process.Kill(); _ = bare.Wait() }()
+	waitReady("http://" + bareAddr + "/")
 
 	// Baseline 2: single-row insert transactions through pgx, no HTTP.
 	pool, err := pgxpool.New(ctx, dsn)

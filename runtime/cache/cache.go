@@ -152,6 +152,10 @@ type key struct {
 type entry struct {
 	positions []trading.PositionView
 	summary   *trading.Summary
+	// read is set once a reader got the entry: a background refresh loads entries that
+	// nobody may read, and only an entry that was read is worth refreshing after the next
+	// change (else every change would refresh what the previous refresh loaded, forever).
+	read atomic.Bool
 }
 
 const stripes = 64
@@ -318,13 +322,21 @@ func (p *Portfolio) observe(ctx context.Context, hit bool, level string, k kind)
 
 func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, error) {
 	ck := p.currentKey(user, k)
-	if e, ok := p.l1.GetIfPresent(ck); ok {
+	e, ok := p.l1.GetIfPresent(ck)
+	if ok {
 		p.observe(ctx, true, "l1", k)
-		return e, nil
+	} else {
+		p.observe(ctx, false, "l1", k)
+		// otter collapses concurrent loads of one key into one call of the loader.
+		var err error
+		if e, err = p.l1.Get(ctx, ck, otter.LoaderFunc[key, *entry](p.load)); err != nil {
+			return nil, err
+		}
 	}
-	p.observe(ctx, false, "l1", k)
-	// otter collapses concurrent loads of one key into one call of the loader.
-	return p.l1.Get(ctx, ck, otter.LoaderFunc[key, *entry](p.load))
+	if ctx.Value(refreshing{}) == nil && !e.read.Load() {
+		e.read.Store(true)
+	}
+	return e, nil
 }
 
 // load fills one key from L2 or the database. It runs once for all concurrent callers of
@@ -391,7 +403,7 @@ func decode(k kind, b []byte) (*entry, error) {
 }
 
 // dropLocal makes userID's stale L1 entries unreachable (new generations) and removes them.
-// It returns the views that had an entry: someone read them within their TTL.
+// It returns the views that had an entry that a reader got: the trader is reading them.
 func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views) (cached trading.Views) {
 	s := p.stripeOf(user)
 	s.mu.Lock()
@@ -407,7 +419,7 @@ func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views) (cached tradi
 	ep := p.epoch.Load()
 	for k := range kinds {
 		if stale&k.view() != 0 {
-			if _, had := p.l1.Invalidate(key{user: user, epoch: ep, gen: old[k], kind: k}); had {
+			if e, had := p.l1.Invalidate(key{user: user, epoch: ep, gen: old[k], kind: k}); had && e.read.Load() {
 				cached |= k.view()
 			}
 		}

@@ -473,19 +473,19 @@ func TestRefreshAfterApproveFillsL2(t *testing.T) {
 
 	positions, summaries := w.portfolio.positionLoads.Load(), w.portfolio.summaryLoads.Load()
 	w.trade(t, a, "2")
-	// The refresh is done when its value is in L2 (the default KeyPrefix "cache:").
+	// The refresh is done when L2 holds positions for the current version (the default
+	// KeyPrefix "cache:" and its version keys).
 	rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	redistest.Eventually(t, 5*time.Second, "A's refresh of positions and summary in L2", func() bool {
-		_, okP, _ := rc.Get(context.Background(), "cache:positions:"+user.String())
-		_, okS, _ := rc.Get(context.Background(), "cache:summary:"+user.String())
-		return okP && okS
+	redistest.Eventually(t, 5*time.Second, "A's refresh of positions in L2", func() bool {
+		_, _, ok, _ := rc.GetVersioned(context.Background(), "cache-version:positions:"+user.String(), "cache:positions:"+user.String())
+		return ok
 	})
 	if got := w.portfolio.summaryLoads.Load(); got < summaries+1 {
-		t.Fatalf("%d summary loads after the approve, want A's refresh", got-summaries)
+		t.Fatalf("%d summary loads after the submission, want A's refresh", got-summaries)
 	}
 	if q := quantity(t, b, user); q != "3" {
 		t.Fatalf("B reads %s after the approve, want 3", q)
@@ -509,5 +509,23 @@ func TestNoRefreshOfViewsNobodyReads(t *testing.T) {
 	a.Close() // waits for the background reloads
 	if p, s := w.portfolio.positionLoads.Load(), w.portfolio.summaryLoads.Load(); p != 0 || s != 0 {
 		t.Fatalf("%d position and %d summary loads for views nobody read, want 0", p, s)
+	}
+}
+
+// A refreshed view that nobody reads is not refreshed again by the next change: refreshes
+// follow readers, they do not keep themselves going.
+func TestRefreshFollowsReaders(t *testing.T) {
+	w := newWorld(t)
+	a := refreshingReplica(t, w, "", "", cache.Options{})
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	_ = quantity(t, a, user) // read once: the next change refreshes positions
+	w.trade(t, a, "2")
+	redistest.Eventually(t, 5*time.Second, "the refresh after the read", func() bool { return w.portfolio.positionLoads.Load() == 2 })
+	w.trade(t, a, "3") // nobody read the refreshed positions
+	w.trade(t, a, "4")
+	a.Close() // waits for the background reloads
+	if got := w.portfolio.positionLoads.Load(); got != 2 {
+		t.Fatalf("%d position loads, want 2 (the read and one refresh): unread refreshes refreshed again", got)
 	}
 }

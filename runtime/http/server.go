@@ -186,6 +186,9 @@ func (s *Server) logRequest(r *http.Request, info *requestInfo, status int, d ti
 	if status >= 500 {
 		level = slog.LevelError
 	}
+	if !s.log.Enabled(r.Context(), level) {
+		return // the attributes below cost allocations on every request
+	}
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.String("route", r.Pattern),
