@@ -160,8 +160,8 @@ var settings = []setting{
 	{env: "RATE_LIMIT_DATA", def: "60", usage: "data requests per minute per user (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitData })},
 	{env: "RATE_LIMIT_GLOBAL_PER_MINUTE", def: "100", usage: "requests per minute over all classes (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitGlobalPerMinute })},
 	{env: "RATE_LIMIT_GLOBAL_PER_DAY", def: "1000", usage: "requests per day over all classes (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitGlobalPerDay })},
-	{env: "CACHE_POSITIONS_TTL", def: "30s", usage: "positions cache lifetime", apply: nonNegativeDuration(func(c *Config) *time.Duration { return &c.CachePositionsTTL })},
-	{env: "CACHE_SUMMARY_TTL", def: "10s", usage: "summary cache lifetime", apply: nonNegativeDuration(func(c *Config) *time.Duration { return &c.CacheSummaryTTL })},
+	{env: "CACHE_POSITIONS_TTL", def: "30s", usage: "positions cache lifetime (at most 24h)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CachePositionsTTL })},
+	{env: "CACHE_SUMMARY_TTL", def: "10s", usage: "summary cache lifetime (at most 24h)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CacheSummaryTTL })},
 	{env: "DB_MAX_CONNS", def: "30", usage: "largest number of pooled database connections", apply: poolSize(1, func(c *Config) *int32 { return &c.DBMaxConns })},
 	{env: "DB_MIN_CONNS", def: "2", usage: "database connections kept open", apply: poolSize(0, func(c *Config) *int32 { return &c.DBMinConns })},
 	{env: "DB_MAX_CONN_LIFETIME", def: "1h", usage: "age at which a pooled connection is replaced", apply: positiveDuration(func(c *Config) *time.Duration { return &c.DBMaxConnLifetime })},
@@ -459,6 +459,23 @@ func nonNegativeDuration(field func(*Config) *time.Duration) func(*Config, strin
 			return fmt.Errorf("%q must not be negative", v)
 		}
 		*field(c) = d
+		return nil
+	}
+}
+
+// maxCacheTTL bounds the cache lifetimes: the versions that keep Redis values fresh
+// (runtime/redis) live a week, and a value must expire long before its version counter.
+const maxCacheTTL = 24 * time.Hour
+
+func cacheTTL(field func(*Config) *time.Duration) func(*Config, string) error {
+	parse := nonNegativeDuration(field)
+	return func(c *Config, v string) error {
+		if err := parse(c, v); err != nil {
+			return err
+		}
+		if *field(c) > maxCacheTTL {
+			return fmt.Errorf("%q is longer than %s", v, maxCacheTTL)
+		}
 		return nil
 	}
 }

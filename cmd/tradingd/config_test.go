@@ -235,6 +235,7 @@ func TestLoadErrors(t *testing.T) {
 		{"rate limit negative", nil, with(required(), "RATE_LIMIT_LOGIN", "-1"), "RATE_LIMIT_LOGIN"},
 		{"rate limit not a number", nil, with(required(), "RATE_LIMIT_GLOBAL_PER_DAY", "1e3"), "RATE_LIMIT_GLOBAL_PER_DAY"},
 		{"cache ttl", nil, with(required(), "CACHE_SUMMARY_TTL", "10"), "CACHE_SUMMARY_TTL"},
+		{"cache ttl beyond a day", nil, with(required(), "CACHE_SUMMARY_TTL", "48h"), "CACHE_SUMMARY_TTL"},
 		{"db max conns zero", nil, with(required(), "DB_MAX_CONNS", "0"), "DB_MAX_CONNS"},
 		{"db min over max", nil, with(required(), "DB_MAX_CONNS", "4", "DB_MIN_CONNS", "5"), "DB_MIN_CONNS"},
 		{"db lifetime", nil, with(required(), "DB_MAX_CONN_LIFETIME", "forever"), "DB_MAX_CONN_LIFETIME"},
