@@ -39,6 +39,10 @@ var (
 	binary   = flag.String("tradingd", "bin/tradingd", "the tradingd binary")
 	levels   = flag.String("clients", "16,64", "concurrent clients, comma separated")
 	phase    = flag.String("phase", "all", "core (one replica, no Redis), mix (two replicas with Redis) or all")
+	// PostgreSQL shares the two cores with everything else here: past a few busy backends it
+	// spends its time switching between them. tradingd (DB_MAX_CONNS) and the raw baseline
+	// get the same pool size, so that the ratios compare the work, not the pools.
+	dbConns = flag.Int("db-conns", 8, "database connections of each tradingd replica and of the raw baseline")
 	// The bench starts itself with -bare-server for the bare baseline: a process of its own,
 	// like tradingd, so that both pay the same hop between processes.
 	bareServer = flag.String("bare-server", "", "internal: serve the bare handler on this address")
@@ -192,7 +196,10 @@ func main() {
 	waitReady("http://" + bareAddr + "/")
 
 	// Baseline 2: single-row insert transactions through pgx, no HTTP.
-	pool, err := pgxpool.New(ctx, dsn)
+	poolCfg, err := pgxpool.ParseConfig(dsn)
+	must(err)
+	poolCfg.MaxConns = int32(*dbConns)
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	must(err)
 	defer pool.Close()
 	_, err = pool.Exec(ctx, `CREATE TABLE bench_insert (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -291,6 +298,7 @@ func startTradingd(dsn, jwtKeys, redisURL, limit string) (api, admin string, sto
 	env := slices.DeleteFunc(os.Environ(), func(s string) bool { return strings.HasPrefix(s, "REDIS_URL=") })
 	env = append(env, "DATABASE_URL="+dsn, jwtKeys, "LISTEN_ADDR="+api, "ADMIN_ADDR="+admin,
 		"DEMO_USERS=true", "LOG_LEVEL=warn", // warnings: e.g. an invalidation that timed out
+		"DB_MAX_CONNS="+strconv.Itoa(*dbConns),
 		"RATE_LIMIT_LOGIN="+limit, "RATE_LIMIT_TRADING="+limit, "RATE_LIMIT_DATA="+limit,
 		"RATE_LIMIT_GLOBAL_PER_MINUTE="+limit, "RATE_LIMIT_GLOBAL_PER_DAY="+limit)
 	if redisURL != "" {

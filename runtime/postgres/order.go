@@ -439,12 +439,21 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	return order, trade, nil
 }
 
-// lockPosition returns the user's position in symbol, locked until the transaction ends. The
-// no-op DO UPDATE takes the row lock and returns the committed values in one round trip, and
-// creates a flat position when the user never traded the symbol.
+// lockPosition returns the user's position in symbol, locked until the transaction ends.
+// Usually the position exists and SELECT ... FOR UPDATE locks it in one round trip without
+// writing a row version. The first trade of a symbol creates it: the no-op DO UPDATE takes
+// the lock whether this transaction or a concurrent one inserted the row, and returns the
+// committed values.
 func lockPosition(ctx context.Context, tx pgx.Tx, userID uuid.UUID, symbol string) (trading.Position, error) {
 	pos := trading.Position{UserID: userID, Symbol: symbol}
 	err := tx.QueryRow(ctx, `
+		SELECT quantity, avg_entry_price, realized_pnl, updated_at FROM positions
+		WHERE user_id = $1 AND symbol = $2 FOR UPDATE`, userID, symbol).
+		Scan(num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt)
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return pos, err
+	}
+	err = tx.QueryRow(ctx, `
 		INSERT INTO positions AS p (user_id, symbol) VALUES ($1, $2)
 		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
 		RETURNING p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, userID, symbol).
