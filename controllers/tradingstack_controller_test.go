@@ -812,6 +812,9 @@ func testValidationRules(t *testing.T) {
 	refused("zero storage", newStack(ns, "v6", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "0"}}
 	}), "spec.postgres.managed.storage.size must be a positive quantity")
+	refused("cache lifetime over a day", newStack(ns, "v7", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Cache.SummaryTTL = "48h" // tradingd would refuse to start with it
+	}), "cache lifetimes are at most 24h")
 
 	// Transition rules: storage may only grow; the class is immutable once set.
 	createStack(t, newStack(ns, "grow", func(s *tradingv1alpha1.TradingStack) {
