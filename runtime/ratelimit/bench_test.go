@@ -34,6 +34,20 @@ func BenchmarkLimiterAllow(b *testing.B) {
 			}
 		}
 	})
+	// Many requests at once, as under load: the scripts share round trips (the pipeliner).
+	b.Run("shared-data-request-64-concurrent", func(b *testing.B) {
+		l := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(b, url, redistest.Prefix(b))})
+		b.SetParallelism(32) // 64 goroutines on 2 cores
+		b.RunParallel(func(pb *testing.PB) {
+			reqs := []ratelimit.Request{{Class: ratelimit.Data, Key: "u"}, {Class: ratelimit.GlobalMinute, Key: "u"}, {Class: ratelimit.GlobalDay, Key: "u"}}
+			for pb.Next() {
+				if d := l.CheckAll(ctx, reqs...); !d.Allowed || !d.Shared {
+					b.Errorf("%+v", d)
+					return
+				}
+			}
+		})
+	})
 	b.Run("local-data-request", func(b *testing.B) {
 		l := ratelimit.New(cfg, ratelimit.Options{})
 		reqs := []ratelimit.Request{{Class: ratelimit.Data, Key: "u"}, {Class: ratelimit.GlobalMinute, Key: "u"}, {Class: ratelimit.GlobalDay, Key: "u"}}
