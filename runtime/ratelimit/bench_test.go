@@ -9,7 +9,7 @@ import (
 )
 
 // BenchmarkLimiterAllow measures one request's checks with Redis (class + two global
-// buckets: three round trips) against its baseline, a Redis PING (one round trip), and the
+// buckets, one script: one round trip) against its baseline, a Redis PING (one round trip), and the
 // per-process fallback. No assertion on speed.
 //
 //	hack/services.sh go test -run '^$' -bench LimiterAllow ./runtime/ratelimit/
