@@ -20,10 +20,11 @@
 // cached before the trade until it expires.
 //
 // Refresh. After an invalidation the replica that made the change loads the stale views
-// again in the background (the usual load: once per key, L2 filled): the trader who just
-// traded reads them next, on whichever replica, and finds them in L2 instead of every
-// replica missing to the database. It changes no consistency rule above: the load starts
-// after the invalidation returned, so it reads the committed change.
+// again in the background (the usual load: once per key, L2 filled), but only those it had
+// cached and a reader had got: the trader who just traded reads them next, on whichever
+// replica, and finds them in L2 instead of every replica missing to the database, while a
+// burst of orders nobody looks at costs nothing. It changes no consistency rule above: the
+// load starts after the invalidation returned, so it reads the committed change.
 //
 // Redis errors never fail a read: every Remote call is bounded by the Remote's own short
 // timeout and skipped while it reports itself unhealthy; the read then uses L1 and the
