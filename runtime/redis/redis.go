@@ -57,7 +57,9 @@ type Client struct {
 	// cache and the limiter of connections nor wait behind them (which made a busy
 	// replica's acknowledgement miss its deadline: a stale read elsewhere).
 	acks *goredis.Client
-	opts Options
+	// scripts counts the RunScript calls in flight (direct or pipelined).
+	scripts atomic.Int32
+	opts    Options
 
 	healthy atomic.Bool
 	probing atomic.Bool

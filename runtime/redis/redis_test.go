@@ -2,12 +2,14 @@ package redis_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	goredis "github.com/redis/go-redis/v9"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	"github.com/findmy/trading-operator/runtime/redis"
@@ -162,5 +164,36 @@ func TestVersionedValues(t *testing.T) {
 	v2, b, ok, err := c.GetVersioned(ctx, "ver", "val")
 	if err != nil || ok || v2 != v+1 {
 		t.Fatalf("after a bump: version %d (want %d), served %q (%v), err %v", v2, v+1, b, ok, err)
+	}
+}
+
+// RunScript answers every caller with its own result, whether the script went straight to
+// Redis (few in flight) or through the pipeliner (many), and loads a script Redis does not
+// know yet (NOSCRIPT) on either path.
+func TestRunScriptUnderConcurrency(t *testing.T) {
+	c := open(t, redistest.SharedURL(t), redistest.Prefix(t))
+	// A script of its own (a random constant in it): Redis has never seen it, so the first
+	// calls of both paths meet NOSCRIPT.
+	script := goredis.NewScript(`return {ARGV[1], "` + uuid.NewString() + `"}`)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				want := fmt.Sprintf("%d-%d", g, i)
+				v, err := c.RunScript(context.Background(), script, nil, want).StringSlice()
+				if err != nil || len(v) != 2 || v[0] != want {
+					errs <- fmt.Errorf("call %s: %v, %v", want, v, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

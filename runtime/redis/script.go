@@ -7,6 +7,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
+// directScripts is how many scripts may be in flight before more go through the pipeliner.
+const directScripts = 8
+
 // RunScript runs a Lua script the way Script.Run does (EVALSHA, then EVAL when Redis does not
 // know the script yet) but through the client's automatic pipeliner: the scripts of
 // concurrent requests share one write and one read on one connection instead of a round
@@ -17,6 +20,13 @@ import (
 // context, so after a timeout the script may still run once (a request counted against
 // its limit that the caller then decides locally: conservative, never a lost limit).
 func (c *Client) RunScript(ctx context.Context, script *goredis.Script, keys []string, args ...any) *goredis.Cmd {
+	// The pipeliner pays off only when scripts queue up: a batch waits for the one before
+	// it, which at moderate load added 0.65 ms at p50 where a direct round trip adds 0.1 ms
+	// (make bench, 3000 req/s). So a script goes straight to Redis while few are in flight.
+	defer c.scripts.Add(-1)
+	if c.scripts.Add(1) <= directScripts {
+		return script.Run(ctx, c.rdb, keys, args...)
+	}
 	ap, err := c.rdb.AsyncAutoPipeline()
 	if err != nil { // a closed client: the plain path reports it the usual way
 		return script.Run(ctx, c.rdb, keys, args...)
