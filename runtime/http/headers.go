@@ -20,9 +20,19 @@ var securityHeaders = [][2]string{
 // HeaderRequestID carries the request id both ways.
 const HeaderRequestID = "X-Request-ID"
 
-func setCommonHeaders(h http.Header, requestID string) {
+// securityValues holds securityHeaders as header values, built once: every response shares
+// them instead of allocating six slices (capacity 1, so a later Add copies, never writes here).
+var securityValues = func() map[string][]string {
+	m := make(map[string][]string, len(securityHeaders))
 	for _, kv := range securityHeaders {
-		h.Set(kv[0], kv[1])
+		m[http.CanonicalHeaderKey(kv[0])] = []string{kv[1]}[:1:1]
+	}
+	return m
+}()
+
+func setCommonHeaders(h http.Header, requestID string) {
+	for k, v := range securityValues {
+		h[k] = v
 	}
 	h.Set(HeaderRequestID, requestID)
 }

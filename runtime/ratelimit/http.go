@@ -59,6 +59,12 @@ func Classify(method, path string) (Class, bool) {
 	return "", false
 }
 
+var (
+	hdrLimit     = http.CanonicalHeaderKey("RateLimit-Limit")
+	hdrRemaining = http.CanonicalHeaderKey("RateLimit-Remaining")
+	hdrReset     = http.CanonicalHeaderKey("RateLimit-Reset")
+)
+
 // allow checks the buckets of one request, sets the RateLimit headers and answers 429
 // itself when refused.
 func (l *Limiter) allow(w http.ResponseWriter, r *http.Request, c Class, path string) bool {
@@ -89,10 +95,12 @@ func (l *Limiter) allow(w http.ResponseWriter, r *http.Request, c Class, path st
 	if d.Limit == 0 {
 		return true // every bucket of the request is off
 	}
+	// Canonical keys assigned directly: Set would build the canonical form of
+	// "RateLimit-..." ("Ratelimit-...") anew on every request.
 	h := w.Header()
-	h.Set("RateLimit-Limit", strconv.Itoa(d.Limit))
-	h.Set("RateLimit-Remaining", strconv.Itoa(d.Remaining))
-	h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
+	h[hdrLimit] = []string{strconv.Itoa(d.Limit)}
+	h[hdrRemaining] = []string{strconv.Itoa(d.Remaining)}
+	h[hdrReset] = []string{strconv.Itoa(ceilSeconds(d.Reset))}
 	if d.Allowed {
 		return true
 	}
