@@ -14,10 +14,10 @@
 // replica after InvalidateUser returned is fresh: its L1 key is new, and its load reads the
 // Redis version (bumped after the change committed) before L2 or the database. In that
 // order, no load can pair a new generation with an old version. Pub/sub is at most once: a
-// replica flushes its whole L1 on every (re)subscription, and an invalidation that could not reach Redis is
-// remembered and replayed when Redis is back. What remains is bounded by the TTLs
-// (positions 30s, summary 10s): while Redis is down, another replica may serve an L1 entry
-// cached before the trade until it expires.
+// replica flushes its whole L1 on every (re)subscription, and an invalidation that could
+// not reach Redis is remembered and replayed when Redis is back. What remains is bounded by
+// the TTLs (positions 30s, summary 10s): while Redis is down, another replica may serve an
+// L1 entry cached before the trade until it expires.
 //
 // Refresh. After an invalidation the replica that made the change loads the stale views
 // again in the background (the usual load: once per key, L2 filled), but only those it had
