@@ -310,8 +310,12 @@ func (p *Portfolio) Summary(ctx context.Context, userID uuid.UUID) (*trading.Sum
 // it does not count as a hit or a miss.
 type refreshing struct{}
 
-func (p *Portfolio) observe(ctx context.Context, hit bool, level string, k kind) {
-	if p.opts.Observer == nil || ctx.Value(refreshing{}) != nil {
+// isReader reports whether ctx is a reader's lookup, not a background refresh. It walks the
+// context chain, so a lookup asks once.
+func isReader(ctx context.Context) bool { return ctx.Value(refreshing{}) == nil }
+
+func (p *Portfolio) observe(reader, hit bool, level string, k kind) {
+	if p.opts.Observer == nil || !reader {
 		return
 	}
 	if hit {
@@ -322,19 +326,20 @@ func (p *Portfolio) observe(ctx context.Context, hit bool, level string, k kind)
 }
 
 func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, error) {
+	reader := isReader(ctx)
 	ck := p.currentKey(user, k)
 	e, ok := p.l1.GetIfPresent(ck)
 	if ok {
-		p.observe(ctx, true, "l1", k)
+		p.observe(reader, true, "l1", k)
 	} else {
-		p.observe(ctx, false, "l1", k)
+		p.observe(reader, false, "l1", k)
 		// otter collapses concurrent loads of one key into one call of the loader.
 		var err error
 		if e, err = p.l1.Get(ctx, ck, otter.LoaderFunc[key, *entry](p.load)); err != nil {
 			return nil, err
 		}
 	}
-	if ctx.Value(refreshing{}) == nil && !e.read.Load() {
+	if reader && !e.read.Load() {
 		e.read.Store(true)
 	}
 	return e, nil
@@ -343,6 +348,7 @@ func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, er
 // load fills one key from L2 or the database. It runs once for all concurrent callers of
 // the key, detached from the first caller's cancellation.
 func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
+	reader := isReader(ctx)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.LoadTimeout)
 	defer cancel()
 
@@ -355,12 +361,12 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 			version, haveVersion = v, true
 			if ok {
 				if e, err := decode(ck.kind, b); err == nil {
-					p.observe(ctx, true, "l2", ck.kind)
+					p.observe(reader, true, "l2", ck.kind)
 					return e, nil
 				}
 			}
 		}
-		p.observe(ctx, false, "l2", ck.kind)
+		p.observe(reader, false, "l2", ck.kind)
 	}
 
 	var e entry
