@@ -45,6 +45,7 @@ import (
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/controllers"
+	"github.com/findmy/trading-operator/hack/internal/repo"
 )
 
 // writeCounter counts the manager's mutating requests, by kind of request.
@@ -102,7 +103,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 		return fmt.Errorf("KUBEBUILDER_ASSETS is not set (make bench-operator sets it)")
 	}
 	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
-	root, err := repoRoot()
+	root, err := repo.Root()
 	if err != nil {
 		return err
 	}
@@ -458,21 +459,4 @@ func (p *peakMemory) vmHWM() string {
 		}
 	}
 	return "unknown"
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("go.mod not found above the working directory")
-		}
-		dir = parent
-	}
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/jackc/pgx/v5"
 	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/findmy/trading-operator/hack/internal/repo"
 )
 
 // TestDemoOnce runs `make demo`'s program non-interactively (-once) in this process, against
@@ -30,7 +32,7 @@ func TestDemoOnce(t *testing.T) {
 	}
 	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 
-	root, err := repoRoot()
+	root, err := repo.Root()
 	if err != nil {
 		t.Fatal(err)
 	}

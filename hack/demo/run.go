@@ -22,6 +22,7 @@ import (
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/controllers"
+	"github.com/findmy/trading-operator/hack/internal/repo"
 )
 
 // Settings the demo changes from what the operator generated, and why.
@@ -41,7 +42,7 @@ func run(ctx context.Context, out io.Writer, opts options) (err error) {
 	clock := func() string { return time.Now().UTC().Format("15:04:05.000") }
 
 	if opts.Root == "" {
-		if opts.Root, err = repoRoot(); err != nil {
+		if opts.Root, err = repo.Root(); err != nil {
 			return err
 		}
 	}
