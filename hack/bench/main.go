@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -31,8 +29,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
 var (
@@ -145,23 +144,9 @@ func main() {
 		clientLevels = append(clientLevels, n)
 	}
 
-	admin := os.Getenv("DATABASE_URL")
-	if admin == "" {
-		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	dbName := "bench_" + randHex(6)
-	adminConn, err := pgx.Connect(ctx, admin)
+	dsn, drop, err := pgtest.Create(ctx, pgtest.AdminURL(), "bench_")
 	must(err)
-	_, err = adminConn.Exec(ctx, "CREATE DATABASE "+dbName)
-	must(err)
-	defer func() {
-		_, _ = adminConn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)")
-		adminConn.Close(context.Background())
-	}()
-	u, err := url.Parse(admin)
-	must(err)
-	u.Path = "/" + dbName
-	dsn := u.String()
+	defer func() { _ = drop() }()
 
 	// tradingd, as a separate process, exactly as it is deployed. Phase 1: one replica without
 	// Redis and with rate limits off (0), so that it measures the request path alone.
@@ -556,12 +541,6 @@ func cacheCounters(c *http.Client, admins ...string) map[string]float64 {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
 
 func waitReady(u string) {
 	for range 200 {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,8 +17,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
 // dsnHost is the host:port of a postgres:// DSN, for messages that must not carry a password.
@@ -34,46 +34,21 @@ func dsnHost(dsn string) string {
 // localDatabase is a fresh database on the server of the admin DSN (hack/services.sh's
 // DATABASE_URL), since the in-cluster DSN names a host that only exists inside a cluster.
 type localDatabase struct {
-	admin, name, dsn string
+	name, dsn string
+	drop      func() error
 }
 
 func createDatabase(ctx context.Context, admin string) (*localDatabase, error) {
-	u, err := url.Parse(admin)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return nil, errors.New("DATABASE_URL must be a postgres:// URL (run through hack/services.sh)")
-	}
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
+	dsn, drop, err := pgtest.Create(ctx, admin, "tstack_demo_")
+	if err != nil {
 		return nil, err
 	}
-	db := &localDatabase{admin: admin, name: "tstack_demo_" + hex.EncodeToString(b[:])}
-	if err := db.exec(ctx, "CREATE DATABASE "+db.name); err != nil {
-		return nil, fmt.Errorf("create database on %s: %w", u.Host, err)
-	}
-	u.Path = "/" + db.name
-	db.dsn = u.String()
-	return db, nil
-}
-
-func (db *localDatabase) exec(ctx context.Context, sql string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cfg, err := pgx.ParseConfig(db.admin)
+	u, err := url.Parse(dsn)
 	if err != nil {
-		return err
+		_ = drop()
+		return nil, err
 	}
-	cfg.ConnectTimeout = 5 * time.Second
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, sql)
-	return err
-}
-
-func (db *localDatabase) drop() error {
-	return db.exec(context.Background(), "DROP DATABASE IF EXISTS "+db.name+" WITH (FORCE)")
+	return &localDatabase{name: strings.TrimPrefix(u.Path, "/"), dsn: dsn, drop: drop}, nil
 }
 
 // localRedis returns a REDIS_URL on a logical database (1-15) of the Redis at base that holds

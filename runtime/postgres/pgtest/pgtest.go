@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
@@ -36,19 +37,34 @@ func AdminURL() string {
 // DSN; the database is dropped WITH (FORCE) when the test ends.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	admin := AdminURL()
+	dsn, drop, err := Create(context.Background(), AdminURL(), "t_")
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := drop(); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
+	})
+	return dsn
+}
+
+// Create makes a database named prefix plus random hex on the server of the admin DSN and
+// returns its DSN and the function that drops it WITH (FORCE). The tests use it through
+// NewDatabase; the tools under hack/ (demo, bench) for their throwaway databases.
+func Create(ctx context.Context, admin, prefix string) (dsn string, drop func() error, err error) {
 	u, err := url.Parse(admin)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		t.Fatalf("pgtest: DATABASE_URL must be a postgres:// URL")
+		return "", nil, errors.New("DATABASE_URL must be a postgres:// URL (run through hack/services.sh)")
 	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatalf("pgtest: random name: %v", err)
+		return "", nil, fmt.Errorf("random name: %w", err)
 	}
-	name := "t_" + hex.EncodeToString(b[:])
+	name := prefix + hex.EncodeToString(b[:])
 
-	exec := func(sql string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	exec := func(ctx context.Context, sql string) error {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		cfg, err := pgx.ParseConfig(admin)
 		if err != nil {
@@ -66,7 +82,7 @@ func NewDatabase(t testing.TB) string {
 	// CREATE DATABASE copies template1 and fails with object_in_use (55006) while another
 	// session is connected to it, which parallel test packages can cause for a moment.
 	for attempt := 0; ; attempt++ {
-		err := exec("CREATE DATABASE " + name)
+		err := exec(ctx, "CREATE DATABASE "+name)
 		if err == nil {
 			break
 		}
@@ -76,17 +92,18 @@ func NewDatabase(t testing.TB) string {
 			continue
 		}
 		if pgErr != nil {
-			t.Fatalf("pgtest: create database: %v", err)
+			return "", nil, fmt.Errorf("create database on %s: %w", u.Host, err)
 		}
-		t.Fatalf("pgtest: no PostgreSQL server answers at DATABASE_URL (run tests through hack/services.sh): %v", err)
+		return "", nil, fmt.Errorf("no PostgreSQL server answers at %s (run through hack/services.sh): %w", u.Host, err)
 	}
-	t.Cleanup(func() {
-		if err := exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
-			t.Errorf("pgtest: drop database %s: %v", name, err)
+	drop = func() error {
+		if err := exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			return fmt.Errorf("drop database %s: %w", name, err)
 		}
-	})
+		return nil
+	}
 	u.Path = "/" + name
-	return u.String()
+	return u.String(), drop, nil
 }
 
 // NewMigratedDatabase is NewDatabase with every migration applied.
