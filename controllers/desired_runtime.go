@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -91,10 +93,10 @@ func configHash(cm *corev1.ConfigMap, secrets ...*corev1.Secret) string {
 	}
 	if cm != nil {
 		write("configmap", cm.Name)
-		for _, k := range sortedKeys(cm.Data) {
+		for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
 			write(k, cm.Data[k])
 		}
-		for _, k := range sortedKeys(cm.BinaryData) {
+		for _, k := range slices.Sorted(maps.Keys(cm.BinaryData)) {
 			write(k, string(cm.BinaryData[k]))
 		}
 	}
@@ -107,23 +109,14 @@ func configHash(cm *corev1.ConfigMap, secrets ...*corev1.Secret) string {
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	for _, sec := range sorted {
 		write("secret", sec.Name)
-		for _, k := range sortedKeys(sec.Data) {
+		for _, k := range slices.Sorted(maps.Keys(sec.Data)) {
 			write(k, string(sec.Data[k]))
 		}
-		for _, k := range sortedKeys(sec.StringData) {
+		for _, k := range slices.Sorted(maps.Keys(sec.StringData)) {
 			write(k, sec.StringData[k])
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // desiredMigrationJob is NAME-migrate-HASH: `tradingd migrate` with image against the stack's

@@ -10,10 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -128,7 +128,7 @@ func writeObject(b *bytes.Buffer, path string, s *apiextensionsv1.JSONSchemaProp
 	if rules := celRules(s.XValidations); rules != "" {
 		b.WriteString("Rules:\n\n" + rules + "\n")
 	}
-	names := sortedKeys(s.Properties)
+	names := slices.Sorted(maps.Keys(s.Properties))
 	if len(names) == 0 {
 		b.WriteString("No fields.\n\n")
 		return
@@ -281,7 +281,7 @@ func renderAPI(data []byte) ([]byte, error) {
 	}
 	b.WriteString("The document itself is served at `GET /openapi.json` (no authentication).\n\n")
 	comps := obj(doc["components"])
-	for _, name := range sortedKeys(obj(comps["securitySchemes"])) {
+	for _, name := range slices.Sorted(maps.Keys(obj(comps["securitySchemes"]))) {
 		s := obj(obj(comps["securitySchemes"])[name])
 		fmt.Fprintf(&b, "Authentication `%s`: %s %s. %s\n\n", name, str(s["type"]), str(s["scheme"]), str(s["description"]))
 	}
@@ -291,7 +291,7 @@ func renderAPI(data []byte) ([]byte, error) {
 	paths := obj(doc["paths"])
 	type route struct{ method, path string }
 	var routes []route
-	for _, p := range sortedKeys(paths) {
+	for _, p := range slices.Sorted(maps.Keys(paths)) {
 		for _, m := range []string{"get", "put", "post", "patch", "delete"} {
 			if _, ok := obj(paths[p])[m]; ok {
 				routes = append(routes, route{m, p})
@@ -337,17 +337,17 @@ func renderAPI(data []byte) ([]byte, error) {
 			b.WriteString("\n")
 		}
 		if body := obj(op["requestBody"]); body != nil {
-			for _, ct := range sortedKeys(obj(body["content"])) {
+			for _, ct := range slices.Sorted(maps.Keys(obj(body["content"]))) {
 				s := obj(obj(obj(body["content"])[ct])["schema"])
 				fmt.Fprintf(&b, "Request body (%s): %s.\n\n", ct, schemaSummary(s))
 			}
 		}
 		b.WriteString("| Status | Description | Body |\n|---|---|---|\n")
 		resps := obj(op["responses"])
-		for _, code := range sortedKeys(resps) {
+		for _, code := range slices.Sorted(maps.Keys(resps)) {
 			rm := resolve(doc, obj(resps[code]))
 			var bodies []string
-			for _, ct := range sortedKeys(obj(rm["content"])) {
+			for _, ct := range slices.Sorted(maps.Keys(obj(rm["content"]))) {
 				bodies = append(bodies, ct+": "+schemaSummary(obj(obj(obj(rm["content"])[ct])["schema"])))
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s |\n", code, cell(str(rm["description"])), cell(strings.Join(bodies, "; ")))
@@ -357,7 +357,7 @@ func renderAPI(data []byte) ([]byte, error) {
 
 	b.WriteString("## Schemas\n\n")
 	schemas := obj(comps["schemas"])
-	for _, name := range sortedKeys(schemas) {
+	for _, name := range slices.Sorted(maps.Keys(schemas)) {
 		s := obj(schemas[name])
 		fmt.Fprintf(&b, "### %s\n\n", name)
 		if d := str(s["description"]); d != "" {
@@ -397,7 +397,7 @@ func writeSchemaBody(b *bytes.Buffer, s map[string]any) {
 		required = append(required, str(r))
 	}
 	b.WriteString("| Property | Type | Required | Description |\n|---|---|---|---|\n")
-	for _, n := range sortedKeys(props) {
+	for _, n := range slices.Sorted(maps.Keys(props)) {
 		p := obj(props[n])
 		req := "no"
 		if slices.Contains(required, n) {
@@ -489,15 +489,6 @@ func resolve(doc map[string]any, m map[string]any) map[string]any {
 func obj(v any) map[string]any { m, _ := v.(map[string]any); return m }
 func arr(v any) []any          { a, _ := v.([]any); return a }
 func str(v any) string         { s, _ := v.(string); return s }
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
 
 // oneLine joins a multi-line description into one paragraph (kubebuilder wraps comments).
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
