@@ -79,8 +79,9 @@ type Remote interface {
 	SetVersioned(ctx context.Context, key string, version int64, val []byte, ttl time.Duration) error
 	// Bump increments the versions under versionKeys.
 	Bump(ctx context.Context, versionKeys ...string) error
-	// PublishInvalidation tells every subscribed replica that userID's stale views are stale
-	// and returns once they have all handled it (onInvalidate returned), or with an error.
+	// PublishInvalidation tells every other subscribed replica that userID's stale views are
+	// stale and returns once they have all handled it (onInvalidate returned), or with an
+	// error. The publisher's own onInvalidate is not called: it drops its entries before.
 	PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error
 	// SubscribeInvalidations calls onSubscribe on every (re)subscription and onInvalidate for
 	// every published invalidation until stop is called.

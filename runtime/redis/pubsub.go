@@ -32,19 +32,25 @@ import (
 // version that does not know views reads the user id as before, drops everything (more
 // than needed, never less) and acknowledges on the same key, so a rolling upgrade mixes
 // versions safely. A key without the suffix means every view.
+//
+// The ack key also names the publishing client ("inv-ack:<client id>:<nonce>.<views>"): the
+// publisher has dropped its own entries before it published, so its own subscription only
+// acknowledges the message instead of dropping the same entries a second time (which would
+// throw away what its readers loaded fresh in between).
 
 const channelName = "cache-invalidate"
 
 // AckTimeout bounds how long PublishInvalidation waits for the other replicas.
 var AckTimeout = time.Second
 
-// PublishInvalidation tells every subscribed replica (this one included) that userID's
-// stale views are stale and returns once all of them have dropped those L1 entries, or
-// with an error when Redis failed or some replica did not acknowledge within AckTimeout.
+// PublishInvalidation tells every other subscribed replica that userID's stale views are
+// stale and returns once all of them have dropped those L1 entries (the caller drops its
+// own before), or with an error when Redis failed or some replica did not acknowledge
+// within AckTimeout.
 func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
 	nonce := make([]byte, 12)
 	_, _ = rand.Read(nonce)
-	ackKey := c.opts.Prefix + "inv-ack:" + hex.EncodeToString(nonce) + "." + strconv.Itoa(int(stale))
+	ackKey := c.ackPrefix() + hex.EncodeToString(nonce) + "." + strconv.Itoa(int(stale))
 	msg := ackKey + " " + userID.String()
 
 	pctx, cancel := c.opCtx(ctx)
@@ -82,8 +88,8 @@ func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stal
 // SubscribeInvalidations runs a subscription until the client is closed or stop is called.
 // onSubscribe runs on every (re)subscription, before any message of it is handled: the
 // caller flushes its L1 there, because messages sent while it was not subscribed are lost.
-// onInvalidate runs for every invalidation (also the ones this replica published); the
-// acknowledgement is sent after it returns.
+// onInvalidate runs for every invalidation another client published; the acknowledgement is
+// sent after it returns (at once for this client's own).
 func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views)) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.done.Add(1)
@@ -160,7 +166,9 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 			if !ok || err != nil {
 				continue
 			}
-			onInvalidate(id, viewsOf(ackKey))
+			if !strings.HasPrefix(ackKey, c.ackPrefix()) {
+				onInvalidate(id, viewsOf(ackKey))
+			}
 			// The publisher waits up to AckTimeout; so may the acknowledgement (a busy
 			// machine), rather than give up after OpTimeout and make the publisher wait anyway.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), AckTimeout)
@@ -187,3 +195,6 @@ func viewsOf(ackKey string) trading.Views {
 	}
 	return trading.Views(v)
 }
+
+// ackPrefix starts the ack keys of this client's invalidations.
+func (c *Client) ackPrefix() string { return c.opts.Prefix + "inv-ack:" + c.id + ":" }

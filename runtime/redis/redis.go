@@ -23,6 +23,8 @@ package redis
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,6 +59,8 @@ type Client struct {
 	// cache and the limiter of connections nor wait behind them (which made a busy
 	// replica's acknowledgement miss its deadline: a stale read elsewhere).
 	acks *goredis.Client
+	// id names this client in the invalidations it publishes (see pubsub.go).
+	id string
 	// scripts counts the RunScript calls in flight (direct or pipelined).
 	scripts atomic.Int32
 	opts    Options
@@ -106,7 +110,9 @@ func OpenWith(url string, o Options) (*Client, error) {
 	ro.PoolTimeout = 200 * time.Millisecond
 	ro.ContextTimeoutEnabled = true
 	ro.DisableIdentity = true
-	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{})}
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{}), id: hex.EncodeToString(id)}
 	ackOpts := *ro
 	ackOpts.PoolSize = ackPoolSize // dialled on demand: an idle replica holds none
 	ackOpts.PoolTimeout = AckTimeout

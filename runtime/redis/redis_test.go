@@ -67,7 +67,8 @@ func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
 	var subsA, subsB atomic.Int32
 	var mu sync.Mutex
 	seenB := map[uuid.UUID]trading.Views{}
-	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views) {})
+	var seenA atomic.Int32
+	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views) { seenA.Add(1) })
 	defer stopA()
 	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(u uuid.UUID, v trading.Views) {
 		time.Sleep(20 * time.Millisecond) // a slow handler: the publisher must wait for it
@@ -90,6 +91,9 @@ func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
 	}
 	if got != trading.ViewSummary {
 		t.Fatalf("the other replica was told views %b, want the summary only (%b)", got, trading.ViewSummary)
+	}
+	if n := seenA.Load(); n != 0 {
+		t.Fatalf("the publisher's own handler ran %d times: it drops its entries itself, before publishing", n)
 	}
 
 	before := subsB.Load()
