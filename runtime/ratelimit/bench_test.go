@@ -34,7 +34,7 @@ func BenchmarkLimiterAllow(b *testing.B) {
 			}
 		}
 	})
-	// Many requests at once, as under load: the scripts share round trips (the pipeliner).
+	// Many requests at once, as under load: the requests in flight together share one script call.
 	b.Run("shared-data-request-64-concurrent", func(b *testing.B) {
 		l := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(b, url, redistest.Prefix(b))})
 		b.SetParallelism(32) // 64 goroutines on 2 cores

@@ -8,42 +8,73 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// allowAll is GCRA over several buckets in one round trip, all or nothing: a request is
-// allowed only when every bucket allows it, and only then does it use up one request of
-// each; a refused request costs nothing anywhere. The state of a bucket is the same as
-// redis_rate's (the theoretical arrival time, in seconds since 2017-01-01, under
-// "rate:<key>", with burst = limit), so a bucket can be checked by either.
+// allowAll is GCRA over several buckets, all or nothing: a request is allowed only when
+// every bucket allows it, and only then does it use up one request of each; a refused
+// request costs nothing anywhere. The state of a bucket is the same as redis_rate's (the
+// theoretical arrival time, in seconds since 2017-01-01, under "rate:<key>", with
+// burst = limit), so a bucket can be checked by either.
 //
-// ARGV holds a limit and a period in whole seconds per key. The reply is four integers:
+// It decides a batch of requests (redis.Batcher: the requests in flight together share one
+// call): KEYS holds each request's buckets in turn; ARGV, per request, its number of
+// buckets, the number of arguments that follow, and a limit and a period in whole seconds
+// per bucket. The requests are decided in order, each seeing the buckets as the ones
+// before it left them, so a batch decides exactly as the same requests one by one. The
+// reply is four integers per request:
 // refused: {index of the first refusing bucket (1-based), 0, retry-after us, reset-after us};
 // allowed: {0, index of the tightest bucket (fewest remaining), remaining, reset-after us}.
-// It runs on every request, so it does little: one MGET, no strings built, one SET per
-// bucket only when the request is allowed.
+// It runs on every request, so it does little: one MGET, and one SET per bucket a request
+// of the batch used.
 var allowAll = goredis.NewScript(`
 local t = redis.call("TIME")
 local now = (t[1] - 1483228800) + (t[2] / 1000000)
-local tats = redis.call("MGET", unpack(KEYS))
-local pick, remaining, reset = 0, 0, 0
+local stored = redis.call("MGET", unpack(KEYS))
+local tat = {}
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local interval = tonumber(ARGV[2 * i]) / limit
-  local tat = tonumber(tats[i]) or now
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local diff = now - (new_tat - limit * interval)
-  if diff < 0 then
-    return {i, 0, math.floor(-diff * 1000000), math.floor((tat - now) * 1000000)}
-  end
-  tats[i] = new_tat
-  local left = math.floor(diff / interval)
-  if pick == 0 or left < remaining then
-    pick, remaining, reset = i, left, new_tat - now
-  end
+  if tat[KEYS[i]] == nil then tat[KEYS[i]] = tonumber(stored[i]) or false end
 end
-for i = 1, #KEYS do
-  redis.call("SET", KEYS[i], tats[i], "EX", math.ceil(tats[i] - now))
+local out, used, new = {}, {}, {}
+local k, a = 0, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  a = a + 2
+  local pick, remaining, reset, refused = 0, 0, 0, false
+  for i = 1, n do
+    local key = KEYS[k + i]
+    local limit = tonumber(ARGV[a])
+    local interval = tonumber(ARGV[a + 1]) / limit
+    a = a + 2
+    local cur = tat[key] or now
+    if cur < now then cur = now end
+    local new_tat = cur + interval
+    local diff = now - (new_tat - limit * interval)
+    if not refused then
+      if diff < 0 then
+        refused = true
+        out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] =
+          i, 0, math.floor(-diff * 1000000), math.floor((cur - now) * 1000000)
+      else
+        new[i] = new_tat
+        local left = math.floor(diff / interval)
+        if pick == 0 or left < remaining then
+          pick, remaining, reset = i, left, new_tat - now
+        end
+      end
+    end
+  end
+  if not refused then
+    for i = 1, n do
+      tat[KEYS[k + i]] = new[i]
+      used[KEYS[k + i]] = true
+    end
+    out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] =
+      0, pick, remaining, math.floor(reset * 1000000)
+  end
+  k = k + n
 end
-return {0, pick, remaining, math.floor(reset * 1000000)}
+for key in pairs(used) do
+  redis.call("SET", key, tat[key], "EX", math.ceil(tat[key] - now))
+end
+return out
 `)
 
 type bucket struct {
@@ -51,8 +82,8 @@ type bucket struct {
 	lim limit
 }
 
-// checkShared runs allowAll for the buckets and returns the decision of the refusing
-// bucket, or of the tightest one when all allow.
+// checkShared decides the buckets in Redis (allowAll, batched with the requests in flight)
+// and returns the decision of the refusing bucket, or of the tightest one when all allow.
 func (l *Limiter) checkShared(ctx context.Context, bs []bucket) (Decision, error) {
 	keys := make([]string, len(bs))
 	args := make([]any, 0, 2*len(bs))
@@ -60,13 +91,12 @@ func (l *Limiter) checkShared(ctx context.Context, bs []bucket) (Decision, error
 		keys[i] = "rate:" + l.key(b.req)
 		args = append(args, b.lim.n, int64(b.lim.period/time.Second)) // whole seconds: formatting a float per request showed in profiles
 	}
-	v, err := l.rdb.RunScript(ctx, allowAll, keys, args...).Int64Slice()
+	v, err := l.batch.Run(ctx, keys, args...)
 	if err != nil {
 		return Decision{}, err
 	}
 	n := int64(len(bs))
 	switch {
-	case len(v) != 4:
 	case v[0] > 0 && v[0] <= n: // refused by bucket v[0]
 		b := bs[v[0]-1]
 		return Decision{Allowed: false, Class: b.req.Class, Limit: b.lim.n, Remaining: 0,

@@ -137,6 +137,7 @@ type Limiter struct {
 	limits map[Class]limit
 	rdb    *redis.Client
 	rl     *redis_rate.Limiter
+	batch  *redis.Batcher
 	prefix string
 	rec    Recorder
 	log    *slog.Logger
@@ -176,6 +177,7 @@ func New(cfg Config, o Options) *Limiter {
 	}
 	if o.Redis != nil {
 		l.rl = redis_rate.NewLimiter(o.Redis.Redis())
+		l.batch = o.Redis.NewBatcher(allowAll, 4)
 		o.Redis.OnHealthChange(func(healthy bool) { l.setFallback(!healthy) })
 		l.fallback.Store(!o.Redis.Healthy())
 	} else {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -363,5 +364,63 @@ func TestRefusedRequestCostsNothing(t *testing.T) {
 				t.Fatalf("trading bucket after the refusal: %+v, want 1 request used, 1 left before this one", d)
 			}
 		})
+	}
+}
+
+// Requests decided in one script call (the ones in flight together) are decided exactly as
+// one by one: under 400 concurrent requests from 4 users on two replicas, each user gets
+// exactly its limit, and each allowed request saw its own count (remaining 49, 48, ... 0,
+// every value once).
+func TestConcurrentRequestsOnTwoReplicasAllowExactlyTheLimit(t *testing.T) {
+	const limit, users, perUser = 50, 4, 100
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	// The per-day bucket is the tight one: it refills one request every 1728 s, not
+	// during the test.
+	cfg := ratelimit.Config{Data: 1 << 20, GlobalPerMinute: 1 << 20, GlobalPerDay: limit}
+	replicas := []*ratelimit.Limiter{
+		ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix)}),
+		ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix)}),
+	}
+	var (
+		mu        sync.Mutex
+		remaining = map[string][]int{}
+		wg        sync.WaitGroup
+	)
+	for u := range users {
+		user := uuid.NewString()
+		for i := range perUser {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d := replicas[i%2].CheckAll(context.Background(),
+					ratelimit.Request{Class: ratelimit.Data, Key: user},
+					ratelimit.Request{Class: ratelimit.GlobalMinute, Key: user},
+					ratelimit.Request{Class: ratelimit.GlobalDay, Key: user})
+				if !d.Shared {
+					t.Errorf("user %d: decided without Redis: %+v", u, d)
+				}
+				if d.Allowed {
+					mu.Lock()
+					remaining[user] = append(remaining[user], d.Remaining)
+					mu.Unlock()
+				} else if d.Class != ratelimit.GlobalDay || d.RetryAfter <= 0 {
+					t.Errorf("user %d: refused %+v, want refused by global_day with a Retry-After", u, d)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if len(remaining) != users {
+		t.Fatalf("%d users got requests through, want %d", len(remaining), users)
+	}
+	for user, got := range remaining {
+		slices.Sort(got)
+		want := make([]int, limit)
+		for i := range want {
+			want[i] = i
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("user %s: %d allowed with remaining %v, want %d with 0..%d once each", user, len(got), got, limit, limit-1)
+		}
 	}
 }

@@ -1,6 +1,6 @@
 // Package redis connects tradingd to Redis (go-redis v9): the L2 cache storage, the pub/sub
 // channel that carries cache invalidations between replicas, and the connection the shared
-// rate limiter (runtime/ratelimit) runs its GCRA scripts on.
+// rate limiter (runtime/ratelimit) runs its GCRA scripts on (batched: Batcher).
 //
 // Redis is optional and never a reason to fail a request. Every operation runs under a short
 // timeout (Options.OpTimeout, 100ms by default); a connection error marks the client degraded
@@ -60,10 +60,8 @@ type Client struct {
 	// replica's acknowledgement miss its deadline: a stale read elsewhere).
 	acks *goredis.Client
 	// id names this client in the invalidations it publishes (see pubsub.go).
-	id string
-	// scripts counts the RunScript calls in flight (direct or pipelined).
-	scripts atomic.Int32
-	opts    Options
+	id   string
+	opts Options
 
 	healthy atomic.Bool
 	probing atomic.Bool

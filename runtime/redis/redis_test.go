@@ -171,26 +171,47 @@ func TestVersionedValues(t *testing.T) {
 	}
 }
 
-// RunScript answers every caller with its own result, whether the script went straight to
-// Redis (few in flight) or through the pipeliner (many), and loads a script Redis does not
-// know yet (NOSCRIPT) on either path.
-func TestRunScriptUnderConcurrency(t *testing.T) {
+// echoBatch is a batch script for the Batcher tests: per caller, its one argument and the
+// number of callers in the batch. A random constant makes it new to Redis, so the first
+// call meets NOSCRIPT.
+func echoBatch() *goredis.Script {
+	return goredis.NewScript(`
+local out, a = {}, 1
+local callers = 0
+while a <= #ARGV do callers = callers + 1; a = a + 2 + tonumber(ARGV[a + 1]) end
+a = 1
+while a <= #ARGV do
+  out[#out + 1], out[#out + 2] = tonumber(ARGV[a + 2]), callers
+  a = a + 2 + tonumber(ARGV[a + 1])
+end
+return out -- ` + uuid.NewString() + `
+`)
+}
+
+// Every caller of a Batcher gets its own reply, whether its script ran alone or batched with
+// others (which it must be, under 64 concurrent callers), and a script Redis does not know
+// yet is loaded.
+func TestBatcherUnderConcurrency(t *testing.T) {
 	c := open(t, redistest.SharedURL(t), redistest.Prefix(t))
-	// A script of its own (a random constant in it): Redis has never seen it, so the first
-	// calls of both paths meet NOSCRIPT.
-	script := goredis.NewScript(`return {ARGV[1], "` + uuid.NewString() + `"}`)
-	var wg sync.WaitGroup
+	b := c.NewBatcher(echoBatch(), 2)
+	var (
+		wg      sync.WaitGroup
+		batched atomic.Bool
+	)
 	errs := make(chan error, 64)
 	for g := range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range 50 {
-				want := fmt.Sprintf("%d-%d", g, i)
-				v, err := c.RunScript(context.Background(), script, nil, want).StringSlice()
+				want := int64(g*1000 + i)
+				v, err := b.Run(context.Background(), []string{"k"}, want)
 				if err != nil || len(v) != 2 || v[0] != want {
-					errs <- fmt.Errorf("call %s: %v, %v", want, v, err)
+					errs <- fmt.Errorf("call %d: %v, %v", want, v, err)
 					return
+				}
+				if v[1] > 1 {
+					batched.Store(true)
 				}
 			}
 		}()
@@ -199,5 +220,8 @@ func TestRunScriptUnderConcurrency(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+	if !batched.Load() {
+		t.Fatal("64 concurrent callers never shared a script call")
 	}
 }

@@ -2,52 +2,147 @@ package redis
 
 import (
 	"context"
-	"strings"
+	"fmt"
+	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// directScripts is how many scripts may be in flight before more go through the pipeliner.
-const directScripts = 8
-
-// RunScript runs a Lua script the way Script.Run does (EVALSHA, then EVAL when Redis does not
-// know the script yet) but through the client's automatic pipeliner: the scripts of
-// concurrent requests share one write and one read on one connection instead of a round
-// trip each. That is the rate limiter's case, a script on every request: batching them
-// halves its CPU in tradingd and in Redis (make bench).
+// Batcher runs one Lua script for many callers at once: the calls that arrive while
+// earlier ones are in flight are combined into a single EVALSHA. That is the rate
+// limiter's case, a script on every request. In Redis a script call has a fixed cost
+// (about 8 µs for the limiter's, against 0.3 µs for each command inside it) and each
+// call costs the client a command to encode, send and parse; combined, N requests pay
+// them once. A call that finds a free slot goes straight to Redis, so at low load nothing
+// waits for anyone (the automatic pipeliner tried before made every call wait for the
+// batch ahead of it: +0.65 ms at p50 at 3000 req/s).
 //
-// ctx bounds the wait, not the command: the pipeliner runs a queued command on its own
-// context, so after a timeout the script may still run once (a request counted against
-// its limit that the caller then decides locally: conservative, never a lost limit).
-func (c *Client) RunScript(ctx context.Context, script *goredis.Script, keys []string, args ...any) *goredis.Cmd {
-	// The pipeliner pays off only when scripts queue up: a batch waits for the one before
-	// it, which at moderate load added 0.65 ms at p50 where a direct round trip adds 0.1 ms
-	// (make bench, 3000 req/s). So a script goes straight to Redis while few are in flight.
-	defer c.scripts.Add(-1)
-	if c.scripts.Add(1) <= directScripts {
-		return script.Run(ctx, c.rdb, keys, args...)
+// The script must accept a batch: KEYS is the callers' keys one after the other, ARGV
+// holds for each caller its number of keys, its number of arguments and then those
+// arguments; it evaluates the callers in order (as if each had run on its own, one after
+// the other: the batch is atomic, so it is the same as N calls that nobody interleaved)
+// and returns Width integers per caller, in the same order.
+type Batcher struct {
+	c      *Client
+	script *goredis.Script
+	width  int
+
+	mu       sync.Mutex
+	inFlight int
+	queue    []*batchCall
+}
+
+// Most scripts in flight at once, and most callers in one: with more concurrent callers
+// than that, they queue and go in the next batch of at most maxBatch. Two in flight keep
+// a caller from waiting for more than about one round trip; a batch of 64 limiter checks
+// runs in about 100 µs in Redis.
+const (
+	maxScriptsInFlight = 1
+	maxBatch           = 64
+)
+
+type batchCall struct {
+	keys []string
+	args []any
+
+	reply []int64
+	err   error
+	// lead is set when this queued call is to send the batch (lead[0] is itself);
+	// done is closed when the reply is in (or, for a leader, when it is to start).
+	lead []*batchCall
+	done chan struct{}
+}
+
+// NewBatcher returns a Batcher of script, whose reply has width integers per caller.
+func (c *Client) NewBatcher(script *goredis.Script, width int) *Batcher {
+	return &Batcher{c: c, script: script, width: width}
+}
+
+// Run runs the script for one caller and returns its Width integers. ctx bounds the wait;
+// a caller that gives up after its call was sent is still counted by the script (for the
+// limiter: a request counted that the caller then decides locally, never a lost limit).
+// The script runs under the client's operation timeout, not ctx: the other callers of a
+// batch must not lose their answer because one of them hung up.
+func (b *Batcher) Run(ctx context.Context, keys []string, args ...any) ([]int64, error) {
+	call := &batchCall{keys: keys, args: args}
+	b.mu.Lock()
+	if b.inFlight < maxScriptsInFlight {
+		b.inFlight++
+		b.mu.Unlock()
+		b.send(ctx, []*batchCall{call})
+		return call.reply, call.err
 	}
-	ap, err := c.rdb.AsyncAutoPipeline()
-	if err != nil { // a closed client: the plain path reports it the usual way
-		return script.Run(ctx, c.rdb, keys, args...)
-	}
-	argv := make([]any, 0, 3+len(keys)+len(args))
-	argv = append(argv, "evalsha", script.Hash(), len(keys))
-	for _, k := range keys {
-		argv = append(argv, k)
-	}
-	argv = append(argv, args...)
-	cmd := goredis.NewCmd(ctx, argv...)
-	if err := ap.Submit(ctx, cmd).WaitContext(ctx); err != nil {
-		if ctx.Err() != nil {
-			failed := goredis.NewCmd(ctx)
-			failed.SetErr(ctx.Err())
-			return failed
+	call.done = make(chan struct{})
+	b.queue = append(b.queue, call)
+	b.mu.Unlock()
+
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		b.mu.Lock()
+		for i, q := range b.queue {
+			if q == call { // not taken into a batch yet: leave
+				b.queue = append(b.queue[:i], b.queue[i+1:]...)
+				b.mu.Unlock()
+				return nil, ctx.Err()
+			}
 		}
-		if strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			// First use on this Redis (or after SCRIPT FLUSH / a restart): Script.Run loads it.
-			return script.Run(ctx, c.rdb, keys, args...)
-		}
+		b.mu.Unlock()
+		<-call.done // in a batch already (maybe as its sender): bounded by the op timeout
 	}
-	return cmd
+	if call.lead != nil {
+		b.send(ctx, call.lead)
+	}
+	return call.reply, call.err
+}
+
+// send runs one batch, hands every caller its reply, and then either passes the slot to
+// the first queued caller (which sends the queue as the next batch) or frees it.
+func (b *Batcher) send(ctx context.Context, batch []*batchCall) {
+	b.exec(ctx, batch)
+	for _, call := range batch[1:] {
+		close(call.done)
+	}
+
+	b.mu.Lock()
+	if len(b.queue) == 0 {
+		b.inFlight--
+		b.mu.Unlock()
+		return
+	}
+	n := min(len(b.queue), maxBatch)
+	next := make([]*batchCall, n)
+	copy(next, b.queue)
+	b.queue = append(b.queue[:0], b.queue[n:]...)
+	b.mu.Unlock()
+	next[0].lead = next
+	close(next[0].done)
+}
+
+func (b *Batcher) exec(ctx context.Context, batch []*batchCall) {
+	nkeys, nargs := 0, 0
+	for _, call := range batch {
+		nkeys += len(call.keys)
+		nargs += 2 + len(call.args)
+	}
+	keys := make([]string, 0, nkeys)
+	args := make([]any, 0, nargs)
+	for _, call := range batch {
+		keys = append(keys, call.keys...)
+		args = append(args, len(call.keys), len(call.args))
+		args = append(args, call.args...)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.c.opts.OpTimeout)
+	defer cancel()
+	v, err := b.script.Run(ctx, b.c.rdb, keys, args...).Int64Slice()
+	if err == nil && len(v) != b.width*len(batch) {
+		err = fmt.Errorf("redis: script replied %d integers for %d callers, want %d each", len(v), len(batch), b.width)
+	}
+	for i, call := range batch {
+		if err != nil {
+			call.err = err
+			continue
+		}
+		call.reply = v[i*b.width : (i+1)*b.width : (i+1)*b.width]
+	}
 }

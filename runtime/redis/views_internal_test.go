@@ -2,9 +2,10 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"testing"
+	"time"
 
-	"github.com/google/uuid"
 	goredis "github.com/redis/go-redis/v9"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -33,23 +34,29 @@ func TestViewsOfAckKey(t *testing.T) {
 	}
 }
 
-// With many scripts in flight a script goes through the pipeliner; one Redis has not seen
-// yet (NOSCRIPT) is loaded there too, and the result still reaches its caller.
-func TestRunScriptPipelinedLoadsUnknownScript(t *testing.T) {
+// A caller that gives up while queued behind a script in flight leaves the queue at once
+// (its request is then decided without Redis), and the queue does not hand it a batch.
+func TestBatcherCallerGivesUpWhileQueued(t *testing.T) {
 	c, err := OpenWith(redistest.SharedURL(t), Options{Prefix: redistest.Prefix(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.scripts.Store(directScripts) // as if that many were in flight: the next one is pipelined
-	script := goredis.NewScript(`return {ARGV[1], "` + uuid.NewString() + `"}`)
-	for _, want := range []string{"first", "second"} { // NOSCRIPT, then known
-		v, err := c.RunScript(context.Background(), script, nil, want).StringSlice()
-		if err != nil || len(v) != 2 || v[0] != want {
-			t.Fatalf("%s: %v, %v", want, v, err)
-		}
+	b := c.NewBatcher(goredis.NewScript(`return {tonumber(ARGV[3])}`), 1)
+	b.inFlight = maxScriptsInFlight // as if calls were in flight: the next one queues
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := b.Run(ctx, nil, 7); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued call: %v, want its deadline", err)
 	}
-	if n := c.scripts.Load(); n != directScripts {
-		t.Fatalf("%d scripts counted in flight after the calls returned, want %d", n, directScripts)
+	if len(b.queue) != 0 {
+		t.Fatalf("%d calls left in the queue", len(b.queue))
+	}
+	b.inFlight = 0
+	if v, err := b.Run(context.Background(), nil, 8); err != nil || len(v) != 1 || v[0] != 8 {
+		t.Fatalf("next call: %v, %v", v, err)
+	}
+	if b.inFlight != 0 {
+		t.Fatalf("%d in flight after the calls returned", b.inFlight)
 	}
 }
