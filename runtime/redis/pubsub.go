@@ -40,6 +40,19 @@ import (
 
 const channelName = "cache-invalidate"
 
+// channel is the client's invalidation channel. Pub/sub ignores the database number, so
+// deployments that share one Redis through different databases (redis://host/1 and
+// redis://host/2, no key prefix) would otherwise share the channel: each would count the
+// other's replicas among the receivers of every PUBLISH and wait for their
+// acknowledgements, which never come (they go to the other database), so every approval
+// would wait out AckTimeout. Database 0 keeps the plain name, which earlier versions use.
+func channel(prefix string, db int) string {
+	if db == 0 {
+		return prefix + channelName
+	}
+	return prefix + channelName + "@db" + strconv.Itoa(db)
+}
+
 // AckTimeout bounds how long PublishInvalidation waits for the other replicas.
 var AckTimeout = time.Second
 
@@ -54,7 +67,7 @@ func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stal
 	msg := ackKey + " " + userID.String()
 
 	pctx, cancel := c.opCtx(ctx)
-	receivers, err := c.rdb.Publish(pctx, c.opts.Prefix+channelName, msg).Result()
+	receivers, err := c.rdb.Publish(pctx, c.channel, msg).Result()
 	cancel()
 	if err != nil {
 		c.ReportError(err)
@@ -122,7 +135,7 @@ func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(us
 
 // subscribeOnce holds one subscription connection until it fails.
 func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views)) error {
-	ps := c.rdb.Subscribe(ctx, c.opts.Prefix+channelName)
+	ps := c.rdb.Subscribe(ctx, c.channel)
 	defer ps.Close()
 	// A blocked read does not watch ctx: closing the connection ends it at once.
 	closed := make(chan struct{})

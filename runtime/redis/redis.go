@@ -60,8 +60,10 @@ type Client struct {
 	// replica's acknowledgement miss its deadline: a stale read elsewhere).
 	acks *goredis.Client
 	// id names this client in the invalidations it publishes (see pubsub.go).
-	id   string
-	opts Options
+	id string
+	// channel carries the invalidations (see channel in pubsub.go).
+	channel string
+	opts    Options
 
 	healthy atomic.Bool
 	probing atomic.Bool
@@ -110,7 +112,8 @@ func OpenWith(url string, o Options) (*Client, error) {
 	ro.DisableIdentity = true
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
-	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{}), id: hex.EncodeToString(id)}
+	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{}), id: hex.EncodeToString(id),
+		channel: channel(o.Prefix, ro.DB)}
 	ackOpts := *ro
 	ackOpts.PoolSize = ackPoolSize // dialled on demand: an idle replica holds none
 	ackOpts.PoolTimeout = AckTimeout

@@ -3,6 +3,8 @@ package redis_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -107,6 +109,41 @@ func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
 	redistest.Eventually(t, 10*time.Second, "resubscription", func() bool { return subsB.Load() > before })
 	if err := a.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews); err != nil {
 		t.Fatalf("publish after recovery: %v", err)
+	}
+}
+
+// Two deployments sharing one Redis through different databases (no key prefix) do not
+// hear each other's invalidations: pub/sub ignores the database, and a foreign subscriber
+// counted among the receivers would make every invalidation wait out AckTimeout for an
+// acknowledgement that goes to the other database.
+func TestInvalidationsStayInTheirDatabase(t *testing.T) {
+	srv := redistest.Start(t)
+	base := strings.TrimSuffix(srv.URL(), "/0")
+	var subscribed [3]atomic.Int32
+	var heard [3]atomic.Int32
+	clients := make([]*redis.Client, 3)
+	for db := range clients {
+		clients[db] = open(t, base+"/"+strconv.Itoa(db), "")
+		stop := clients[db].SubscribeInvalidations(func() { subscribed[db].Add(1) },
+			func(uuid.UUID, trading.Views) { heard[db].Add(1) })
+		defer stop()
+	}
+	redistest.Eventually(t, 5*time.Second, "subscriptions", func() bool {
+		return subscribed[0].Load() >= 1 && subscribed[1].Load() >= 1 && subscribed[2].Load() >= 1
+	})
+	// A second replica of the deployment on database 1 does hear it.
+	peer := open(t, base+"/1", "")
+	for db, c := range []*redis.Client{clients[0], peer, clients[2]} {
+		start := time.Now()
+		if err := c.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews); err != nil {
+			t.Fatalf("database %d: %v", db, err)
+		}
+		if d := time.Since(start); d > redis.AckTimeout/2 {
+			t.Fatalf("database %d: the invalidation took %v: it waited for a subscriber that never acknowledges", db, d)
+		}
+	}
+	if got := [3]int32{heard[0].Load(), heard[1].Load(), heard[2].Load()}; got != [3]int32{0, 1, 0} {
+		t.Fatalf("handlers ran %v times per database, want only database 1's, once (its peer published)", got)
 	}
 }
 
