@@ -89,7 +89,7 @@ func (l *Limiter) checkShared(ctx context.Context, bs []bucket) (Decision, error
 	args := make([]any, 0, 2*len(bs))
 	for i, b := range bs {
 		keys[i] = "rate:" + l.key(b.req)
-		args = append(args, b.lim.n, int64(b.lim.period/time.Second)) // whole seconds: formatting a float per request showed in profiles
+		args = append(args, b.lim.nArg, b.lim.secondsArg)
 	}
 	v, err := l.batch.Run(ctx, keys, args...)
 	if err != nil {

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -41,6 +42,9 @@ const (
 	maxBatch           = 64
 )
 
+// errAheadFailed is what the calls queued behind a failed script call get (wrapping its error).
+var errAheadFailed = errors.New("redis: the script call ahead of this one failed")
+
 type batchCall struct {
 	keys []string
 	args []any
@@ -58,7 +62,8 @@ func (c *Client) NewBatcher(script *goredis.Script, width int) *Batcher {
 	return &Batcher{c: c, script: script, width: width}
 }
 
-// Run runs the script for one caller and returns its Width integers. ctx bounds the wait;
+// Run runs the script for one caller and returns its Width integers. ctx bounds the wait
+// (and so does the batcher: a call is sent within about one operation timeout, or fails);
 // a caller that gives up after its call was sent is still counted by the script (for the
 // limiter: a request counted that the caller then decides locally, never a lost limit).
 // The script runs under the client's operation timeout, not ctx: the other callers of a
@@ -99,12 +104,23 @@ func (b *Batcher) Run(ctx context.Context, keys []string, args ...any) ([]int64,
 // send runs one batch, hands every caller its reply, and then either passes the slot to
 // the first queued caller (which sends the queue as the next batch) or frees it.
 func (b *Batcher) send(ctx context.Context, batch []*batchCall) {
-	b.exec(ctx, batch)
+	err := b.exec(ctx, batch)
 	for _, call := range batch[1:] {
 		close(call.done)
 	}
 
 	b.mu.Lock()
+	if err != nil {
+		// Redis failed or timed out: the queued calls would most likely meet the same, one
+		// batch after another. They get the error now (and decide without Redis): with
+		// Redis gone a caller waits at most about two operation timeouts.
+		queuedErr := fmt.Errorf("%w: %w", errAheadFailed, err)
+		for _, call := range b.queue {
+			call.err = queuedErr
+			close(call.done)
+		}
+		b.queue = b.queue[:0]
+	}
 	if len(b.queue) == 0 {
 		b.inFlight--
 		b.mu.Unlock()
@@ -119,7 +135,7 @@ func (b *Batcher) send(ctx context.Context, batch []*batchCall) {
 	close(next[0].done)
 }
 
-func (b *Batcher) exec(ctx context.Context, batch []*batchCall) {
+func (b *Batcher) exec(ctx context.Context, batch []*batchCall) error {
 	nkeys, nargs := 0, 0
 	for _, call := range batch {
 		nkeys += len(call.keys)
@@ -145,4 +161,5 @@ func (b *Batcher) exec(ctx context.Context, batch []*batchCall) {
 		}
 		call.reply = v[i*b.width : (i+1)*b.width : (i+1)*b.width]
 	}
+	return err
 }

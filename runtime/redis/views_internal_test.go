@@ -60,3 +60,43 @@ func TestBatcherCallerGivesUpWhileQueued(t *testing.T) {
 		t.Fatalf("%d in flight after the calls returned", b.inFlight)
 	}
 }
+
+// When a script call fails (Redis hung or gone), the calls queued behind it get its error at
+// once instead of trying again one batch after another, each waiting out its timeout.
+func TestBatcherFailureFailsTheQueue(t *testing.T) {
+	srv := redistest.Start(t)
+	c, err := OpenWith(srv.URL(), Options{Prefix: redistest.Prefix(t), OpTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv.Pause()
+	defer srv.Resume()
+	b := c.NewBatcher(goredis.NewScript(`return {tonumber(ARGV[3])}`), 1)
+	b.inFlight = maxScriptsInFlight // the leader below holds the slot; the others queue
+	errs := make(chan error, 3)
+	for i := range 3 {
+		go func() {
+			_, err := b.Run(context.Background(), nil, i)
+			errs <- err
+		}()
+	}
+	redistest.Eventually(t, 5*time.Second, "three queued calls", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.queue) == 3
+	})
+	leader := &batchCall{args: []any{9}}
+	b.send(context.Background(), []*batchCall{leader})
+	if leader.err == nil {
+		t.Fatal("a script call with Redis paused succeeded")
+	}
+	for range 3 {
+		if err := <-errs; !errors.Is(err, errAheadFailed) || !errors.Is(err, leader.err) {
+			t.Fatalf("a queued call got %v, want the failed call's error (%v) at once: it tried again", err, leader.err)
+		}
+	}
+	if b.inFlight != 0 || len(b.queue) != 0 {
+		t.Fatalf("after the failure: %d in flight, %d queued", b.inFlight, len(b.queue))
+	}
+}
