@@ -56,7 +56,10 @@ type tracer struct{ m *Metrics }
 
 // QueryTracer returns the pgx.QueryTracer for postgres.Config.Tracer: db_queries_total by
 // table and operation, db_query_duration_seconds by table.
+// It is also a pgx.BatchTracer: the statements of a batch count the same.
 func (m *Metrics) QueryTracer() pgx.QueryTracer { return tracer{m} }
+
+var _ pgx.BatchTracer = tracer{}
 
 func (t tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
 	c := t.m.classify(data.SQL)
@@ -87,6 +90,34 @@ func (t tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQuery
 	t.m.dbQueries.WithLabelValues(qs.table, qs.op).Inc()
 	t.m.dbQueryDuration.WithLabelValues(qs.table).Observe(time.Since(qs.at).Seconds())
 }
+
+// The statements of a batch (a pipeline: approve's transaction) are observed as their
+// results arrive; each one's duration is the time since the previous result (or since the
+// batch was sent), its share of the round trip.
+type batchTrace struct{ last time.Time }
+
+type batchStartKey struct{}
+
+// TraceBatchStart implements pgx.BatchTracer.
+func (t tracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return context.WithValue(ctx, batchStartKey{}, &batchTrace{last: time.Now()})
+}
+
+// TraceBatchQuery implements pgx.BatchTracer.
+func (t tracer) TraceBatchQuery(ctx context.Context, _ *pgx.Conn, data pgx.TraceBatchQueryData) {
+	bt, ok := ctx.Value(batchStartKey{}).(*batchTrace)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	c := t.m.classify(data.SQL)
+	t.m.dbQueries.WithLabelValues(c.table, c.op).Inc()
+	t.m.dbQueryDuration.WithLabelValues(c.table).Observe(now.Sub(bt.last).Seconds())
+	bt.last = now
+}
+
+// TraceBatchEnd implements pgx.BatchTracer.
+func (t tracer) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
 // ClassifySQL returns the operation (select, insert, update, delete, transaction, other)
 // and the main table of a statement without parsing it: the first keyword, then the table

