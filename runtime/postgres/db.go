@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	pgxuuid "github.com/vgarvardt/pgx-google-uuid/v5"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -72,6 +73,13 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	}
 	if cfg.Tracer != nil {
 		pc.ConnConfig.Tracer = cfg.Tracer
+	}
+	// google/uuid's UUID implements driver.Valuer and sql.Scanner, so pgx would pass every id
+	// as a string (formatted, then parsed back) and read every id as text: a few percent of
+	// tradingd's CPU per order. Registered, ids travel as their 16 bytes.
+	pc.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
+		pgxuuid.Register(conn.TypeMap())
+		return nil
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
