@@ -424,6 +424,10 @@ func TestServe(t *testing.T) {
 	if code, body := get(t, "http://"+admin+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz: %d %s", code, body)
 	}
+	// No GOGC in the environment: tradingd's own default, as the Go collector reports it.
+	if code, body := get(t, "http://"+admin+"/metrics"); code != http.StatusOK || !strings.Contains(body, "\ngo_gc_gogc_percent 400\n") {
+		t.Errorf("/metrics: %d, want go_gc_gogc_percent 400 in it", code)
+	}
 	for _, u := range []struct{ name, password string }{
 		{"trader1", "password123"}, {"trader2", "password456"}, {"risk1", "password789"},
 		{"admin", "admin-bootstrap-pw"}, {"alice", "alice-password"},
