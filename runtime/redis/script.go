@@ -34,9 +34,11 @@ type Batcher struct {
 }
 
 // Most scripts in flight at once, and most callers in one: with more concurrent callers
-// than that, they queue and go in the next batch of at most maxBatch. Two in flight keep
-// a caller from waiting for more than about one round trip; a batch of 64 limiter checks
-// runs in about 100 µs in Redis.
+// than that, they queue and go in the next batch of at most maxBatch. One in flight lets
+// the batches grow with the load (about 13 limiter checks at 64 clients) while a caller
+// waits at most about one round trip for the batch ahead of it; two in flight made smaller
+// batches, slower at 64 clients (21.0k vs 22.9k cached reads/s) and no faster at 16. A
+// batch of 64 limiter checks runs in about 100 µs in Redis.
 const (
 	maxScriptsInFlight = 1
 	maxBatch           = 64
@@ -62,9 +64,10 @@ func (c *Client) NewBatcher(script *goredis.Script, width int) *Batcher {
 	return &Batcher{c: c, script: script, width: width}
 }
 
-// Run runs the script for one caller and returns its Width integers. ctx bounds the wait
-// (and so does the batcher: a call is sent within about one operation timeout, or fails);
-// a caller that gives up after its call was sent is still counted by the script (for the
+// Run runs the script for one caller and returns its Width integers. ctx bounds the wait;
+// so does the batcher: a queued call goes with the next batch (unless more than maxBatch
+// are ahead of it), and when Redis does not answer a call, the calls queued behind it fail
+// with it. A caller that gives up after its call was sent is still counted by the script (for the
 // limiter: a request counted that the caller then decides locally, never a lost limit).
 // The script runs under the client's operation timeout, not ctx: the other callers of a
 // batch must not lose their answer because one of them hung up.
@@ -110,7 +113,7 @@ func (b *Batcher) send(ctx context.Context, batch []*batchCall) {
 	}
 
 	b.mu.Lock()
-	if err != nil {
+	if IsUnavailable(err) {
 		// Redis failed or timed out: the queued calls would most likely meet the same, one
 		// batch after another. They get the error now (and decide without Redis): with
 		// Redis gone a caller waits at most about two operation timeouts.
