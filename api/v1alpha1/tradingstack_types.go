@@ -189,20 +189,20 @@ type RateLimits struct {
 // CacheSpec sets cache lifetimes, as Go durations such as 30s or 1m30s.
 type CacheSpec struct {
 	// PositionsTTL is how long a user's positions are cached (CACHE_POSITIONS_TTL).
-	// Defaults to 30s; at most 24h.
+	// Defaults to 30s; more than 0, at most 24h.
 	// +kubebuilder:default="30s"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="cache lifetimes are at most 24h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('24h')",message="cache lifetimes are more than 0 and at most 24h"
 	// +optional
 	PositionsTTL string `json:"positionsTTL,omitempty"`
 
 	// SummaryTTL is how long a user's summary is cached (CACHE_SUMMARY_TTL). Defaults to 10s;
-	// at most 24h.
+	// more than 0, at most 24h.
 	// +kubebuilder:default="10s"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="cache lifetimes are at most 24h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('24h')",message="cache lifetimes are more than 0 and at most 24h"
 	// +optional
 	SummaryTTL string `json:"summaryTTL,omitempty"`
 }

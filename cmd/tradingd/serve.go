@@ -99,6 +99,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
+	// 0 was always taken as the default lifetime (the cache cannot be turned off); the CRD
+	// now refuses it, and a stack or environment that still says 0 is told so.
+	for name, ttl := range map[string]time.Duration{"CACHE_POSITIONS_TTL": cfg.CachePositionsTTL, "CACHE_SUMMARY_TTL": cfg.CacheSummaryTTL} {
+		if ttl == 0 {
+			logger.Warn("a cache lifetime of 0 does not turn the cache off; the default lifetime applies", "setting", name)
+		}
+	}
 
 	// Metrics first: the pool's query tracer is fixed when the pool is built.
 	m := metrics.New(trading.Version)

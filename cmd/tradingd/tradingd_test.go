@@ -413,6 +413,7 @@ func TestServe(t *testing.T) {
 		"BOOTSTRAP_ADMIN_PASSWORD": "admin-bootstrap-pw",
 		"SHUTDOWN_GRACE":           "2m",  // generous: the in-flight request must finish, not be cut
 		"RATE_LIMIT_LOGIN":         "100", // seven logins from one address; limits are tested elsewhere
+		"CACHE_SUMMARY_TTL":        "0s",  // the default lifetime, with a warning
 	})
 	serving := p.waitLog("serving")
 	api, _ := serving["api_addr"].(string)
@@ -442,6 +443,9 @@ func TestServe(t *testing.T) {
 	}
 	if !strings.Contains(p.log(), "DEMO_USERS") {
 		t.Errorf("no warning about DEMO_USERS in the log")
+	}
+	if !strings.Contains(p.log(), `"setting":"CACHE_SUMMARY_TTL"`) {
+		t.Errorf("no warning about CACHE_SUMMARY_TTL=0s in the log")
 	}
 
 	// A login in flight: headers sent with Expect: 100-continue; the server's "100 Continue"
