@@ -55,6 +55,7 @@ import (
 	"encoding/json"
 	"hash/maphash"
 	"log/slog"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -488,10 +489,7 @@ func (p *Portfolio) replayPending() {
 func (p *Portfolio) replay() {
 	defer p.replaying.Store(false)
 	p.pendingMu.Lock()
-	users := make(map[uuid.UUID]trading.Views, len(p.pending))
-	for u, v := range p.pending {
-		users[u] = v
-	}
+	users := maps.Clone(p.pending)
 	p.pendingMu.Unlock()
 	sent := 0
 	for u, v := range users {

@@ -48,8 +48,8 @@ func (s *tableSet) label(name string) string {
 type queryStartKey struct{}
 
 type queryStart struct {
-	table, op string
-	at        time.Time
+	class sqlClass
+	at    time.Time
 }
 
 type tracer struct{ m *Metrics }
@@ -62,8 +62,7 @@ func (m *Metrics) QueryTracer() pgx.QueryTracer { return tracer{m} }
 var _ pgx.BatchTracer = tracer{}
 
 func (t tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
-	c := t.m.classify(data.SQL)
-	return context.WithValue(ctx, queryStartKey{}, queryStart{table: c.table, op: c.op, at: time.Now()})
+	return context.WithValue(ctx, queryStartKey{}, queryStart{class: t.m.classify(data.SQL), at: time.Now()})
 }
 
 type sqlClass struct{ op, table string }
@@ -87,8 +86,13 @@ func (t tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQuery
 	if !ok {
 		return
 	}
-	t.m.dbQueries.WithLabelValues(qs.table, qs.op).Inc()
-	t.m.dbQueryDuration.WithLabelValues(qs.table).Observe(time.Since(qs.at).Seconds())
+	t.record(qs.class, time.Since(qs.at))
+}
+
+// record counts one statement and its duration.
+func (t tracer) record(c sqlClass, d time.Duration) {
+	t.m.dbQueries.WithLabelValues(c.table, c.op).Inc()
+	t.m.dbQueryDuration.WithLabelValues(c.table).Observe(d.Seconds())
 }
 
 // The statements of a batch (a pipeline: approve's transaction) are observed as their
@@ -110,9 +114,7 @@ func (t tracer) TraceBatchQuery(ctx context.Context, _ *pgx.Conn, data pgx.Trace
 		return
 	}
 	now := time.Now()
-	c := t.m.classify(data.SQL)
-	t.m.dbQueries.WithLabelValues(c.table, c.op).Inc()
-	t.m.dbQueryDuration.WithLabelValues(c.table).Observe(now.Sub(bt.last).Seconds())
+	t.record(t.m.classify(data.SQL), now.Sub(bt.last))
 	bt.last = now
 }
 

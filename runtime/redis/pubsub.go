@@ -63,7 +63,7 @@ var AckTimeout = time.Second
 func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
 	nonce := make([]byte, 12)
 	_, _ = rand.Read(nonce)
-	ackKey := c.ackPrefix() + hex.EncodeToString(nonce) + "." + strconv.Itoa(int(stale))
+	ackKey := c.ackPrefix + hex.EncodeToString(nonce) + "." + strconv.Itoa(int(stale))
 	msg := ackKey + " " + userID.String()
 
 	pctx, cancel := c.opCtx(ctx)
@@ -179,7 +179,7 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 			if !ok || err != nil {
 				continue
 			}
-			if !strings.HasPrefix(ackKey, c.ackPrefix()) {
+			if !strings.HasPrefix(ackKey, c.ackPrefix) {
 				onInvalidate(id, viewsOf(ackKey))
 			}
 			// The publisher waits up to AckTimeout; so may the acknowledgement (a busy
@@ -208,6 +208,3 @@ func viewsOf(ackKey string) trading.Views {
 	}
 	return trading.Views(v)
 }
-
-// ackPrefix starts the ack keys of this client's invalidations.
-func (c *Client) ackPrefix() string { return c.opts.Prefix + "inv-ack:" + c.id + ":" }

@@ -59,8 +59,9 @@ type Client struct {
 	// cache and the limiter of connections nor wait behind them (which made a busy
 	// replica's acknowledgement miss its deadline: a stale read elsewhere).
 	acks *goredis.Client
-	// id names this client in the invalidations it publishes (see pubsub.go).
-	id string
+	// ackPrefix starts the ack keys of this client's invalidations; a random id in it names
+	// the client (see pubsub.go).
+	ackPrefix string
 	// channel carries the invalidations (see channel in pubsub.go).
 	channel string
 	opts    Options
@@ -112,8 +113,8 @@ func OpenWith(url string, o Options) (*Client, error) {
 	ro.DisableIdentity = true
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
-	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{}), id: hex.EncodeToString(id),
-		channel: channel(o.Prefix, ro.DB)}
+	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{}),
+		ackPrefix: o.Prefix + "inv-ack:" + hex.EncodeToString(id) + ":", channel: channel(o.Prefix, ro.DB)}
 	ackOpts := *ro
 	ackOpts.PoolSize = ackPoolSize // dialled on demand: an idle replica holds none
 	ackOpts.PoolTimeout = AckTimeout

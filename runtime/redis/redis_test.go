@@ -37,25 +37,27 @@ func TestOpenRejectsMalformedURL(t *testing.T) {
 func TestStoreRoundTrip(t *testing.T) {
 	c := open(t, redistest.SharedURL(t), redistest.Prefix(t))
 	ctx := context.Background()
-	if _, ok, err := c.Get(ctx, "k"); err != nil || ok {
+	v, _, ok, err := c.GetVersioned(ctx, "ver", "k")
+	if err != nil || ok {
 		t.Fatalf("Get of a missing key: ok=%v err=%v", ok, err)
 	}
-	if err := c.Set(ctx, "k", []byte(`{"a":1}`), time.Minute); err != nil {
+	if err := c.SetVersioned(ctx, "k", v, []byte(`{"a":1}`), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	b, ok, err := c.Get(ctx, "k")
+	_, b, ok, err := c.GetVersioned(ctx, "ver", "k")
 	if err != nil || !ok || string(b) != `{"a":1}` {
 		t.Fatalf("Get = %q %v %v", b, ok, err)
 	}
-	n, size, err := c.Stats(ctx, "", 1000)
-	if err != nil || n != 1 || size != int64(len(`{"a":1}`)) {
+	// Stats counts the stored value: the version it was stored under, a space, the bytes.
+	n, size, err := c.Stats(ctx, "k", 1000)
+	if err != nil || n != 1 || size != int64(len(`0 {"a":1}`)) {
 		t.Fatalf("Stats = %d entries %d bytes, %v", n, size, err)
 	}
-	if err := c.Delete(ctx, "k"); err != nil {
+	if err := c.Bump(ctx, "ver"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok, _ := c.Get(ctx, "k"); ok {
-		t.Fatal("deleted key still there")
+	if _, _, ok, _ := c.GetVersioned(ctx, "ver", "k"); ok {
+		t.Fatal("a value of the old version is still served after a bump")
 	}
 }
 
@@ -154,18 +156,18 @@ func TestDegradedOperationsFailFast(t *testing.T) {
 	var mu sync.Mutex
 	c.OnHealthChange(func(h bool) { mu.Lock(); changes = append(changes, h); mu.Unlock() })
 	srv.Stop()
-	_, _, err := c.Get(context.Background(), "x")
+	_, _, _, err := c.GetVersioned(context.Background(), "v", "x")
 	if err == nil {
 		t.Fatal("Get with Redis down reported no error")
 	}
 	// A timeout starts a probe, a refused connection degrades at once: either way, soon.
 	redistest.Eventually(t, 5*time.Second, "degraded after a failed Get", func() bool { return !c.Healthy() })
-	if _, _, err := c.Get(context.Background(), "x"); err != redis.ErrDegraded {
+	if _, _, _, err := c.GetVersioned(context.Background(), "v", "x"); err != redis.ErrDegraded {
 		t.Fatalf("Get while degraded = %v, want ErrDegraded without a round trip", err)
 	}
 	srv.Restart()
 	redistest.Eventually(t, 10*time.Second, "recovery by the pinger", c.Healthy)
-	if err := c.Set(context.Background(), "x", []byte("1"), time.Minute); err != nil {
+	if err := c.SetVersioned(context.Background(), "x", 0, []byte("1"), time.Minute); err != nil {
 		t.Fatalf("Set after recovery: %v", err)
 	}
 	// Healthy() flips before the hooks run (on the pinger's goroutine): wait for the hook.
