@@ -101,7 +101,9 @@ func (ks *KeySet) Len() int { return len(ks.keys) }
 type Claims struct {
 	Name  string   `json:"name"`
 	Roles []string `json:"roles"`
-	// Use is "access" for access tokens; verification refuses anything else.
+	// Use is "access" in the tokens we issue. Verification refuses any other value but
+	// accepts a token without it: the contract's claims do not include it, and refresh
+	// tokens are opaque strings, never JWTs, so there is nothing else to tell apart.
 	Use string `json:"token_use"`
 	gojwt.RegisteredClaims
 }
@@ -127,7 +129,7 @@ type Authority struct {
 
 type verifiedToken struct {
 	principal trading.Principal
-	expires   time.Time // exp plus the leeway
+	expires   time.Time // exp
 }
 
 // verifiedCacheSize bounds the verified-token cache: each entry is about 200 bytes, and one
@@ -137,8 +139,11 @@ const verifiedCacheSize = 50_000
 // verifiedCacheTTL caps how long a verdict is reused; exp is checked on every hit anyway.
 const verifiedCacheTTL = 5 * time.Minute
 
-// leeway tolerates small clock differences between replicas when checking exp/iat.
-const leeway = 30 * time.Second
+// iatSkew tolerates a verifier whose clock is a little behind the issuer's: a token's iat
+// may be that far in the future. exp has no leeway: a token is refused once it expires,
+// as a client told expires_in expects (replicas' clocks are NTP-synchronized to well under
+// a second, and exp is whole seconds, rounded down).
+const iatSkew = 5 * time.Second
 
 // NewAuthority returns an Authority that signs with the first key of keys and accepts
 // tokens of issuer for audience that any key of keys signed.
@@ -160,10 +165,8 @@ func NewAuthority(keys *KeySet, issuer, audience string, accessTTL time.Duration
 	a.parser = gojwt.NewParser(
 		gojwt.WithValidMethods([]string{gojwt.SigningMethodHS256.Alg()}),
 		gojwt.WithExpirationRequired(),
-		gojwt.WithIssuedAt(),
 		gojwt.WithIssuer(issuer),
 		gojwt.WithAudience(audience),
-		gojwt.WithLeeway(leeway),
 		gojwt.WithTimeFunc(func() time.Time { return a.now() }),
 	)
 	return a
@@ -216,7 +219,7 @@ func (a *Authority) Verify(token string) (trading.Principal, error) {
 	if err != nil {
 		return trading.Principal{}, err
 	}
-	a.verified.Set(sum, verifiedToken{principal: p, expires: exp.Add(leeway)})
+	a.verified.Set(sum, verifiedToken{principal: p, expires: exp})
 	return p, nil
 }
 
@@ -233,8 +236,11 @@ func (a *Authority) verify(token string) (trading.Principal, time.Time, error) {
 	invalid := func(why string) (trading.Principal, time.Time, error) {
 		return trading.Principal{}, time.Time{}, &trading.Error{Code: trading.EUNAUTHORIZED, Message: "the access token is not valid", Err: errors.New(why)}
 	}
-	if claims.Use != accessUse {
+	if claims.Use != "" && claims.Use != accessUse {
 		return invalid("not an access token")
+	}
+	if claims.IssuedAt != nil && claims.IssuedAt.After(a.now().Add(iatSkew)) {
+		return invalid("issued in the future")
 	}
 	id, err := uuid.Parse(claims.Subject)
 	if err != nil {

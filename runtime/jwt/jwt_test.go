@@ -144,6 +144,14 @@ func TestVerifyRejects(t *testing.T) {
 	if _, err := a.Verify(sign(t, hs, "old", secretB, nil)); err != nil {
 		t.Fatalf("token of the second (verify-only) key refused: %v", err)
 	}
+	// Exactly the contract's claims (sub, name, roles, iss, aud, iat, exp): no token_use.
+	if _, err := a.Verify(sign(t, hs, "old", secretB, func(c *Claims) { c.Use = "" })); err != nil {
+		t.Fatalf("token with only the contract's claims refused: %v", err)
+	}
+	// A verifier whose clock is a second or two behind the issuer's.
+	if _, err := a.Verify(sign(t, hs, "new", secretA, func(c *Claims) { c.IssuedAt = gojwt.NewNumericDate(time.Now().Add(2 * time.Second)) })); err != nil {
+		t.Fatalf("token issued 2s ahead of this clock refused: %v", err)
+	}
 
 	valid := sign(t, hs, "new", secretA, nil)
 	parts := strings.Split(valid, ".")
@@ -160,18 +168,19 @@ func TestVerifyRejects(t *testing.T) {
 			c.IssuedAt = gojwt.NewNumericDate(time.Now().Add(-2 * time.Hour))
 			c.ExpiresAt = gojwt.NewNumericDate(time.Now().Add(-time.Hour))
 		}),
-		"no exp":               sign(t, hs, "new", secretA, func(c *Claims) { c.ExpiresAt = nil }),
-		"issued in the future": sign(t, hs, "new", secretA, func(c *Claims) { c.IssuedAt = gojwt.NewNumericDate(time.Now().Add(time.Hour)) }),
-		"wrong audience":       sign(t, hs, "new", secretA, func(c *Claims) { c.Audience = gojwt.ClaimStrings{"other-api"} }),
-		"no audience":          sign(t, hs, "new", secretA, func(c *Claims) { c.Audience = nil }),
-		"wrong issuer":         sign(t, hs, "new", secretA, func(c *Claims) { c.Issuer = "evil" }),
-		"refresh use":          sign(t, hs, "new", secretA, func(c *Claims) { c.Use = "refresh" }),
-		"no use":               sign(t, hs, "new", secretA, func(c *Claims) { c.Use = "" }),
-		"sub not a uuid":       sign(t, hs, "new", secretA, func(c *Claims) { c.Subject = "admin" }),
-		"unknown role":         sign(t, hs, "new", secretA, func(c *Claims) { c.Roles = []string{"root"} }),
-		"tampered":             tampered,
-		"garbage":              "not.a.jwt",
-		"empty":                "",
+		"no exp":                sign(t, hs, "new", secretA, func(c *Claims) { c.ExpiresAt = nil }),
+		"issued in the future":  sign(t, hs, "new", secretA, func(c *Claims) { c.IssuedAt = gojwt.NewNumericDate(time.Now().Add(time.Hour)) }),
+		"wrong audience":        sign(t, hs, "new", secretA, func(c *Claims) { c.Audience = gojwt.ClaimStrings{"other-api"} }),
+		"no audience":           sign(t, hs, "new", secretA, func(c *Claims) { c.Audience = nil }),
+		"wrong issuer":          sign(t, hs, "new", secretA, func(c *Claims) { c.Issuer = "evil" }),
+		"refresh use":           sign(t, hs, "new", secretA, func(c *Claims) { c.Use = "refresh" }),
+		"expired a second ago":  sign(t, hs, "new", secretA, func(c *Claims) { c.ExpiresAt = gojwt.NewNumericDate(time.Now().Add(-time.Second)) }),
+		"issued a minute ahead": sign(t, hs, "new", secretA, func(c *Claims) { c.IssuedAt = gojwt.NewNumericDate(time.Now().Add(time.Minute)) }),
+		"sub not a uuid":        sign(t, hs, "new", secretA, func(c *Claims) { c.Subject = "admin" }),
+		"unknown role":          sign(t, hs, "new", secretA, func(c *Claims) { c.Roles = []string{"root"} }),
+		"tampered":              tampered,
+		"garbage":               "not.a.jwt",
+		"empty":                 "",
 	}
 	refresh, _, err := NewRefreshToken()
 	if err != nil {
@@ -198,7 +207,7 @@ func TestVerifyExpiresWithClock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.now = func() time.Time { return time.Now().Add(time.Hour + leeway + time.Second) }
+	a.now = func() time.Time { return time.Now().Add(time.Hour + time.Second) }
 	if _, err := a.Verify(tok); trading.ErrorCode(err) != trading.EUNAUTHORIZED {
 		t.Fatalf("an hour later: %v, want unauthorized", err)
 	}
@@ -226,7 +235,7 @@ func TestRefreshToken(t *testing.T) {
 }
 
 // A verdict remembered by the verified-token cache must not outlive the token: the same
-// token, verified once while valid, is refused once the clock passes exp (plus leeway).
+// token, verified once while valid, is refused once the clock passes exp.
 func TestVerifyCacheHonoursExpiry(t *testing.T) {
 	a := newAuthority(t)
 	tok, _, err := a.Issue(alice)
@@ -239,7 +248,7 @@ func TestVerifyCacheHonoursExpiry(t *testing.T) {
 			t.Fatalf("fresh token: %+v, %v", p, err)
 		}
 	}
-	a.now = func() time.Time { return time.Now().Add(time.Hour + leeway + time.Second) }
+	a.now = func() time.Time { return time.Now().Add(time.Hour + time.Second) }
 	if _, err := a.Verify(tok); trading.ErrorCode(err) != trading.EUNAUTHORIZED {
 		t.Fatalf("an hour later, after a cached verdict: %v, want unauthorized", err)
 	}
