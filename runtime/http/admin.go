@@ -14,16 +14,29 @@ import (
 // before the kubelet's probe gives up.
 const ReadyTimeout = 2 * time.Second
 
-// NewAdminHandler returns the admin port's mux (:9090) with /healthz and /readyz. It is a
-// *ServeMux so that /metrics can be added beside them.
+// AdminMux is the admin port's handler (:9090): a ServeMux, so that /metrics can be added
+// beside /healthz and /readyz, whose every response (metrics, 404s and 405s included)
+// carries the API's security headers and request id, and whose unknown paths and methods
+// are answered in problem+json like the API's.
+type AdminMux struct{ *http.ServeMux }
+
+func (m AdminMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	setCommonHeaders(w.Header(), requestID(r))
+	if _, pattern := m.Handler(r); pattern == "" {
+		m.ServeMux.ServeHTTP(&muxErrorWriter{statusWriter: &statusWriter{ResponseWriter: w}}, r)
+		return
+	}
+	m.ServeMux.ServeHTTP(w, r)
+}
+
+// NewAdminHandler returns the admin port's handler with /healthz and /readyz.
 //
 // /healthz is 200 while the process serves. /readyz is 200 when ready returns nil and 503
 // otherwise, with a JSON body saying what is down (ready's error, which should name the
 // dependency, e.g. trading.Unavailable("database", err)).
-func NewAdminHandler(ready func(context.Context) error) *http.ServeMux {
+func NewAdminHandler(ready func(context.Context) error) AdminMux {
 	mux := newAdminMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		setCommonHeaders(w.Header(), requestID(r))
 		ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
 		defer cancel()
 		if err := ready(ctx); err != nil {
@@ -54,10 +67,9 @@ type Readiness struct {
 
 // NewAdminHandlerWithChecks is NewAdminHandler with named checks, run concurrently: 503
 // when a required one fails, 200 otherwise, and every check's state in the body.
-func NewAdminHandlerWithChecks(checks ...ReadyCheck) *http.ServeMux {
+func NewAdminHandlerWithChecks(checks ...ReadyCheck) AdminMux {
 	mux := newAdminMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		setCommonHeaders(w.Header(), requestID(r))
 		ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
 		defer cancel()
 		errs := make([]error, len(checks))
@@ -92,13 +104,12 @@ func NewAdminHandlerWithChecks(checks ...ReadyCheck) *http.ServeMux {
 	return mux
 }
 
-func newAdminMux() *http.ServeMux {
+func newAdminMux() AdminMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		setCommonHeaders(w.Header(), requestID(r))
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	return mux
+	return AdminMux{mux}
 }
 
 // readyMessage says what is down without the details a driver error may carry (hosts,

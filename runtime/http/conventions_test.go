@@ -260,9 +260,25 @@ func TestAdminHandler(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
 		}
-		if path != "/metrics" {
-			checkSecurityHeaders(t, path, resp.Header)
+		checkSecurityHeaders(t, path, resp.Header)
+	}
+	// The admin port's errors are the API's: problem+json, with the same headers.
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{{"GET", "/nope", 404}, {"POST", "/healthz", 405}, {"DELETE", "/metrics", 405}} {
+		req, _ := http.NewRequest(c.method, admin.URL+c.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
 		}
+		var p rthttp.Problem
+		err = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || resp.Header.Get("Content-Type") != "application/problem+json" || err != nil || p.Status != c.status {
+			t.Errorf("%s %s: %d %q %+v (%v), want %d problem+json", c.method, c.path, resp.StatusCode, resp.Header.Get("Content-Type"), p, err, c.status)
+		}
+		checkSecurityHeaders(t, c.method+" "+c.path, resp.Header)
 	}
 
 	// ready reports a dependency down: 503 and the reason in JSON.

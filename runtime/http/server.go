@@ -172,7 +172,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// ServeMux answers unknown paths and wrong methods in plain text; find those first
 	// and let them answer through a writer that turns them into problem+json.
 	if _, pattern := s.mux.Handler(r); pattern == "" {
-		s.mux.ServeHTTP(&muxErrorWriter{statusWriter: sw, s: s, r: r}, r)
+		s.mux.ServeHTTP(&muxErrorWriter{statusWriter: sw}, r)
 		return
 	}
 	s.mux.ServeHTTP(sw, r)
@@ -248,8 +248,6 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // answers of the mux (redirects of unclean paths) pass through.
 type muxErrorWriter struct {
 	*statusWriter
-	s         *Server
-	r         *http.Request
 	swallowed bool
 }
 
@@ -257,10 +255,10 @@ func (w *muxErrorWriter) WriteHeader(code int) {
 	switch code {
 	case http.StatusNotFound:
 		w.swallowed = true
-		w.s.problem(w.statusWriter, w.r, code, "no such resource", nil)
+		writeProblem(w.statusWriter, code, "no such resource", nil)
 	case http.StatusMethodNotAllowed:
 		w.swallowed = true // the mux has set Allow already
-		w.s.problem(w.statusWriter, w.r, code, "method not allowed on this resource", nil)
+		writeProblem(w.statusWriter, code, "method not allowed on this resource", nil)
 	default:
 		w.statusWriter.WriteHeader(code)
 	}
