@@ -68,7 +68,12 @@ func (a *Amount) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// MarshalJSON writes the exact decimal as a JSON string.
+// MarshalJSON writes the exact decimal as a JSON string. The text is digits, a point and
+// maybe a minus sign, so quoting it needs no escaping (nor a trip through encoding/json).
 func (a Amount) MarshalJSON() ([]byte, error) {
-	return json.Marshal(a.Decimal.StringFixed(Scale))
+	s := a.Decimal.StringFixed(Scale)
+	b := make([]byte, 0, len(s)+2)
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), nil
 }

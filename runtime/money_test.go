@@ -46,9 +46,12 @@ func TestAmountJSON(t *testing.T) {
 			t.Errorf("%s: accepted as %s", bad, w.Q.Decimal)
 		}
 	}
-	b, _ := json.Marshal(Amount{Decimal: decimal.RequireFromString("0.5")})
-	if string(b) != `"0.50000000"` {
-		t.Errorf("marshal %s", b)
+	for in, want := range map[string]string{"0.5": `"0.50000000"`, "-1250.125": `"-1250.12500000"`, "0": `"0.00000000"`,
+		"99999999999.99999999": `"99999999999.99999999"`} {
+		b, err := json.Marshal(struct{ Q Amount }{Amount{Decimal: decimal.RequireFromString(in)}})
+		if err != nil || string(b) != `{"Q":`+want+`}` {
+			t.Errorf("marshal %s = %s, %v; want {\"Q\":%s}", in, b, err, want)
+		}
 	}
 }
 
