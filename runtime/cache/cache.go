@@ -155,6 +155,10 @@ type key struct {
 type entry struct {
 	positions []trading.PositionView
 	summary   *trading.Summary
+	// json is the view encoded (json.Marshal of positions or summary), once per load: what
+	// L2 stores and what runtime/http writes on a hit. Formatting a position's six decimals
+	// costs more than the rest of a cache hit, and a cached view is read many times.
+	json []byte
 	// read is set once a reader got the entry: a background refresh loads entries that
 	// nobody may read, and only an entry that was read is worth refreshing after the next
 	// change (else every change would refresh what the previous refresh loaded, forever).
@@ -247,12 +251,12 @@ func (p *Portfolio) Close() {
 }
 
 // weigh approximates the bytes an entry holds: a position view is a dozen decimals and a
-// symbol, about 400 bytes with their big.Int backing; a summary about 300.
+// symbol, about 400 bytes with their big.Int backing; a summary about 300; plus the JSON.
 func weigh(k key, e *entry) uint32 {
 	if e.summary != nil {
-		return 64 + 300
+		return uint32(64 + 300 + len(e.json))
 	}
-	return uint32(64 + 48 + 400*len(e.positions))
+	return uint32(64 + 48 + 400*len(e.positions) + len(e.json))
 }
 
 func (p *Portfolio) ttl(k kind) time.Duration {
@@ -306,6 +310,26 @@ func (p *Portfolio) Summary(ctx context.Context, userID uuid.UUID) (*trading.Sum
 	}
 	s := *e.summary
 	return &s, nil
+}
+
+// PositionsJSON is Positions encoded: exactly json.Marshal of what Positions returns. The
+// bytes are shared by every reader of the cached entry and must not be modified; runtime/http
+// writes them as they are instead of encoding the views again on every read.
+func (p *Portfolio) PositionsJSON(ctx context.Context, userID uuid.UUID) ([]byte, error) {
+	e, err := p.get(ctx, userID, kindPositions)
+	if err != nil {
+		return nil, err
+	}
+	return e.json, nil
+}
+
+// SummaryJSON is Summary encoded, under the same rules as PositionsJSON.
+func (p *Portfolio) SummaryJSON(ctx context.Context, userID uuid.UUID) ([]byte, error) {
+	e, err := p.get(ctx, userID, kindSummary)
+	if err != nil {
+		return nil, err
+	}
+	return e.json, nil
 }
 
 // refreshing marks the context of a background reload: it is not a reader's lookup, so
@@ -362,7 +386,13 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 		if err == nil {
 			version, haveVersion = v, true
 			if ok {
-				if e, err := decode(ck.kind, b); err == nil {
+				e, err := decode(ck.kind, b)
+				if err == nil {
+					// Encoded again rather than served as stored: a replica of another version
+					// may have written fields this one does not serve.
+					e.json, err = encode(e)
+				}
+				if err == nil {
 					p.observe(reader, true, "l2", ck.kind)
 					return e, nil
 				}
@@ -384,12 +414,13 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e.json, err = encode(&e); err != nil {
+		return nil, err // only a bug: every view type encodes
+	}
 	if haveVersion {
 		// Stored under the version read before the database: if a change came in between,
 		// the version has moved on and no reader will take this value.
-		if b, err := encode(&e); err == nil {
-			_ = r.SetVersioned(ctx, p.l2Key(ck.user, ck.kind), version, b, p.ttl(ck.kind))
-		}
+		_ = r.SetVersioned(ctx, p.l2Key(ck.user, ck.kind), version, e.json, p.ttl(ck.kind))
 	}
 	return &e, nil
 }

@@ -2,6 +2,8 @@ package cache_test
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -525,4 +527,62 @@ func TestRefreshFollowsReaders(t *testing.T) {
 	if got := w.portfolio.positionLoads.Load(); got != 2 {
 		t.Fatalf("%d position loads, want 2 (the read and one refresh): unread refreshes refreshed again", got)
 	}
+}
+
+// The encoded views that runtime/http writes are exactly the JSON of the views, whichever
+// level answered (the database on A, L2 on B, L1 on both) and after a trade on another
+// replica: fresh bytes, not the entry's before the invalidation.
+func TestEncodedViewsMatchTheViews(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	obs := &counts{}
+	a := replica(t, w, url, prefix, cache.Options{Observer: obs})
+	b := replica(t, w, url, prefix, cache.Options{Observer: obs})
+	user := w.trader.UserID
+	ctx := context.Background()
+	w.trade(t, a, "1")
+
+	check := func(p *cache.Portfolio, when string) {
+		t.Helper()
+		views, err := w.portfolio.Positions(ctx, user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if views == nil {
+			views = []trading.PositionView{}
+		}
+		sum, err := w.portfolio.Summary(ctx, user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantPositions, _ := json.Marshal(views)
+		wantSummary, _ := json.Marshal(sum)
+		got, err := p.PositionsJSON(ctx, user)
+		if err != nil || string(got) != string(wantPositions) {
+			t.Fatalf("%s: PositionsJSON = %s, %v; want %s", when, got, err, wantPositions)
+		}
+		got, err = p.SummaryJSON(ctx, user)
+		if err != nil || string(got) != string(wantSummary) {
+			t.Fatalf("%s: SummaryJSON = %s, %v; want %s", when, got, err, wantSummary)
+		}
+	}
+	check(a, "database load on A")
+	check(b, "L2 hit on B")
+	check(a, "L1 hit on A")
+	check(b, "L1 hit on B")
+	if obs.get("hit:l2:positions") != 1 || obs.get("hit:l1:positions") != 2 || obs.get("miss:l2:positions") != 1 {
+		t.Fatalf("lookups %v: the checks did not go through the database, L2 and L1 as intended", obs.m)
+	}
+	w.trade(t, a, "2")
+	check(b, "after a trade approved on A, on B")
+	if !strings.Contains(string(must(b.PositionsJSON(ctx, user))), `"quantity":"3.00000000"`) {
+		t.Fatalf("B's encoded positions after the second trade: %s", must(b.PositionsJSON(ctx, user)))
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

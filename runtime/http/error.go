@@ -144,9 +144,23 @@ func writeJSONAs(w http.ResponseWriter, status int, contentType string, v any) {
 		w.WriteHeader(http.StatusInternalServerError)
 		return
 	}
+	writeBody(w, status, contentType, append(b, '\n'))
+}
+
+// writeEncoded answers JSON that is already encoded: prefix, b and suffix, which together
+// must be one JSON value.
+func writeEncoded(w http.ResponseWriter, status int, prefix string, b []byte, suffix string) {
+	body := make([]byte, 0, len(prefix)+len(b)+len(suffix)+1)
+	body = append(body, prefix...)
+	body = append(body, b...)
+	body = append(body, suffix...)
+	writeBody(w, status, "application/json", append(body, '\n'))
+}
+
+func writeBody(w http.ResponseWriter, status int, contentType string, body []byte) {
 	h := w.Header()
 	h.Del("Content-Length")
 	h.Set("Content-Type", contentType)
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(body)
 }

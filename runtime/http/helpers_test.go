@@ -20,6 +20,7 @@ import (
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
+	"github.com/findmy/trading-operator/runtime/cache"
 	"github.com/findmy/trading-operator/runtime/jwt"
 	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
@@ -61,6 +62,9 @@ type envOptions struct {
 	observe      []rthttp.Middleware
 	guard        []rthttp.Middleware
 	refreshTTL   time.Duration
+	// cached puts runtime/cache (L1 only) in front of the portfolio, as tradingd does, with
+	// the order service invalidating it; invalidator must then be nil.
+	cached bool
 }
 
 func newEnv(t testing.TB, opts ...func(*envOptions)) *env {
@@ -87,7 +91,14 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 	logs := &syncBuffer{}
 	users := postgres.NewUserService(db)
 	// The invalidator goes to the API only, so that tests see what the handler does.
-	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{MaxDailyLoss: o.maxDailyLoss})
+	var portfolio trading.PortfolioService = postgres.NewPortfolioService(db)
+	var orderInvalidator trading.Invalidator
+	if o.cached {
+		c := cache.NewPortfolio(portfolio, cache.Options{})
+		t.Cleanup(c.Close)
+		portfolio, orderInvalidator = c, c
+	}
+	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{MaxDailyLoss: o.maxDailyLoss, Invalidator: orderInvalidator})
 	h := rthttp.NewHandler(rthttp.Config{
 		Rules:      rules,
 		Tokens:     jwt.NewAuthority(keys, issuer, audience, time.Hour),
@@ -99,7 +110,7 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 		Users:       users,
 		Sessions:    postgres.NewSessionService(db),
 		Orders:      orders,
-		Portfolio:   postgres.NewPortfolioService(db),
+		Portfolio:   portfolio,
 		Invalidator: o.invalidator,
 	})
 	srv := httptest.NewServer(h)

@@ -37,6 +37,16 @@ type PositionList struct {
 }
 
 func (s *Server) handlePositions(w http.ResponseWriter, r *http.Request) {
+	if s.encoded != nil {
+		b, err := s.encoded.PositionsJSON(r.Context(), principal(r).UserID)
+		if err != nil {
+			s.Error(w, r, err)
+			return
+		}
+		// PositionList encoded around the cached array: `{"positions":` b `}`.
+		writeEncoded(w, http.StatusOK, `{"positions":`, b, `}`)
+		return
+	}
 	views, err := s.svc.Portfolio.Positions(r.Context(), principal(r).UserID)
 	if err != nil {
 		s.Error(w, r, err)
@@ -46,6 +56,15 @@ func (s *Server) handlePositions(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleSummary(w http.ResponseWriter, r *http.Request) {
+	if s.encoded != nil {
+		b, err := s.encoded.SummaryJSON(r.Context(), principal(r).UserID)
+		if err != nil {
+			s.Error(w, r, err)
+			return
+		}
+		writeEncoded(w, http.StatusOK, "", b, "")
+		return
+	}
 	sum, err := s.svc.Portfolio.Summary(r.Context(), principal(r).UserID)
 	if err != nil {
 		s.Error(w, r, err)

@@ -207,3 +207,37 @@ func TestApproveInvalidatesRequester(t *testing.T) {
 		t.Errorf("invalidations %v after a 409 and a reject", inv.calls())
 	}
 }
+
+// The bodies of GET /api/positions and /api/summary are the same byte for byte whether the
+// cache answers (from the views it encoded once, on a miss and on a hit) or the handler
+// encodes the views itself.
+func TestCachedViewsAreTheSameBody(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cached := newEnvOn(t, e.db, envOptions{cached: true})
+	e.addUser("trader1", trading.RoleTrader)
+	e.addUser("trader2", trading.RoleTrader)
+	e.addUser("risk1", trading.RoleRisk)
+	t1, t2, risk := e.token("trader1"), e.token("trader2"), e.token("risk1")
+	compare := func(when string) {
+		t.Helper()
+		for _, path := range []string{"/api/positions", "/api/summary"} {
+			want := e.do("GET", path, t1, nil).want(200)
+			for _, read := range []string{"miss", "hit"} {
+				got := cached.do("GET", path, t1, nil).want(200)
+				if string(got.body) != string(want.body) {
+					t.Fatalf("%s, %s (%s): cached body\n%s\nwant\n%s", when, path, read, got.body, want.body)
+				}
+				if got.header.Get("Content-Type") != "application/json" {
+					t.Fatalf("%s, %s: Content-Type %q", when, path, got.header.Get("Content-Type"))
+				}
+			}
+		}
+	}
+	compare("before any trade")
+	e.trade(t1, risk, "BTC/USD", "buy", "100", "150.12345678")
+	e.trade(t1, risk, "ETH/USD", "sell", "2.5", "2000")
+	e.trade(t2, risk, "BTC/USD", "buy", "1", "151")
+	cached = newEnvOn(t, e.db, envOptions{cached: true}) // a cache that has not seen the trades
+	compare("after trades in two symbols, one short, marked by another trader")
+}
