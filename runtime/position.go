@@ -24,12 +24,12 @@ type Trade struct {
 // Position is what a user holds of a symbol: a signed quantity (negative is short), the
 // average entry price of the open quantity, and the P&L realized so far.
 type Position struct {
-	UserID        uuid.UUID
-	Symbol        string
-	Quantity      decimal.Decimal
-	AvgEntryPrice decimal.Decimal
-	RealizedPnL   decimal.Decimal
-	UpdatedAt     time.Time
+	UserID        uuid.UUID       `json:"-"`
+	Symbol        string          `json:"symbol"`
+	Quantity      decimal.Decimal `json:"quantity"`
+	AvgEntryPrice decimal.Decimal `json:"avg_entry_price"`
+	RealizedPnL   decimal.Decimal `json:"realized_pnl"`
+	UpdatedAt     time.Time       `json:"updated_at"`
 }
 
 // ApplyTrade returns the position after a trade of qty at price on side, and the P&L the
@@ -179,5 +179,59 @@ const (
 // are stale. It is the seam between the order workflow and a read cache; without a cache
 // it is nil.
 type Invalidator interface {
+	// InvalidateUser says that userID's stale views changed (a submission, a rejection).
 	InvalidateUser(ctx context.Context, userID uuid.UUID, stale Views) error
+	// InvalidateTrade says that a trade of userID in symbol executed: every view of userID
+	// changed, and so did the mark of symbol, for everyone who holds it.
+	InvalidateTrade(ctx context.Context, userID uuid.UUID, symbol string) error
+}
+
+// Book is what a user's positions and summary are computed from, apart from the marks: the
+// positions (the open ones for GET /api/positions; all of them for the summary, whose
+// realized P&L counts positions closed since) and the summary's counters of the day, read
+// in one snapshot. A cache keeps books per user and marks per symbol: a trade changes the
+// book of one user but the mark of its symbol for every holder.
+type Book struct {
+	Positions     []Position      `json:"positions"`
+	DailyRealized decimal.Decimal `json:"daily_realized"`
+	PendingOrders int             `json:"pending_orders"`
+	TradesToday   int             `json:"trades_today"`
+}
+
+// Marks are mark prices by symbol: the price of the symbol's latest trade by anyone.
+type Marks map[string]decimal.Decimal
+
+// MarkOf is the mark of p's symbol in marks; a symbol without trades (only possible when
+// trades were deleted by hand: a position exists through a trade) is marked at p's entry.
+func (m Marks) MarkOf(p Position) decimal.Decimal {
+	if mark, ok := m[p.Symbol]; ok {
+		return mark
+	}
+	return p.AvgEntryPrice
+}
+
+// Views values b's positions at marks; flat positions only with includeFlat.
+func (b *Book) Views(marks Marks, includeFlat bool) []PositionView {
+	views := make([]PositionView, 0, len(b.Positions))
+	for _, p := range b.Positions {
+		if includeFlat || !p.Quantity.IsZero() {
+			views = append(views, ViewPosition(p, marks.MarkOf(p)))
+		}
+	}
+	return views
+}
+
+// Summary is the summary of b at marks.
+func (b *Book) Summary(marks Marks) Summary {
+	return Summarize(b.Views(marks, true), b.DailyRealized, b.PendingOrders, b.TradesToday)
+}
+
+// BookReader reads books and marks (runtime/postgres); the cache (runtime/cache) builds
+// positions and summaries from them.
+type BookReader interface {
+	// Book returns userID's book: the open positions, or with summary every position and
+	// the counters too.
+	Book(ctx context.Context, userID uuid.UUID, summary bool) (*Book, error)
+	// Marks returns the marks of symbols (a symbol without trades is left out).
+	Marks(ctx context.Context, symbols []string) (Marks, error)
 }

@@ -3,6 +3,19 @@
 // L2 (Remote, implemented by runtime/redis) whose pub/sub channel carries invalidations to
 // every replica.
 //
+// What is cached. A trader's book (trading.Book: positions and the summary's counters) per
+// user, in L1 and L2, and each symbol's mark per symbol, in L1; every read values the one at
+// the other. A trade changes one trader's book but its symbol's mark for every holder, so
+// views cached with the marks of their load would show another trader's trade only when
+// they expire. The JSON of a view is kept with the entry and reused while the marks of its
+// positions have not changed (runtime/http writes it as it is).
+//
+// Marks. A trade's invalidation (InvalidateTrade) also names its symbol: the symbol's mark
+// gets a new generation here and, through the same acknowledged message, in every replica
+// before the approve returns, so the next read anywhere loads it again (one index probe per
+// symbol, once per replica: otter's loader). Marks live for the shorter of the two TTLs,
+// which bounds a replica that missed the message (Redis down; not replayed, unlike books).
+//
 // Consistency. A submission, an approval and a rejection call InvalidateUser with the views
 // they made stale (the summary; after an approval the positions too) before they return.
 // InvalidateUser first bumps each stale view's version in Redis (L2 values carry the version
@@ -57,7 +70,6 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,6 +77,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/maypok86/otter/v2"
+	"github.com/shopspring/decimal"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -81,12 +94,13 @@ type Remote interface {
 	// Bump increments the versions under versionKeys.
 	Bump(ctx context.Context, versionKeys ...string) error
 	// PublishInvalidation tells every other subscribed replica that userID's stale views are
-	// stale and returns once they have all handled it (onInvalidate returned), or with an
-	// error. The publisher's own onInvalidate is not called: it drops its entries before.
-	PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error
+	// stale, and when symbol is set that its mark moved, and returns once they have all
+	// handled it (onInvalidate returned), or with an error. The publisher's own onInvalidate
+	// is not called: it drops its entries before.
+	PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views, symbol string) error
 	// SubscribeInvalidations calls onSubscribe on every (re)subscription and onInvalidate for
 	// every published invalidation until stop is called.
-	SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views)) (stop func())
+	SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func())
 	// Healthy reports whether the remote is answering; false means degraded.
 	Healthy() bool
 	// Stats counts the entries under a key prefix and their bytes (for metrics).
@@ -151,18 +165,38 @@ type key struct {
 	kind  kind
 }
 
-// entry is an immutable cached value; callers get copies.
+// entry is a cached book (the open positions, or for the summary every position and the
+// counters); the book is immutable, callers get views built from it.
 type entry struct {
-	positions []trading.PositionView
-	summary   *trading.Summary
-	// json is the view encoded (json.Marshal of positions or summary), once per load: what
-	// L2 stores and what runtime/http writes on a hit. Formatting a position's six decimals
-	// costs more than the rest of a cache hit, and a cached view is read many times.
-	json []byte
+	book *trading.Book
+	// rendered is the view of book at the marks it was rendered with, JSON-encoded: what
+	// runtime/http writes while those marks hold. Formatting a position's six decimals
+	// costs more than the rest of a cache hit, and a view is read many times per trade.
+	rendered atomic.Pointer[rendering]
 	// read is set once a reader got the entry: a background refresh loads entries that
 	// nobody may read, and only an entry that was read is worth refreshing after the next
 	// change (else every change would refresh what the previous refresh loaded, forever).
 	read atomic.Bool
+}
+
+// rendering is an entry's view encoded at marks (one per position of the book, in order).
+type rendering struct {
+	marks []decimal.Decimal
+	json  []byte
+}
+
+// markKey is an L1 key of a symbol's mark: the flush epoch and the symbol's generation, so
+// that a mark loaded before the trade that moved it can never be found afterwards.
+type markKey struct {
+	symbol string
+	epoch  uint64
+	gen    uint64
+}
+
+// mark is a cached mark; ok is false for a symbol without trades.
+type mark struct {
+	price decimal.Decimal
+	ok    bool
 }
 
 const stripes = 64
@@ -173,17 +207,30 @@ type stripe struct {
 	gens map[uuid.UUID][kinds]uint64
 }
 
-// Portfolio is a trading.PortfolioService and trading.Invalidator that caches Positions
-// and Summary per user. FindTrades passes through.
+// Source is what a Portfolio reads on a miss: runtime/postgres's PortfolioService.
+type Source interface {
+	trading.PortfolioService
+	trading.BookReader
+}
+
+// Portfolio is a trading.PortfolioService and trading.Invalidator that caches each user's
+// book (per user, in L1 and L2) and each symbol's mark (per symbol, in L1), and values the
+// one at the other on every read: a trade changes one user's book but its symbol's mark for
+// every holder, so caching views valued at the marks of their load would show others'
+// trades only once they expire. FindTrades passes through.
 type Portfolio struct {
-	next   trading.PortfolioService
-	opts   Options
-	l1     *otter.Cache[key, *entry]
-	epoch  atomic.Uint64
-	seed   maphash.Seed
-	stripe [stripes]stripe
-	log    *slog.Logger
-	stop   func()
+	next  Source
+	opts  Options
+	l1    *otter.Cache[key, *entry]
+	marks *otter.Cache[markKey, mark]
+	// markMu guards markGens: the generation of each symbol's mark.
+	markMu   sync.RWMutex
+	markGens map[string]uint64
+	epoch    atomic.Uint64
+	seed     maphash.Seed
+	stripe   [stripes]stripe
+	log      *slog.Logger
+	stop     func()
 
 	pendingMu sync.Mutex
 	pending   map[uuid.UUID]trading.Views // invalidations Redis did not get; replayed on resubscribe
@@ -204,7 +251,7 @@ var (
 
 // NewPortfolio wraps next. With a Remote it subscribes to invalidations at once; call Close
 // at shutdown.
-func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
+func NewPortfolio(next Source, o Options) *Portfolio {
 	if o.PositionsTTL <= 0 {
 		o.PositionsTTL = 30 * time.Second
 	}
@@ -226,7 +273,8 @@ func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
 	if v := reflect.ValueOf(o.Remote); o.Remote != nil && v.Kind() == reflect.Pointer && v.IsNil() {
 		o.Remote = nil // a nil *redis.Client passed as Remote means "no Redis"
 	}
-	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]trading.Views{}}
+	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]trading.Views{},
+		markGens: map[string]uint64{}}
 	for i := range p.stripe {
 		p.stripe[i].gens = map[uuid.UUID][kinds]uint64{}
 	}
@@ -237,9 +285,20 @@ func NewPortfolio(next trading.PortfolioService, o Options) *Portfolio {
 			return p.ttl(e.Key.kind)
 		}),
 	})
+	// A mark lives as long as the shorter TTL: that bounds how long a replica that missed a
+	// trade's invalidation (Redis down) shows the mark before it.
+	p.marks = otter.Must(&otter.Options[markKey, mark]{
+		MaximumSize:      10_000,
+		ExpiryCalculator: otter.ExpiryWriting[markKey, mark](min(o.PositionsTTL, o.SummaryTTL)),
+	})
 	p.stop = func() {}
 	if o.Remote != nil {
-		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func(u uuid.UUID, v trading.Views) { p.dropLocal(u, v) })
+		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func(u uuid.UUID, v trading.Views, symbol string) {
+			if symbol != "" {
+				p.dropMark(symbol)
+			}
+			p.dropLocal(u, v)
+		})
 	}
 	return p
 }
@@ -250,13 +309,10 @@ func (p *Portfolio) Close() {
 	p.refreshes.Wait()
 }
 
-// weigh approximates the bytes an entry holds: a position view is a dozen decimals and a
-// symbol, about 400 bytes with their big.Int backing; a summary about 300; plus the JSON.
+// weigh approximates the bytes an entry holds: a position is four decimals, a symbol and a
+// time, about 250 bytes with their big.Int backing, and about as much again rendered.
 func weigh(k key, e *entry) uint32 {
-	if e.summary != nil {
-		return uint32(64 + 300 + len(e.json))
-	}
-	return uint32(64 + 48 + 400*len(e.positions) + len(e.json))
+	return uint32(64 + 160 + 500*len(e.book.Positions))
 }
 
 func (p *Portfolio) ttl(k kind) time.Duration {
@@ -278,8 +334,11 @@ func (p *Portfolio) currentKey(user uuid.UUID, k kind) key {
 	return key{user: user, epoch: p.epoch.Load(), gen: g, kind: k}
 }
 
+// l2Key names a user's book in Redis. The "book-" names are not those of earlier versions,
+// which stored valued views under "positions:" and "summary:": during a rolling upgrade
+// neither reads the other's format. The version keys are shared, so both see every bump.
 func (p *Portfolio) l2Key(user uuid.UUID, k kind) string {
-	return p.opts.KeyPrefix + k.String() + ":" + user.String()
+	return p.opts.KeyPrefix + "book-" + k.String() + ":" + user.String()
 }
 
 // versionKey names the Redis version counter of a user's view; outside KeyPrefix so that
@@ -293,43 +352,157 @@ func (p *Portfolio) FindTrades(ctx context.Context, f trading.TradeFilter) ([]*t
 	return p.next.FindTrades(ctx, f)
 }
 
-// Positions returns userID's positions from L1, L2 or the database, in that order.
+// Positions returns userID's open positions: the book from L1, L2 or the database, in that
+// order, valued at the current marks.
 func (p *Portfolio) Positions(ctx context.Context, userID uuid.UUID) ([]trading.PositionView, error) {
-	e, err := p.get(ctx, userID, kindPositions)
+	e, marks, err := p.valued(ctx, userID, kindPositions)
 	if err != nil {
 		return nil, err
 	}
-	return slices.Clone(e.positions), nil
+	return e.book.Views(marks, false), nil
 }
 
-// Summary returns userID's summary from L1, L2 or the database, in that order.
+// Summary returns userID's summary: the book from L1, L2 or the database, in that order,
+// valued at the current marks.
 func (p *Portfolio) Summary(ctx context.Context, userID uuid.UUID) (*trading.Summary, error) {
-	e, err := p.get(ctx, userID, kindSummary)
+	e, marks, err := p.valued(ctx, userID, kindSummary)
 	if err != nil {
 		return nil, err
 	}
-	s := *e.summary
+	s := e.book.Summary(marks)
 	return &s, nil
 }
 
 // PositionsJSON is Positions encoded: exactly json.Marshal of what Positions returns. The
-// bytes are shared by every reader of the cached entry and must not be modified; runtime/http
-// writes them as they are instead of encoding the views again on every read.
+// bytes are shared by every reader while the marks stay the same and must not be modified;
+// runtime/http writes them as they are instead of encoding the views on every read.
 func (p *Portfolio) PositionsJSON(ctx context.Context, userID uuid.UUID) ([]byte, error) {
-	e, err := p.get(ctx, userID, kindPositions)
-	if err != nil {
-		return nil, err
-	}
-	return e.json, nil
+	return p.render(ctx, userID, kindPositions)
 }
 
 // SummaryJSON is Summary encoded, under the same rules as PositionsJSON.
 func (p *Portfolio) SummaryJSON(ctx context.Context, userID uuid.UUID) ([]byte, error) {
-	e, err := p.get(ctx, userID, kindSummary)
+	return p.render(ctx, userID, kindSummary)
+}
+
+// valued returns userID's cached book of kind k and the current marks of its symbols.
+func (p *Portfolio) valued(ctx context.Context, user uuid.UUID, k kind) (*entry, trading.Marks, error) {
+	e, err := p.get(ctx, user, k)
+	if err != nil {
+		return nil, nil, err
+	}
+	marks, err := p.marksOf(ctx, e.book)
+	if err != nil {
+		return nil, nil, err
+	}
+	return e, marks, nil
+}
+
+// render returns the JSON of userID's view of kind k: the entry's rendering when the marks
+// of its positions are still those it was rendered at, else a new one (kept for the next
+// reader). Renderings are compared by mark value, so a trade at the same price as the one
+// before it changes nothing.
+func (p *Portfolio) render(ctx context.Context, user uuid.UUID, k kind) ([]byte, error) {
+	e, marks, err := p.valued(ctx, user, k)
 	if err != nil {
 		return nil, err
 	}
-	return e.json, nil
+	if r := e.rendered.Load(); r != nil && r.at(e.book, marks) {
+		return r.json, nil
+	}
+	var v any
+	if k == kindPositions {
+		v = e.book.Views(marks, false)
+	} else {
+		s := e.book.Summary(marks)
+		v = &s
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err // only a bug: every view encodes
+	}
+	r := &rendering{marks: make([]decimal.Decimal, len(e.book.Positions)), json: b}
+	for i, pos := range e.book.Positions {
+		r.marks[i] = marks.MarkOf(pos)
+	}
+	e.rendered.Store(r)
+	return b, nil
+}
+
+// at reports whether r was rendered at marks.
+func (r *rendering) at(b *trading.Book, marks trading.Marks) bool {
+	for i, pos := range b.Positions {
+		if !marks.MarkOf(pos).Equal(r.marks[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// marksOf returns the marks of b's symbols from L1, loading the missing ones in one query.
+func (p *Portfolio) marksOf(ctx context.Context, b *trading.Book) (trading.Marks, error) {
+	marks := make(trading.Marks, len(b.Positions))
+	var missing []markKey
+	for _, pos := range b.Positions {
+		k := p.currentMarkKey(pos.Symbol)
+		if m, ok := p.marks.GetIfPresent(k); ok {
+			if m.ok {
+				marks[pos.Symbol] = m.price
+			}
+			continue
+		}
+		missing = append(missing, k)
+	}
+	if len(missing) == 0 {
+		return marks, nil
+	}
+	// otter runs one load per key for all concurrent callers, under the same detached
+	// context as a book's load.
+	loaded, err := p.marks.BulkGet(ctx, missing, otter.BulkLoaderFunc[markKey, mark](p.loadMarks))
+	if err != nil {
+		return nil, err
+	}
+	for k, m := range loaded {
+		if m.ok {
+			marks[k.symbol] = m.price
+		}
+	}
+	return marks, nil
+}
+
+func (p *Portfolio) loadMarks(ctx context.Context, keys []markKey) (map[markKey]mark, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.LoadTimeout)
+	defer cancel()
+	symbols := make([]string, len(keys))
+	for i, k := range keys {
+		symbols[i] = k.symbol
+	}
+	prices, err := p.next.Marks(ctx, symbols)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[markKey]mark, len(keys))
+	for _, k := range keys {
+		price, ok := prices[k.symbol]
+		out[k] = mark{price: price, ok: ok}
+	}
+	return out, nil
+}
+
+func (p *Portfolio) currentMarkKey(symbol string) markKey {
+	p.markMu.RLock()
+	g := p.markGens[symbol]
+	p.markMu.RUnlock()
+	return markKey{symbol: symbol, epoch: p.epoch.Load(), gen: g}
+}
+
+// dropMark makes symbol's cached mark unreachable (a new generation) and removes it.
+func (p *Portfolio) dropMark(symbol string) {
+	p.markMu.Lock()
+	old := p.markGens[symbol]
+	p.markGens[symbol] = old + 1
+	p.markMu.Unlock()
+	p.marks.Invalidate(markKey{symbol: symbol, epoch: p.epoch.Load(), gen: old})
 }
 
 // refreshing marks the context of a background reload: it is not a reader's lookup, so
@@ -386,13 +559,7 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 		if err == nil {
 			version, haveVersion = v, true
 			if ok {
-				e, err := decode(ck.kind, b)
-				if err == nil {
-					// Encoded again rather than served as stored: a replica of another version
-					// may have written fields this one does not serve.
-					e.json, err = encode(e)
-				}
-				if err == nil {
+				if e, err := decode(b); err == nil {
 					p.observe(reader, true, "l2", ck.kind)
 					return e, nil
 				}
@@ -401,45 +568,29 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 		p.observe(reader, false, "l2", ck.kind)
 	}
 
-	var e entry
-	var err error
-	if ck.kind == kindPositions {
-		e.positions, err = p.next.Positions(ctx, ck.user)
-		if e.positions == nil && err == nil {
-			e.positions = []trading.PositionView{}
-		}
-	} else {
-		e.summary, err = p.next.Summary(ctx, ck.user)
-	}
+	book, err := p.next.Book(ctx, ck.user, ck.kind == kindSummary)
 	if err != nil {
 		return nil, err
-	}
-	if e.json, err = encode(&e); err != nil {
-		return nil, err // only a bug: every view type encodes
 	}
 	if haveVersion {
 		// Stored under the version read before the database: if a change came in between,
 		// the version has moved on and no reader will take this value.
-		_ = r.SetVersioned(ctx, p.l2Key(ck.user, ck.kind), version, e.json, p.ttl(ck.kind))
+		if b, err := json.Marshal(book); err == nil {
+			_ = r.SetVersioned(ctx, p.l2Key(ck.user, ck.kind), version, b, p.ttl(ck.kind))
+		}
 	}
-	return &e, nil
+	return &entry{book: book}, nil
 }
 
-func encode(e *entry) ([]byte, error) {
-	if e.summary != nil {
-		return json.Marshal(e.summary)
+func decode(b []byte) (*entry, error) {
+	book := new(trading.Book)
+	if err := json.Unmarshal(b, book); err != nil {
+		return nil, err
 	}
-	return json.Marshal(e.positions)
-}
-
-func decode(k kind, b []byte) (*entry, error) {
-	var e entry
-	if k == kindSummary {
-		e.summary = new(trading.Summary)
-		return &e, json.Unmarshal(b, e.summary)
+	if book.Positions == nil {
+		book.Positions = []trading.Position{}
 	}
-	e.positions = []trading.PositionView{}
-	return &e, json.Unmarshal(b, &e.positions)
+	return &entry{book: book}, nil
 }
 
 // dropLocal makes userID's stale L1 entries unreachable (new generations) and removes them.
@@ -497,6 +648,7 @@ func (p *Portfolio) flushAll() {
 		p.stripe[i].mu.Unlock()
 	}
 	p.l1.InvalidateAll()
+	p.marks.InvalidateAll()
 }
 
 func (p *Portfolio) onSubscribe() {
@@ -524,7 +676,7 @@ func (p *Portfolio) replay() {
 	p.pendingMu.Unlock()
 	sent := 0
 	for u, v := range users {
-		if _, err := p.invalidateRemote(context.Background(), u, v); err != nil {
+		if _, err := p.invalidateRemote(context.Background(), u, v, ""); err != nil {
 			continue
 		}
 		sent++
@@ -561,15 +713,30 @@ func (p *Portfolio) remember(u uuid.UUID, stale trading.Views) {
 // a replay on reconnection, and returns nil; the TTL bounds what another replica may still
 // serve.
 func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
+	return p.invalidate(ctx, userID, stale, "")
+}
+
+// InvalidateTrade is InvalidateUser of every view for a trade of userID in symbol, whose
+// mark it also drops here and in every other replica's L1 before it returns. A mark that
+// Redis could not carry to another replica is not replayed: the marks' TTL (the shorter of
+// the two) bounds it.
+func (p *Portfolio) InvalidateTrade(ctx context.Context, userID uuid.UUID, symbol string) error {
+	return p.invalidate(ctx, userID, trading.AllViews, symbol)
+}
+
+func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trading.Views, symbol string) error {
 	stale &= trading.AllViews
-	if stale == 0 {
+	if stale == 0 && symbol == "" {
 		return nil
 	}
 	if p.opts.Remote == nil {
+		if symbol != "" {
+			p.dropMark(symbol)
+		}
 		p.refresh(userID, p.dropLocal(userID, stale))
 		return nil
 	}
-	cached, err := p.invalidateRemote(ctx, userID, stale)
+	cached, err := p.invalidateRemote(ctx, userID, stale, symbol)
 	p.refresh(userID, cached)
 	if err != nil {
 		p.remember(userID, stale)
@@ -585,8 +752,8 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale 
 
 // invalidateRemote bumps the versions in Redis, then the local generations, then tells the
 // other replicas (the order matters: see the package comment). The local generations are
-// bumped whatever happens to Redis.
-func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stale trading.Views) (cached trading.Views, err error) {
+// bumped whatever happens to Redis. Marks live in L1 only, so a mark has no Redis version.
+func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stale trading.Views, symbol string) (cached trading.Views, err error) {
 	r := p.opts.Remote
 	keys := make([]string, 0, kinds)
 	for k := range kinds {
@@ -595,11 +762,14 @@ func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stal
 		}
 	}
 	err = r.Bump(ctx, keys...)
+	if symbol != "" {
+		p.dropMark(symbol)
+	}
 	cached = p.dropLocal(userID, stale)
 	if err != nil {
 		return cached, err
 	}
-	return cached, r.PublishInvalidation(ctx, userID, stale)
+	return cached, r.PublishInvalidation(ctx, userID, stale, symbol)
 }
 
 // Degraded reports whether the L2 is configured but not answering.

@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,14 +29,17 @@ type world struct {
 	db        *postgres.DB
 	portfolio *countingPortfolio
 	trader    trading.Principal
+	trader2   trading.Principal
 	risk      trading.Principal
 }
 
-// countingPortfolio counts the loads that reach PostgreSQL and can hold them at a gate.
+// countingPortfolio counts the book loads that reach PostgreSQL (positions: open positions;
+// summary: the summary's book) and can hold them at a gate.
 type countingPortfolio struct {
-	trading.PortfolioService
+	cache.Source
 	positionLoads atomic.Int32
 	summaryLoads  atomic.Int32
+	markLoads     atomic.Int32
 	mu            sync.Mutex
 	gate          chan struct{} // when set, loads wait for it to close
 	started       chan struct{} // receives one value per load that reached the gate
@@ -60,18 +64,20 @@ func (c *countingPortfolio) wait() {
 	}
 }
 
-func (c *countingPortfolio) Positions(ctx context.Context, user uuid.UUID) ([]trading.PositionView, error) {
-	c.positionLoads.Add(1)
-	v, err := c.PortfolioService.Positions(ctx, user) // read before the gate: a slow, stale read
+func (c *countingPortfolio) Book(ctx context.Context, user uuid.UUID, summary bool) (*trading.Book, error) {
+	if summary {
+		c.summaryLoads.Add(1)
+	} else {
+		c.positionLoads.Add(1)
+	}
+	b, err := c.Source.Book(ctx, user, summary) // read before the gate: a slow, stale read
 	c.wait()
-	return v, err
+	return b, err
 }
 
-func (c *countingPortfolio) Summary(ctx context.Context, user uuid.UUID) (*trading.Summary, error) {
-	c.summaryLoads.Add(1)
-	v, err := c.PortfolioService.Summary(ctx, user)
-	c.wait()
-	return v, err
+func (c *countingPortfolio) Marks(ctx context.Context, symbols []string) (trading.Marks, error) {
+	c.markLoads.Add(1)
+	return c.Source.Marks(ctx, symbols)
 }
 
 func newWorld(t testing.TB) *world {
@@ -81,7 +87,7 @@ func newWorld(t testing.TB) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(db.Close)
-	w := &world{db: db, portfolio: &countingPortfolio{PortfolioService: postgres.NewPortfolioService(db)}}
+	w := &world{db: db, portfolio: &countingPortfolio{Source: postgres.NewPortfolioService(db)}}
 	mk := func(name string, role trading.Role) trading.Principal {
 		var id uuid.UUID
 		err := db.Pool().QueryRow(context.Background(),
@@ -92,7 +98,7 @@ func newWorld(t testing.TB) *world {
 		}
 		return trading.Principal{UserID: id, Username: name, Roles: []trading.Role{role}}
 	}
-	w.trader, w.risk = mk("trader1", trading.RoleTrader), mk("risk1", trading.RoleRisk)
+	w.trader, w.trader2, w.risk = mk("trader1", trading.RoleTrader), mk("trader2", trading.RoleTrader), mk("risk1", trading.RoleRisk)
 	return w
 }
 
@@ -100,9 +106,15 @@ func newWorld(t testing.TB) *world {
 // service whose invalidator is inv (the replica that handles the approve).
 func (w *world) trade(t testing.TB, inv trading.Invalidator, qty string) {
 	t.Helper()
+	w.tradeAs(t, inv, w.trader, qty, "100")
+}
+
+// tradeAs is trade for trader at price.
+func (w *world) tradeAs(t testing.TB, inv trading.Invalidator, trader trading.Principal, qty, price string) {
+	t.Helper()
 	orders := postgres.NewOrderService(w.db, postgres.OrderServiceConfig{Invalidator: inv})
-	o, _, err := orders.CreateOrder(trading.NewContextWithPrincipal(context.Background(), w.trader), trading.NewOrder{
-		Symbol: "BTC/USD", Side: trading.Buy, Quantity: decimal.RequireFromString(qty), Price: decimal.RequireFromString("100"),
+	o, _, err := orders.CreateOrder(trading.NewContextWithPrincipal(context.Background(), trader), trading.NewOrder{
+		Symbol: "BTC/USD", Side: trading.Buy, Quantity: decimal.RequireFromString(qty), Price: decimal.RequireFromString(price),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -151,10 +163,10 @@ func refreshingReplica(t testing.TB, w *world, url, prefix string, o cache.Optio
 // process): InvalidateUser on another replica must still wait for it.
 type slowSubscriber struct{ cache.Remote }
 
-func (s slowSubscriber) SubscribeInvalidations(onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views)) func() {
-	return s.Remote.SubscribeInvalidations(onSubscribe, func(u uuid.UUID, v trading.Views) {
+func (s slowSubscriber) SubscribeInvalidations(onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views, string)) func() {
+	return s.Remote.SubscribeInvalidations(onSubscribe, func(u uuid.UUID, v trading.Views, symbol string) {
 		time.Sleep(30 * time.Millisecond)
-		onInvalidate(u, v)
+		onInvalidate(u, v, symbol)
 	})
 }
 
@@ -381,9 +393,13 @@ func TestRedisOutage(t *testing.T) {
 	if q := quantity(t, c, user); q != "7" || obs.get("hit:l2:positions") != hits+1 {
 		t.Fatalf("a new replica read %s without an L2 hit: L2 did not resume", q)
 	}
-	if e, _ := c.L1Stats(); e < 1 {
-		t.Fatalf("L1 entries = %d after a read", e)
-	}
+	// c's subscription may start (and flush its L1) after that first read: read until an
+	// entry is counted.
+	redistest.Eventually(t, 5*time.Second, "an L1 entry counted after a read", func() bool {
+		_ = quantity(t, c, user)
+		e, _ := c.L1Stats()
+		return e >= 1
+	})
 	if e, b := c.L2Stats(); e < 1 || b < 1 {
 		t.Fatalf("L2 stats = %d entries, %d bytes", e, b)
 	}
@@ -483,7 +499,7 @@ func TestRefreshAfterApproveFillsL2(t *testing.T) {
 	}
 	defer rc.Close()
 	redistest.Eventually(t, 5*time.Second, "A's refreshes: positions in L2, the summary after the submission", func() bool {
-		_, _, ok, _ := rc.GetVersioned(context.Background(), "cache-version:positions:"+user.String(), "cache:positions:"+user.String())
+		_, _, ok, _ := rc.GetVersioned(context.Background(), "cache-version:positions:"+user.String(), "cache:book-positions:"+user.String())
 		return ok && w.portfolio.summaryLoads.Load() >= summaries+1
 	})
 	if q := quantity(t, b, user); q != "3" {
@@ -585,4 +601,60 @@ func must(b []byte, err error) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// The mark of a symbol is its latest trade by anyone: another trader's trade, approved on
+// replica A, moves the mark in the positions and summary that replica B has cached for a
+// holder, at once (the trade's invalidation carries its symbol), while B's cached book
+// stays: no database load of the holder's positions, one of the mark.
+func TestAnotherTradersTradeMovesTheMark(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	a := replica(t, w, url, prefix, cache.Options{})
+	b := replica(t, w, url, prefix, cache.Options{})
+	ctx := context.Background()
+	holder := w.trader.UserID
+	w.tradeAs(t, a, w.trader, "10", "100") // the holder: long 10 @ 100
+
+	check := func(p *cache.Portfolio, when, mark, unrealized string) {
+		t.Helper()
+		v, err := p.Positions(ctx, holder)
+		if err != nil || len(v) != 1 {
+			t.Fatalf("%s: positions %v, %v", when, v, err)
+		}
+		if v[0].MarkPrice.String() != mark || v[0].UnrealizedPnL.String() != unrealized {
+			t.Fatalf("%s: mark %s, unrealized %s; want %s and %s", when, v[0].MarkPrice, v[0].UnrealizedPnL, mark, unrealized)
+		}
+		b, err := p.PositionsJSON(ctx, holder)
+		if err != nil || !strings.Contains(string(b), fmt.Sprintf(`"mark_price":"%s.00000000"`, mark)) {
+			t.Fatalf("%s: encoded positions %s, %v; want mark %s", when, b, err, mark)
+		}
+		s, err := p.Summary(ctx, holder)
+		if err != nil || s.UnrealizedPnL.String() != unrealized {
+			t.Fatalf("%s: summary %+v, %v; want unrealized %s", when, s, err, unrealized)
+		}
+		b, err = p.SummaryJSON(ctx, holder)
+		if err != nil || !strings.Contains(string(b), fmt.Sprintf(`"unrealized_pnl":"%s.00000000"`, unrealized)) {
+			t.Fatalf("%s: encoded summary %s, %v; want unrealized %s", when, b, err, unrealized)
+		}
+	}
+	check(b, "B, first read", "100", "0")
+	check(b, "B, cached", "100", "0")
+	books, marks := w.portfolio.positionLoads.Load(), w.portfolio.markLoads.Load()
+
+	w.tradeAs(t, a, w.trader2, "1", "130") // another trader, approved on A
+	check(b, "B after the other trader's trade on A", "130", "300")
+	check(a, "A after the other trader's trade", "130", "300")
+	if got := w.portfolio.positionLoads.Load() - books; got != 0 {
+		t.Fatalf("the other trader's trade cost %d loads of the holder's positions, want 0 (only the mark moved)", got)
+	}
+	if got := w.portfolio.markLoads.Load() - marks; got != 2 {
+		t.Fatalf("%d loads of marks after the trade, want 2 (one per replica)", got)
+	}
+
+	// Without Redis: the replica that approves drops the mark itself.
+	local := replica(t, w, "", "", cache.Options{})
+	check(local, "L1 only", "130", "300")
+	w.tradeAs(t, local, w.trader2, "1", "90")
+	check(local, "L1 only, after a trade through it", "90", "-100")
 }

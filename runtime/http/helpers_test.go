@@ -19,8 +19,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	trading "github.com/findmy/trading-operator/runtime"
-	rthttp "github.com/findmy/trading-operator/runtime/http"
 	"github.com/findmy/trading-operator/runtime/cache"
+	rthttp "github.com/findmy/trading-operator/runtime/http"
 	"github.com/findmy/trading-operator/runtime/jwt"
 	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
@@ -94,7 +94,7 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 	var portfolio trading.PortfolioService = postgres.NewPortfolioService(db)
 	var orderInvalidator trading.Invalidator
 	if o.cached {
-		c := cache.NewPortfolio(portfolio, cache.Options{})
+		c := cache.NewPortfolio(postgres.NewPortfolioService(db), cache.Options{})
 		t.Cleanup(c.Close)
 		portfolio, orderInvalidator = c, c
 	}

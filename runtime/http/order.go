@@ -169,7 +169,7 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 	// do this itself: give the Invalidator to one of the two, not both.)
 	if s.svc.Invalidator != nil {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), invalidateTimeout)
-		err := s.svc.Invalidator.InvalidateUser(ctx, order.RequestedBy, trading.AllViews)
+		err := s.svc.Invalidator.InvalidateTrade(ctx, order.RequestedBy, order.Symbol)
 		cancel()
 		if err != nil {
 			s.log.WarnContext(r.Context(), "cache invalidation after approve failed", "error", err,

@@ -79,7 +79,16 @@ func checkPosition(t *testing.T, p position, qty, avg, mark, value, unrealized, 
 // approve is visible in the requester's very next read (read-your-writes).
 func TestPositionsAndSummary(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	t.Run("uncached", func(t *testing.T) { t.Parallel(); testPositionsAndSummary(t, newEnv(t)) })
+	// With the cache in front, as tradingd serves them: every read after a change is fresh,
+	// another trader's trade moving the mark included.
+	t.Run("cached", func(t *testing.T) {
+		t.Parallel()
+		testPositionsAndSummary(t, newEnv(t, func(o *envOptions) { o.cached = true }))
+	})
+}
+
+func testPositionsAndSummary(t *testing.T, e *env) {
 	e.addUser("trader1", trading.RoleTrader)
 	e.addUser("trader2", trading.RoleTrader)
 	e.addUser("risk1", trading.RoleRisk)
@@ -155,9 +164,10 @@ func TestPositionsAndSummary(t *testing.T) {
 
 // recordingInvalidator is the cache seam seen from the API: which users it was told about.
 type recordingInvalidator struct {
-	mu    sync.Mutex
-	users []uuid.UUID
-	views []trading.Views
+	mu      sync.Mutex
+	users   []uuid.UUID
+	views   []trading.Views
+	symbols []string // of the trades
 }
 
 func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID, stale trading.Views) error {
@@ -166,6 +176,13 @@ func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID, s
 	r.users = append(r.users, id)
 	r.views = append(r.views, stale)
 	return nil
+}
+
+func (r *recordingInvalidator) InvalidateTrade(ctx context.Context, id uuid.UUID, symbol string) error {
+	r.mu.Lock()
+	r.symbols = append(r.symbols, symbol)
+	r.mu.Unlock()
+	return r.InvalidateUser(ctx, id, trading.AllViews)
 }
 
 func (r *recordingInvalidator) calls() []uuid.UUID {
@@ -198,6 +215,12 @@ func TestApproveInvalidatesRequester(t *testing.T) {
 	inv.mu.Unlock()
 	if views != trading.AllViews {
 		t.Fatalf("the approve invalidated views %b, want positions and summary (%b)", views, trading.AllViews)
+	}
+	inv.mu.Lock()
+	symbols := inv.symbols
+	inv.mu.Unlock()
+	if len(symbols) != 1 || symbols[0] != "BTC/USD" {
+		t.Fatalf("the approve named traded symbols %q, want BTC/USD (its mark moved)", symbols)
 	}
 	// A refused approve invalidates nothing.
 	e.do("POST", "/api/orders/"+o.ID+"/approve", risk, nil).problem(409)

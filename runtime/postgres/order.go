@@ -414,7 +414,7 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 		}
 		return nil, nil, s.db.mapError(err)
 	}
-	s.invalidate(ctx, order.RequestedBy, trading.AllViews) // a trade moved a position
+	s.invalidateTrade(ctx, order.RequestedBy, order.Symbol) // a trade moved a position and a mark
 	return order, trade, nil
 }
 
@@ -540,6 +540,20 @@ func (s *OrderService) invalidate(ctx context.Context, userID uuid.UUID, stale t
 	if err := s.cfg.Invalidator.InvalidateUser(ctx, userID, stale); err != nil {
 		s.log.ErrorContext(ctx, "cache invalidation after an order change failed; cached views may be stale until they expire",
 			"user_id", userID, "error", err)
+	}
+}
+
+// invalidateTrade is invalidate for an executed trade: every view of the requester and the
+// mark of the symbol.
+func (s *OrderService) invalidateTrade(ctx context.Context, userID uuid.UUID, symbol string) {
+	if s.cfg.Invalidator == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.db.timeout)
+	defer cancel()
+	if err := s.cfg.Invalidator.InvalidateTrade(ctx, userID, symbol); err != nil {
+		s.log.ErrorContext(ctx, "cache invalidation after a trade failed; cached views may be stale until they expire",
+			"user_id", userID, "symbol", symbol, "error", err)
 	}
 }
 

@@ -219,9 +219,10 @@ func TestFailedApprovalRollsBack(t *testing.T) {
 
 // recordingInvalidator remembers whom it was told about.
 type recordingInvalidator struct {
-	mu    sync.Mutex
-	users []uuid.UUID
-	views []trading.Views
+	mu      sync.Mutex
+	users   []uuid.UUID
+	views   []trading.Views
+	symbols []string // the traded symbol of each call ("" for InvalidateUser)
 }
 
 func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID, stale trading.Views) error {
@@ -229,6 +230,16 @@ func (r *recordingInvalidator) InvalidateUser(_ context.Context, id uuid.UUID, s
 	defer r.mu.Unlock()
 	r.users = append(r.users, id)
 	r.views = append(r.views, stale)
+	r.symbols = append(r.symbols, "")
+	return nil
+}
+
+func (r *recordingInvalidator) InvalidateTrade(_ context.Context, id uuid.UUID, symbol string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.users = append(r.users, id)
+	r.views = append(r.views, trading.AllViews)
+	r.symbols = append(r.symbols, symbol)
 	return nil
 }
 
@@ -240,7 +251,7 @@ func TestConcurrentApprovalsExactlyOnce(t *testing.T) {
 	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID || inv.views[0] != trading.ViewSummary {
 		t.Fatalf("creating the order invalidated %v %v, want the requester's summary once (pending_orders; positions unchanged)", inv.users, inv.views)
 	}
-	inv.users, inv.views = nil, nil
+	inv.users, inv.views, inv.symbols = nil, nil, nil
 
 	const n = 12
 	var wg sync.WaitGroup
@@ -275,8 +286,9 @@ func TestConcurrentApprovalsExactlyOnce(t *testing.T) {
 		t.Fatalf("positions = %v, %v", views, err)
 	}
 	eq(t, "position quantity", views[0].Quantity.Decimal, "2")
-	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID || inv.views[0] != trading.AllViews {
-		t.Errorf("the approvals invalidated %v %v, want exactly the requester's positions and summary once", inv.users, inv.views)
+	if len(inv.users) != 1 || inv.users[0] != e.trader1.ID || inv.views[0] != trading.AllViews || inv.symbols[0] != "BTC/USD" {
+		t.Errorf("the approvals invalidated %v %v %q, want exactly the requester's positions and summary and the BTC/USD mark, once",
+			inv.users, inv.views, inv.symbols)
 	}
 }
 
@@ -498,6 +510,11 @@ func TestRecoversAfterConnectionsAreKilled(t *testing.T) {
 type failingInvalidator struct{ calls atomic.Int32 }
 
 func (f *failingInvalidator) InvalidateUser(context.Context, uuid.UUID, trading.Views) error {
+	f.calls.Add(1)
+	return errors.New("redis is down")
+}
+
+func (f *failingInvalidator) InvalidateTrade(context.Context, uuid.UUID, string) error {
 	f.calls.Add(1)
 	return errors.New("redis is down")
 }

@@ -169,6 +169,91 @@ func (s *PortfolioService) Summary(ctx context.Context, userID uuid.UUID) (*trad
 	return &sum, nil
 }
 
+var _ trading.BookReader = (*PortfolioService)(nil)
+
+// Book reads userID's book (trading.Book): the open positions, or with summary every
+// position and the day's counters, in one REPEATABLE READ snapshot. The cache keeps it and
+// values it at marks it keeps per symbol.
+func (s *PortfolioService) Book(ctx context.Context, userID uuid.UUID, summary bool) (*trading.Book, error) {
+	var b trading.Book
+	read := func(ctx context.Context, q querier) error {
+		rows, err := q.Query(ctx, `
+			SELECT symbol, quantity, avg_entry_price, realized_pnl, updated_at FROM positions
+			WHERE user_id = $1 AND ($2 OR quantity <> 0)
+			ORDER BY symbol`, userID, summary)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		b.Positions = []trading.Position{}
+		for rows.Next() {
+			pos := trading.Position{UserID: userID}
+			if err := rows.Scan(&pos.Symbol, num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt); err != nil {
+				return err
+			}
+			pos.UpdatedAt = pos.UpdatedAt.UTC()
+			b.Positions = append(b.Positions, pos)
+		}
+		return rows.Err()
+	}
+	if !summary {
+		ctx, cancel := s.db.bound(ctx)
+		defer cancel()
+		if err := read(ctx, s.db.pool); err != nil {
+			return nil, s.db.mapError(err)
+		}
+		return &b, nil
+	}
+	err := s.db.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+		func(ctx context.Context, tx pgx.Tx) error {
+			if err := read(ctx, tx); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, `
+				SELECT COALESCE(SUM(realized_pnl), 0), count(*),
+					(SELECT count(*) FROM orders WHERE requested_by = $1 AND status = 'pending')
+				FROM trades
+				WHERE user_id = $1 AND executed_at >= `+startOfDayUTC, userID).
+				Scan(num(&b.DailyRealized), &b.TradesToday, &b.PendingOrders)
+		})
+	if err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Marks reads the marks of symbols: one index probe per symbol on trades
+// (symbol, executed_at DESC, id DESC), as positions does.
+func (s *PortfolioService) Marks(ctx context.Context, symbols []string) (trading.Marks, error) {
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	rows, err := s.db.pool.Query(ctx, `
+		SELECT s.symbol, m.price
+		FROM unnest($1::text[]) AS s(symbol)
+		CROSS JOIN LATERAL (
+			SELECT t.price FROM trades t
+			WHERE t.symbol = s.symbol
+			ORDER BY t.executed_at DESC, t.id DESC
+			LIMIT 1
+		) m`, symbols)
+	if err != nil {
+		return nil, s.db.mapError(err)
+	}
+	defer rows.Close()
+	marks := make(trading.Marks, len(symbols))
+	for rows.Next() {
+		var (
+			symbol string
+			price  decimal.Decimal
+		)
+		if err := rows.Scan(&symbol, num(&price)); err != nil {
+			return nil, s.db.mapError(err)
+		}
+		marks[symbol] = price
+	}
+	return marks, s.db.mapError(rows.Err())
+}
+
 // markScan scans a nullable NUMERIC (the mark of a symbol without trades).
 type markScan struct {
 	d     *decimal.Decimal

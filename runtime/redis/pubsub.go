@@ -33,6 +33,10 @@ import (
 // than needed, never less) and acknowledges on the same key, so a rolling upgrade mixes
 // versions safely. A key without the suffix means every view.
 //
+// A trade's invalidation also names its symbol, whose mark moved for every holder: hex in
+// the ack key before the views ("<nonce>~<hex symbol>.<views>"), where a replica of an
+// older version does not look (it keeps its marks until they expire, as it always did).
+//
 // The ack key also names the publishing client ("inv-ack:<client id>:<nonce>.<views>"): the
 // publisher has dropped its own entries before it published, so its own subscription only
 // acknowledges the message instead of dropping the same entries a second time (which would
@@ -57,13 +61,17 @@ func channel(prefix string, db int) string {
 var AckTimeout = time.Second
 
 // PublishInvalidation tells every other subscribed replica that userID's stale views are
-// stale and returns once all of them have dropped those L1 entries (the caller drops its
-// own before), or with an error when Redis failed or some replica did not acknowledge
-// within AckTimeout.
-func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views) error {
+// stale, and when symbol is set that its mark moved, and returns once all of them have
+// dropped those L1 entries (the caller drops its own before), or with an error when Redis
+// failed or some replica did not acknowledge within AckTimeout.
+func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views, symbol string) error {
 	nonce := make([]byte, 12)
 	_, _ = rand.Read(nonce)
-	ackKey := c.ackPrefix + hex.EncodeToString(nonce) + "." + strconv.Itoa(int(stale))
+	ackKey := c.ackPrefix + hex.EncodeToString(nonce)
+	if symbol != "" {
+		ackKey += "~" + hex.EncodeToString([]byte(symbol))
+	}
+	ackKey += "." + strconv.Itoa(int(stale))
 	msg := ackKey + " " + userID.String()
 
 	pctx, cancel := c.opCtx(ctx)
@@ -101,9 +109,10 @@ func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stal
 // SubscribeInvalidations runs a subscription until the client is closed or stop is called.
 // onSubscribe runs on every (re)subscription, before any message of it is handled: the
 // caller flushes its L1 there, because messages sent while it was not subscribed are lost.
-// onInvalidate runs for every invalidation another client published; the acknowledgement is
-// sent after it returns (at once for this client's own).
-func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views)) (stop func()) {
+// onInvalidate runs for every invalidation another client published (symbol is "" unless a
+// trade moved its mark); the acknowledgement is sent after it returns (at once for this
+// client's own).
+func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.done.Add(1)
 	go func() {
@@ -134,7 +143,7 @@ func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(us
 }
 
 // subscribeOnce holds one subscription connection until it fails.
-func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views)) error {
+func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views, string)) error {
 	ps := c.rdb.Subscribe(ctx, c.channel)
 	defer ps.Close()
 	// A blocked read does not watch ctx: closing the connection ends it at once.
@@ -180,7 +189,7 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 				continue
 			}
 			if !strings.HasPrefix(ackKey, c.ackPrefix) {
-				onInvalidate(id, viewsOf(ackKey))
+				onInvalidate(id, viewsOf(ackKey), symbolOf(ackKey))
 			}
 			// The publisher waits up to AckTimeout; so may the acknowledgement (a busy
 			// machine), rather than give up after OpTimeout and make the publisher wait anyway.
@@ -193,6 +202,22 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 			c.ReportError(err)
 		}
 	}
+}
+
+// symbolOf reads the symbol a trade's invalidation names from its ack key (see the top of
+// this file); "" when there is none.
+func symbolOf(ackKey string) string {
+	colon := strings.LastIndexByte(ackKey, ':')
+	tilde := strings.LastIndexByte(ackKey, '~')
+	dot := strings.LastIndexByte(ackKey, '.')
+	if tilde < colon || dot < tilde {
+		return ""
+	}
+	b, err := hex.DecodeString(ackKey[tilde+1 : dot])
+	if err != nil {
+		return ""
+	}
+	return string(b)
 }
 
 // viewsOf reads the views an invalidation names from its ack key's suffix (see the top of

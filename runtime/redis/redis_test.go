@@ -71,30 +71,42 @@ func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
 	var subsA, subsB atomic.Int32
 	var mu sync.Mutex
 	seenB := map[uuid.UUID]trading.Views{}
+	symbolsB := map[uuid.UUID]string{}
 	var seenA atomic.Int32
-	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views) { seenA.Add(1) })
+	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views, string) { seenA.Add(1) })
 	defer stopA()
-	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(u uuid.UUID, v trading.Views) {
+	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(u uuid.UUID, v trading.Views, symbol string) {
 		time.Sleep(20 * time.Millisecond) // a slow handler: the publisher must wait for it
 		mu.Lock()
-		seenB[u] = v
+		seenB[u], symbolsB[u] = v, symbol
 		mu.Unlock()
 	})
 	defer stopB()
 	redistest.Eventually(t, 5*time.Second, "both subscriptions", func() bool { return subsA.Load() >= 1 && subsB.Load() >= 1 })
 
 	user := uuid.New()
-	if err := a.PublishInvalidation(context.Background(), user, trading.ViewSummary); err != nil {
+	if err := a.PublishInvalidation(context.Background(), user, trading.ViewSummary, ""); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
-	got := seenB[user]
+	got, symbol := seenB[user], symbolsB[user]
 	mu.Unlock()
 	if got == 0 {
 		t.Fatal("PublishInvalidation returned before the other replica handled the message")
 	}
-	if got != trading.ViewSummary {
-		t.Fatalf("the other replica was told views %b, want the summary only (%b)", got, trading.ViewSummary)
+	if got != trading.ViewSummary || symbol != "" {
+		t.Fatalf("the other replica was told views %b and symbol %q, want the summary only (%b) and no symbol", got, symbol, trading.ViewSummary)
+	}
+	// A trade's invalidation carries its symbol, whose mark moved.
+	trader := uuid.New()
+	if err := a.PublishInvalidation(context.Background(), trader, trading.AllViews, "ETH/USD"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got, symbol = seenB[trader], symbolsB[trader]
+	mu.Unlock()
+	if got != trading.AllViews || symbol != "ETH/USD" {
+		t.Fatalf("after a trade the other replica was told views %b and symbol %q, want %b and ETH/USD", got, symbol, trading.AllViews)
 	}
 	if n := seenA.Load(); n != 0 {
 		t.Fatalf("the publisher's own handler ran %d times: it drops its entries itself, before publishing", n)
@@ -103,13 +115,13 @@ func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
 	before := subsB.Load()
 	srv.Stop()
 	redistest.Eventually(t, 5*time.Second, "degraded health", func() bool { return !a.Healthy() && !b.Healthy() })
-	if err := a.PublishInvalidation(context.Background(), user, trading.AllViews); err == nil {
+	if err := a.PublishInvalidation(context.Background(), user, trading.AllViews, ""); err == nil {
 		t.Fatal("publishing with Redis down reported success")
 	}
 	srv.Restart()
 	redistest.Eventually(t, 10*time.Second, "recovery", func() bool { return a.Healthy() && b.Healthy() })
 	redistest.Eventually(t, 10*time.Second, "resubscription", func() bool { return subsB.Load() > before })
-	if err := a.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews); err != nil {
+	if err := a.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews, "BTC/USD"); err != nil {
 		t.Fatalf("publish after recovery: %v", err)
 	}
 }
@@ -127,7 +139,7 @@ func TestInvalidationsStayInTheirDatabase(t *testing.T) {
 	for db := range clients {
 		clients[db] = open(t, base+"/"+strconv.Itoa(db), "")
 		stop := clients[db].SubscribeInvalidations(func() { subscribed[db].Add(1) },
-			func(uuid.UUID, trading.Views) { heard[db].Add(1) })
+			func(uuid.UUID, trading.Views, string) { heard[db].Add(1) })
 		defer stop()
 	}
 	redistest.Eventually(t, 5*time.Second, "subscriptions", func() bool {
@@ -137,7 +149,7 @@ func TestInvalidationsStayInTheirDatabase(t *testing.T) {
 	peer := open(t, base+"/1", "")
 	for db, c := range []*redis.Client{clients[0], peer, clients[2]} {
 		start := time.Now()
-		if err := c.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews); err != nil {
+		if err := c.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews, ""); err != nil {
 			t.Fatalf("database %d: %v", db, err)
 		}
 		if d := time.Since(start); d > redis.AckTimeout/2 {

@@ -34,6 +34,29 @@ func TestViewsOfAckKey(t *testing.T) {
 	}
 }
 
+// A trade's symbol travels hex-encoded between "~" and the views; keys without it (other
+// invalidations, older replicas) and malformed ones name no symbol. The views of a key with
+// a symbol read as before, which is what a replica of an older version sees.
+func TestSymbolOfAckKey(t *testing.T) {
+	for key, want := range map[string]string{
+		"t1:inv-ack:0a1b2c~4254432f555344.3":   "BTC/USD",
+		"inv-ack:c1:0a1b2c~4554482f555344.3":   "ETH/USD",
+		"t1:inv-ack:0a1b2c.3":                  "",
+		"t1:inv-ack:0a1b2c":                    "",
+		"t1~4254:inv-ack:0a1b2c.3":             "",
+		"t1:inv-ack:0a1b2c~zz.3":               "",
+		"t1:inv-ack:0a1b2c~4254432f555344":     "",
+		"with.dot:inv-ack:0a~4254432f555344.1": "BTC/USD",
+	} {
+		if got := symbolOf(key); got != want {
+			t.Errorf("symbolOf(%q) = %q, want %q", key, got, want)
+		}
+	}
+	if got := viewsOf("t1:inv-ack:0a1b2c~4254432f555344.1"); got != trading.ViewPositions {
+		t.Errorf("views of a key with a symbol: %b, want %b", got, trading.ViewPositions)
+	}
+}
+
 // A caller that gives up while queued behind a script in flight leaves the queue at once
 // (its request is then decided without Redis), and the queue does not hand it a batch.
 func TestBatcherCallerGivesUpWhileQueued(t *testing.T) {
