@@ -25,7 +25,9 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // The suite runs the real kube-apiserver and etcd (built by hack/envtest-assets.sh)
@@ -36,7 +38,10 @@ import (
 // references and retention policies the garbage collector acts on.
 
 var (
-	testCfg    *rest.Config
+	testCfg *rest.Config // the cluster admin's
+	// operatorCfg is the manager's: a user bound to the generated ClusterRole and nothing
+	// else, as the operator's service account is in a cluster.
+	operatorCfg *rest.Config
 	k8s        client.Client // direct, uncached: what a user with kubectl sees
 	mgrMu      sync.Mutex
 	mgrCancel  context.CancelFunc
@@ -76,11 +81,48 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "client:", err)
 		return 1
 	}
+	if operatorCfg, err = operatorUser(env); err != nil {
+		fmt.Fprintln(os.Stderr, "operator user:", err)
+		return 1
+	}
 	if err := startManager(); err != nil {
 		fmt.Fprintln(os.Stderr, "start manager:", err)
 		return 1
 	}
 	return m.Run()
+}
+
+// operatorUser makes the user the manager runs as: bound to config/rbac/role.yaml, the
+// ClusterRole generated from the reconciler's markers, and to nothing else. A verb the code
+// uses but the markers forgot then fails the tests as it would fail in a cluster, instead of
+// passing as the envtest admin.
+func operatorUser(env *envtest.Environment) (*rest.Config, error) {
+	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.Unmarshal(b, &role); err != nil {
+		return nil, err
+	}
+	const user = "trading-operator-under-test"
+	ctx := context.Background()
+	if err := k8s.Create(ctx, &role); err != nil {
+		return nil, err
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: user},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	if err := k8s.Create(ctx, binding); err != nil {
+		return nil, err
+	}
+	u, err := env.AddUser(envtest.User{Name: user}, testCfg)
+	if err != nil {
+		return nil, err
+	}
+	return u.Config(), nil
 }
 
 // logLevel keeps the operator's log to errors (a failing reconcile still
@@ -98,7 +140,7 @@ func logLevel() slog.Level {
 func startManager(watchNamespaces ...string) error {
 	mgrMu.Lock()
 	defer mgrMu.Unlock()
-	mgr, err := ctrl.NewManager(testCfg, manager.Options{
+	mgr, err := ctrl.NewManager(operatorCfg, manager.Options{
 		Scheme:                 NewScheme(),
 		Cache:                  CacheOptions(watchNamespaces),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
