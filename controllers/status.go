@@ -47,10 +47,16 @@ func summarize(p *pass) {
 	runtimeUp := meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionRuntimeAvailable)
 	serving := st.Migration.Image != ""
 
-	if len(notReady) == 0 {
+	switch {
+	case p.failed != "":
+		// The components may all be up, but not as this generation of the spec asks:
+		// the conditions of the steps after the failed one describe an older pass.
+		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed,
+			"the spec could not be applied (the operator retries): "+p.failed)
+	case len(notReady) == 0:
 		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionTrue, tradingv1alpha1.ReasonAllComponentsReady,
 			"the database, cache, migrations and runtime are ready")
-	} else {
+	default:
 		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady,
 			"not ready: "+strings.Join(notReady, ", "))
 	}
@@ -60,6 +66,9 @@ func summarize(p *pass) {
 	case migrationFailed && serving:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonOldRuntimeServing,
 			fmt.Sprintf("the migration of image %s failed; the runtime keeps serving image %s", p.spec.RuntimeImage(), st.Migration.Image))
+	case p.failed != "" && runtimeUp:
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonApplyFailed,
+			"serving, but the spec could not be applied: "+p.failed)
 	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
 			fmt.Sprintf("%d of %d runtime replicas are ready", st.Runtime.ReadyReplicas, st.Runtime.Replicas))
@@ -67,9 +76,10 @@ func summarize(p *pass) {
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "nothing needs attention")
 	}
 
-	// Progressing: the operator is still working towards the spec. A step
-	// that failed already set it (ApplyFailed) and summarize is not reached.
+	// Progressing: the operator is still working towards the spec.
 	switch {
+	case p.failed != "":
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonApplyFailed, p.failed)
 	case len(notReady) == 0:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "the stack matches its spec")
 	case migrationFailed || databaseBroken || cacheBroken:
@@ -81,6 +91,8 @@ func summarize(p *pass) {
 	}
 
 	switch {
+	case p.failed != "" && len(notReady) == 0:
+		st.Phase = tradingv1alpha1.PhaseDegraded // serving, but not as the spec asks
 	case len(notReady) == 0 && meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionDegraded):
 		st.Phase = tradingv1alpha1.PhaseDegraded
 	case len(notReady) == 0:

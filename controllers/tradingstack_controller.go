@@ -101,6 +101,9 @@ type pass struct {
 	servingImage string
 	// requeueAfter is set only while waiting on something no watch reports.
 	requeueAfter time.Duration
+	// failed says which step failed and why; the status then says that this
+	// generation was not applied (summarize).
+	failed string
 }
 
 func (p *pass) setCondition(condType string, status metav1.ConditionStatus, reason, message string) {
@@ -170,8 +173,7 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		if err != nil {
 			// Record why on the stack, then let the workqueue retry with its
 			// per-object backoff; other stacks are unaffected.
-			p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonApplyFailed,
-				fmt.Sprintf("%s: %v", s.name, err))
+			p.failed = fmt.Sprintf("%s: %v", s.name, err)
 			if serr := r.writeStatus(ctx, p); serr != nil {
 				logger.Error(serr, "write status after a failed step")
 			}

@@ -47,6 +47,7 @@ func TestOperator(t *testing.T) {
 		{"ValidationRules", testValidationRules},
 		{"StorageGrows", testStorageGrows},
 		{"WatchNamespace", testWatchNamespace},
+		{"FailedApplyIsReported", testFailedApplyIsReported},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -936,4 +937,52 @@ func testStorageGrows(t *testing.T) {
 	if c := condition(s, tradingv1alpha1.ConditionProgressing); c != nil && c.Reason == tradingv1alpha1.ReasonApplyFailed {
 		t.Errorf("apply failed after the size grew: %s", c.Message)
 	}
+}
+
+// A spec the operator cannot apply (here a user made the runtime ConfigMap immutable, so
+// a new MAX_DAILY_LOSS cannot reach it) is not reported as Ready for the new generation:
+// Ready False and Progressing True with reason ApplyFailed naming the step, phase Degraded
+// (still serving), and Ready again once the obstacle is gone.
+func testFailedApplyIsReported(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "stuck"))
+	makeReady(t, ns, "stuck")
+	waitCondition(t, ns, "stuck", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+
+	cm := &corev1.ConfigMap{}
+	if err := k8s.Get(bg, key(ns, "stuck-runtime"), cm); err != nil {
+		t.Fatal(err)
+	}
+	cm.Immutable = ptr.To(true)
+	if err := k8s.Update(bg, cm); err != nil {
+		t.Fatal(err)
+	}
+	updateStack(t, ns, "stuck", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.MaxDailyLoss = "2500" })
+	s := waitCondition(t, ns, "stuck", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
+	progressing := condition(s, tradingv1alpha1.ConditionProgressing)
+	ready := condition(s, tradingv1alpha1.ConditionReady)
+	if progressing == nil || progressing.Status != metav1.ConditionTrue || progressing.Reason != tradingv1alpha1.ReasonApplyFailed ||
+		!strings.Contains(ready.Message, "runtime") || ready.ObservedGeneration != s.Generation {
+		t.Fatalf("after a failed apply: Progressing %+v, Ready %+v (generation %d)", progressing, ready, s.Generation)
+	}
+	if s.Status.Phase != tradingv1alpha1.PhaseDegraded {
+		t.Errorf("phase %s while serving the old spec, want Degraded", s.Status.Phase)
+	}
+
+	// The user removes the immutable ConfigMap: the operator puts it back as specified.
+	if err := k8s.Delete(bg, cm); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the runtime ConfigMap back with the new setting", func() error {
+		cur := &corev1.ConfigMap{}
+		if err := k8s.Get(bg, key(ns, "stuck-runtime"), cur); err != nil {
+			return err
+		}
+		if cur.Data["MAX_DAILY_LOSS"] != "2500" {
+			return fmt.Errorf("MAX_DAILY_LOSS = %q", cur.Data["MAX_DAILY_LOSS"])
+		}
+		return nil
+	})
+	makeReady(t, ns, "stuck") // the pods rolled for the new configuration
+	waitCondition(t, ns, "stuck", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }
