@@ -55,9 +55,9 @@ type TradingStackSpec struct {
 // variables (named in each field's description).
 type RuntimeSpec struct {
 	// Image is the tradingd image (it must contain /tradingd). Empty means the runtime image
-	// built together with the operator, of the same version (the operator's
-	// DefaultRuntimeImage, set at build time); the schema has no default because that value
-	// depends on the operator build. Changing it first runs `tradingd migrate` in a Job with the
+	// built together with the operator, of the same version: the operator's own image (read
+	// from its pod at start; RUNTIME_IMAGE on the operator overrides it); the schema has no
+	// default because that value depends on the operator's deployment. Changing it first runs `tradingd migrate` in a Job with the
 	// new image; the runtime moves to the new image only after that Job succeeded.
 	// +kubebuilder:validation:MaxLength=512
 	// +optional

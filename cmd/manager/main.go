@@ -4,11 +4,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"log/slog"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -16,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/controllers"
 )
 
@@ -27,6 +30,7 @@ func main() {
 		leaderNS    string
 		concurrency int
 		logLevel    string
+		runtimeImg  string
 	)
 	// Plain HTTP inside the cluster; a NetworkPolicy or a mesh protects it.
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the controller-runtime metrics endpoint binds to; 0 disables it")
@@ -36,6 +40,8 @@ func main() {
 		"namespace of the leader election Lease; in a pod the default is the pod's own namespace (POD_NAMESPACE or the service account's)")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "TradingStacks reconciled in parallel")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.StringVar(&runtimeImg, "runtime-image", os.Getenv("RUNTIME_IMAGE"),
+		"default tradingd image of the stacks; empty: the image of this pod's manager container (POD_NAMESPACE, POD_NAME), else the one the build stamped in")
 	flag.Parse()
 
 	var level slog.Level
@@ -63,6 +69,17 @@ func main() {
 		log.Error("create manager", "err", err)
 		os.Exit(1)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	image, err := controllers.RuntimeImage(ctx, mgr.GetAPIReader(), runtimeImg, os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"),
+		tradingv1alpha1.DefaultRuntimeImage)
+	cancel()
+	if err != nil {
+		log.Error("default runtime image", "err", err)
+		os.Exit(1)
+	}
+	tradingv1alpha1.DefaultRuntimeImage = image
+	log.Info("default runtime image", "image", image)
+
 	reconciler := controllers.NewTradingStackReconciler(mgr, concurrency)
 	reconciler.WatchNamespaces = namespaces
 	if err := reconciler.SetupWithManager(mgr); err != nil {
