@@ -159,8 +159,8 @@ func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image string) *batchv1
 
 // desiredAPIDeployment is NAME-api: `tradingd serve` with image (the last image whose
 // migration succeeded), settings from NAME-runtime, secrets from their Secrets, and
-// configHash on the pod template. With autoscaling, replicas is left unset so that the
-// HorizontalPodAutoscaler owns it.
+// configHash on the pod template. With autoscaling, replicas is left unset here: the
+// HorizontalPodAutoscaler decides it, and reconcileRuntime applies the current count.
 func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configHash string) *appsv1.Deployment {
 	r := s.Spec.Runtime
 	var replicas *int32

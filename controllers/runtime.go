@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -30,6 +33,21 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	}
 
 	dep := desiredAPIDeployment(p.spec, p.servingImage, configHash(cm, p.runtimeSecrets...))
+	if as := p.spec.Spec.Runtime.Autoscaling; as != nil {
+		// The HorizontalPodAutoscaler decides the count, but a field this operator stops
+		// applying is removed and defaults to 1: turning autoscaling on would scale a
+		// serving Deployment down to one pod before the HPA acts. So the operator applies
+		// the count the Deployment has now (the HPA's latest), and minReplicas at creation.
+		dep.Spec.Replicas = ptr.To(max(as.MinReplicas, 1))
+		cur := &appsv1.Deployment{}
+		found, err := r.getCached(ctx, client.ObjectKeyFromObject(dep), cur)
+		if err != nil {
+			return false, err
+		}
+		if found && cur.Spec.Replicas != nil {
+			dep.Spec.Replicas = ptr.To(*cur.Spec.Replicas)
+		}
+	}
 	if err := r.applyChild(ctx, p, dep); err != nil {
 		return false, err
 	}

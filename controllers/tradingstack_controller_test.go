@@ -48,6 +48,7 @@ func TestOperator(t *testing.T) {
 		{"StorageGrows", testStorageGrows},
 		{"WatchNamespace", testWatchNamespace},
 		{"FailedApplyIsReported", testFailedApplyIsReported},
+		{"AutoscalingKeepsReplicas", testAutoscalingKeepsReplicas},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -985,4 +986,52 @@ func testFailedApplyIsReported(t *testing.T) {
 	})
 	makeReady(t, ns, "stuck") // the pods rolled for the new configuration
 	waitCondition(t, ns, "stuck", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+}
+
+// Turning autoscaling on leaves a serving Deployment at its size (it does not drop to the
+// API server's default of one pod before the HPA acts), and a later pass keeps the count the
+// HPA chose.
+func testAutoscalingKeepsReplicas(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "as", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 4 }))
+	makeReady(t, ns, "as")
+	replicas := func() (int32, string) {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "as-api"), d); err != nil || d.Spec.Replicas == nil {
+			t.Fatalf("Deployment: %v", err)
+		}
+		return *d.Spec.Replicas, d.Spec.Template.Annotations[configHashAnnotation]
+	}
+	if n, _ := replicas(); n != 4 {
+		t.Fatalf("replicas %d, want 4", n)
+	}
+	updateStack(t, ns, "as", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 6}
+	})
+	waitFor(t, &autoscalingv2.HorizontalPodAutoscaler{}, ns, "as-api")
+	waitCondition(t, ns, "as", tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, "")
+	if n, _ := replicas(); n != 4 {
+		t.Fatalf("replicas %d after autoscaling was turned on, want 4 until the HPA decides", n)
+	}
+
+	// The HPA scales to 5; a change that rolls the pods keeps 5.
+	d := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "as-api"), d); err != nil {
+		t.Fatal(err)
+	}
+	d.Spec.Replicas = ptr.To(int32(5))
+	if err := k8s.Update(bg, d, client.FieldOwner("horizontal-pod-autoscaler")); err != nil {
+		t.Fatal(err)
+	}
+	_, hash := replicas()
+	updateStack(t, ns, "as", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.MaxDailyLoss = "1000" })
+	eventually(t, "pods rolled for the new setting", func() error {
+		if n, h := replicas(); h == hash {
+			return fmt.Errorf("config hash unchanged (replicas %d)", n)
+		}
+		return nil
+	})
+	if n, _ := replicas(); n != 5 {
+		t.Fatalf("replicas %d after a change, want the HPA's 5", n)
+	}
 }
