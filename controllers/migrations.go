@@ -34,7 +34,19 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	p.servingImage = previous
 
 	if previous == image {
-		// Already migrated: keep the Job as the record, nothing to run.
+		// Already migrated: keep the Job as the record. A Job deleted by hand is put back
+		// like any child; it runs `tradingd migrate` again, which finds nothing to apply,
+		// and the runtime does not wait for it.
+		job := desiredMigrationJob(p.spec, image)
+		found, err := r.getCached(ctx, client.ObjectKeyFromObject(job), &batchv1.Job{})
+		if err != nil {
+			return false, err
+		}
+		if !found {
+			if err := r.applyChild(ctx, p, job); err != nil {
+				return false, err
+			}
+		}
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
 			fmt.Sprintf("migration Job %s succeeded for image %s", p.stack.Status.Migration.JobName, image))
 		return false, r.pruneMigrationJobs(ctx, p, p.stack.Status.Migration.JobName)

@@ -283,12 +283,15 @@ func testChildrenRestored(t *testing.T) {
 		objectNamed(&appsv1.Deployment{}, ns, "heal-api"),
 		objectNamed(&appsv1.StatefulSet{}, ns, "heal-postgres"),
 		objectNamed(&networkingv1.NetworkPolicy{}, ns, mustFirstNetworkPolicy(t, ns)),
+		objectNamed(&batchv1.Job{}, ns, getStack(t, ns, "heal").Status.Migration.JobName),
 	} {
 		if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil {
 			t.Fatal(err)
 		}
 		uid := o.GetUID()
-		if err := k8s.Delete(bg, o); err != nil {
+		// Background, as kubectl does: a Job's API default is to orphan its pods, through a
+		// finalizer that only the garbage collector (absent here) removes.
+		if err := k8s.Delete(bg, o, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, fmt.Sprintf("%T %s recreated", o, o.GetName()), func() error {
