@@ -823,6 +823,26 @@ func testValidationRules(t *testing.T) {
 	refused("cache lifetime of 0", newStack(ns, "v8", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Cache.PositionsTTL = "0s" // tradingd refuses it: the cache cannot be turned off
 	}), "cache lifetimes are more than 0 and at most 24h")
+	// Values tradingd would refuse at start (exit 2), refused here instead of crash-looping.
+	refused("max quantity 0", newStack(ns, "v9", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Limits.MaxQuantity = "0.00"
+	}), "spec.runtime.limits.maxQuantity must be more than 0")
+	refused("max price 0", newStack(ns, "v10", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Limits.MaxPrice = "0"
+	}), "spec.runtime.limits.maxPrice must be more than 0")
+	refused("access token lifetime 0", newStack(ns, "v11", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Auth.AccessTokenTTL = "0s"
+	}), "spec.runtime.auth.accessTokenTTL must be more than 0")
+	refused("pool health check 0", newStack(ns, "v12", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Pool.HealthCheckPeriod = "0m"
+	}), "spec.postgres.pool.healthCheckPeriod must be more than 0")
+	refused("pool min > max", newStack(ns, "v13", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Pool.MaxConns = 5
+		s.Spec.Postgres.Pool.MinConns = ptr.To(int32(10))
+	}), "spec.postgres.pool.minConns must be less than or equal to spec.postgres.pool.maxConns")
+	refused("pool min > default max", newStack(ns, "v14", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Pool.MinConns = ptr.To(int32(31)) // maxConns defaults to 30
+	}), "spec.postgres.pool.minConns must be less than or equal to spec.postgres.pool.maxConns")
 
 	// Transition rules: storage may only grow; the class is immutable once set.
 	createStack(t, newStack(ns, "grow", func(s *tradingv1alpha1.TradingStack) {

@@ -139,12 +139,14 @@ type OrderLimits struct {
 	// MaxQuantity is the largest quantity of one order (MAX_QUANTITY). Defaults to "1000000".
 	// +kubebuilder:default="1000000"
 	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.limits.maxQuantity must be more than 0"
 	// +optional
 	MaxQuantity string `json:"maxQuantity,omitempty"`
 
 	// MaxPrice is the largest price of one order (MAX_PRICE). Defaults to "1000000".
 	// +kubebuilder:default="1000000"
 	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.limits.maxPrice must be more than 0"
 	// +optional
 	MaxPrice string `json:"maxPrice,omitempty"`
 }
@@ -212,12 +214,16 @@ type AuthSpec struct {
 	// AccessTokenTTL is the lifetime of an access token (ACCESS_TOKEN_TTL). Defaults to 60m.
 	// +kubebuilder:default="60m"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.runtime.auth.accessTokenTTL must be more than 0"
 	// +optional
 	AccessTokenTTL string `json:"accessTokenTTL,omitempty"`
 
 	// RefreshTokenTTL is the lifetime of a refresh token (REFRESH_TOKEN_TTL). Defaults to 720h.
 	// +kubebuilder:default="720h"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.runtime.auth.refreshTokenTTL must be more than 0"
 	// +optional
 	RefreshTokenTTL string `json:"refreshTokenTTL,omitempty"`
 }
@@ -327,6 +333,7 @@ type SecretKeyReference struct {
 }
 
 // PoolSpec is the runtime's PostgreSQL connection pool, per replica.
+// +kubebuilder:validation:XValidation:rule="!has(self.minConns) || !has(self.maxConns) || self.minConns <= self.maxConns",message="spec.postgres.pool.minConns must be less than or equal to spec.postgres.pool.maxConns"
 type PoolSpec struct {
 	// MaxConns is the most connections per runtime pod (DB_MAX_CONNS). Defaults to 30.
 	// +kubebuilder:default=30
@@ -344,6 +351,8 @@ type PoolSpec struct {
 	// (DB_MAX_CONN_LIFETIME), a Go duration. Defaults to 1h.
 	// +kubebuilder:default="1h"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.postgres.pool.maxConnLifetime must be more than 0"
 	// +optional
 	MaxConnLifetime string `json:"maxConnLifetime,omitempty"`
 
@@ -351,6 +360,8 @@ type PoolSpec struct {
 	// Go duration. Defaults to 30s.
 	// +kubebuilder:default="30s"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.postgres.pool.healthCheckPeriod must be more than 0"
 	// +optional
 	HealthCheckPeriod string `json:"healthCheckPeriod,omitempty"`
 }
