@@ -166,7 +166,7 @@ func TestRequestBodies(t *testing.T) {
 	})
 	t.Run("400 malformed", func(t *testing.T) {
 		for _, body := range []string{
-			"", "{", "not json", `{"symbol":"BTC/USD",}`, `[1,2]`, `"string"`, `{"symbol":"BTC/USD"`,
+			"", "{", "not json", `{"symbol":"BTC/USD",}`, `[1,2]`, `"string"`, `{"symbol":"BTC/USD"`, "null", "[]", "7",
 		} {
 			r := e.do("POST", "/api/orders", tok, body)
 			r.problem(400)
@@ -179,11 +179,26 @@ func TestRequestBodies(t *testing.T) {
 		}
 		e.do("POST", "/api/auth/login", "", `{"username":"a","password":"b","admin":true}`).problem(400)
 		e.do("POST", "/api/auth/refresh", "", `{"refresh_token":"a","x":1}`).problem(400)
+		// Names are exact: encoding/json alone would take "Symbol" for symbol.
+		p = e.do("POST", "/api/orders", tok, `{"Symbol":"BTC/USD","side":"buy","quantity":"1","price":"100"}`).problem(400)
+		if !strings.Contains(p.Detail, "Symbol") {
+			t.Errorf("detail %q does not name the field", p.Detail)
+		}
+		// An unknown field is malformed even next to a field of the wrong type (a 422 alone).
+		e.do("POST", "/api/orders", tok, `{"symbol":1,"side":"buy","quantity":"1","price":"100","foo":1}`).problem(400)
+		e.do("POST", "/api/auth/login", "", `{"username":1,"password":"x","foo":1}`).problem(400)
+	})
+	t.Run("400 field given twice", func(t *testing.T) {
+		p := e.do("POST", "/api/orders", tok, `{"symbol":"BTC/USD","symbol":"ETH/USD","side":"buy","quantity":"1","price":"100"}`).problem(400)
+		if !strings.Contains(p.Detail, "symbol") {
+			t.Errorf("detail %q does not name the field", p.Detail)
+		}
 	})
 	t.Run("400 trailing data", func(t *testing.T) {
 		for _, tail := range []string{"{}", "x", `{"symbol":"ETH/USD"}`, "1", "]"} {
 			e.do("POST", "/api/orders", tok, good+tail).problem(400)
 		}
+		e.do("POST", "/api/orders", tok, `{"symbol":1,"side":"buy","quantity":"1","price":"100"} x`).problem(400)
 		e.do("POST", "/api/orders", tok, good+"  \n\t").want(201) // whitespace is not data
 	})
 	t.Run("422 wrong JSON type names the field with the others", func(t *testing.T) {

@@ -1,13 +1,16 @@
 package http
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"reflect"
 	"strings"
+	"sync"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -19,33 +22,98 @@ var (
 	errMediaType    = errors.New("unsupported media type")
 )
 
-// decode reads a JSON request body into v: application/json only, at most the body
-// limit, no unknown fields, nothing after the value. A value of the wrong JSON type for a
-// field is EINVALID naming the field, and v holds the other fields as read, so that a
-// caller can list every failing field at once.
+// decode reads a JSON request body into v (a pointer to a struct): application/json only,
+// at most the body limit, one JSON object whose members are v's fields, spelled exactly,
+// each at most once, and nothing after it. Those are 400s, checked first; then a value of
+// the wrong JSON type for a field is EINVALID naming the field, and v holds the other
+// fields as read, so that a caller can list every failing field at once.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "application/json" {
 		return errMediaType
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.BodyLimit)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.BodyLimit))
+	if err != nil {
 		return decodeError(err)
 	}
-	// Anything but the end of the body after the value is refused: a client that sends
+	if err := checkObject(body, fieldsOf(v)); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return decodeError(err)
+	}
+	return nil
+}
+
+// checkObject refuses, as malformed, what encoding/json would let through or report as
+// something else: a body that is not one object (null, an array), a member that is not one
+// of fields as spelled (encoding/json matches names case-insensitively: "Symbol" would set
+// symbol), a member given twice (it keeps the last), and data after the object (also when
+// a member has the wrong type, which Unmarshal would report first as a 422).
+func checkObject(body []byte, fields map[string]bool) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if err != nil {
+		return decodeError(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return trading.Errorf(trading.EMALFORMED, "the body must be a JSON object")
+	}
+	seen := make(map[string]bool, len(fields))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return decodeError(err)
+		}
+		name, _ := tok.(string)
+		switch {
+		case !fields[name]:
+			return trading.Errorf(trading.EMALFORMED, "unknown field %q", name)
+		case seen[name]:
+			return trading.Errorf(trading.EMALFORMED, "field %q given twice", name)
+		}
+		seen[name] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return decodeError(err)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return decodeError(err)
+	}
+	// Anything but the end of the body after the object is refused: a client that sends
 	// two objects meant something we would silently drop.
 	if _, err := dec.Token(); err != io.EOF {
-		if err != nil {
-			if e := decodeError(err); errors.Is(e, errBodyTooLarge) {
-				return e
-			}
-		}
 		return trading.Errorf(trading.EMALFORMED, "unexpected data after the JSON value")
 	}
 	return nil
+}
+
+// fieldNames caches the JSON member names of request types.
+var fieldNames sync.Map // reflect.Type -> map[string]bool
+
+// fieldsOf returns the JSON member names of the struct v points to.
+func fieldsOf(v any) map[string]bool {
+	t := reflect.TypeOf(v).Elem()
+	if f, ok := fieldNames.Load(t); ok {
+		return f.(map[string]bool)
+	}
+	names := map[string]bool{}
+	for f := range t.Fields() {
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = f.Name
+		}
+		names[name] = true
+	}
+	fieldNames.Store(t, names)
+	return names
 }
 
 func decodeError(err error) error {
