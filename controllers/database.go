@@ -27,7 +27,13 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 		return r.reconcileExternalDatabase(ctx, p)
 	}
 
-	sts := desiredPostgresStatefulSet(p.spec)
+	var credentials *corev1.Secret
+	for _, sec := range p.runtimeSecrets {
+		if sec.Name == postgresCredentialsSecretName(p.stack) {
+			credentials = sec
+		}
+	}
+	sts := desiredPostgresStatefulSet(p.spec, configHash(nil, credentials))
 	// The volume claim templates of a StatefulSet cannot change in place; once
 	// it exists, keep the ones it was created with so a grown storage size does
 	// not turn every apply into a rejected update.

@@ -15,12 +15,28 @@ import (
 // It runs in a shell because probes do not expand $(VAR) references.
 var pgIsReady = []string{"sh", "-c", `exec pg_isready -q -h 127.0.0.1 -p 5432 -U "$POSTGRES_USER" -d "$POSTGRES_DB"`}
 
+// syncPassword is the database container's postStart hook: it sets the password of
+// POSTGRES_USER to POSTGRES_PASSWORD on every start. The image reads POSTGRES_PASSWORD only
+// when it initializes an empty volume, so a credentials Secret that was regenerated (deleted
+// by hand) or edited would otherwise never reach the database, and every client would be
+// refused; CloudNativePG applies its Secret with ALTER ROLE likewise. A change of the Secret
+// restarts the pod (credentialsHash on its template). It connects through the local socket,
+// which the image trusts, waits at most two minutes for the server, passes the values as
+// psql variables (quoted by psql, never by the shell), and never fails the container.
+var syncPassword = []string{"sh", "-c", `i=0
+until pg_isready -q -h /var/run/postgresql; do
+  i=$((i+1)); [ "$i" -ge 120 ] && exit 0; sleep 1
+done
+echo "ALTER ROLE :\"role\" PASSWORD :'password';" |
+  psql -q -X -h /var/run/postgresql -U "$POSTGRES_USER" -d postgres -v ON_ERROR_STOP=1 \
+    -v role="$POSTGRES_USER" -v password="$POSTGRES_PASSWORD" >/dev/null 2>&1 || true`}
+
 // desiredPostgresStatefulSet is NAME-postgres: one PostgreSQL pod with a PVC from the template
 // "data". PGDATA is a subdirectory of the volume, so the entrypoint can create it with the
 // owner and mode initdb insists on even when the volume's root holds lost+found. The claim
 // retention follows retainDataOnDelete: Retain keeps the PVC when the stack (and so the
 // StatefulSet) is deleted.
-func desiredPostgresStatefulSet(s *tradingv1alpha1.TradingStack) *appsv1.StatefulSet {
+func desiredPostgresStatefulSet(s *tradingv1alpha1.TradingStack, credentialsHash string) *appsv1.StatefulSet {
 	m := s.Spec.Postgres.Managed
 	if m == nil {
 		m = &tradingv1alpha1.ManagedPostgres{Image: tradingv1alpha1.DefaultPostgresImage,
@@ -67,7 +83,10 @@ func desiredPostgresStatefulSet(s *tradingv1alpha1.TradingStack) *appsv1.Statefu
 			},
 			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{claim},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labelsFor(s, postgresApp, databaseComponent)},
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      labelsFor(s, postgresApp, databaseComponent),
+					Annotations: map[string]string{configHashAnnotation: credentialsHash},
+				},
 				Spec: corev1.PodSpec{
 					AutomountServiceAccountToken:  ptr.To(false),
 					SecurityContext:               podSecurityContext(postgresUID),
@@ -83,7 +102,10 @@ func desiredPostgresStatefulSet(s *tradingv1alpha1.TradingStack) *appsv1.Statefu
 							{Name: "POSTGRES_DB", Value: postgresDB},
 							{Name: "PGDATA", Value: postgresDataDir + "/pgdata"},
 						},
-						Resources:       resourcesOr(m.Resources, defaultPostgresResources()),
+						Resources: resourcesOr(m.Resources, defaultPostgresResources()),
+						Lifecycle: &corev1.Lifecycle{
+							PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: syncPassword}},
+						},
 						StartupProbe:    probe(5, 60),
 						ReadinessProbe:  probe(10, 3),
 						LivenessProbe:   probe(10, 6),

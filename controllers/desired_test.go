@@ -3,6 +3,7 @@ package controllers
 import (
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -39,7 +40,7 @@ func allChildren(t *testing.T, s *tradingv1alpha1.TradingStack) []client.Object 
 	cm := desiredRuntimeConfigMap(s)
 	objs := []client.Object{
 		creds, jwtSec, admin, cm,
-		desiredPostgresStatefulSet(s), desiredPostgresService(s),
+		desiredPostgresStatefulSet(s, "hash"), desiredPostgresService(s),
 		desiredRedisDeployment(s), desiredRedisService(s),
 		desiredMigrationJob(s, s.RuntimeImage()),
 		desiredAPIDeployment(s, s.RuntimeImage(), configHash(cm, jwtSec, admin, creds)),
@@ -180,7 +181,7 @@ func TestEmptySpecGetsContractDefaults(t *testing.T) {
 	if got := dep.Spec.Template.Spec.Containers[0].Image; got != tradingv1alpha1.DefaultRuntimeImage {
 		t.Errorf("image %q, want DefaultRuntimeImage", got)
 	}
-	sts := desiredPostgresStatefulSet(s)
+	sts := desiredPostgresStatefulSet(s, "hash")
 	if got := sts.Spec.Template.Spec.Containers[0].Image; got != tradingv1alpha1.DefaultPostgresImage {
 		t.Errorf("postgres image %q", got)
 	}
@@ -372,7 +373,7 @@ func TestRetentionPolicy(t *testing.T) {
 		{ptr.To(false), appsv1.DeletePersistentVolumeClaimRetentionPolicyType},
 	} {
 		s := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) { sp.RetainDataOnDelete = tt.retain })
-		p := desiredPostgresStatefulSet(s).Spec.PersistentVolumeClaimRetentionPolicy
+		p := desiredPostgresStatefulSet(s, "hash").Spec.PersistentVolumeClaimRetentionPolicy
 		if p.WhenDeleted != tt.want || p.WhenScaled != appsv1.RetainPersistentVolumeClaimRetentionPolicyType {
 			t.Errorf("retain=%v: policy %+v, want WhenDeleted %s", tt.retain, p, tt.want)
 		}
@@ -388,7 +389,7 @@ func TestPostgresStatefulSet(t *testing.T) {
 			}},
 		}
 	})
-	sts := desiredPostgresStatefulSet(s)
+	sts := desiredPostgresStatefulSet(s, "hash")
 	if *sts.Spec.Replicas != 1 || sts.Spec.ServiceName != "demo-postgres" {
 		t.Errorf("replicas %d serviceName %q", *sts.Spec.Replicas, sts.Spec.ServiceName)
 	}
@@ -432,7 +433,7 @@ func TestRestrictedSecurity(t *testing.T) {
 	pods := map[string]corev1.PodSpec{
 		"api":      desiredAPIDeployment(s, "img", "h").Spec.Template.Spec,
 		"migrate":  desiredMigrationJob(s, "img").Spec.Template.Spec,
-		"postgres": desiredPostgresStatefulSet(s).Spec.Template.Spec,
+		"postgres": desiredPostgresStatefulSet(s, "hash").Spec.Template.Spec,
 		"redis":    desiredRedisDeployment(s).Spec.Template.Spec,
 	}
 	for name, pod := range pods {
@@ -660,5 +661,26 @@ func TestAlertsLinkTheRunbook(t *testing.T) {
 		if !ok || !anchors[anchor] {
 			t.Errorf("%s: runbook_url %q has no section in docs/runbook.md", r.Alert, u)
 		}
+	}
+}
+
+// The database pod syncs the role's password on every start (TestSyncPasswordHook runs the
+// hook), and its template carries the credentials' hash, so a regenerated or edited Secret
+// restarts it and the new password reaches the database.
+func TestPostgresFollowsItsCredentials(t *testing.T) {
+	s := stackWith(nil)
+	secret := func(password string) *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: postgresCredentialsSecretName(s)},
+			Data: map[string][]byte{postgresPasswordKey: []byte(password)}}
+	}
+	a := desiredPostgresStatefulSet(s, configHash(nil, secret("one")))
+	b := desiredPostgresStatefulSet(s, configHash(nil, secret("two")))
+	if a.Spec.Template.Annotations[configHashAnnotation] == b.Spec.Template.Annotations[configHashAnnotation] {
+		t.Error("a new password does not change the database pod's template")
+	}
+	c := a.Spec.Template.Spec.Containers[0]
+	if c.Lifecycle == nil || c.Lifecycle.PostStart == nil || c.Lifecycle.PostStart.Exec == nil ||
+		!slices.Equal(c.Lifecycle.PostStart.Exec.Command, syncPassword) {
+		t.Errorf("postStart %+v, want the password sync", c.Lifecycle)
 	}
 }
