@@ -42,11 +42,11 @@ var (
 	// operatorCfg is the manager's: a user bound to the generated ClusterRole and nothing
 	// else, as the operator's service account is in a cluster.
 	operatorCfg *rest.Config
-	k8s        client.Client // direct, uncached: what a user with kubectl sees
-	mgrMu      sync.Mutex
-	mgrCancel  context.CancelFunc
-	mgrDone    chan error
-	currentMgr manager.Manager
+	k8s         client.Client // direct, uncached: what a user with kubectl sees
+	mgrMu       sync.Mutex
+	mgrCancel   context.CancelFunc
+	mgrDone     chan error
+	currentMgr  manager.Manager
 )
 
 func TestMain(m *testing.M) {
