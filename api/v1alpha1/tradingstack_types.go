@@ -20,8 +20,9 @@ type TradingStackSpec struct {
 	Runtime RuntimeSpec `json:"runtime,omitempty"`
 
 	// Postgres selects the database: a PostgreSQL the operator runs (managed, the default) or
-	// one that exists already (external), and the runtime's connection pool.
-	// +kubebuilder:default={}
+	// one that exists already (external), and the runtime's connection pool. Left out, it is
+	// a managed one with every default shown.
+	// +kubebuilder:default={managed:{}}
 	// +optional
 	Postgres PostgresSpec `json:"postgres,omitempty"`
 
@@ -254,6 +255,7 @@ type AutoscalingSpec struct {
 // PostgresSpec selects the database and the runtime's connection pool. Set managed or
 // external, not both; neither means managed with its defaults.
 // +kubebuilder:validation:XValidation:rule="!(has(self.managed) && has(self.external))",message="spec.postgres.managed and spec.postgres.external are mutually exclusive: set only one"
+// +kubebuilder:validation:XValidation:rule="has(self.managed) || has(self.external) || !has(oldSelf.managed)",message="spec.postgres.managed cannot be removed (its storage may only grow and its class is fixed); set spec.postgres.external instead to move to an external database"
 type PostgresSpec struct {
 	// Managed runs PostgreSQL 16 in a StatefulSet with one replica and a persistent volume.
 	// This is what the stack uses when external is not set.
