@@ -19,7 +19,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -879,25 +878,6 @@ func testValidationRules(t *testing.T) {
 	if e.Spec.Runtime.Replicas != 2 || e.Spec.Redis.Mode != tradingv1alpha1.RedisManaged || e.Spec.RetainDataOnDelete == nil || !*e.Spec.RetainDataOnDelete ||
 		e.Spec.Runtime.RateLimits.Login == nil || *e.Spec.Runtime.RateLimits.Login != 5 {
 		t.Errorf("schema defaults not applied: %+v", e.Spec)
-	}
-	// `spec: {}` as kubectl sends it (a Go client sends every struct, postgres included):
-	// the managed database's defaults appear too, and its size then follows the rules.
-	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": tradingv1alpha1.GroupVersion.String(), "kind": "TradingStack",
-		"metadata": map[string]any{"namespace": ns, "name": "kubectl-empty"},
-		"spec":     map[string]any{},
-	}}
-	if err := k8s.Create(bg, u); err != nil {
-		t.Fatal(err)
-	}
-	e = getStack(t, ns, "kubectl-empty")
-	m := e.Spec.Postgres.Managed
-	if m == nil || m.Image != tradingv1alpha1.DefaultPostgresImage || m.Storage.Size != "10Gi" {
-		t.Fatalf("managed database defaults not applied: %+v", m)
-	}
-	m.Storage.Size = "5Gi"
-	if err := k8s.Update(bg, e); err == nil || !strings.Contains(err.Error(), "may only grow") {
-		t.Errorf("shrinking the defaulted 10Gi: %v, want refused", err)
 	}
 }
 

@@ -20,9 +20,8 @@ type TradingStackSpec struct {
 	Runtime RuntimeSpec `json:"runtime,omitempty"`
 
 	// Postgres selects the database: a PostgreSQL the operator runs (managed, the default) or
-	// one that exists already (external), and the runtime's connection pool. Left out, it is
-	// a managed one with every default shown.
-	// +kubebuilder:default={managed:{}}
+	// one that exists already (external), and the runtime's connection pool.
+	// +kubebuilder:default={}
 	// +optional
 	Postgres PostgresSpec `json:"postgres,omitempty"`
 
