@@ -530,29 +530,29 @@ func lockPosition(ctx context.Context, tx rowQuerier, userID uuid.UUID, symbol s
 	return pos, err
 }
 
+// invalidate tells the cache that userID's stale views changed (invalidateTrade: a trade in
+// symbol, which also moved its mark). The change is committed: a client that hung up must not
+// leave the cache stale, so the call is detached from it; a failure is logged, not returned.
 func (s *OrderService) invalidate(ctx context.Context, userID uuid.UUID, stale trading.Views) {
-	if s.cfg.Invalidator == nil {
-		return
-	}
-	// The approval is committed: a client that hung up must not leave the cache stale.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.db.timeout)
-	defer cancel()
-	if err := s.cfg.Invalidator.InvalidateUser(ctx, userID, stale); err != nil {
-		s.log.ErrorContext(ctx, "cache invalidation after an order change failed; cached views may be stale until they expire",
-			"user_id", userID, "error", err)
-	}
+	s.tellCache(ctx, userID, "", func(ctx context.Context, inv trading.Invalidator) error {
+		return inv.InvalidateUser(ctx, userID, stale)
+	})
 }
 
-// invalidateTrade is invalidate for an executed trade: every view of the requester and the
-// mark of the symbol.
 func (s *OrderService) invalidateTrade(ctx context.Context, userID uuid.UUID, symbol string) {
+	s.tellCache(ctx, userID, symbol, func(ctx context.Context, inv trading.Invalidator) error {
+		return inv.InvalidateTrade(ctx, userID, symbol)
+	})
+}
+
+func (s *OrderService) tellCache(ctx context.Context, userID uuid.UUID, symbol string, call func(context.Context, trading.Invalidator) error) {
 	if s.cfg.Invalidator == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.db.timeout)
 	defer cancel()
-	if err := s.cfg.Invalidator.InvalidateTrade(ctx, userID, symbol); err != nil {
-		s.log.ErrorContext(ctx, "cache invalidation after a trade failed; cached views may be stale until they expire",
+	if err := call(ctx, s.cfg.Invalidator); err != nil {
+		s.log.ErrorContext(ctx, "cache invalidation after an order change failed; cached views may be stale until they expire",
 			"user_id", userID, "symbol", symbol, "error", err)
 	}
 }
