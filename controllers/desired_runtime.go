@@ -124,9 +124,9 @@ func configHash(cm *corev1.ConfigMap, secrets ...*corev1.Secret) string {
 // few attempts or ten minutes; its last log lines become the termination message, so a failure
 // reason can be read from the pod. ttlSecondsAfterFinished is left unset: the reconciler reads
 // the finished Job to know the image migrated.
-func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image string) *batchv1.Job {
+func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image, database string) *batchv1.Job {
 	meta := objectMeta(s, migrationJobName(s, image), tradingdApp, migrationComponent)
-	meta.Annotations = map[string]string{runtimeImageAnnotation: image}
+	meta.Annotations = map[string]string{runtimeImageAnnotation: image, databaseAnnotation: database}
 	return &batchv1.Job{
 		TypeMeta:   typeMeta("batch/v1", "Job"),
 		ObjectMeta: meta,

@@ -42,7 +42,7 @@ func allChildren(t *testing.T, s *tradingv1alpha1.TradingStack) []client.Object 
 		creds, jwtSec, admin, cm,
 		desiredPostgresStatefulSet(s, "hash"), desiredPostgresService(s),
 		desiredRedisDeployment(s), desiredRedisService(s),
-		desiredMigrationJob(s, s.RuntimeImage()),
+		desiredMigrationJob(s, s.RuntimeImage(), "managed"),
 		desiredAPIDeployment(s, s.RuntimeImage(), configHash(cm, jwtSec, admin, creds)),
 		desiredAPIService(s), desiredPDB(s),
 		desiredServiceMonitor(s), desiredPrometheusRule(s),
@@ -131,7 +131,7 @@ func TestMigrationJobNameFollowsImage(t *testing.T) {
 	if !strings.HasPrefix(a, "demo-migrate-") || len(a) != len("demo-migrate-")+10 {
 		t.Fatalf("Job name %q, want demo-migrate- and 10 hex digits", a)
 	}
-	job := desiredMigrationJob(s, "img:v1")
+	job := desiredMigrationJob(s, "img:v1", "managed")
 	if job.Annotations[runtimeImageAnnotation] != "img:v1" {
 		t.Errorf("runtime image annotation %q", job.Annotations[runtimeImageAnnotation])
 	}
@@ -252,7 +252,7 @@ func TestDatabaseURLSource(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := stackWith(tt.edit)
 			api := desiredAPIDeployment(s, "img", "h").Spec.Template.Spec.Containers[0]
-			job := desiredMigrationJob(s, "img").Spec.Template.Spec.Containers[0]
+			job := desiredMigrationJob(s, "img", "managed").Spec.Template.Spec.Containers[0]
 			for what, c := range map[string]corev1.Container{"api": api, "job": job} {
 				name, key := secretRef(t, envByName(c)["DATABASE_URL"])
 				if name != tt.secret || key != tt.key {
@@ -432,7 +432,7 @@ func TestRestrictedSecurity(t *testing.T) {
 	s := stackWith(nil)
 	pods := map[string]corev1.PodSpec{
 		"api":      desiredAPIDeployment(s, "img", "h").Spec.Template.Spec,
-		"migrate":  desiredMigrationJob(s, "img").Spec.Template.Spec,
+		"migrate":  desiredMigrationJob(s, "img", "managed").Spec.Template.Spec,
 		"postgres": desiredPostgresStatefulSet(s, "hash").Spec.Template.Spec,
 		"redis":    desiredRedisDeployment(s).Spec.Template.Spec,
 	}

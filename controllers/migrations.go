@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -30,14 +32,18 @@ const (
 // the desired one once its Job succeeded, otherwise the last one that did.
 func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pass) (bool, error) {
 	image := p.spec.RuntimeImage()
+	database := migrationDatabase(p)
 	previous := p.stack.Status.Migration.Image
 	p.servingImage = previous
+	// A status written before the database was recorded migrated the database in use.
+	sameDatabase := p.stack.Status.Migration.Database == "" || p.stack.Status.Migration.Database == database
 
-	if previous == image {
+	if previous == image && sameDatabase {
+		p.stack.Status.Migration.Database = database
 		// Already migrated: keep the Job as the record. A Job deleted by hand is put back
 		// like any child; it runs `tradingd migrate` again, which finds nothing to apply,
 		// and the runtime does not wait for it.
-		job := desiredMigrationJob(p.spec, image)
+		job := desiredMigrationJob(p.spec, image, database)
 		found, err := r.getCached(ctx, client.ObjectKeyFromObject(job), &batchv1.Job{})
 		if err != nil {
 			return false, err
@@ -58,11 +64,28 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		return false, nil
 	}
 
-	job := desiredMigrationJob(p.spec, image)
+	job := desiredMigrationJob(p.spec, image, database)
 	current := &batchv1.Job{}
 	found, err := r.getCached(ctx, client.ObjectKeyFromObject(job), current)
 	if err != nil {
 		return false, err
+	}
+	if migrated := current.Annotations[databaseAnnotation]; found && migrated != database && (migrated != "" || !sameDatabase) {
+		// This image's Job migrated another database (the stack was pointed elsewhere):
+		// run it again, under the same name, once it is not running.
+		if _, state := jobOutcome(current); state == jobRunning {
+			p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
+				fmt.Sprintf("migration Job %s still runs for the previous database; it runs again for this one next", current.Name))
+			p.requeue(migrationPoll(current))
+			return false, nil
+		}
+		if err := r.Delete(ctx, current, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
+			return false, err
+		}
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
+			fmt.Sprintf("the database changed: migration Job %s runs again for image %s", current.Name, image))
+		p.requeue(migrationPollMin)
+		return false, nil
 	}
 	if !found {
 		// A Job's template is immutable, so it is only ever created, never
@@ -76,7 +99,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	switch cond, state := jobOutcome(current); state {
 	case jobSucceeded:
 		p.servingImage = image
-		p.stack.Status.Migration = tradingv1alpha1.MigrationStatus{Image: image, JobName: current.Name}
+		p.stack.Status.Migration = tradingv1alpha1.MigrationStatus{Image: image, JobName: current.Name, Database: database}
 		p.stack.Status.SchemaVersion = schemaVersionOf(image)
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
 			fmt.Sprintf("migration Job %s succeeded for image %s", current.Name, image))
@@ -102,6 +125,24 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		p.requeue(migrationPoll(current))
 		return false, nil
 	}
+}
+
+// migrationDatabase identifies the database the runtime uses (MigrationStatus.Database):
+// the managed one, or the external DSN's Secret and key with a hash of its value, so that
+// a DSN edited to point elsewhere counts as another database.
+func migrationDatabase(p *pass) string {
+	if !p.spec.ExternalPostgres() {
+		return "managed"
+	}
+	ref := p.spec.Spec.Postgres.External.ConnectionSecretRef
+	id := "external:" + ref.Name + "/" + ref.Key
+	for _, sec := range p.runtimeSecrets {
+		if sec.Name == ref.Name {
+			sum := sha256.Sum256(sec.Data[ref.Key])
+			return id + ":" + hex.EncodeToString(sum[:6])
+		}
+	}
+	return id
 }
 
 type jobState int

@@ -47,6 +47,9 @@ const (
 	configHashAnnotation = "trading.findmy.io/config-hash"
 	// runtimeImageAnnotation on a migration Job records the runtime image it migrates for.
 	runtimeImageAnnotation = "trading.findmy.io/runtime-image"
+	// databaseAnnotation on a migration Job records the database it migrates
+	// (MigrationStatus.Database).
+	databaseAnnotation = "trading.findmy.io/database"
 )
 
 // Keys of the generated Secrets.

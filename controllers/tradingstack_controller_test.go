@@ -782,6 +782,28 @@ func testPolicyFollowsSpec(t *testing.T) {
 		return nil
 	})
 	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
+
+	// The external database is another database: the same image's migration runs again
+	// for it (same Job name, new run), and the stack says so until it succeeded.
+	var job *batchv1.Job
+	eventually(t, "migration Job re-created for the external database", func() error {
+		for _, j := range migrationJobs(t, ns, "pol") {
+			if strings.HasPrefix(j.Annotations[databaseAnnotation], "external:external-db/dsn:") {
+				job = &j
+				return nil
+			}
+		}
+		return fmt.Errorf("no migration Job for the external database yet")
+	})
+	s := waitCondition(t, ns, "pol", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning)
+	if s.Status.Migration.Database != "managed" {
+		t.Errorf("status.migration.database %q while the external one migrates, want managed", s.Status.Migration.Database)
+	}
+	finishJob(t, ns, job.Name, true)
+	s = waitCondition(t, ns, "pol", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, "")
+	if s.Status.Migration.Database != job.Annotations[databaseAnnotation] {
+		t.Errorf("status.migration.database %q, want %q", s.Status.Migration.Database, job.Annotations[databaseAnnotation])
+	}
 }
 
 func testValidationRules(t *testing.T) {

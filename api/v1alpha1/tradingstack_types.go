@@ -553,6 +553,12 @@ type MigrationStatus struct {
 	// JobName is the migration Job that succeeded for image.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+
+	// Database identifies the database that Job migrated (managed, or the external DSN's
+	// Secret and a hash of its value): pointing the stack at another database runs the
+	// migration again, for the same image.
+	// +optional
+	Database string `json:"database,omitempty"`
 }
 
 // EndpointsStatus are in-cluster URLs of the runtime.
