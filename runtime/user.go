@@ -40,6 +40,10 @@ type Principal struct {
 	UserID   uuid.UUID
 	Username string
 	Roles    []Role
+	// SessionID is the login the access token belongs to: ending the login (logout, or a
+	// refresh token presented twice) ends its access tokens too. Nil in a token issued
+	// before tokens carried it.
+	SessionID uuid.UUID
 }
 
 // Has reports whether the principal holds role r.
@@ -68,12 +72,17 @@ type UserService interface {
 // Session is one login: the chain of refresh tokens issued since a password was checked.
 // Refresh tokens are stored only as hashes.
 type SessionService interface {
-	// CreateSession starts a login and stores the first refresh token's hash.
-	CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) error
+	// CreateSession starts a login, stores the first refresh token's hash and returns the
+	// login's id.
+	CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) (sessionID uuid.UUID, err error)
 	// RotateRefreshToken marks the token with oldHash used and stores newHash in the same
-	// login, returning the user. A token that was already rotated (reuse) revokes the whole
-	// login and returns EUNAUTHORIZED; an unknown, expired or revoked token is EUNAUTHORIZED.
-	RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (uuid.UUID, error)
-	// RevokeSession ends the login that the token belongs to; an unknown token is not an error.
-	RevokeSession(ctx context.Context, tokenHash []byte) error
+	// login, returning the user and the login. A token that was already rotated (reuse)
+	// revokes the whole login and returns EUNAUTHORIZED with the login's id; an unknown,
+	// expired or revoked token is EUNAUTHORIZED.
+	RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (userID, sessionID uuid.UUID, err error)
+	// RevokeSession ends the login that the token belongs to and returns its id; an unknown
+	// token is not an error (uuid.Nil).
+	RevokeSession(ctx context.Context, tokenHash []byte) (sessionID uuid.UUID, err error)
+	// SessionActive reports whether the login has not ended.
+	SessionActive(ctx context.Context, sessionID uuid.UUID) (bool, error)
 }

@@ -23,6 +23,10 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			s.Error(w, r, err)
 			return
 		}
+		if !s.sessions.alive(r.Context(), p.SessionID) {
+			s.Error(w, r, trading.Errorf(trading.EUNAUTHORIZED, "the login of this access token has ended"))
+			return
+		}
 		infoFrom(r.Context()).user = p.UserID.String()
 		next.ServeHTTP(w, r.WithContext(trading.NewContextWithPrincipal(r.Context(), p)))
 	})
@@ -95,11 +99,12 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	if err := s.svc.Sessions.CreateSession(r.Context(), u.ID, hash, time.Now().Add(s.cfg.RefreshTTL)); err != nil {
+	sid, err := s.svc.Sessions.CreateSession(r.Context(), u.ID, hash, time.Now().Add(s.cfg.RefreshTTL))
+	if err != nil {
 		s.Error(w, r, err)
 		return
 	}
-	s.issue(w, r, trading.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles}, refresh)
+	s.issue(w, r, trading.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, SessionID: sid}, refresh)
 }
 
 func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
@@ -112,8 +117,11 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	userID, err := s.svc.Sessions.RotateRefreshToken(r.Context(), jwt.HashRefreshToken(old), hash, time.Now().Add(s.cfg.RefreshTTL))
+	userID, sid, err := s.svc.Sessions.RotateRefreshToken(r.Context(), jwt.HashRefreshToken(old), hash, time.Now().Add(s.cfg.RefreshTTL))
 	if err != nil {
+		// Reuse revoked the login: its access tokens end here at once (other replicas
+		// within SessionCheckTTL).
+		s.sessions.ended(sid)
 		s.Error(w, r, err)
 		return
 	}
@@ -127,7 +135,7 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	s.issue(w, r, trading.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles}, refresh)
+	s.issue(w, r, trading.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, SessionID: sid}, refresh)
 }
 
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
@@ -135,10 +143,12 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.svc.Sessions.RevokeSession(r.Context(), jwt.HashRefreshToken(token)); err != nil {
+	sid, err := s.svc.Sessions.RevokeSession(r.Context(), jwt.HashRefreshToken(token))
+	if err != nil {
 		s.Error(w, r, err)
 		return
 	}
+	s.sessions.ended(sid)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -177,14 +177,22 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	var third rthttp.TokenPair
 	refresh(second.RefreshToken).want(200).decode(&third)
 
-	// Reuse of a rotated token: 401, and the whole login is gone, the newest token included.
+	// Reuse of a rotated token: 401, and the whole login is gone, the newest token included,
+	// its access tokens too ("revokes every token of that login").
+	e.do("GET", "/api/auth/me", third.AccessToken, nil).want(200)
 	refresh(first.RefreshToken).problem(401)
 	refresh(third.RefreshToken).problem(401)
 	refresh(second.RefreshToken).problem(401)
+	for i, access := range []string{first.AccessToken, second.AccessToken, third.AccessToken} {
+		if p := e.do("GET", "/api/auth/me", access, nil).problem(401); !strings.Contains(p.Detail, "ended") {
+			t.Errorf("access token %d of the revoked login: %q", i+1, p.Detail)
+		}
+	}
 
 	// Another login of the same user is untouched.
 	other := e.login("trader1")
 	refresh(other.RefreshToken).want(200)
+	e.do("GET", "/api/auth/me", other.AccessToken, nil).want(200)
 
 	refresh("never-issued").problem(401)
 	refresh(first.AccessToken).problem(401) // an access token is not a refresh token
@@ -231,6 +239,9 @@ func TestLogout(t *testing.T) {
 	}
 	checkSecurityHeaders(t, "logout", r.header)
 	e.do("POST", "/api/auth/refresh", "", map[string]string{"refresh_token": a.RefreshToken}).problem(401)
+	// The login's access token ends with it; the other login's lives on.
+	e.do("GET", "/api/auth/me", a.AccessToken, nil).problem(401)
+	e.do("GET", "/api/auth/me", b.AccessToken, nil).want(200)
 
 	// A rotated chain: logging out with the newest token ends the login.
 	var b2 rthttp.TokenPair
@@ -356,5 +367,25 @@ func TestRefreshTokenExpiry(t *testing.T) {
 	}
 	if got := expires.Sub(before); got < 719*time.Hour || got > 721*time.Hour {
 		t.Errorf("refresh token expires in %v, want 720h", got)
+	}
+}
+
+// A login ended on one replica ends its access tokens on another within the session check's
+// period (here: two servers on one database, as two replicas).
+func TestEndedLoginOnAnotherReplica(t *testing.T) {
+	t.Parallel()
+	a := newEnv(t)
+	b := newEnvOn(t, a.db, envOptions{})
+	a.addUser("trader1", trading.RoleTrader)
+	pair := a.login("trader1")
+	b.do("GET", "/api/auth/me", pair.AccessToken, nil).want(200) // b now remembers the login as active
+	a.do("POST", "/api/auth/logout", "", map[string]string{"refresh_token": pair.RefreshToken}).want(204)
+	a.do("GET", "/api/auth/me", pair.AccessToken, nil).problem(401) // at once where it ended
+	deadline := time.Now().Add(3 * rthttp.SessionCheckTTL)
+	for b.do("GET", "/api/auth/me", pair.AccessToken, nil).status != 401 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the other replica still accepts the access token of an ended login after %v", 3*rthttp.SessionCheckTTL)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -91,8 +91,9 @@ type Server struct {
 	log *slog.Logger
 	mux *http.ServeMux
 	// encoded is svc.Portfolio when it implements EncodedViews, else nil.
-	encoded EncodedViews
-	routes  []Route
+	encoded  EncodedViews
+	sessions *sessionCheck
+	routes   []Route
 }
 
 // NewHandler returns the API handler (the :8080 port).
@@ -116,6 +117,7 @@ func newServer(cfg Config, svc Services) *Server {
 	}
 	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, mux: http.NewServeMux()}
 	s.encoded, _ = svc.Portfolio.(EncodedViews)
+	s.sessions = newSessionCheck(svc.Sessions, cfg.Logger)
 
 	s.route("GET /openapi.json", ClassNone, false, s.handleOpenAPI)
 

@@ -105,6 +105,8 @@ type Claims struct {
 	// accepts a token without it: the contract's claims do not include it, and refresh
 	// tokens are opaque strings, never JWTs, so there is nothing else to tell apart.
 	Use string `json:"token_use"`
+	// SessionID is the login the token belongs to (trading.Principal.SessionID).
+	SessionID string `json:"sid,omitempty"`
 	gojwt.RegisteredClaims
 }
 
@@ -195,6 +197,9 @@ func (a *Authority) Issue(p trading.Principal) (string, time.Duration, error) {
 			ID:        uuid.NewString(),
 		},
 	}
+	if p.SessionID != uuid.Nil {
+		claims.SessionID = p.SessionID.String()
+	}
 	t := gojwt.NewWithClaims(gojwt.SigningMethodHS256, claims)
 	t.Header["kid"] = a.signingID
 	s, err := t.SignedString(a.keys.byID[a.signingID])
@@ -247,6 +252,11 @@ func (a *Authority) verify(token string) (trading.Principal, time.Time, error) {
 		return invalid("sub is not a user id")
 	}
 	p := trading.Principal{UserID: id, Username: claims.Name}
+	if claims.SessionID != "" {
+		if p.SessionID, err = uuid.Parse(claims.SessionID); err != nil {
+			return invalid("sid is not a session id")
+		}
+	}
 	for _, s := range claims.Roles {
 		r, err := trading.ParseRole(s)
 		if err != nil {

@@ -410,7 +410,7 @@ func TestUnavailableDatabase(t *testing.T) {
 	wantCode(t, err, trading.EUNAVAILABLE)
 	_, err = postgres.NewPortfolioService(db).Summary(context.Background(), p.ID)
 	wantCode(t, err, trading.EUNAVAILABLE)
-	_, err = postgres.NewSessionService(db).RotateRefreshToken(context.Background(), []byte("a"), []byte("b"), time.Now())
+	_, _, err = postgres.NewSessionService(db).RotateRefreshToken(context.Background(), []byte("a"), []byte("b"), time.Now())
 	wantCode(t, err, trading.EUNAVAILABLE)
 }
 
@@ -454,7 +454,7 @@ func TestFindOrdersRejectsUnknownStatus(t *testing.T) {
 	bad := trading.OrderStatus("executed")
 	_, _, err := e.orders.FindOrders(as(e.risk1), trading.OrderFilter{Status: &bad})
 	wantField(t, err, "status")
-	err = e.sessions.CreateSession(context.Background(), uuid.New(), []byte("h"), time.Now().Add(time.Hour))
+	_, err = e.sessions.CreateSession(context.Background(), uuid.New(), []byte("h"), time.Now().Add(time.Hour))
 	wantCode(t, err, trading.ENOTFOUND)
 }
 

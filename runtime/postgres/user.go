@@ -175,21 +175,35 @@ func errBadRefreshToken() error {
 }
 
 // CreateSession starts a login with its first refresh token.
-func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) error {
+func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) (uuid.UUID, error) {
 	if len(tokenHash) == 0 {
-		return trading.Errorf(trading.EINTERNAL, "empty refresh token hash")
+		return uuid.Nil, trading.Errorf(trading.EINTERNAL, "empty refresh token hash")
 	}
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
 	// One statement, so the session and its first token appear together or not at all.
-	_, err := s.db.pool.Exec(ctx, `
+	var id uuid.UUID
+	err := s.db.pool.QueryRow(ctx, `
 		WITH s AS (INSERT INTO sessions (user_id) VALUES ($1) RETURNING id)
 		INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
-		SELECT $2, s.id, $3 FROM s`, userID, tokenHash, expiresAt)
+		SELECT $2, s.id, $3 FROM s
+		RETURNING session_id`, userID, tokenHash, expiresAt).Scan(&id)
 	if isForeignKeyViolation(err) {
-		return trading.Errorf(trading.ENOTFOUND, "user not found")
+		return uuid.Nil, trading.Errorf(trading.ENOTFOUND, "user not found")
 	}
-	return s.db.mapError(err)
+	return id, s.db.mapError(err)
+}
+
+// SessionActive reports whether the login has not been revoked; an unknown one has ended.
+func (s *SessionService) SessionActive(ctx context.Context, sessionID uuid.UUID) (bool, error) {
+	ctx, cancel := s.db.bound(ctx)
+	defer cancel()
+	var active bool
+	err := s.db.pool.QueryRow(ctx, `SELECT revoked_at IS NULL FROM sessions WHERE id = $1`, sessionID).Scan(&active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return active, s.db.mapError(err)
 }
 
 // RotateRefreshToken exchanges the token with oldHash for newHash in the same login.
@@ -197,14 +211,15 @@ func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, to
 // The token row is locked (FOR UPDATE), so two concurrent uses of one token serialize: the
 // first rotates, the second finds it used and is treated as reuse, which revokes the login.
 // Revocation is committed even though the call returns EUNAUTHORIZED.
-func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (uuid.UUID, error) {
+func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (uuid.UUID, uuid.UUID, error) {
 	var (
-		userID uuid.UUID
-		denied bool
+		userID    uuid.UUID
+		sessionID uuid.UUID
+		denied    bool
+		revoked   bool // by this call: the token was reused
 	)
 	err := s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
 		var (
-			sessionID     uuid.UUID
 			usedAt        *time.Time
 			revokedAt     *time.Time
 			expiredByTime bool
@@ -227,7 +242,7 @@ func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHas
 		case usedAt != nil:
 			// Reuse: someone holds a token that was already exchanged. Either the client or
 			// an attacker has a stolen copy; end the whole login so neither can go on.
-			denied = true
+			denied, revoked = true, true
 			_, err := tx.Exec(ctx, `UPDATE sessions SET revoked_at = now() WHERE id = $1`, sessionID)
 			return err
 		}
@@ -239,21 +254,31 @@ func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHas
 		return err
 	})
 	if err != nil {
-		return uuid.Nil, err
+		return uuid.Nil, uuid.Nil, err
+	}
+	if revoked {
+		return uuid.Nil, sessionID, errBadRefreshToken()
 	}
 	if denied {
-		return uuid.Nil, errBadRefreshToken()
+		return uuid.Nil, uuid.Nil, errBadRefreshToken()
 	}
-	return userID, nil
+	return userID, sessionID, nil
 }
 
-// RevokeSession ends the login of the token (logout); an unknown token is not an error.
-func (s *SessionService) RevokeSession(ctx context.Context, tokenHash []byte) error {
+// RevokeSession ends the login of the token (logout) and returns its id; an unknown token
+// is not an error.
+func (s *SessionService) RevokeSession(ctx context.Context, tokenHash []byte) (uuid.UUID, error) {
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
-	_, err := s.db.pool.Exec(ctx, `
-		UPDATE sessions SET revoked_at = now()
-		WHERE revoked_at IS NULL
-		  AND id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)`, tokenHash)
-	return s.db.mapError(err)
+	var id uuid.UUID
+	err := s.db.pool.QueryRow(ctx, `
+		WITH t AS (SELECT session_id FROM refresh_tokens WHERE token_hash = $1),
+		     revoked AS (
+				UPDATE sessions SET revoked_at = now()
+				WHERE revoked_at IS NULL AND id = (SELECT session_id FROM t))
+		SELECT session_id FROM t`, tokenHash).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return uuid.Nil, nil
+	}
+	return id, s.db.mapError(err)
 }

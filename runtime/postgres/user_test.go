@@ -80,51 +80,70 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	exp := time.Now().Add(time.Hour)
 	h := func(s string) []byte { return []byte("hash-" + s) }
 
-	if err := e.sessions.CreateSession(ctx, e.trader1.ID, h("1"), exp); err != nil {
-		t.Fatal(err)
+	active := func(sid uuid.UUID) bool {
+		t.Helper()
+		ok, err := e.sessions.SessionActive(ctx, sid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
 	}
-	uid, err := e.sessions.RotateRefreshToken(ctx, h("1"), h("2"), exp)
-	if err != nil || uid != e.trader1.ID {
-		t.Fatalf("rotate 1->2 = %v, %v", uid, err)
+	sid, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("1"), exp)
+	if err != nil || sid == uuid.Nil || !active(sid) {
+		t.Fatalf("create = %v, %v (active %v)", sid, err, sid != uuid.Nil && active(sid))
 	}
-	uid, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("3"), exp)
+	uid, got, err := e.sessions.RotateRefreshToken(ctx, h("1"), h("2"), exp)
+	if err != nil || uid != e.trader1.ID || got != sid {
+		t.Fatalf("rotate 1->2 = %v %v, %v; want the user and login %v", uid, got, err, sid)
+	}
+	uid, _, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("3"), exp)
 	if err != nil || uid != e.trader1.ID {
 		t.Fatalf("rotate 2->3 = %v, %v", uid, err)
 	}
-	// Reuse of the rotated token 2: refused, and the whole login is revoked, so the newest
-	// token 3 (its sibling) stops working too.
-	_, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("x"), exp)
+	// Reuse of the rotated token 2: refused, and the whole login is revoked (its id comes
+	// back so that its access tokens can end too), so the newest token 3 stops working too.
+	_, got, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("x"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
-	_, err = e.sessions.RotateRefreshToken(ctx, h("3"), h("4"), exp)
+	if got != sid || active(sid) {
+		t.Fatalf("reuse returned login %v (active %v), want %v ended", got, active(sid), sid)
+	}
+	_, got, err = e.sessions.RotateRefreshToken(ctx, h("3"), h("4"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
+	if got != uuid.Nil {
+		t.Errorf("a token of a revoked login returned login %v: only the reuse that revokes names it", got)
+	}
 	if n := e.count(t, `SELECT count(*) FROM refresh_tokens WHERE token_hash = $1`, h("x")); n != 0 {
 		t.Errorf("a reused token minted a new one")
 	}
 
 	// Another login of the same user is not affected.
-	if err := e.sessions.CreateSession(ctx, e.trader1.ID, h("b1"), exp); err != nil {
+	other, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("b1"), exp)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.sessions.RotateRefreshToken(ctx, h("b1"), h("b2"), exp); err != nil {
-		t.Fatalf("other login: %v", err)
+	if _, _, err := e.sessions.RotateRefreshToken(ctx, h("b1"), h("b2"), exp); err != nil || !active(other) {
+		t.Fatalf("other login: %v (active %v)", err, active(other))
 	}
 
-	// Logout revokes; unknown tokens are fine to log out.
-	if err := e.sessions.RevokeSession(ctx, h("b2")); err != nil {
-		t.Fatal(err)
+	// Logout revokes and names the login; unknown tokens are fine to log out.
+	if got, err := e.sessions.RevokeSession(ctx, h("b2")); err != nil || got != other || active(other) {
+		t.Fatalf("revoke = %v, %v (active %v); want %v ended", got, err, active(other), other)
 	}
-	if err := e.sessions.RevokeSession(ctx, h("never-issued")); err != nil {
-		t.Fatalf("revoke unknown = %v, want nil", err)
+	if got, err := e.sessions.RevokeSession(ctx, h("never-issued")); err != nil || got != uuid.Nil {
+		t.Fatalf("revoke unknown = %v, %v; want nil", got, err)
 	}
-	_, err = e.sessions.RotateRefreshToken(ctx, h("b2"), h("b3"), exp)
+	_, _, err = e.sessions.RotateRefreshToken(ctx, h("b2"), h("b3"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
+	if active(uuid.New()) {
+		t.Error("an unknown login is active")
+	}
 
 	// Unknown and expired tokens.
-	_, err = e.sessions.RotateRefreshToken(ctx, h("unknown"), h("u2"), exp)
+	_, _, err = e.sessions.RotateRefreshToken(ctx, h("unknown"), h("u2"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
-	if err := e.sessions.CreateSession(ctx, e.trader2.ID, h("old"), time.Now().Add(-time.Minute)); err != nil {
+	if _, err := e.sessions.CreateSession(ctx, e.trader2.ID, h("old"), time.Now().Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.sessions.RotateRefreshToken(ctx, h("old"), h("old2"), exp)
+	_, _, err = e.sessions.RotateRefreshToken(ctx, h("old"), h("old2"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
 }
