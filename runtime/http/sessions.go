@@ -33,9 +33,9 @@ func newSessionCheck(svc trading.SessionService, log *slog.Logger) *sessionCheck
 }
 
 // alive reports whether the login sid is active. A token without a login (issued before
-// tokens carried one) is let through, as it was. When the database cannot answer the token
-// is let through too, and not remembered: reads that the cache can serve keep working
-// while it is down, and an ended login is refused again as soon as it answers.
+// tokens carried one) is let through, as it was. When the database cannot answer, the token
+// is let through too, and that is remembered for the period like an answer: reads that the
+// cache can serve keep working while it is down, without each waiting out a query timeout.
 func (c *sessionCheck) alive(ctx context.Context, sid uuid.UUID) bool {
 	if sid == uuid.Nil {
 		return true
@@ -46,6 +46,7 @@ func (c *sessionCheck) alive(ctx context.Context, sid uuid.UUID) bool {
 	active, err := c.svc.SessionActive(ctx, sid)
 	if err != nil {
 		c.log.WarnContext(ctx, "cannot check whether a login has ended; letting its access token through", "err", err)
+		c.cache.Set(sid, true)
 		return true
 	}
 	c.cache.Set(sid, active)
