@@ -2,15 +2,47 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
+
+// removeForeignKeys deletes the keys of the runtime ConfigMap that the spec does not set
+// (added by hand): server-side apply keeps fields another manager owns, and tradingd reads
+// every key as a setting at its next start, so an added MAX_DAILY_LOSS would quietly change
+// the service. The ConfigMap converges to the spec like every other child.
+func (r *TradingStackReconciler) removeForeignKeys(ctx context.Context, p *pass, desired, live *corev1.ConfigMap) error {
+	remove := map[string]any{}
+	for k := range live.Data {
+		if _, ok := desired.Data[k]; !ok {
+			remove[k] = nil
+		}
+	}
+	if len(remove) == 0 {
+		return nil
+	}
+	patch, err := json.Marshal(map[string]any{"data": remove})
+	if err != nil {
+		return err
+	}
+	if err := r.Patch(ctx, live, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		return fmt.Errorf("remove keys set by hand from ConfigMap %s: %w", live.Name, err)
+	}
+	r.Recorder.Eventf(p.stack, live, corev1.EventTypeNormal, "Reverted", "Patch",
+		"Removed %s from ConfigMap %s: the spec does not set them", strings.Join(slices.Sorted(maps.Keys(remove)), ", "), live.Name)
+	return nil
+}
 
 // reconcileRuntime applies the runtime's ConfigMap, Service and Deployment. The
 // Deployment runs the image whose migration succeeded (never an unmigrated
@@ -18,7 +50,11 @@ import (
 // the runtime reads, so a change to either rolls the pods.
 func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) (bool, error) {
 	cm := desiredRuntimeConfigMap(p.spec)
-	if err := r.applyChild(ctx, p, cm); err != nil {
+	live := cm.DeepCopy()
+	if err := r.applyChild(ctx, p, live); err != nil {
+		return false, err
+	}
+	if err := r.removeForeignKeys(ctx, p, cm, live); err != nil {
 		return false, err
 	}
 	if err := r.applyChild(ctx, p, desiredAPIService(p.spec)); err != nil {

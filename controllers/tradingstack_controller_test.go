@@ -315,6 +315,7 @@ func testChildrenRestored(t *testing.T) {
 	for k := range cm.Data {
 		cm.Data[k] = "edited by hand"
 	}
+	cm.Data["MAX_DAILY_LOSS"] = "1" // a setting the spec does not have: removed too
 	if err := k8s.Update(bg, cm); err != nil {
 		t.Fatal(err)
 	}
