@@ -204,8 +204,11 @@ func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&batchv1.Job{}).
-		Owns(&policyv1.PodDisruptionBudget{}).
-		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
+		// Their status (the autoscaler's metrics every 15 s, the budget's allowed disruptions)
+		// is nothing the operator reads: only a change of their spec, or their deletion,
+		// needs a pass.
+		Owns(&policyv1.PodDisruptionBudget{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&autoscalingv2.HorizontalPodAutoscaler{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&networkingv1.NetworkPolicy{}).
 		// Secrets are mapped by their instance label rather than the owner
 		// reference: retained Secrets have none, and must still be put back.

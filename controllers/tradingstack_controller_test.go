@@ -284,6 +284,7 @@ func testChildrenRestored(t *testing.T) {
 		objectNamed(&appsv1.StatefulSet{}, ns, "heal-postgres"),
 		objectNamed(&networkingv1.NetworkPolicy{}, ns, mustFirstNetworkPolicy(t, ns)),
 		objectNamed(&batchv1.Job{}, ns, getStack(t, ns, "heal").Status.Migration.JobName),
+		objectNamed(&policyv1.PodDisruptionBudget{}, ns, "heal-api"), // watched for spec changes and deletion only
 	} {
 		if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil {
 			t.Fatal(err)
