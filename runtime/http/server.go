@@ -117,7 +117,7 @@ func newServer(cfg Config, svc Services) *Server {
 	}
 	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, mux: http.NewServeMux()}
 	s.encoded, _ = svc.Portfolio.(EncodedViews)
-	s.sessions = newSessionCheck(svc.Sessions, cfg.Logger)
+	s.sessions = newSessionCheck(svc.Sessions, cfg.Logger, cfg.Tokens.AccessTTL())
 
 	s.route("GET /openapi.json", ClassNone, false, s.handleOpenAPI)
 

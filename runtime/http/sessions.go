@@ -17,45 +17,76 @@ import (
 // active login and replica per period, not one per request.
 const SessionCheckTTL = 5 * time.Second
 
+// sessionCheckTimeout bounds one check, detached from the request that asked: a client
+// hanging up must not turn into an answer.
+const sessionCheckTimeout = 2 * time.Second
+
 // sessionCheck remembers whether logins are still active, so that an access token of an
 // ended login is refused although its signature and exp are fine.
 type sessionCheck struct {
 	svc   trading.SessionService
 	log   *slog.Logger
 	cache *otter.Cache[uuid.UUID, bool]
+	// ended holds the logins that ended on this replica, for as long as any of their access
+	// tokens can live: a check that was in flight when the login ended cannot bring it back.
+	ended *otter.Cache[uuid.UUID, struct{}]
 }
 
-func newSessionCheck(svc trading.SessionService, log *slog.Logger) *sessionCheck {
-	return &sessionCheck{svc: svc, log: log, cache: otter.Must(&otter.Options[uuid.UUID, bool]{
-		MaximumSize:      100_000,
-		ExpiryCalculator: otter.ExpiryWriting[uuid.UUID, bool](SessionCheckTTL),
-	})}
+func newSessionCheck(svc trading.SessionService, log *slog.Logger, accessTTL time.Duration) *sessionCheck {
+	if accessTTL <= 0 {
+		accessTTL = time.Hour
+	}
+	return &sessionCheck{svc: svc, log: log,
+		cache: otter.Must(&otter.Options[uuid.UUID, bool]{
+			MaximumSize:      100_000,
+			ExpiryCalculator: otter.ExpiryWriting[uuid.UUID, bool](SessionCheckTTL),
+		}),
+		ended: otter.Must(&otter.Options[uuid.UUID, struct{}]{
+			MaximumSize:      100_000,
+			ExpiryCalculator: otter.ExpiryWriting[uuid.UUID, struct{}](accessTTL + time.Minute),
+		}),
+	}
 }
 
 // alive reports whether the login sid is active. A token without a login (issued before
-// tokens carried one) is let through, as it was. When the database cannot answer, the token
-// is let through too, and that is remembered for the period like an answer: reads that the
-// cache can serve keep working while it is down, without each waiting out a query timeout.
+// tokens carried one) is let through, as it was. Concurrent checks of one login make one
+// query. When the database is unavailable the token is let through, and that is remembered
+// for the period like an answer: reads that the cache can serve keep working while it is
+// down, without each waiting out a query timeout.
 func (c *sessionCheck) alive(ctx context.Context, sid uuid.UUID) bool {
 	if sid == uuid.Nil {
 		return true
 	}
-	if active, ok := c.cache.GetIfPresent(sid); ok {
-		return active
+	if _, ended := c.ended.GetIfPresent(sid); ended {
+		return false
 	}
-	active, err := c.svc.SessionActive(ctx, sid)
+	active, err := c.cache.Get(ctx, sid, otter.LoaderFunc[uuid.UUID, bool](c.load))
 	if err != nil {
-		c.log.WarnContext(ctx, "cannot check whether a login has ended; letting its access token through", "err", err)
-		c.cache.Set(sid, true)
-		return true
+		// Not an unavailable database (c.load answers those): refuse rather than guess.
+		c.log.ErrorContext(ctx, "cannot check whether a login has ended; refusing its access token", "err", err)
+		return false
 	}
-	c.cache.Set(sid, active)
+	if _, ended := c.ended.GetIfPresent(sid); ended { // ended while the check ran
+		return false
+	}
 	return active
 }
 
-// ended records that the login sid ended here (uuid.Nil: none).
-func (c *sessionCheck) ended(sid uuid.UUID) {
+func (c *sessionCheck) load(ctx context.Context, sid uuid.UUID) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionCheckTimeout)
+	defer cancel()
+	active, err := c.svc.SessionActive(ctx, sid)
+	if trading.ErrorCode(err) == trading.EUNAVAILABLE {
+		c.log.WarnContext(ctx, "cannot check whether a login has ended (database unavailable); letting its access tokens through for a while", "err", err)
+		return true, nil
+	}
+	return active, err
+}
+
+// endedHere records that the login sid ended on this replica (uuid.Nil: none).
+func (c *sessionCheck) endedHere(sid uuid.UUID) {
 	if sid != uuid.Nil {
-		c.cache.Set(sid, false)
+		c.ended.Set(sid, struct{}{})
+		c.cache.Invalidate(sid)
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -24,12 +26,72 @@ func (d *downSessions) SessionActive(context.Context, uuid.UUID) (bool, error) {
 	return false, trading.Unavailable("database", errors.New("connection refused"))
 }
 
+// endedSessions answers that every login has ended, unless the check's context is done.
+type endedSessions struct{ trading.SessionService }
+
+func (e *endedSessions) SessionActive(ctx context.Context, _ uuid.UUID) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, trading.Unavailable("database", err)
+	}
+	return false, nil
+}
+
+// A client that hangs up during a check does not make an ended login valid: the check is
+// detached from the request.
+func TestSessionCheckIgnoresTheCallersCancellation(t *testing.T) {
+	c := newSessionCheck(&endedSessions{}, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour)
+	sid := uuid.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if c.alive(ctx, sid) {
+		t.Fatal("an ended login is alive for a request that was cancelled")
+	}
+	if c.alive(context.Background(), sid) {
+		t.Fatal("an ended login is alive after a cancelled check")
+	}
+}
+
+// A check that was in flight when the login ended here cannot bring the login back.
+func TestSessionCheckInFlightWhenTheLoginEnds(t *testing.T) {
+	store := &racingSessions{release: make(chan struct{}), started: make(chan struct{})}
+	c := newSessionCheck(store, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour)
+	sid := uuid.New()
+	done := make(chan bool)
+	go func() { done <- c.alive(context.Background(), sid) }()
+	<-store.started
+	c.endedHere(sid) // logout on this replica while the check still runs
+	close(store.release)
+	if <-done {
+		t.Error("the check that started before the logout let the token through after it")
+	}
+	if c.alive(context.Background(), sid) {
+		t.Fatal("a login ended here is alive again")
+	}
+}
+
+// racingSessions answers "active" (the state before the logout); its first answer waits
+// for release.
+type racingSessions struct {
+	trading.SessionService
+	release chan struct{}
+	started chan struct{}
+	once    sync.Once
+}
+
+func (r *racingSessions) SessionActive(context.Context, uuid.UUID) (bool, error) {
+	r.once.Do(func() {
+		close(r.started)
+		<-r.release
+	})
+	return true, nil
+}
+
 // With the database down a token is let through (reads the cache serves keep working) and
 // the failed check is remembered for the period, so requests do not each wait for the
 // database; a login ended here stays ended.
 func TestSessionCheckWithTheDatabaseDown(t *testing.T) {
 	svc := &downSessions{}
-	c := newSessionCheck(svc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := newSessionCheck(svc, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour)
 	sid := uuid.New()
 	for range 3 {
 		if !c.alive(context.Background(), sid) {
@@ -40,7 +102,7 @@ func TestSessionCheckWithTheDatabaseDown(t *testing.T) {
 		t.Fatalf("%d checks in the period, want 1", svc.calls)
 	}
 	ended := uuid.New()
-	c.ended(ended)
+	c.endedHere(ended)
 	if c.alive(context.Background(), ended) {
 		t.Fatal("a login ended here is alive")
 	}
