@@ -190,6 +190,7 @@ type rendering struct {
 type markKey struct {
 	symbol string
 	epoch  uint64
+	all    uint64 // markAll when the key was made: dropAllMarks moves every mark on
 	gen    uint64
 }
 
@@ -223,9 +224,11 @@ type Portfolio struct {
 	opts  Options
 	l1    *otter.Cache[key, *entry]
 	marks *otter.Cache[markKey, mark]
-	// markMu guards markGens: the generation of each symbol's mark.
+	// markMu guards markGens (the generation of each symbol's mark) and markAll (a
+	// generation of every mark at once).
 	markMu   sync.RWMutex
 	markGens map[string]uint64
+	markAll  uint64
 	epoch    atomic.Uint64
 	seed     maphash.Seed
 	stripe   [stripes]stripe
@@ -294,8 +297,14 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 	p.stop = func() {}
 	if o.Remote != nil {
 		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func(u uuid.UUID, v trading.Views, symbol string) {
-			if symbol != "" {
+			switch {
+			case symbol != "":
 				p.dropMark(symbol)
+			case v&trading.ViewPositions != 0:
+				// A trade whose invalidation does not name its symbol: a replica of a version
+				// before marks were cached per symbol, during a rolling upgrade (or a replay
+				// after an outage). Any mark may have moved.
+				p.dropAllMarks()
 			}
 			p.dropLocal(u, v)
 		})
@@ -491,18 +500,26 @@ func (p *Portfolio) loadMarks(ctx context.Context, keys []markKey) (map[markKey]
 
 func (p *Portfolio) currentMarkKey(symbol string) markKey {
 	p.markMu.RLock()
-	g := p.markGens[symbol]
+	g, all := p.markGens[symbol], p.markAll
 	p.markMu.RUnlock()
-	return markKey{symbol: symbol, epoch: p.epoch.Load(), gen: g}
+	return markKey{symbol: symbol, epoch: p.epoch.Load(), all: all, gen: g}
 }
 
 // dropMark makes symbol's cached mark unreachable (a new generation) and removes it.
 func (p *Portfolio) dropMark(symbol string) {
 	p.markMu.Lock()
-	old := p.markGens[symbol]
+	old, all := p.markGens[symbol], p.markAll
 	p.markGens[symbol] = old + 1
 	p.markMu.Unlock()
-	p.marks.Invalidate(markKey{symbol: symbol, epoch: p.epoch.Load(), gen: old})
+	p.marks.Invalidate(markKey{symbol: symbol, epoch: p.epoch.Load(), all: all, gen: old})
+}
+
+// dropAllMarks makes every cached mark unreachable and removes them.
+func (p *Portfolio) dropAllMarks() {
+	p.markMu.Lock()
+	p.markAll++
+	p.markMu.Unlock()
+	p.marks.InvalidateAll()
 }
 
 // refreshing marks the context of a background reload: it is not a reader's lookup, so

@@ -657,4 +657,17 @@ func TestAnotherTradersTradeMovesTheMark(t *testing.T) {
 	check(local, "L1 only", "130", "300")
 	w.tradeAs(t, local, w.trader2, "1", "90")
 	check(local, "L1 only, after a trade through it", "90", "-100")
+
+	// A replica of an earlier version announces a trade without its symbol (rolling
+	// upgrade): B cannot tell which mark moved, so it drops them all.
+	old, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	w.tradeAs(t, nil, w.trader2, "1", "150") // committed without telling the cache
+	if err := old.PublishInvalidation(ctx, w.trader2.UserID, trading.AllViews, ""); err != nil {
+		t.Fatal(err)
+	}
+	check(b, "B after an older replica's trade", "150", "500")
 }
