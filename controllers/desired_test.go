@@ -684,3 +684,30 @@ func TestPostgresFollowsItsCredentials(t *testing.T) {
 		t.Errorf("postStart %+v, want the password sync", c.Lifecycle)
 	}
 }
+
+// The database a migration ran against is named by the server and database of the DSN, not
+// its password: a rotated password is the same database, another host is not.
+func TestMigrationDatabase(t *testing.T) {
+	id := func(dsn string) string {
+		s := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) {
+			sp.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "db", Key: "dsn"}}
+		})
+		p := &pass{stack: s, spec: s.WithDefaults(), runtimeSecrets: []*corev1.Secret{{
+			ObjectMeta: metav1.ObjectMeta{Name: "db"}, Data: map[string][]byte{"dsn": []byte(dsn)},
+		}}}
+		return migrationDatabase(p)
+	}
+	a := id("postgres://app:one@db.example.com:5432/trading")
+	if b := id("postgres://app:two@db.example.com:5432/trading?sslmode=require"); a != b {
+		t.Errorf("a new password is another database: %s vs %s", a, b)
+	}
+	if c := id("host=db2.example.com port=5432 dbname=trading user=app password=one"); a == c {
+		t.Errorf("another host is the same database: %s", c)
+	}
+	if !strings.HasPrefix(a, "external:db/dsn:") || strings.Contains(a, "one") {
+		t.Errorf("id %q", a)
+	}
+	if m := migrationDatabase(&pass{stack: stackWith(nil), spec: stackWith(nil).WithDefaults()}); m != "managed" {
+		t.Errorf("managed database id %q", m)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -35,8 +36,16 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	database := migrationDatabase(p)
 	previous := p.stack.Status.Migration.Image
 	p.servingImage = previous
-	// A status written before the database was recorded migrated the database in use.
-	sameDatabase := p.stack.Status.Migration.Database == "" || p.stack.Status.Migration.Database == database
+	sameDatabase := p.stack.Status.Migration.Database == database
+	if p.stack.Status.Migration.Database == "" {
+		// Written by an operator that did not record the database: judge by the Secret its
+		// Job read the DSN from, if the Job is still there.
+		same, err := r.legacyJobSameDatabase(ctx, p)
+		if err != nil {
+			return false, err
+		}
+		sameDatabase = same
+	}
 
 	if previous == image && sameDatabase {
 		p.stack.Status.Migration.Database = database
@@ -127,9 +136,36 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	}
 }
 
+// legacyJobSameDatabase reports whether the migration Job recorded in the status read its
+// DSN from the Secret and key the stack uses now (true when the Job is gone: nothing says
+// otherwise).
+func (r *TradingStackReconciler) legacyJobSameDatabase(ctx context.Context, p *pass) (bool, error) {
+	name := p.stack.Status.Migration.JobName
+	if name == "" {
+		return true, nil
+	}
+	job := &batchv1.Job{}
+	found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: name}, job)
+	if err != nil || !found {
+		return true, err
+	}
+	want := databaseURLEnv(p.spec).ValueFrom.SecretKeyRef
+	for _, c := range job.Spec.Template.Spec.Containers {
+		for _, e := range c.Env {
+			if e.Name == "DATABASE_URL" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				got := e.ValueFrom.SecretKeyRef
+				return got.Name == want.Name && got.Key == want.Key, nil
+			}
+		}
+	}
+	return true, nil
+}
+
 // migrationDatabase identifies the database the runtime uses (MigrationStatus.Database):
-// the managed one, or the external DSN's Secret and key with a hash of its value, so that
-// a DSN edited to point elsewhere counts as another database.
+// the managed one, or the external DSN's Secret and key with a hash of the server and
+// database it names, so that a DSN edited to point elsewhere counts as another database. The
+// password is not part of it: a rotated password is the same database, and the identity is
+// readable by whoever may read Jobs, who must not get a hash to guess passwords against.
 func migrationDatabase(p *pass) string {
 	if !p.spec.ExternalPostgres() {
 		return "managed"
@@ -137,10 +173,15 @@ func migrationDatabase(p *pass) string {
 	ref := p.spec.Spec.Postgres.External.ConnectionSecretRef
 	id := "external:" + ref.Name + "/" + ref.Key
 	for _, sec := range p.runtimeSecrets {
-		if sec.Name == ref.Name {
-			sum := sha256.Sum256(sec.Data[ref.Key])
-			return id + ":" + hex.EncodeToString(sum[:6])
+		if sec.Name != ref.Name {
+			continue
 		}
+		cfg, err := pgconn.ParseConfig(string(sec.Data[ref.Key]))
+		if err != nil {
+			return id // tradingd will say what is wrong with the DSN
+		}
+		sum := sha256.Sum256(fmt.Appendf(nil, "%s:%d/%s", cfg.Host, cfg.Port, cfg.Database))
+		return id + ":" + hex.EncodeToString(sum[:6])
 	}
 	return id
 }

@@ -142,6 +142,10 @@ func (r *TradingStackReconciler) steps() []step {
 	}
 }
 
+// specOrMetadataChanged passes the updates of a child that are not its status alone.
+var specOrMetadataChanged = predicate.Or(predicate.GenerationChangedPredicate{},
+	predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{})
+
 // Reconcile brings one TradingStack's children to the state its spec asks for.
 func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
@@ -172,8 +176,13 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		stop, err := s.run(ctx, p)
 		if err != nil {
 			// Record why on the stack, then let the workqueue retry with its
-			// per-object backoff; other stacks are unaffected.
-			p.failed = fmt.Sprintf("%s: %v", s.name, err)
+			// per-object backoff; other stacks are unaffected. Monitoring is not
+			// required for Ready: its failure is its own condition's.
+			if s.name == "monitoring" {
+				p.setCondition(tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed, err.Error())
+			} else {
+				p.failed = fmt.Sprintf("%s: %v", s.name, err)
+			}
 			if serr := r.writeStatus(ctx, p); serr != nil {
 				logger.Error(serr, "write status after a failed step")
 			}
@@ -205,10 +214,10 @@ func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		Owns(&batchv1.Job{}).
 		// Their status (the autoscaler's metrics every 15 s, the budget's allowed disruptions)
-		// is nothing the operator reads: only a change of their spec, or their deletion,
-		// needs a pass.
-		Owns(&policyv1.PodDisruptionBudget{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Owns(&autoscalingv2.HorizontalPodAutoscaler{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// is nothing the operator reads: only a change of their spec, labels or annotations
+		// (edited by hand, to be put back), or their deletion, needs a pass.
+		Owns(&policyv1.PodDisruptionBudget{}, builder.WithPredicates(specOrMetadataChanged)).
+		Owns(&autoscalingv2.HorizontalPodAutoscaler{}, builder.WithPredicates(specOrMetadataChanged)).
 		Owns(&networkingv1.NetworkPolicy{}).
 		// Secrets are mapped by their instance label rather than the owner
 		// reference: retained Secrets have none, and must still be put back.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
@@ -49,6 +50,8 @@ func TestOperator(t *testing.T) {
 		{"WatchNamespace", testWatchNamespace},
 		{"FailedApplyIsReported", testFailedApplyIsReported},
 		{"AutoscalingKeepsReplicas", testAutoscalingKeepsReplicas},
+		{"LegacyMigrationStatus", testLegacyMigrationStatus},
+		{"MonitoringFailureKeepsReady", testMonitoringFailureKeepsReady},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1084,4 +1087,95 @@ func testAutoscalingKeepsReplicas(t *testing.T) {
 	if n, _ := replicas(); n != 5 {
 		t.Fatalf("replicas %d after a change, want the HPA's 5", n)
 	}
+}
+
+// A status written by an operator that did not record the migrated database: moving the
+// stack to an external database still runs the migration again (judged by the Secret the
+// recorded Job read its DSN from).
+func testLegacyMigrationStatus(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "legacy"))
+	makeReady(t, ns, "legacy")
+	s := getStack(t, ns, "legacy")
+	base := s.DeepCopy()
+	s.Status.Migration.Database = ""
+	if err := k8s.Status().Patch(bg, s, client.MergeFrom(base)); err != nil {
+		t.Fatal(err)
+	}
+	dsn := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ext"},
+		StringData: map[string]string{"dsn": "postgres://app:pw@db.example.com:5432/trading"},
+	}
+	if err := k8s.Create(bg, dsn); err != nil {
+		t.Fatal(err)
+	}
+	updateStack(t, ns, "legacy", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "ext", Key: "dsn"}}
+	})
+	eventually(t, "migration Job re-created for the external database", func() error {
+		for _, j := range migrationJobs(t, ns, "legacy") {
+			if strings.HasPrefix(j.Annotations[databaseAnnotation], "external:ext/dsn:") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no migration Job for the external database yet")
+	})
+}
+
+// Monitoring is not required for Ready: when its objects are refused (here by an admission
+// policy, as prometheus-operator's webhook might), MonitoringReady says why and the stack
+// stays Ready.
+func testMonitoringFailureKeepsReady(t *testing.T) {
+	ns := newNamespace(t)
+	name := "no-servicemonitors-" + ns
+	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
+					Rule: admissionregistrationv1.Rule{APIGroups: []string{"monitoring.coreos.com"}, APIVersions: []string{"v1"},
+						Resources: []string{"servicemonitors"}},
+				},
+			}}},
+			Validations: []admissionregistrationv1.Validation{{Expression: "false", Message: "ServiceMonitors are refused here"}},
+		},
+	}
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        name,
+			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}},
+		},
+	}
+	for _, o := range []client.Object{policy, binding} {
+		if err := k8s.Create(bg, o); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(bg, o) })
+	}
+	eventually(t, "the admission policy in force", func() error {
+		probe := &monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"},
+			Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "metrics"}}}}
+		err := k8s.Create(bg, probe)
+		if err == nil {
+			_ = k8s.Delete(bg, probe)
+			return fmt.Errorf("a ServiceMonitor was still admitted")
+		}
+		if !strings.Contains(err.Error(), "refused here") {
+			return fmt.Errorf("refused for another reason: %v", err)
+		}
+		return nil
+	})
+
+	createStack(t, newStack(ns, "nomon"))
+	makeReady(t, ns, "nomon")
+	s := waitCondition(t, ns, "nomon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
+	if c := condition(s, tradingv1alpha1.ConditionMonitoringReady); !strings.Contains(c.Message, "refused") {
+		t.Errorf("MonitoringReady message %q does not say why", c.Message)
+	}
+	waitCondition(t, ns, "nomon", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }
