@@ -438,21 +438,26 @@ func (p *Portfolio) render(ctx context.Context, user uuid.UUID, k kind) ([]byte,
 	return b, nil
 }
 
-// at reports whether r was rendered at marks.
+// at reports whether r was rendered at marks (a flat position's mark changes nothing).
 func (r *rendering) at(b *trading.Book, marks trading.Marks) bool {
 	for i, pos := range b.Positions {
-		if !marks.MarkOf(pos).Equal(r.marks[i]) {
+		if !pos.Quantity.IsZero() && !marks.MarkOf(pos).Equal(r.marks[i]) {
 			return false
 		}
 	}
 	return true
 }
 
-// marksOf returns the marks of b's symbols from L1, loading the missing ones in one query.
+// marksOf returns the marks of b's open positions from L1, loading the missing ones in one
+// query. A flat position is worth nothing at any mark: the summary's closed positions need
+// none (and a trade in their symbol then re-renders nothing).
 func (p *Portfolio) marksOf(ctx context.Context, b *trading.Book) (trading.Marks, error) {
 	marks := make(trading.Marks, len(b.Positions))
 	var missing []markKey
 	for _, pos := range b.Positions {
+		if pos.Quantity.IsZero() {
+			continue
+		}
 		k := p.currentMarkKey(pos.Symbol)
 		if m, ok := p.marks.GetIfPresent(k); ok {
 			if m.ok {
