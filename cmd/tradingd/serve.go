@@ -226,6 +226,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		TrustedProxies: cfg.TrustedProxies,
 	}, ratelimit.Options{Redis: rc, Metrics: m, Logger: logger})
 
+	var sessionEvents tradinghttp.SessionEvents // an interface holding a nil *redis.Client is not nil
+	if rc != nil {
+		sessionEvents = rc // ended logins reach the other replicas over the cache's subscription
+	}
 	handler := tradinghttp.NewHandler(tradinghttp.Config{
 		Rules:      cfg.Rules(),
 		Tokens:     jwt.NewAuthority(keys, cfg.JWTIssuer, cfg.JWTAudience, cfg.AccessTokenTTL),
@@ -240,6 +244,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		Guard: []tradinghttp.Middleware{func(rt tradinghttp.Route, next http.Handler) http.Handler {
 			return limiter.Route(rt.Class, rt.Pattern, next)
 		}},
+		SessionEvents: sessionEvents,
 	}, tradinghttp.Services{
 		Users:     postgres.NewUserService(db),
 		Sessions:  postgres.NewSessionService(db),

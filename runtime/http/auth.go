@@ -121,7 +121,7 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Reuse revoked the login: its access tokens end here at once (other replicas
 		// within SessionCheckTTL).
-		s.sessions.endedHere(sid)
+		s.sessions.endedHere(r.Context(), sid)
 		s.Error(w, r, err)
 		return
 	}
@@ -148,7 +148,7 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	s.sessions.endedHere(sid)
+	s.sessions.endedHere(r.Context(), sid)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -8,14 +8,18 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	gojwt "github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
+	"github.com/findmy/trading-operator/runtime/redis"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
 func TestLogin(t *testing.T) {
@@ -388,4 +392,34 @@ func TestEndedLoginOnAnotherReplica(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// With Redis, a login ended on one replica is refused by the others before the logout
+// answers, not a check period later.
+func TestEndedLoginAnnouncedToReplicas(t *testing.T) {
+	t.Parallel()
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	replica := func() *redis.Client {
+		rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		return rc
+	}
+	ra, rb := replica(), replica()
+	a := newEnv(t, func(o *envOptions) { o.sessionEvents = ra })
+	b := newEnvOn(t, a.db, envOptions{sessionEvents: rb})
+	var subscribed atomic.Int32
+	for _, rc := range []*redis.Client{ra, rb} {
+		stop := rc.SubscribeInvalidations(func() { subscribed.Add(1) }, func(uuid.UUID, trading.Views, string) {})
+		t.Cleanup(stop)
+	}
+	redistest.Eventually(t, 5*time.Second, "both subscriptions", func() bool { return subscribed.Load() >= 2 })
+
+	a.addUser("trader1", trading.RoleTrader)
+	pair := a.login("trader1")
+	b.do("GET", "/api/auth/me", pair.AccessToken, nil).want(200) // b remembers the login as active
+	a.do("POST", "/api/auth/logout", "", map[string]string{"refresh_token": pair.RefreshToken}).want(204)
+	b.do("GET", "/api/auth/me", pair.AccessToken, nil).problem(401) // at once
 }

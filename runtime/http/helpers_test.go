@@ -65,6 +65,8 @@ type envOptions struct {
 	// cached puts runtime/cache (L1 only) in front of the portfolio, as tradingd does, with
 	// the order service invalidating it; invalidator must then be nil.
 	cached bool
+	// sessionEvents carries ended logins between servers (a runtime/redis client).
+	sessionEvents rthttp.SessionEvents
 }
 
 func newEnv(t testing.TB, opts ...func(*envOptions)) *env {
@@ -100,12 +102,13 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 	}
 	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{MaxDailyLoss: o.maxDailyLoss, Invalidator: orderInvalidator})
 	h := rthttp.NewHandler(rthttp.Config{
-		Rules:      rules,
-		Tokens:     jwt.NewAuthority(keys, issuer, audience, time.Hour),
-		RefreshTTL: o.refreshTTL,
-		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Observe:    o.observe,
-		Guard:      o.guard,
+		Rules:         rules,
+		Tokens:        jwt.NewAuthority(keys, issuer, audience, time.Hour),
+		RefreshTTL:    o.refreshTTL,
+		Logger:        slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Observe:       o.observe,
+		Guard:         o.guard,
+		SessionEvents: o.sessionEvents,
 	}, rthttp.Services{
 		Users:       users,
 		Sessions:    postgres.NewSessionService(db),

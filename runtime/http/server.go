@@ -37,6 +37,18 @@ type Config struct {
 	// Guard wraps every route inside authentication, so the principal is in the context
 	// when the route needs one (rate limits per user; per client IP on login).
 	Guard []Middleware
+
+	// SessionEvents, when set (runtime/redis's client), carries ended logins between
+	// replicas, so that every replica refuses their access tokens before the logout or the
+	// refused refresh answers; without it the others learn within SessionCheckTTL.
+	SessionEvents SessionEvents
+}
+
+// SessionEvents announces ended logins to the other replicas and hears theirs.
+type SessionEvents interface {
+	// PublishSessionEnded returns once every other replica has handled it, or with an error.
+	PublishSessionEnded(ctx context.Context, sessionID uuid.UUID) error
+	OnSessionEnded(handle func(sessionID uuid.UUID))
 }
 
 // Services are the domain services the handlers call.
@@ -117,7 +129,7 @@ func newServer(cfg Config, svc Services) *Server {
 	}
 	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, mux: http.NewServeMux()}
 	s.encoded, _ = svc.Portfolio.(EncodedViews)
-	s.sessions = newSessionCheck(svc.Sessions, cfg.Logger, cfg.Tokens.AccessTTL())
+	s.sessions = newSessionCheck(svc.Sessions, cfg.Logger, cfg.Tokens.AccessTTL(), cfg.SessionEvents)
 
 	s.route("GET /openapi.json", ClassNone, false, s.handleOpenAPI)
 

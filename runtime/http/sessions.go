@@ -24,19 +24,20 @@ const sessionCheckTimeout = 2 * time.Second
 // sessionCheck remembers whether logins are still active, so that an access token of an
 // ended login is refused although its signature and exp are fine.
 type sessionCheck struct {
-	svc   trading.SessionService
-	log   *slog.Logger
-	cache *otter.Cache[uuid.UUID, bool]
+	svc    trading.SessionService
+	log    *slog.Logger
+	events SessionEvents // nil without Redis
+	cache  *otter.Cache[uuid.UUID, bool]
 	// ended holds the logins that ended on this replica, for as long as any of their access
 	// tokens can live: a check that was in flight when the login ended cannot bring it back.
 	ended *otter.Cache[uuid.UUID, struct{}]
 }
 
-func newSessionCheck(svc trading.SessionService, log *slog.Logger, accessTTL time.Duration) *sessionCheck {
+func newSessionCheck(svc trading.SessionService, log *slog.Logger, accessTTL time.Duration, events SessionEvents) *sessionCheck {
 	if accessTTL <= 0 {
 		accessTTL = time.Hour
 	}
-	return &sessionCheck{svc: svc, log: log,
+	c := &sessionCheck{svc: svc, log: log, events: events,
 		cache: otter.Must(&otter.Options[uuid.UUID, bool]{
 			MaximumSize:      100_000,
 			ExpiryCalculator: otter.ExpiryWriting[uuid.UUID, bool](SessionCheckTTL),
@@ -46,6 +47,10 @@ func newSessionCheck(svc trading.SessionService, log *slog.Logger, accessTTL tim
 			ExpiryCalculator: otter.ExpiryWriting[uuid.UUID, struct{}](accessTTL + time.Minute),
 		}),
 	}
+	if events != nil {
+		events.OnSessionEnded(c.endedElsewhere)
+	}
+	return c
 }
 
 // alive reports whether the login sid is active. A token without a login (issued before
@@ -83,10 +88,27 @@ func (c *sessionCheck) load(ctx context.Context, sid uuid.UUID) (bool, error) {
 	return active, err
 }
 
-// endedHere records that the login sid ended on this replica (uuid.Nil: none).
-func (c *sessionCheck) endedHere(sid uuid.UUID) {
-	if sid != uuid.Nil {
-		c.ended.Set(sid, struct{}{})
-		c.cache.Invalidate(sid)
+// endedHere records that the login sid ended on this replica (uuid.Nil: none) and tells the
+// other replicas, waiting for them (bounded): the logout or refused refresh answers after
+// every replica refuses the login's access tokens. A failure to tell them is logged; they
+// learn within SessionCheckTTL anyway.
+func (c *sessionCheck) endedHere(ctx context.Context, sid uuid.UUID) {
+	if sid == uuid.Nil {
+		return
 	}
+	c.endedElsewhere(sid)
+	if c.events == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionCheckTimeout)
+	defer cancel()
+	if err := c.events.PublishSessionEnded(ctx, sid); err != nil {
+		c.log.WarnContext(ctx, "could not tell every replica that a login ended; they refuse its access tokens within the check period", "err", err)
+	}
+}
+
+// endedElsewhere records that the login sid ended (announced by another replica).
+func (c *sessionCheck) endedElsewhere(sid uuid.UUID) {
+	c.ended.Set(sid, struct{}{})
+	c.cache.Invalidate(sid)
 }

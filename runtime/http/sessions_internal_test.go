@@ -39,7 +39,7 @@ func (e *endedSessions) SessionActive(ctx context.Context, _ uuid.UUID) (bool, e
 // A client that hangs up during a check does not make an ended login valid: the check is
 // detached from the request.
 func TestSessionCheckIgnoresTheCallersCancellation(t *testing.T) {
-	c := newSessionCheck(&endedSessions{}, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour)
+	c := newSessionCheck(&endedSessions{}, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, nil)
 	sid := uuid.New()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -54,12 +54,12 @@ func TestSessionCheckIgnoresTheCallersCancellation(t *testing.T) {
 // A check that was in flight when the login ended here cannot bring the login back.
 func TestSessionCheckInFlightWhenTheLoginEnds(t *testing.T) {
 	store := &racingSessions{release: make(chan struct{}), started: make(chan struct{})}
-	c := newSessionCheck(store, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour)
+	c := newSessionCheck(store, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, nil)
 	sid := uuid.New()
 	done := make(chan bool)
 	go func() { done <- c.alive(context.Background(), sid) }()
 	<-store.started
-	c.endedHere(sid) // logout on this replica while the check still runs
+	c.endedHere(context.Background(), sid) // logout on this replica while the check still runs
 	close(store.release)
 	if <-done {
 		t.Error("the check that started before the logout let the token through after it")
@@ -91,7 +91,7 @@ func (r *racingSessions) SessionActive(context.Context, uuid.UUID) (bool, error)
 // database; a login ended here stays ended.
 func TestSessionCheckWithTheDatabaseDown(t *testing.T) {
 	svc := &downSessions{}
-	c := newSessionCheck(svc, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour)
+	c := newSessionCheck(svc, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, nil)
 	sid := uuid.New()
 	for range 3 {
 		if !c.alive(context.Background(), sid) {
@@ -102,7 +102,7 @@ func TestSessionCheckWithTheDatabaseDown(t *testing.T) {
 		t.Fatalf("%d checks in the period, want 1", svc.calls)
 	}
 	ended := uuid.New()
-	c.endedHere(ended)
+	c.endedHere(context.Background(), ended)
 	if c.alive(context.Background(), ended) {
 		t.Fatal("a login ended here is alive")
 	}

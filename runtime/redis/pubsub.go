@@ -37,6 +37,11 @@ import (
 // the ack key before the views ("<nonce>~<hex symbol>.<views>"), where a replica of an
 // older version does not look (it keeps its marks until they expire, as it always did).
 //
+// An ended login (logout, a refresh token reused) travels on the same channel so that every
+// replica refuses its access tokens before the answer is sent: "<nonce>~s.0" and the login's
+// id in place of the user's. A replica of an older version reads it as every view of a user
+// that does not exist (it drops nothing) and acknowledges it.
+//
 // The ack key also names the publishing client ("inv-ack:<client id>:<nonce>.<views>"): the
 // publisher has dropped its own entries before it published, so its own subscription only
 // acknowledges the message instead of dropping the same entries a second time (which would
@@ -65,14 +70,36 @@ var AckTimeout = time.Second
 // dropped those L1 entries (the caller drops its own before), or with an error when Redis
 // failed or some replica did not acknowledge within AckTimeout.
 func (c *Client) PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views, symbol string) error {
+	suffix := ""
+	if symbol != "" {
+		suffix = "~" + hex.EncodeToString([]byte(symbol))
+	}
+	return c.publish(ctx, suffix+"."+strconv.Itoa(int(stale)), userID)
+}
+
+// sessionEndedSuffix ends the ack key of an ended login's announcement.
+const sessionEndedSuffix = "~s.0"
+
+// PublishSessionEnded tells every other subscribed client that the login sessionID ended,
+// and returns once each has handled it (its OnSessionEnded handler returned), or with an
+// error like PublishInvalidation.
+func (c *Client) PublishSessionEnded(ctx context.Context, sessionID uuid.UUID) error {
+	return c.publish(ctx, sessionEndedSuffix, sessionID)
+}
+
+// OnSessionEnded sets the handler of the ended logins other clients announce. They arrive
+// on the invalidation subscription (SubscribeInvalidations), which must be running.
+func (c *Client) OnSessionEnded(handle func(sessionID uuid.UUID)) {
+	c.sessionEnded.Store(&handle)
+}
+
+// publish sends "<ack key> <id>" (the ack key ending in suffix) and waits for every
+// receiver's acknowledgement.
+func (c *Client) publish(ctx context.Context, suffix string, id uuid.UUID) error {
 	nonce := make([]byte, 12)
 	_, _ = rand.Read(nonce)
-	ackKey := c.ackPrefix + hex.EncodeToString(nonce)
-	if symbol != "" {
-		ackKey += "~" + hex.EncodeToString([]byte(symbol))
-	}
-	ackKey += "." + strconv.Itoa(int(stale))
-	msg := ackKey + " " + userID.String()
+	ackKey := c.ackPrefix + hex.EncodeToString(nonce) + suffix
+	msg := ackKey + " " + id.String()
 
 	pctx, cancel := c.opCtx(ctx)
 	receivers, err := c.rdb.Publish(pctx, c.channel, msg).Result()
@@ -188,7 +215,13 @@ func (c *Client) subscribeOnce(ctx context.Context, onSubscribe func(), onInvali
 			if !ok || err != nil {
 				continue
 			}
-			if !strings.HasPrefix(ackKey, c.ackPrefix) {
+			switch {
+			case strings.HasPrefix(ackKey, c.ackPrefix): // our own: handled before publishing
+			case strings.HasSuffix(ackKey, sessionEndedSuffix):
+				if handle := c.sessionEnded.Load(); handle != nil {
+					(*handle)(id)
+				}
+			default:
 				onInvalidate(id, viewsOf(ackKey), symbolOf(ackKey))
 			}
 			// The publisher waits up to AckTimeout; so may the acknowledgement (a busy

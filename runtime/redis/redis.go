@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -73,6 +74,9 @@ type Client struct {
 
 	hooksMu sync.Mutex
 	hooks   []func(healthy bool)
+
+	// sessionEnded handles the ended logins other clients announce (OnSessionEnded).
+	sessionEnded atomic.Pointer[func(uuid.UUID)]
 
 	stop chan struct{}
 	done sync.WaitGroup

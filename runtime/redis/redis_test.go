@@ -276,3 +276,40 @@ func TestBatcherUnderConcurrency(t *testing.T) {
 		t.Fatal("64 concurrent callers never shared a script call")
 	}
 }
+
+// An ended login reaches the other clients' OnSessionEnded handler before the publisher
+// returns, and never their cache's invalidation handler; the publisher's own handler is not
+// called (it recorded the login itself).
+func TestSessionEndedAnnounced(t *testing.T) {
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	a, b := open(t, url, prefix), open(t, url, prefix)
+	var subsA, subsB, invalidated, ownSeen atomic.Int32
+	var mu sync.Mutex
+	var heard []uuid.UUID
+	b.OnSessionEnded(func(sid uuid.UUID) {
+		time.Sleep(20 * time.Millisecond) // a slow replica: the publisher waits for it
+		mu.Lock()
+		heard = append(heard, sid)
+		mu.Unlock()
+	})
+	a.OnSessionEnded(func(uuid.UUID) { ownSeen.Add(1) })
+	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views, string) {})
+	defer stopA()
+	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(uuid.UUID, trading.Views, string) { invalidated.Add(1) })
+	defer stopB()
+	redistest.Eventually(t, 5*time.Second, "both subscriptions", func() bool { return subsA.Load() >= 1 && subsB.Load() >= 1 })
+
+	sid := uuid.New()
+	if err := a.PublishSessionEnded(context.Background(), sid); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := append([]uuid.UUID(nil), heard...)
+	mu.Unlock()
+	if len(got) != 1 || got[0] != sid {
+		t.Fatalf("the other client heard %v when the publish returned, want [%v]", got, sid)
+	}
+	if invalidated.Load() != 0 || ownSeen.Load() != 0 {
+		t.Fatalf("cache invalidations %d, publisher's own handler %d: want 0 and 0", invalidated.Load(), ownSeen.Load())
+	}
+}
