@@ -115,11 +115,10 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		return false, r.pruneMigrationJobs(ctx, p, current.Name)
 
 	case jobFailed:
+		// One stable reason (tools match on it); the Job's own (BackoffLimitExceeded,
+		// DeadlineExceeded) goes into the message.
 		reason, msg := tradingv1alpha1.ReasonMigrationFailed, fmt.Sprintf("migration Job %s failed", current.Name)
 		if cond != nil {
-			if cond.Reason != "" {
-				reason = cond.Reason
-			}
 			msg = fmt.Sprintf("migration Job %s failed: %s: %s", current.Name, cond.Reason, cond.Message)
 		}
 		if previous != "" {

@@ -538,7 +538,10 @@ func testFailedMigration(t *testing.T) {
 	job := waitMigrationJob(t, ns, "fail", "registry.example.com/tradingd:broken")
 	finishJob(t, ns, job.Name, false)
 
-	s := waitCondition(t, ns, "fail", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, "BackoffLimitExceeded")
+	s := waitCondition(t, ns, "fail", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, tradingv1alpha1.ReasonMigrationFailed)
+	if c := condition(s, tradingv1alpha1.ConditionMigrationsSucceeded); !strings.Contains(c.Message, "BackoffLimitExceeded") {
+		t.Errorf("MigrationsSucceeded message %q does not carry the Job's reason", c.Message)
+	}
 	msg := condition(s, tradingv1alpha1.ConditionMigrationsSucceeded).Message
 	if !strings.Contains(msg, job.Name) || !strings.Contains(msg, "backoff limit") {
 		t.Errorf("MigrationsSucceeded message %q does not carry the Job's name and message", msg)
