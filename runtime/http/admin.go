@@ -22,11 +22,7 @@ type AdminMux struct{ *http.ServeMux }
 
 func (m AdminMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	setCommonHeaders(w.Header(), requestID(r))
-	if _, pattern := m.Handler(r); pattern == "" {
-		m.ServeMux.ServeHTTP(&muxErrorWriter{statusWriter: &statusWriter{ResponseWriter: w}}, r)
-		return
-	}
-	m.ServeMux.ServeHTTP(w, r)
+	serveProblems(m.ServeMux, &statusWriter{ResponseWriter: w}, r)
 }
 
 // NewAdminHandler returns the admin port's handler with /healthz and /readyz.

@@ -198,13 +198,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.logRequest(r, info, sw.status, time.Since(start))
 	}()
 
-	// ServeMux answers unknown paths and wrong methods in plain text; find those first
-	// and let them answer through a writer that turns them into problem+json.
-	if _, pattern := s.mux.Handler(r); pattern == "" {
-		s.mux.ServeHTTP(&muxErrorWriter{statusWriter: sw}, r)
+	serveProblems(s.mux, sw, r)
+}
+
+// serveProblems serves r through mux. ServeMux answers unknown paths and wrong methods in
+// plain text; those are found first and answer through a writer that turns them into
+// problem+json. The API and the admin port both serve this way.
+func serveProblems(mux *http.ServeMux, sw *statusWriter, r *http.Request) {
+	if _, pattern := mux.Handler(r); pattern == "" {
+		mux.ServeHTTP(&muxErrorWriter{statusWriter: sw}, r)
 		return
 	}
-	s.mux.ServeHTTP(sw, r)
+	mux.ServeHTTP(sw, r)
 }
 
 func (s *Server) logRequest(r *http.Request, info *requestInfo, status int, d time.Duration) {
