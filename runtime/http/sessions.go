@@ -62,19 +62,18 @@ func (c *sessionCheck) alive(ctx context.Context, sid uuid.UUID) bool {
 	if sid == uuid.Nil {
 		return true
 	}
-	if _, ended := c.ended.GetIfPresent(sid); ended {
-		return false
-	}
 	active, err := c.cache.Get(ctx, sid, otter.LoaderFunc[uuid.UUID, bool](c.load))
 	if err != nil {
 		// Not an unavailable database (c.load answers those): refuse rather than guess.
 		c.log.ErrorContext(ctx, "cannot check whether a login has ended; refusing its access token", "err", err)
 		return false
 	}
-	if _, ended := c.ended.GetIfPresent(sid); ended { // ended while the check ran
+	if !active {
 		return false
 	}
-	return active
+	// A check in flight when the login ended may have stored the answer from before.
+	_, ended := c.ended.GetIfPresent(sid)
+	return !ended
 }
 
 func (c *sessionCheck) load(ctx context.Context, sid uuid.UUID) (bool, error) {
@@ -107,8 +106,9 @@ func (c *sessionCheck) endedHere(ctx context.Context, sid uuid.UUID) {
 	}
 }
 
-// endedElsewhere records that the login sid ended (announced by another replica).
+// endedElsewhere records that the login sid ended (announced by another replica): the
+// answer "ended" for the checks, and the ended set that outlives it.
 func (c *sessionCheck) endedElsewhere(sid uuid.UUID) {
 	c.ended.Set(sid, struct{}{})
-	c.cache.Invalidate(sid)
+	c.cache.Set(sid, false)
 }
