@@ -297,16 +297,13 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 	p.stop = func() {}
 	if o.Remote != nil {
 		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func(u uuid.UUID, v trading.Views, symbol string) {
-			switch {
-			case symbol != "":
-				p.dropMark(symbol)
-			case v&trading.ViewPositions != 0:
+			if symbol == "" && v&trading.ViewPositions != 0 {
 				// A trade whose invalidation does not name its symbol: a replica of a version
 				// before marks were cached per symbol, during a rolling upgrade (or a replay
 				// after an outage). Any mark may have moved.
 				p.dropAllMarks()
 			}
-			p.dropLocal(u, v)
+			p.dropLocal(u, v, symbol)
 		})
 	}
 	return p
@@ -615,9 +612,13 @@ func decode(b []byte) (*entry, error) {
 	return &entry{book: book}, nil
 }
 
-// dropLocal makes userID's stale L1 entries unreachable (new generations) and removes them.
-// It returns the views that had an entry that a reader got: the trader is reading them.
-func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views) (cached trading.Views) {
+// dropLocal makes userID's stale L1 entries, and the mark of symbol when a trade names one,
+// unreachable (new generations) and removes them. It returns the views that had an entry
+// that a reader got: the trader is reading them.
+func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views, symbol string) (cached trading.Views) {
+	if symbol != "" {
+		p.dropMark(symbol)
+	}
 	s := p.stripeOf(user)
 	s.mu.Lock()
 	old := s.gens[user]
@@ -752,10 +753,7 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 		return nil
 	}
 	if p.opts.Remote == nil {
-		if symbol != "" {
-			p.dropMark(symbol)
-		}
-		p.refresh(userID, p.dropLocal(userID, stale))
+		p.refresh(userID, p.dropLocal(userID, stale, symbol))
 		return nil
 	}
 	cached, err := p.invalidateRemote(ctx, userID, stale, symbol)
@@ -784,10 +782,7 @@ func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stal
 		}
 	}
 	err = r.Bump(ctx, keys...)
-	if symbol != "" {
-		p.dropMark(symbol)
-	}
-	cached = p.dropLocal(userID, stale)
+	cached = p.dropLocal(userID, stale, symbol)
 	if err != nil {
 		return cached, err
 	}
