@@ -763,16 +763,7 @@ func testPolicyFollowsSpec(t *testing.T) {
 
 	// Moving to an external database removes the managed one (its volume
 	// follows the retention policy) and its NetworkPolicy.
-	dsn := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "external-db"},
-		StringData: map[string]string{"dsn": "postgres://app:pw@db.example.com:5432/trading?sslmode=require"},
-	}
-	if err := k8s.Create(bg, dsn); err != nil {
-		t.Fatal(err)
-	}
-	updateStack(t, ns, "pol", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "external-db", Key: "dsn"}}
-	})
+	moveToExternalDatabase(t, ns, "pol", "external-db", "postgres://app:pw@db.example.com:5432/trading?sslmode=require")
 	eventually(t, "managed PostgreSQL removed", func() error {
 		if err := k8s.Get(bg, key(ns, "pol-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("StatefulSet still there (%v)", err)
@@ -793,16 +784,7 @@ func testPolicyFollowsSpec(t *testing.T) {
 
 	// The external database is another database: the same image's migration runs again
 	// for it (same Job name, new run), and the stack says so until it succeeded.
-	var job *batchv1.Job
-	eventually(t, "migration Job re-created for the external database", func() error {
-		for _, j := range migrationJobs(t, ns, "pol") {
-			if strings.HasPrefix(j.Annotations[databaseAnnotation], "external:external-db/dsn:") {
-				job = &j
-				return nil
-			}
-		}
-		return fmt.Errorf("no migration Job for the external database yet")
-	})
+	job := waitExternalMigrationJob(t, ns, "pol", "external-db")
 	s := waitCondition(t, ns, "pol", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning)
 	if s.Status.Migration.Database != "managed" {
 		t.Errorf("status.migration.database %q while the external one migrates, want managed", s.Status.Migration.Database)
@@ -1105,24 +1087,40 @@ func testLegacyMigrationStatus(t *testing.T) {
 	if err := k8s.Status().Patch(bg, s, client.MergeFrom(base)); err != nil {
 		t.Fatal(err)
 	}
-	dsn := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ext"},
-		StringData: map[string]string{"dsn": "postgres://app:pw@db.example.com:5432/trading"},
-	}
-	if err := k8s.Create(bg, dsn); err != nil {
+	moveToExternalDatabase(t, ns, "legacy", "ext", "postgres://app:pw@db.example.com:5432/trading")
+	waitExternalMigrationJob(t, ns, "legacy", "ext")
+}
+
+// moveToExternalDatabase points the stack at an external database: a Secret named secret
+// holding dsn under "dsn", then spec.postgres.external naming it.
+func moveToExternalDatabase(t *testing.T, ns, stack, secret, dsn string) {
+	t.Helper()
+	if err := k8s.Create(bg, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: secret},
+		StringData: map[string]string{"dsn": dsn},
+	}); err != nil {
 		t.Fatal(err)
 	}
-	updateStack(t, ns, "legacy", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "ext", Key: "dsn"}}
+	updateStack(t, ns, stack, func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: secret, Key: "dsn"}}
 	})
+}
+
+// waitExternalMigrationJob waits for the stack's migration Job of the external database whose
+// DSN is in secret (its database annotation says so) and returns it.
+func waitExternalMigrationJob(t *testing.T, ns, stack, secret string) *batchv1.Job {
+	t.Helper()
+	var job *batchv1.Job
 	eventually(t, "migration Job re-created for the external database", func() error {
-		for _, j := range migrationJobs(t, ns, "legacy") {
-			if strings.HasPrefix(j.Annotations[databaseAnnotation], "external:ext/dsn:") {
+		for _, j := range migrationJobs(t, ns, stack) {
+			if strings.HasPrefix(j.Annotations[databaseAnnotation], "external:"+secret+"/dsn:") {
+				job = &j
 				return nil
 			}
 		}
 		return fmt.Errorf("no migration Job for the external database yet")
 	})
+	return job
 }
 
 // Monitoring is not required for Ready: when its objects are refused (here by an admission
