@@ -6,7 +6,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/shopspring/decimal"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -79,94 +78,51 @@ func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter
 	return trades, next, nil
 }
 
-// Positions returns userID's non-flat positions valued at the mark. The caller (HTTP layer or
+// Positions returns userID's non-flat positions valued at the mark: the book and the marks
+// of its symbols, valued by trading.Book as the cache values them. The caller (HTTP layer or
 // cache) passes the authenticated user's id; this method does not read the principal so that
 // a cache can key on userID alone.
 func (s *PortfolioService) Positions(ctx context.Context, userID uuid.UUID) ([]trading.PositionView, error) {
-	ctx, cancel := s.db.bound(ctx)
-	defer cancel()
-	views, err := positions(ctx, s.db.pool, userID, false)
-	return views, s.db.mapError(err)
+	b, marks, err := s.valued(ctx, userID, false)
+	if err != nil {
+		return nil, err
+	}
+	return b.Views(marks, false), nil
+}
+
+// Summary returns userID's summary: the book (positions and the day's counters, read in
+// one snapshot so that they agree) valued at the marks of its open positions.
+func (s *PortfolioService) Summary(ctx context.Context, userID uuid.UUID) (*trading.Summary, error) {
+	b, marks, err := s.valued(ctx, userID, true)
+	if err != nil {
+		return nil, err
+	}
+	sum := b.Summary(marks)
+	return &sum, nil
+}
+
+// valued reads userID's book and the marks of its open positions.
+func (s *PortfolioService) valued(ctx context.Context, userID uuid.UUID, summary bool) (*trading.Book, trading.Marks, error) {
+	b, err := s.Book(ctx, userID, summary)
+	if err != nil {
+		return nil, nil, err
+	}
+	var symbols []string
+	for _, p := range b.Positions {
+		if !p.Quantity.IsZero() {
+			symbols = append(symbols, p.Symbol)
+		}
+	}
+	if len(symbols) == 0 {
+		return b, trading.Marks{}, nil
+	}
+	marks, err := s.Marks(ctx, symbols)
+	return b, marks, err
 }
 
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-// positions reads the open positions with their mark: the price of the symbol's latest trade
-// by anyone, one index probe per position on trades (symbol, executed_at DESC, id DESC); id
-// breaks ties of trades executed in the same microsecond.
-//
-// includeFlat keeps positions closed to zero: GET /api/positions omits them, but the summary
-// needs their realized P&L (a round trip that closed a position still made or lost money).
-func positions(ctx context.Context, q querier, userID uuid.UUID, includeFlat bool) ([]trading.PositionView, error) {
-	rows, err := q.Query(ctx, `
-		SELECT p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at, m.price
-		FROM positions p
-		LEFT JOIN LATERAL (
-			SELECT t.price FROM trades t
-			WHERE t.symbol = p.symbol
-			ORDER BY t.executed_at DESC, t.id DESC
-			LIMIT 1
-		) m ON true
-		WHERE p.user_id = $1 AND ($2 OR p.quantity <> 0)
-		ORDER BY p.symbol`, userID, includeFlat)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	views := []trading.PositionView{}
-	for rows.Next() {
-		pos := trading.Position{UserID: userID}
-		var mark decimal.Decimal
-		markValid := markScan{d: &mark}
-		if err := rows.Scan(&pos.Symbol, num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL),
-			&pos.UpdatedAt, &markValid); err != nil {
-			return nil, err
-		}
-		if !markValid.valid {
-			// A position exists only through a trade, so this is unreachable unless trades
-			// were deleted by hand; the entry price is the only price left.
-			mark = pos.AvgEntryPrice
-		}
-		pos.UpdatedAt = pos.UpdatedAt.UTC()
-		views = append(views, trading.ViewPosition(pos, mark))
-	}
-	return views, rows.Err()
-}
-
-// Summary returns userID's book: trading.Summarize over the valued positions plus today's
-// realized P&L, trades and pending orders, read in one REPEATABLE READ snapshot so that the
-// numbers agree with each other.
-func (s *PortfolioService) Summary(ctx context.Context, userID uuid.UUID) (*trading.Summary, error) {
-	var sum trading.Summary
-	err := s.db.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
-		func(ctx context.Context, tx pgx.Tx) error {
-			views, err := positions(ctx, tx, userID, true)
-			if err != nil {
-				return err
-			}
-			var (
-				daily          decimal.Decimal
-				trades, orders int
-			)
-			err = tx.QueryRow(ctx, `
-				SELECT COALESCE(SUM(realized_pnl), 0), count(*),
-					(SELECT count(*) FROM orders WHERE requested_by = $1 AND status = 'pending')
-				FROM trades
-				WHERE user_id = $1 AND executed_at >= `+startOfDayUTC, userID).
-				Scan(num(&daily), &trades, &orders)
-			if err != nil {
-				return err
-			}
-			sum = trading.Summarize(views, daily, orders, trades)
-			return nil
-		})
-	if err != nil {
-		return nil, err
-	}
-	return &sum, nil
 }
 
 var _ trading.BookReader = (*PortfolioService)(nil)
@@ -223,7 +179,8 @@ func (s *PortfolioService) Book(ctx context.Context, userID uuid.UUID, summary b
 }
 
 // Marks reads the marks of symbols: one index probe per symbol on trades
-// (symbol, executed_at DESC, id DESC), as positions does.
+// (symbol, executed_at DESC, id DESC); id breaks ties of trades executed in the same
+// microsecond.
 func (s *PortfolioService) Marks(ctx context.Context, symbols []string) (trading.Marks, error) {
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
@@ -252,19 +209,4 @@ func (s *PortfolioService) Marks(ctx context.Context, symbols []string) (trading
 		marks[symbol] = price
 	}
 	return marks, s.db.mapError(rows.Err())
-}
-
-// markScan scans a nullable NUMERIC (the mark of a symbol without trades).
-type markScan struct {
-	d     *decimal.Decimal
-	valid bool
-}
-
-func (m *markScan) ScanNumeric(v pgtype.Numeric) error {
-	if !v.Valid {
-		m.valid = false
-		return nil
-	}
-	m.valid = true
-	return (&numeric{d: m.d}).ScanNumeric(v)
 }
