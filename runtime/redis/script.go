@@ -2,15 +2,15 @@ package redis
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/findmy/trading-operator/runtime/batch"
 )
 
-// Batcher runs one Lua script for many callers at once: the calls that arrive while
-// earlier ones are in flight are combined into a single EVALSHA. That is the rate
+// Batcher runs one Lua script for many callers at once (package batch): the calls that
+// arrive while earlier ones are in flight are combined into a single EVALSHA. That is the rate
 // limiter's case, a script on every request. In Redis a script call has a fixed cost
 // (about 8 µs for the limiter's, against 0.3 µs for each command inside it) and each
 // call costs the client a command to encode, send and parse; combined, N requests pay
@@ -27,10 +27,7 @@ type Batcher struct {
 	c      *Client
 	script *goredis.Script
 	width  int
-
-	mu       sync.Mutex
-	inFlight int
-	queue    []*batchCall
+	calls  *batch.Batcher[scriptCall, []int64]
 }
 
 // Most scripts in flight at once, and most callers in one: with more concurrent callers
@@ -44,109 +41,42 @@ const (
 	maxBatch           = 64
 )
 
-// errAheadFailed is what the calls queued behind a failed script call get (wrapping its error).
-var errAheadFailed = errors.New("redis: the script call ahead of this one failed")
-
-type batchCall struct {
+type scriptCall struct {
 	keys []string
 	args []any
-
-	reply []int64
-	err   error
-	// lead is set when this queued call is to send the batch (lead[0] is itself);
-	// done is closed when the reply is in (or, for a leader, when it is to start).
-	lead []*batchCall
-	done chan struct{}
 }
 
 // NewBatcher returns a Batcher of script, whose reply has width integers per caller.
 func (c *Client) NewBatcher(script *goredis.Script, width int) *Batcher {
-	return &Batcher{c: c, script: script, width: width}
+	b := &Batcher{c: c, script: script, width: width}
+	// When Redis failed or timed out, the queued calls would most likely meet the same, one
+	// batch after another: they get the error at once (and decide without Redis), so with
+	// Redis gone a caller waits at most about two operation timeouts.
+	b.calls = batch.New(b.exec, batch.Config{MaxInFlight: maxScriptsInFlight, MaxBatch: maxBatch, FailQueued: IsUnavailable})
+	return b
 }
 
 // Run runs the script for one caller and returns its Width integers. ctx bounds the wait;
 // so does the batcher: a queued call goes with the next batch (unless more than maxBatch
 // are ahead of it), and when Redis does not answer a call, the calls queued behind it fail
-// with it. A caller that gives up after its call was sent is still counted by the script (for the
-// limiter: a request counted that the caller then decides locally, never a lost limit).
-// The script runs under the client's operation timeout, not ctx: the other callers of a
-// batch must not lose their answer because one of them hung up.
+// with it (wrapping batch.ErrAheadFailed). A caller that gives up after its call was sent is
+// still counted by the script (for the limiter: a request counted that the caller then
+// decides locally, never a lost limit). The script runs under the client's operation
+// timeout, not ctx: the other callers of a batch must not lose their answer because one of
+// them hung up.
 func (b *Batcher) Run(ctx context.Context, keys []string, args ...any) ([]int64, error) {
-	call := &batchCall{keys: keys, args: args}
-	b.mu.Lock()
-	if b.inFlight < maxScriptsInFlight {
-		b.inFlight++
-		b.mu.Unlock()
-		b.send(ctx, []*batchCall{call})
-		return call.reply, call.err
-	}
-	call.done = make(chan struct{})
-	b.queue = append(b.queue, call)
-	b.mu.Unlock()
-
-	select {
-	case <-call.done:
-	case <-ctx.Done():
-		b.mu.Lock()
-		for i, q := range b.queue {
-			if q == call { // not taken into a batch yet: leave
-				b.queue = append(b.queue[:i], b.queue[i+1:]...)
-				b.mu.Unlock()
-				return nil, ctx.Err()
-			}
-		}
-		b.mu.Unlock()
-		<-call.done // in a batch already (maybe as its sender): bounded by the op timeout
-	}
-	if call.lead != nil {
-		b.send(ctx, call.lead)
-	}
-	return call.reply, call.err
+	return b.calls.Do(ctx, scriptCall{keys: keys, args: args})
 }
 
-// send runs one batch, hands every caller its reply, and then either passes the slot to
-// the first queued caller (which sends the queue as the next batch) or frees it.
-func (b *Batcher) send(ctx context.Context, batch []*batchCall) {
-	err := b.exec(ctx, batch)
-	for _, call := range batch[1:] {
-		close(call.done)
-	}
-
-	b.mu.Lock()
-	if IsUnavailable(err) {
-		// Redis failed or timed out: the queued calls would most likely meet the same, one
-		// batch after another. They get the error now (and decide without Redis): with
-		// Redis gone a caller waits at most about two operation timeouts.
-		queuedErr := fmt.Errorf("%w: %w", errAheadFailed, err)
-		for _, call := range b.queue {
-			call.err = queuedErr
-			close(call.done)
-		}
-		b.queue = b.queue[:0]
-	}
-	if len(b.queue) == 0 {
-		b.inFlight--
-		b.mu.Unlock()
-		return
-	}
-	n := min(len(b.queue), maxBatch)
-	next := make([]*batchCall, n)
-	copy(next, b.queue)
-	b.queue = append(b.queue[:0], b.queue[n:]...)
-	b.mu.Unlock()
-	next[0].lead = next
-	close(next[0].done)
-}
-
-func (b *Batcher) exec(ctx context.Context, batch []*batchCall) error {
+func (b *Batcher) exec(ctx context.Context, calls []scriptCall) ([][]int64, error) {
 	nkeys, nargs := 0, 0
-	for _, call := range batch {
+	for _, call := range calls {
 		nkeys += len(call.keys)
 		nargs += 2 + len(call.args)
 	}
 	keys := make([]string, 0, nkeys)
 	args := make([]any, 0, nargs)
-	for _, call := range batch {
+	for _, call := range calls {
 		keys = append(keys, call.keys...)
 		args = append(args, len(call.keys), len(call.args))
 		args = append(args, call.args...)
@@ -154,15 +84,15 @@ func (b *Batcher) exec(ctx context.Context, batch []*batchCall) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.c.opts.OpTimeout)
 	defer cancel()
 	v, err := b.script.Run(ctx, b.c.rdb, keys, args...).Int64Slice()
-	if err == nil && len(v) != b.width*len(batch) {
-		err = fmt.Errorf("redis: script replied %d integers for %d callers, want %d each", len(v), len(batch), b.width)
+	if err != nil {
+		return nil, err
 	}
-	for i, call := range batch {
-		if err != nil {
-			call.err = err
-			continue
-		}
-		call.reply = v[i*b.width : (i+1)*b.width : (i+1)*b.width]
+	if len(v) != b.width*len(calls) {
+		return nil, fmt.Errorf("redis: script replied %d integers for %d callers, want %d each", len(v), len(calls), b.width)
 	}
-	return err
+	replies := make([][]int64, len(calls))
+	for i := range calls {
+		replies[i] = v[i*b.width : (i+1)*b.width : (i+1)*b.width]
+	}
+	return replies, nil
 }

@@ -9,6 +9,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/batch"
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
@@ -57,38 +58,12 @@ func TestSymbolOfAckKey(t *testing.T) {
 	}
 }
 
-// A caller that gives up while queued behind a script in flight leaves the queue at once
-// (its request is then decided without Redis), and the queue does not hand it a batch.
-func TestBatcherCallerGivesUpWhileQueued(t *testing.T) {
-	c, err := OpenWith(redistest.SharedURL(t), Options{Prefix: redistest.Prefix(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	b := c.NewBatcher(goredis.NewScript(`return {tonumber(ARGV[3])}`), 1)
-	b.inFlight = maxScriptsInFlight // as if calls were in flight: the next one queues
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if _, err := b.Run(ctx, nil, 7); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("queued call: %v, want its deadline", err)
-	}
-	if len(b.queue) != 0 {
-		t.Fatalf("%d calls left in the queue", len(b.queue))
-	}
-	b.inFlight = 0
-	if v, err := b.Run(context.Background(), nil, 8); err != nil || len(v) != 1 || v[0] != 8 {
-		t.Fatalf("next call: %v, %v", v, err)
-	}
-	if b.inFlight != 0 {
-		t.Fatalf("%d in flight after the calls returned", b.inFlight)
-	}
-}
-
 // When a script call fails (Redis hung or gone), the calls queued behind it get its error at
-// once instead of trying again one batch after another, each waiting out its timeout.
+// once (batch.ErrAheadFailed) instead of trying again one batch after another, each waiting
+// out its timeout. (The queue's mechanics are package batch's tests; this is the wiring.)
 func TestBatcherFailureFailsTheQueue(t *testing.T) {
 	srv := redistest.Start(t)
-	c, err := OpenWith(srv.URL(), Options{Prefix: redistest.Prefix(t), OpTimeout: 50 * time.Millisecond})
+	c, err := OpenWith(srv.URL(), Options{Prefix: redistest.Prefix(t), OpTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,30 +71,25 @@ func TestBatcherFailureFailsTheQueue(t *testing.T) {
 	srv.Pause()
 	defer srv.Resume()
 	b := c.NewBatcher(goredis.NewScript(`return {tonumber(ARGV[3])}`), 1)
-	b.inFlight = maxScriptsInFlight // the leader below holds the slot; the others queue
-	errs := make(chan error, 3)
-	for i := range 3 {
+	errs := make(chan error, 4)
+	for i := range 4 { // one goes to the paused server and hangs; three queue behind it
 		go func() {
 			_, err := b.Run(context.Background(), nil, i)
 			errs <- err
 		}()
 	}
-	redistest.Eventually(t, 5*time.Second, "three queued calls", func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return len(b.queue) == 3
-	})
-	leader := &batchCall{args: []any{9}}
-	b.send(context.Background(), []*batchCall{leader})
-	if leader.err == nil {
-		t.Fatal("a script call with Redis paused succeeded")
-	}
-	for range 3 {
-		if err := <-errs; !errors.Is(err, errAheadFailed) || !errors.Is(err, leader.err) {
-			t.Fatalf("a queued call got %v, want the failed call's error (%v) at once: it tried again", err, leader.err)
+	redistest.Eventually(t, 5*time.Second, "three calls queued", func() bool { return b.calls.Queued() == 3 })
+	ahead := 0
+	for range 4 {
+		err := <-errs
+		if err == nil {
+			t.Fatal("a call succeeded with Redis paused")
+		}
+		if errors.Is(err, batch.ErrAheadFailed) {
+			ahead++
 		}
 	}
-	if b.inFlight != 0 || len(b.queue) != 0 {
-		t.Fatalf("after the failure: %d in flight, %d queued", b.inFlight, len(b.queue))
+	if ahead != 3 {
+		t.Fatalf("%d of the 3 queued calls got batch.ErrAheadFailed: the others tried again", ahead)
 	}
 }
