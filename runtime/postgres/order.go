@@ -13,6 +13,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/batch"
 )
 
 // OrderServiceConfig configures the order workflow.
@@ -29,9 +30,10 @@ type OrderServiceConfig struct {
 
 // OrderService implements trading.OrderService, the four-eyes workflow.
 type OrderService struct {
-	db  *DB
-	cfg OrderServiceConfig
-	log *slog.Logger
+	db      *DB
+	cfg     OrderServiceConfig
+	log     *slog.Logger
+	inserts *batch.Batcher[orderInsert, insertedOrder]
 }
 
 var _ trading.OrderService = (*OrderService)(nil)
@@ -42,7 +44,12 @@ func NewOrderService(db *DB, cfg OrderServiceConfig) *OrderService {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &OrderService{db: db, cfg: cfg, log: log}
+	s := &OrderService{db: db, cfg: cfg, log: log}
+	s.inserts = batch.New(s.insertOrders, batch.Config{
+		MaxInFlight: insertsInFlight, MaxBatch: maxInsertBatch,
+		FailQueued: func(err error) bool { return trading.ErrorCode(mapError(err)) == trading.EUNAVAILABLE },
+	})
+	return s
 }
 
 const orderColumns = `id, client_order_id, symbol, side, quantity, price, status, requested_by,
@@ -93,7 +100,8 @@ func sameBody(o *trading.Order, n trading.NewOrder) bool {
 //
 // Idempotency holds under concurrent retries because the unique index on (requested_by,
 // client_order_id) decides: INSERT ... ON CONFLICT DO NOTHING inserts for exactly one of them,
-// the others insert nothing and read the winner's row.
+// the others insert nothing and read the winner's row. That holds within one batched INSERT
+// too (insertOrders): the first row with a key is inserted, the others conflict with it.
 func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*trading.Order, bool, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -117,16 +125,9 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 	if err := s.checkDailyLoss(ctx, p.UserID); err != nil {
 		return nil, false, err
 	}
-	o, err := scanOrder(s.db.pool.QueryRow(ctx, `
-		INSERT INTO orders (client_order_id, symbol, side, quantity, price, requested_by)
-		VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (requested_by, client_order_id) DO NOTHING
-		RETURNING `+orderColumns,
-		clientOrderID, n.Symbol, string(n.Side), numArg(n.Quantity), numArg(n.Price), p.UserID))
-	if errors.Is(err, pgx.ErrNoRows) && clientOrderID != nil {
-		// A concurrent request with the same client order id won the insert.
-		o, err := s.findByClientOrderID(ctx, p.UserID, n)
-		return o, false, s.db.mapError(err)
+	r, err := s.inserts.Do(ctx, orderInsert{id: uuid.New(), clientOrderID: clientOrderID, order: n, userID: p.UserID})
+	if err == nil {
+		err = r.err
 	}
 	if isForeignKeyViolation(err) {
 		// A valid token of a user that was deleted since.
@@ -135,8 +136,108 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 	if err != nil {
 		return nil, false, s.db.mapError(err)
 	}
+	if r.order == nil && clientOrderID == nil {
+		return nil, false, fmt.Errorf("postgres: an order without a client order id was not inserted")
+	}
+	if r.order == nil {
+		// A concurrent request with the same client order id won the insert.
+		o, err := s.findByClientOrderID(ctx, p.UserID, n)
+		return o, false, s.db.mapError(err)
+	}
+	o := r.order
 	s.invalidate(ctx, p.UserID, trading.ViewSummary) // pending_orders changed, positions did not
 	return o, true, nil
+}
+
+// orderInsert is one new order on its way into a batched INSERT; its id is chosen here so
+// that the rows the INSERT returns can be matched to their callers.
+type orderInsert struct {
+	id            uuid.UUID
+	clientOrderID *string
+	order         trading.NewOrder
+	userID        uuid.UUID
+}
+
+// insertedOrder is the outcome of one orderInsert: the stored order, or nil when its client
+// order id was taken (ON CONFLICT DO NOTHING), or err when its own insert failed.
+type insertedOrder struct {
+	order *trading.Order
+	err   error
+}
+
+// Submissions are inserted in batches (package batch): the orders that arrive while earlier
+// inserts are in flight go into one multi-row INSERT, one statement and one commit for all
+// of them. A single-row insert into orders costs PostgreSQL far more per statement (parse,
+// plan, the CHECK constraints' expressions set up anew, the commit) than per row: pgbench on
+// the 2-core machine did 6.2-6.6k single-row INSERTs per second and 3.1-3.6k eight-row ones
+// (24-28k rows). A submission that finds a free slot is inserted at once, so nothing waits at
+// low load. insertsInFlight statements at once keep more than one commit in flight;
+// maxInsertBatch bounds a statement's size.
+const (
+	insertsInFlight = 2
+	maxInsertBatch  = 64
+)
+
+// insertOrders inserts a batch of new orders in one statement (one transaction). When the
+// statement fails for a reason other than the database being unavailable (a deleted user's
+// foreign key, say), every order is inserted on its own so that each caller gets its own
+// outcome: one bad order must not fail the others.
+func (s *OrderService) insertOrders(ctx context.Context, batch []orderInsert) ([]insertedOrder, error) {
+	// The batch is shared: it must not fail because the caller that sends it hung up.
+	ctx, cancel := s.db.bound(context.WithoutCancel(ctx))
+	defer cancel()
+	out, err := s.insertOrderRows(ctx, batch)
+	if err == nil || len(batch) == 1 || trading.ErrorCode(mapError(err)) == trading.EUNAVAILABLE {
+		return out, err
+	}
+	out = make([]insertedOrder, len(batch))
+	for i := range batch {
+		r, err := s.insertOrderRows(ctx, batch[i:i+1])
+		if err != nil {
+			out[i].err = err
+			continue
+		}
+		out[i] = r[0]
+	}
+	return out, nil
+}
+
+// insertOrderRows is insertOrders' statement: unnest turns the columns' arrays into rows, so
+// that one prepared statement serves every batch size.
+func (s *OrderService) insertOrderRows(ctx context.Context, batch []orderInsert) ([]insertedOrder, error) {
+	var (
+		ids, users      = make([]uuid.UUID, len(batch)), make([]uuid.UUID, len(batch))
+		clientOrderIDs  = make([]*string, len(batch))
+		symbols, sides  = make([]string, len(batch)), make([]string, len(batch))
+		quantity, price = make([]string, len(batch)), make([]string, len(batch))
+	)
+	for i, b := range batch {
+		ids[i], users[i], clientOrderIDs[i] = b.id, b.userID, b.clientOrderID
+		symbols[i], sides[i] = b.order.Symbol, string(b.order.Side)
+		quantity[i], price[i] = numArg(b.order.Quantity), numArg(b.order.Price)
+	}
+	rows, err := s.db.pool.Query(ctx, `
+		INSERT INTO orders (id, client_order_id, symbol, side, quantity, price, requested_by)
+		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::uuid[])
+		ON CONFLICT (requested_by, client_order_id) DO NOTHING
+		RETURNING `+orderColumns,
+		ids, clientOrderIDs, symbols, sides, quantity, price, users)
+	if err != nil {
+		return nil, err
+	}
+	orders, err := collectOrders(rows)
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[uuid.UUID]*trading.Order, len(orders))
+	for _, o := range orders {
+		byID[o.ID] = o
+	}
+	out := make([]insertedOrder, len(batch))
+	for i, b := range batch {
+		out[i].order = byID[b.id] // nil: its client order id was taken
+	}
+	return out, nil
 }
 
 // checkNewOrder is a last guard for callers that skipped trading.OrderRules.Validate (which

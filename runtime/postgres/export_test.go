@@ -1,0 +1,40 @@
+package postgres
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// Test access to the batched insert of orders (the external tests hold the database).
+
+type OrderInsert struct {
+	ID, UserID    uuid.UUID
+	ClientOrderID *string
+	Order         trading.NewOrder
+}
+
+type InsertedOrder struct {
+	Order *trading.Order
+	Err   error
+}
+
+// InsertOrders runs insertOrders, or with oneStatement its single statement alone.
+func (s *OrderService) InsertOrders(ctx context.Context, in []OrderInsert, oneStatement bool) ([]InsertedOrder, error) {
+	batch := make([]orderInsert, len(in))
+	for i, o := range in {
+		batch[i] = orderInsert{id: o.ID, userID: o.UserID, clientOrderID: o.ClientOrderID, order: o.Order}
+	}
+	run := s.insertOrders
+	if oneStatement {
+		run = s.insertOrderRows
+	}
+	got, err := run(ctx, batch)
+	out := make([]InsertedOrder, len(got))
+	for i, r := range got {
+		out[i] = InsertedOrder{Order: r.order, Err: r.err}
+	}
+	return out, err
+}
