@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,4 +140,177 @@ func TestInsertBatchIsolatesEachOrder(t *testing.T) {
 	if err != nil || out[0].Order == nil || out[1].Order != nil || out[2].Order == nil || out[2].Order.ID != batch[2].ID {
 		t.Fatalf("batch without a bad order: %+v, %v", out, err)
 	}
+}
+
+// principalOf is u as an approver.
+func principalOf(u *trading.User) trading.Principal {
+	return trading.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles}
+}
+
+// replay is the position the trades give applied one after the other from flat.
+func replay(trades []*trading.Trade) trading.Position {
+	var p trading.Position
+	for _, tr := range trades {
+		next, realized := trading.ApplyTrade(p, tr.Side, tr.Quantity.Decimal, tr.Price.Decimal)
+		next.RealizedPnL = p.RealizedPnL.Add(realized.Round(trading.Scale))
+		p = next
+	}
+	return p
+}
+
+// A batch of approvals answers each approval as a single approval would: the orders that may
+// be approved are, with one trade each and their position moved by every one of them in
+// decision order (here three trades of one position in one transaction, crossing zero);
+// the approver's own order is 403, an unknown order 404, an order already decided and a
+// second approval of an order in the same batch 409.
+func TestApproveBatchAnswersEachApproval(t *testing.T) {
+	t.Parallel()
+	e := newEnvTB(t)
+	ctx := context.Background()
+	buy1 := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "100", "150", ""))
+	buy2 := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "100", "160", ""))
+	sell := e.create(t, e.trader1, newOrder("BTC/USD", trading.Sell, "300", "170", ""))
+	other := e.create(t, e.trader2, newOrder("ETH/USD", trading.Sell, "2", "3000", ""))
+	own := e.create(t, e.risk1, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	done := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	if _, err := e.orders.RejectOrder(as(e.admin), done.ID, "no"); err != nil {
+		t.Fatal(err)
+	}
+	risk, admin := principalOf(e.risk1), principalOf(e.admin)
+	out, err := e.orders.ApproveBatch(ctx, []postgres.Approval{
+		{buy1.ID, risk}, {own.ID, risk}, {buy2.ID, admin}, {uuid.New(), risk}, {other.ID, risk},
+		{done.ID, risk}, {buy1.ID, admin}, {sell.ID, risk},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantOK := map[int]*trading.Order{0: buy1, 2: buy2, 4: other, 7: sell}
+	wantErr := map[int]string{1: trading.EFORBIDDEN, 3: trading.ENOTFOUND, 5: trading.ECONFLICT, 6: trading.ECONFLICT}
+	for i, r := range out {
+		if o, ok := wantOK[i]; ok {
+			if r.Err != nil || r.Order == nil || r.Order.ID != o.ID || r.Order.Status != trading.StatusApproved ||
+				r.Trade == nil || r.Trade.OrderID != o.ID || r.Trade.ID == uuid.Nil || r.Trade.ExecutedAt.IsZero() {
+				t.Errorf("approval %d: %+v, want order %s approved with its trade", i, r, o.ID)
+			}
+			continue
+		}
+		if r.Err == nil || trading.ErrorCode(r.Err) != wantErr[i] {
+			t.Errorf("approval %d: %+v, want %s", i, r, wantErr[i])
+		}
+	}
+
+	trades, _, err := e.portfolio.FindTrades(as(e.trader1), trading.TradeFilter{})
+	if err != nil || len(trades) != 3 {
+		t.Fatalf("trader1's trades: %v, %v", trades, err)
+	}
+	slices.Reverse(trades) // oldest first
+	if trades[0].OrderID != buy1.ID || trades[1].OrderID != buy2.ID || trades[2].OrderID != sell.ID {
+		t.Fatalf("trades in the order %s %s %s, want the batch's decision order", trades[0].OrderID, trades[1].OrderID, trades[2].OrderID)
+	}
+	want := replay(trades)
+	eq(t, "quantity", want.Quantity, "-100")
+	eq(t, "avg entry", want.AvgEntryPrice, "170")
+	eq(t, "realized", want.RealizedPnL, "3000")
+	eq(t, "realized of the sell", trades[2].RealizedPnL.Decimal, "3000")
+	views, err := e.portfolio.Positions(ctx, e.trader1.ID)
+	if err != nil || len(views) != 1 {
+		t.Fatalf("positions: %v, %v", views, err)
+	}
+	eq(t, "stored quantity", views[0].Quantity.Decimal, "-100")
+	eq(t, "stored avg entry", views[0].AvgEntryPrice.Decimal, "170")
+	eq(t, "stored realized", views[0].RealizedPnL.Decimal, "3000")
+}
+
+// orderDecisions counts the statements that decide approvals, single and batched.
+type orderDecisions struct{ single, batched atomic.Int64 }
+
+func (c *orderDecisions) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(d.SQL, "UPDATE orders SET status = 'approved'") {
+		if strings.Contains(d.SQL, "unnest") {
+			c.batched.Add(1)
+		} else {
+			c.single.Add(1)
+		}
+	}
+	return ctx
+}
+
+func (c *orderDecisions) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Approvals send their statements in pipelines (pgx.Batch), which pgx traces as batches.
+func (c *orderDecisions) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return ctx
+}
+
+func (c *orderDecisions) TraceBatchQuery(ctx context.Context, conn *pgx.Conn, d pgx.TraceBatchQueryData) {
+	c.TraceQueryStart(ctx, conn, pgx.TraceQueryStartData{SQL: d.SQL})
+}
+
+func (c *orderDecisions) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+// Concurrent approvals of many orders on a few positions (buys and sells, crossing zero)
+// share transactions, and nothing is lost or applied twice: every approval succeeds with its
+// own order's trade, and every position holds exactly the sum of its trades' quantities and
+// realized P&L.
+func TestConcurrentApprovalsAreBatched(t *testing.T) {
+	t.Parallel()
+	var decisions orderDecisions
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: pgtest.NewMigratedDatabase(t), MinConns: 1, Tracer: &decisions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	e := &env{db: db, users: postgres.NewUserService(db), orders: postgres.NewOrderService(db, postgres.OrderServiceConfig{}),
+		portfolio: postgres.NewPortfolioService(db)}
+	traders := []*trading.User{e.addUser(t, "t1", trading.RoleTrader), e.addUser(t, "t2", trading.RoleTrader), e.addUser(t, "t3", trading.RoleTrader)}
+	approvers := []*trading.User{e.addUser(t, "r1", trading.RoleRisk), e.addUser(t, "a1", trading.RoleAdmin)}
+	symbols := []string{"BTC/USD", "ETH/USD"}
+	var orders []*trading.Order
+	for i := range 240 {
+		side := trading.Buy
+		if i%3 == 2 {
+			side = trading.Sell
+		}
+		orders = append(orders, e.create(t, traders[i%3], newOrder(symbols[i/3%2], side, fmt.Sprintf("%d", 1+i%7), fmt.Sprintf("%d.5", 100+i%11), "")))
+	}
+
+	next := make(chan *trading.Order, len(orders))
+	for _, o := range orders {
+		next <- o
+	}
+	close(next)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(orders))
+	for g := range 32 {
+		wg.Go(func() {
+			for o := range next {
+				got, tr, err := e.orders.ApproveOrder(as(approvers[g%2]), o.ID)
+				if err != nil || got.ID != o.ID || got.Status != trading.StatusApproved || tr.OrderID != o.ID ||
+					!tr.Quantity.Equal(o.Quantity.Decimal) || !tr.Price.Equal(o.Price.Decimal) || tr.Side != o.Side {
+					errs <- fmt.Errorf("approve %s: %+v %+v %v", o.ID, got, tr, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM trades`); n != len(orders) {
+		t.Fatalf("%d trades for %d approved orders", n, len(orders))
+	}
+	if n := e.count(t, `SELECT count(*) FROM positions p WHERE quantity <> (
+			SELECT sum(CASE side WHEN 'buy' THEN quantity ELSE -quantity END) FROM trades t WHERE t.user_id = p.user_id AND t.symbol = p.symbol)
+		OR realized_pnl <> (SELECT sum(realized_pnl) FROM trades t WHERE t.user_id = p.user_id AND t.symbol = p.symbol)`); n != 0 {
+		t.Fatalf("%d positions differ from the sum of their trades", n)
+	}
+	if n := e.count(t, `SELECT count(*) FROM positions`); n != 6 {
+		t.Fatalf("%d positions, want 6", n)
+	}
+	if decisions.batched.Load() == 0 || decisions.single.Load()+decisions.batched.Load() >= int64(len(orders)) {
+		t.Errorf("%d single and %d batched decisions for %d concurrent approvals: none were batched",
+			decisions.single.Load(), decisions.batched.Load(), len(orders))
+	}
+	t.Logf("%d approvals: %d alone, %d batches", len(orders), decisions.single.Load(), decisions.batched.Load())
 }

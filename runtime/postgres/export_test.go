@@ -38,3 +38,28 @@ func (s *OrderService) InsertOrders(ctx context.Context, in []OrderInsert, oneSt
 	}
 	return out, err
 }
+
+type Approval struct {
+	OrderID  uuid.UUID
+	Approver trading.Principal
+}
+
+type Approved struct {
+	Order *trading.Order
+	Trade *trading.Trade
+	Err   error
+}
+
+// ApproveBatch runs approveBatch: the approvals as one batch.
+func (s *OrderService) ApproveBatch(ctx context.Context, in []Approval) ([]Approved, error) {
+	batch := make([]approval, len(in))
+	for i, a := range in {
+		batch[i] = approval{orderID: a.OrderID, approver: a.Approver}
+	}
+	got, err := s.approveBatch(ctx, batch)
+	out := make([]Approved, len(got))
+	for i, r := range got {
+		out[i] = Approved{Order: r.order, Trade: r.trade, Err: r.err}
+	}
+	return out, err
+}

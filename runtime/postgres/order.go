@@ -30,10 +30,11 @@ type OrderServiceConfig struct {
 
 // OrderService implements trading.OrderService, the four-eyes workflow.
 type OrderService struct {
-	db      *DB
-	cfg     OrderServiceConfig
-	log     *slog.Logger
-	inserts *batch.Batcher[orderInsert, insertedOrder]
+	db        *DB
+	cfg       OrderServiceConfig
+	log       *slog.Logger
+	inserts   *batch.Batcher[orderInsert, insertedOrder]
+	approvals *batch.Batcher[approval, approved]
 }
 
 var _ trading.OrderService = (*OrderService)(nil)
@@ -45,10 +46,8 @@ func NewOrderService(db *DB, cfg OrderServiceConfig) *OrderService {
 		log = slog.Default()
 	}
 	s := &OrderService{db: db, cfg: cfg, log: log}
-	s.inserts = batch.New(s.insertOrders, batch.Config{
-		MaxInFlight: insertsInFlight, MaxBatch: maxInsertBatch,
-		FailQueued: func(err error) bool { return trading.ErrorCode(mapError(err)) == trading.EUNAVAILABLE },
-	})
+	s.inserts = batch.New(s.insertOrders, batch.Config{MaxInFlight: insertsInFlight, MaxBatch: maxInsertBatch, FailQueued: isUnavailable})
+	s.approvals = batch.New(s.approveBatch, batch.Config{MaxInFlight: approvalsInFlight, MaxBatch: maxApprovalBatch, FailQueued: isUnavailable})
 	return s
 }
 
@@ -187,7 +186,7 @@ func (s *OrderService) insertOrders(ctx context.Context, batch []orderInsert) ([
 	ctx, cancel := s.db.bound(context.WithoutCancel(ctx))
 	defer cancel()
 	out, err := s.insertOrderRows(ctx, batch)
-	if err == nil || len(batch) == 1 || trading.ErrorCode(mapError(err)) == trading.EUNAVAILABLE {
+	if err == nil || len(batch) == 1 || isUnavailable(err) {
 		return out, err
 	}
 	out = make([]insertedOrder, len(batch))
@@ -501,22 +500,35 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	}
 	bctx, cancel := s.db.bound(ctx)
 	defer cancel()
-	conn, err := s.db.pool.Acquire(bctx)
+	r, err := s.approvals.Do(bctx, approval{orderID: id, approver: p})
+	if err == nil {
+		err = r.err
+	}
 	if err != nil {
 		return nil, nil, s.db.mapError(err)
 	}
+	s.invalidateTrade(ctx, r.order.RequestedBy, r.order.Symbol) // a trade moved a position and a mark
+	return r.order, r.trade, nil
+}
+
+// approveAlone is one approval in a transaction of its own (approve) on a connection of the
+// pool, rolled back on failure.
+func (s *OrderService) approveAlone(ctx context.Context, a approval) approved {
+	conn, err := s.db.pool.Acquire(ctx)
+	if err != nil {
+		return approved{err: err}
+	}
 	defer conn.Release() // the pool closes a connection released inside a transaction
-	order, trade, err := approve(bctx, conn.Conn(), p, id)
+	order, trade, err := approve(ctx, conn.Conn(), a.approver, a.orderID)
 	if err != nil {
 		if conn.Conn().PgConn().TxStatus() != 'I' {
 			rctx, cancel := s.db.bound(context.WithoutCancel(ctx))
 			_, _ = conn.Exec(rctx, "ROLLBACK")
 			cancel()
 		}
-		return nil, nil, s.db.mapError(err)
+		return approved{err: err}
 	}
-	s.invalidateTrade(ctx, order.RequestedBy, order.Symbol) // a trade moved a position and a mark
-	return order, trade, nil
+	return approved{order: order, trade: trade}
 }
 
 // approve is ApproveOrder's transaction on conn; on error the caller rolls back.
@@ -544,16 +556,7 @@ func approve(ctx context.Context, conn *pgx.Conn, p trading.Principal, id uuid.U
 		return nil, nil, err
 	}
 
-	next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
-	// Realized P&L is stored at Scale digits; the position adds exactly what the trade
-	// row says, so the sum of a user's trades always equals the position's realized P&L.
-	realized = realized.Round(trading.Scale)
-	next.RealizedPnL = pos.RealizedPnL.Add(realized)
-	// The trade executes at the decision time, taken after the order's row lock was
-	// granted (clock_timestamp, not the transaction start): trades then execute in the
-	// order their approvals won, which is what "latest trade" (the mark) relies on.
-	trade := &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
-		Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
+	next, trade := execute(pos, o)
 	b = &pgx.Batch{}
 	b.Queue(`
 		WITH t AS (
@@ -566,7 +569,7 @@ func approve(ctx context.Context, conn *pgx.Conn, p trading.Principal, id uuid.U
 		)
 		SELECT id, executed_at FROM t`,
 		o.ID, o.RequestedBy, o.Symbol, string(o.Side), numArg(o.Quantity.Decimal), numArg(o.Price.Decimal),
-		numArg(realized), *o.DecidedAt,
+		numArg(trade.RealizedPnL.Decimal), *o.DecidedAt,
 		numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL))
 	b.Queue("COMMIT")
 	br = conn.SendBatch(ctx, b)
@@ -582,6 +585,23 @@ func approve(ctx context.Context, conn *pgx.Conn, p trading.Principal, id uuid.U
 	}
 	trade.ExecutedAt = trade.ExecutedAt.UTC()
 	return o, trade, nil
+}
+
+// execute applies the decided order o to its requester's position pos: the position after
+// the trade and the trade (without its id and execution time, which the database gives).
+func execute(pos trading.Position, o *trading.Order) (trading.Position, *trading.Trade) {
+	next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
+	// Realized P&L is stored at Scale digits; the position adds exactly what the trade
+	// row says, so the sum of a user's trades always equals the position's realized P&L.
+	realized = realized.Round(trading.Scale)
+	next.RealizedPnL = pos.RealizedPnL.Add(realized)
+	next.UserID, next.Symbol = pos.UserID, pos.Symbol
+	// The trade executes at the decision time, taken after the order's row lock was
+	// granted (clock_timestamp, not the transaction start): trades then execute in the
+	// order their approvals won, which is what "latest trade" (the mark) relies on.
+	next.UpdatedAt = *o.DecidedAt
+	return next, &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
+		Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
 }
 
 // errNotDecided: the conditional UPDATE of a decision matched no row.

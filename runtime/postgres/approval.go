@@ -1,0 +1,314 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	trading "github.com/findmy/trading-operator/runtime"
+)
+
+// Approvals, like submissions, are combined while others are in flight (package batch): the
+// approvals of one batch execute in one transaction of four statements in two round trips,
+// where each would otherwise take a transaction of its own. A single approval (no load) takes
+// approve's transaction as before.
+//
+// In the batch's transaction:
+//  1. one conditional UPDATE decides every order that is still pending and not the approver's
+//     own (four eyes), exactly as decideSQL does for one; the orders that are not decided
+//     here (not found, not pending, the approver's own, or a second approval of an order
+//     already in the batch) are approved alone afterwards, which answers each of them as a
+//     single approval would (404, 403, 409, or approved when it was still possible);
+//  2. one upsert locks the requesters' positions of the decided orders, creating the
+//     missing ones, in (user, symbol) order: two batches lock positions in the same order,
+//     so they never deadlock on them;
+//  3. the trades are applied in Go (trading.ApplyTrade, execute), in decision order, each
+//     starting from the position the previous one left;
+//  4. one INSERT adds the trades and one UPDATE writes each position's final values, then
+//     COMMIT.
+//
+// When the transaction fails for a reason other than the database being unavailable (a
+// deadlock with a concurrent duplicate approval, say), every approval of the batch is retried
+// alone, so none is lost and each gets its own answer.
+const (
+	approvalsInFlight = 2
+	maxApprovalBatch  = 32
+)
+
+// approval is one call of ApproveOrder: the order and who approves it (already known to
+// hold a role that may decide).
+type approval struct {
+	orderID  uuid.UUID
+	approver trading.Principal
+}
+
+// approved is the outcome of an approval: the order and its trade, or err.
+type approved struct {
+	order *trading.Order
+	trade *trading.Trade
+	err   error
+}
+
+func isUnavailable(err error) bool { return trading.ErrorCode(mapError(err)) == trading.EUNAVAILABLE }
+
+// approveBatch executes a batch of approvals (see above).
+func (s *OrderService) approveBatch(ctx context.Context, batch []approval) ([]approved, error) {
+	// The batch is shared: it must not fail because the caller that sends it hung up.
+	ctx, cancel := s.db.bound(context.WithoutCancel(ctx))
+	defer cancel()
+	out := make([]approved, len(batch))
+	alone := make([]bool, len(batch))
+	if len(batch) == 1 {
+		alone[0] = true
+	} else if err := s.approveTogether(ctx, batch, out, alone); err != nil {
+		if isUnavailable(err) {
+			return nil, err
+		}
+		for i := range alone {
+			alone[i] = true
+		}
+	}
+	for i, a := range batch {
+		if alone[i] {
+			out[i] = s.approveAlone(ctx, a)
+			if len(batch) == 1 && isUnavailable(out[0].err) {
+				return nil, out[0].err // the queued approvals fail with it (batch.Config.FailQueued)
+			}
+		}
+	}
+	return out, nil
+}
+
+type positionKey struct {
+	user   uuid.UUID
+	symbol string
+}
+
+// approveTogether runs the batch's transaction. It fills out for the approvals it executed
+// and sets alone for the others; on error nothing was committed.
+func (s *OrderService) approveTogether(ctx context.Context, batch []approval, out []approved, alone []bool) error {
+	conn, err := s.db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	err = approveTogether(ctx, conn.Conn(), batch, out, alone)
+	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' {
+		rctx, cancel := s.db.bound(context.WithoutCancel(ctx))
+		_, _ = conn.Exec(rctx, "ROLLBACK")
+		cancel()
+	}
+	return err
+}
+
+func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out []approved, alone []bool) error {
+	// The first approval of each order goes into the UPDATE; a second one of the same order
+	// is answered alone afterwards (409 once the first has approved it).
+	first := make(map[uuid.UUID]int, len(batch))
+	ids := make([]uuid.UUID, 0, len(batch))
+	approvers := make([]uuid.UUID, 0, len(batch))
+	for i, a := range batch {
+		if _, dup := first[a.orderID]; dup {
+			alone[i] = true
+			continue
+		}
+		first[a.orderID] = i
+		ids = append(ids, a.orderID)
+		approvers = append(approvers, a.approver.UserID)
+	}
+
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(`
+		UPDATE orders SET status = 'approved', decided_by = d.approver_id,
+			decided_at = clock_timestamp(), updated_at = clock_timestamp()
+		FROM unnest($1::uuid[], $2::uuid[]) AS d(order_id, approver_id)
+		WHERE id = d.order_id AND status = 'pending' AND requested_by <> d.approver_id
+		RETURNING `+orderColumns, ids, approvers)
+	// The positions of the orders decided above (and of any order of the batch approved
+	// before: locked for nothing, harmless). The no-op DO UPDATE locks existing positions and
+	// creates missing ones in one statement, in (user, symbol) order.
+	b.Queue(`
+		INSERT INTO positions AS p (user_id, symbol)
+		SELECT DISTINCT requested_by, symbol FROM orders WHERE id = ANY($1) AND status = 'approved'
+		ORDER BY 1, 2
+		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
+		RETURNING p.user_id, p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, ids)
+	br := conn.SendBatch(ctx, b)
+	decided, positions, err := readDecisions(br)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+
+	// Apply the trades in decision order, each from the position the previous one left.
+	slices.SortFunc(decided, func(a, b *trading.Order) int {
+		if c := a.DecidedAt.Compare(*b.DecidedAt); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.ID[:], b.ID[:])
+	})
+	var (
+		trades  = make([]*trading.Trade, len(decided))
+		touched []positionKey
+	)
+	for i, o := range decided {
+		k := positionKey{o.RequestedBy, o.Symbol}
+		pos, ok := positions[k]
+		if !ok {
+			return errors.New("postgres: the position of a decided order was not locked")
+		}
+		if !slices.Contains(touched, k) {
+			touched = append(touched, k)
+		}
+		positions[k], trades[i] = execute(pos, o)
+		trades[i].ExecutedAt = *o.DecidedAt
+	}
+
+	b = &pgx.Batch{}
+	if len(decided) > 0 {
+		b.Queue(insertTradesSQL, tradeArrays(trades)...)
+		b.Queue(updatePositionsSQL, positionArrays(touched, positions)...)
+	}
+	b.Queue("COMMIT")
+	br = conn.SendBatch(ctx, b)
+	err = readTrades(br, len(decided) > 0, trades)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+
+	for i, o := range decided {
+		j := first[o.ID]
+		out[j] = approved{order: o, trade: trades[i]}
+	}
+	for id, j := range first {
+		if out[j].order == nil || out[j].order.ID != id {
+			alone[j] = true // not decided by the UPDATE: answered alone
+		}
+	}
+	return nil
+}
+
+// readDecisions reads the first round trip: BEGIN, the decided orders, the locked positions.
+func readDecisions(br pgx.BatchResults) ([]*trading.Order, map[positionKey]trading.Position, error) {
+	if _, err := br.Exec(); err != nil {
+		return nil, nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, nil, err
+	}
+	decided, err := collectOrders(rows)
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err = br.Query()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	positions := map[positionKey]trading.Position{}
+	for rows.Next() {
+		var p trading.Position
+		if err := rows.Scan(&p.UserID, &p.Symbol, num(&p.Quantity), num(&p.AvgEntryPrice), num(&p.RealizedPnL), &p.UpdatedAt); err != nil {
+			return nil, nil, err
+		}
+		positions[positionKey{p.UserID, p.Symbol}] = p
+	}
+	return decided, positions, rows.Err()
+}
+
+const insertTradesSQL = `
+	INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
+	SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
+		$7::numeric[], $8::timestamptz[])
+	RETURNING order_id, id, executed_at`
+
+func tradeArrays(trades []*trading.Trade) []any {
+	n := len(trades)
+	var (
+		orders, users             = make([]uuid.UUID, n), make([]uuid.UUID, n)
+		symbols, sides            = make([]string, n), make([]string, n)
+		quantity, price, realized = make([]string, n), make([]string, n), make([]string, n)
+		executedAt                = make([]time.Time, n)
+	)
+	for i, t := range trades {
+		orders[i], users[i], symbols[i], sides[i] = t.OrderID, t.UserID, t.Symbol, string(t.Side)
+		quantity[i], price[i], realized[i] = numArg(t.Quantity.Decimal), numArg(t.Price.Decimal), numArg(t.RealizedPnL.Decimal)
+		executedAt[i] = t.ExecutedAt
+	}
+	return []any{orders, users, symbols, sides, quantity, price, realized, executedAt}
+}
+
+const updatePositionsSQL = `
+	UPDATE positions AS p SET quantity = n.quantity, avg_entry_price = n.avg_entry_price,
+		realized_pnl = n.realized_pnl, updated_at = n.updated_at
+	FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::timestamptz[])
+		AS n(user_id, symbol, quantity, avg_entry_price, realized_pnl, updated_at)
+	WHERE p.user_id = n.user_id AND p.symbol = n.symbol`
+
+func positionArrays(keys []positionKey, positions map[positionKey]trading.Position) []any {
+	n := len(keys)
+	var (
+		users                      = make([]uuid.UUID, n)
+		symbols                    = make([]string, n)
+		quantity, avgEntry, realzd = make([]string, n), make([]string, n), make([]string, n)
+		updatedAt                  = make([]time.Time, n)
+	)
+	for i, k := range keys {
+		p := positions[k]
+		users[i], symbols[i], updatedAt[i] = k.user, k.symbol, p.UpdatedAt
+		quantity[i], avgEntry[i], realzd[i] = numArg(p.Quantity), numArg(p.AvgEntryPrice), numArg(p.RealizedPnL)
+	}
+	return []any{users, symbols, quantity, avgEntry, realzd, updatedAt}
+}
+
+// readTrades reads the second round trip: the trades' ids and execution times (when there
+// were trades), and COMMIT.
+func readTrades(br pgx.BatchResults, withTrades bool, trades []*trading.Trade) error {
+	if withTrades {
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		byOrder := make(map[uuid.UUID]*trading.Trade, len(trades))
+		for _, t := range trades {
+			byOrder[t.OrderID] = t
+		}
+		for rows.Next() {
+			var (
+				orderID uuid.UUID
+				t       trading.Trade
+			)
+			if err := rows.Scan(&orderID, &t.ID, &t.ExecutedAt); err != nil {
+				rows.Close()
+				return err
+			}
+			tr, ok := byOrder[orderID]
+			if !ok {
+				rows.Close()
+				return errors.New("postgres: a trade of an order not in the batch")
+			}
+			tr.ID, tr.ExecutedAt = t.ID, t.ExecutedAt.UTC()
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if _, err := br.Exec(); err != nil { // the positions
+			return err
+		}
+	}
+	_, err := br.Exec() // COMMIT
+	return err
+}
