@@ -35,8 +35,13 @@ import (
 // When the transaction fails for a reason other than the database being unavailable (a
 // deadlock with a concurrent duplicate approval, say), every approval of the batch is retried
 // alone, so none is lost and each gets its own answer.
+//
+// One batch in flight makes the largest batches: on the 2-core machine approvals ran at
+// 0.47-0.49 of the raw insert rate at 16 clients against 0.38-0.39 with two. A batch may wait
+// for a position that another replica's approval holds, and the next batch waits behind it;
+// every approval's transaction is short (two round trips), so that wait is too.
 const (
-	approvalsInFlight = 2
+	approvalsInFlight = 1
 	maxApprovalBatch  = 32
 )
 
