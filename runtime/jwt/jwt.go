@@ -163,9 +163,12 @@ func NewAuthority(keys *KeySet, issuer, audience string, accessTTL time.Duration
 		}),
 	}
 	// The algorithm is pinned: a token's own alg header never chooses how it is checked,
-	// which is what defeats alg=none and RS/HS confusion.
+	// which is what defeats alg=none and RS/HS confusion. Strict decoding refuses base64 whose
+	// unused trailing bits are set: otherwise a token with its last character changed (say B
+	// for A) decodes to the same signature and passes, so one token had several spellings.
 	a.parser = gojwt.NewParser(
 		gojwt.WithValidMethods([]string{gojwt.SigningMethodHS256.Alg()}),
+		gojwt.WithStrictDecoding(),
 		gojwt.WithExpirationRequired(),
 		gojwt.WithIssuer(issuer),
 		gojwt.WithAudience(audience),
