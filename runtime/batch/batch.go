@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 )
 
@@ -151,7 +152,7 @@ func (b *Batcher[Req, Resp]) run(ctx context.Context, batch []*call[Req, Resp]) 
 		// batch's callers get it as an error instead (net/http would have recovered it for
 		// the sender alone).
 		if r := recover(); r != nil {
-			err = fmt.Errorf("batch: exec panicked: %v", r)
+			err = fmt.Errorf("batch: exec panicked: %v\n%s", r, debug.Stack())
 			for _, c := range batch {
 				c.err = err
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -14,34 +15,37 @@ import (
 )
 
 // Approvals, like submissions, are combined while others are in flight (package batch): the
-// approvals of one batch execute in one transaction of four statements in two round trips,
-// where each would otherwise take a transaction of its own. A single approval (no load) takes
-// approve's transaction as before.
+// approvals of one batch execute in one transaction in two round trips, where each would
+// otherwise take a transaction of its own. A single approval is a batch of one.
 //
-// In the batch's transaction:
-//  1. one conditional UPDATE decides every order that is still pending and not the approver's
-//     own (four eyes), exactly as decideSQL does for one; the orders that are not decided
-//     here (not found, not pending, the approver's own, or a second approval of an order
-//     already in the batch) are approved alone afterwards, which answers each of them as a
-//     single approval would (404, 403, 409, or approved when it was still possible);
-//  2. one upsert locks the requesters' positions of the decided orders, creating the
-//     missing ones, in (user, symbol) order: two batches lock positions in the same order,
-//     so they never deadlock on them;
-//  3. the trades are applied in Go (trading.ApplyTrade, execute), in decision order, each
-//     starting from the position the previous one left;
-//  4. one INSERT adds the trades and one UPDATE writes each position's final values, then
-//     COMMIT.
+// In the batch's transaction, first round trip:
+//  1. the batch's orders are locked in id order (SELECT ... ORDER BY id FOR UPDATE), so two
+//     batches sharing orders (two replicas serving the same retried approvals) wait for each
+//     other in the same order instead of deadlocking;
+//  2. one upsert locks the positions of the orders that will be decided (pending, not the
+//     approver's own), creating the missing ones, in (user, symbol) order: orders first, then
+//     positions, each in a fixed order, so no batch waits for another in a cycle;
+//  3. one conditional UPDATE decides those orders, exactly as decideSQL does for one. It runs
+//     with every position held, so the decision times of a position's trades follow the order
+//     in which they are applied to it, across batches too; the orders it does not decide (not
+//     found, not pending, the approver's own, or a second approval of an order already in the
+//     batch) are tried again alone afterwards, which answers each of them as a single approval
+//     would (whyNotDecided: 404, 403, 409; or approved when it still could be).
 //
-// When the transaction fails for a reason other than the database being unavailable (a
-// deadlock with a concurrent duplicate approval, say), every approval of the batch is retried
-// alone, so none is lost and each gets its own answer.
+// Then the trades are applied in Go (trading.ApplyTrade, execute) in decision order, each
+// from the position the previous one left, and the second round trip inserts the trades,
+// writes each position's final values and commits.
 //
-// One batch in flight makes the largest batches: on the 2-core machine approvals ran at
-// 0.47-0.49 of the raw insert rate at 16 clients against 0.38-0.39 with two. A batch may wait
-// for a position that another replica's approval holds, and the next batch waits behind it;
-// every approval's transaction is short (two round trips), so that wait is too.
+// When the server refuses a statement (a deadlock or a lock not granted in time, say),
+// nothing was committed and every approval of the batch is retried alone, so none is lost and
+// each gets its own answer. Locks are waited for at most lockTimeout: a row held by a stuck
+// transaction elsewhere fails the approvals that need it, with 503, not the whole queue.
+//
+// Two batches in flight, so that one waiting for a lock does not hold up every approval of
+// the replica. (One in flight made larger batches and ran faster on the 2-core machine with one
+// replica: 0.47-0.49 of the raw insert rate at 16 clients against 0.38-0.40.)
 const (
-	approvalsInFlight = 1
+	approvalsInFlight = 2
 	maxApprovalBatch  = 32
 )
 
@@ -59,34 +63,54 @@ type approved struct {
 	err   error
 }
 
-func isUnavailable(err error) bool { return trading.ErrorCode(mapError(err)) == trading.EUNAVAILABLE }
-
 // approveBatch executes a batch of approvals (see above).
 func (s *OrderService) approveBatch(ctx context.Context, batch []approval) ([]approved, error) {
 	// The batch is shared: it must not fail because the caller that sends it hung up.
-	ctx, cancel := s.db.bound(context.WithoutCancel(ctx))
-	defer cancel()
+	detached := context.WithoutCancel(ctx)
 	out := make([]approved, len(batch))
 	alone := make([]bool, len(batch))
 	if len(batch) == 1 {
 		alone[0] = true
-	} else if err := s.approveTogether(ctx, batch, out, alone); err != nil {
-		if isUnavailable(err) {
+	} else {
+		ctx, cancel := s.db.bound(detached)
+		err := s.approveTogether(ctx, batch, out, alone)
+		cancel()
+		if err != nil && !refusedByServer(err) {
+			// The database is down, or the outcome is unknown (an error after COMMIT was
+			// sent): the approvals get the error (503), never a second execution.
 			return nil, err
 		}
-		for i := range alone {
-			alone[i] = true
-		}
-	}
-	for i, a := range batch {
-		if alone[i] {
-			out[i] = s.approveAlone(ctx, a)
-			if len(batch) == 1 && isUnavailable(out[0].err) {
-				return nil, out[0].err // the queued approvals fail with it (batch.Config.FailQueued)
+		if err != nil {
+			clear(out)
+			for i := range alone {
+				alone[i] = true
 			}
 		}
 	}
+	for i, a := range batch {
+		if !alone[i] {
+			continue
+		}
+		ctx, cancel := s.db.bound(detached) // each its own time: one slow approval must not starve the rest
+		out[i] = s.approveOne(ctx, a)
+		cancel()
+		if len(batch) == 1 && databaseDown(out[0].err) {
+			return nil, out[0].err // the queued approvals fail with it (batch.Config.FailQueued)
+		}
+	}
 	return out, nil
+}
+
+// approveOne is a batch of one: the approval, or why the order could not be approved.
+func (s *OrderService) approveOne(ctx context.Context, a approval) approved {
+	out, alone := make([]approved, 1), make([]bool, 1)
+	if err := s.approveTogether(ctx, []approval{a}, out, alone); err != nil {
+		return approved{err: err}
+	}
+	if alone[0] {
+		return approved{err: whyNotDecided(ctx, s.db.pool, a.approver, a.orderID)}
+	}
+	return out[0]
 }
 
 type positionKey struct {
@@ -129,21 +153,22 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	b.Queue(setLockTimeout(ctx))
+	b.Queue(`SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+	b.Queue(`
+		INSERT INTO positions AS p (user_id, symbol)
+		SELECT DISTINCT o.requested_by, o.symbol
+		FROM orders o JOIN unnest($1::uuid[], $2::uuid[]) AS d(order_id, approver_id) ON o.id = d.order_id
+		WHERE o.status = 'pending' AND o.requested_by <> d.approver_id
+		ORDER BY 1, 2
+		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
+		RETURNING p.user_id, p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, ids, approvers)
 	b.Queue(`
 		UPDATE orders SET status = 'approved', decided_by = d.approver_id,
 			decided_at = clock_timestamp(), updated_at = clock_timestamp()
 		FROM unnest($1::uuid[], $2::uuid[]) AS d(order_id, approver_id)
 		WHERE id = d.order_id AND status = 'pending' AND requested_by <> d.approver_id
 		RETURNING `+orderColumns, ids, approvers)
-	// The positions of the orders decided above (and of any order of the batch approved
-	// before: locked for nothing, harmless). The no-op DO UPDATE locks existing positions and
-	// creates missing ones in one statement, in (user, symbol) order.
-	b.Queue(`
-		INSERT INTO positions AS p (user_id, symbol)
-		SELECT DISTINCT requested_by, symbol FROM orders WHERE id = ANY($1) AND status = 'approved'
-		ORDER BY 1, 2
-		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
-		RETURNING p.user_id, p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, ids)
 	br := conn.SendBatch(ctx, b)
 	decided, positions, err := readDecisions(br)
 	if cerr := br.Close(); err == nil {
@@ -176,6 +201,17 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 		positions[k], trades[i] = execute(pos, o)
 		trades[i].ExecutedAt = *o.DecidedAt
 	}
+	// Trades are listed, and the mark is taken, by execution time and then id: two trades
+	// decided in the same microsecond must sort in the order they were applied, so their ids
+	// are random but increasing in that order.
+	tradeIDs := make([]uuid.UUID, len(trades))
+	for i := range tradeIDs {
+		tradeIDs[i] = uuid.New()
+	}
+	slices.SortFunc(tradeIDs, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	for i, t := range trades {
+		t.ID = tradeIDs[i]
+	}
 
 	b = &pgx.Batch{}
 	if len(decided) > 0 {
@@ -204,39 +240,67 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 	return nil
 }
 
-// readDecisions reads the first round trip: BEGIN, the decided orders, the locked positions.
+// readDecisions reads the first round trip: BEGIN, the lock timeout, the orders' locks, the
+// locked positions, the decided orders.
 func readDecisions(br pgx.BatchResults) ([]*trading.Order, map[positionKey]trading.Position, error) {
-	if _, err := br.Exec(); err != nil {
-		return nil, nil, err
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			return nil, nil, err
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {
 		return nil, nil, err
 	}
-	decided, err := collectOrders(rows)
-	if err != nil {
+	rows.Close() // the orders' locks: nothing to read
+	if err := rows.Err(); err != nil {
 		return nil, nil, err
 	}
 	rows, err = br.Query()
 	if err != nil {
 		return nil, nil, err
 	}
-	defer rows.Close()
 	positions := map[positionKey]trading.Position{}
 	for rows.Next() {
 		var p trading.Position
 		if err := rows.Scan(&p.UserID, &p.Symbol, num(&p.Quantity), num(&p.AvgEntryPrice), num(&p.RealizedPnL), &p.UpdatedAt); err != nil {
+			rows.Close()
 			return nil, nil, err
 		}
 		positions[positionKey{p.UserID, p.Symbol}] = p
 	}
-	return decided, positions, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	rows, err = br.Query()
+	if err != nil {
+		return nil, nil, err
+	}
+	decided, err := collectOrders(rows)
+	return decided, positions, err
 }
 
+// setLockTimeout is the statement that bounds this transaction's lock waits: lockTimeout,
+// or less when ctx ends sooner. A transaction elsewhere that holds a row (a replica frozen
+// mid-approval) then fails the approvals that need the row, instead of holding them, and
+// everything queued behind them, until the query timeout.
+func setLockTimeout(ctx context.Context) string {
+	d := lockTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(deadline)/2)
+	}
+	return fmt.Sprintf("SET LOCAL lock_timeout = %d", max(d.Milliseconds(), 1))
+}
+
+// lockTimeout: approvals hold their locks for two round trips, a few milliseconds; a wait of a
+// second means the holder is stuck.
+const lockTimeout = time.Second
+
 const insertTradesSQL = `
-	INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
+	INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at, id)
 	SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
-		$7::numeric[], $8::timestamptz[])
+		$7::numeric[], $8::timestamptz[], $9::uuid[])
 	RETURNING order_id, id, executed_at`
 
 func tradeArrays(trades []*trading.Trade) []any {
@@ -246,13 +310,14 @@ func tradeArrays(trades []*trading.Trade) []any {
 		symbols, sides            = make([]string, n), make([]string, n)
 		quantity, price, realized = make([]string, n), make([]string, n), make([]string, n)
 		executedAt                = make([]time.Time, n)
+		ids                       = make([]uuid.UUID, n)
 	)
 	for i, t := range trades {
 		orders[i], users[i], symbols[i], sides[i] = t.OrderID, t.UserID, t.Symbol, string(t.Side)
 		quantity[i], price[i], realized[i] = numArg(t.Quantity.Decimal), numArg(t.Price.Decimal), numArg(t.RealizedPnL.Decimal)
-		executedAt[i] = t.ExecutedAt
+		executedAt[i], ids[i] = t.ExecutedAt, t.ID
 	}
-	return []any{orders, users, symbols, sides, quantity, price, realized, executedAt}
+	return []any{orders, users, symbols, sides, quantity, price, realized, executedAt, ids}
 }
 
 const updatePositionsSQL = `

@@ -19,6 +19,7 @@ const (
 	codeNumericOutOfRange    = "22003"
 	codeSerializationFailure = "40001"
 	codeDeadlockDetected     = "40P01"
+	codeLockNotAvailable     = "55P03"
 	codeQueryCanceled        = "57014"
 	codeAdminShutdown        = "57P01"
 	codeCrashShutdown        = "57P02"
@@ -61,6 +62,31 @@ func mapError(err error) error {
 	return &trading.Error{Code: trading.EINTERNAL, Message: "internal error", Err: err}
 }
 
+// databaseDown reports whether err means the database as a whole cannot answer now (it
+// cannot be reached, is shutting down, or did not answer in time), as opposed to one
+// statement failing (a deadlock, a lock not granted, a constraint): the batches (package
+// batch) fail the calls queued behind the first only for the former, and answer the latter
+// call by call.
+func databaseDown(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections:
+			return true
+		}
+		return false
+	}
+	return unavailable(err)
+}
+
+// refusedByServer reports whether the server refused a statement: its transaction did not
+// commit, so the work may be retried (the batches retry each call of a failed batch alone).
+// Any other error after a COMMIT was sent leaves the outcome unknown.
+func refusedByServer(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && !databaseDown(err)
+}
+
 // unavailable reports whether err means the database could not answer in time.
 func unavailable(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
@@ -70,8 +96,9 @@ func unavailable(err error) bool {
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections,
-			// transient by nature: the same call may succeed when retried
-			codeSerializationFailure, codeDeadlockDetected:
+			// transient by nature: the same call may succeed when retried (a lock not granted
+			// within lock_timeout: another transaction holds the row)
+			codeSerializationFailure, codeDeadlockDetected, codeLockNotAvailable:
 			return true
 		}
 		return false

@@ -1,10 +1,13 @@
 package postgres
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,8 +49,8 @@ func NewOrderService(db *DB, cfg OrderServiceConfig) *OrderService {
 		log = slog.Default()
 	}
 	s := &OrderService{db: db, cfg: cfg, log: log}
-	s.inserts = batch.New(s.insertOrders, batch.Config{MaxInFlight: insertsInFlight, MaxBatch: maxInsertBatch, FailQueued: isUnavailable})
-	s.approvals = batch.New(s.approveBatch, batch.Config{MaxInFlight: approvalsInFlight, MaxBatch: maxApprovalBatch, FailQueued: isUnavailable})
+	s.inserts = batch.New(s.insertOrders, batch.Config{MaxInFlight: insertsInFlight, MaxBatch: maxInsertBatch, FailQueued: databaseDown})
+	s.approvals = batch.New(s.approveBatch, batch.Config{MaxInFlight: approvalsInFlight, MaxBatch: maxApprovalBatch, FailQueued: databaseDown})
 	return s
 }
 
@@ -180,20 +183,48 @@ const (
 )
 
 // insertOrders inserts a batch of new orders in one statement (one transaction). When the
-// statement fails for a reason other than the database being unavailable (a deleted user's
-// foreign key, say), every order is inserted on its own so that each caller gets its own
+// server refuses the statement (a deleted user's foreign key, a deadlock, say), nothing was
+// inserted and every order is inserted on its own, so that each caller gets its own
 // outcome: one bad order must not fail the others.
+//
+// The rows go in (user, client order id) order: two batches that insert the same keys (two
+// replicas serving retries of the same orders) then wait for each other's unique-index
+// entries in the same order, and cannot deadlock.
 func (s *OrderService) insertOrders(ctx context.Context, batch []orderInsert) ([]insertedOrder, error) {
 	// The batch is shared: it must not fail because the caller that sends it hung up.
-	ctx, cancel := s.db.bound(context.WithoutCancel(ctx))
+	detached := context.WithoutCancel(ctx)
+	ctx, cancel := s.db.bound(detached)
 	defer cancel()
-	out, err := s.insertOrderRows(ctx, batch)
-	if err == nil || len(batch) == 1 || isUnavailable(err) {
-		return out, err
+	order := make([]int, len(batch))
+	for i := range order {
+		order[i] = i
 	}
-	out = make([]insertedOrder, len(batch))
+	slices.SortFunc(order, func(a, b int) int {
+		if c := bytes.Compare(batch[a].userID[:], batch[b].userID[:]); c != 0 {
+			return c
+		}
+		return cmp.Compare(clientKey(batch[a]), clientKey(batch[b]))
+	})
+	sorted := make([]orderInsert, len(batch))
+	for i, j := range order {
+		sorted[i] = batch[j]
+	}
+	rows, err := s.insertOrderRows(ctx, sorted)
+	if err == nil {
+		out := make([]insertedOrder, len(batch))
+		for i, j := range order {
+			out[j] = rows[i]
+		}
+		return out, nil
+	}
+	if len(batch) == 1 || !refusedByServer(err) {
+		return nil, err
+	}
+	out := make([]insertedOrder, len(batch))
 	for i := range batch {
+		ctx, cancel := s.db.bound(detached) // each its own time: one slow insert must not starve the rest
 		r, err := s.insertOrderRows(ctx, batch[i:i+1])
+		cancel()
 		if err != nil {
 			out[i].err = err
 			continue
@@ -201,6 +232,13 @@ func (s *OrderService) insertOrders(ctx context.Context, batch []orderInsert) ([
 		out[i] = r[0]
 	}
 	return out, nil
+}
+
+func clientKey(o orderInsert) string {
+	if o.clientOrderID == nil {
+		return ""
+	}
+	return *o.clientOrderID
 }
 
 // insertOrderRows is insertOrders' statement: unnest turns the columns' arrays into rows, so
@@ -472,21 +510,22 @@ func canDecide(p trading.Principal) error {
 }
 
 // ApproveOrder executes a pending order into one trade at its price and moves the requester's
-// position, in one transaction:
-//   - the conditional UPDATE of the order makes exactly one concurrent approval win;
-//   - the position row is locked (SELECT ... FOR UPDATE; the first trade of a symbol creates
-//     it, see lockPosition), so trades of one user and symbol apply one at a time and the
-//     average-cost maths (trading.ApplyTrade) always start from the committed position;
+// position, in one transaction (approval.go; concurrent approvals share it):
+//   - the order row is locked, then the requester's position (created by the first trade of
+//     a symbol), then the conditional UPDATE of the order decides it: exactly one concurrent
+//     approval wins, and trades of one user and symbol apply one at a time, each from the
+//     committed position (trading.ApplyTrade), in the order of their decision times;
 //   - the unique index on trades.order_id backs the exactly-once guarantee up.
 //
-// Locks are always taken in the order order row, then position row: no deadlock between
-// approvals.
+// Locks are always taken order rows first, then position rows, each kind in a fixed order:
+// no deadlock between approvals. Lock waits are bounded by lockTimeout (503 when a stuck
+// transaction holds the row).
 //
-// The transaction takes two round trips, each a pipeline of statements (pgx.Batch): BEGIN,
-// the decision and the position's lock; then the trade and the position's new values, and
-// COMMIT. As five round trips (pgx.Tx, a statement each) approvals ran 14% slower: with
-// PostgreSQL on the same cores, every round trip costs both processes a wakeup and system
-// calls. A failure anywhere leaves the transaction open or aborted; it is rolled back.
+// The transaction takes two round trips, each a pipeline of statements (pgx.Batch): the
+// locks and the decision; then the trade, the position's new values and COMMIT. As five round
+// trips (pgx.Tx, a statement each) approvals ran 14% slower: with PostgreSQL on the same
+// cores, every round trip costs both processes a wakeup and system calls. A failure anywhere
+// leaves the transaction open or aborted; it is rolled back.
 //
 // After the commit the requester's cache is invalidated, before returning. The trade is
 // committed by then, so a failed invalidation is logged and the approval still succeeds:
@@ -513,82 +552,6 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	return r.order, r.trade, nil
 }
 
-// approveAlone is one approval in a transaction of its own (approve) on a connection of the
-// pool, rolled back on failure.
-func (s *OrderService) approveAlone(ctx context.Context, a approval) approved {
-	conn, err := s.db.pool.Acquire(ctx)
-	if err != nil {
-		return approved{err: err}
-	}
-	defer conn.Release() // the pool closes a connection released inside a transaction
-	order, trade, err := approve(ctx, conn.Conn(), a.approver, a.orderID)
-	if err != nil {
-		if conn.Conn().PgConn().TxStatus() != 'I' {
-			rctx, cancel := s.db.bound(context.WithoutCancel(ctx))
-			_, _ = conn.Exec(rctx, "ROLLBACK")
-			cancel()
-		}
-		return approved{err: err}
-	}
-	return approved{order: order, trade: trade}
-}
-
-// approve is ApproveOrder's transaction on conn; on error the caller rolls back.
-func approve(ctx context.Context, conn *pgx.Conn, p trading.Principal, id uuid.UUID) (*trading.Order, *trading.Trade, error) {
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue(decideSQL(`status = 'approved'`), id, p.UserID)
-	// The position of the order's requester and symbol: the order's row is read in the same
-	// transaction, after the UPDATE above. When the decision matched nothing this locks a
-	// position for nothing, and the rollback releases it.
-	b.Queue(`SELECT quantity, avg_entry_price, realized_pnl, updated_at FROM positions
-		WHERE (user_id, symbol) = (SELECT requested_by, symbol FROM orders WHERE id = $1) FOR UPDATE`, id)
-	br := conn.SendBatch(ctx, b)
-	o, pos, err := decideAndLock(br)
-	if cerr := br.Close(); err == nil || errors.Is(err, pgx.ErrNoRows) && cerr != nil {
-		err = cerr
-	}
-	switch {
-	case errors.Is(err, errNotDecided):
-		return nil, nil, whyNotDecided(ctx, conn, p, id)
-	case errors.Is(err, pgx.ErrNoRows): // the user's first trade of the symbol
-		pos, err = lockPosition(ctx, conn, o.RequestedBy, o.Symbol)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-
-	next, trade := execute(pos, o)
-	b = &pgx.Batch{}
-	b.Queue(`
-		WITH t AS (
-			INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-			RETURNING id, executed_at
-		), p AS (
-			UPDATE positions SET quantity = $9, avg_entry_price = $10, realized_pnl = $11, updated_at = $8
-			WHERE user_id = $2 AND symbol = $3
-		)
-		SELECT id, executed_at FROM t`,
-		o.ID, o.RequestedBy, o.Symbol, string(o.Side), numArg(o.Quantity.Decimal), numArg(o.Price.Decimal),
-		numArg(trade.RealizedPnL.Decimal), *o.DecidedAt,
-		numArg(next.Quantity), numArg(next.AvgEntryPrice), numArg(next.RealizedPnL))
-	b.Queue("COMMIT")
-	br = conn.SendBatch(ctx, b)
-	err = br.QueryRow().Scan(&trade.ID, &trade.ExecutedAt)
-	if err == nil {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	trade.ExecutedAt = trade.ExecutedAt.UTC()
-	return o, trade, nil
-}
-
 // execute applies the decided order o to its requester's position pos: the position after
 // the trade and the trade (without its id and execution time, which the database gives).
 func execute(pos trading.Position, o *trading.Order) (trading.Position, *trading.Trade) {
@@ -606,51 +569,9 @@ func execute(pos trading.Position, o *trading.Order) (trading.Position, *trading
 		Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
 }
 
-// errNotDecided: the conditional UPDATE of a decision matched no row.
-var errNotDecided = errors.New("postgres: order not decided")
-
-// decideAndLock reads the results of approve's first pipeline: BEGIN, the decision, the
-// position. pgx.ErrNoRows means the order was decided and the position does not exist yet.
-func decideAndLock(br pgx.BatchResults) (*trading.Order, trading.Position, error) {
-	if _, err := br.Exec(); err != nil {
-		return nil, trading.Position{}, err
-	}
-	o, err := scanOrder(br.QueryRow())
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, trading.Position{}, errNotDecided
-	} else if err != nil {
-		return nil, trading.Position{}, err
-	}
-	pos := trading.Position{UserID: o.RequestedBy, Symbol: o.Symbol}
-	err = br.QueryRow().Scan(num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt)
-	return o, pos, err
-}
-
 // rowQuerier is a transaction or a connection inside one.
 type rowQuerier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-// lockPosition returns the user's position in symbol, locked until the transaction ends.
-// Usually the position exists and SELECT ... FOR UPDATE locks it in one round trip without
-// writing a row version. The first trade of a symbol creates it: the no-op DO UPDATE takes
-// the lock whether this transaction or a concurrent one inserted the row, and returns the
-// committed values.
-func lockPosition(ctx context.Context, tx rowQuerier, userID uuid.UUID, symbol string) (trading.Position, error) {
-	pos := trading.Position{UserID: userID, Symbol: symbol}
-	err := tx.QueryRow(ctx, `
-		SELECT quantity, avg_entry_price, realized_pnl, updated_at FROM positions
-		WHERE user_id = $1 AND symbol = $2 FOR UPDATE`, userID, symbol).
-		Scan(num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt)
-	if !errors.Is(err, pgx.ErrNoRows) {
-		return pos, err
-	}
-	err = tx.QueryRow(ctx, `
-		INSERT INTO positions AS p (user_id, symbol) VALUES ($1, $2)
-		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
-		RETURNING p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, userID, symbol).
-		Scan(num(&pos.Quantity), num(&pos.AvgEntryPrice), num(&pos.RealizedPnL), &pos.UpdatedAt)
-	return pos, err
 }
 
 // invalidate tells the cache that userID's stale views changed (invalidateTrade: a trade in
