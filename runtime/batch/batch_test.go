@@ -225,3 +225,90 @@ func TestBrokenExec(t *testing.T) {
 		t.Fatalf("after the failures: %d, %v", got, err)
 	}
 }
+
+// gatedExec is an Exec that reports each batch's size on started and then waits for a value
+// on gate: "panic" panics, anything else answers each request doubled.
+func gatedExec(started chan<- int, gate <-chan string) Exec[int, int] {
+	return func(ctx context.Context, reqs []int) ([]int, error) {
+		started <- len(reqs)
+		if <-gate == "panic" {
+			panic("boom")
+		}
+		return double(ctx, reqs)
+	}
+}
+
+// A caller whose batch has been sent keeps waiting for it even when its context ends: the
+// request may have been carried out, so it gets the batch's answer, and the batch still
+// answers the others.
+func TestCallerInSentBatchGetsItsAnswer(t *testing.T) {
+	started, gate := make(chan int, 4), make(chan string)
+	b := New(gatedExec(started, gate), Config{})
+	first := make(chan error, 1)
+	go func() { _, err := b.Do(context.Background(), 1); first <- err }()
+	<-started // the first call holds the slot
+	type answer struct {
+		v   int
+		err error
+	}
+	lead, member := make(chan answer, 1), make(chan answer, 1)
+	go func() { v, err := b.Do(context.Background(), 2); lead <- answer{v, err} }()
+	for b.Queued() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { v, err := b.Do(ctx, 3); member <- answer{v, err} }()
+	for b.Queued() != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	gate <- "ok"
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if n := <-started; n != 2 {
+		t.Fatalf("second batch of %d, want the two queued calls", n)
+	}
+	cancel() // the member hangs up while its batch is in flight
+	time.Sleep(10 * time.Millisecond)
+	gate <- "ok"
+	if a := <-member; a.err != nil || a.v != 6 {
+		t.Fatalf("member that hung up during its batch: %d, %v; want the batch's answer 6", a.v, a.err)
+	}
+	if a := <-lead; a.err != nil || a.v != 4 {
+		t.Fatalf("leader: %d, %v", a.v, a.err)
+	}
+}
+
+// The calls queued behind a batch whose Exec panicked are sent as the next batch (the slot is
+// passed on, not lost) and answered.
+func TestQueueServedAfterPanic(t *testing.T) {
+	started, gate := make(chan int, 4), make(chan string)
+	b := New(gatedExec(started, gate), Config{})
+	first := make(chan error, 1)
+	go func() { _, err := b.Do(context.Background(), 1); first <- err }()
+	<-started
+	queued := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			v, err := b.Do(context.Background(), 10+i)
+			if err == nil && v != 2*(10+i) {
+				err = fmt.Errorf("got %d for %d", v, 10+i)
+			}
+			queued <- err
+		}()
+	}
+	for b.Queued() != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	gate <- "panic"
+	if err := <-first; err == nil {
+		t.Fatal("the panicking batch's caller got no error")
+	}
+	<-started
+	gate <- "ok"
+	for range 2 {
+		if err := <-queued; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
