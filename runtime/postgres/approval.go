@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -87,16 +88,21 @@ func (s *OrderService) approveBatch(ctx context.Context, batch []approval) ([]ap
 			}
 		}
 	}
+	// The approvals answered alone run in parallel, each in its own transaction and time: one
+	// waiting for a row a stuck transaction holds (until lockTimeout) must not hold up the rest.
+	var wg sync.WaitGroup
 	for i, a := range batch {
-		if !alone[i] {
-			continue
+		if alone[i] {
+			wg.Go(func() {
+				ctx, cancel := s.db.bound(detached)
+				defer cancel()
+				out[i] = s.approveOne(ctx, a)
+			})
 		}
-		ctx, cancel := s.db.bound(detached) // each its own time: one slow approval must not starve the rest
-		out[i] = s.approveOne(ctx, a)
-		cancel()
-		if len(batch) == 1 && databaseDown(out[0].err) {
-			return nil, out[0].err // the queued approvals fail with it (batch.Config.FailQueued)
-		}
+	}
+	wg.Wait()
+	if len(batch) == 1 && databaseDown(out[0].err) {
+		return nil, out[0].err // the queued approvals fail with it (batch.Config.FailQueued)
 	}
 	return out, nil
 }

@@ -480,6 +480,27 @@ func TestStuckLockFailsOnlyItsApprovals(t *testing.T) {
 	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'pending'`, blocked.ID); n != 1 {
 		t.Fatal("the blocked order is no longer pending")
 	}
+
+	// The same in one batch: its transaction gives up on the lock, and every approval of it is
+	// answered alone, the others approved.
+	batch := []postgres.Approval{{OrderID: blocked.ID, Approver: principalOf(e.risk1)}}
+	for i := range 5 {
+		o := e.create(t, e.trader2, newOrder("ETH/USD", trading.Sell, "1", fmt.Sprintf("%d", 20+i), ""))
+		batch = append(batch, postgres.Approval{OrderID: o.ID, Approver: principalOf(e.admin)})
+	}
+	out, err := e.orders.ApproveBatch(ctx, batch)
+	if err != nil {
+		t.Fatalf("batch: %v", err)
+	}
+	var pgErr *pgconn.PgError // ApproveOrder answers it 503, as above
+	if !errors.As(out[0].Err, &pgErr) || pgErr.Code != "55P03" {
+		t.Errorf("approval of the stuck position's order in the batch: %v, want its lock timeout", out[0].Err)
+	}
+	for i, r := range out[1:] {
+		if r.Err != nil || r.Trade == nil {
+			t.Errorf("approval %d of another position in the batch: %+v", i+1, r)
+		}
+	}
 }
 
 // allTrades is u's trades in symbol, oldest first (execution time, then id, as the marks
