@@ -20,32 +20,68 @@ import (
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
-// orderInserts counts the INSERT statements into orders that reach the database.
-type orderInserts struct{ n atomic.Int64 }
-
-func (c *orderInserts) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	if strings.Contains(d.SQL, "INSERT INTO orders") {
-		c.n.Add(1)
-	}
-	return ctx
+// sqlTracer counts the statements whose SQL contains match, and the statements PostgreSQL
+// aborted to break a deadlock; pgx traces pipelines (pgx.Batch) apart from single queries.
+type sqlTracer struct {
+	match        string
+	n, deadlocks atomic.Int64
 }
 
-func (c *orderInserts) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (c *sqlTracer) seen(sql string) {
+	if c.match != "" && strings.Contains(sql, c.match) {
+		c.n.Add(1)
+	}
+}
+
+func (c *sqlTracer) ended(err error) {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+		c.deadlocks.Add(1)
+	}
+}
+
+func (c *sqlTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	c.seen(d.SQL)
+	return ctx
+}
+func (c *sqlTracer) TraceQueryEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
+	c.ended(d.Err)
+}
+func (c *sqlTracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return ctx
+}
+func (c *sqlTracer) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	c.seen(d.SQL)
+	c.ended(d.Err)
+}
+func (c *sqlTracer) TraceBatchEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchEndData) {
+	c.ended(d.Err)
+}
+
+// newTracedEnv is an env on a database of its own (dsn: pgtest's, and any options) whose
+// statements tracer sees, with the services and users of newEnv.
+func newTracedEnv(t *testing.T, dsn string, tracer *sqlTracer) *env {
+	t.Helper()
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: dsn, MinConns: 1, Tracer: tracer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	e := &env{db: db, users: postgres.NewUserService(db), orders: postgres.NewOrderService(db, postgres.OrderServiceConfig{}),
+		portfolio: postgres.NewPortfolioService(db)}
+	e.trader1, e.trader2 = e.addUser(t, "trader1", trading.RoleTrader), e.addUser(t, "trader2", trading.RoleTrader)
+	e.risk1, e.admin = e.addUser(t, "risk1", trading.RoleRisk), e.addUser(t, "admin", trading.RoleAdmin)
+	return e
+}
 
 // Concurrent submissions share INSERT statements (batches), and every submitter gets exactly
 // its own order back: its user, symbol, side, quantity, price and client order id, stored
 // once. A mix-up of rows between the callers of one batch would fail here.
 func TestConcurrentSubmissionsAreBatched(t *testing.T) {
 	t.Parallel()
-	var inserts orderInserts
-	db, err := postgres.Open(context.Background(), postgres.Config{URL: pgtest.NewMigratedDatabase(t), MinConns: 1, Tracer: &inserts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	e := &env{db: db, users: postgres.NewUserService(db), orders: postgres.NewOrderService(db, postgres.OrderServiceConfig{})}
-	users := []*trading.User{e.addUser(t, "t1", trading.RoleTrader), e.addUser(t, "t2", trading.RoleTrader),
-		e.addUser(t, "t3", trading.RoleTrader), e.addUser(t, "t4", trading.RoleTrader)}
+	inserts := &sqlTracer{match: "INSERT INTO orders"}
+	e := newTracedEnv(t, pgtest.NewMigratedDatabase(t), inserts)
+	users := []*trading.User{e.trader1, e.trader2, e.addUser(t, "t3", trading.RoleTrader), e.addUser(t, "t4", trading.RoleTrader)}
 	symbols := []string{"BTC/USD", "ETH/USD", "XRP/USD"}
 
 	const goroutines, each = 48, 10
@@ -222,45 +258,16 @@ func TestApproveBatchAnswersEachApproval(t *testing.T) {
 	eq(t, "stored realized", views[0].RealizedPnL.Decimal, "3000")
 }
 
-// orderDecisions counts the statements that decide approvals (one per transaction).
-type orderDecisions struct{ n atomic.Int64 }
-
-func (c *orderDecisions) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	if strings.Contains(d.SQL, "UPDATE orders SET status = 'approved'") {
-		c.n.Add(1)
-	}
-	return ctx
-}
-
-func (c *orderDecisions) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-// Approvals send their statements in pipelines (pgx.Batch), which pgx traces as batches.
-func (c *orderDecisions) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	return ctx
-}
-
-func (c *orderDecisions) TraceBatchQuery(ctx context.Context, conn *pgx.Conn, d pgx.TraceBatchQueryData) {
-	c.TraceQueryStart(ctx, conn, pgx.TraceQueryStartData{SQL: d.SQL})
-}
-
-func (c *orderDecisions) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
-
 // Concurrent approvals of many orders on a few positions (buys and sells, crossing zero)
 // share transactions, and nothing is lost or applied twice: every approval succeeds with its
 // own order's trade, and every position holds exactly the sum of its trades' quantities and
 // realized P&L.
 func TestConcurrentApprovalsAreBatched(t *testing.T) {
 	t.Parallel()
-	var decisions orderDecisions
-	db, err := postgres.Open(context.Background(), postgres.Config{URL: pgtest.NewMigratedDatabase(t), MinConns: 1, Tracer: &decisions})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	e := &env{db: db, users: postgres.NewUserService(db), orders: postgres.NewOrderService(db, postgres.OrderServiceConfig{}),
-		portfolio: postgres.NewPortfolioService(db)}
-	traders := []*trading.User{e.addUser(t, "t1", trading.RoleTrader), e.addUser(t, "t2", trading.RoleTrader), e.addUser(t, "t3", trading.RoleTrader)}
-	approvers := []*trading.User{e.addUser(t, "r1", trading.RoleRisk), e.addUser(t, "a1", trading.RoleAdmin)}
+	decisions := &sqlTracer{match: "UPDATE orders SET status = 'approved'"} // one per transaction
+	e := newTracedEnv(t, pgtest.NewMigratedDatabase(t), decisions)
+	traders := []*trading.User{e.trader1, e.trader2, e.addUser(t, "t3", trading.RoleTrader)}
+	approvers := []*trading.User{e.risk1, e.admin}
 	symbols := []string{"BTC/USD", "ETH/USD"}
 	var orders []*trading.Order
 	for i := range 240 {
@@ -348,18 +355,9 @@ func TestConcurrentApprovalsAreBatched(t *testing.T) {
 // counted.
 func TestBatchesSharingOrdersDoNotDeadlock(t *testing.T) {
 	t.Parallel()
-	var deadlocks deadlockCounter
-	db, err := postgres.Open(context.Background(), postgres.Config{
-		URL:    pgtest.NewMigratedDatabase(t) + "&options=" + strings.ReplaceAll(url.QueryEscape("-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"), "+", "%20"),
-		Tracer: &deadlocks,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	e := &env{db: db, users: postgres.NewUserService(db), orders: postgres.NewOrderService(db, postgres.OrderServiceConfig{})}
-	e.trader1, e.trader2 = e.addUser(t, "trader1", trading.RoleTrader), e.addUser(t, "trader2", trading.RoleTrader)
-	e.risk1, e.admin = e.addUser(t, "risk1", trading.RoleRisk), e.addUser(t, "admin", trading.RoleAdmin)
+	tracer := &sqlTracer{}
+	e := newTracedEnv(t, pgtest.NewMigratedDatabase(t)+"&options="+
+		strings.ReplaceAll(url.QueryEscape("-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"), "+", "%20"), tracer)
 	other := postgres.NewOrderService(e.db, postgres.OrderServiceConfig{}) // a second replica
 	risk, admin := principalOf(e.risk1), principalOf(e.admin)
 	for round := range 10 {
@@ -401,35 +399,9 @@ func TestBatchesSharingOrdersDoNotDeadlock(t *testing.T) {
 	if n := e.count(t, `SELECT count(*) FROM trades`); n != 200 {
 		t.Fatalf("%d trades for 200 orders", n)
 	}
-	if n := deadlocks.n.Load(); n != 0 {
+	if n := tracer.deadlocks.Load(); n != 0 {
 		t.Fatalf("%d deadlocks between the batches (each cost a second and a retry of the whole batch)", n)
 	}
-}
-
-// deadlockCounter counts the statements PostgreSQL aborted to break a deadlock.
-type deadlockCounter struct{ n atomic.Int64 }
-
-func (c *deadlockCounter) count(err error) {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "40P01" {
-		c.n.Add(1)
-	}
-}
-
-func (c *deadlockCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	return ctx
-}
-func (c *deadlockCounter) TraceQueryEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
-	c.count(d.Err)
-}
-func (c *deadlockCounter) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	return ctx
-}
-func (c *deadlockCounter) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
-	c.count(d.Err)
-}
-func (c *deadlockCounter) TraceBatchEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchEndData) {
-	c.count(d.Err)
 }
 
 // A position locked by a stuck transaction elsewhere (a replica frozen mid-approval) fails the
