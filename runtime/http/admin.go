@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,20 +29,35 @@ func (m AdminMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // NewAdminHandler returns the admin port's handler with /healthz and /readyz.
 //
 // /healthz is 200 while the process serves. /readyz is 200 when ready returns nil and 503
-// otherwise, with a JSON body saying what is down (ready's error, which should name the
-// dependency, e.g. trading.Unavailable("database", err)).
+// otherwise, a problem (like every error) whose detail says what is down (ready's error,
+// which should name the dependency, e.g. trading.Unavailable("database", err)).
 func NewAdminHandler(ready func(context.Context) error) AdminMux {
 	mux := newAdminMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
 		defer cancel()
 		if err := ready(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": readyMessage(err)})
+			writeNotReady(w, readyMessage(err), nil)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	return mux
+}
+
+// notReady is /readyz's 503: a problem+json (the contract's form of every error) that also
+// carries every check's state, as the 200 does.
+type notReady struct {
+	Problem
+	Checks map[string]string `json:"checks,omitempty"`
+}
+
+func writeNotReady(w http.ResponseWriter, detail string, checks map[string]string) {
+	status := http.StatusServiceUnavailable
+	writeJSONAs(w, status, "application/problem+json", notReady{
+		Problem: Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: "not ready: " + detail},
+		Checks:  checks,
+	})
 }
 
 // ReadyCheck is one dependency that /readyz looks at.
@@ -55,14 +71,16 @@ type ReadyCheck struct {
 
 // Readiness is the body of /readyz from NewAdminHandlerWithChecks.
 type Readiness struct {
-	// Status is "ready", "degraded" (an optional dependency is down) or "unavailable".
+	// Status is "ready" or "degraded" (an optional dependency is down); unavailable is the
+	// 503's problem.
 	Status string `json:"status"`
 	// Checks maps each dependency to "ok" or what is wrong with it.
 	Checks map[string]string `json:"checks"`
 }
 
 // NewAdminHandlerWithChecks is NewAdminHandler with named checks, run concurrently: 503
-// when a required one fails, 200 otherwise, and every check's state in the body.
+// when a required one fails, 200 otherwise, and every check's state in the body (in the
+// 503's problem too, under "checks").
 func NewAdminHandlerWithChecks(checks ...ReadyCheck) AdminMux {
 	mux := newAdminMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +98,7 @@ func NewAdminHandlerWithChecks(checks ...ReadyCheck) AdminMux {
 		wg.Wait()
 
 		body := Readiness{Status: "ready", Checks: map[string]string{}}
-		status := http.StatusOK
+		var down []string
 		for i, c := range checks {
 			if errs[i] == nil {
 				body.Checks[c.Name] = "ok"
@@ -92,10 +110,14 @@ func NewAdminHandlerWithChecks(checks ...ReadyCheck) AdminMux {
 					body.Status = "degraded"
 				}
 			} else {
-				body.Status, status = "unavailable", http.StatusServiceUnavailable
+				down = append(down, c.Name+": "+body.Checks[c.Name])
 			}
 		}
-		writeJSON(w, status, body)
+		if len(down) > 0 {
+			writeNotReady(w, strings.Join(down, "; "), body.Checks)
+			return
+		}
+		writeJSON(w, http.StatusOK, body)
 	})
 	return mux
 }

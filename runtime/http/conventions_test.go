@@ -3,6 +3,7 @@ package http_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -242,11 +243,12 @@ func TestUnavailableDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var body map[string]string
+	var body rthttp.Problem
 	_ = json.NewDecoder(resp.Body).Decode(&body)
 	resp.Body.Close()
-	if resp.StatusCode != 503 || !strings.Contains(body["error"], "database") {
-		t.Errorf("readyz %d %v, want 503 naming the database", resp.StatusCode, body)
+	if resp.StatusCode != 503 || resp.Header.Get("Content-Type") != "application/problem+json" ||
+		body.Status != 503 || !strings.Contains(body.Detail, "database") {
+		t.Errorf("readyz %d %q %+v, want a 503 problem naming the database", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
 	resp, err = http.Get(admin.URL + "/healthz")
 	if err != nil {
@@ -306,13 +308,15 @@ func TestAdminHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var body map[string]string
+	var body rthttp.Problem
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 503 || body["error"] != "database is unavailable" || body["status"] != "unavailable" {
-		t.Errorf("readyz %d %v", resp.StatusCode, body)
+	if resp.StatusCode != 503 || resp.Header.Get("Content-Type") != "application/problem+json" ||
+		body.Status != 503 || body.Title != "Service Unavailable" || body.Detail != "not ready: database is unavailable" {
+		t.Errorf("readyz %d %q %+v", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
+	checkSecurityHeaders(t, "readyz 503", resp.Header)
 }
 
 func TestOpenAPI(t *testing.T) {
@@ -396,7 +400,7 @@ func TestAdminHandlerWithChecks(t *testing.T) {
 	}
 	defer dead.Close()
 
-	get := func(checks ...rthttp.ReadyCheck) (int, rthttp.Readiness) {
+	get := func(checks ...rthttp.ReadyCheck) (int, string, []byte) {
 		srv := httptest.NewServer(rthttp.NewAdminHandlerWithChecks(checks...))
 		defer srv.Close()
 		resp, err := http.Get(srv.URL + "/readyz")
@@ -405,24 +409,39 @@ func TestAdminHandlerWithChecks(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		checkSecurityHeaders(t, "readyz", resp.Header)
-		var body rthttp.Readiness
-		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return resp.StatusCode, body
+		return resp.StatusCode, resp.Header.Get("Content-Type"), b
 	}
-	status, body := get(rthttp.ReadyCheck{Name: "database", Check: e.db.Ping}, rthttp.ReadyCheck{Name: "redis", Check: e.db.Ping, Optional: true})
-	if status != 200 || body.Status != "ready" || body.Checks["database"] != "ok" || body.Checks["redis"] != "ok" {
+	ready := func(b []byte) rthttp.Readiness {
+		var body rthttp.Readiness
+		if err := json.Unmarshal(b, &body); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		return body
+	}
+	status, _, b := get(rthttp.ReadyCheck{Name: "database", Check: e.db.Ping}, rthttp.ReadyCheck{Name: "redis", Check: e.db.Ping, Optional: true})
+	if body := ready(b); status != 200 || body.Status != "ready" || body.Checks["database"] != "ok" || body.Checks["redis"] != "ok" {
 		t.Errorf("all up: %d %+v", status, body)
 	}
 	// An optional dependency down: still ready, and the body says what is degraded.
-	status, body = get(rthttp.ReadyCheck{Name: "database", Check: e.db.Ping}, rthttp.ReadyCheck{Name: "redis", Check: dead.Ping, Optional: true})
-	if status != 200 || body.Status != "degraded" || body.Checks["redis"] == "ok" || body.Checks["database"] != "ok" {
+	status, _, b = get(rthttp.ReadyCheck{Name: "database", Check: e.db.Ping}, rthttp.ReadyCheck{Name: "redis", Check: dead.Ping, Optional: true})
+	if body := ready(b); status != 200 || body.Status != "degraded" || body.Checks["redis"] == "ok" || body.Checks["database"] != "ok" {
 		t.Errorf("optional down: %d %+v", status, body)
 	}
-	// The database down: 503.
-	status, body = get(rthttp.ReadyCheck{Name: "database", Check: dead.Ping}, rthttp.ReadyCheck{Name: "redis", Check: e.db.Ping, Optional: true})
-	if status != 503 || body.Status != "unavailable" || !strings.Contains(body.Checks["database"], "database") {
-		t.Errorf("database down: %d %+v", status, body)
+	// The database down: 503, a problem (as every error) naming it, with every check's state.
+	status, contentType, b := get(rthttp.ReadyCheck{Name: "database", Check: dead.Ping}, rthttp.ReadyCheck{Name: "redis", Check: e.db.Ping, Optional: true})
+	var problem struct {
+		rthttp.Problem
+		Checks map[string]string `json:"checks"`
+	}
+	if err := json.Unmarshal(b, &problem); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	if status != 503 || contentType != "application/problem+json" || problem.Status != 503 ||
+		!strings.Contains(problem.Detail, "database") || !strings.Contains(problem.Checks["database"], "database") || problem.Checks["redis"] != "ok" {
+		t.Errorf("database down: %d %q %s", status, contentType, b)
 	}
 }
