@@ -74,7 +74,7 @@ func (s *OrderService) approveBatch(ctx context.Context, batch []approval) ([]ap
 		alone[0] = true
 	} else {
 		ctx, cancel := s.db.bound(detached)
-		err := s.approveTogether(ctx, batch, out, alone)
+		err := s.approveTogether(ctx, batch, out, alone, batchLockTimeout)
 		cancel()
 		if err != nil && !refusedByServer(err) {
 			// The database is down, or the outcome is unknown (an error after COMMIT was
@@ -110,7 +110,7 @@ func (s *OrderService) approveBatch(ctx context.Context, batch []approval) ([]ap
 // approveOne is a batch of one: the approval, or why the order could not be approved.
 func (s *OrderService) approveOne(ctx context.Context, a approval) approved {
 	out, alone := make([]approved, 1), make([]bool, 1)
-	if err := s.approveTogether(ctx, []approval{a}, out, alone); err != nil {
+	if err := s.approveTogether(ctx, []approval{a}, out, alone, lockTimeout); err != nil {
 		return approved{err: err}
 	}
 	if alone[0] {
@@ -126,13 +126,13 @@ type positionKey struct {
 
 // approveTogether runs the batch's transaction. It fills out for the approvals it executed
 // and sets alone for the others; on error nothing was committed.
-func (s *OrderService) approveTogether(ctx context.Context, batch []approval, out []approved, alone []bool) error {
+func (s *OrderService) approveTogether(ctx context.Context, batch []approval, out []approved, alone []bool, lockWait time.Duration) error {
 	conn, err := s.db.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	err = approveTogether(ctx, conn.Conn(), batch, out, alone)
+	err = approveTogether(ctx, conn.Conn(), batch, out, alone, lockWait)
 	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' {
 		rctx, cancel := s.db.bound(context.WithoutCancel(ctx))
 		_, _ = conn.Exec(rctx, "ROLLBACK")
@@ -141,7 +141,7 @@ func (s *OrderService) approveTogether(ctx context.Context, batch []approval, ou
 	return err
 }
 
-func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out []approved, alone []bool) error {
+func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out []approved, alone []bool, lockWait time.Duration) error {
 	// The first approval of each order goes into the UPDATE; a second one of the same order
 	// is answered alone afterwards (409 once the first has approved it).
 	first := make(map[uuid.UUID]int, len(batch))
@@ -159,7 +159,7 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(setLockTimeout(ctx))
+	b.Queue(setLockTimeout, lockTimeoutSetting(ctx, lockWait))
 	b.Queue(`SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
 	b.Queue(`
 		INSERT INTO positions AS p (user_id, symbol)
@@ -169,10 +169,12 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 		ORDER BY 1, 2
 		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
 		RETURNING p.user_id, p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, ids, approvers)
+	// One clock reading per order (decided_at and updated_at the same instant), taken as the
+	// array is read: the decisions are in the batch's order, whatever the join's plan.
 	b.Queue(`
-		UPDATE orders SET status = 'approved', decided_by = d.approver_id,
-			decided_at = clock_timestamp(), updated_at = clock_timestamp()
-		FROM unnest($1::uuid[], $2::uuid[]) AS d(order_id, approver_id)
+		UPDATE orders SET status = 'approved', decided_by = d.approver_id, decided_at = d.at, updated_at = d.at
+		FROM (SELECT order_id, approver_id, clock_timestamp() AS at
+			FROM unnest($1::uuid[], $2::uuid[]) AS u(order_id, approver_id)) AS d
 		WHERE id = d.order_id AND status = 'pending' AND requested_by <> d.approver_id
 		RETURNING `+orderColumns, ids, approvers)
 	br := conn.SendBatch(ctx, b)
@@ -226,7 +228,7 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 	}
 	b.Queue("COMMIT")
 	br = conn.SendBatch(ctx, b)
-	err = readTrades(br, len(decided) > 0, trades)
+	err = readTrades(br, len(decided) > 0)
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
@@ -249,7 +251,7 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 // readDecisions reads the first round trip: BEGIN, the lock timeout, the orders' locks, the
 // locked positions, the decided orders.
 func readDecisions(br pgx.BatchResults) ([]*trading.Order, map[positionKey]trading.Position, error) {
-	for range 2 {
+	for range 2 { // BEGIN, the lock timeout
 		if _, err := br.Exec(); err != nil {
 			return nil, nil, err
 		}
@@ -287,27 +289,34 @@ func readDecisions(br pgx.BatchResults) ([]*trading.Order, map[positionKey]tradi
 	return decided, positions, err
 }
 
-// setLockTimeout is the statement that bounds this transaction's lock waits: lockTimeout,
-// or less when ctx ends sooner. A transaction elsewhere that holds a row (a replica frozen
-// mid-approval) then fails the approvals that need the row, instead of holding them, and
-// everything queued behind them, until the query timeout.
-func setLockTimeout(ctx context.Context) string {
-	d := lockTimeout
+// setLockTimeout bounds this transaction's lock waits (lockTimeoutSetting); one statement
+// text whatever the value, so that it is prepared once.
+const setLockTimeout = `SELECT set_config('lock_timeout', $1, true)`
+
+// lockTimeoutSetting is the lock_timeout of a transaction: wait, or less when ctx ends
+// sooner. A transaction elsewhere that holds a row (a replica frozen mid-approval) then fails
+// the approvals that need the row instead of holding them, and everything queued behind them,
+// until the query timeout.
+func lockTimeoutSetting(ctx context.Context, wait time.Duration) string {
 	if deadline, ok := ctx.Deadline(); ok {
-		d = min(d, time.Until(deadline)/2)
+		wait = min(wait, time.Until(deadline)/2)
 	}
-	return fmt.Sprintf("SET LOCAL lock_timeout = %d", max(d.Milliseconds(), 1))
+	return fmt.Sprintf("%dms", max(wait.Milliseconds(), 1))
 }
 
-// lockTimeout: approvals hold their locks for two round trips, a few milliseconds; a wait of a
-// second means the holder is stuck.
-const lockTimeout = time.Second
+// Lock waits. Approvals hold their locks for two round trips, a few milliseconds, so a batch
+// that waits longer than batchLockTimeout most likely met a stuck transaction: it gives up
+// early and its approvals are retried alone, each waiting up to lockTimeout, so that one stuck
+// row costs only the approvals that need it.
+const (
+	batchLockTimeout = 200 * time.Millisecond
+	lockTimeout      = time.Second
+)
 
 const insertTradesSQL = `
 	INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, realized_pnl, executed_at, id)
 	SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
-		$7::numeric[], $8::timestamptz[], $9::uuid[])
-	RETURNING order_id, id, executed_at`
+		$7::numeric[], $8::timestamptz[], $9::uuid[])`
 
 func tradeArrays(trades []*trading.Trade) []any {
 	n := len(trades)
@@ -349,42 +358,19 @@ func positionArrays(keys []positionKey, positions map[positionKey]trading.Positi
 	return []any{users, symbols, quantity, avgEntry, realzd, updatedAt}
 }
 
-// readTrades reads the second round trip: the trades' ids and execution times (when there
-// were trades), and COMMIT.
-func readTrades(br pgx.BatchResults, withTrades bool, trades []*trading.Trade) error {
+// readTrades reads the second round trip: the trades' INSERT and the positions' UPDATE (when
+// there were trades), and COMMIT. Nothing is scanned: the trades' ids and times were chosen
+// before, so any error here is the server's (the transaction rolled back) or the
+// connection's (the outcome unknown), never the client's after a COMMIT that went through.
+func readTrades(br pgx.BatchResults, withTrades bool) error {
+	n := 1
 	if withTrades {
-		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		byOrder := make(map[uuid.UUID]*trading.Trade, len(trades))
-		for _, t := range trades {
-			byOrder[t.OrderID] = t
-		}
-		for rows.Next() {
-			var (
-				orderID uuid.UUID
-				t       trading.Trade
-			)
-			if err := rows.Scan(&orderID, &t.ID, &t.ExecutedAt); err != nil {
-				rows.Close()
-				return err
-			}
-			tr, ok := byOrder[orderID]
-			if !ok {
-				rows.Close()
-				return errors.New("postgres: a trade of an order not in the batch")
-			}
-			tr.ID, tr.ExecutedAt = t.ID, t.ExecutedAt.UTC()
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if _, err := br.Exec(); err != nil { // the positions
+		n = 3
+	}
+	for range n {
+		if _, err := br.Exec(); err != nil {
 			return err
 		}
 	}
-	_, err := br.Exec() // COMMIT
-	return err
+	return nil
 }

@@ -240,6 +240,25 @@ func TestApproveBatchAnswersEachApproval(t *testing.T) {
 	if err != nil || len(trades) != 3 {
 		t.Fatalf("trader1's trades: %v, %v", trades, err)
 	}
+	// What the approvals answered is what was stored: the trades' ids and execution times,
+	// and one instant for each order's decided_at and updated_at.
+	for _, i := range []int{0, 2, 7} {
+		r := out[i]
+		stored, err := e.orders.FindOrderByID(as(e.admin), r.Order.ID)
+		if err != nil || !stored.DecidedAt.Equal(*r.Order.DecidedAt) || !stored.UpdatedAt.Equal(*stored.DecidedAt) ||
+			!r.Order.UpdatedAt.Equal(*r.Order.DecidedAt) || !r.Trade.ExecutedAt.Equal(*r.Order.DecidedAt) {
+			t.Errorf("approval %d: answered %+v / trade %+v, stored %+v (%v)", i, r.Order, r.Trade, stored, err)
+		}
+		var found bool
+		for _, tr := range trades {
+			if tr.ID == r.Trade.ID {
+				found = tr.OrderID == r.Order.ID && tr.ExecutedAt.Equal(r.Trade.ExecutedAt) && tr.RealizedPnL.Equal(r.Trade.RealizedPnL.Decimal)
+			}
+		}
+		if !found {
+			t.Errorf("approval %d answered trade %+v, which is not stored as such", i, r.Trade)
+		}
+	}
 	slices.Reverse(trades) // oldest first
 	if trades[0].OrderID != buy1.ID || trades[1].OrderID != buy2.ID || trades[2].OrderID != sell.ID {
 		t.Fatalf("trades in the order %s %s %s, want the batch's decision order", trades[0].OrderID, trades[1].OrderID, trades[2].OrderID)
@@ -256,6 +275,38 @@ func TestApproveBatchAnswersEachApproval(t *testing.T) {
 	eq(t, "stored quantity", views[0].Quantity.Decimal, "-100")
 	eq(t, "stored avg entry", views[0].AvgEntryPrice.Decimal, "170")
 	eq(t, "stored realized", views[0].RealizedPnL.Decimal, "3000")
+	if !views[0].UpdatedAt.Equal(out[7].Trade.ExecutedAt) {
+		t.Errorf("position updated at %s, want its last trade's execution %s", views[0].UpdatedAt, out[7].Trade.ExecutedAt)
+	}
+}
+
+// A decider whose user was deleted since its token was issued gets 401, as a requester does,
+// for an approval alone, in a batch (whose other approvals go through) and for a rejection.
+func TestDeletedDeciderIsUnauthorized(t *testing.T) {
+	t.Parallel()
+	e := newEnvTB(t)
+	gone := e.addUser(t, "gone", trading.RoleRisk)
+	if _, err := e.db.Pool().Exec(context.Background(), `DELETE FROM users WHERE id = $1`, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	_, _, err := e.orders.ApproveOrder(as(gone), o.ID)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	_, err = e.orders.RejectOrder(as(gone), o.ID, "")
+	wantCode(t, err, trading.EUNAUTHORIZED)
+
+	other := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	out, err := e.orders.ApproveBatch(context.Background(), []postgres.Approval{
+		{OrderID: o.ID, Approver: principalOf(gone)}, {OrderID: other.ID, Approver: principalOf(e.risk1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Err == nil || out[1].Err != nil || out[1].Trade == nil {
+		t.Fatalf("batch with a deleted approver: %+v, want its approval refused and the other executed", out)
+	}
+	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'pending'`, o.ID); n != 1 {
+		t.Fatal("the order a deleted user approved is no longer pending")
+	}
 }
 
 // Concurrent approvals of many orders on a few positions (buys and sells, crossing zero)
@@ -346,13 +397,11 @@ func TestConcurrentApprovalsAreBatched(t *testing.T) {
 }
 
 // Two replicas approving the same orders in batches, in opposite orders (retries that reached
-// both): no deadlock and no 503; each order is approved exactly once, the other approval of it
-// is 409.
-//
-// The planner is told to prefer nested loops, as it does on a large orders table, so that the
-// statements visit the orders in the order of the batch's arrays (opposite in the two
-// batches) unless the transaction imposes its own order; any deadlock PostgreSQL breaks is
-// counted.
+// both): no 503 and no deadlock; each order is approved exactly once, the other approval of it
+// is 409. The planner is told to prefer nested loops, as on a large orders table, so that the
+// statements visit the orders in each batch's array order; PostgreSQL's deadlocks are
+// counted. (The batches also share positions, which alone serializes them: this checks the
+// outcome of the race, not each of the lock orders that prevent a cycle.)
 func TestBatchesSharingOrdersDoNotDeadlock(t *testing.T) {
 	t.Parallel()
 	tracer := &sqlTracer{}

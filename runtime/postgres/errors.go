@@ -84,7 +84,16 @@ func databaseDown(err error) bool {
 // Any other error after a COMMIT was sent leaves the outcome unknown.
 func refusedByServer(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && !databaseDown(err)
+	// ERROR aborts the statement and its transaction; FATAL and PANIC end the session, maybe
+	// after a COMMIT the client did not see.
+	if !errors.As(err, &pgErr) || databaseDown(err) {
+		return false
+	}
+	severity := pgErr.SeverityUnlocalized // the localized one may be translated
+	if severity == "" {
+		severity = pgErr.Severity
+	}
+	return severity == "ERROR"
 }
 
 // unavailable reports whether err means the database could not answer in time.

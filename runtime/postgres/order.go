@@ -225,6 +225,9 @@ func (s *OrderService) insertOrders(ctx context.Context, batch []orderInsert) ([
 		ctx, cancel := s.db.bound(detached) // each its own time: one slow insert must not starve the rest
 		r, err := s.insertOrderRows(ctx, batch[i:i+1])
 		cancel()
+		if databaseDown(err) {
+			return nil, err // the rest would wait out their timeouts one after another; the queue fails too
+		}
 		if err != nil {
 			out[i].err = err
 			continue
@@ -476,7 +479,9 @@ func decide(ctx context.Context, tx pgx.Tx, p trading.Principal, id uuid.UUID, s
 // decideSQL is decide's UPDATE: $1 the order, $2 the decider, set the new status and what
 // goes with it (its own arguments from $3).
 func decideSQL(set string) string {
-	return `UPDATE orders SET ` + set + `, decided_by = $2, decided_at = clock_timestamp(), updated_at = clock_timestamp()
+	// One clock reading: decided_at and updated_at of a decision are the same instant.
+	return `UPDATE orders SET ` + set + `, decided_by = $2, decided_at = c.at, updated_at = c.at
+		FROM (SELECT clock_timestamp() AS at) c
 		WHERE id = $1 AND status = 'pending' AND requested_by <> $2
 		RETURNING ` + orderColumns
 }
@@ -544,6 +549,9 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	r, err := s.approvals.Do(bctx, approval{orderID: id, approver: p})
 	if err == nil {
 		err = r.err
+	}
+	if isForeignKeyViolation(err) {
+		return nil, nil, errDeciderGone() // a valid token of a user deleted since
 	}
 	if err != nil {
 		return nil, nil, s.db.mapError(err)
@@ -619,8 +627,17 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = NULLIF($3, '')`, reason)
 		return err
 	})
+	if isForeignKeyViolation(err) {
+		return nil, errDeciderGone() // a valid token of a user deleted since
+	}
 	if err == nil {
 		s.invalidate(ctx, order.RequestedBy, trading.ViewSummary) // the requester's pending_orders changed
 	}
 	return order, err
+}
+
+// errDeciderGone: the decision's foreign key to the decider failed, so the token outlived its
+// user (as CreateOrder answers for the requester).
+func errDeciderGone() error {
+	return trading.Errorf(trading.EUNAUTHORIZED, "the user no longer exists")
 }
