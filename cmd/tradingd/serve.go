@@ -218,7 +218,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		m.WatchCache("l2", portfolio.L2Stats)
 	}
 	orders := m.OrderService(postgres.NewOrderService(db, postgres.OrderServiceConfig{
-		MaxDailyLoss: cfg.MaxDailyLoss, Invalidator: portfolio, Logger: logger,
+		MaxDailyLoss: cfg.MaxDailyLoss, Invalidator: portfolio, Logger: logger, ObserveBatch: m.ObserveBatch,
 	}))
 	limiter := ratelimit.New(ratelimit.Config{
 		Login: cfg.RateLimitLogin, Trading: cfg.RateLimitTrading, Data: cfg.RateLimitData,

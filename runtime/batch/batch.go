@@ -39,6 +39,9 @@ type Config struct {
 	// at once (wrapping ErrAheadFailed and the error) instead of sending them one batch after
 	// another to a server that is gone, each waiting out its timeout.
 	FailQueued func(error) bool
+	// Observe, when set, is told the size of every batch as it is sent (a metric: how much the
+	// combining saves).
+	Observe func(size int)
 }
 
 // Batcher combines concurrent calls. The zero value is not usable: use New.
@@ -146,6 +149,9 @@ func (b *Batcher[Req, Resp]) run(ctx context.Context, batch []*call[Req, Resp]) 
 	reqs := make([]Req, len(batch))
 	for i, c := range batch {
 		reqs[i] = c.req
+	}
+	if b.cfg.Observe != nil {
+		b.cfg.Observe(len(batch))
 	}
 	defer func() {
 		// A panic here would leave the slot taken and every later call queued forever; the

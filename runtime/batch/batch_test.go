@@ -13,7 +13,7 @@ import (
 // Every caller gets its own response, whether it went alone or in a batch; under many
 // concurrent callers batches form, and neither MaxInFlight nor MaxBatch is exceeded.
 func TestConcurrentCallersGetTheirOwnResponses(t *testing.T) {
-	var inFlight, maxInFlight, maxSize, batched atomic.Int64
+	var inFlight, maxInFlight, maxSize, batched, observed atomic.Int64
 	b := New(func(_ context.Context, reqs []int) ([]int, error) {
 		n := inFlight.Add(1)
 		defer inFlight.Add(-1)
@@ -30,7 +30,7 @@ func TestConcurrentCallersGetTheirOwnResponses(t *testing.T) {
 			out[i] = r * 2
 		}
 		return out, nil
-	}, Config{MaxInFlight: 2, MaxBatch: 8})
+	}, Config{MaxInFlight: 2, MaxBatch: 8, Observe: func(size int) { observed.Add(int64(size)) }})
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
@@ -60,6 +60,9 @@ func TestConcurrentCallersGetTheirOwnResponses(t *testing.T) {
 	}
 	if b.inFlight != 0 || len(b.queue) != 0 {
 		t.Errorf("after the calls: %d in flight, %d queued", b.inFlight, len(b.queue))
+	}
+	if observed.Load() != 64*50 {
+		t.Errorf("Observe saw batches of %d calls in all, want %d", observed.Load(), 64*50)
 	}
 }
 

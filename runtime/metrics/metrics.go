@@ -65,6 +65,7 @@ type Metrics struct {
 	rateRejections  *prometheus.CounterVec
 	rateFallback    prometheus.Gauge
 	redisUp         prometheus.Gauge
+	dbBatchSize     *prometheus.HistogramVec
 
 	cacheMu     sync.Mutex
 	cacheLevels map[string]func() (entries, bytes int64)
@@ -133,13 +134,17 @@ func New(version string) *Metrics {
 		redisUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "redis_up", Help: "1 while Redis answers, 0 while the cache and the rate limits run degraded.",
 		}),
+		dbBatchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "db_batch_size", Help: "Writes combined into one statement or transaction, by operation (insert_orders, approve_orders).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+		}, []string{"operation"}),
 		cacheLevels: map[string]func() (int64, int64){},
 	}
 	m.appInfo.WithLabelValues(version).Set(1)
 	m.reg.MustRegister(
 		m.requests, m.requestDuration, m.dbQueries, m.dbQueryDuration, m.cacheHits, m.cacheMisses,
 		m.trades, m.tradesPnL, m.ordersApproved, m.ordersRejected, m.orderProcessing, m.appInfo,
-		m.healthFailures, m.rateRejections, m.rateFallback, m.redisUp,
+		m.healthFailures, m.rateRejections, m.rateFallback, m.redisUp, m.dbBatchSize,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "uptime_seconds", Help: "Seconds since the process started serving.",
 		}, func() float64 { return time.Since(start).Seconds() }),
@@ -159,6 +164,12 @@ func New(version string) *Metrics {
 		m.rateRejections.WithLabelValues(c)
 	}
 	return m
+}
+
+// ObserveBatch records the size of a batch of database writes (postgres.OrderServiceConfig's
+// ObserveBatch).
+func (m *Metrics) ObserveBatch(operation string, size int) {
+	m.dbBatchSize.WithLabelValues(operation).Observe(float64(size))
 }
 
 // Registry returns the registry (to register more collectors, or to gather in tests).

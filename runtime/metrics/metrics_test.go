@@ -65,7 +65,7 @@ func TestContractSeriesAfterASession(t *testing.T) {
 		return trading.Principal{UserID: id, Username: name, Roles: []trading.Role{role}}
 	}
 	trader, risk := mk("trader1", trading.RoleTrader), mk("risk1", trading.RoleRisk)
-	orders := m.OrderService(postgres.NewOrderService(db, postgres.OrderServiceConfig{}))
+	orders := m.OrderService(postgres.NewOrderService(db, postgres.OrderServiceConfig{ObserveBatch: m.ObserveBatch}))
 	tctx := trading.NewContextWithPrincipal(context.Background(), trader)
 	rctx := trading.NewContextWithPrincipal(context.Background(), risk)
 	submit := func(side trading.Side, qty, price string) *trading.Order {
@@ -126,6 +126,8 @@ func TestContractSeriesAfterASession(t *testing.T) {
 		`rate_limit_rejections_total{class="login"} 1`,
 		`cache_entries{cache_level="l1"} 3`,
 		`db_queries_total{operation="insert",table="orders"}`,
+		`db_batch_size_count{operation="insert_orders"} 4`, // four submissions, one at a time
+		`db_batch_size_count{operation="approve_orders"} 2`,
 		`db_queries_total{operation="update",table="orders"}`,
 		`db_query_duration_seconds_bucket{table="trades",le="0.001"}`,
 		`order_processing_time_seconds_count{status="approved"} 2`,

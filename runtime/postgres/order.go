@@ -29,6 +29,9 @@ type OrderServiceConfig struct {
 	Invalidator trading.Invalidator
 	// Logger receives the failures that do not fail a call (a failed invalidation). Optional.
 	Logger *slog.Logger
+	// ObserveBatch, when set, is told the size of every batch of writes as it is sent:
+	// operation "insert_orders" or "approve_orders" (a metric). Optional.
+	ObserveBatch func(operation string, size int)
 }
 
 // OrderService implements trading.OrderService, the four-eyes workflow.
@@ -49,8 +52,16 @@ func NewOrderService(db *DB, cfg OrderServiceConfig) *OrderService {
 		log = slog.Default()
 	}
 	s := &OrderService{db: db, cfg: cfg, log: log}
-	s.inserts = batch.New(s.insertOrders, batch.Config{MaxInFlight: insertsInFlight, MaxBatch: maxInsertBatch, FailQueued: databaseDown})
-	s.approvals = batch.New(s.approveBatch, batch.Config{MaxInFlight: approvalsInFlight, MaxBatch: maxApprovalBatch, FailQueued: databaseDown})
+	observe := func(operation string) func(int) {
+		if cfg.ObserveBatch == nil {
+			return nil
+		}
+		return func(size int) { cfg.ObserveBatch(operation, size) }
+	}
+	s.inserts = batch.New(s.insertOrders, batch.Config{MaxInFlight: insertsInFlight, MaxBatch: maxInsertBatch,
+		FailQueued: databaseDown, Observe: observe("insert_orders")})
+	s.approvals = batch.New(s.approveBatch, batch.Config{MaxInFlight: approvalsInFlight, MaxBatch: maxApprovalBatch,
+		FailQueued: databaseDown, Observe: observe("approve_orders")})
 	return s
 }
 
