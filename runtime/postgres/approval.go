@@ -193,38 +193,31 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 		}
 		return bytes.Compare(a.ID[:], b.ID[:])
 	})
-	var (
-		trades  = make([]*trading.Trade, len(decided))
-		touched []positionKey
-	)
+	// Trades are listed, and the mark is taken, by execution time and then id: two trades
+	// decided in the same microsecond must sort in the order they were applied, so their ids
+	// are random but increasing in that order.
+	tradeIDs := make([]uuid.UUID, len(decided))
+	for i := range tradeIDs {
+		tradeIDs[i] = uuid.New()
+	}
+	slices.SortFunc(tradeIDs, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	trades := make([]*trading.Trade, len(decided))
 	for i, o := range decided {
 		k := positionKey{o.RequestedBy, o.Symbol}
 		pos, ok := positions[k]
 		if !ok {
 			return errors.New("postgres: the position of a decided order was not locked")
 		}
-		if !slices.Contains(touched, k) {
-			touched = append(touched, k)
-		}
 		positions[k], trades[i] = execute(pos, o)
-		trades[i].ExecutedAt = *o.DecidedAt
-	}
-	// Trades are listed, and the mark is taken, by execution time and then id: two trades
-	// decided in the same microsecond must sort in the order they were applied, so their ids
-	// are random but increasing in that order.
-	tradeIDs := make([]uuid.UUID, len(trades))
-	for i := range tradeIDs {
-		tradeIDs[i] = uuid.New()
-	}
-	slices.SortFunc(tradeIDs, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
-	for i, t := range trades {
-		t.ID = tradeIDs[i]
+		trades[i].ID = tradeIDs[i]
 	}
 
 	b = &pgx.Batch{}
 	if len(decided) > 0 {
 		b.Queue(insertTradesSQL, tradeArrays(trades)...)
-		b.Queue(updatePositionsSQL, positionArrays(touched, positions)...)
+		// Every locked position is one a decided order moves: the upsert locked those of the
+		// orders the UPDATE then decided, with the orders' rows held in between.
+		b.Queue(updatePositionsSQL, positionArrays(positions)...)
 	}
 	b.Queue("COMMIT")
 	br = conn.SendBatch(ctx, b)
@@ -246,6 +239,21 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 		}
 	}
 	return nil
+}
+
+// execute applies the decided order o to its requester's position pos: the position after
+// the trade, and the trade (without its id). The trade executes at the order's decision time,
+// which was taken with the position held: a position's trades execute in the order they are
+// applied to it, which is what the mark ("latest trade") and the trades' listing rely on.
+func execute(pos trading.Position, o *trading.Order) (trading.Position, *trading.Trade) {
+	next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
+	// Realized P&L is stored at Scale digits; the position adds exactly what the trade
+	// row says, so the sum of a user's trades always equals the position's realized P&L.
+	realized = realized.Round(trading.Scale)
+	next.RealizedPnL = pos.RealizedPnL.Add(realized)
+	next.UserID, next.Symbol, next.UpdatedAt = pos.UserID, pos.Symbol, *o.DecidedAt
+	return next, &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
+		Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized), ExecutedAt: *o.DecidedAt}
 }
 
 // readDecisions reads the first round trip: BEGIN, the lock timeout, the orders' locks, the
@@ -342,18 +350,19 @@ const updatePositionsSQL = `
 		AS n(user_id, symbol, quantity, avg_entry_price, realized_pnl, updated_at)
 	WHERE p.user_id = n.user_id AND p.symbol = n.symbol`
 
-func positionArrays(keys []positionKey, positions map[positionKey]trading.Position) []any {
-	n := len(keys)
+func positionArrays(positions map[positionKey]trading.Position) []any {
+	n := len(positions)
 	var (
-		users                      = make([]uuid.UUID, n)
-		symbols                    = make([]string, n)
-		quantity, avgEntry, realzd = make([]string, n), make([]string, n), make([]string, n)
-		updatedAt                  = make([]time.Time, n)
+		users                      = make([]uuid.UUID, 0, n)
+		symbols                    = make([]string, 0, n)
+		quantity, avgEntry, realzd = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+		updatedAt                  = make([]time.Time, 0, n)
 	)
-	for i, k := range keys {
-		p := positions[k]
-		users[i], symbols[i], updatedAt[i] = k.user, k.symbol, p.UpdatedAt
-		quantity[i], avgEntry[i], realzd[i] = numArg(p.Quantity), numArg(p.AvgEntryPrice), numArg(p.RealizedPnL)
+	for _, p := range positions {
+		users, symbols, updatedAt = append(users, p.UserID), append(symbols, p.Symbol), append(updatedAt, p.UpdatedAt)
+		quantity = append(quantity, numArg(p.Quantity))
+		avgEntry = append(avgEntry, numArg(p.AvgEntryPrice))
+		realzd = append(realzd, numArg(p.RealizedPnL))
 	}
 	return []any{users, symbols, quantity, avgEntry, realzd, updatedAt}
 }

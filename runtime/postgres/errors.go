@@ -70,13 +70,19 @@ func mapError(err error) error {
 func databaseDown(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections:
-			return true
-		}
-		return false
+		return serverDown(pgErr.Code)
 	}
 	return unavailable(err)
+}
+
+// serverDown reports whether a SQLSTATE says the server cannot serve now: shutting down,
+// refusing connections, or cancelling the statement at its timeout.
+func serverDown(code string) bool {
+	switch code {
+	case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections:
+		return true
+	}
+	return false
 }
 
 // refusedByServer reports whether the server refused a statement: its transaction did not
@@ -104,13 +110,12 @@ func unavailable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
-		case codeQueryCanceled, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections,
-			// transient by nature: the same call may succeed when retried (a lock not granted
-			// within lock_timeout: another transaction holds the row)
-			codeSerializationFailure, codeDeadlockDetected, codeLockNotAvailable:
+		// transient by nature: the same call may succeed when retried (a lock not granted
+		// within lock_timeout: another transaction holds the row)
+		case codeSerializationFailure, codeDeadlockDetected, codeLockNotAvailable:
 			return true
 		}
-		return false
+		return serverDown(pgErr.Code)
 	}
 	var connectErr *pgconn.ConnectError
 	if errors.As(err, &connectErr) {

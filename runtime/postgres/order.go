@@ -571,23 +571,6 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 	return r.order, r.trade, nil
 }
 
-// execute applies the decided order o to its requester's position pos: the position after
-// the trade and the trade (without its id and execution time, which the database gives).
-func execute(pos trading.Position, o *trading.Order) (trading.Position, *trading.Trade) {
-	next, realized := trading.ApplyTrade(pos, o.Side, o.Quantity.Decimal, o.Price.Decimal)
-	// Realized P&L is stored at Scale digits; the position adds exactly what the trade
-	// row says, so the sum of a user's trades always equals the position's realized P&L.
-	realized = realized.Round(trading.Scale)
-	next.RealizedPnL = pos.RealizedPnL.Add(realized)
-	next.UserID, next.Symbol = pos.UserID, pos.Symbol
-	// The trade executes at the decision time, taken after the order's row lock was
-	// granted (clock_timestamp, not the transaction start): trades then execute in the
-	// order their approvals won, which is what "latest trade" (the mark) relies on.
-	next.UpdatedAt = *o.DecidedAt
-	return next, &trading.Trade{OrderID: o.ID, UserID: o.RequestedBy, Symbol: o.Symbol, Side: o.Side,
-		Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized)}
-}
-
 // rowQuerier is a transaction or a connection inside one.
 type rowQuerier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
