@@ -38,7 +38,7 @@ var (
 	duration = flag.Duration("duration", 5*time.Second, "how long each scenario runs at each concurrency")
 	binary   = flag.String("tradingd", "bin/tradingd", "the tradingd binary")
 	levels   = flag.String("clients", "16,64", "concurrent clients, comma separated")
-	phase    = flag.String("phase", "all", "core (one replica, no Redis), mix (two replicas with Redis) or all")
+	phase    = flag.String("phase", "all", "core (one replica, no Redis), mix (two replicas with Redis; ends with limiter), limiter (the cached read and the rate limiter's cost alone) or all")
 	// PostgreSQL shares the two cores with everything else here: past a few busy backends it
 	// spends its time switching between them. tradingd (DB_MAX_CONNS) and the raw baseline
 	// get the same pool size, so that the ratios compare the work, not the pools.
@@ -201,7 +201,7 @@ func main() {
 
 	var orderIDs = make(chan string, 1_000_000)
 	for _, c := range clientLevels {
-		if *phase == "mix" {
+		if *phase == "mix" || *phase == "limiter" {
 			break
 		}
 		report(load("bare net/http", c, *duration, func(int) (bool, bool) {
@@ -258,12 +258,16 @@ func main() {
 		return result{}
 	}
 	var mixLines []string
-	if redisURL := os.Getenv("REDIS_URL"); redisURL != "" && *phase != "core" {
+	if redisURL := os.Getenv("REDIS_URL"); redisURL != "" && *phase == "limiter" {
+		apiA, _, stopA := startTradingd(dsn, jwtKeys, redisURL, "100000000")
+		defer stopA()
+		mixLines = limiterPhase(httpc, dsn, jwtKeys, redisURL, bareAddr, apiA, "trader1", "password123")
+	} else if redisURL != "" && *phase != "core" {
 		mixLines = mixPhase(httpc, dsn, jwtKeys, redisURL, bareAddr)
 	}
 
 	for _, c := range clientLevels {
-		if *phase == "mix" {
+		if *phase == "mix" || *phase == "limiter" {
 			break
 		}
 		raw := find("raw pgx insert tx", c).rps()
@@ -393,13 +397,24 @@ func mixPhase(httpc *http.Client, dsn, jwtKeys, redisURL, bareAddr string) []str
 		out = append(out, fmt.Sprintf("  %-9s lookups %6d: L1 %.1f%%, L1 or L2 %.1f%%", view, int(h1+m1), 100*h1/max(1, h1+m1), 100*(h1+h2)/max(1, h1+m1)))
 	}
 
-	// Cached positions on one replica against the bare handler, both at 64 clients, on
-	// replica A (Redis, limits on) and on a third replica C with Redis and limits off.
 	stopB() // idle from here on: stop it so that it takes no CPU from the runs below
+	return append(out, limiterPhase(httpc, dsn, jwtKeys, redisURL, bareAddr, apiA, "mix0", "mix-password")...)
+}
+
+// limiterPhase measures the cached read and the rate limiter's cost: cached positions on
+// one replica against the bare handler, both at 64 clients, on replica apiA (Redis, limits
+// on) and on a replica C it starts with Redis and limits off. `-phase limiter` runs it alone.
+func limiterPhase(httpc *http.Client, dsn, jwtKeys, redisURL, bareAddr, apiA, user, password string) []string {
+	const clients = 64
+	var out []string
+	report := func(r result) {
+		out = append(out, fmt.Sprintf("%-28s c=%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  (n=%d, errors=%d)",
+			r.name, r.clients, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n, r.errors))
+	}
 	apiC, _, stopC := startTradingd(dsn, jwtKeys, redisURL, "0")
 	defer stopC()
 	limited, unlimited := "http://"+apiA+"/api/positions", "http://"+apiC+"/api/positions"
-	tokenA := login(httpc, "http://"+apiA, "mix0", "mix-password")
+	tokenA := login(httpc, "http://"+apiA, user, password)
 	// Three rounds of the three, one after the other, so that drift in the machine (the
 	// database vacuuming after the mix, a noisy neighbour) hits each of them; the ratios are
 	// taken within each round and the median round is reported.
