@@ -494,7 +494,7 @@ func TestStuckLockFailsOnlyItsApprovals(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	wantCode(t, <-blockedErr, trading.EUNAVAILABLE)
+	wantRowLocked(t, <-blockedErr)
 	if n := e.count(t, `SELECT count(*) FROM trades WHERE user_id = $1`, e.trader2.ID); n != len(others) {
 		t.Fatalf("%d trades of the other position, want %d", n, len(others))
 	}
@@ -521,6 +521,46 @@ func TestStuckLockFailsOnlyItsApprovals(t *testing.T) {
 		if r.Err != nil || r.Trade == nil {
 			t.Errorf("approval %d of another position in the batch: %+v", i+1, r)
 		}
+	}
+}
+
+// A rejection of an order whose row a stuck transaction holds gives up after the lock
+// timeout, as an approval does, with a 503 that says a row is locked (not that the database
+// is down); the order stays pending and is rejected once the row is free.
+func TestStuckLockFailsRejectionAtLockTimeout(t *testing.T) {
+	t.Parallel()
+	e := newEnvTB(t)
+	ctx := context.Background()
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+	stuck, err := e.db.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = stuck.Rollback(ctx) }()
+	if _, err := stuck.Exec(ctx, `SELECT 1 FROM orders WHERE id = $1 FOR UPDATE`, o.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.orders.RejectOrder(as(e.risk1), o.ID, "too large")
+	wantRowLocked(t, err)
+	if err := stuck.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := e.orders.RejectOrder(as(e.risk1), o.ID, "too large"); err != nil || r.Status != trading.StatusRejected {
+		t.Fatalf("rejection once the row is free: %+v, %v", r, err)
+	}
+}
+
+// wantRowLocked: err is the 503 of a lock wait that gave up (lock_timeout, SQLSTATE 55P03,
+// not the query timeout), and says so.
+func wantRowLocked(t *testing.T, err error) {
+	t.Helper()
+	wantCode(t, err, trading.EUNAVAILABLE)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
+		t.Fatalf("%v: want the lock timeout's error (55P03)", err)
+	}
+	if msg := trading.ErrorMessage(err); !strings.Contains(msg, "locked by another transaction") {
+		t.Fatalf("message %q does not say a record is locked", msg)
 	}
 }
 

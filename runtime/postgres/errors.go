@@ -45,10 +45,16 @@ func mapError(err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return &trading.Error{Code: trading.ENOTFOUND, Message: "not found", Err: err}
 	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == codeLockNotAvailable {
+		// The database answered: a row was held past lock_timeout (by a stuck transaction,
+		// most likely). Saying "database unavailable" would send the operator to the wrong
+		// place; the runbook says how to find the holder.
+		return &trading.Error{Code: trading.EUNAVAILABLE, Message: errRowLocked, Err: err}
+	}
 	if unavailable(err) {
 		return trading.Unavailable("database", err)
 	}
-	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case codeUniqueViolation:
@@ -61,6 +67,10 @@ func mapError(err error) error {
 	}
 	return &trading.Error{Code: trading.EINTERNAL, Message: "internal error", Err: err}
 }
+
+// errRowLocked is the message of a lock wait that gave up (503: the same call may succeed
+// when retried).
+const errRowLocked = "a record this request changes is locked by another transaction; try again shortly"
 
 // databaseDown reports whether err means the database as a whole cannot answer now (it
 // cannot be reached, is shutting down, or did not answer in time), as opposed to one

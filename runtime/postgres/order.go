@@ -617,6 +617,11 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 	}
 	var order *trading.Order
 	err = s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
+		// The order's row may be held by a stuck transaction (an approval on a frozen
+		// replica): give up after lockTimeout, as an approval does, not the query timeout.
+		if _, err := tx.Exec(ctx, setLockTimeout, lockTimeoutSetting(ctx, lockTimeout)); err != nil {
+			return err
+		}
 		var err error
 		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = NULLIF($3, '')`, reason)
 		return err
