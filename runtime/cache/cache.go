@@ -28,9 +28,14 @@
 // Redis version (bumped after the change committed) before L2 or the database. In that
 // order, no load can pair a new generation with an old version. Pub/sub is at most once: a
 // replica flushes its whole L1 on every (re)subscription, and an invalidation that could
-// not reach Redis is remembered and replayed when Redis is back. What remains is bounded by
-// the TTLs (positions 30s, summary 10s): while Redis is down, another replica may serve an
-// L1 entry cached before the trade until it expires.
+// not reach Redis is remembered and replayed when Redis is back. L1 answers only while this
+// replica is subscribed and Redis answers (trusted): while Redis is down every read goes to
+// the database, so a trade on another replica is read at once there too. What remains is
+// the time a replica takes to notice an outage: at once when Redis closes the connections
+// (a crash, a restart), within the short operation timeout when it hangs and a request of
+// this replica meets it (the rate limiter's, on every request), at worst the subscription's
+// probe (5s idle, then a ping); an entry cached before the trade is served in that window
+// only, and never past its TTL (positions 30s, summary 10s).
 //
 // Refresh. After an invalidation the replica that made the change loads the stale views
 // again in the background (the usual load: once per key, L2 filled), but only those it had
@@ -70,6 +75,7 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,6 +84,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/maypok86/otter/v2"
 	"github.com/shopspring/decimal"
+	"golang.org/x/sync/singleflight"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -98,9 +105,10 @@ type Remote interface {
 	// handled it (onInvalidate returned), or with an error. The publisher's own onInvalidate
 	// is not called: it drops its entries before.
 	PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views, symbol string) error
-	// SubscribeInvalidations calls onSubscribe on every (re)subscription and onInvalidate for
-	// every published invalidation until stop is called.
-	SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func())
+	// SubscribeInvalidations calls onSubscribe on every (re)subscription, onLost when a
+	// subscription ends, and onInvalidate for every published invalidation until stop is
+	// called.
+	SubscribeInvalidations(onSubscribe, onLost func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func())
 	// Healthy reports whether the remote is answering; false means degraded.
 	Healthy() bool
 	// Stats counts the entries under a key prefix and their bytes (for metrics).
@@ -163,6 +171,12 @@ type key struct {
 	epoch uint64
 	gen   uint64
 	kind  kind
+}
+
+// String names k for the loads that bypass L1 (singleflight): the generation is in it, so a
+// read after an invalidation never joins a load that started before it.
+func (k key) String() string {
+	return k.user.String() + "/" + k.kind.String() + "/" + strconv.FormatUint(k.epoch, 10) + "/" + strconv.FormatUint(k.gen, 10)
 }
 
 // entry is a cached book (the open positions, or for the summary every position and the
@@ -235,6 +249,11 @@ type Portfolio struct {
 	log      *slog.Logger
 	stop     func()
 
+	// subscribed is true while the invalidation subscription is up (see trusted); untrusted
+	// collapses the concurrent loads of a key while it is not.
+	subscribed atomic.Bool
+	untrusted  singleflight.Group
+
 	pendingMu sync.Mutex
 	pending   map[uuid.UUID]trading.Views // invalidations Redis did not get; replayed on resubscribe
 	replaying atomic.Bool
@@ -296,7 +315,7 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 	})
 	p.stop = func() {}
 	if o.Remote != nil {
-		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func(u uuid.UUID, v trading.Views, symbol string) {
+		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func() { p.subscribed.Store(false) }, func(u uuid.UUID, v trading.Views, symbol string) {
 			if symbol == "" && v&trading.ViewPositions != 0 {
 				// A trade whose invalidation does not name its symbol: a replica of a version
 				// before marks were cached per symbol, during a rolling upgrade (or a replay
@@ -456,7 +475,7 @@ func (p *Portfolio) marksOf(ctx context.Context, b *trading.Book) (trading.Marks
 			continue
 		}
 		k := p.currentMarkKey(pos.Symbol)
-		if m, ok := p.marks.GetIfPresent(k); ok {
+		if m, ok := p.marks.GetIfPresent(k); ok && p.trusted() {
 			if m.ok {
 				marks[pos.Symbol] = m.price
 			}
@@ -465,6 +484,18 @@ func (p *Portfolio) marksOf(ctx context.Context, b *trading.Book) (trading.Marks
 		missing = append(missing, k)
 	}
 	if len(missing) == 0 {
+		return marks, nil
+	}
+	if !p.trusted() { // another replica's trade may have moved any of them: load, keep nothing
+		loaded, err := p.loadMarks(ctx, missing)
+		if err != nil {
+			return nil, err
+		}
+		for k, m := range loaded {
+			if m.ok {
+				marks[k.symbol] = m.price
+			}
+		}
 		return marks, nil
 	}
 	// otter runs one load per key for all concurrent callers, under the same detached
@@ -546,6 +577,15 @@ func (p *Portfolio) observe(reader, hit bool, level string, k kind) {
 func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, error) {
 	reader := isReader(ctx)
 	ck := p.currentKey(user, k)
+	if !p.trusted() {
+		p.observe(reader, false, "l1", k)
+		// Concurrent misses for one key still load once, but what they load is not kept.
+		v, err, _ := p.untrusted.Do(ck.String(), func() (any, error) { return p.load(ctx, ck) })
+		if err != nil {
+			return nil, err
+		}
+		return v.(*entry), nil
+	}
 	e, ok := p.l1.GetIfPresent(ck)
 	if ok {
 		p.observe(reader, true, "l1", k)
@@ -676,7 +716,18 @@ func (p *Portfolio) flushAll() {
 
 func (p *Portfolio) onSubscribe() {
 	p.flushAll()
+	p.subscribed.Store(true) // after the flush: nothing cached before it is reachable
 	p.replayPending()
+}
+
+// trusted reports whether L1 may answer: always without Redis (every change is made here
+// and invalidated here); with Redis only while this replica is subscribed to the
+// invalidations and Redis answers, because another replica's trade reaches this L1 through
+// them alone. Otherwise a read goes to L2 (versioned, so never stale) or the database, and
+// stores nothing in L1: the trader who just traded on another replica reads it at once,
+// and when the subscription is back the L1 is flushed anyway.
+func (p *Portfolio) trusted() bool {
+	return p.opts.Remote == nil || (p.subscribed.Load() && p.opts.Remote.Healthy())
 }
 
 // replayPending starts a replay of the remembered invalidations, if any and none is running.
@@ -791,7 +842,7 @@ func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stal
 
 // Degraded reports whether the L2 is configured but not answering.
 func (p *Portfolio) Degraded() bool {
-	return p.opts.Remote != nil && !p.opts.Remote.Healthy()
+	return !p.trusted()
 }
 
 // L1Stats returns the L1's entry count and approximate bytes (for metrics.WatchCache).

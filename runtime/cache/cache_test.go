@@ -163,8 +163,8 @@ func refreshingReplica(t testing.TB, w *world, url, prefix string, o cache.Optio
 // process): InvalidateUser on another replica must still wait for it.
 type slowSubscriber struct{ cache.Remote }
 
-func (s slowSubscriber) SubscribeInvalidations(onSubscribe func(), onInvalidate func(uuid.UUID, trading.Views, string)) func() {
-	return s.Remote.SubscribeInvalidations(onSubscribe, func(u uuid.UUID, v trading.Views, symbol string) {
+func (s slowSubscriber) SubscribeInvalidations(onSubscribe, onLost func(), onInvalidate func(uuid.UUID, trading.Views, string)) func() {
+	return s.Remote.SubscribeInvalidations(onSubscribe, onLost, func(u uuid.UUID, v trading.Views, symbol string) {
 		time.Sleep(30 * time.Millisecond)
 		onInvalidate(u, v, symbol)
 	})
@@ -376,21 +376,34 @@ func TestRedisOutage(t *testing.T) {
 			t.Fatalf("a read failed because Redis is down: %v", err)
 		}
 	}
+	// B still holds the positions it cached before the outage (quantity 1), and no
+	// invalidation can reach it: once it knows Redis is down it must not serve them. An
+	// approve on A is read at once on B (read-your-writes, whichever replica answers).
+	if q := quantity(t, b, user); q != "3" {
+		t.Fatalf("B reads %s during the outage after an approve on A, want 3 (its L1 from before)", q)
+	}
+	w.trade(t, a, "5")
+	if q := quantity(t, b, user); q != "8" {
+		t.Fatalf("B reads %s right after an approve on A during the outage, want 8", q)
+	}
+	if s, err := b.Summary(context.Background(), user); err != nil || s.TradesToday != 3 {
+		t.Fatalf("B's summary during the outage: %+v, %v; want 3 trades today", s, err)
+	}
 
 	srv.Restart()
 	redistest.Eventually(t, 10*time.Second, "recovery", func() bool { return !a.Degraded() && !b.Degraded() })
 	// A remembered the invalidation Redis missed and replays it.
 	redistest.Eventually(t, 10*time.Second, "replay of the missed invalidation", func() bool { return a.PendingInvalidations() == 0 })
 	// B flushed its L1 when it resubscribed: the outage's missed invalidation is not served.
-	redistest.Eventually(t, 10*time.Second, "B fresh after resubscribing", func() bool { return quantity(t, b, user) == "3" })
+	redistest.Eventually(t, 10*time.Second, "B fresh after resubscribing", func() bool { return quantity(t, b, user) == "8" })
 
 	w.trade(t, a, "4")
-	if q := quantity(t, b, user); q != "7" {
-		t.Fatalf("after recovery B reads %s, want 7: invalidation did not resume", q)
+	if q := quantity(t, b, user); q != "12" {
+		t.Fatalf("after recovery B reads %s, want 12: invalidation did not resume", q)
 	}
 	hits := obs.get("hit:l2:positions")
 	c := replica(t, w, srv.URL(), prefix, cache.Options{Observer: obs})
-	if q := quantity(t, c, user); q != "7" || obs.get("hit:l2:positions") != hits+1 {
+	if q := quantity(t, c, user); q != "12" || obs.get("hit:l2:positions") != hits+1 {
 		t.Fatalf("a new replica read %s without an L2 hit: L2 did not resume", q)
 	}
 	// c's subscription may start (and flush its L1) after that first read: read until an

@@ -412,7 +412,7 @@ func TestEndedLoginAnnouncedToReplicas(t *testing.T) {
 	b := newEnvOn(t, a.db, envOptions{sessionEvents: rb})
 	var subscribed atomic.Int32
 	for _, rc := range []*redis.Client{ra, rb} {
-		stop := rc.SubscribeInvalidations(func() { subscribed.Add(1) }, func(uuid.UUID, trading.Views, string) {})
+		stop := rc.SubscribeInvalidations(func() { subscribed.Add(1) }, func() {}, func(uuid.UUID, trading.Views, string) {})
 		t.Cleanup(stop)
 	}
 	redistest.Eventually(t, 5*time.Second, "both subscriptions", func() bool { return subscribed.Load() >= 2 })

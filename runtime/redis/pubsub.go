@@ -136,10 +136,12 @@ func (c *Client) publish(ctx context.Context, suffix string, id uuid.UUID) error
 // SubscribeInvalidations runs a subscription until the client is closed or stop is called.
 // onSubscribe runs on every (re)subscription, before any message of it is handled: the
 // caller flushes its L1 there, because messages sent while it was not subscribed are lost.
-// onInvalidate runs for every invalidation another client published (symbol is "" unless a
-// trade moved its mark); the acknowledgement is sent after it returns (at once for this
-// client's own).
-func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func()) {
+// onLost runs when a subscription ends (the connection failed or a probe of it did not
+// answer): from then until the next onSubscribe, invalidations may be missed, so the caller
+// must not serve what they would have dropped. onInvalidate runs for every invalidation
+// another client published (symbol is "" unless a trade moved its mark); the acknowledgement
+// is sent after it returns (at once for this client's own).
+func (c *Client) SubscribeInvalidations(onSubscribe, onLost func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.done.Add(1)
 	go func() {
@@ -154,6 +156,7 @@ func (c *Client) SubscribeInvalidations(onSubscribe func(), onInvalidate func(us
 		backoff := 50 * time.Millisecond
 		for ctx.Err() == nil {
 			err := c.subscribeOnce(ctx, onSubscribe, onInvalidate)
+			onLost()
 			if ctx.Err() != nil {
 				return
 			}

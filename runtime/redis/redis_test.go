@@ -73,9 +73,9 @@ func TestInvalidationAcknowledgedAndResubscribed(t *testing.T) {
 	seenB := map[uuid.UUID]trading.Views{}
 	symbolsB := map[uuid.UUID]string{}
 	var seenA atomic.Int32
-	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views, string) { seenA.Add(1) })
+	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func() {}, func(uuid.UUID, trading.Views, string) { seenA.Add(1) })
 	defer stopA()
-	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(u uuid.UUID, v trading.Views, symbol string) {
+	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func() {}, func(u uuid.UUID, v trading.Views, symbol string) {
 		time.Sleep(20 * time.Millisecond) // a slow handler: the publisher must wait for it
 		mu.Lock()
 		seenB[u], symbolsB[u] = v, symbol
@@ -138,7 +138,7 @@ func TestInvalidationsStayInTheirDatabase(t *testing.T) {
 	clients := make([]*redis.Client, 3)
 	for db := range clients {
 		clients[db] = open(t, base+"/"+strconv.Itoa(db), "")
-		stop := clients[db].SubscribeInvalidations(func() { subscribed[db].Add(1) },
+		stop := clients[db].SubscribeInvalidations(func() { subscribed[db].Add(1) }, func() {},
 			func(uuid.UUID, trading.Views, string) { heard[db].Add(1) })
 		defer stop()
 	}
@@ -293,9 +293,9 @@ func TestSessionEndedAnnounced(t *testing.T) {
 		mu.Unlock()
 	})
 	a.OnSessionEnded(func(uuid.UUID) { ownSeen.Add(1) })
-	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func(uuid.UUID, trading.Views, string) {})
+	stopA := a.SubscribeInvalidations(func() { subsA.Add(1) }, func() {}, func(uuid.UUID, trading.Views, string) {})
 	defer stopA()
-	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func(uuid.UUID, trading.Views, string) { invalidated.Add(1) })
+	stopB := b.SubscribeInvalidations(func() { subsB.Add(1) }, func() {}, func(uuid.UUID, trading.Views, string) { invalidated.Add(1) })
 	defer stopB()
 	redistest.Eventually(t, 5*time.Second, "both subscriptions", func() bool { return subsA.Load() >= 1 && subsB.Load() >= 1 })
 
