@@ -89,7 +89,10 @@ func testRedis(t *testing.T) string {
 	return ""
 }
 
-type replica struct{ api, admin string }
+type replica struct {
+	api, admin string
+	proc       *process
+}
 
 func startReplica(t *testing.T, env map[string]string) replica {
 	t.Helper()
@@ -97,7 +100,7 @@ func startReplica(t *testing.T, env map[string]string) replica {
 	serving := p.waitLog("serving")
 	api, _ := serving["api_addr"].(string)
 	admin, _ := serving["admin_addr"].(string)
-	return replica{api: "http://" + api, admin: "http://" + admin}
+	return replica{api: "http://" + api, admin: "http://" + admin, proc: p}
 }
 
 // TestReplicasBehaveAsOne runs two tradingd processes on one PostgreSQL and one Redis, as two
@@ -306,6 +309,13 @@ func TestServeSurvivesRedisOutage(t *testing.T) {
 		keys, _ := c.Keys(context.Background(), "*").Result()
 		return len(keys) > 0
 	}, "tradingd using the restarted Redis")
+	// LOG_FORMAT=json (the default) holds for every line, the Redis client library's own
+	// complaints about the outage included.
+	for _, line := range strings.Split(strings.TrimSpace(r.proc.log()), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("a log line that is not JSON: %s", line)
+		}
+	}
 }
 
 // waitFor polls cond (every 50ms) until it holds; the test binary's timeout bounds it.

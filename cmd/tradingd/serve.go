@@ -137,6 +137,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		}
 		defer rc.Close()
 		rc.SetLogger(logger)
+		redis.LogLibraryTo(logger)
 		m.SetRedisUp(rc.Healthy())
 		rc.OnHealthChange(m.SetRedisUp)
 		remote = rc

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +135,17 @@ func OpenWith(url string, o Options) (*Client, error) {
 	c.done.Add(1)
 	go c.pinger()
 	return c, nil
+}
+
+// LogLibraryTo sends go-redis's own diagnostics (a dial that failed, a connection it
+// dropped) to l, as warnings, instead of the standard library logger's plain lines on
+// stderr, which broke LOG_FORMAT=json. go-redis has one logger per process.
+func LogLibraryTo(l *slog.Logger) { goredis.SetLogger(libraryLogger{l}) }
+
+type libraryLogger struct{ l *slog.Logger }
+
+func (g libraryLogger) Printf(ctx context.Context, format string, v ...any) {
+	g.l.WarnContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "component", "go-redis")
 }
 
 // SetLogger replaces the logger (for health transitions).

@@ -1,8 +1,12 @@
 package redis_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +36,54 @@ func TestOpenRejectsMalformedURL(t *testing.T) {
 	if _, err := redis.Open("http://nope"); err == nil {
 		t.Fatal("a non-redis URL was accepted")
 	}
+}
+
+// go-redis's own diagnostics (here: a dial that failed) reach the service's logger as
+// structured lines, not as the standard logger's plain text (LOG_FORMAT=json holds for
+// every line).
+func TestLibraryLogsAreStructured(t *testing.T) {
+	var buf syncBuffer
+	redis.LogLibraryTo(slog.New(slog.NewJSONHandler(&buf, nil)))
+	t.Cleanup(func() { redis.LogLibraryTo(slog.Default()) })
+
+	l, err := net.Listen("tcp", "127.0.0.1:0") // a port nobody listens on once closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	c := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer c.Close()
+	if err := c.Ping(context.Background()).Err(); err == nil {
+		t.Fatal("ping of a closed port succeeded")
+	}
+	out := buf.String()
+	if out == "" {
+		t.Fatal("go-redis logged nothing for a failed dial")
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec struct{ Level, Msg, Component string }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Level != "WARN" || rec.Component != "go-redis" || !strings.Contains(rec.Msg, "dial") {
+			t.Errorf("go-redis log line %q is not a structured warning about the dial (%v)", line, err)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestStoreRoundTrip(t *testing.T) {
