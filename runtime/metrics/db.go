@@ -203,7 +203,10 @@ func tableAfter(toks []string, kw string) string {
 	return "none"
 }
 
-var notTable = map[string]bool{"select": true, "lateral": true, "with": true, "values": true}
+// notTable are the words after FROM that start something other than a table; the table is
+// then the next FROM's. unnest(...) is the rows of arrays passed in (the batched statements
+// and the marks' lookup): the table they are matched against comes later.
+var notTable = map[string]bool{"select": true, "lateral": true, "with": true, "values": true, "unnest": true}
 
 func skipSpaceAndComments(s string) string {
 	for {

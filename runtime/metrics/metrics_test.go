@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -144,6 +145,15 @@ func TestContractSeriesAfterASession(t *testing.T) {
 	if strings.Contains(out, "/api/nope") {
 		t.Error("a raw path appears in /metrics")
 	}
+	// The batched statements and the marks' lookup read FROM unnest(...): a function, not a
+	// table.
+	for _, m := range regexp.MustCompile(`table="([^"]*)"`).FindAllStringSubmatch(out, -1) {
+		switch m[1] {
+		case "users", "sessions", "refresh_tokens", "orders", "trades", "positions", "none":
+		default:
+			t.Errorf("db metrics labelled with table %q", m[1])
+		}
+	}
 }
 
 // withContextCopy stands for a middleware between Middleware and the mux that replaces the
@@ -192,6 +202,9 @@ func TestClassifySQL(t *testing.T) {
 		{"begin", "transaction", "none"},
 		{"VACUUM", "other", "other"},
 		{`SELECT * FROM "weird-name"`, "select", "other"},
+		{"SELECT s.symbol, m.price FROM unnest($1::text[]) AS s(symbol) CROSS JOIN LATERAL (SELECT t.price FROM trades t LIMIT 1) m", "select", "trades"},
+		{"SELECT o.id FROM orders o JOIN unnest($1::uuid[]) AS d(id) ON o.id = d.id", "select", "orders"},
+		{"SELECT * FROM unnest($1::int[])", "select", "other"},
 	} {
 		op, table := metrics.ClassifySQL(tc.sql)
 		if op != tc.op || table != tc.table {
