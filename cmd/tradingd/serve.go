@@ -123,6 +123,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	}
 	defer db.Close() // also on the error paths; closing twice is harmless
 	m.WatchPool(db.Pool().Stat)
+	m.Symbols(cfg.Symbols)
 	m.WatchBusiness(metrics.NewSQLBusiness(db.Pool()))
 
 	// Redis is optional: without REDIS_URL the cache is L1 only and limits are per process.

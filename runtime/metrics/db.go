@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -281,6 +282,7 @@ var (
 // good values in between (and when the database does not answer in time), so that scrapes
 // from several Prometheus servers cost a few aggregate queries every few seconds at most.
 type businessCollector struct {
+	m       *Metrics
 	src     BusinessSource
 	ttl     time.Duration
 	timeout time.Duration
@@ -292,7 +294,7 @@ type businessCollector struct {
 
 // WatchBusiness reports the business gauges from src, refreshed at most every 5 seconds.
 func (m *Metrics) WatchBusiness(src BusinessSource) {
-	m.reg.MustRegister(&businessCollector{src: src, ttl: 5 * time.Second, timeout: 2 * time.Second})
+	m.reg.MustRegister(&businessCollector{m: m, src: src, ttl: 5 * time.Second, timeout: 2 * time.Second})
 }
 
 func (c *businessCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -320,10 +322,30 @@ func (c *businessCollector) Collect(ch chan<- prometheus.Metric) {
 	if s == nil {
 		s = &BusinessStats{}
 	}
-	for sym, n := range s.PositionsActive {
+	active, value := maps.Clone(s.PositionsActive), maps.Clone(s.PositionsValue)
+	if active == nil {
+		active = map[string]int{}
+	}
+	if value == nil {
+		value = map[string]float64{}
+	}
+	// A gauge that vanishes when it reaches zero reads as "no data", not as zero.
+	if syms := c.m.symbols.Load(); syms != nil {
+		for _, sym := range *syms {
+			if _, ok := active[sym]; !ok {
+				active[sym] = 0
+			}
+			if _, quote, ok := strings.Cut(sym, "/"); ok {
+				if _, ok := value[quote]; !ok {
+					value[quote] = 0
+				}
+			}
+		}
+	}
+	for sym, n := range active {
 		ch <- prometheus.MustNewConstMetric(positionsActiveDesc, prometheus.GaugeValue, float64(n), sym)
 	}
-	for cur, v := range s.PositionsValue {
+	for cur, v := range value {
 		ch <- prometheus.MustNewConstMetric(positionsValueDesc, prometheus.GaugeValue, v, cur)
 	}
 	ch <- prometheus.MustNewConstMetric(ordersPendingDesc, prometheus.GaugeValue, float64(s.OrdersPending))

@@ -38,6 +38,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	trading "github.com/findmy/trading-operator/runtime"
 )
 
 // Buckets of request and query durations: the service's p99 is in milliseconds, so the
@@ -55,6 +57,7 @@ type Metrics struct {
 	dbQueryDuration *prometheus.HistogramVec
 	cacheHits       *prometheus.CounterVec
 	cacheMisses     *prometheus.CounterVec
+	symbols         atomic.Pointer[[]string] // Symbols: seeded at zero
 	trades          *prometheus.CounterVec
 	tradesPnL       *prometheus.GaugeVec
 	ordersApproved  *prometheus.CounterVec
@@ -164,6 +167,27 @@ func New(version string) *Metrics {
 		m.rateRejections.WithLabelValues(c)
 	}
 	return m
+}
+
+// Symbols seeds the per-symbol series at zero for every traded symbol (SYMBOLS), and the
+// decision times of both outcomes, so that each appears from the first scrape on every
+// replica: a series that shows up only after its first event makes rate() miss that event,
+// and a replica that has not rejected anything yet would have no orders_rejected_total. The
+// business gauges report 0 for these symbols while nobody holds them (positions_active) and
+// for their quote currencies (positions_total_value).
+func (m *Metrics) Symbols(symbols []string) {
+	for _, sym := range symbols {
+		for _, side := range []trading.Side{trading.Buy, trading.Sell} {
+			m.trades.WithLabelValues(sym, string(side))
+		}
+		m.tradesPnL.WithLabelValues(sym)
+		m.ordersApproved.WithLabelValues(sym)
+		m.ordersRejected.WithLabelValues(sym)
+	}
+	for _, st := range []trading.OrderStatus{trading.StatusApproved, trading.StatusRejected} {
+		m.orderProcessing.WithLabelValues(string(st))
+	}
+	m.symbols.Store(&symbols)
 }
 
 // ObserveBatch records the size of a batch of database writes (postgres.OrderServiceConfig's

@@ -156,6 +156,48 @@ func TestContractSeriesAfterASession(t *testing.T) {
 	}
 }
 
+// Before anything happened, a replica already shows every per-symbol series at zero, and
+// the business gauges at zero for symbols nobody holds: a replica that has not rejected an
+// order yet still has orders_rejected_total, and positions_active does not vanish when the
+// last position of a symbol is closed. Only the request series wait for a first request.
+func TestSeriesFromTheFirstScrape(t *testing.T) {
+	m := metrics.New("v1.2.3")
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: pgtest.NewMigratedDatabase(t), Tracer: m.QueryTracer()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	m.WatchPool(db.Pool().Stat)
+	m.Symbols([]string{"BTC/USD", "ETH/EUR"})
+	m.WatchBusiness(metrics.NewSQLBusiness(db.Pool())) // an empty database: no positions
+
+	out := scrape(t, m)
+	for _, name := range contract {
+		switch name {
+		case "api_requests_total", "api_request_duration_seconds", "db_queries_total", "db_query_duration_seconds":
+			continue // by route or table, once used
+		}
+		if !strings.Contains(out, "\n"+name+"{") && !strings.Contains(out, "\n"+name+" ") &&
+			!strings.Contains(out, "\n"+name+"_bucket{") {
+			t.Errorf("series %s missing from the first scrape", name)
+		}
+	}
+	for _, want := range []string{
+		`trades_total{side="sell",symbol="ETH/EUR"} 0`,
+		`trades_pnl_total{symbol="BTC/USD"} 0`,
+		`orders_approved_total{symbol="ETH/EUR"} 0`,
+		`orders_rejected_total{symbol="BTC/USD"} 0`,
+		`order_processing_time_seconds_count{status="rejected"} 0`,
+		`positions_active{symbol="BTC/USD"} 0`,
+		`positions_total_value{currency="EUR"} 0`,
+		`positions_total_value{currency="USD"} 0`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the first scrape lacks %s", want)
+		}
+	}
+}
+
 // withContextCopy stands for a middleware between Middleware and the mux that replaces the
 // request (as runtime/http's request-id middleware does).
 func withContextCopy(next http.Handler) http.Handler {
