@@ -80,9 +80,15 @@ func (l *Limiter) allow(w http.ResponseWriter, r *http.Request, c Class, path st
 			}
 		}
 		if path != "/api/auth/login" {
-			ip = path + ":" + ip
+			reqs = []Request{{Login, path + ":" + ip}}
+		} else {
+			// api.md: the global limits are "over all of them", login included, and before
+			// login a client is its IP. Refresh and logout stay out: they renew the session
+			// of a user already counted, and a day's refreshes of an office behind one
+			// address would otherwise use up the day's budget of its logins.
+			g := "ip:" + ip
+			reqs = []Request{{Login, ip}, {GlobalMinute, g}, {GlobalDay, g}}
 		}
-		reqs = []Request{{Login, ip}}
 	} else {
 		p, ok := trading.PrincipalFromContext(r.Context())
 		if !ok {

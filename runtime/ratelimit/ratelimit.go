@@ -23,7 +23,8 @@
 // own so that refreshing never locks a user out of logging in (they carry a refresh token, not
 // an access token, so there is no user to count them for); trading (POST /api/orders, approve,
 // reject) and data (GET under /api, /api/auth/me included) per user, and every authenticated
-// request also in the two global buckets. /openapi.json and the admin port are not limited.
+// request also in the two global buckets; a login also in the global buckets of its client
+// IP (api.md: the global limits are over every class, and before login a client is its IP). /openapi.json and the admin port are not limited.
 //
 // Client IP: the TCP peer, unless the peer is in TRUSTED_PROXIES; only then the right-most
 // X-Forwarded-For entry that is not itself a trusted proxy. IPv6 clients are counted per /64.

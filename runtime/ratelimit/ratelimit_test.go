@@ -116,6 +116,43 @@ func TestLoginLimitSharedAcrossReplicas(t *testing.T) {
 	}
 }
 
+// The global limits count logins too, per client IP (before login a client is its IP), on
+// every replica: with the login class off, the global per-minute limit refuses the fourth
+// login of a client across two replicas, and another client is not affected. Refreshes do
+// not count against it.
+func TestGlobalLimitCountsLogins(t *testing.T) {
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	rec := &recorder{}
+	cfg := ratelimit.Config{GlobalPerMinute: 3, GlobalPerDay: 1000}
+	a := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec})
+	b := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec})
+	refresh := a.Route("login", "POST /api/auth/refresh", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	for range 5 {
+		r := httptest.NewRequest(http.MethodPost, "/api/auth/refresh", nil)
+		r.RemoteAddr = "203.0.113.9:1"
+		w := httptest.NewRecorder()
+		refresh.ServeHTTP(w, r)
+		if w.Code != http.StatusOK {
+			t.Fatalf("refresh with only global limits on: %d", w.Code)
+		}
+	}
+	for i, h := range []http.Handler{loginRoute(a), loginRoute(b), loginRoute(a)} {
+		w := login(h, "203.0.113.9:1")
+		if w.Code != http.StatusOK || w.Header().Get("RateLimit-Limit") != "3" || w.Header().Get("RateLimit-Remaining") != strconv.Itoa(2-i) {
+			t.Fatalf("login %d: %d, headers %v", i+1, w.Code, w.Header())
+		}
+	}
+	if w := login(loginRoute(b), "203.0.113.9:2"); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("fourth login of a client across two replicas with a global limit of 3/min: %d, want 429", w.Code)
+	}
+	if rec.rejected["global_minute"] != 1 {
+		t.Fatalf("rejections: %v", rec.rejected)
+	}
+	if w := login(loginRoute(a), "203.0.113.10:1"); w.Code != http.StatusOK {
+		t.Fatalf("another client's login: %d", w.Code)
+	}
+}
+
 // A forged X-Forwarded-For from an untrusted peer changes nothing; from a trusted proxy it
 // is honoured, right-most untrusted entry first.
 func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
