@@ -685,8 +685,8 @@ func (p *Portfolio) dropLocal(user uuid.UUID, stale trading.Views, symbol string
 // comment): those that were cached here, i.e. that the trader is reading; a burst of orders
 // nobody looks at costs no reloads. A reload that a reader already started is joined.
 func (p *Portfolio) refresh(user uuid.UUID, stale trading.Views) {
-	if p.opts.NoRefresh || stale == 0 {
-		return
+	if p.opts.NoRefresh || stale == 0 || !p.trusted() {
+		return // untrusted: a reload would keep nothing, and L2 is most likely down too
 	}
 	p.refreshes.Add(1)
 	go func() {
