@@ -98,8 +98,11 @@ func ViewPosition(p Position, mark decimal.Decimal) PositionView {
 		Quantity:      Amount{Decimal: p.Quantity, Set: true},
 		AvgEntryPrice: Amount{Decimal: p.AvgEntryPrice, Set: true},
 		MarkPrice:     Amount{Decimal: mark, Set: true},
-		MarketValue:   Amount{Decimal: p.Quantity.Mul(mark), Set: true},
-		UnrealizedPnL: Amount{Decimal: UnrealizedPnL(p, mark), Set: true},
+		// Rounded to the Scale they are shown at, here rather than only when written, so that
+		// the summary's totals are the sums of the figures the positions show (0.5 at a mark
+		// of 0.00000003 is worth 0.000000015, shown as 0.00000002).
+		MarketValue:   Amount{Decimal: p.Quantity.Mul(mark).Round(Scale), Set: true},
+		UnrealizedPnL: Amount{Decimal: UnrealizedPnL(p, mark).Round(Scale), Set: true},
 		RealizedPnL:   Amount{Decimal: p.RealizedPnL, Set: true},
 		UpdatedAt:     p.UpdatedAt,
 	}

@@ -1,6 +1,7 @@
 package trading
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/shopspring/decimal"
@@ -100,5 +101,30 @@ func TestSummarize(t *testing.T) {
 	}
 	if s.PositionsCount != 2 || s.PendingOrders != 2 || s.TradesToday != 5 {
 		t.Errorf("counters %+v", s)
+	}
+}
+
+// The summary's totals are the sums of what the positions show: a value with more than
+// Scale decimals is rounded once, per position, not again after summing (three positions
+// worth 0.000000015, 0.000000015 and 15 show 0.00000002 each and 15.00000000, so the gross
+// exposure is 15.00000004, not 15.00000003).
+func TestSummaryTotalsAreSumsOfTheShownPositions(t *testing.T) {
+	views := []PositionView{
+		ViewPosition(Position{Symbol: "ADA/USD", Quantity: dec("0.5"), AvgEntryPrice: dec("0.00000001")}, dec("0.00000003")),
+		ViewPosition(Position{Symbol: "BTC/USD", Quantity: dec("0.5"), AvgEntryPrice: dec("0.00000001")}, dec("0.00000003")),
+		ViewPosition(Position{Symbol: "XRP/USD", Quantity: dec("5"), AvgEntryPrice: dec("3")}, dec("3")),
+	}
+	s := Summarize(views, decimal.Zero, 0, 0)
+	shown := func(a Amount) string { b, _ := a.MarshalJSON(); return string(b) }
+	var gross, unrealized decimal.Decimal
+	for _, v := range views {
+		gross = gross.Add(dec(strings.Trim(shown(v.MarketValue), `"`)).Abs())
+		unrealized = unrealized.Add(dec(strings.Trim(shown(v.UnrealizedPnL), `"`)))
+	}
+	if got := shown(s.GrossExposure); got != `"`+gross.StringFixed(Scale)+`"` || got != `"15.00000004"` {
+		t.Errorf("gross exposure %s, the positions show %s in total", got, gross.StringFixed(Scale))
+	}
+	if got := shown(s.UnrealizedPnL); got != `"`+unrealized.StringFixed(Scale)+`"` {
+		t.Errorf("unrealized P&L %s, the positions show %s in total", got, unrealized.StringFixed(Scale))
 	}
 }
