@@ -236,15 +236,19 @@ func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHas
 			return nil
 		case err != nil:
 			return err
-		case revokedAt != nil || expiredByTime:
+		case revokedAt != nil:
 			denied = true
 			return nil
 		case usedAt != nil:
 			// Reuse: someone holds a token that was already exchanged. Either the client or
-			// an attacker has a stolen copy; end the whole login so neither can go on.
+			// an attacker has a stolen copy; end the whole login so neither can go on. Also
+			// when the old token has expired since: a copy replayed late is still a copy.
 			denied, revoked = true, true
 			_, err := tx.Exec(ctx, `UPDATE sessions SET revoked_at = now() WHERE id = $1`, sessionID)
 			return err
+		case expiredByTime:
+			denied = true
+			return nil
 		}
 		if _, err := tx.Exec(ctx, `UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1`, oldHash); err != nil {
 			return err

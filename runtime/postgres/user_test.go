@@ -125,6 +125,39 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 		t.Fatalf("other login: %v (active %v)", err, active(other))
 	}
 
+	// A rotated token replayed after it expired is reuse all the same: the login ends, and
+	// its newest token stops working.
+	late, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("c1"), exp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.sessions.RotateRefreshToken(ctx, h("c1"), h("c2"), exp); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.db.Pool().Exec(ctx, `UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE token_hash = $1`, h("c1")); err != nil {
+		t.Fatal(err)
+	}
+	_, got, err = e.sessions.RotateRefreshToken(ctx, h("c1"), h("cx"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	if got != late || active(late) {
+		t.Fatalf("late reuse returned login %v (active %v), want %v ended", got, active(late), late)
+	}
+	_, _, err = e.sessions.RotateRefreshToken(ctx, h("c2"), h("c3"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	// An expired token that was never used is refused without ending its login.
+	fresh, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("d1"), exp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.db.Pool().Exec(ctx, `UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE token_hash = $1`, h("d1")); err != nil {
+		t.Fatal(err)
+	}
+	_, got, err = e.sessions.RotateRefreshToken(ctx, h("d1"), h("d2"), exp)
+	wantCode(t, err, trading.EUNAUTHORIZED)
+	if got != uuid.Nil || !active(fresh) {
+		t.Fatalf("an expired, unused token returned login %v (active %v): not a reuse", got, active(fresh))
+	}
+
 	// Logout revokes and names the login; unknown tokens are fine to log out.
 	if got, err := e.sessions.RevokeSession(ctx, h("b2")); err != nil || got != other || active(other) {
 		t.Fatalf("revoke = %v, %v (active %v); want %v ended", got, err, active(other), other)
