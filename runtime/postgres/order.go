@@ -445,11 +445,10 @@ func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([
 	return orders, next, nil
 }
 
-// maxPendingOrders bounds the pending queue a single call returns (the interface has no
-// paging); the oldest come first, so nothing is starved.
-const maxPendingOrders = 1000
-
-// FindPendingOrders lists the pending orders visible to the caller, oldest first.
+// FindPendingOrders lists the pending orders visible to the caller, oldest first: all of
+// them (api.md: "pending orders visible to the caller"; it has no paging). A cap would hide
+// the orders past it without a word; the queue is bounded by the trading limits per user
+// and by the desk that approves it.
 func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -465,8 +464,7 @@ func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order,
 	if !p.CanSeeAll() {
 		w.add("requested_by = ?", p.UserID)
 	}
-	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+
-		fmt.Sprintf(` ORDER BY created_at, id LIMIT %d`, maxPendingOrders), w.args...)
+	rows, err := s.db.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders`+w.String()+` ORDER BY created_at, id`, w.args...)
 	if err != nil {
 		return nil, s.db.mapError(err)
 	}
