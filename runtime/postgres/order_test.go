@@ -543,3 +543,26 @@ func TestCreateOrderGuardsUnvalidatedInput(t *testing.T) {
 		wantField(t, err, f)
 	}
 }
+
+// The pending queue is listed whole, oldest first: a desk behind on its approvals sees every
+// order waiting, not the first thousand.
+func TestPendingOrdersAreListedWhole(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	const n = 1205
+	if _, err := e.db.Pool().Exec(context.Background(), `
+		INSERT INTO orders (id, requested_by, symbol, side, quantity, price, status, created_at, updated_at)
+		SELECT gen_random_uuid(), $1, 'BTC/USD', 'buy', 1, 100, 'pending', now() - make_interval(secs => i), now()
+		FROM generate_series(1, $2) AS i`, e.trader1.ID, n); err != nil {
+		t.Fatal(err)
+	}
+	pending, err := e.orders.FindPendingOrders(as(e.risk1))
+	if err != nil || len(pending) != n {
+		t.Fatalf("risk1 sees %d pending orders (%v), want %d", len(pending), err, n)
+	}
+	for i := 1; i < len(pending); i++ {
+		if pending[i].CreatedAt.Before(pending[i-1].CreatedAt) {
+			t.Fatalf("pending order %d is older than the one before it", i)
+		}
+	}
+}
