@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"encoding/json"
 	"slices"
 	"strconv"
 	"testing"
@@ -88,5 +89,57 @@ func TestAppliedMemo(t *testing.T) {
 	m.forgetStack("ns/a")
 	if m.uid("k") != "" || m.uid("other") != "uid-2" {
 		t.Error("forgetStack removed the wrong records")
+	}
+}
+
+// revertPatch replaces a list only when it holds an entry the operator does not specify,
+// keyed as Server-Side Apply keys it: nothing for a child as desired (so a converged stack
+// sends no patch), the whole list for a port edited or a container added by hand.
+func TestRevertPatch(t *testing.T) {
+	svc := func(ports ...any) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"kind": "Service", "spec": map[string]any{"ports": ports}}}
+	}
+	port := func(name string, n int64, proto string) map[string]any {
+		p := map[string]any{"name": name, "port": n}
+		if proto != "" {
+			p["protocol"] = proto
+		}
+		return p
+	}
+	desired := svc(port("http", 8080, ""), port("metrics", 9090, ""))
+	if p, _ := revertPatch(desired, svc(port("http", 8080, "TCP"), port("metrics", 9090, "TCP"))); p != nil {
+		t.Errorf("a Service as desired (protocol defaulted) gets a patch: %v", p)
+	}
+	p, what := revertPatch(desired, svc(port("http", 8081, "TCP"), port("metrics", 9090, "TCP")))
+	if got, _ := json.Marshal(p); string(got) != `{"spec":{"ports":[{"name":"http","port":8080},{"name":"metrics","port":9090}]}}` ||
+		len(what) != 1 || what[0] != "port 8081/TCP" {
+		t.Errorf("edited port: patch %s, removed %v", got, what)
+	}
+
+	dep := func(containers ...any) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"kind": "Deployment",
+			"spec": map[string]any{"template": map[string]any{"spec": map[string]any{"containers": containers}}}}}
+	}
+	api := func(env ...string) map[string]any {
+		var e []any
+		for _, n := range env {
+			e = append(e, map[string]any{"name": n, "value": "x"})
+		}
+		return map[string]any{"name": "api", "image": "i", "env": e}
+	}
+	want := dep(api("DATABASE_URL"))
+	if p, _ := revertPatch(want, dep(api("DATABASE_URL"))); p != nil {
+		t.Errorf("a Deployment as desired gets a patch: %v", p)
+	}
+	p, what = revertPatch(want, dep(api("DATABASE_URL", "RATE_LIMIT_LOGIN"), map[string]any{"name": "sidecar"}))
+	containers, _, _ := unstructured.NestedSlice(p, "spec", "template", "spec", "containers")
+	if len(containers) != 1 || byName(containers[0].(map[string]any)) != "api" || len(what) != 2 {
+		t.Errorf("added env and sidecar: containers %v, removed %v", containers, what)
+	}
+	withInit := dep(api("DATABASE_URL"))
+	_ = unstructured.SetNestedSlice(withInit.Object, []any{map[string]any{"name": "init"}}, "spec", "template", "spec", "initContainers")
+	p, what = revertPatch(want, withInit)
+	if v, found, _ := unstructured.NestedFieldNoCopy(p, "spec", "template", "spec", "initContainers"); !found || v != nil || len(what) != 1 {
+		t.Errorf("an init container added by hand: patch %v, removed %v", p, what)
 	}
 }

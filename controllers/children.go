@@ -2,12 +2,16 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -47,6 +51,11 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		}
 		return nil
 	}
+	if existed {
+		if err := r.revertForeign(ctx, p, u, current); err != nil {
+			return err
+		}
+	}
 	// Applied before by this process but not in the cache yet: the cache lags
 	// our own write, and the same object (same UID) is no creation.
 	uidBefore := r.applied.uid(k)
@@ -65,6 +74,29 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		}
 		obj.GetObjectKind().SetGroupVersionKind(gvk)
 	}
+	return nil
+}
+
+// revertForeign removes what was added by hand to the lists of a child that the apply
+// would keep (revertPatch): one merge patch, and an event saying what went.
+func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, desired *unstructured.Unstructured, live client.Object) error {
+	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(live)
+	if err != nil {
+		return err
+	}
+	patch, foreign := revertPatch(desired, &unstructured.Unstructured{Object: content})
+	if patch == nil {
+		return nil
+	}
+	body, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	if err := r.Patch(ctx, live, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("revert what was added by hand to %s %s: %w", desired.GetKind(), live.GetName(), err)
+	}
+	r.Recorder.Eventf(p.stack, live, corev1.EventTypeNormal, "Reverted", "Patch",
+		"Removed from %s %s what the spec does not set: %s", desired.GetKind(), live.GetName(), strings.Join(foreign, ", "))
 	return nil
 }
 

@@ -352,6 +352,68 @@ func testChildrenRestored(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Added by hand to the Deployment: an environment variable that would override the
+	// ConfigMap, a port and a sidecar; all removed (Server-Side Apply alone keeps them).
+	if err := k8s.Get(bg, key(ns, "heal-api"), dep); err != nil {
+		t.Fatal(err)
+	}
+	c := &dep.Spec.Template.Spec.Containers[0]
+	c.Env = append(c.Env, corev1.EnvVar{Name: "RATE_LIMIT_LOGIN", Value: "0"})
+	c.Ports = append(c.Ports, corev1.ContainerPort{Name: "debug", ContainerPort: 6060})
+	dep.Spec.Template.Spec.Containers = append(dep.Spec.Template.Spec.Containers,
+		corev1.Container{Name: "sidecar", Image: "evil.example.com/sidecar:latest"})
+	if err := k8s.Update(bg, dep); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Deployment heal-api without what was added by hand", func() error {
+		fresh := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "heal-api"), fresh); err != nil {
+			return err
+		}
+		cs := fresh.Spec.Template.Spec.Containers
+		if len(cs) != 1 {
+			return fmt.Errorf("%d containers", len(cs))
+		}
+		for _, e := range cs[0].Env {
+			if e.Name == "RATE_LIMIT_LOGIN" {
+				return fmt.Errorf("env still has RATE_LIMIT_LOGIN")
+			}
+		}
+		if len(cs[0].Ports) != 2 || len(cs[0].Env) == 0 {
+			return fmt.Errorf("ports %v, env %v", cs[0].Ports, cs[0].Env)
+		}
+		return nil
+	})
+
+	// A Service port edited by hand: put back (an apply alone failed here: the edited entry
+	// is another key, and the API server refused a second port named "http").
+	svc := &corev1.Service{}
+	if err := k8s.Get(bg, key(ns, "heal-api"), svc); err != nil {
+		t.Fatal(err)
+	}
+	for i := range svc.Spec.Ports {
+		if svc.Spec.Ports[i].Name == "http" {
+			svc.Spec.Ports[i].Port = 8081
+		}
+	}
+	if err := k8s.Update(bg, svc); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Service heal-api port restored", func() error {
+		fresh := &corev1.Service{}
+		if err := k8s.Get(bg, key(ns, "heal-api"), fresh); err != nil {
+			return err
+		}
+		ports := map[string]int32{}
+		for _, p := range fresh.Spec.Ports {
+			ports[p.Name] = p.Port
+		}
+		if len(ports) != 2 || ports["http"] != 8080 || ports["metrics"] != 9090 {
+			return fmt.Errorf("ports %v", ports)
+		}
+		return nil
+	})
 }
 
 func mustFirstNetworkPolicy(t *testing.T, ns string) string {

@@ -1,0 +1,142 @@
+package controllers
+
+import (
+	"fmt"
+	"strconv"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// Server-Side Apply keeps what other managers own, list entries included: a container, an
+// environment variable or a port added by hand to a child survives every apply, and a port
+// edited by hand even breaks it (the edited entry is another key, so the apply adds ours
+// again and the API server refuses two ports named "http"). The spec says a child edited by
+// hand is put back, so before applying, the lists below are compared by key with the
+// desired ones, and a list holding an entry the operator does not specify is replaced whole.
+//
+// Only the lists whose entries change what the service does are compared: the containers
+// and init containers of a pod template, and in each of them its environment and ports
+// (an added RATE_LIMIT_LOGIN=0 would turn a limit off), and a Service's ports. Jobs are
+// left alone: their template cannot change.
+
+// listKey names an entry of one of the compared lists; "" for a list not compared.
+type listKey func(entry map[string]any) string
+
+func byName(e map[string]any) string { s, _ := e["name"].(string); return s }
+
+// byPortProtocol keys ports by number and protocol (TCP when unset, as the API server
+// defaults it), the keys Server-Side Apply merges them by.
+func byPortProtocol(field string) listKey {
+	return func(e map[string]any) string {
+		proto, _ := e["protocol"].(string)
+		if proto == "" {
+			proto = "TCP"
+		}
+		return number(e[field]) + "/" + proto
+	}
+}
+
+func number(v any) string {
+	switch n := v.(type) {
+	case int64:
+		return strconv.FormatInt(n, 10)
+	case int32:
+		return strconv.FormatInt(int64(n), 10)
+	case int:
+		return strconv.Itoa(n)
+	case float64:
+		return strconv.FormatFloat(n, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
+}
+
+// revertPatch returns a JSON merge patch that replaces, in live, every compared list that
+// holds an entry desired does not specify, with desired's list, and what it removes (for
+// the event); nil when there is nothing foreign. Both objects are in unstructured form:
+// desired as applied (applyContent), live as stored.
+func revertPatch(desired, live *unstructured.Unstructured) (map[string]any, []string) {
+	var foreign []string
+	patch := map[string]any{}
+	switch desired.GetKind() {
+	case "Service":
+		foreign = append(foreign, revertList(desired.Object, live.Object, patch, []string{"spec", "ports"}, byPortProtocol("port"), "port ")...)
+	case "Deployment", "StatefulSet":
+		tmpl := []string{"spec", "template", "spec"}
+		for _, list := range []string{"containers", "initContainers"} {
+			path := append(append([]string{}, tmpl...), list)
+			found := revertList(desired.Object, live.Object, patch, path, byName, list[:len(list)-1]+" ")
+			// Inside each of ours: its environment and ports. Any foreign entry there
+			// replaces the whole list of containers too (a merge patch replaces lists).
+			want, wanted, _ := unstructured.NestedSlice(desired.Object, path...)
+			have, _, _ := unstructured.NestedSlice(live.Object, path...)
+			for _, w := range want {
+				wc, _ := w.(map[string]any)
+				for _, h := range have {
+					hc, _ := h.(map[string]any)
+					if wc == nil || hc == nil || byName(hc) != byName(wc) {
+						continue
+					}
+					found = append(found, foreignEntries(wc["env"], hc["env"], byName, "env ", " in "+byName(wc))...)
+					found = append(found, foreignEntries(wc["ports"], hc["ports"], byPortProtocol("containerPort"), "port ", " in "+byName(wc))...)
+				}
+			}
+			if len(found) > 0 {
+				if wanted {
+					setPath(patch, path, want)
+				} else {
+					setPath(patch, path, nil) // no such list desired: null removes it
+				}
+			}
+			foreign = append(foreign, found...)
+		}
+	}
+	if len(foreign) == 0 {
+		return nil, nil
+	}
+	return patch, foreign
+}
+
+// revertList sets desired's list at path into patch when live's holds a foreign entry.
+func revertList(desired, live, patch map[string]any, path []string, key listKey, what string) []string {
+	want, _, _ := unstructured.NestedFieldNoCopy(desired, path...)
+	have, _, _ := unstructured.NestedFieldNoCopy(live, path...)
+	found := foreignEntries(want, have, key, what, "")
+	if len(found) > 0 && path[len(path)-1] != "containers" && path[len(path)-1] != "initContainers" {
+		setPath(patch, path, want)
+	}
+	return found
+}
+
+// foreignEntries lists the entries of have whose key is not among want's.
+func foreignEntries(want, have any, key listKey, what, where string) []string {
+	hs, _ := have.([]any)
+	if len(hs) == 0 {
+		return nil
+	}
+	ws, _ := want.([]any)
+	keys := make(map[string]bool, len(ws))
+	for _, w := range ws {
+		if m, ok := w.(map[string]any); ok {
+			keys[key(m)] = true
+		}
+	}
+	var found []string
+	for _, h := range hs {
+		if m, ok := h.(map[string]any); ok && !keys[key(m)] {
+			found = append(found, what+key(m)+where)
+		}
+	}
+	return found
+}
+
+func setPath(m map[string]any, path []string, v any) {
+	for _, p := range path[:len(path)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			m[p] = next
+		}
+		m = next
+	}
+	m[path[len(path)-1]] = v
+}
