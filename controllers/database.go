@@ -3,11 +3,13 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
@@ -42,10 +44,12 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 	if err != nil {
 		return false, err
 	}
+	notApplied := ""
 	if found && len(current.Spec.VolumeClaimTemplates) > 0 {
 		if err := r.growVolumes(ctx, p, sts, current); err != nil {
 			return false, err
 		}
+		notApplied = storageNotApplied(sts.Spec.VolumeClaimTemplates, current.Spec.VolumeClaimTemplates)
 		sts.Spec.VolumeClaimTemplates = keepClaimTemplates(current.Spec.VolumeClaimTemplates)
 	}
 	if err := r.applyChild(ctx, p, sts); err != nil {
@@ -57,12 +61,42 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 
 	if sts.Status.ReadyReplicas >= 1 {
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonDatabaseAvailable,
-			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod", sts.Name))
+			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod%s", sts.Name, notApplied))
 	} else {
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady,
-			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod", sts.Name))
+			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s", sts.Name, notApplied))
 	}
 	return false, nil
+}
+
+// storageNotApplied says which part of spec.postgres.managed.storage the volume does not
+// follow, or "". The schema refuses a smaller size or another class once they are set, but
+// not when the stack was created without spec.postgres.managed (the defaults were never
+// stored, so there is no old value to compare with): the volume then keeps its size and
+// class, and the condition says so instead of pretending the spec holds.
+func storageNotApplied(desired, current []corev1.PersistentVolumeClaim) string {
+	var why []string
+	for _, want := range desired {
+		for _, have := range current {
+			if have.Name != want.Name {
+				continue
+			}
+			wantSize, haveSize := want.Spec.Resources.Requests[corev1.ResourceStorage], have.Spec.Resources.Requests[corev1.ResourceStorage]
+			if wantSize.Cmp(haveSize) < 0 {
+				why = append(why, fmt.Sprintf("the volume keeps %s: storage cannot shrink to %s", haveSize.String(), wantSize.String()))
+			}
+			if w, h := ptr.Deref(want.Spec.StorageClassName, ""), ptr.Deref(have.Spec.StorageClassName, ""); w != "" && w != h {
+				if h == "" {
+					h = "the cluster's default"
+				}
+				why = append(why, fmt.Sprintf("the volume keeps storage class %s: the class of an existing volume cannot change to %s", h, w))
+			}
+		}
+	}
+	if len(why) == 0 {
+		return ""
+	}
+	return "; spec.postgres.managed.storage is not applied: " + strings.Join(why, "; ")
 }
 
 // growVolumes carries a grown spec.postgres.managed.storage.size to the

@@ -47,6 +47,7 @@ func TestOperator(t *testing.T) {
 		{"PolicyFollowsSpec", testPolicyFollowsSpec},
 		{"ValidationRules", testValidationRules},
 		{"StorageGrows", testStorageGrows},
+		{"StorageNotShrunk", testStorageNotShrunk},
 		{"WatchNamespace", testWatchNamespace},
 		{"FailedApplyIsReported", testFailedApplyIsReported},
 		{"AutoscalingKeepsReplicas", testAutoscalingKeepsReplicas},
@@ -989,6 +990,34 @@ func testWatchNamespace(t *testing.T) {
 // testStorageGrows: a grown storage size reaches the database's claim (the
 // StatefulSet's claim template cannot change), and the StatefulSet keeps
 // applying cleanly.
+// A stack created without spec.postgres.managed has no stored size to compare with, so the
+// schema lets a smaller size or a storage class in later; the volume keeps what it has, and
+// DatabaseReady says the spec is not applied instead of pretending it holds.
+func testStorageNotShrunk(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "keep"))
+	makeReady(t, ns, "keep")
+	updateStack(t, ns, "keep", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "5Gi", StorageClassName: "fast"}}
+	})
+	eventually(t, "DatabaseReady says the storage spec is not applied", func() error {
+		s := getStack(t, ns, "keep")
+		c := condition(s, tradingv1alpha1.ConditionDatabaseReady)
+		if c == nil || c.ObservedGeneration != s.Generation || !strings.Contains(c.Message, "cannot shrink to 5Gi") ||
+			!strings.Contains(c.Message, "cannot change to fast") {
+			return fmt.Errorf("DatabaseReady: %+v", c)
+		}
+		return nil
+	})
+	sts := &appsv1.StatefulSet{}
+	if err := k8s.Get(bg, key(ns, "keep-postgres"), sts); err != nil {
+		t.Fatal(err)
+	}
+	if got := sts.Spec.VolumeClaimTemplates[0].Spec.Resources.Requests.Storage(); got.Cmp(resource.MustParse("10Gi")) != 0 {
+		t.Fatalf("claim template requests %s, want the 10Gi it was created with", got)
+	}
+}
+
 func testStorageGrows(t *testing.T) {
 	ns := newNamespace(t)
 	sc := &storagev1.StorageClass{
