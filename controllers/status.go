@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +23,9 @@ var requiredConditions = []string{
 	tradingv1alpha1.ConditionMigrationsSucceeded,
 	tradingv1alpha1.ConditionRuntimeAvailable,
 }
+
+// componentConditions are the conditions the steps set, one per component.
+var componentConditions = append(slices.Clone(requiredConditions), tradingv1alpha1.ConditionMonitoringReady)
 
 // summarize derives Ready, Progressing, Degraded and the phase from the
 // component conditions the steps set.
@@ -114,6 +118,18 @@ func summarize(p *pass) {
 // when a condition's status is unchanged, so an unchanged pass compares equal.
 func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error {
 	st := &p.stack.Status
+	// Every condition type is present from the first status on: one that no step has
+	// evaluated yet is Unknown and says why, rather than missing. One evaluated in an
+	// earlier pass keeps what it said then, with the generation it said it for.
+	for _, t := range componentConditions {
+		if meta.FindStatusCondition(st.Conditions, t) == nil {
+			why := "an earlier step stopped this pass; see the other conditions"
+			if p.stack.Spec.Paused {
+				why = "spec.paused is true"
+			}
+			p.setCondition(t, metav1.ConditionUnknown, tradingv1alpha1.ReasonNotChecked, "not checked yet: "+why)
+		}
+	}
 	if !p.stack.Spec.Paused {
 		summarize(p)
 	} else if st.Phase == "" {

@@ -729,6 +729,16 @@ func testBrokenStackDoesNotBlockOthers(t *testing.T) {
 	if s.Status.Phase != tradingv1alpha1.PhaseFailed {
 		t.Errorf("broken stack's phase %q", s.Status.Phase)
 	}
+	// The steps after the database did not run; their conditions are there all the same,
+	// Unknown, saying they were not checked, for this generation.
+	for _, ct := range []string{tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ConditionMigrationsSucceeded,
+		tradingv1alpha1.ConditionRuntimeAvailable, tradingv1alpha1.ConditionMonitoringReady} {
+		c := condition(s, ct)
+		if c == nil || c.Status != metav1.ConditionUnknown || c.Reason != tradingv1alpha1.ReasonNotChecked ||
+			c.Message == "" || c.ObservedGeneration != s.Generation {
+			t.Errorf("%s of a stack stopped at its database: %+v", ct, c)
+		}
+	}
 	if err := k8s.Get(bg, key(ns, "broken-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
 		t.Errorf("external-database stack got a StatefulSet (%v)", err)
 	}

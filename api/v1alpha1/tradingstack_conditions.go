@@ -32,6 +32,10 @@ const (
 	ReasonReconciling = "Reconciling"
 	ReasonPaused      = "Paused"
 	ReasonApplyFailed = "ApplyFailed"
+	// ReasonNotChecked: a component condition the operator has not evaluated yet (Unknown):
+	// an earlier step stopped the pass (a Secret the spec names is missing, say), or the
+	// stack was paused before its first pass.
+	ReasonNotChecked = "NotChecked"
 
 	// DatabaseReady.
 	ReasonDatabaseAvailable       = "DatabaseAvailable"
