@@ -34,7 +34,7 @@ import (
 // size grows.
 //
 // +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks,verbs=get;list;watch
-// +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks/status,verbs=get;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch;delete

@@ -99,3 +99,15 @@ func TestWithDefaultsLeavesOriginal(t *testing.T) {
 		t.Errorf("WithDefaults changed its receiver: %+v", s.Spec)
 	}
 }
+
+// status.runtime says 0 ready replicas as 0: a jsonpath or a dashboard reading an absent
+// field sees nothing, not zero.
+func TestRuntimeStatusWritesZeroReplicas(t *testing.T) {
+	b, err := json.Marshal(RuntimeStatus{Replicas: 2, ReplicasText: "0/2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(b); got != `{"replicas":2,"readyReplicas":0,"replicasText":"0/2"}` {
+		t.Fatalf("status.runtime = %s", got)
+	}
+}

@@ -526,13 +526,14 @@ type TradingStackStatus struct {
 
 // RuntimeStatus describes the runtime Deployment.
 type RuntimeStatus struct {
-	// Replicas is the desired number of runtime pods.
+	// Replicas is the desired number of runtime pods. Written even when 0, like
+	// ReadyReplicas: "0 ready" is an answer, an absent field is not.
 	// +optional
-	Replicas int32 `json:"replicas,omitempty"`
+	Replicas int32 `json:"replicas"`
 
 	// ReadyReplicas is the number of runtime pods that are ready.
 	// +optional
-	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	ReadyReplicas int32 `json:"readyReplicas"`
 
 	// ReplicasText is "ready/desired", for the REPLICAS column of `kubectl get tstack`.
 	// +optional
