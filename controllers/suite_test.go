@@ -47,6 +47,9 @@ var (
 	mgrCancel   context.CancelFunc
 	mgrDone     chan error
 	currentMgr  manager.Manager
+	// currentReconciler is the running manager's reconciler, for the few tests that look
+	// at its own state (which kinds it watches).
+	currentReconciler *TradingStackReconciler
 )
 
 func TestMain(m *testing.M) {
@@ -163,7 +166,7 @@ func startManager(watchNamespaces ...string) error {
 		cancel()
 		return fmt.Errorf("cache did not sync")
 	}
-	mgrCancel, mgrDone, currentMgr = cancel, done, mgr
+	mgrCancel, mgrDone, currentMgr, currentReconciler = cancel, done, mgr, r
 	return nil
 }
 
@@ -175,7 +178,7 @@ func stopManager() {
 	}
 	mgrCancel()
 	<-mgrDone
-	mgrCancel, mgrDone, currentMgr = nil, nil, nil
+	mgrCancel, mgrDone, currentMgr, currentReconciler = nil, nil, nil, nil
 }
 
 // newNamespace gives each test a namespace of its own.

@@ -154,6 +154,36 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 		}
 		return nil
 	})
+
+	// The CRDs uninstalled: the stack says so and stays Ready (and the operator stops
+	// watching the kinds); installed again, the objects and their watch come back.
+	uninstallMonitoringCRDs(t)
+	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
+	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	eventually(t, "the operator no longer watching the uninstalled kinds", func() error {
+		m := currentReconciler.monitoring
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.watching[serviceMonitorGK] || m.watching[prometheusRuleGK] {
+			return fmt.Errorf("still watching: %v", m.watching)
+		}
+		return nil
+	})
+	installMonitoringCRDs(t)
+	sm = waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "mon-api")
+	if err := k8s.Delete(bg, sm); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ServiceMonitor recreated after the CRD came back", func() error {
+		fresh := &monitoringv1.ServiceMonitor{}
+		if err := k8s.Get(bg, key(ns, "mon-api"), fresh); err != nil {
+			return err
+		}
+		if fresh.UID == sm.UID {
+			return fmt.Errorf("still the deleted object")
+		}
+		return nil
+	})
 }
 
 // contractChildren lists every child of a default stack NAME by kind and name.
