@@ -65,6 +65,11 @@ func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap 
 	}
 	if u := redisURL(s); u != "" {
 		data["REDIS_URL"] = u
+	} else if r.Replicas > 1 || r.Autoscaling != nil {
+		// Without Redis the replicas cannot tell each other of a trade: each caching on its
+		// own, one would serve a trader's positions from before a trade approved on another
+		// (api.md: read-your-writes, whichever replica answers). They read the database.
+		data["CACHE_L1"] = "false"
 	}
 	// Drop values an undefaulted spec left empty, so tradingd's defaults apply to them.
 	for k, v := range data {

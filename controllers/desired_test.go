@@ -293,6 +293,16 @@ func TestRedisModes(t *testing.T) {
 			if got != tt.wantURL || ok != (tt.wantURL != "") {
 				t.Errorf("REDIS_URL=%q (present %v), want %q", got, ok, tt.wantURL)
 			}
+			// Several replicas (two by default) without Redis keep no L1: they could not
+			// tell each other of a trade. One replica, or Redis, keeps it.
+			l1, set := desiredRuntimeConfigMap(s).Data["CACHE_L1"]
+			if want := tt.wantURL == ""; set != want || (set && l1 != "false") {
+				t.Errorf("CACHE_L1=%q (present %v) with %d replicas and REDIS_URL %q", l1, set, s.Spec.Runtime.Replicas, tt.wantURL)
+			}
+			one := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) { sp.Redis = tt.redis; sp.Runtime.Replicas = 1 })
+			if _, set := desiredRuntimeConfigMap(one).Data["CACHE_L1"]; set {
+				t.Errorf("CACHE_L1 set for a single replica (%s)", tt.name)
+			}
 			if strings.Contains(got, "@") {
 				t.Errorf("a password in the ConfigMap's REDIS_URL: %q", got)
 			}

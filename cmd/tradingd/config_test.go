@@ -70,6 +70,7 @@ func TestLoadDefaults(t *testing.T) {
 		RateLimitGlobalPerDay:    1000,
 		CachePositionsTTL:        30 * time.Second,
 		CacheSummaryTTL:          10 * time.Second,
+		CacheL1:                  true,
 		DBMaxConns:               30,
 		DBMinConns:               2,
 		DBMaxConnLifetime:        time.Hour,
@@ -118,6 +119,7 @@ func TestLoadSources(t *testing.T) {
 		{"RATE_LIMIT_GLOBAL_PER_DAY", "--rate-limit-global-per-day", "14", "9", func(c *Config) bool { return c.RateLimitGlobalPerDay == 14 }},
 		{"CACHE_POSITIONS_TTL", "--cache-positions-ttl", "1m", "2m", func(c *Config) bool { return c.CachePositionsTTL == time.Minute }},
 		{"CACHE_SUMMARY_TTL", "--cache-summary-ttl", "0s", "2m", func(c *Config) bool { return c.CacheSummaryTTL == 0 }},
+		{"CACHE_L1", "--cache-l1", "false", "true", func(c *Config) bool { return !c.CacheL1 }},
 		{"DB_MAX_CONNS", "--db-max-conns", "8", "9", func(c *Config) bool { return c.DBMaxConns == 8 }},
 		{"DB_MIN_CONNS", "--db-min-conns", "0", "1", func(c *Config) bool { return c.DBMinConns == 0 }},
 		{"DB_MAX_CONN_LIFETIME", "--db-max-conn-lifetime", "10m", "20m", func(c *Config) bool { return c.DBMaxConnLifetime == 10*time.Minute }},
@@ -143,7 +145,7 @@ func TestLoadSources(t *testing.T) {
 				"flag beats env":  {[]string{tt.flag + "=" + tt.value}, with(required(), tt.env, tt.other)},
 				"flag, separated": {[]string{tt.flag, tt.value}, with(required(), tt.env, tt.other)},
 			}
-			if tt.env == "DEMO_USERS" {
+			if tt.env == "DEMO_USERS" || tt.env == "CACHE_L1" {
 				delete(sources, "flag, separated") // a boolean flag takes --demo-users=false, not a separate word
 			}
 			for name, s := range sources {
@@ -244,6 +246,7 @@ func TestLoadErrors(t *testing.T) {
 		{"shutdown grace", nil, with(required(), "SHUTDOWN_GRACE", "soon"), "SHUTDOWN_GRACE"},
 		{"log level", nil, with(required(), "LOG_LEVEL", "verbose"), "LOG_LEVEL"},
 		{"log format", nil, with(required(), "LOG_FORMAT", "xml"), "LOG_FORMAT"},
+		{"cache l1", nil, with(required(), "CACHE_L1", "maybe"), "CACHE_L1"},
 		{"bootstrap password too long", nil, with(required(), "BOOTSTRAP_ADMIN_PASSWORD", strings.Repeat("p", 73)), "BOOTSTRAP_ADMIN_PASSWORD"},
 		{"demo users", nil, with(required(), "DEMO_USERS", "yes please"), "DEMO_USERS"},
 	}

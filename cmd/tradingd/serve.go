@@ -211,7 +211,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	// The read cache in front of positions and summary; the order service invalidates the
 	// requester's entries on every replica before an approve returns (read-your-writes).
 	portfolio := cache.NewPortfolio(postgres.NewPortfolioService(db), cache.Options{
-		PositionsTTL: cfg.CachePositionsTTL, SummaryTTL: cfg.CacheSummaryTTL,
+		PositionsTTL: cfg.CachePositionsTTL, SummaryTTL: cfg.CacheSummaryTTL, NoL1: !cfg.CacheL1,
 		Remote: remote, Observer: m, Logger: logger,
 	})
 	defer portfolio.Close()

@@ -126,6 +126,10 @@ type Observer interface {
 type Options struct {
 	PositionsTTL time.Duration // default 30s (CACHE_POSITIONS_TTL)
 	SummaryTTL   time.Duration // default 10s (CACHE_SUMMARY_TTL)
+	// NoL1 keeps nothing in process memory (CACHE_L1=false): reads go to the Remote (L2) or
+	// the database. For several replicas without a Remote, which cannot tell each other
+	// of a trade.
+	NoL1 bool
 	// MaxBytes bounds L1 by the approximate size of its values (default 64 MiB).
 	MaxBytes uint64
 	// LoadTimeout bounds one database load, detached from the caller's context (default 5s).
@@ -727,7 +731,15 @@ func (p *Portfolio) onSubscribe() {
 // stores nothing in L1: the trader who just traded on another replica reads it at once,
 // and when the subscription is back the L1 is flushed anyway.
 func (p *Portfolio) trusted() bool {
-	return p.opts.Remote == nil || (p.subscribed.Load() && p.opts.Remote.Healthy())
+	if p.opts.NoL1 {
+		return false
+	}
+	return p.opts.Remote == nil || p.remoteTrusted()
+}
+
+// remoteTrusted: subscribed to the invalidations, and Redis answers.
+func (p *Portfolio) remoteTrusted() bool {
+	return p.subscribed.Load() && p.opts.Remote.Healthy()
 }
 
 // replayPending starts a replay of the remembered invalidations, if any and none is running.
@@ -842,7 +854,7 @@ func (p *Portfolio) invalidateRemote(ctx context.Context, userID uuid.UUID, stal
 
 // Degraded reports whether the L2 is configured but not answering.
 func (p *Portfolio) Degraded() bool {
-	return !p.trusted()
+	return p.opts.Remote != nil && !p.remoteTrusted()
 }
 
 // L1Stats returns the L1's entry count and approximate bytes (for metrics.WatchCache).

@@ -250,6 +250,27 @@ func TestL1OnlyInvalidatesLocally(t *testing.T) {
 	}
 }
 
+// Several replicas without Redis cannot tell each other of a trade; with L1 off
+// (CACHE_L1=false, which the operator sets for them) a trade approved on A is read at once
+// on B, whose earlier read kept nothing.
+func TestNoL1ReplicasWithoutRedisReadFresh(t *testing.T) {
+	w := newWorld(t)
+	a := replica(t, w, "", "", cache.Options{NoL1: true})
+	b := replica(t, w, "", "", cache.Options{NoL1: true})
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	if q := quantity(t, b, user); q != "1" {
+		t.Fatalf("B reads %s, want 1", q)
+	}
+	w.trade(t, a, "2")
+	if q := quantity(t, b, user); q != "3" {
+		t.Fatalf("B reads %s after an approve on A, want 3 (an L1 entry would say 1)", q)
+	}
+	if e, _ := b.L1Stats(); e != 0 {
+		t.Fatalf("L1 holds %d entries with NoL1", e)
+	}
+}
+
 // N concurrent misses of one key do the database work once, and a caller that gives up
 // does not fail the others.
 func TestConcurrentMissesLoadOnce(t *testing.T) {
