@@ -146,22 +146,6 @@ func (m *monitoringAPIs) watch(gk schema.GroupKind, obj client.Object, scheme *r
 	return nil
 }
 
-// unwatch stops the informer of a kind whose CRD is gone: left running, its reflector
-// would fail to list the kind and log it, with backoff, for as long as the operator runs.
-// A CRD installed again is watched again by the next pass (watch).
-func (m *monitoringAPIs) unwatch(ctx context.Context, gk schema.GroupKind, obj client.Object) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.watching[gk] {
-		return nil
-	}
-	if err := m.cache.RemoveInformer(ctx, obj); err != nil {
-		return fmt.Errorf("stop watching %s: %w", gk, err)
-	}
-	m.watching[gk] = false
-	return nil
-}
-
 // lookup is one RESTMapper answer.
 type lookup struct {
 	present   bool
@@ -224,9 +208,6 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			return false, err
 		}
 		if !installed {
-			if err := r.monitoring.unwatch(ctx, k.gk, k.empty()); err != nil {
-				return false, err
-			}
 			if k.wanted {
 				missing = append(missing, k.gk.Kind)
 			}

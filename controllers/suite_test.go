@@ -47,9 +47,6 @@ var (
 	mgrCancel   context.CancelFunc
 	mgrDone     chan error
 	currentMgr  manager.Manager
-	// currentReconciler is the running manager's reconciler, for the few tests that look
-	// at its own state (which kinds it watches).
-	currentReconciler *TradingStackReconciler
 )
 
 func TestMain(m *testing.M) {
@@ -166,7 +163,7 @@ func startManager(watchNamespaces ...string) error {
 		cancel()
 		return fmt.Errorf("cache did not sync")
 	}
-	mgrCancel, mgrDone, currentMgr, currentReconciler = cancel, done, mgr, r
+	mgrCancel, mgrDone, currentMgr = cancel, done, mgr
 	return nil
 }
 
@@ -178,7 +175,7 @@ func stopManager() {
 	}
 	mgrCancel()
 	<-mgrDone
-	mgrCancel, mgrDone, currentMgr, currentReconciler = nil, nil, nil, nil
+	mgrCancel, mgrDone, currentMgr = nil, nil, nil
 }
 
 // newNamespace gives each test a namespace of its own.

@@ -155,20 +155,13 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 		return nil
 	})
 
-	// The CRDs uninstalled: the stack says so and stays Ready (and the operator stops
-	// watching the kinds); installed again, the objects and their watch come back.
+	// The CRDs uninstalled: the stack says so and stays Ready; installed again, the objects
+	// and their watch come back. (The kind's informer keeps running meanwhile and logs its
+	// failed lists with backoff: removing it would let a pass that read the kind just
+	// before block on a new informer that cannot sync, for good.)
 	uninstallMonitoringCRDs(t)
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
-	eventually(t, "the operator no longer watching the uninstalled kinds", func() error {
-		m := currentReconciler.monitoring
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if m.watching[serviceMonitorGK] || m.watching[prometheusRuleGK] {
-			return fmt.Errorf("still watching: %v", m.watching)
-		}
-		return nil
-	})
 	installMonitoringCRDs(t)
 	sm = waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "mon-api")
 	if err := k8s.Delete(bg, sm); err != nil {
