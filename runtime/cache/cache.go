@@ -75,7 +75,6 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,7 +83,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/maypok86/otter/v2"
 	"github.com/shopspring/decimal"
-	"golang.org/x/sync/singleflight"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -177,12 +175,6 @@ type key struct {
 	kind  kind
 }
 
-// String names k for the loads that bypass L1 (singleflight): the generation is in it, so a
-// read after an invalidation never joins a load that started before it.
-func (k key) String() string {
-	return k.user.String() + "/" + k.kind.String() + "/" + strconv.FormatUint(k.epoch, 10) + "/" + strconv.FormatUint(k.gen, 10)
-}
-
 // entry is a cached book (the open positions, or for the summary every position and the
 // counters); the book is immutable, callers get views built from it.
 type entry struct {
@@ -253,10 +245,8 @@ type Portfolio struct {
 	log      *slog.Logger
 	stop     func()
 
-	// subscribed is true while the invalidation subscription is up (see trusted); untrusted
-	// collapses the concurrent loads of a key while it is not.
+	// subscribed is true while the invalidation subscription is up (see trusted).
 	subscribed atomic.Bool
-	untrusted  singleflight.Group
 
 	pendingMu sync.Mutex
 	pending   map[uuid.UUID]trading.Views // invalidations Redis did not get; replayed on resubscribe
@@ -583,12 +573,10 @@ func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, er
 	ck := p.currentKey(user, k)
 	if !p.trusted() {
 		p.observe(reader, false, "l1", k)
-		// Concurrent misses for one key still load once, but what they load is not kept.
-		v, err, _ := p.untrusted.Do(ck.String(), func() (any, error) { return p.load(ctx, ck) })
-		if err != nil {
-			return nil, err
-		}
-		return v.(*entry), nil
+		// Each read loads for itself, and keeps nothing: joining a load already under way
+		// could hand a reader what the database held before a trade another replica
+		// approved after that load started, and no invalidation reaches us to prevent it.
+		return p.load(ctx, ck)
 	}
 	e, ok := p.l1.GetIfPresent(ck)
 	if ok {

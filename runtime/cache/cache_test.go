@@ -271,6 +271,39 @@ func TestNoL1ReplicasWithoutRedisReadFresh(t *testing.T) {
 	}
 }
 
+// Without a trusted L1 each read loads for itself: a read that starts after an approve on
+// another replica returned never joins a load that began before it (the first read here is
+// held at a gate with what the database said before the approve; the second completes on its
+// own, with the trade, while the first is still held).
+func TestUntrustedReadsDoNotJoinEarlierLoads(t *testing.T) {
+	w := newWorld(t)
+	a := replica(t, w, "", "", cache.Options{NoL1: true})
+	b := replica(t, w, "", "", cache.Options{NoL1: true})
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	release := sync.OnceFunc(w.portfolio.hold())
+	defer release()
+	first := make(chan string, 1)
+	go func() { first <- quantity(t, b, user) }()
+	<-w.portfolio.started // B's first load read quantity 1 and waits at the gate
+	w.portfolio.mu.Lock()
+	w.portfolio.gate = nil // later loads pass
+	w.portfolio.mu.Unlock()
+	w.trade(t, a, "2")
+	second := make(chan string, 1)
+	go func() { second <- quantity(t, b, user) }()
+	select {
+	case q := <-second:
+		if q != "3" {
+			t.Fatalf("a read that started after the approve returned %s, want 3", q)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a read that started after the approve waited for the load held from before it")
+	}
+	release()
+	<-first
+}
+
 // N concurrent misses of one key do the database work once, and a caller that gives up
 // does not fail the others.
 func TestConcurrentMissesLoadOnce(t *testing.T) {
