@@ -330,6 +330,27 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 	}
 }
 
+// TestServeStartsWithRedisDown: a REDIS_URL that nothing answers at start is no reason not
+// to serve; /readyz is 200 and says degraded, and every log line is JSON, the Redis client
+// library's complaints about the failed dials included.
+func TestServeStartsWithRedisDown(t *testing.T) {
+	r := startReplica(t, map[string]string{
+		"DATABASE_URL": pgtest.NewMigratedDatabase(t),
+		"JWT_KEYS":     jwtKeys,
+		"REDIS_URL":    "redis://127.0.0.1:" + freePort(t) + "/0", // closed
+		"LISTEN_ADDR":  "127.0.0.1:0",
+		"ADMIN_ADDR":   "127.0.0.1:0",
+	})
+	if code, body := get(t, r.admin+"/readyz"); code != 200 || !strings.Contains(body, "degraded") {
+		t.Fatalf("/readyz with Redis down at start: %d %s", code, body)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(r.proc.log()), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("a log line that is not JSON: %s", line)
+		}
+	}
+}
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -132,13 +132,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	var rc *redis.Client
 	var remote cache.Remote // a nil interface without Redis, never a typed nil
 	if cfg.RedisURL != "" {
+		// Before Open: its first ping, to a Redis that is down, already makes go-redis log.
+		redis.LogLibraryTo(logger)
 		rc, err = redis.Open(cfg.RedisURL)
 		if err != nil {
 			return settingError("REDIS_URL", err)
 		}
 		defer rc.Close()
 		rc.SetLogger(logger)
-		redis.LogLibraryTo(logger)
 		m.SetRedisUp(rc.Healthy())
 		rc.OnHealthChange(m.SetRedisUp)
 		remote = rc
