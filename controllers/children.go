@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -59,9 +60,25 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 	// Applied before by this process but not in the cache yet: the cache lags
 	// our own write, and the same object (same UID) is no creation.
 	uidBefore := r.applied.uid(k)
+	var replace map[string]any
+	if existed {
+		replace = replaceListsPatch(u) // before the apply, which replaces u's content
+	}
 	if err := applyRequest(ctx, r.Client, u); err != nil {
-		r.applied.forget(k)
-		return err
+		if replace == nil || !apierrors.IsInvalid(err) {
+			r.applied.forget(k)
+			return err
+		}
+		// Refused as invalid: an entry of ours edited by hand so that the apply cannot
+		// merge with it. Put the lists back whole, then apply again.
+		if perr := r.patchBack(ctx, p, gvk.Kind, current, replace, err); perr != nil {
+			r.applied.forget(k)
+			return perr
+		}
+		if err := applyRequest(ctx, r.Client, u); err != nil {
+			r.applied.forget(k)
+			return err
+		}
 	}
 	r.applied.record(k, sum, u.GetResourceVersion(), string(u.GetUID()), client.ObjectKeyFromObject(p.stack).String())
 	if !existed && uidBefore != string(u.GetUID()) {
@@ -97,6 +114,20 @@ func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, des
 	}
 	r.Recorder.Eventf(p.stack, live, corev1.EventTypeNormal, "Reverted", "Patch",
 		"Removed from %s %s what the spec does not set: %s", desired.GetKind(), live.GetName(), strings.Join(foreign, ", "))
+	return nil
+}
+
+// patchBack sends replace (replaceListsPatch) to live, with an event saying why.
+func (r *TradingStackReconciler) patchBack(ctx context.Context, p *pass, kind string, live client.Object, replace map[string]any, refused error) error {
+	body, err := json.Marshal(replace)
+	if err != nil {
+		return err
+	}
+	if err := r.Patch(ctx, live, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("put back %s %s after the apply was refused (%v): %w", kind, live.GetName(), refused, err)
+	}
+	r.Recorder.Eventf(p.stack, live, corev1.EventTypeNormal, "Reverted", "Patch",
+		"Put back the containers or ports of %s %s as the spec sets them: the apply was refused after an edit by hand (%v)", kind, live.GetName(), refused)
 	return nil
 }
 

@@ -140,3 +140,26 @@ func setPath(m map[string]any, path []string, v any) {
 	}
 	m[path[len(path)-1]] = v
 }
+
+// replaceListsPatch is the merge patch that sets every compared list of desired's kind to
+// desired's, foreign entries or not: the way out when an apply is refused as invalid because
+// an entry of ours was edited by hand into something the apply cannot merge with (an env var
+// from a Secret turned into a literal value gets both, which the API server refuses; so
+// does a probe with another handler). nil for the kinds without such lists.
+func replaceListsPatch(desired *unstructured.Unstructured) map[string]any {
+	patch := map[string]any{}
+	switch desired.GetKind() {
+	case "Service":
+		v, _, _ := unstructured.NestedFieldCopy(desired.Object, "spec", "ports")
+		setPath(patch, []string{"spec", "ports"}, v)
+	case "Deployment", "StatefulSet":
+		for _, list := range []string{"containers", "initContainers"} {
+			path := []string{"spec", "template", "spec", list}
+			v, _, _ := unstructured.NestedFieldCopy(desired.Object, path...)
+			setPath(patch, path, v) // absent: null removes it
+		}
+	default:
+		return nil
+	}
+	return patch
+}

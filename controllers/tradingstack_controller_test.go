@@ -410,6 +410,38 @@ func testChildrenRestored(t *testing.T) {
 		return nil
 	})
 
+	// An env var the operator takes from a Secret, turned into a literal value by hand: the
+	// apply alone would add valueFrom next to the value, which the API server refuses, on
+	// every pass; the containers are put back whole instead.
+	if err := k8s.Get(bg, key(ns, "heal-api"), dep); err != nil {
+		t.Fatal(err)
+	}
+	edited := false
+	for i, e := range dep.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "JWT_KEYS" && e.ValueFrom != nil {
+			dep.Spec.Template.Spec.Containers[0].Env[i] = corev1.EnvVar{Name: "JWT_KEYS", Value: "k1:aGFuZA=="}
+			edited = true
+		}
+	}
+	if !edited {
+		t.Fatal("no JWT_KEYS from a Secret in Deployment heal-api")
+	}
+	if err := k8s.Update(bg, dep); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Deployment heal-api JWT_KEYS from its Secret again", func() error {
+		fresh := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "heal-api"), fresh); err != nil {
+			return err
+		}
+		for _, e := range fresh.Spec.Template.Spec.Containers[0].Env {
+			if e.Name == "JWT_KEYS" && (e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+				return fmt.Errorf("JWT_KEYS is %+v", e)
+			}
+		}
+		return nil
+	})
+
 	// A Service port edited by hand: put back (an apply alone failed here: the edited entry
 	// is another key, and the API server refused a second port named "http").
 	svc := &corev1.Service{}
