@@ -136,6 +136,27 @@ func TestRevertPatch(t *testing.T) {
 	if len(containers) != 1 || byName(containers[0].(map[string]any)) != "api" || len(what) != 2 {
 		t.Errorf("added env and sidecar: containers %v, removed %v", containers, what)
 	}
+	// An env var the operator applied before and the spec dropped since (its own, by
+	// managedFields) is left to the apply, which removes it: no patch, no Reverted event.
+	dropped := dep(api("DATABASE_URL", "REDIS_URL"))
+	dropped.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldOwner, Operation: metav1.ManagedFieldsOperationApply,
+		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"api\"}":{".":{},"f:env":{"k:{\"name\":\"REDIS_URL\"}":{".":{}}}}}}}}}`)}}})
+	if p, what := revertPatch(want, dropped); p != nil {
+		t.Errorf("an env var the operator set itself is reverted as a hand edit: %v", what)
+	}
+	dropped.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: "kubectl-edit", Operation: metav1.ManagedFieldsOperationUpdate,
+		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"api\"}":{"f:env":{"k:{\"name\":\"REDIS_URL\"}":{".":{}}}}}}}}}`)}}})
+	if p, _ := revertPatch(want, dropped); p == nil {
+		t.Error("an env var kubectl edit added is kept")
+	}
+	// A Service port the operator set itself, dropped from the spec: left to the apply.
+	svcDropped := svc(port("http", 8080, "TCP"), port("metrics", 9090, "TCP"), port("old", 7070, "TCP"))
+	svcDropped.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldOwner, Operation: metav1.ManagedFieldsOperationApply,
+		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:ports":{"k:{\"port\":7070,\"protocol\":\"TCP\"}":{".":{}}}}}`)}}})
+	if p, what := revertPatch(desired, svcDropped); p != nil {
+		t.Errorf("a port the operator set itself is reverted as a hand edit: %v", what)
+	}
+
 	withInit := dep(api("DATABASE_URL"))
 	_ = unstructured.SetNestedSlice(withInit.Object, []any{map[string]any{"name": "init"}}, "spec", "template", "spec", "initContainers")
 	p, what = revertPatch(want, withInit)

@@ -101,6 +101,20 @@ func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, des
 	if err != nil {
 		return err
 	}
+	patch, _ := revertPatch(desired, &unstructured.Unstructured{Object: content})
+	if patch == nil {
+		return nil
+	}
+	// The cache keeps no managedFields (a memory saving), and they tell an entry added by
+	// hand from one the operator applied before and the spec has dropped since (the apply
+	// removes those). So the object is read again from the API server, only in this case.
+	fresh := live.DeepCopyObject().(client.Object)
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(live), fresh); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if content, err = runtime.DefaultUnstructuredConverter.ToUnstructured(fresh); err != nil {
+		return err
+	}
 	patch, foreign := revertPatch(desired, &unstructured.Unstructured{Object: content})
 	if patch == nil {
 		return nil
@@ -109,10 +123,10 @@ func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, des
 	if err != nil {
 		return err
 	}
-	if err := r.Patch(ctx, live, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Patch(ctx, fresh, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
 		return fmt.Errorf("revert what was added by hand to %s %s: %w", desired.GetKind(), live.GetName(), err)
 	}
-	r.Recorder.Eventf(p.stack, live, corev1.EventTypeNormal, "Reverted", "Patch",
+	r.Recorder.Eventf(p.stack, fresh, corev1.EventTypeNormal, "Reverted", "Patch",
 		"Removed from %s %s what the spec does not set: %s", desired.GetKind(), live.GetName(), strings.Join(foreign, ", "))
 	return nil
 }

@@ -1,8 +1,10 @@
 package controllers
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
@@ -57,14 +59,17 @@ func number(v any) string {
 func revertPatch(desired, live *unstructured.Unstructured) (map[string]any, []string) {
 	var foreign []string
 	patch := map[string]any{}
+	ours := ownedFields(live)
 	switch desired.GetKind() {
 	case "Service":
-		foreign = append(foreign, revertList(desired.Object, live.Object, patch, []string{"spec", "ports"}, byPortProtocol("port"), "port ")...)
+		path := []string{"spec", "ports"}
+		foreign = append(foreign, revertList(desired.Object, live.Object, patch, path, byPortProtocol("port"), "port ", ours.at(path...))...)
 	case "Deployment", "StatefulSet":
 		tmpl := []string{"spec", "template", "spec"}
 		for _, list := range []string{"containers", "initContainers"} {
 			path := append(append([]string{}, tmpl...), list)
-			found := revertList(desired.Object, live.Object, patch, path, byName, list[:len(list)-1]+" ")
+			owned := ours.at(path...)
+			found := revertList(desired.Object, live.Object, patch, path, byName, list[:len(list)-1]+" ", owned)
 			// Inside each of ours: its environment and ports. Any foreign entry there
 			// replaces the whole list of containers too (a merge patch replaces lists).
 			want, wanted, _ := unstructured.NestedSlice(desired.Object, path...)
@@ -76,8 +81,9 @@ func revertPatch(desired, live *unstructured.Unstructured) (map[string]any, []st
 					if wc == nil || hc == nil || byName(hc) != byName(wc) {
 						continue
 					}
-					found = append(found, foreignEntries(wc["env"], hc["env"], byName, "env ", " in "+byName(wc))...)
-					found = append(found, foreignEntries(wc["ports"], hc["ports"], byPortProtocol("containerPort"), "port ", " in "+byName(wc))...)
+					in := owned.entry(byName, byName(wc))
+					found = append(found, foreignEntries(wc["env"], hc["env"], byName, "env ", " in "+byName(wc), in.at("env"))...)
+					found = append(found, foreignEntries(wc["ports"], hc["ports"], byPortProtocol("containerPort"), "port ", " in "+byName(wc), in.at("ports"))...)
 				}
 			}
 			if len(found) > 0 {
@@ -97,18 +103,21 @@ func revertPatch(desired, live *unstructured.Unstructured) (map[string]any, []st
 }
 
 // revertList sets desired's list at path into patch when live's holds a foreign entry.
-func revertList(desired, live, patch map[string]any, path []string, key listKey, what string) []string {
+func revertList(desired, live, patch map[string]any, path []string, key listKey, what string, owned fieldSet) []string {
 	want, _, _ := unstructured.NestedFieldNoCopy(desired, path...)
 	have, _, _ := unstructured.NestedFieldNoCopy(live, path...)
-	found := foreignEntries(want, have, key, what, "")
+	found := foreignEntries(want, have, key, what, "", owned)
 	if len(found) > 0 && path[len(path)-1] != "containers" && path[len(path)-1] != "initContainers" {
 		setPath(patch, path, want)
 	}
 	return found
 }
 
-// foreignEntries lists the entries of have whose key is not among want's.
-func foreignEntries(want, have any, key listKey, what, where string) []string {
+// foreignEntries lists the entries of have whose key is not among want's and that the
+// operator did not write itself: an entry it applied before and the spec has dropped since
+// is removed by the apply (server-side apply removes what its manager stops setting), and is
+// no edit by hand.
+func foreignEntries(want, have any, key listKey, what, where string, owned fieldSet) []string {
 	hs, _ := have.([]any)
 	if len(hs) == 0 {
 		return nil
@@ -122,11 +131,76 @@ func foreignEntries(want, have any, key listKey, what, where string) []string {
 	}
 	var found []string
 	for _, h := range hs {
-		if m, ok := h.(map[string]any); ok && !keys[key(m)] {
+		if m, ok := h.(map[string]any); ok && !keys[key(m)] && owned.entry(key, key(m)) == nil {
 			found = append(found, what+key(m)+where)
 		}
 	}
 	return found
+}
+
+// fieldSet is a node of managedFields' fieldsV1 ("f:name" for a field, "k:{...}" for a list
+// entry by its keys), merged over the operator's own managers (its applies and patches).
+type fieldSet map[string]any
+
+// ownedFields is the union of the fields the operator's field manager owns in obj.
+func ownedFields(obj *unstructured.Unstructured) fieldSet {
+	out := fieldSet{}
+	for _, mf := range obj.GetManagedFields() {
+		if mf.Manager != FieldOwner || mf.FieldsV1 == nil {
+			continue
+		}
+		var m map[string]any
+		if json.Unmarshal(mf.FieldsV1.Raw, &m) == nil {
+			mergeFields(out, m)
+		}
+	}
+	return out
+}
+
+func mergeFields(dst, src map[string]any) {
+	for k, v := range src {
+		sv, ok := v.(map[string]any)
+		if !ok {
+			continue
+		}
+		dv, ok := dst[k].(map[string]any)
+		if !ok {
+			dv = map[string]any{}
+			dst[k] = dv
+		}
+		mergeFields(dv, sv)
+	}
+}
+
+// at walks down fields by name; nil when the operator owns nothing there.
+func (f fieldSet) at(path ...string) fieldSet {
+	for _, p := range path {
+		next, ok := f["f:"+p].(map[string]any)
+		if !ok {
+			return nil
+		}
+		f = next
+	}
+	return f
+}
+
+// entry is the node of the list entry whose key (as key computes it from the entry's key
+// fields) is k, or nil.
+func (f fieldSet) entry(key listKey, k string) fieldSet {
+	for name, v := range f {
+		rest, ok := strings.CutPrefix(name, "k:")
+		if !ok {
+			continue
+		}
+		var fields map[string]any
+		if json.Unmarshal([]byte(rest), &fields) != nil || key(fields) != k {
+			continue
+		}
+		if node, ok := v.(map[string]any); ok {
+			return node
+		}
+	}
+	return nil
 }
 
 func setPath(m map[string]any, path []string, v any) {

@@ -48,6 +48,7 @@ func TestOperator(t *testing.T) {
 		{"ValidationRules", testValidationRules},
 		{"StorageGrows", testStorageGrows},
 		{"StorageNotShrunk", testStorageNotShrunk},
+		{"SpecDropsEntries", testSpecDropsEntries},
 		{"WatchNamespace", testWatchNamespace},
 		{"FailedApplyIsReported", testFailedApplyIsReported},
 		{"AutoscalingKeepsReplicas", testAutoscalingKeepsReplicas},
@@ -1055,6 +1056,55 @@ func testWatchNamespace(t *testing.T) {
 // testStorageGrows: a grown storage size reaches the database's claim (the
 // StatefulSet's claim template cannot change), and the StatefulSet keeps
 // applying cleanly.
+// A spec change that drops entries the operator set itself (the Redis password's env vars,
+// moving from an external Redis to none) is the apply's to remove: no patch as if they had
+// been added by hand, no Reverted event.
+func testSpecDropsEntries(t *testing.T) {
+	ns := newNamespace(t)
+	pw := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-redis"}, StringData: map[string]string{"pw": "s3cret"}}
+	if err := k8s.Create(bg, pw); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "drop", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}}
+	}))
+	makeReady(t, ns, "drop")
+	hasEnv := func(name string) (bool, error) {
+		dep := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "drop-api"), dep); err != nil {
+			return false, err
+		}
+		for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+			if e.Name == name {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	if ok, err := hasEnv("REDIS_PASSWORD"); err != nil || !ok {
+		t.Fatalf("no REDIS_PASSWORD env with a password Secret (%v)", err)
+	}
+	updateStack(t, ns, "drop", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisDisabled}
+	})
+	eventually(t, "REDIS_PASSWORD gone from drop-api", func() error {
+		if ok, err := hasEnv("REDIS_PASSWORD"); err != nil || ok {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
+	events := &corev1.EventList{}
+	if err := k8s.List(bg, events, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events.Items {
+		if e.Reason == "Reverted" {
+			t.Errorf("a spec change reported as a hand edit: %s", e.Message)
+		}
+	}
+}
+
 // A stack created without spec.postgres.managed has no stored size to compare with, so the
 // schema lets a smaller size or a storage class in later; the volume keeps what it has, and
 // DatabaseReady says the spec is not applied instead of pretending it holds.
