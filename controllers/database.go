@@ -49,7 +49,15 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 		if err := r.growVolumes(ctx, p, sts, current); err != nil {
 			return false, err
 		}
-		notApplied = storageNotApplied(sts.Spec.VolumeClaimTemplates, current.Spec.VolumeClaimTemplates)
+		notApplied = storageNotApplied(sts.Spec.VolumeClaimTemplates, current.Spec.VolumeClaimTemplates, func(tmpl string) string {
+			// A template without a class made a claim of the cluster's default class; which
+			// one that is, only the claim says (read only when the spec names a class).
+			pvc := &corev1.PersistentVolumeClaim{}
+			if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: current.Namespace, Name: fmt.Sprintf("%s-%s-0", tmpl, current.Name)}, pvc); err != nil {
+				return ""
+			}
+			return ptr.Deref(pvc.Spec.StorageClassName, "")
+		})
 		sts.Spec.VolumeClaimTemplates = keepClaimTemplates(current.Spec.VolumeClaimTemplates)
 	}
 	if err := r.applyChild(ctx, p, sts); err != nil {
@@ -74,7 +82,7 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 // not when the stack was created without spec.postgres.managed (the defaults were never
 // stored, so there is no old value to compare with): the volume then keeps its size and
 // class, and the condition says so instead of pretending the spec holds.
-func storageNotApplied(desired, current []corev1.PersistentVolumeClaim) string {
+func storageNotApplied(desired, current []corev1.PersistentVolumeClaim, claimClass func(template string) string) string {
 	var why []string
 	for _, want := range desired {
 		for _, have := range current {
@@ -86,6 +94,11 @@ func storageNotApplied(desired, current []corev1.PersistentVolumeClaim) string {
 				why = append(why, fmt.Sprintf("the volume keeps %s: storage cannot shrink to %s", haveSize.String(), wantSize.String()))
 			}
 			if w, h := ptr.Deref(want.Spec.StorageClassName, ""), ptr.Deref(have.Spec.StorageClassName, ""); w != "" && w != h {
+				if h == "" {
+					if h = claimClass(have.Name); h == w {
+						continue // the default class, named now: nothing changes
+					}
+				}
 				if h == "" {
 					h = "the cluster's default"
 				}

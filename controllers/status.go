@@ -122,7 +122,9 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	// evaluated yet is Unknown and says why, rather than missing. One evaluated in an
 	// earlier pass keeps what it said then, with the generation it said it for.
 	for _, t := range componentConditions {
-		if meta.FindStatusCondition(st.Conditions, t) == nil {
+		// Also one still NotChecked from an earlier pass: its message says why as of now
+		// (paused then, stopped at a step now).
+		if c := meta.FindStatusCondition(st.Conditions, t); c == nil || c.Reason == tradingv1alpha1.ReasonNotChecked {
 			why := "an earlier step stopped this pass; see the other conditions"
 			if p.stack.Spec.Paused {
 				why = "spec.paused is true"

@@ -1131,6 +1131,24 @@ func testStorageNotShrunk(t *testing.T) {
 	if got := sts.Spec.VolumeClaimTemplates[0].Spec.Resources.Requests.Storage(); got.Cmp(resource.MustParse("10Gi")) != 0 {
 		t.Fatalf("claim template requests %s, want the 10Gi it was created with", got)
 	}
+
+	// The claim got its class from the cluster's default, and that default is the class the
+	// spec names now: nothing changes, nothing to report about the class.
+	tmpl := sts.Spec.VolumeClaimTemplates[0]
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: tmpl.Name + "-keep-postgres-0"}, Spec: *tmpl.Spec.DeepCopy()}
+	pvc.Spec.StorageClassName = ptr.To("fast")
+	if err := k8s.Create(bg, pvc); err != nil {
+		t.Fatal(err)
+	}
+	updateStack(t, ns, "keep", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Managed.Storage.Size = "20Gi" })
+	eventually(t, "DatabaseReady without a word on the class", func() error {
+		s := getStack(t, ns, "keep")
+		c := condition(s, tradingv1alpha1.ConditionDatabaseReady)
+		if c == nil || c.ObservedGeneration != s.Generation || strings.Contains(c.Message, "not applied") {
+			return fmt.Errorf("DatabaseReady: %+v", c)
+		}
+		return nil
+	})
 }
 
 func testStorageGrows(t *testing.T) {
