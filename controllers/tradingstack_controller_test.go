@@ -142,19 +142,23 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
 
 	// And it is a watched child from now on: deleted, it comes back.
-	if err := k8s.Delete(bg, sm); err != nil {
-		t.Fatal(err)
+	deleteAndWaitRecreated := func(what string, sm *monitoringv1.ServiceMonitor) {
+		t.Helper()
+		if err := k8s.Delete(bg, sm); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, what, func() error {
+			fresh := &monitoringv1.ServiceMonitor{}
+			if err := k8s.Get(bg, key(ns, "mon-api"), fresh); err != nil {
+				return err
+			}
+			if fresh.UID == sm.UID {
+				return fmt.Errorf("still the deleted object")
+			}
+			return nil
+		})
 	}
-	eventually(t, "ServiceMonitor recreated", func() error {
-		fresh := &monitoringv1.ServiceMonitor{}
-		if err := k8s.Get(bg, key(ns, "mon-api"), fresh); err != nil {
-			return err
-		}
-		if fresh.UID == sm.UID {
-			return fmt.Errorf("still the deleted object")
-		}
-		return nil
-	})
+	deleteAndWaitRecreated("ServiceMonitor recreated", sm)
 
 	// The CRDs uninstalled: the stack says so and stays Ready; installed again, the objects
 	// and their watch come back. (The kind's informer keeps running meanwhile and logs its
@@ -164,20 +168,7 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 	installMonitoringCRDs(t)
-	sm = waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "mon-api")
-	if err := k8s.Delete(bg, sm); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "ServiceMonitor recreated after the CRD came back", func() error {
-		fresh := &monitoringv1.ServiceMonitor{}
-		if err := k8s.Get(bg, key(ns, "mon-api"), fresh); err != nil {
-			return err
-		}
-		if fresh.UID == sm.UID {
-			return fmt.Errorf("still the deleted object")
-		}
-		return nil
-	})
+	deleteAndWaitRecreated("ServiceMonitor recreated after the CRD came back", waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "mon-api"))
 }
 
 // contractChildren lists every child of a default stack NAME by kind and name.

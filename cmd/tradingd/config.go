@@ -163,14 +163,7 @@ var settings = []setting{
 	{env: "RATE_LIMIT_GLOBAL_PER_DAY", def: "1000", usage: "requests per day over all classes (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitGlobalPerDay })},
 	{env: "CACHE_POSITIONS_TTL", def: "30s", usage: "positions cache lifetime (at most 24h; 0 means the default)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CachePositionsTTL })},
 	{env: "CACHE_SUMMARY_TTL", def: "10s", usage: "summary cache lifetime (at most 24h; 0 means the default)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CacheSummaryTTL })},
-	{env: "CACHE_L1", def: "true", bool: true, usage: "keep positions and summaries in process memory; false for several replicas without REDIS_URL, which cannot tell each other of a trade", apply: func(c *Config, v string) error {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return fmt.Errorf("%q is not true or false", v)
-		}
-		c.CacheL1 = b
-		return nil
-	}},
+	{env: "CACHE_L1", def: "true", bool: true, usage: "keep positions and summaries in process memory; false for several replicas without REDIS_URL, which cannot tell each other of a trade", apply: boolean(func(c *Config) *bool { return &c.CacheL1 })},
 	{env: "DB_MAX_CONNS", def: "30", usage: "largest number of pooled database connections", apply: poolSize(1, func(c *Config) *int32 { return &c.DBMaxConns })},
 	{env: "DB_MIN_CONNS", def: "2", usage: "database connections kept open", apply: poolSize(0, func(c *Config) *int32 { return &c.DBMinConns })},
 	{env: "DB_MAX_CONN_LIFETIME", def: "1h", usage: "age at which a pooled connection is replaced", apply: positiveDuration(func(c *Config) *time.Duration { return &c.DBMaxConnLifetime })},
@@ -224,14 +217,7 @@ var settings = []setting{
 		c.BootstrapAdminPassword = v
 		return nil
 	}},
-	{env: "DEMO_USERS", def: "false", bool: true, usage: "create trader1, trader2 and risk1 with well-known passwords (never in production)", apply: func(c *Config, v string) error {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return fmt.Errorf("%q is not true or false", v)
-		}
-		c.DemoUsers = b
-		return nil
-	}},
+	{env: "DEMO_USERS", def: "false", bool: true, usage: "create trader1, trader2 and risk1 with well-known passwords (never in production)", apply: boolean(func(c *Config) *bool { return &c.DemoUsers })},
 }
 
 // maxPasswordBytes is bcrypt's limit: longer passwords are refused rather than truncated.
@@ -485,6 +471,17 @@ func cacheTTL(field func(*Config) *time.Duration) func(*Config, string) error {
 		if *field(c) > maxCacheTTL {
 			return fmt.Errorf("%q is longer than %s", v, maxCacheTTL)
 		}
+		return nil
+	}
+}
+
+func boolean(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*field(c) = b
 		return nil
 	}
 }

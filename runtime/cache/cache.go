@@ -480,21 +480,16 @@ func (p *Portfolio) marksOf(ctx context.Context, b *trading.Book) (trading.Marks
 	if len(missing) == 0 {
 		return marks, nil
 	}
-	if !p.trusted() { // another replica's trade may have moved any of them: load, keep nothing
-		loaded, err := p.loadMarks(ctx, missing)
-		if err != nil {
-			return nil, err
-		}
-		for k, m := range loaded {
-			if m.ok {
-				marks[k.symbol] = m.price
-			}
-		}
-		return marks, nil
+	var loaded map[markKey]mark
+	var err error
+	if p.trusted() {
+		// otter runs one load per key for all concurrent callers, under the same detached
+		// context as a book's load.
+		loaded, err = p.marks.BulkGet(ctx, missing, otter.BulkLoaderFunc[markKey, mark](p.loadMarks))
+	} else {
+		// Another replica's trade may have moved any of them: load, keep nothing.
+		loaded, err = p.loadMarks(ctx, missing)
 	}
-	// otter runs one load per key for all concurrent callers, under the same detached
-	// context as a book's load.
-	loaded, err := p.marks.BulkGet(ctx, missing, otter.BulkLoaderFunc[markKey, mark](p.loadMarks))
 	if err != nil {
 		return nil, err
 	}
