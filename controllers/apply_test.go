@@ -1,9 +1,10 @@
 package controllers
 
 import (
-	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -92,10 +93,11 @@ func TestAppliedMemo(t *testing.T) {
 	}
 }
 
-// revertPatch replaces a list only when it holds an entry the operator does not specify,
-// keyed as Server-Side Apply keys it: nothing for a child as desired (so a converged stack
-// sends no patch), the whole list for a port edited or a container added by hand.
-func TestRevertPatch(t *testing.T) {
+// revertOps removes only entries the operator neither specifies nor owns, keyed as
+// Server-Side Apply keys them: nothing for a child as desired (so a converged stack sends no
+// patch), a guarded removal for a port edited or a container, env var or init container added
+// by hand, nothing for an entry the operator applied itself and the spec dropped since.
+func TestRevertOps(t *testing.T) {
 	svc := func(ports ...any) *unstructured.Unstructured {
 		return &unstructured.Unstructured{Object: map[string]any{"kind": "Service", "spec": map[string]any{"ports": ports}}}
 	}
@@ -106,14 +108,20 @@ func TestRevertPatch(t *testing.T) {
 		}
 		return p
 	}
-	desired := svc(port("http", 8080, ""), port("metrics", 9090, ""))
-	if p, _ := revertPatch(desired, svc(port("http", 8080, "TCP"), port("metrics", 9090, "TCP"))); p != nil {
-		t.Errorf("a Service as desired (protocol defaulted) gets a patch: %v", p)
+	paths := func(ops []map[string]any) string {
+		var out []string
+		for _, op := range ops {
+			out = append(out, fmt.Sprint(op["op"], " ", op["path"], " ", op["value"]))
+		}
+		return strings.Join(out, "; ")
 	}
-	p, what := revertPatch(desired, svc(port("http", 8081, "TCP"), port("metrics", 9090, "TCP")))
-	if got, _ := json.Marshal(p); string(got) != `{"spec":{"ports":[{"name":"http","port":8080},{"name":"metrics","port":9090}]}}` ||
-		len(what) != 1 || what[0] != "port 8081/TCP" {
-		t.Errorf("edited port: patch %s, removed %v", got, what)
+	desired := svc(port("http", 8080, ""), port("metrics", 9090, ""))
+	if ops, _ := revertOps(desired, svc(port("http", 8080, "TCP"), port("metrics", 9090, "TCP"))); ops != nil {
+		t.Errorf("a Service as desired (protocol defaulted) gets a patch: %s", paths(ops))
+	}
+	ops, what := revertOps(desired, svc(port("http", 8081, "TCP"), port("metrics", 9090, "TCP")))
+	if got := paths(ops); got != "test /spec/ports/0/port 8081; remove /spec/ports/0 <nil>" || len(what) != 1 || what[0] != "port 8081/TCP" {
+		t.Errorf("edited port: %s, removed %v", got, what)
 	}
 
 	dep := func(containers ...any) *unstructured.Unstructured {
@@ -128,39 +136,40 @@ func TestRevertPatch(t *testing.T) {
 		return map[string]any{"name": "api", "image": "i", "env": e}
 	}
 	want := dep(api("DATABASE_URL"))
-	if p, _ := revertPatch(want, dep(api("DATABASE_URL"))); p != nil {
-		t.Errorf("a Deployment as desired gets a patch: %v", p)
+	if ops, _ := revertOps(want, dep(api("DATABASE_URL"))); ops != nil {
+		t.Errorf("a Deployment as desired gets a patch: %s", paths(ops))
 	}
-	p, what = revertPatch(want, dep(api("DATABASE_URL", "RATE_LIMIT_LOGIN"), map[string]any{"name": "sidecar"}))
-	containers, _, _ := unstructured.NestedSlice(p, "spec", "template", "spec", "containers")
-	if len(containers) != 1 || byName(containers[0].(map[string]any)) != "api" || len(what) != 2 {
-		t.Errorf("added env and sidecar: containers %v, removed %v", containers, what)
+	ops, what = revertOps(want, dep(api("DATABASE_URL", "RATE_LIMIT_LOGIN"), map[string]any{"name": "sidecar"}))
+	if got := paths(ops); got != "test /spec/template/spec/containers/0/env/1/name RATE_LIMIT_LOGIN; remove /spec/template/spec/containers/0/env/1 <nil>; "+
+		"test /spec/template/spec/containers/1/name sidecar; remove /spec/template/spec/containers/1 <nil>" || len(what) != 2 {
+		t.Errorf("added env and sidecar: %s, removed %v", got, what)
 	}
+
 	// An env var the operator applied before and the spec dropped since (its own, by
 	// managedFields) is left to the apply, which removes it: no patch, no Reverted event.
 	dropped := dep(api("DATABASE_URL", "REDIS_URL"))
 	dropped.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldOwner, Operation: metav1.ManagedFieldsOperationApply,
 		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"api\"}":{".":{},"f:env":{"k:{\"name\":\"REDIS_URL\"}":{".":{}}}}}}}}}`)}}})
-	if p, what := revertPatch(want, dropped); p != nil {
+	if ops, what := revertOps(want, dropped); ops != nil {
 		t.Errorf("an env var the operator set itself is reverted as a hand edit: %v", what)
 	}
 	dropped.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: "kubectl-edit", Operation: metav1.ManagedFieldsOperationUpdate,
 		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"api\"}":{"f:env":{"k:{\"name\":\"REDIS_URL\"}":{".":{}}}}}}}}}`)}}})
-	if p, _ := revertPatch(want, dropped); p == nil {
+	if ops, _ := revertOps(want, dropped); ops == nil {
 		t.Error("an env var kubectl edit added is kept")
 	}
 	// A Service port the operator set itself, dropped from the spec: left to the apply.
 	svcDropped := svc(port("http", 8080, "TCP"), port("metrics", 9090, "TCP"), port("old", 7070, "TCP"))
 	svcDropped.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldOwner, Operation: metav1.ManagedFieldsOperationApply,
 		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:ports":{"k:{\"port\":7070,\"protocol\":\"TCP\"}":{".":{}}}}}`)}}})
-	if p, what := revertPatch(desired, svcDropped); p != nil {
+	if ops, what := revertOps(desired, svcDropped); ops != nil {
 		t.Errorf("a port the operator set itself is reverted as a hand edit: %v", what)
 	}
 
 	withInit := dep(api("DATABASE_URL"))
 	_ = unstructured.SetNestedSlice(withInit.Object, []any{map[string]any{"name": "init"}}, "spec", "template", "spec", "initContainers")
-	p, what = revertPatch(want, withInit)
-	if v, found, _ := unstructured.NestedFieldNoCopy(p, "spec", "template", "spec", "initContainers"); !found || v != nil || len(what) != 1 {
-		t.Errorf("an init container added by hand: patch %v, removed %v", p, what)
+	ops, what = revertOps(want, withInit)
+	if got := paths(ops); got != "test /spec/template/spec/initContainers/0/name init; remove /spec/template/spec/initContainers/0 <nil>" || len(what) != 1 {
+		t.Errorf("an init container added by hand: %s, removed %v", got, what)
 	}
 }

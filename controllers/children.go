@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -79,6 +80,17 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			r.applied.forget(k)
 			return err
 		}
+		// The patch made the operator's Update entry own the lists it set; left there, it
+		// would keep an entry the spec drops later (the apply removes only what no one
+		// else owns). The applies own them now: drop that entry.
+		if err := r.dropPatchOwnership(ctx, current); err != nil {
+			r.applied.forget(k)
+			return err
+		}
+		if err := applyRequest(ctx, r.Client, u); err != nil { // u as stored, for the memo
+			r.applied.forget(k)
+			return err
+		}
 	}
 	r.applied.record(k, sum, u.GetResourceVersion(), string(u.GetUID()), client.ObjectKeyFromObject(p.stack).String())
 	if !existed && uidBefore != string(u.GetUID()) {
@@ -101,8 +113,7 @@ func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, des
 	if err != nil {
 		return err
 	}
-	patch, _ := revertPatch(desired, &unstructured.Unstructured{Object: content})
-	if patch == nil {
+	if ops, _ := revertOps(desired, &unstructured.Unstructured{Object: content}); ops == nil {
 		return nil
 	}
 	// The cache keeps no managedFields (a memory saving), and they tell an entry added by
@@ -115,19 +126,47 @@ func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, des
 	if content, err = runtime.DefaultUnstructuredConverter.ToUnstructured(fresh); err != nil {
 		return err
 	}
-	patch, foreign := revertPatch(desired, &unstructured.Unstructured{Object: content})
-	if patch == nil {
+	ops, foreign := revertOps(desired, &unstructured.Unstructured{Object: content})
+	if ops == nil {
 		return nil
 	}
-	body, err := json.Marshal(patch)
+	body, err := json.Marshal(ops)
 	if err != nil {
 		return err
 	}
-	if err := r.Patch(ctx, fresh, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Patch(ctx, fresh, client.RawPatch(types.JSONPatchType, body), client.FieldOwner(FieldOwner)); err != nil {
 		return fmt.Errorf("revert what was added by hand to %s %s: %w", desired.GetKind(), live.GetName(), err)
 	}
 	r.Recorder.Eventf(p.stack, fresh, corev1.EventTypeNormal, "Reverted", "Patch",
 		"Removed from %s %s what the spec does not set: %s", desired.GetKind(), live.GetName(), strings.Join(foreign, ", "))
+	return nil
+}
+
+// dropPatchOwnership removes the operator's Update entry (from patchBack) from obj's
+// managedFields, guarded by a test of what it removes.
+func (r *TradingStackReconciler) dropPatchOwnership(ctx context.Context, obj client.Object) error {
+	fresh := obj.DeepCopyObject().(client.Object)
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(obj), fresh); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	for i, mf := range fresh.GetManagedFields() {
+		if mf.Manager != FieldOwner || mf.Operation != metav1.ManagedFieldsOperationUpdate {
+			continue
+		}
+		path := fmt.Sprintf("/metadata/managedFields/%d", i)
+		body, err := json.Marshal([]map[string]any{
+			{"op": "test", "path": path + "/manager", "value": FieldOwner},
+			{"op": "test", "path": path + "/operation", "value": string(metav1.ManagedFieldsOperationUpdate)},
+			{"op": "remove", "path": path},
+		})
+		if err != nil {
+			return err
+		}
+		if err := r.Patch(ctx, fresh, client.RawPatch(types.JSONPatchType, body)); err != nil {
+			return fmt.Errorf("drop the put-back patch's ownership of %s: %w", obj.GetName(), err)
+		}
+		return nil
+	}
 	return nil
 }
 

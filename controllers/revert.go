@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
@@ -52,90 +53,87 @@ func number(v any) string {
 	return fmt.Sprint(v)
 }
 
-// revertPatch returns a JSON merge patch that replaces, in live, every compared list that
-// holds an entry desired does not specify, with desired's list, and what it removes (for
-// the event); nil when there is nothing foreign. Both objects are in unstructured form:
-// desired as applied (applyContent), live as stored.
-func revertPatch(desired, live *unstructured.Unstructured) (map[string]any, []string) {
-	var foreign []string
-	patch := map[string]any{}
+// revertOps returns the JSON patch (RFC 6902) that removes from live every entry of the
+// compared lists that desired does not set and that the operator's own applies do not own
+// (managedFields), each removal guarded by a test of the entry's key, and what it removes
+// (for the event); nil when there is nothing foreign. Removals only: a patch that set entries
+// would make its field manager own them, and the apply could then never remove them when the
+// spec drops them. Both objects are in unstructured form: desired as applied (applyContent),
+// live as stored.
+func revertOps(desired, live *unstructured.Unstructured) ([]map[string]any, []string) {
+	var ops []map[string]any
+	var what []string
 	ours := ownedFields(live)
+	remove := func(path string, guard string, value any, desc string) {
+		ops = append(ops,
+			map[string]any{"op": "test", "path": path + "/" + guard, "value": value},
+			map[string]any{"op": "remove", "path": path})
+		what = append(what, desc)
+	}
+	// foreign walks live's list at path from the end (so that removals do not shift the
+	// indices of those still to come) and calls found for each entry that is not desired's
+	// and not the operator's.
+	foreign := func(want, have any, key listKey, owned fieldSet, found func(i int, e map[string]any)) {
+		keys := map[string]bool{}
+		ws, _ := want.([]any)
+		for _, w := range ws {
+			if m, ok := w.(map[string]any); ok {
+				keys[key(m)] = true
+			}
+		}
+		hs, _ := have.([]any)
+		for i := len(hs) - 1; i >= 0; i-- {
+			if m, ok := hs[i].(map[string]any); ok && !keys[key(m)] && owned.entry(key, key(m)) == nil {
+				found(i, m)
+			}
+		}
+	}
 	switch desired.GetKind() {
 	case "Service":
-		path := []string{"spec", "ports"}
-		foreign = append(foreign, revertList(desired.Object, live.Object, patch, path, byPortProtocol("port"), "port ", ours.at(path...))...)
+		want, _, _ := unstructured.NestedFieldNoCopy(desired.Object, "spec", "ports")
+		have, _, _ := unstructured.NestedFieldNoCopy(live.Object, "spec", "ports")
+		foreign(want, have, byPortProtocol("port"), ours.at("spec", "ports"), func(i int, e map[string]any) {
+			remove(fmt.Sprintf("/spec/ports/%d", i), "port", e["port"], "port "+byPortProtocol("port")(e))
+		})
 	case "Deployment", "StatefulSet":
-		tmpl := []string{"spec", "template", "spec"}
+		var whole [][2]any // foreign containers: removed after the entries inside ours
 		for _, list := range []string{"containers", "initContainers"} {
-			path := append(append([]string{}, tmpl...), list)
+			path := []string{"spec", "template", "spec", list}
 			owned := ours.at(path...)
-			found := revertList(desired.Object, live.Object, patch, path, byName, list[:len(list)-1]+" ", owned)
-			// Inside each of ours: its environment and ports. Any foreign entry there
-			// replaces the whole list of containers too (a merge patch replaces lists).
-			want, wanted, _ := unstructured.NestedSlice(desired.Object, path...)
+			want, _, _ := unstructured.NestedSlice(desired.Object, path...)
 			have, _, _ := unstructured.NestedSlice(live.Object, path...)
+			byNameWant := map[string]map[string]any{}
 			for _, w := range want {
-				wc, _ := w.(map[string]any)
-				for _, h := range have {
-					hc, _ := h.(map[string]any)
-					if wc == nil || hc == nil || byName(hc) != byName(wc) {
-						continue
-					}
-					in := owned.entry(byName, byName(wc))
-					found = append(found, foreignEntries(wc["env"], hc["env"], byName, "env ", " in "+byName(wc), in.at("env"))...)
-					found = append(found, foreignEntries(wc["ports"], hc["ports"], byPortProtocol("containerPort"), "port ", " in "+byName(wc), in.at("ports"))...)
+				if m, ok := w.(map[string]any); ok {
+					byNameWant[byName(m)] = m
 				}
 			}
-			if len(found) > 0 {
-				if wanted {
-					setPath(patch, path, want)
-				} else {
-					setPath(patch, path, nil) // no such list desired: null removes it
+			for ci, h := range have {
+				hc, _ := h.(map[string]any)
+				wc := byNameWant[byName(hc)]
+				if hc == nil || wc == nil {
+					continue
 				}
+				in := owned.entry(byName, byName(hc))
+				base := fmt.Sprintf("/spec/template/spec/%s/%d", list, ci)
+				foreign(wc["env"], hc["env"], byName, in.at("env"), func(i int, e map[string]any) {
+					remove(fmt.Sprintf("%s/env/%d", base, i), "name", e["name"], "env "+byName(e)+" in "+byName(hc))
+				})
+				key := byPortProtocol("containerPort")
+				foreign(wc["ports"], hc["ports"], key, in.at("ports"), func(i int, e map[string]any) {
+					remove(fmt.Sprintf("%s/ports/%d", base, i), "containerPort", e["containerPort"], "port "+key(e)+" in "+byName(hc))
+				})
 			}
-			foreign = append(foreign, found...)
+			foreign(want, have, byName, owned, func(i int, e map[string]any) {
+				whole = append(whole, [2]any{fmt.Sprintf("/spec/template/spec/%s/%d", list, i), e})
+			})
+		}
+		for _, w := range whole {
+			e := w[1].(map[string]any)
+			remove(w[0].(string), "name", e["name"], "container "+byName(e))
 		}
 	}
-	if len(foreign) == 0 {
-		return nil, nil
-	}
-	return patch, foreign
-}
-
-// revertList sets desired's list at path into patch when live's holds a foreign entry.
-func revertList(desired, live, patch map[string]any, path []string, key listKey, what string, owned fieldSet) []string {
-	want, _, _ := unstructured.NestedFieldNoCopy(desired, path...)
-	have, _, _ := unstructured.NestedFieldNoCopy(live, path...)
-	found := foreignEntries(want, have, key, what, "", owned)
-	if len(found) > 0 && path[len(path)-1] != "containers" && path[len(path)-1] != "initContainers" {
-		setPath(patch, path, want)
-	}
-	return found
-}
-
-// foreignEntries lists the entries of have whose key is not among want's and that the
-// operator did not write itself: an entry it applied before and the spec has dropped since
-// is removed by the apply (server-side apply removes what its manager stops setting), and is
-// no edit by hand.
-func foreignEntries(want, have any, key listKey, what, where string, owned fieldSet) []string {
-	hs, _ := have.([]any)
-	if len(hs) == 0 {
-		return nil
-	}
-	ws, _ := want.([]any)
-	keys := make(map[string]bool, len(ws))
-	for _, w := range ws {
-		if m, ok := w.(map[string]any); ok {
-			keys[key(m)] = true
-		}
-	}
-	var found []string
-	for _, h := range hs {
-		if m, ok := h.(map[string]any); ok && !keys[key(m)] && owned.entry(key, key(m)) == nil {
-			found = append(found, what+key(m)+where)
-		}
-	}
-	return found
+	return ops, what
 }
 
 // fieldSet is a node of managedFields' fieldsV1 ("f:name" for a field, "k:{...}" for a list
@@ -146,7 +144,8 @@ type fieldSet map[string]any
 func ownedFields(obj *unstructured.Unstructured) fieldSet {
 	out := fieldSet{}
 	for _, mf := range obj.GetManagedFields() {
-		if mf.Manager != FieldOwner || mf.FieldsV1 == nil {
+		// Apply entries only: what the applies own, the apply removes when the spec drops it.
+		if mf.Manager != FieldOwner || mf.Operation != metav1.ManagedFieldsOperationApply || mf.FieldsV1 == nil {
 			continue
 		}
 		var m map[string]any
