@@ -176,8 +176,14 @@ func (r *TradingStackReconciler) patchBack(ctx context.Context, p *pass, kind st
 	if err != nil {
 		return err
 	}
+	before := live.GetResourceVersion()
 	if err := r.Patch(ctx, live, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
 		return fmt.Errorf("put back %s %s after the apply was refused (%v): %w", kind, live.GetName(), refused, err)
+	}
+	if live.GetResourceVersion() == before {
+		// The lists were as the spec sets them: the refusal is about something else, and
+		// another apply would meet it again. Report the refusal, not a put-back.
+		return refused
 	}
 	r.Recorder.Eventf(p.stack, live, corev1.EventTypeNormal, "Reverted", "Patch",
 		"Put back the containers or ports of %s %s as the spec sets them: the apply was refused after an edit by hand (%v)", kind, live.GetName(), refused)
