@@ -1107,21 +1107,22 @@ func testSpecDropsEntries(t *testing.T) {
 		return nil
 	})
 	makeReady(t, ns, "drop")
-	handEvents := 0
 	events := &corev1.EventList{}
-	if err := k8s.List(bg, events, client.InNamespace(ns)); err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range events.Items {
-		if e.Reason == "Reverted" {
-			handEvents++
-			if !strings.Contains(e.Message, "env HAND") || strings.Contains(e.Message, "REDIS") {
-				t.Errorf("Reverted event: %s", e.Message)
+	eventually(t, "a Reverted event for the env var added by hand", func() error { // events are written asynchronously
+		if err := k8s.List(bg, events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == "Reverted" && strings.Contains(e.Message, "env HAND") {
+				return nil
 			}
 		}
-	}
-	if handEvents == 0 {
-		t.Error("no Reverted event for the env var added by hand")
+		return fmt.Errorf("none yet")
+	})
+	for _, e := range events.Items {
+		if e.Reason == "Reverted" && (!strings.Contains(e.Message, "env HAND") || strings.Contains(e.Message, "REDIS")) {
+			t.Errorf("Reverted event: %s", e.Message)
+		}
 	}
 	updateStack(t, ns, "drop", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisDisabled}
