@@ -53,7 +53,8 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		}
 		return nil
 	}
-	if existed {
+	canRevert := existed && hasComparedLists(gvk.Kind)
+	if canRevert {
 		if err := r.revertForeign(ctx, p, u, current); err != nil {
 			return err
 		}
@@ -61,18 +62,15 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 	// Applied before by this process but not in the cache yet: the cache lags
 	// our own write, and the same object (same UID) is no creation.
 	uidBefore := r.applied.uid(k)
-	var replace map[string]any
-	if existed {
-		replace = replaceListsPatch(u) // before the apply, which replaces u's content
-	}
 	if err := applyRequest(ctx, r.Client, u); err != nil {
-		if replace == nil || !apierrors.IsInvalid(err) {
+		if !canRevert || !apierrors.IsInvalid(err) {
 			r.applied.forget(k)
 			return err
 		}
 		// Refused as invalid: an entry of ours edited by hand so that the apply cannot
-		// merge with it. Put the lists back whole, then apply again.
-		if perr := r.patchBack(ctx, p, gvk.Kind, current, replace, err); perr != nil {
+		// merge with it. Put the lists back whole (from obj, the desired object, which the
+		// failed apply left as it was), then apply again.
+		if perr := r.patchBack(ctx, p, obj, current, err); perr != nil {
 			r.applied.forget(k)
 			return perr
 		}
@@ -82,12 +80,9 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		}
 		// The patch made the operator's Update entry own the lists it set; left there, it
 		// would keep an entry the spec drops later (the apply removes only what no one
-		// else owns). The applies own them now: drop that entry.
+		// else owns). The applies own them now: drop that entry. That changes the
+		// resourceVersion, so the memo below misses once and the next pass applies again.
 		if err := r.dropPatchOwnership(ctx, current); err != nil {
-			r.applied.forget(k)
-			return err
-		}
-		if err := applyRequest(ctx, r.Client, u); err != nil { // u as stored, for the memo
 			r.applied.forget(k)
 			return err
 		}
@@ -107,7 +102,7 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 }
 
 // revertForeign removes what was added by hand to the lists of a child that the apply
-// would keep (revertPatch): one merge patch, and an event saying what went.
+// would keep (revertOps): one JSON patch of removals, and an event saying what went.
 func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, desired *unstructured.Unstructured, live client.Object) error {
 	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(live)
 	if err != nil {
@@ -170,9 +165,14 @@ func (r *TradingStackReconciler) dropPatchOwnership(ctx context.Context, obj cli
 	return nil
 }
 
-// patchBack sends replace (replaceListsPatch) to live, with an event saying why.
-func (r *TradingStackReconciler) patchBack(ctx context.Context, p *pass, kind string, live client.Object, replace map[string]any, refused error) error {
-	body, err := json.Marshal(replace)
+// patchBack sends desired's lists (replaceListsPatch) to live, with an event saying why.
+func (r *TradingStackReconciler) patchBack(ctx context.Context, p *pass, desired, live client.Object, refused error) error {
+	u, err := applyContent(desired)
+	if err != nil {
+		return err
+	}
+	kind := u.GetKind()
+	body, err := json.Marshal(replaceListsPatch(u))
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,7 @@ import (
 // edited by hand even breaks it (the edited entry is another key, so the apply adds ours
 // again and the API server refuses two ports named "http"). The spec says a child edited by
 // hand is put back, so before applying, the lists below are compared by key with the
-// desired ones, and a list holding an entry the operator does not specify is replaced whole.
+// desired ones, and an entry the operator neither specifies nor owns is removed.
 //
 // Only the lists whose entries change what the service does are compared: the containers
 // and init containers of a pod template, and in each of them its environment and ports
@@ -53,6 +53,12 @@ func number(v any) string {
 	return fmt.Sprint(v)
 }
 
+// hasComparedLists reports whether kind has lists revertOps compares (and replaceListsPatch
+// replaces).
+func hasComparedLists(kind string) bool {
+	return kind == "Service" || kind == "Deployment" || kind == "StatefulSet"
+}
+
 // revertOps returns the JSON patch (RFC 6902) that removes from live every entry of the
 // compared lists that desired does not set and that the operator's own applies do not own
 // (managedFields), each removal guarded by a test of the entry's key, and what it removes
@@ -61,6 +67,9 @@ func number(v any) string {
 // spec drops them. Both objects are in unstructured form: desired as applied (applyContent),
 // live as stored.
 func revertOps(desired, live *unstructured.Unstructured) ([]map[string]any, []string) {
+	if !hasComparedLists(desired.GetKind()) {
+		return nil, nil
+	}
 	var ops []map[string]any
 	var what []string
 	ours := ownedFields(live)
@@ -137,10 +146,10 @@ func revertOps(desired, live *unstructured.Unstructured) ([]map[string]any, []st
 }
 
 // fieldSet is a node of managedFields' fieldsV1 ("f:name" for a field, "k:{...}" for a list
-// entry by its keys), merged over the operator's own managers (its applies and patches).
+// entry by its keys), merged over the operator's applies.
 type fieldSet map[string]any
 
-// ownedFields is the union of the fields the operator's field manager owns in obj.
+// ownedFields is the union of the fields the operator's applies own in obj.
 func ownedFields(obj *unstructured.Unstructured) fieldSet {
 	out := fieldSet{}
 	for _, mf := range obj.GetManagedFields() {
@@ -223,12 +232,12 @@ func replaceListsPatch(desired *unstructured.Unstructured) map[string]any {
 	patch := map[string]any{}
 	switch desired.GetKind() {
 	case "Service":
-		v, _, _ := unstructured.NestedFieldCopy(desired.Object, "spec", "ports")
+		v, _, _ := unstructured.NestedFieldNoCopy(desired.Object, "spec", "ports")
 		setPath(patch, []string{"spec", "ports"}, v)
 	case "Deployment", "StatefulSet":
 		for _, list := range []string{"containers", "initContainers"} {
 			path := []string{"spec", "template", "spec", list}
-			v, _, _ := unstructured.NestedFieldCopy(desired.Object, path...)
+			v, _, _ := unstructured.NestedFieldNoCopy(desired.Object, path...)
 			setPath(patch, path, v) // absent: null removes it
 		}
 	default:

@@ -64,6 +64,12 @@ type result struct {
 	lat     []time.Duration
 }
 
+// line is r as one row of the report.
+func (r result) line() string {
+	return fmt.Sprintf("%-28s c=%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  (n=%d, errors=%d)",
+		r.name, r.clients, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n, r.errors)
+}
+
 func (r result) rps() float64 { return float64(r.n) / r.elapsed.Seconds() }
 
 func (r result) pct(p float64) time.Duration {
@@ -195,8 +201,7 @@ func main() {
 	var results []result
 	report := func(r result) {
 		results = append(results, r)
-		fmt.Printf("%-28s c=%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  (n=%d, errors=%d)\n",
-			r.name, r.clients, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n, r.errors)
+		fmt.Println(r.line())
 	}
 
 	var orderIDs = make(chan string, 1_000_000)
@@ -335,8 +340,7 @@ func mixPhase(httpc *http.Client, dsn, jwtKeys, redisURL, bareAddr string) []str
 
 	var out []string
 	report := func(r result) {
-		out = append(out, fmt.Sprintf("%-28s c=%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  (n=%d, errors=%d)",
-			r.name, r.clients, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n, r.errors))
+		out = append(out, r.line())
 	}
 	before := cacheCounters(httpc, adminA, adminB)
 	mix := load("mix 90/10, 2 replicas", clients, 2**duration, func(w int) (bool, bool) {
@@ -408,8 +412,7 @@ func limiterPhase(httpc *http.Client, dsn, jwtKeys, redisURL, bareAddr, apiA, us
 	const clients = 64
 	var out []string
 	report := func(r result) {
-		out = append(out, fmt.Sprintf("%-28s c=%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  (n=%d, errors=%d)",
-			r.name, r.clients, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n, r.errors))
+		out = append(out, r.line())
 	}
 	apiC, _, stopC := startTradingd(dsn, jwtKeys, redisURL, "0")
 	defer stopC()

@@ -464,12 +464,17 @@ func (r *rendering) at(b *trading.Book, marks trading.Marks) bool {
 func (p *Portfolio) marksOf(ctx context.Context, b *trading.Book) (trading.Marks, error) {
 	marks := make(trading.Marks, len(b.Positions))
 	var missing []markKey
+	trusted := p.trusted()
 	for _, pos := range b.Positions {
 		if pos.Quantity.IsZero() {
 			continue
 		}
 		k := p.currentMarkKey(pos.Symbol)
-		if m, ok := p.marks.GetIfPresent(k); ok && p.trusted() {
+		if !trusted {
+			missing = append(missing, k)
+			continue
+		}
+		if m, ok := p.marks.GetIfPresent(k); ok {
 			if m.ok {
 				marks[pos.Symbol] = m.price
 			}
@@ -482,7 +487,7 @@ func (p *Portfolio) marksOf(ctx context.Context, b *trading.Book) (trading.Marks
 	}
 	var loaded map[markKey]mark
 	var err error
-	if p.trusted() {
+	if trusted {
 		// otter runs one load per key for all concurrent callers, under the same detached
 		// context as a book's load.
 		loaded, err = p.marks.BulkGet(ctx, missing, otter.BulkLoaderFunc[markKey, mark](p.loadMarks))

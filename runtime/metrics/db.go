@@ -3,7 +3,6 @@ package metrics
 import (
 	"context"
 	"log/slog"
-	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -322,31 +321,25 @@ func (c *businessCollector) Collect(ch chan<- prometheus.Metric) {
 	if s == nil {
 		s = &BusinessStats{}
 	}
-	active, value := maps.Clone(s.PositionsActive), maps.Clone(s.PositionsValue)
-	if active == nil {
-		active = map[string]int{}
-	}
-	if value == nil {
-		value = map[string]float64{}
-	}
-	// A gauge that vanishes when it reaches zero reads as "no data", not as zero.
-	if syms := c.m.symbols.Load(); syms != nil {
-		for _, sym := range *syms {
-			if _, ok := active[sym]; !ok {
-				active[sym] = 0
-			}
-			if _, quote, ok := strings.Cut(sym, "/"); ok {
-				if _, ok := value[quote]; !ok {
-					value[quote] = 0
-				}
-			}
-		}
-	}
-	for sym, n := range active {
+	for sym, n := range s.PositionsActive {
 		ch <- prometheus.MustNewConstMetric(positionsActiveDesc, prometheus.GaugeValue, float64(n), sym)
 	}
-	for cur, v := range value {
+	for cur, v := range s.PositionsValue {
 		ch <- prometheus.MustNewConstMetric(positionsValueDesc, prometheus.GaugeValue, v, cur)
+	}
+	// A gauge that vanishes when it reaches zero reads as "no data", not as zero: the traded
+	// symbols (Symbols) nobody holds, and their quote currencies, are reported at 0.
+	if seeded := c.m.seeded.Load(); seeded != nil {
+		for _, sym := range seeded.symbols {
+			if _, ok := s.PositionsActive[sym]; !ok {
+				ch <- prometheus.MustNewConstMetric(positionsActiveDesc, prometheus.GaugeValue, 0, sym)
+			}
+		}
+		for _, cur := range seeded.quotes {
+			if _, ok := s.PositionsValue[cur]; !ok {
+				ch <- prometheus.MustNewConstMetric(positionsValueDesc, prometheus.GaugeValue, 0, cur)
+			}
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(ordersPendingDesc, prometheus.GaugeValue, float64(s.OrdersPending))
 	ch <- prometheus.MustNewConstMetric(dailyLossDesc, prometheus.GaugeValue, s.DailyLoss)

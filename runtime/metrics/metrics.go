@@ -31,6 +31,8 @@ package metrics
 
 import (
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,7 +59,7 @@ type Metrics struct {
 	dbQueryDuration *prometheus.HistogramVec
 	cacheHits       *prometheus.CounterVec
 	cacheMisses     *prometheus.CounterVec
-	symbols         atomic.Pointer[[]string] // Symbols: seeded at zero
+	seeded          atomic.Pointer[seededSymbols] // Symbols
 	trades          *prometheus.CounterVec
 	tradesPnL       *prometheus.GaugeVec
 	ordersApproved  *prometheus.CounterVec
@@ -187,8 +189,18 @@ func (m *Metrics) Symbols(symbols []string) {
 	for _, st := range []trading.OrderStatus{trading.StatusApproved, trading.StatusRejected} {
 		m.orderProcessing.WithLabelValues(string(st))
 	}
-	m.symbols.Store(&symbols)
+	seeded := &seededSymbols{symbols: slices.Clone(symbols)}
+	for _, sym := range symbols {
+		if _, quote, ok := strings.Cut(sym, "/"); ok && !slices.Contains(seeded.quotes, quote) {
+			seeded.quotes = append(seeded.quotes, quote)
+		}
+	}
+	m.seeded.Store(seeded)
 }
+
+// seededSymbols are the traded symbols and their quote currencies (BTC/USD: USD), which the
+// business gauges report at 0 while nobody holds them.
+type seededSymbols struct{ symbols, quotes []string }
 
 // ObserveBatch records the size of a batch of database writes (postgres.OrderServiceConfig's
 // ObserveBatch).
