@@ -173,15 +173,15 @@ type RateLimits struct {
 	// +optional
 	Data *int32 `json:"data,omitempty"`
 
-	// GlobalPerMinute is all requests per minute per user over every class
-	// (RATE_LIMIT_GLOBAL_PER_MINUTE). Defaults to 100.
+	// GlobalPerMinute is all requests per minute over every class, per user (logins per
+	// client IP) (RATE_LIMIT_GLOBAL_PER_MINUTE). Defaults to 100.
 	// +kubebuilder:default=100
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	GlobalPerMinute *int32 `json:"globalPerMinute,omitempty"`
 
-	// GlobalPerDay is all requests per day per user over every class
-	// (RATE_LIMIT_GLOBAL_PER_DAY). Defaults to 1000.
+	// GlobalPerDay is all requests per day over every class, per user (logins per client
+	// IP) (RATE_LIMIT_GLOBAL_PER_DAY). Defaults to 1000.
 	// +kubebuilder:default=1000
 	// +kubebuilder:validation:Minimum=0
 	// +optional
