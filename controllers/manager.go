@@ -4,12 +4,6 @@ import (
 	"strings"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
-	appsv1 "k8s.io/api/apps/v1"
-	autoscalingv2 "k8s.io/api/autoscaling/v2"
-	batchv1 "k8s.io/api/batch/v1"
-	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -69,18 +63,16 @@ func CacheOptions(namespaces []string) cache.Options {
 			opts.DefaultNamespaces[ns] = cache.Config{}
 		}
 	}
-	managed := labels.SelectorFromSet(labels.Set{ManagedByLabel: ManagedByValue})
-	opts.ByObject = map[client.Object]cache.ByObject{}
-	for _, obj := range []client.Object{
-		&corev1.Secret{}, &corev1.ConfigMap{}, &corev1.Service{},
-		&appsv1.StatefulSet{}, &appsv1.Deployment{}, &batchv1.Job{},
-		&policyv1.PodDisruptionBudget{}, &autoscalingv2.HorizontalPodAutoscaler{},
-		&networkingv1.NetworkPolicy{},
-	} {
-		opts.ByObject[obj] = cache.ByObject{Label: managed}
+	// Every kind is cached only as far as the operator manages it (its children carry the
+	// managed-by label), the monitoring kinds included: their informers start later (see
+	// monitoring.go) and take this default, so a cluster's other ServiceMonitors and
+	// PrometheusRules (kube-prometheus alone ships dozens of large rule objects) are never
+	// held in memory. The stacks themselves and the CRDs (metadata only, to notice the
+	// monitoring CRDs) carry no such label and are cached whole.
+	opts.DefaultLabelSelector = labels.SelectorFromSet(labels.Set{ManagedByLabel: ManagedByValue})
+	opts.ByObject = map[client.Object]cache.ByObject{
+		&tradingv1alpha1.TradingStack{}:             {Label: labels.Everything()},
+		&apiextensionsv1.CustomResourceDefinition{}: {Label: labels.Everything()},
 	}
-	// The monitoring kinds are left out on purpose: the cache resolves every
-	// ByObject kind at start, and their CRDs may not exist yet. Their informers
-	// start only once the CRDs are there (see monitoring.go).
 	return opts
 }

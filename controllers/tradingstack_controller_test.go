@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,8 +19,10 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -54,6 +57,7 @@ func TestOperator(t *testing.T) {
 		{"AutoscalingKeepsReplicas", testAutoscalingKeepsReplicas},
 		{"LegacyMigrationStatus", testLegacyMigrationStatus},
 		{"MonitoringFailureKeepsReady", testMonitoringFailureKeepsReady},
+		{"CacheHoldsOnlyManaged", testCacheHoldsOnlyManaged},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1445,4 +1449,72 @@ func testMonitoringFailureKeepsReady(t *testing.T) {
 		t.Errorf("MonitoringReady message %q does not say why", c.Message)
 	}
 	waitCondition(t, ns, "nomon", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+}
+
+// testCacheHoldsOnlyManaged: the operator keeps in memory only what it manages. A cluster's
+// other ServiceMonitors and PrometheusRules (kube-prometheus ships dozens of large rule
+// objects) and ConfigMaps are neither cached nor touched.
+func testCacheHoldsOnlyManaged(t *testing.T) {
+	installMonitoringCRDs(t)
+	ns := newNamespace(t)
+	foreign := []client.Object{
+		&monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses", Namespace: ns},
+			Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "web"}}}},
+		&monitoringv1.PrometheusRule{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses", Namespace: ns}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses", Namespace: ns}},
+	}
+	for _, o := range foreign {
+		if err := k8s.Create(bg, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	createStack(t, newStack(ns, "cached"))
+	makeReady(t, ns, "cached")
+	waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "cached-api")
+	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "cached-alerts")
+
+	mgrMu.Lock()
+	c := currentMgr.GetCache()
+	mgrMu.Unlock()
+	names := func(list client.ObjectList) []string {
+		t.Helper()
+		if err := c.List(bg, list, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		_ = meta.EachListItem(list, func(o runtime.Object) error {
+			out = append(out, o.(client.Object).GetName())
+			return nil
+		})
+		slices.Sort(out)
+		return out
+	}
+	eventually(t, "the cache holds the stack's monitoring objects and none of the others", func() error {
+		for _, tc := range []struct {
+			list client.ObjectList
+			want []string
+		}{
+			{&monitoringv1.ServiceMonitorList{}, []string{"cached-api"}},
+			{&monitoringv1.PrometheusRuleList{}, []string{"cached-alerts"}},
+			{&corev1.ConfigMapList{}, []string{"cached-runtime"}},
+		} {
+			if got := names(tc.list); !slices.Equal(got, tc.want) {
+				return fmt.Errorf("%T in the operator's cache: %v, want %v", tc.list, got, tc.want)
+			}
+		}
+		return nil
+	})
+	// And the stacks themselves are cached whole (they carry no managed-by label).
+	if got := names(&tradingv1alpha1.TradingStackList{}); !slices.Equal(got, []string{"cached"}) {
+		t.Errorf("stacks in the operator's cache: %v, want [cached]", got)
+	}
+	for _, o := range foreign {
+		fresh := o.DeepCopyObject().(client.Object)
+		if err := k8s.Get(bg, client.ObjectKeyFromObject(o), fresh); err != nil {
+			t.Fatalf("%T %s: %v", o, o.GetName(), err)
+		}
+		if fresh.GetResourceVersion() != o.GetResourceVersion() {
+			t.Errorf("%T %s was changed by the operator", o, o.GetName())
+		}
+	}
 }
