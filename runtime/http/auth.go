@@ -23,7 +23,11 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			s.Error(w, r, err)
 			return
 		}
-		if !s.sessions.alive(r.Context(), p.SessionID) {
+		switch alive, err := s.sessions.alive(r.Context(), p.SessionID); {
+		case err != nil:
+			s.Error(w, r, err)
+			return
+		case !alive:
 			s.Error(w, r, trading.Errorf(trading.EUNAUTHORIZED, "the login of this access token has ended"))
 			return
 		}

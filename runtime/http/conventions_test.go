@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
 	"github.com/findmy/trading-operator/runtime/postgres"
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
 var wantSecurityHeaders = map[string]string{
@@ -257,6 +259,42 @@ func TestUnavailableDatabase(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("healthz %d while serving", resp.StatusCode)
+	}
+}
+
+// TestDroppedDatabase: a database that refuses connections with a FATAL error while the API
+// runs (dropped here; a revoked login or a changed password is the same) is a dependency
+// down: 503 for a valid token (not 401, which would make clients drop their logins) and for a
+// login (not 500).
+func TestDroppedDatabase(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	e.addUser("trader2", trading.RoleTrader)
+	tok := e.token("trader1")
+	e.do("GET", "/api/orders", tok, nil).want(200)
+	unchecked := e.token("trader2") // its login is checked for the first time after the drop
+
+	ctx := context.Background()
+	var name string
+	if err := e.db.Pool().QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "DROP DATABASE "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*response{
+		e.do("GET", "/api/orders", unchecked, nil),
+		e.do("GET", "/api/orders", tok, nil),
+		e.do("GET", "/api/trades", tok, nil),
+		e.do("POST", "/api/auth/login", "", map[string]string{"username": "trader1", "password": "pw-trader1-secret"}),
+	} {
+		r.problem(503)
 	}
 }
 

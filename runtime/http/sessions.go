@@ -54,26 +54,23 @@ func newSessionCheck(svc trading.SessionService, log *slog.Logger, accessTTL tim
 }
 
 // alive reports whether the login sid is active. A token without a login (issued before
-// tokens carried one) is let through, as it was. Concurrent checks of one login make one
+// tokens carried one) is let through, as it was. An error (not an unavailable database:
+// c.load answers those) is the caller's to answer: refusing the token as if its login had
+// ended would make a client drop a valid login over a fault of ours. Concurrent checks of one login make one
 // query. When the database is unavailable the token is let through, and that is remembered
 // for the period like an answer: reads that the cache can serve keep working while it is
 // down, without each waiting out a query timeout.
-func (c *sessionCheck) alive(ctx context.Context, sid uuid.UUID) bool {
+func (c *sessionCheck) alive(ctx context.Context, sid uuid.UUID) (bool, error) {
 	if sid == uuid.Nil {
-		return true
+		return true, nil
 	}
 	active, err := c.cache.Get(ctx, sid, otter.LoaderFunc[uuid.UUID, bool](c.load))
-	if err != nil {
-		// Not an unavailable database (c.load answers those): refuse rather than guess.
-		c.log.ErrorContext(ctx, "cannot check whether a login has ended; refusing its access token", "err", err)
-		return false
-	}
-	if !active {
-		return false
+	if err != nil || !active {
+		return false, err
 	}
 	// A check in flight when the login ended may have stored the answer from before.
 	_, ended := c.ended.GetIfPresent(sid)
-	return !ended
+	return !ended, nil
 }
 
 func (c *sessionCheck) load(ctx context.Context, sid uuid.UUID) (bool, error) {

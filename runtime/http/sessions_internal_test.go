@@ -43,10 +43,10 @@ func TestSessionCheckIgnoresTheCallersCancellation(t *testing.T) {
 	sid := uuid.New()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if c.alive(ctx, sid) {
+	if ok, _ := c.alive(ctx, sid); ok { // an error (the caller gone) or "ended"
 		t.Fatal("an ended login is alive for a request that was cancelled")
 	}
-	if c.alive(context.Background(), sid) {
+	if isAlive(t, c, context.Background(), sid) {
 		t.Fatal("an ended login is alive after a cancelled check")
 	}
 }
@@ -57,14 +57,14 @@ func TestSessionCheckInFlightWhenTheLoginEnds(t *testing.T) {
 	c := newSessionCheck(store, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, nil)
 	sid := uuid.New()
 	done := make(chan bool)
-	go func() { done <- c.alive(context.Background(), sid) }()
+	go func() { ok, _ := c.alive(context.Background(), sid); done <- ok }()
 	<-store.started
 	c.endedHere(context.Background(), sid) // logout on this replica while the check still runs
 	close(store.release)
 	if <-done {
 		t.Error("the check that started before the logout let the token through after it")
 	}
-	if c.alive(context.Background(), sid) {
+	if isAlive(t, c, context.Background(), sid) {
 		t.Fatal("a login ended here is alive again")
 	}
 }
@@ -94,7 +94,7 @@ func TestSessionCheckWithTheDatabaseDown(t *testing.T) {
 	c := newSessionCheck(svc, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, nil)
 	sid := uuid.New()
 	for range 3 {
-		if !c.alive(context.Background(), sid) {
+		if !isAlive(t, c, context.Background(), sid) {
 			t.Fatal("a token refused because the database is down")
 		}
 	}
@@ -103,10 +103,49 @@ func TestSessionCheckWithTheDatabaseDown(t *testing.T) {
 	}
 	ended := uuid.New()
 	c.endedHere(context.Background(), ended)
-	if c.alive(context.Background(), ended) {
+	if isAlive(t, c, context.Background(), ended) {
 		t.Fatal("a login ended here is alive")
 	}
-	if !c.alive(context.Background(), uuid.Nil) || svc.calls != 1 {
+	if !isAlive(t, c, context.Background(), uuid.Nil) || svc.calls != 1 {
 		t.Fatal("a token without a login was checked or refused")
+	}
+}
+
+// isAlive is c.alive for the checks that must not fail.
+func isAlive(t *testing.T, c *sessionCheck, ctx context.Context, sid uuid.UUID) bool {
+	t.Helper()
+	ok, err := c.alive(ctx, sid)
+	if err != nil {
+		t.Fatalf("session check: %v", err)
+	}
+	return ok
+}
+
+// brokenSessions fails as a bug would (not an unavailable database).
+type brokenSessions struct {
+	trading.SessionService
+	calls int
+}
+
+func (b *brokenSessions) SessionActive(context.Context, uuid.UUID) (bool, error) {
+	b.calls++
+	return false, trading.Errorf(trading.EINTERNAL, "internal error")
+}
+
+// A check that fails for another reason than an unavailable database is an error for the
+// request (500), not a login that ended (401: the client would drop a valid login), and it
+// is not remembered as an answer.
+func TestSessionCheckErrorIsNotAnEndedLogin(t *testing.T) {
+	svc := &brokenSessions{}
+	c := newSessionCheck(svc, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, nil)
+	sid := uuid.New()
+	for range 2 {
+		ok, err := c.alive(context.Background(), sid)
+		if ok || trading.ErrorCode(err) != trading.EINTERNAL {
+			t.Fatalf("alive = %v, %v; want false and the internal error", ok, err)
+		}
+	}
+	if svc.calls != 2 {
+		t.Fatalf("%d checks, want 2 (a failure is not an answer to keep)", svc.calls)
 	}
 }

@@ -78,6 +78,9 @@ const errRowLocked = "a record this request changes is locked by another transac
 // batch) fail the calls queued behind the first only for the former, and answer the latter
 // call by call.
 func databaseDown(err error) bool {
+	if connectFailed(err) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		return serverDown(pgErr.Code)
@@ -114,7 +117,7 @@ func refusedByServer(err error) bool {
 
 // unavailable reports whether err means the database could not answer in time.
 func unavailable(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || connectFailed(err) {
 		return true
 	}
 	var pgErr *pgconn.PgError
@@ -126,10 +129,6 @@ func unavailable(err error) bool {
 			return true
 		}
 		return serverDown(pgErr.Code)
-	}
-	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) {
-		return true
 	}
 	if pgconn.Timeout(err) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) {
@@ -148,6 +147,17 @@ func unavailable(err error) bool {
 		return false
 	}
 	return pgconn.SafeToRetry(err)
+}
+
+// connectFailed reports whether err happened while opening a connection. Whatever the
+// server said then (a FATAL: the database was dropped, the login revoked, its password
+// changed, no connection slots left), it cannot serve this request now, and nothing about the
+// request is wrong: 503, not the 500 (and, in the session check, 401 for every valid token)
+// that the server's error code alone gave before. Checked before the SQLSTATE, which a
+// connect-time FATAL also carries.
+func connectFailed(err error) bool {
+	var connectErr *pgconn.ConnectError
+	return errors.As(err, &connectErr)
 }
 
 func isForeignKeyViolation(err error) bool {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -391,27 +393,48 @@ func TestDailyLossLimit(t *testing.T) {
 	e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
 }
 
+// TestUnavailableDatabase: a database that cannot be reached, and one whose server refuses
+// the connection with a FATAL error (here: the database does not exist, as after a DROP
+// DATABASE; a revoked login is the same case), make every call EUNAVAILABLE (503), not
+// EINTERNAL.
 func TestUnavailableDatabase(t *testing.T) {
 	t.Parallel()
-	db, err := postgres.Open(context.Background(), postgres.Config{URL: "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"})
+	missing, err := url.Parse(pgtest.AdminURL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(db.Close)
-	p := &trading.User{ID: uuid.New(), Username: "x", Roles: []trading.Role{trading.RoleRisk}}
-	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
-	_, _, err = orders.CreateOrder(as(p), newOrder("BTC/USD", trading.Buy, "1", "1", ""))
-	wantCode(t, err, trading.EUNAVAILABLE)
-	_, _, err = orders.FindOrders(as(p), trading.OrderFilter{})
-	wantCode(t, err, trading.EUNAVAILABLE)
-	_, _, err = orders.ApproveOrder(as(p), uuid.New())
-	wantCode(t, err, trading.EUNAVAILABLE)
-	_, err = postgres.NewUserService(db).Authenticate(context.Background(), "x", "y")
-	wantCode(t, err, trading.EUNAVAILABLE)
-	_, err = postgres.NewPortfolioService(db).Summary(context.Background(), p.ID)
-	wantCode(t, err, trading.EUNAVAILABLE)
-	_, _, err = postgres.NewSessionService(db).RotateRefreshToken(context.Background(), []byte("a"), []byte("b"), time.Now())
-	wantCode(t, err, trading.EUNAVAILABLE)
+	missing.Path = "/t_missing_" + strings.ReplaceAll(uuid.NewString(), "-", "")
+	for name, dsn := range map[string]string{
+		"closed port":      "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable",
+		"missing database": missing.String(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			db, err := postgres.Open(context.Background(), postgres.Config{URL: dsn})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(db.Close)
+			p := &trading.User{ID: uuid.New(), Username: "x", Roles: []trading.Role{trading.RoleRisk}}
+			orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
+			_, _, err = orders.CreateOrder(as(p), newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+			wantCode(t, err, trading.EUNAVAILABLE)
+			_, _, err = orders.FindOrders(as(p), trading.OrderFilter{})
+			wantCode(t, err, trading.EUNAVAILABLE)
+			_, _, err = orders.ApproveOrder(as(p), uuid.New())
+			wantCode(t, err, trading.EUNAVAILABLE)
+			_, err = postgres.NewUserService(db).Authenticate(context.Background(), "x", "y")
+			wantCode(t, err, trading.EUNAVAILABLE)
+			_, err = postgres.NewPortfolioService(db).Summary(context.Background(), p.ID)
+			wantCode(t, err, trading.EUNAVAILABLE)
+			_, err = postgres.NewSessionService(db).SessionActive(context.Background(), uuid.New())
+			wantCode(t, err, trading.EUNAVAILABLE)
+			_, _, err = postgres.NewSessionService(db).RotateRefreshToken(context.Background(), []byte("a"), []byte("b"), time.Now())
+			wantCode(t, err, trading.EUNAVAILABLE)
+			if err := db.Ping(context.Background()); trading.ErrorCode(err) != trading.EUNAVAILABLE {
+				t.Errorf("Ping = %v, want EUNAVAILABLE", err)
+			}
+		})
+	}
 }
 
 // TestQueryTimeoutBoundsCalls: a database that does not answer (here: a row lock held by
