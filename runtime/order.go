@@ -2,9 +2,12 @@ package trading
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/shopspring/decimal"
@@ -169,6 +172,22 @@ type OrderService interface {
 	// all in one transaction. EFORBIDDEN for a non-risk caller or the requester (four eyes),
 	// ECONFLICT when the order is no longer pending. Exactly one concurrent approval wins.
 	ApproveOrder(ctx context.Context, id uuid.UUID) (*Order, *Trade, error)
-	// RejectOrder marks a pending order rejected with the reason.
+	// RejectOrder marks a pending order rejected with the reason (ValidateReason), with the
+	// same rules as ApproveOrder; the caller's role is checked before the reason.
 	RejectOrder(ctx context.Context, id uuid.UUID, reason string) (*Order, error)
+}
+
+// MaxReasonLength bounds a rejection reason, in characters (not bytes: a reason in Greek is
+// as long as one in English).
+const MaxReasonLength = 500
+
+// ValidateReason checks a rejection reason: required, at most MaxReasonLength characters.
+func ValidateReason(reason string) error {
+	switch {
+	case strings.TrimSpace(reason) == "":
+		return Invalid(FieldError{Field: "reason", Message: "is required"})
+	case utf8.RuneCountInString(reason) > MaxReasonLength:
+		return Invalid(FieldError{Field: "reason", Message: fmt.Sprintf("must be at most %d characters", MaxReasonLength)})
+	}
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -183,9 +182,6 @@ type rejectRequest struct {
 	Reason *string `json:"reason"`
 }
 
-// MaxReasonLength bounds a rejection reason (characters).
-const MaxReasonLength = 500
-
 func (s *Server) handleReject(w http.ResponseWriter, r *http.Request) {
 	id, err := orderID(r)
 	if err != nil {
@@ -197,15 +193,13 @@ func (s *Server) handleReject(w http.ResponseWriter, r *http.Request) {
 		s.decodeFailed(w, r, err)
 		return
 	}
-	switch {
-	case req.Reason == nil || *req.Reason == "":
-		s.Error(w, r, trading.Invalid(trading.FieldError{Field: "reason", Message: "is required"}))
-		return
-	case utf8.RuneCountInString(*req.Reason) > MaxReasonLength:
-		s.Error(w, r, trading.Invalid(trading.FieldError{Field: "reason", Message: "must be at most 500 characters"}))
-		return
+	// The service checks the caller's role before the reason (a trader gets 403 whatever the
+	// body says), and the reason itself (trading.ValidateReason).
+	var reason string
+	if req.Reason != nil {
+		reason = *req.Reason
 	}
-	order, err := s.svc.Orders.RejectOrder(r.Context(), id, *req.Reason)
+	order, err := s.svc.Orders.RejectOrder(r.Context(), id, reason)
 	if err != nil {
 		s.Error(w, r, err)
 		return

@@ -202,6 +202,9 @@ func TestFourEyesAndRoles(t *testing.T) {
 	e.do("POST", "/api/orders/"+o.ID+"/approve", trader2, nil).problem(403)
 	e.do("POST", "/api/orders/"+o.ID+"/approve", trader, nil).problem(403)
 	e.do("POST", "/api/orders/"+o.ID+"/reject", trader2, map[string]string{"reason": "no"}).problem(403)
+	// The role is checked before the reason: a trader without one is refused as a trader.
+	e.do("POST", "/api/orders/"+o.ID+"/reject", trader2, `{}`).problem(403)
+	e.do("POST", "/api/orders/"+o.ID+"/reject", trader2, map[string]string{"reason": strings.Repeat("r", 501)}).problem(403)
 
 	// Nothing changed.
 	var still order
@@ -273,6 +276,14 @@ func TestReject(t *testing.T) {
 		t.Errorf("fields %v", f)
 	}
 	e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"`+strings.Repeat("r", 501)+`"}`).problem(422)
+	e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"  "}`).problem(422)
+	// 500 characters are allowed whatever their bytes (openapi.json: maxLength 500): 1500 here.
+	var long order
+	o2 := e.submit(trader, "BTC/USD", "buy", "1", "100")
+	e.do("POST", "/api/orders/"+o2.ID+"/reject", risk, map[string]string{"reason": strings.Repeat("€", 500)}).want(200).decode(&long)
+	if long.DecisionReason == nil || *long.DecisionReason != strings.Repeat("€", 500) {
+		t.Errorf("a 500-character reason was stored as %v", long.DecisionReason)
+	}
 	e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"x"}`, "Content-Type", "text/plain").problem(415)
 	e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"x","extra":1}`).problem(400)
 

@@ -292,7 +292,7 @@ func TestDeletedDeciderIsUnauthorized(t *testing.T) {
 	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
 	_, _, err := e.orders.ApproveOrder(as(gone), o.ID)
 	wantCode(t, err, trading.EUNAUTHORIZED)
-	_, err = e.orders.RejectOrder(as(gone), o.ID, "")
+	_, err = e.orders.RejectOrder(as(gone), o.ID, "gone")
 	wantCode(t, err, trading.EUNAUTHORIZED)
 
 	other := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "1", ""))

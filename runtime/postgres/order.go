@@ -610,8 +610,8 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 	if err := canDecide(p); err != nil {
 		return nil, err
 	}
-	if len(reason) > 1000 {
-		return nil, trading.Invalid(trading.FieldError{Field: "reason", Message: "must be at most 1000 bytes"})
+	if err := trading.ValidateReason(reason); err != nil {
+		return nil, err
 	}
 	var order *trading.Order
 	err = s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
@@ -621,7 +621,7 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 			return err
 		}
 		var err error
-		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = NULLIF($3, '')`, reason)
+		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = $3`, reason)
 		return err
 	})
 	if isForeignKeyViolation(err) {
