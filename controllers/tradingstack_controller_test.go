@@ -970,6 +970,9 @@ func testValidationRules(t *testing.T) {
 	refused("max quantity 0", newStack(ns, "v9", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxQuantity = "0.00"
 	}), "spec.runtime.limits.maxQuantity must be more than 0")
+	refused("max daily loss 0", newStack(ns, "v15", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.MaxDailyLoss = "0"
+	}), "spec.runtime.maxDailyLoss must be more than 0")
 	refused("max price 0", newStack(ns, "v10", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxPrice = "0"
 	}), "spec.runtime.limits.maxPrice must be more than 0")

@@ -12,6 +12,11 @@ import (
 // NUMERIC(20,8) in PostgreSQL, decimal.Decimal in Go. No float64 ever holds money.
 const Scale = 8
 
+// MaxAmount is the bound, exclusive, of a stored quantity or price: NUMERIC(20,8) holds 12
+// integer digits. The configured upper bounds (MAX_QUANTITY, MAX_PRICE) must stay below it,
+// so that every order validation accepts can be stored.
+var MaxAmount = decimal.New(1, 20-Scale)
+
 // decimalText bounds what we hand to the big-number parser: an exponent of a billion would
 // make shopspring/decimal allocate a huge integer, so the exponent is at most 3 digits
 // and the whole text at most 64 bytes.

@@ -93,6 +93,7 @@ type RuntimeSpec struct {
 	// "5000" or "2500.5". Once a user's realized P&L of the current UTC day is at or below minus
 	// this value, the user's new orders are refused. Unset: no limit.
 	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.maxDailyLoss must be more than 0"
 	// +optional
 	MaxDailyLoss string `json:"maxDailyLoss,omitempty"`
 

@@ -153,8 +153,8 @@ var settings = []setting{
 		c.Symbols = syms
 		return nil
 	}},
-	{env: "MAX_QUANTITY", def: "1000000", usage: "largest order quantity", apply: positiveDecimal(func(c *Config, d decimal.Decimal) { c.MaxQuantity = d })},
-	{env: "MAX_PRICE", def: "1000000", usage: "largest order price", apply: positiveDecimal(func(c *Config, d decimal.Decimal) { c.MaxPrice = d })},
+	{env: "MAX_QUANTITY", def: "1000000", usage: "largest order quantity", apply: storableBound(func(c *Config, d decimal.Decimal) { c.MaxQuantity = d })},
+	{env: "MAX_PRICE", def: "1000000", usage: "largest order price", apply: storableBound(func(c *Config, d decimal.Decimal) { c.MaxPrice = d })},
 	{env: "MAX_DAILY_LOSS", usage: "daily realized loss at which a user's new orders are refused (unset: no limit)", apply: positiveDecimal(func(c *Config, d decimal.Decimal) { c.MaxDailyLoss = &d })},
 	{env: "RATE_LIMIT_LOGIN", def: "5", usage: "logins per minute per client IP (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitLogin })},
 	{env: "RATE_LIMIT_TRADING", def: "30", usage: "trading requests per minute per user (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitTrading })},
@@ -321,6 +321,15 @@ func load(fs *flag.FlagSet, names []string, args []string, getenv func(string) s
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, &helpRequested{fs: fs}
+		}
+		// A setting's flag given without its value is a missing setting: one line naming it,
+		// like its environment twin left empty.
+		if name, ok := strings.CutPrefix(err.Error(), "flag needs an argument: -"); ok {
+			for _, s := range used {
+				if s.flagName() == name {
+					return nil, settingError(s.env, fmt.Errorf("--%s is given without a value", name))
+				}
+			}
 		}
 		return nil, usageErrorf("%s: %v", fs.Name(), err)
 	}
@@ -508,7 +517,7 @@ func poolSize(min int64, field func(*Config) *int32) func(*Config, string) error
 	}
 }
 
-func positiveDecimal(set func(*Config, decimal.Decimal)) func(*Config, string) error {
+func positiveDecimal(set func(*Config, decimal.Decimal), checks ...func(decimal.Decimal) error) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		d, err := trading.ParseDecimal(v)
 		if err != nil {
@@ -517,9 +526,25 @@ func positiveDecimal(set func(*Config, decimal.Decimal)) func(*Config, string) e
 		if !d.IsPositive() {
 			return fmt.Errorf("%q must be more than 0", v)
 		}
+		for _, check := range checks {
+			if err := check(d); err != nil {
+				return err
+			}
+		}
 		set(c, d)
 		return nil
 	}
+}
+
+// storableBound is positiveDecimal below trading.MaxAmount: a larger bound would let
+// validation accept orders the database cannot store (a 422 naming no field).
+func storableBound(set func(*Config, decimal.Decimal)) func(*Config, string) error {
+	return positiveDecimal(set, func(d decimal.Decimal) error {
+		if d.GreaterThanOrEqual(trading.MaxAmount) {
+			return fmt.Errorf("%s must be less than %s, the largest amount the database stores", d, trading.MaxAmount)
+		}
+		return nil
+	})
 }
 
 // address accepts host:port with a numeric port (0 picks a free one); the host may be

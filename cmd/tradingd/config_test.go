@@ -271,12 +271,18 @@ func TestLoadErrors(t *testing.T) {
 }
 
 func TestLoadBadCommandLine(t *testing.T) {
-	for _, args := range [][]string{{"--no-such-flag"}, {"extra"}, {"--access-token-ttl"}} {
+	for _, args := range [][]string{{"--no-such-flag"}, {"extra"}} {
 		_, err := Load(args, envOf(required()))
 		var ue *usageError
 		if !errors.As(err, &ue) {
 			t.Errorf("%q: error = %v, want a usage error", args, err)
 		}
+	}
+	// A setting's flag without its value is that setting missing: one line naming it.
+	_, err := Load([]string{"--access-token-ttl"}, envOf(required()))
+	var ce *configError
+	if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), "ACCESS_TOKEN_TTL: ") {
+		t.Errorf("--access-token-ttl without a value: error = %v, want a setting error naming ACCESS_TOKEN_TTL", err)
 	}
 }
 

@@ -82,6 +82,13 @@ func report(err error, stdout, stderr io.Writer) int {
 		ue   *usageError
 		ce   *configError
 	)
+	var f *failure
+	if errors.As(err, &f) {
+		// The command's logger exists: the last line is in its format too (LOG_FORMAT=json:
+		// every line of stderr is JSON, a log collector parses them all).
+		f.log.Error("tradingd: " + oneLine(f.err.Error()))
+		return exitCode(f.err)
+	}
 	switch {
 	case err == nil:
 		return 0
@@ -99,6 +106,36 @@ func report(err error, stdout, stderr io.Writer) int {
 	default:
 		fmt.Fprintf(stderr, "tradingd: %s\n", oneLine(err.Error()))
 		return 1
+	}
+}
+
+// exitCode is 2 for a bad command line or setting, 1 for any other failure.
+func exitCode(err error) int {
+	var (
+		ue *usageError
+		ce *configError
+	)
+	if errors.As(err, &ue) || errors.As(err, &ce) {
+		return 2
+	}
+	return 1
+}
+
+// failure is an error of a command that has made its logger: report writes it through that
+// logger instead of as plain text.
+type failure struct {
+	err error
+	log *slog.Logger
+}
+
+func (f *failure) Error() string { return f.err.Error() }
+func (f *failure) Unwrap() error { return f.err }
+
+// logFailure, deferred with the command's named error once its logger exists, marks a
+// returned error to be reported through that logger.
+func logFailure(log *slog.Logger, err *error) {
+	if *err != nil {
+		*err = &failure{err: *err, log: log}
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 
 // migrate applies the pending migrations and prints the schema version. Safe to run
 // concurrently (replicas, Jobs) and repeatedly: postgres.Migrate holds an advisory lock.
-func migrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func migrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) (err error) {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -28,6 +28,7 @@ func migrate(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	logger := newLogger(cfg, stderr)
+	defer logFailure(logger, &err)
 	logger.Info("migrating", "database", redactDSN(cfg.DatabaseURL))
 	version, err := postgres.Migrate(ctx, cfg.DatabaseURL, logger)
 	if err != nil {

@@ -74,7 +74,7 @@ const (
 // defaultGCPercent is tradingd's GOGC when the environment sets none.
 const defaultGCPercent = 400
 
-func serve(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+func serve(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) (err error) {
 	// First of all, so that a SIGTERM at any point of the start is a clean stop.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -91,6 +91,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 	logger := newLogger(cfg, stderr)
+	defer logFailure(logger, &err)
 	logger.Info("starting tradingd", "version", trading.Version, "config", cfg)
 	// Go collects whenever the heap has doubled (GOGC=100). tradingd's live heap is small
 	// (tens of MB) and every request allocates, so it collected all the time: GOGC=400 served

@@ -135,12 +135,15 @@ func TestSettingErrors(t *testing.T) {
 		{"malformed --access-token-ttl", []string{"serve", "--access-token-ttl", "60"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys}, "ACCESS_TOKEN_TTL"},
 		{"malformed TRUSTED_PROXIES", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"},
 		{"malformed MAX_PRICE", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "MAX_PRICE": "-1"}, "MAX_PRICE"},
+		{"MAX_QUANTITY beyond what the database stores", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "MAX_QUANTITY": "1e12"}, "MAX_QUANTITY"},
 		{"malformed REDIS_URL", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "REDIS_URL": "localhost:6379"}, "REDIS_URL"},
 		{"malformed SYMBOLS", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "SYMBOLS": "BTCUSD"}, "SYMBOLS"},
 		{"malformed LOG_LEVEL", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"},
 		{"malformed DATABASE_URL", []string{"migrate"}, map[string]string{"DATABASE_URL": "mysql://a@b/c"}, "DATABASE_URL"},
 		{"DATABASE_URL pgx refuses", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://a:pw@b/c?sslmode=sometimes"}, "DATABASE_URL"},
 		{"DATABASE_URL pgx refuses, serve", []string{"serve"}, map[string]string{"DATABASE_URL": "host=b port=x", "JWT_KEYS": jwtKeys}, "DATABASE_URL"},
+		{"--jwt-keys without a value", []string{"serve", "--jwt-keys"}, map[string]string{"DATABASE_URL": dsn}, "JWT_KEYS"},
+		{"--database-url without a value", []string{"migrate", "--database-url"}, nil, "DATABASE_URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -201,6 +204,12 @@ func TestServeRefusesUnmigratedDatabase(t *testing.T) {
 	if !strings.Contains(r.stderr, "tradingd migrate") {
 		t.Errorf("stderr does not say to run `tradingd migrate`: %s", r.stderr)
 	}
+	// LOG_FORMAT=json (the default): the failure is a JSON line too, the last one.
+	for _, line := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("stderr line is not JSON: %s", line)
+		}
+	}
 }
 
 // TestServeMissingDatabase: a database that does not exist will not appear by waiting, so
@@ -243,7 +252,7 @@ func TestUserAdd(t *testing.T) {
 		says  string
 	}{
 		{"duplicate", "another password\n", []string{"--username", "alice", "--role", "trader"}, 1, "taken"},
-		{"bad role", "pw-for-bob\n", []string{"--username", "bob", "--role", "boss"}, 1, "role"},
+		{"bad role", "pw-for-bob\n", []string{"--username", "bob", "--role", "boss"}, 2, "role"},
 		{"password over 72 bytes", strings.Repeat("x", 73) + "\n", []string{"--username", "bob", "--role", "trader"}, 1, "72"},
 		{"no password", "", []string{"--username", "bob", "--role", "trader"}, 1, "password"},
 		{"no username", "pw\n", []string{"--role", "trader"}, 2, "--username"},

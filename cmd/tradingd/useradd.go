@@ -18,7 +18,7 @@ const maxPasswordLine = 4096
 
 // userAdd creates a user. The password is the first line of stdin, so that it never
 // appears in the process list or the shell history: `printf '%s\n' "$PW" | tradingd user add ...`.
-func userAdd(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+func userAdd(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) (err error) {
 	fs := newFlagSet("user add")
 	username := fs.String("username", "", "name of the new user (required)")
 	role := fs.String("role", "", "trader, risk or admin (required)")
@@ -39,13 +39,14 @@ func userAdd(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	r, err := trading.ParseRole(*role)
 	if err != nil {
-		return fmt.Errorf("user add: --role %q: %s", *role, trading.ErrorMessage(err))
+		return usageErrorf("user add: --role %q: %s", *role, trading.ErrorMessage(err))
 	}
 	password, err := readPassword(stdin)
 	if err != nil {
 		return fmt.Errorf("user add: %v", err)
 	}
 	logger := newLogger(cfg, stderr)
+	defer logFailure(logger, &err)
 
 	db, err := postgres.Open(ctx, postgres.Config{URL: cfg.DatabaseURL, MaxConns: 2, MinConns: 1, QueryTimeout: queryTimeout})
 	if err != nil {
