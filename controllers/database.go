@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -9,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -19,8 +21,10 @@ import (
 // checks the external database's Secret.
 func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass) (bool, error) {
 	if p.spec.ExternalPostgres() {
-		// A stack moved to an external database no longer runs its own; the
-		// volume stays as the StatefulSet's retention policy says.
+		// A stack moved to an external database no longer runs its own; its volume stays.
+		if err := r.releaseDatabaseVolumes(ctx, p); err != nil {
+			return false, err
+		}
 		for _, obj := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}} {
 			if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, postgresName(p.stack))); err != nil {
 				return false, err
@@ -221,4 +225,61 @@ func (r *TradingStackReconciler) readUserSecret(ctx context.Context, namespace s
 			fmt.Sprintf("Secret %s named by %s has no key %s", ref.Name, field, ref.Key), nil
 	}
 	return secret, "", "", nil
+}
+
+// releaseDatabaseVolumes keeps the managed database's volumes when the stack moves to an
+// external database, whatever retainDataOnDelete says: that setting is about deleting the
+// stack, and an edit of its spec must not lose data. With retainDataOnDelete false the
+// StatefulSet's claim policy is Delete, under which the StatefulSet controller makes the
+// StatefulSet own its claims, so deleting it would delete them: the policy is turned to
+// Retain (the controller then stops adding that owner reference) and the owner reference is
+// removed from each claim before the StatefulSet is deleted. The claims keep their labels.
+func (r *TradingStackReconciler) releaseDatabaseVolumes(ctx context.Context, p *pass) error {
+	sts := &appsv1.StatefulSet{}
+	found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: postgresName(p.stack)}, sts)
+	if err != nil || !found || !isControlledBy(sts, p.stack) {
+		return err
+	}
+	if pol := sts.Spec.PersistentVolumeClaimRetentionPolicy; pol != nil && pol.WhenDeleted != appsv1.RetainPersistentVolumeClaimRetentionPolicyType {
+		body := []byte(`{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Retain"}}}`)
+		if err := r.Patch(ctx, sts, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+	}
+	replicas := int32(1)
+	if sts.Spec.Replicas != nil {
+		replicas = *sts.Spec.Replicas
+	}
+	for _, tmpl := range sts.Spec.VolumeClaimTemplates {
+		for i := range replicas {
+			pvc := &corev1.PersistentVolumeClaim{}
+			name := fmt.Sprintf("%s-%s-%d", tmpl.Name, sts.Name, i)
+			if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: sts.Namespace, Name: name}, pvc); err != nil {
+				if apierrors.IsNotFound(err) {
+					continue
+				}
+				return err
+			}
+			for j, ref := range pvc.OwnerReferences {
+				if ref.UID != sts.UID {
+					continue
+				}
+				path := fmt.Sprintf("/metadata/ownerReferences/%d", j)
+				body, err := json.Marshal([]map[string]any{
+					{"op": "test", "path": path + "/uid", "value": string(ref.UID)},
+					{"op": "remove", "path": path},
+				})
+				if err != nil {
+					return err
+				}
+				if err := r.Patch(ctx, pvc, client.RawPatch(types.JSONPatchType, body)); err != nil {
+					return fmt.Errorf("release PersistentVolumeClaim %s from StatefulSet %s: %w", name, sts.Name, err)
+				}
+				r.Recorder.Eventf(p.stack, pvc, corev1.EventTypeNormal, "Retained", "Release",
+					"Kept PersistentVolumeClaim %s: the database moved to an external one (delete the claim to free the volume)", name)
+				break
+			}
+		}
+	}
+	return nil
 }

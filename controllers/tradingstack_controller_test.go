@@ -58,6 +58,7 @@ func TestOperator(t *testing.T) {
 		{"LegacyMigrationStatus", testLegacyMigrationStatus},
 		{"MonitoringFailureKeepsReady", testMonitoringFailureKeepsReady},
 		{"CacheHoldsOnlyManaged", testCacheHoldsOnlyManaged},
+		{"MoveToExternalKeepsVolume", testMoveToExternalKeepsVolume},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1519,5 +1520,47 @@ func testCacheHoldsOnlyManaged(t *testing.T) {
 		if fresh.GetResourceVersion() != o.GetResourceVersion() {
 			t.Errorf("%T %s was changed by the operator", o, o.GetName())
 		}
+	}
+}
+
+// testMoveToExternalKeepsVolume: a stack that deletes its data with it (retainDataOnDelete
+// false) and moves to an external database keeps its volume: an edit of the spec is not a
+// deletion of the stack. The claim is released from the StatefulSet before it goes (its
+// policy Delete made the StatefulSet controller own the claim, and the garbage collector
+// would have deleted it with the StatefulSet).
+func testMoveToExternalKeepsVolume(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "mx", func(s *tradingv1alpha1.TradingStack) { s.Spec.RetainDataOnDelete = ptr.To(false) }))
+	makeReady(t, ns, "mx")
+	sts := waitFor(t, &appsv1.StatefulSet{}, ns, "mx-postgres")
+	if p := sts.Spec.PersistentVolumeClaimRetentionPolicy; p == nil || p.WhenDeleted != appsv1.DeletePersistentVolumeClaimRetentionPolicyType {
+		t.Fatalf("claim policy %+v, want WhenDeleted Delete with retainDataOnDelete false", p)
+	}
+	// The claim as the StatefulSet controller makes it under that policy.
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "data-mx-postgres-0", Labels: sts.Spec.VolumeClaimTemplates[0].Labels,
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: sts.Name, UID: sts.UID, Controller: ptr.To(true)}}},
+		Spec: sts.Spec.VolumeClaimTemplates[0].Spec,
+	}
+	if err := k8s.Create(bg, pvc); err != nil {
+		t.Fatal(err)
+	}
+	moveToExternalDatabase(t, ns, "mx", "mx-ext", "postgres://app:pw@db.example.com:5432/trading")
+	eventually(t, "StatefulSet mx-postgres deleted", func() error {
+		err := k8s.Get(bg, key(ns, "mx-postgres"), &appsv1.StatefulSet{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v)", err)
+	})
+	fresh := &corev1.PersistentVolumeClaim{}
+	if err := k8s.Get(bg, key(ns, pvc.Name), fresh); err != nil {
+		t.Fatal(err)
+	}
+	if len(fresh.OwnerReferences) != 0 {
+		t.Errorf("the claim is still owned (the garbage collector would delete it): %+v", fresh.OwnerReferences)
+	}
+	if fresh.Labels["app.kubernetes.io/instance"] != "mx" {
+		t.Errorf("the kept claim lost its labels: %v", fresh.Labels)
 	}
 }

@@ -39,7 +39,8 @@ type TradingStackSpec struct {
 
 	// RetainDataOnDelete keeps the database volume and the generated Secrets (orphaned and
 	// labelled) when the TradingStack is deleted, so that a `kubectl delete` loses no data.
-	// false deletes them together with the stack. Defaults to true.
+	// false deletes them together with the stack. Moving a stack to an external database
+	// keeps its volume either way (delete the claim to free it). Defaults to true.
 	// +kubebuilder:default=true
 	// +optional
 	RetainDataOnDelete *bool `json:"retainDataOnDelete,omitempty"`
