@@ -76,6 +76,9 @@ func summarize(p *pass) {
 	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
 			fmt.Sprintf("%d of %d runtime replicas are ready", st.Runtime.ReadyReplicas, st.Runtime.Replicas))
+	case brokeAfterServing(notReady, serving, migrating):
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady,
+			"the stack has served, and now not ready: "+strings.Join(notReady, ", "))
 	default:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "nothing needs attention")
 	}
@@ -107,9 +110,18 @@ func summarize(p *pass) {
 		st.Phase = tradingv1alpha1.PhaseFailed
 	case migrating:
 		st.Phase = tradingv1alpha1.PhaseMigrating
+	case brokeAfterServing(notReady, serving, migrating):
+		st.Phase = tradingv1alpha1.PhaseDegraded
 	default:
 		st.Phase = tradingv1alpha1.PhaseProvisioning
 	}
+}
+
+// brokeAfterServing reports a stack that has served (a migration succeeded for the runtime
+// it runs) and now has components that are not ready, outside a migration: Degraded, not
+// Provisioning, which would read as a stack still being set up.
+func brokeAfterServing(notReady []string, serving, migrating bool) bool {
+	return len(notReady) > 0 && serving && !migrating
 }
 
 // writeStatus finishes a pass: derives the summary conditions (unless paused),
@@ -134,8 +146,23 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	}
 	if !p.stack.Spec.Paused {
 		summarize(p)
-	} else if st.Phase == "" {
-		st.Phase = tradingv1alpha1.PhasePending
+	} else {
+		if st.Phase == "" {
+			st.Phase = tradingv1alpha1.PhasePending
+		}
+		// Paused from its creation: READY says Unknown rather than nothing.
+		if meta.FindStatusCondition(st.Conditions, tradingv1alpha1.ConditionReady) == nil {
+			p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionUnknown, tradingv1alpha1.ReasonPaused,
+				"spec.paused is true: nothing is checked or changed until it is false")
+		}
+	}
+	// Before the runtime's Deployment exists the REPLICAS column shows 0 of the desired count.
+	if st.Runtime.ReplicasText == "" {
+		st.Runtime.Replicas = p.spec.Spec.Runtime.Replicas
+		if as := p.spec.Spec.Runtime.Autoscaling; as != nil {
+			st.Runtime.Replicas = max(as.MinReplicas, 1)
+		}
+		st.Runtime.ReplicasText = fmt.Sprintf("0/%d", st.Runtime.Replicas)
 	}
 	st.ObservedGeneration = p.stack.Generation
 

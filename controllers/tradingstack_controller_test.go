@@ -59,6 +59,7 @@ func TestOperator(t *testing.T) {
 		{"MonitoringFailureKeepsReady", testMonitoringFailureKeepsReady},
 		{"CacheHoldsOnlyManaged", testCacheHoldsOnlyManaged},
 		{"MoveToExternalKeepsVolume", testMoveToExternalKeepsVolume},
+		{"PhaseAndColumns", testPhaseAndColumns},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1562,5 +1563,55 @@ func testMoveToExternalKeepsVolume(t *testing.T) {
 	}
 	if fresh.Labels["app.kubernetes.io/instance"] != "mx" {
 		t.Errorf("the kept claim lost its labels: %v", fresh.Labels)
+	}
+}
+
+// testPhaseAndColumns: what `kubectl get tstack` shows. REPLICAS reads 0/N before the
+// runtime's Deployment exists; a stack paused from its creation has READY Unknown; a stack
+// that has served and then loses its runtime is Degraded, not back to Provisioning.
+func testPhaseAndColumns(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "cols"))
+	eventually(t, "REPLICAS 0/2 before the Deployment exists", func() error {
+		s := getStack(t, ns, "cols")
+		if s.Status.Runtime.ReplicasText != "0/2" {
+			return fmt.Errorf("replicasText %q, phase %s", s.Status.Runtime.ReplicasText, s.Status.Phase)
+		}
+		return nil
+	})
+	makeReady(t, ns, "cols")
+
+	// The runtime's pods all go unready.
+	eventually(t, "API Deployment marked unready", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "cols-api"), d); err != nil {
+			return err
+		}
+		d.Status.ReadyReplicas, d.Status.AvailableReplicas = 0, 0
+		for i := range d.Status.Conditions {
+			if d.Status.Conditions[i].Type == appsv1.DeploymentAvailable {
+				d.Status.Conditions[i].Status = corev1.ConditionFalse
+				d.Status.Conditions[i].Reason = "MinimumReplicasUnavailable"
+			}
+		}
+		return k8s.Status().Update(bg, d)
+	})
+	s := waitCondition(t, ns, "cols", tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady)
+	if s.Status.Phase != tradingv1alpha1.PhaseDegraded || s.Status.Runtime.ReplicasText != "0/2" {
+		t.Errorf("phase %s, replicas %q after the runtime went down; want Degraded, 0/2", s.Status.Phase, s.Status.Runtime.ReplicasText)
+	}
+	if c := condition(s, tradingv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse {
+		t.Errorf("Ready %+v with the runtime down", c)
+	}
+	markDeploymentReady(t, ns, "cols-api")
+	s = waitCondition(t, ns, "cols", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	if s.Status.Phase != tradingv1alpha1.PhaseReady {
+		t.Errorf("phase %s after the runtime came back", s.Status.Phase)
+	}
+
+	createStack(t, newStack(ns, "frozen", func(s *tradingv1alpha1.TradingStack) { s.Spec.Paused = true }))
+	s = waitCondition(t, ns, "frozen", tradingv1alpha1.ConditionReady, metav1.ConditionUnknown, tradingv1alpha1.ReasonPaused)
+	if s.Status.Phase != tradingv1alpha1.PhasePending {
+		t.Errorf("a stack paused from its creation is %s, want Pending", s.Status.Phase)
 	}
 }

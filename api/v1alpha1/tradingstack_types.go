@@ -470,14 +470,16 @@ const (
 	// PhasePending: the stack was accepted and nothing has been created yet (or it is paused
 	// before its first pass).
 	PhasePending Phase = "Pending"
-	// PhaseProvisioning: children are being created or are not ready yet.
+	// PhaseProvisioning: children are being created or are not ready yet, before the stack
+	// first served (after that, a component that is not ready makes it Degraded).
 	PhaseProvisioning Phase = "Provisioning"
 	// PhaseMigrating: a migration Job for the desired runtime image is running.
 	PhaseMigrating Phase = "Migrating"
 	// PhaseReady: every required condition is True.
 	PhaseReady Phase = "Ready"
-	// PhaseDegraded: the stack serves, but something is wrong (a failed migration of a new
-	// image while the old runtime keeps serving, fewer ready replicas than desired).
+	// PhaseDegraded: the stack has served, but something is wrong (a failed migration of a
+	// new image while the old runtime keeps serving, fewer ready replicas than desired, a
+	// component no longer ready).
 	PhaseDegraded Phase = "Degraded"
 	// PhaseFailed: the stack cannot serve and needs a user's action (e.g. the external
 	// database's Secret is missing, the first migration failed).
