@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -171,5 +172,104 @@ func TestRevertOps(t *testing.T) {
 	ops, what = revertOps(want, withInit)
 	if got := paths(ops); got != "test /spec/template/spec/initContainers/0/name init; remove /spec/template/spec/initContainers/0 <nil>" || len(what) != 1 {
 		t.Errorf("an init container added by hand: %s, removed %v", got, what)
+	}
+}
+
+// foreignFieldOps removes what other managers set and neither the operator owns nor the spec
+// sets, and leaves alone what others may set (replicas, the pod template's metadata), the
+// lists revert.go handles, fields nobody owns (defaults) and the status.
+func TestForeignFieldOps(t *testing.T) {
+	entry := func(manager string, op metav1.ManagedFieldsOperationType, subresource, fields string) metav1.ManagedFieldsEntry {
+		return metav1.ManagedFieldsEntry{Manager: manager, Operation: op, Subresource: subresource, FieldsV1: &metav1.FieldsV1{Raw: []byte(fields)}}
+	}
+	container := func(extra map[string]any) map[string]any {
+		c := map[string]any{"name": "tradingd", "image": "i", "env": []any{map[string]any{"name": "A", "value": "1"}}}
+		maps.Copy(c, extra)
+		return c
+	}
+	desired := &unstructured.Unstructured{Object: map[string]any{"kind": "Deployment", "spec": map[string]any{
+		"replicas": int64(2),
+		"template": map[string]any{"spec": map[string]any{
+			"containers": []any{container(nil)},
+			"volumes":    []any{map[string]any{"name": "tmp", "emptyDir": map[string]any{}}},
+		}}}}}
+	live := &unstructured.Unstructured{Object: map[string]any{"kind": "Deployment", "spec": map[string]any{
+		"replicas":                int64(5),
+		"progressDeadlineSeconds": int64(600), // defaulted: nobody's
+		"template": map[string]any{
+			"metadata": map[string]any{"annotations": map[string]any{"kubectl.kubernetes.io/restartedAt": "now"}},
+			"spec": map[string]any{
+				"hostNetwork": true,
+				"containers": []any{
+					container(map[string]any{"args": []any{"--debug"}, "env": []any{map[string]any{"name": "A", "value": "1"}, map[string]any{"name": "B", "value": "2"}}}),
+					map[string]any{"name": "sidecar", "image": "s"},
+				},
+				"volumes": []any{
+					map[string]any{"name": "host", "hostPath": map[string]any{"path": "/"}},
+					map[string]any{"name": "tmp", "emptyDir": map[string]any{}},
+					map[string]any{"name": "host2", "hostPath": map[string]any{"path": "/etc"}},
+				},
+			}}},
+		"status": map[string]any{"replicas": int64(5)}}}
+	live.SetManagedFields([]metav1.ManagedFieldsEntry{
+		entry(FieldOwner, metav1.ManagedFieldsOperationApply, "", `{"f:spec":{"f:replicas":{},"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"tradingd\"}":{".":{},"f:image":{},"f:name":{},"f:env":{"k:{\"name\":\"A\"}":{".":{},"f:name":{},"f:value":{}}}}},"f:volumes":{"k:{\"name\":\"tmp\"}":{".":{},"f:emptyDir":{},"f:name":{}}}}}}}`),
+		entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", `{"f:spec":{"f:replicas":{},"f:template":{"f:metadata":{"f:annotations":{"f:kubectl.kubernetes.io/restartedAt":{}}},"f:spec":{"f:hostNetwork":{},`+
+			`"f:containers":{"k:{\"name\":\"tradingd\"}":{"f:args":{},"f:env":{"k:{\"name\":\"B\"}":{".":{},"f:name":{},"f:value":{}}}},"k:{\"name\":\"sidecar\"}":{".":{},"f:image":{},"f:name":{}}},`+
+			`"f:volumes":{"k:{\"name\":\"host\"}":{".":{},"f:hostPath":{"f:path":{}},"f:name":{}},"k:{\"name\":\"host2\"}":{".":{},"f:hostPath":{"f:path":{}},"f:name":{}}}}}}}`),
+		entry("kube-controller-manager", metav1.ManagedFieldsOperationUpdate, "status", `{"f:status":{"f:replicas":{}}}`),
+		entry("hpa", metav1.ManagedFieldsOperationUpdate, "scale", `{"f:spec":{"f:replicas":{}}}`),
+	})
+	ops, what := foreignFieldOps(desired, live)
+	var got []string
+	for _, op := range ops {
+		if op["op"] == "remove" {
+			got = append(got, op["path"].(string))
+		}
+	}
+	want := []string{
+		"/spec/template/spec/hostNetwork",
+		"/spec/template/spec/containers/0/args",
+		"/spec/template/spec/volumes/2", // from the end of the list
+		"/spec/template/spec/volumes/0",
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("removed %v, want %v (described as %v)", got, want, what)
+	}
+	// Each removal is guarded by a test of the value it removes, and list entries go from the
+	// end, so the indices hold while the patch runs.
+	var volumes []string
+	for i, op := range ops {
+		if op["op"] == "remove" && (i == 0 || ops[i-1]["op"] != "test" || ops[i-1]["path"] != op["path"]) {
+			t.Errorf("removal of %s is not guarded by a test", op["path"])
+		}
+		if p, _ := op["path"].(string); op["op"] == "remove" && strings.HasPrefix(p, "/spec/template/spec/volumes/") {
+			volumes = append(volumes, p)
+		}
+	}
+	if !slices.Equal(volumes, []string{"/spec/template/spec/volumes/2", "/spec/template/spec/volumes/0"}) {
+		t.Errorf("volumes removed in the order %v, want from the end", volumes)
+	}
+	if !slices.Contains(what, "spec.template.spec.hostNetwork") || !slices.Contains(what, "spec.template.spec.volumes[name=host]") {
+		t.Errorf("described as %v", what)
+	}
+
+	// A ConfigMap: a key added by hand goes, one the operator set and a hand edited stays (the
+	// apply takes it back).
+	cmDesired := &unstructured.Unstructured{Object: map[string]any{"kind": "ConfigMap", "data": map[string]any{"A": "1"}}}
+	cm := &unstructured.Unstructured{Object: map[string]any{"kind": "ConfigMap", "data": map[string]any{"A": "0", "EXTRA": "x"}}}
+	cm.SetManagedFields([]metav1.ManagedFieldsEntry{
+		entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", `{"f:data":{"f:A":{},"f:EXTRA":{}}}`),
+	})
+	ops, _ = foreignFieldOps(cmDesired, cm)
+	if len(ops) != 2 || ops[1]["path"] != "/data/EXTRA" {
+		t.Errorf("ConfigMap ops %v, want only /data/EXTRA removed", ops)
+	}
+	// Secrets are never touched: a value edited by hand is kept.
+	sec := cm.DeepCopy()
+	sec.SetKind("Secret")
+	if ops, _ := foreignFieldOps(&unstructured.Unstructured{Object: map[string]any{"kind": "Secret"}}, sec); ops != nil {
+		t.Errorf("Secret ops %v", ops)
 	}
 }

@@ -59,6 +59,10 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			return err
 		}
 	}
+	var desired *unstructured.Unstructured // what was applied; the apply replaces u with the stored object
+	if existed && revertsHandEdits(gvk.Kind) {
+		desired = u.DeepCopy()
+	}
 	// Applied before by this process but not in the cache yet: the cache lags
 	// our own write, and the same object (same UID) is no creation.
 	uidBefore := r.applied.uid(k)
@@ -87,6 +91,12 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			return err
 		}
 	}
+	if desired != nil {
+		if err := r.removeForeignFields(ctx, p, desired, u); err != nil {
+			r.applied.forget(k)
+			return err
+		}
+	}
 	r.applied.record(k, sum, u.GetResourceVersion(), string(u.GetUID()), client.ObjectKeyFromObject(p.stack).String())
 	if !existed && uidBefore != string(u.GetUID()) {
 		r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Created", "Create",
@@ -102,7 +112,8 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 }
 
 // revertForeign removes what was added by hand to the lists of a child that the apply
-// would keep (revertOps): one JSON patch of removals, and an event saying what went.
+// would keep (revertOps): one JSON patch of removals, and an event saying what went. It runs
+// before the apply, which such an entry can make fail (two ports named "http").
 func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, desired *unstructured.Unstructured, live client.Object) error {
 	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(live)
 	if err != nil {
@@ -134,6 +145,35 @@ func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, des
 	}
 	r.Recorder.Eventf(p.stack, fresh, corev1.EventTypeNormal, "Reverted", "Patch",
 		"Removed from %s %s what the spec does not set: %s", desired.GetKind(), live.GetName(), strings.Join(foreign, ", "))
+	return nil
+}
+
+// removeForeignFields removes from a child just applied (stored: the apply's answer, which
+// carries its managedFields, so no read is needed) the fields another manager set that the
+// spec does not (foreignFieldOps), and entries left in the compared lists (revertOps: one
+// added by hand after the check before the apply). One JSON patch of removals; stored is
+// replaced with the result. The event names what went, unless nothing changed (values that
+// the API server defaults again, owned by a manager that sent a whole object).
+func (r *TradingStackReconciler) removeForeignFields(ctx context.Context, p *pass, desired, stored *unstructured.Unstructured) error {
+	// The fields first: they leave the compared lists' indices as they are.
+	ops, what := foreignFieldOps(desired, stored)
+	listOps, listWhat := revertOps(desired, stored)
+	ops, what = append(ops, listOps...), append(what, listWhat...)
+	if ops == nil {
+		return nil
+	}
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return err
+	}
+	before := stored.GetResourceVersion()
+	if err := r.Patch(ctx, stored, client.RawPatch(types.JSONPatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("remove what was set by hand on %s %s: %w", desired.GetKind(), stored.GetName(), err)
+	}
+	if stored.GetResourceVersion() != before {
+		r.Recorder.Eventf(p.stack, stored, corev1.EventTypeNormal, "Reverted", "Patch",
+			"Removed from %s %s what the spec does not set: %s", desired.GetKind(), stored.GetName(), strings.Join(what, ", "))
+	}
 	return nil
 }
 

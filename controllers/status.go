@@ -50,6 +50,12 @@ func summarize(p *pass) {
 	cacheBroken := cache != nil && cache.Status == metav1.ConditionFalse && cache.Reason == tradingv1alpha1.ReasonCacheSecretMissing
 	runtimeUp := meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionRuntimeAvailable)
 	serving := st.Migration.Image != ""
+	// Has served: Ready or Degraded at the start of this pass, or migrating to a new image
+	// with a previous one migrated. (A migrated image alone is not enough: the runtime's
+	// first rollout follows its first migration.)
+	before := p.original.Phase
+	served := before == tradingv1alpha1.PhaseReady || before == tradingv1alpha1.PhaseDegraded ||
+		(before == tradingv1alpha1.PhaseMigrating && p.original.Migration.Image != "")
 
 	switch {
 	case p.failed != "":
@@ -76,7 +82,7 @@ func summarize(p *pass) {
 	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
 			fmt.Sprintf("%d of %d runtime replicas are ready", st.Runtime.ReadyReplicas, st.Runtime.Replicas))
-	case brokeAfterServing(notReady, serving, migrating):
+	case brokeAfterServing(notReady, served, migrating):
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady,
 			"the stack has served, and now not ready: "+strings.Join(notReady, ", "))
 	default:
@@ -110,18 +116,18 @@ func summarize(p *pass) {
 		st.Phase = tradingv1alpha1.PhaseFailed
 	case migrating:
 		st.Phase = tradingv1alpha1.PhaseMigrating
-	case brokeAfterServing(notReady, serving, migrating):
+	case brokeAfterServing(notReady, served, migrating):
 		st.Phase = tradingv1alpha1.PhaseDegraded
 	default:
 		st.Phase = tradingv1alpha1.PhaseProvisioning
 	}
 }
 
-// brokeAfterServing reports a stack that has served (a migration succeeded for the runtime
-// it runs) and now has components that are not ready, outside a migration: Degraded, not
-// Provisioning, which would read as a stack still being set up.
-func brokeAfterServing(notReady []string, serving, migrating bool) bool {
-	return len(notReady) > 0 && serving && !migrating
+// brokeAfterServing reports a stack that has served and now has components that are not
+// ready, outside a migration: Degraded, not Provisioning, which would read as a stack still
+// being set up.
+func brokeAfterServing(notReady []string, served, migrating bool) bool {
+	return len(notReady) > 0 && served && !migrating
 }
 
 // writeStatus finishes a pass: derives the summary conditions (unless paused),

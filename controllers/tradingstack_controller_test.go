@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -60,6 +61,7 @@ func TestOperator(t *testing.T) {
 		{"CacheHoldsOnlyManaged", testCacheHoldsOnlyManaged},
 		{"MoveToExternalKeepsVolume", testMoveToExternalKeepsVolume},
 		{"PhaseAndColumns", testPhaseAndColumns},
+		{"HandEditsReverted", testHandEditsReverted},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1579,7 +1581,24 @@ func testPhaseAndColumns(t *testing.T) {
 		}
 		return nil
 	})
-	makeReady(t, ns, "cols")
+	// The runtime's first rollout, after the first migration: still Provisioning, not Degraded.
+	markStatefulSetReady(t, ns, "cols-postgres")
+	markDeploymentReady(t, ns, "cols-redis")
+	finishJob(t, ns, waitMigrationJob(t, ns, "cols", getStack(t, ns, "cols").RuntimeImage()).Name, true)
+	waitFor(t, &appsv1.Deployment{}, ns, "cols-api")
+	s := waitCondition(t, ns, "cols", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, "")
+	eventually(t, "the runtime's first rollout reported", func() error {
+		s = getStack(t, ns, "cols")
+		if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c == nil || c.Status != metav1.ConditionFalse || c.Reason == tradingv1alpha1.ReasonWaitingForMigration {
+			return fmt.Errorf("RuntimeAvailable %+v", c)
+		}
+		return nil
+	})
+	if c := condition(s, tradingv1alpha1.ConditionDegraded); s.Status.Phase != tradingv1alpha1.PhaseProvisioning || (c != nil && c.Status == metav1.ConditionTrue) {
+		t.Errorf("during the first rollout: phase %s, Degraded %+v; want Provisioning, not degraded", s.Status.Phase, c)
+	}
+	markDeploymentReady(t, ns, "cols-api")
+	waitCondition(t, ns, "cols", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 
 	// The runtime's pods all go unready.
 	eventually(t, "API Deployment marked unready", func() error {
@@ -1596,7 +1615,7 @@ func testPhaseAndColumns(t *testing.T) {
 		}
 		return k8s.Status().Update(bg, d)
 	})
-	s := waitCondition(t, ns, "cols", tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady)
+	s = waitCondition(t, ns, "cols", tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady)
 	if s.Status.Phase != tradingv1alpha1.PhaseDegraded || s.Status.Runtime.ReplicasText != "0/2" {
 		t.Errorf("phase %s, replicas %q after the runtime went down; want Degraded, 0/2", s.Status.Phase, s.Status.Runtime.ReplicasText)
 	}
@@ -1613,5 +1632,103 @@ func testPhaseAndColumns(t *testing.T) {
 	s = waitCondition(t, ns, "frozen", tradingv1alpha1.ConditionReady, metav1.ConditionUnknown, tradingv1alpha1.ReasonPaused)
 	if s.Status.Phase != tradingv1alpha1.PhasePending {
 		t.Errorf("a stack paused from its creation is %s, want Pending", s.Status.Phase)
+	}
+}
+
+// testHandEditsReverted: fields set by hand that the spec does not set, which Server-Side
+// Apply alone keeps (another manager owns them), are removed: host access, a capability, a
+// command and a service account on the runtime, a command on the database, a setting added
+// to NAME-runtime, a session affinity on the Service. What others may rightly set stays: a
+// `kubectl rollout restart` annotation on the pod template.
+func testHandEditsReverted(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "he"))
+	makeReady(t, ns, "he")
+
+	edit := func(obj client.Object, manager, patch string) {
+		t.Helper()
+		obj.SetNamespace(ns)
+		if err := k8s.Patch(bg, obj, client.RawPatch(types.StrategicMergePatchType, []byte(patch)), client.FieldOwner(manager)); err != nil {
+			t.Fatalf("edit %T %s: %v", obj, obj.GetName(), err)
+		}
+	}
+	edit(objectNamed(&appsv1.Deployment{}, ns, "he-api"), "kubectl-rollout",
+		`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":"2026-11-29T00:00:00Z"}}}}}`)
+	edit(objectNamed(&appsv1.Deployment{}, ns, "he-api"), "kubectl-edit", `{"spec":{"template":{"spec":{
+		"hostNetwork":true,"serviceAccountName":"admin-sa",
+		"volumes":[{"name":"host","hostPath":{"path":"/"}}],
+		"containers":[{"name":"tradingd","args":["--debug"],"volumeMounts":[{"name":"host","mountPath":"/host"}],
+			"securityContext":{"capabilities":{"add":["SYS_ADMIN"]}}}]}}}}`)
+	edit(objectNamed(&appsv1.StatefulSet{}, ns, "he-postgres"), "kubectl-edit",
+		`{"spec":{"template":{"spec":{"containers":[{"name":"postgres","command":["sh","-c","sleep inf"]}]}}}}`)
+	edit(objectNamed(&corev1.ConfigMap{}, ns, "he-runtime"), "kubectl-edit", `{"data":{"RATE_LIMIT_GLOBAL_PER_DAY":"0","EXTRA":"1"}}`)
+	edit(objectNamed(&corev1.Service{}, ns, "he-api"), "kubectl-edit", `{"spec":{"sessionAffinity":"ClientIP"}}`)
+
+	eventually(t, "the hand edits removed", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "he-api"), d); err != nil {
+			return err
+		}
+		ps := d.Spec.Template.Spec
+		var c *corev1.Container
+		for i := range ps.Containers {
+			if ps.Containers[i].Name == "tradingd" {
+				c = &ps.Containers[i]
+			}
+		}
+		switch {
+		case c == nil:
+			return fmt.Errorf("no tradingd container")
+		case ps.HostNetwork, ps.ServiceAccountName == "admin-sa", len(ps.Volumes) != 0 && slices.ContainsFunc(ps.Volumes, func(v corev1.Volume) bool { return v.HostPath != nil }):
+			return fmt.Errorf("pod spec still has host access or the service account: hostNetwork %v, sa %q, volumes %v", ps.HostNetwork, ps.ServiceAccountName, ps.Volumes)
+		case len(c.Args) != 0, len(c.VolumeMounts) != 0 && slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "host" }):
+			return fmt.Errorf("container still has args %v, mounts %v", c.Args, c.VolumeMounts)
+		case c.SecurityContext == nil || c.SecurityContext.Capabilities == nil || len(c.SecurityContext.Capabilities.Add) != 0 ||
+			!slices.Equal(c.SecurityContext.Capabilities.Drop, []corev1.Capability{"ALL"}):
+			return fmt.Errorf("capabilities %+v", c.SecurityContext)
+		}
+		if d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] == "" {
+			return fmt.Errorf("the rollout restart annotation was removed")
+		}
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(bg, key(ns, "he-postgres"), sts); err != nil {
+			return err
+		}
+		if cmd := sts.Spec.Template.Spec.Containers[0].Command; len(cmd) != 0 {
+			return fmt.Errorf("postgres command still %v", cmd)
+		}
+		cm := &corev1.ConfigMap{}
+		if err := k8s.Get(bg, key(ns, "he-runtime"), cm); err != nil {
+			return err
+		}
+		if _, ok := cm.Data["EXTRA"]; ok || cm.Data["RATE_LIMIT_GLOBAL_PER_DAY"] != "1000" {
+			return fmt.Errorf("ConfigMap data %v", cm.Data)
+		}
+		svc := &corev1.Service{}
+		if err := k8s.Get(bg, key(ns, "he-api"), svc); err != nil {
+			return err
+		}
+		if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+			return fmt.Errorf("Service session affinity still ClientIP")
+		}
+		return nil
+	})
+	eventually(t, "a Reverted event naming the host network", func() error { // events are written asynchronously
+		events := &corev1.EventList{}
+		if err := k8s.List(bg, events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == "Reverted" && strings.Contains(e.Message, "hostNetwork") {
+				return nil
+			}
+		}
+		return fmt.Errorf("none")
+	})
+	// Converged: further passes write nothing.
+	before := resourceVersions(t, ns, "he")
+	reconcileDirectly(t, ns, "he", 3)
+	if after := resourceVersions(t, ns, "he"); !maps.Equal(before, after) {
+		t.Errorf("passes after the revert still write: %v -> %v", before, after)
 	}
 }
