@@ -71,31 +71,34 @@ func desiredHPA(s *tradingv1alpha1.TradingStack) *autoscalingv2.HorizontalPodAut
 
 // desiredNetworkPolicies admits only the stack's own runtime pods (and, for the database, its
 // migration Job's pods) to its managed PostgreSQL (NAME-postgres, port 5432) and managed Redis
-// (NAME-redis, port 6379). External and disabled backends get none.
+// (NAME-redis, port 6379). External and disabled backends get none. Peers and targets are
+// selected by every label the operator puts on its pods (name and managed-by included), so
+// another chart's pod that happens to carry the same instance and component labels is not
+// let in.
 func desiredNetworkPolicies(s *tradingv1alpha1.TradingStack) []*networkingv1.NetworkPolicy {
 	var out []*networkingv1.NetworkPolicy
 	if !s.ExternalPostgres() {
 		out = append(out, ingressOnlyFrom(s, postgresName(s), postgresApp, databaseComponent, postgresPort,
-			apiComponent, migrationComponent))
+			labelsFor(s, tradingdApp, apiComponent), labelsFor(s, tradingdApp, migrationComponent)))
 	}
 	if s.ManagedRedis() {
-		out = append(out, ingressOnlyFrom(s, redisName(s), redisApp, cacheComponent, redisPort, apiComponent))
+		out = append(out, ingressOnlyFrom(s, redisName(s), redisApp, cacheComponent, redisPort, labelsFor(s, tradingdApp, apiComponent)))
 	}
 	return out
 }
 
-func ingressOnlyFrom(s *tradingv1alpha1.TradingStack, name, app, component string, port int32, from ...string) *networkingv1.NetworkPolicy {
+func ingressOnlyFrom(s *tradingv1alpha1.TradingStack, name, app, component string, port int32, from ...map[string]string) *networkingv1.NetworkPolicy {
 	peers := make([]networkingv1.NetworkPolicyPeer, 0, len(from))
-	for _, c := range from {
+	for _, labels := range from {
 		peers = append(peers, networkingv1.NetworkPolicyPeer{
-			PodSelector: &metav1.LabelSelector{MatchLabels: selectorLabels(s, c)},
+			PodSelector: &metav1.LabelSelector{MatchLabels: labels},
 		})
 	}
 	return &networkingv1.NetworkPolicy{
 		TypeMeta:   typeMeta("networking.k8s.io/v1", "NetworkPolicy"),
 		ObjectMeta: objectMeta(s, name, app, component),
 		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(s, component)},
+			PodSelector: metav1.LabelSelector{MatchLabels: labelsFor(s, app, component)},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{
 				From: peers,

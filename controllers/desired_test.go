@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -648,6 +649,40 @@ func TestNetworkPolicyPeers(t *testing.T) {
 			}
 		default:
 			t.Errorf("unexpected policy %s", np.Name)
+		}
+	}
+
+	// The selectors match the operator's own pods, and not another chart's pod that carries
+	// the same instance and component labels.
+	api := desiredAPIDeployment(s, "img", "h").Spec.Template.Labels
+	migration := desiredMigrationJob(s, "img", "db").Spec.Template.Labels
+	postgresPods := desiredPostgresStatefulSet(s, "h").Spec.Template.Labels
+	redisPods := desiredRedisDeployment(s).Spec.Template.Labels
+	impostor := map[string]string{instanceLabel: "demo", componentLabel: apiComponent}
+	for _, np := range desiredNetworkPolicies(s) {
+		target := postgresPods
+		admitted := []map[string]string{api, migration}
+		if np.Name == "demo-redis" {
+			target, admitted = redisPods, []map[string]string{api}
+		}
+		if !labels.SelectorFromSet(np.Spec.PodSelector.MatchLabels).Matches(labels.Set(target)) {
+			t.Errorf("%s does not select its pods %v", np.Name, target)
+		}
+		matches := func(pod map[string]string) bool {
+			for _, peer := range np.Spec.Ingress[0].From {
+				if labels.SelectorFromSet(peer.PodSelector.MatchLabels).Matches(labels.Set(pod)) {
+					return true
+				}
+			}
+			return false
+		}
+		for _, pod := range admitted {
+			if !matches(pod) {
+				t.Errorf("%s does not admit %v", np.Name, pod)
+			}
+		}
+		if matches(impostor) {
+			t.Errorf("%s admits a pod with only the instance and component labels", np.Name)
 		}
 	}
 }
