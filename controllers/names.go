@@ -50,6 +50,9 @@ const (
 	// databaseAnnotation on a migration Job records the database it migrates
 	// (MigrationStatus.Database).
 	databaseAnnotation = "trading.findmy.io/database"
+	// userSecretAnnotation marks a Secret with a generated Secret's name that a user made
+	// before the operator could: used as it is, never owned, so never deleted with the stack.
+	userSecretAnnotation = "trading.findmy.io/made-by-user"
 )
 
 // Keys of the generated Secrets.

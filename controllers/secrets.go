@@ -18,6 +18,8 @@ import (
 // touches it, so a password a user rotated by hand is kept. Only the metadata
 // is applied on every pass: the labels, and the owner reference, which is left
 // off when the stack retains its data so that deleting the stack keeps them.
+// A Secret of that name that a user made before the stack existed is used as it
+// is and never owned (userSecretAnnotation): the operator deletes only what it made.
 func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) (bool, error) {
 	type generated struct {
 		build  func(*tradingv1alpha1.TradingStack) (*corev1.Secret, error)
@@ -37,11 +39,11 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 		if err != nil {
 			return false, fmt.Errorf("generate secret: %w", err)
 		}
-		current, err := r.ensureSecret(ctx, p, desired)
+		current, userMade, err := r.ensureSecret(ctx, p, desired)
 		if err != nil {
 			return false, err
 		}
-		if err := r.applySecretMetadata(ctx, p, desired, current); err != nil {
+		if err := r.applySecretMetadata(ctx, p, desired, current, userMade); err != nil {
 			return false, err
 		}
 		*g.record = current.Name
@@ -51,16 +53,16 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 }
 
 // ensureSecret returns the Secret as it is, creating it from desired when it
-// does not exist. It never updates existing data.
-func (r *TradingStackReconciler) ensureSecret(ctx context.Context, p *pass, desired *corev1.Secret) (*corev1.Secret, error) {
+// does not exist, and whether a user made it. It never updates existing data.
+func (r *TradingStackReconciler) ensureSecret(ctx context.Context, p *pass, desired *corev1.Secret) (*corev1.Secret, bool, error) {
 	key := client.ObjectKeyFromObject(desired)
 	current := &corev1.Secret{}
 	found, err := r.getCached(ctx, key, current)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if found {
-		return current, nil
+		return current, current.Annotations[userSecretAnnotation] != "", nil
 	}
 	// Created without an owner reference: ownership is the applied metadata's
 	// concern, so that it can be removed again when the stack starts retaining.
@@ -68,24 +70,30 @@ func (r *TradingStackReconciler) ensureSecret(ctx context.Context, p *pass, desi
 	create.OwnerReferences = nil
 	if err := r.Create(ctx, create, client.FieldOwner(FieldOwner)); err != nil {
 		if !apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("create secret %s: %w", key.Name, err)
+			return nil, false, fmt.Errorf("create secret %s: %w", key.Name, err)
 		}
 		// Created earlier but not in the cache yet, or a user's Secret without
 		// the operator's labels: read it from the API server, never replace it.
 		if err := r.APIReader.Get(ctx, key, current); err != nil {
-			return nil, fmt.Errorf("read secret %s: %w", key.Name, err)
+			return nil, false, fmt.Errorf("read secret %s: %w", key.Name, err)
 		}
-		return current, nil
+		userMade := current.Annotations[userSecretAnnotation] != ""
+		if current.Labels[ManagedByLabel] != ManagedByValue && !userMade {
+			userMade = true
+			r.Recorder.Eventf(p.stack, current, corev1.EventTypeNormal, "UsingUserSecret", "Adopt",
+				"Using Secret %s as it is: it existed before the stack, so the operator neither changes its data nor deletes it", key.Name)
+		}
+		return current, userMade, nil
 	}
 	r.Recorder.Eventf(p.stack, create, corev1.EventTypeNormal, "Created", "Create", "Created Secret %s", create.Name)
-	return create, nil
+	return create, false, nil
 }
 
 // applySecretMetadata applies only labels, annotations and (unless retained)
 // the owner reference: data is left out of the apply, so it is never owned by
 // the apply and never changed by it. When the Secret already carries exactly
 // that metadata (the usual case right after it was created) nothing is sent.
-func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pass, desired, current *corev1.Secret) error {
+func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pass, desired, current *corev1.Secret, userMade bool) error {
 	meta := &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{
@@ -95,7 +103,11 @@ func (r *TradingStackReconciler) applySecretMetadata(ctx context.Context, p *pas
 			Annotations: desired.Annotations,
 		},
 	}
-	if !p.spec.RetainData() {
+	if userMade {
+		// Labelled like the others (so the cache sees it), marked, and never owned.
+		meta.Annotations = map[string]string{userSecretAnnotation: "true"}
+	}
+	if !p.spec.RetainData() && !userMade {
 		if err := controllerutil.SetControllerReference(p.stack, meta, r.Scheme); err != nil {
 			return err
 		}

@@ -62,6 +62,7 @@ func TestOperator(t *testing.T) {
 		{"MoveToExternalKeepsVolume", testMoveToExternalKeepsVolume},
 		{"PhaseAndColumns", testPhaseAndColumns},
 		{"HandEditsReverted", testHandEditsReverted},
+		{"UserSecretNotAdopted", testUserSecretNotAdopted},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1730,5 +1731,47 @@ func testHandEditsReverted(t *testing.T) {
 	reconcileDirectly(t, ns, "he", 3)
 	if after := resourceVersions(t, ns, "he"); !maps.Equal(before, after) {
 		t.Errorf("passes after the revert still write: %v -> %v", before, after)
+	}
+}
+
+// testUserSecretNotAdopted: a Secret with a generated Secret's name that a user made before
+// the stack is used as it is and never owned, so a stack that deletes its data with it
+// (retainDataOnDelete false) does not delete the user's Secret; the Secrets the operator
+// makes are owned as before.
+func testUserSecretNotAdopted(t *testing.T) {
+	ns := newNamespace(t)
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "us-admin"},
+		StringData: map[string]string{adminPasswordKey: "my-own"}}); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "us", func(s *tradingv1alpha1.TradingStack) { s.Spec.RetainDataOnDelete = ptr.To(false) }))
+	makeReady(t, ns, "us")
+	eventually(t, "the user's Secret used, marked and not owned", func() error {
+		sec := &corev1.Secret{}
+		if err := k8s.Get(bg, key(ns, "us-admin"), sec); err != nil {
+			return err
+		}
+		switch {
+		case string(sec.Data[adminPasswordKey]) != "my-own":
+			return fmt.Errorf("data changed: %q", sec.Data[adminPasswordKey])
+		case len(sec.OwnerReferences) != 0:
+			return fmt.Errorf("owned: %+v (deleted with the stack)", sec.OwnerReferences)
+		case sec.Annotations[userSecretAnnotation] == "":
+			return fmt.Errorf("not marked as the user's: %v", sec.Annotations)
+		}
+		return nil
+	})
+	if s := getStack(t, ns, "us"); s.Status.Secrets.Admin != "us-admin" {
+		t.Errorf("status.secrets.admin = %q", s.Status.Secrets.Admin)
+	}
+	jwt := waitFor(t, &corev1.Secret{}, ns, "us-jwt")
+	if !hasControllerRef(jwt, getStack(t, ns, "us")) {
+		t.Errorf("the generated JWT Secret is not owned with retainDataOnDelete false: %+v", jwt.OwnerReferences)
+	}
+	// Quiet at rest holds with the user's Secret in the stack.
+	before := resourceVersions(t, ns, "us")
+	reconcileDirectly(t, ns, "us", 3)
+	if after := resourceVersions(t, ns, "us"); !maps.Equal(before, after) {
+		t.Errorf("passes write: %v -> %v", before, after)
 	}
 }
