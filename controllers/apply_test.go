@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/events"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -271,5 +272,36 @@ func TestForeignFieldOps(t *testing.T) {
 	sec.SetKind("Secret")
 	if ops, _ := foreignFieldOps(&unstructured.Unstructured{Object: map[string]any{"kind": "Secret"}}, sec); ops != nil {
 		t.Errorf("Secret ops %v", ops)
+	}
+}
+
+// A pass that starts from a status the cache has not caught up with (the previous pass's
+// write still on its way) finds the same condition changes again: they are announced once.
+// A later change back and forth is announced each time.
+func TestConditionEventsAnnouncedOnce(t *testing.T) {
+	rec := events.NewFakeRecorder(10)
+	r := &TradingStackReconciler{Recorder: rec}
+	stack := &tradingv1alpha1.TradingStack{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s"}}
+	cond := func(status metav1.ConditionStatus, reason string) []metav1.Condition {
+		return []metav1.Condition{{Type: tradingv1alpha1.ConditionReady, Status: status, Reason: reason, Message: "m"}}
+	}
+	pass := func(from, to []metav1.Condition) {
+		s := stack.DeepCopy()
+		s.Status.Conditions = to
+		r.conditionEvents(&pass{stack: s, original: &tradingv1alpha1.TradingStackStatus{Conditions: from}})
+	}
+	notReady := cond(metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady)
+	ready := cond(metav1.ConditionTrue, tradingv1alpha1.ReasonAllComponentsReady)
+	pass(notReady, ready)
+	pass(notReady, ready) // the stale start
+	pass(ready, notReady)
+	pass(notReady, ready)
+	close(rec.Events)
+	var got []string
+	for e := range rec.Events {
+		got = append(got, e)
+	}
+	if len(got) != 3 {
+		t.Errorf("events %q, want 3 (ready, not ready, ready)", got)
 	}
 }

@@ -194,6 +194,11 @@ func (r *TradingStackReconciler) conditionEvents(p *pass) {
 		if old != nil && old.Status == c.Status && old.Reason == c.Reason {
 			continue
 		}
+		key := client.ObjectKeyFromObject(p.stack).String() + "/" + c.Type
+		said := string(c.Status) + "/" + c.Reason
+		if prev, ok := r.announced.Swap(key, said); ok && prev == said {
+			continue // announced by the previous pass, whose status write this pass did not see yet
+		}
 		eventType := corev1.EventTypeNormal
 		bad := (c.Type == tradingv1alpha1.ConditionDegraded && c.Status == metav1.ConditionTrue) ||
 			(c.Type != tradingv1alpha1.ConditionDegraded && c.Type != tradingv1alpha1.ConditionProgressing && c.Status == metav1.ConditionFalse &&

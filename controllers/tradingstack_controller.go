@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -67,6 +69,11 @@ type TradingStackReconciler struct {
 
 	monitoring *monitoringAPIs
 	applied    appliedMemo
+	// announced is the condition status and reason last announced by an event, per
+	// "namespace/name/type": a pass that starts from a status the cache has not caught up
+	// with yet (the previous pass's write still on its way) finds the same changes again,
+	// and they were announced once already.
+	announced sync.Map
 }
 
 // NewTradingStackReconciler wires a reconciler to mgr's client, cache, API reader,
@@ -154,6 +161,12 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.Get(ctx, req.NamespacedName, stack); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.applied.forgetStack(req.String())
+			r.announced.Range(func(k, _ any) bool {
+				if strings.HasPrefix(k.(string), req.String()+"/") {
+					r.announced.Delete(k)
+				}
+				return true
+			})
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
