@@ -209,6 +209,16 @@ func TestRequestBodies(t *testing.T) {
 		if f["symbol"] == "" || f["side"] == "" || len(f) != 2 {
 			t.Errorf("fields %v", f)
 		}
+		// Every field of a wrong type says so, not only the first one encoding/json reports.
+		f = e.do("POST", "/api/orders", tok, `{"symbol":123,"side":true,"quantity":[1],"price":{"a":1},"client_order_id":5}`).fields()
+		for _, name := range []string{"symbol", "side", "client_order_id"} {
+			if f[name] != "must be a JSON string" {
+				t.Errorf("%s: %q, want \"must be a JSON string\" (fields %v)", name, f[name], f)
+			}
+		}
+		if f["quantity"] == "" || f["price"] == "" || len(f) != 5 {
+			t.Errorf("fields %v, want all five", f)
+		}
 	})
 	t.Run("no order was stored by any of it", func(t *testing.T) {
 		var list struct{ Orders []order }

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 
@@ -36,13 +37,37 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if err != nil {
 		return decodeError(err)
 	}
-	if err := checkObject(body, fieldsOf(v)); err != nil {
+	fields := fieldsOf(v)
+	if err := checkObject(body, fields); err != nil {
 		return err
 	}
 	if err := json.Unmarshal(body, v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			// Unmarshal reports the first field of a wrong type only: name them all.
+			return wrongTypes(body, fields)
+		}
 		return decodeError(err)
 	}
 	return nil
+}
+
+// wrongTypes names every member of body (an object checkObject accepted) whose value does not
+// fit its field's type, as one EINVALID.
+func wrongTypes(body []byte, fields map[string]reflect.Type) error {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(body, &members); err != nil {
+		return decodeError(err)
+	}
+	var out []trading.FieldError
+	for name, raw := range members {
+		var typeErr *json.UnmarshalTypeError
+		if err := json.Unmarshal(raw, reflect.New(fields[name]).Interface()); errors.As(err, &typeErr) {
+			out = append(out, trading.FieldError{Field: name, Message: "must be a JSON " + jsonKind(typeErr.Type.Kind().String())})
+		}
+	}
+	slices.SortFunc(out, func(a, b trading.FieldError) int { return strings.Compare(a.Field, b.Field) })
+	return trading.Invalid(out...)
 }
 
 // checkObject refuses, as malformed, what encoding/json would let through or report as
@@ -50,7 +75,7 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 // of fields as spelled (encoding/json matches names case-insensitively: "Symbol" would set
 // symbol), a member given twice (it keeps the last), and data after the object (also when
 // a member has the wrong type, which Unmarshal would report first as a 422).
-func checkObject(body []byte, fields map[string]bool) error {
+func checkObject(body []byte, fields map[string]reflect.Type) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	tok, err := dec.Token()
 	if err != nil {
@@ -67,7 +92,7 @@ func checkObject(body []byte, fields map[string]bool) error {
 		}
 		name, _ := tok.(string)
 		switch {
-		case !fields[name]:
+		case fields[name] == nil:
 			return trading.Errorf(trading.EMALFORMED, "unknown field %q", name)
 		case seen[name]:
 			return trading.Errorf(trading.EMALFORMED, "field %q given twice", name)
@@ -89,16 +114,16 @@ func checkObject(body []byte, fields map[string]bool) error {
 	return nil
 }
 
-// fieldNames caches the JSON member names of request types.
-var fieldNames sync.Map // reflect.Type -> map[string]bool
+// fieldNames caches the JSON members of request types.
+var fieldNames sync.Map // reflect.Type -> map[string]reflect.Type
 
-// fieldsOf returns the JSON member names of the struct v points to.
-func fieldsOf(v any) map[string]bool {
+// fieldsOf returns the JSON member names of the struct v points to, with their types.
+func fieldsOf(v any) map[string]reflect.Type {
 	t := reflect.TypeOf(v).Elem()
 	if f, ok := fieldNames.Load(t); ok {
-		return f.(map[string]bool)
+		return f.(map[string]reflect.Type)
 	}
-	names := map[string]bool{}
+	names := map[string]reflect.Type{}
 	for f := range t.Fields() {
 		if !f.IsExported() {
 			continue
@@ -110,7 +135,7 @@ func fieldsOf(v any) map[string]bool {
 		case "":
 			name = f.Name
 		}
-		names[name] = true
+		names[name] = f.Type
 	}
 	fieldNames.Store(t, names)
 	return names
