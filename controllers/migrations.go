@@ -53,7 +53,8 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		// like any child; it runs `tradingd migrate` again, which finds nothing to apply,
 		// and the runtime does not wait for it.
 		job := desiredMigrationJob(p.spec, image, database)
-		found, err := r.getCached(ctx, client.ObjectKeyFromObject(job), &batchv1.Job{})
+		current := &batchv1.Job{}
+		found, err := r.getCached(ctx, client.ObjectKeyFromObject(job), current)
 		if err != nil {
 			return false, err
 		}
@@ -62,8 +63,14 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 				return false, err
 			}
 		}
-		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
-			fmt.Sprintf("migration Job %s succeeded for image %s", p.stack.Status.Migration.JobName, image))
+		msg := fmt.Sprintf("migration Job %s succeeded for image %s", p.stack.Status.Migration.JobName, image)
+		if _, state := jobOutcome(current); found && state == jobFailed {
+			// The schema is this image's (an earlier run succeeded), so the runtime is not held
+			// back; but the Job as it stands now failed, and saying "succeeded" would hide it.
+			msg = fmt.Sprintf("the schema was migrated for image %s by an earlier run, but Job %s, run again since, failed: see its logs",
+				image, current.Name)
+		}
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded, msg)
 		return false, r.pruneMigrationJobs(ctx, p, p.stack.Status.Migration.JobName)
 	}
 

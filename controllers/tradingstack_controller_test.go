@@ -686,6 +686,33 @@ func testFailedMigration(t *testing.T) {
 	if img := d.Spec.Template.Spec.Containers[0].Image; img != "registry.example.com/tradingd:v1" {
 		t.Errorf("runtime moved to %s after a failed migration", img)
 	}
+
+	// Back to the migrated image; its Job deleted by hand comes back and, run again, fails:
+	// the conditions say so (the schema is migrated, so the stack keeps serving).
+	updateStack(t, ns, "fail", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = "registry.example.com/tradingd:v1" })
+	waitCondition(t, ns, "fail", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	done := waitMigrationJob(t, ns, "fail", "registry.example.com/tradingd:v1")
+	if err := k8s.Delete(bg, done, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the migration Job re-created", func() error {
+		j := &batchv1.Job{}
+		if err := k8s.Get(bg, key(ns, done.Name), j); err != nil {
+			return err
+		}
+		if j.UID == done.UID {
+			return fmt.Errorf("not deleted yet")
+		}
+		return nil
+	})
+	finishJob(t, ns, done.Name, false)
+	eventually(t, "MigrationsSucceeded says the re-run failed", func() error {
+		c := condition(getStack(t, ns, "fail"), tradingv1alpha1.ConditionMigrationsSucceeded)
+		if c == nil || !strings.Contains(c.Message, "failed") {
+			return fmt.Errorf("MigrationsSucceeded %+v", c)
+		}
+		return nil
+	})
 }
 
 func testRetainDataOnDelete(t *testing.T) {
