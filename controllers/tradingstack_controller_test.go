@@ -1002,6 +1002,9 @@ func testValidationRules(t *testing.T) {
 	refused("max quantity 0", newStack(ns, "v9", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxQuantity = "0.00"
 	}), "spec.runtime.limits.maxQuantity must be more than 0")
+	refused("redis port out of range", newStack(ns, "v16", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "redis:99999"}
+	}), "spec.redis.address must end with a port from 1 to 65535")
 	refused("max daily loss 0", newStack(ns, "v15", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.MaxDailyLoss = "0"
 	}), "spec.runtime.maxDailyLoss must be more than 0")

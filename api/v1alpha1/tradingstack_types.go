@@ -406,6 +406,7 @@ type RedisSpec struct {
 	// Address of the external Redis as host:port. Required in external mode.
 	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:Pattern=`^[^\s/@]+:[0-9]{1,5}$`
+	// +kubebuilder:validation:XValidation:rule="int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535",message="spec.redis.address must end with a port from 1 to 65535"
 	// +optional
 	Address string `json:"address,omitempty"`
 
