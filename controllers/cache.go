@@ -65,10 +65,20 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 	return false, nil
 }
 
-// deploymentAvailable reports whether the Deployment controller has seen the
-// current spec and reports it Available with at least one ready pod.
+// rolledOut reports whether d's status describes its current spec and every desired replica
+// is updated and ready.
+func rolledOut(d *appsv1.Deployment, desired int32) bool {
+	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= desired && d.Status.ReadyReplicas >= desired
+}
+
+// deploymentAvailable reports whether the Deployment reports itself Available with at least
+// one ready pod.
 func deploymentAvailable(d *appsv1.Deployment) bool {
-	if d.Status.ObservedGeneration < d.Generation || d.Status.ReadyReplicas < 1 {
+	// Not ObservedGeneration: right after a change of the pod template the status still
+	// describes the pods from before, which serve (maxUnavailable 0) until the new ones are
+	// ready; a stack that serves must not read unavailable for that moment. Whether the
+	// rollout is done is the caller's question (rolledOut).
+	if d.Status.ReadyReplicas < 1 {
 		return false
 	}
 	for _, c := range d.Status.Conditions {

@@ -59,8 +59,12 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			return err
 		}
 	}
-	var desired *unstructured.Unstructured // what was applied; the apply replaces u with the stored object
-	if existed && revertsHandEdits(gvk.Kind) {
+	// What was applied (the apply replaces u with the stored object). Also when the cache
+	// did not show the child: a hand edit that removed the managed-by label hides it from the
+	// cache, and the same edit's other changes must still go. On a real creation the
+	// answer carries only the operator's fields, and nothing is removed.
+	var desired *unstructured.Unstructured
+	if revertsHandEdits(gvk.Kind) {
 		desired = u.DeepCopy()
 	}
 	// Applied before by this process but not in the cache yet: the cache lags
@@ -166,14 +170,24 @@ func (r *TradingStackReconciler) removeForeignFields(ctx context.Context, p *pas
 	if err != nil {
 		return err
 	}
+	k := memoKey(desired)
+	if said, ok := r.noopReverts.Load(k); ok && said.(string) == string(body) {
+		return nil // the same removals changed nothing last time
+	}
 	before := stored.GetResourceVersion()
 	if err := r.Patch(ctx, stored, client.RawPatch(types.JSONPatchType, body), client.FieldOwner(FieldOwner)); err != nil {
 		return fmt.Errorf("remove what was set by hand on %s %s: %w", desired.GetKind(), stored.GetName(), err)
 	}
-	if stored.GetResourceVersion() != before {
-		r.Recorder.Eventf(p.stack, stored, corev1.EventTypeNormal, "Reverted", "Patch",
-			"Removed from %s %s what the spec does not set: %s", desired.GetKind(), stored.GetName(), strings.Join(what, ", "))
+	if stored.GetResourceVersion() == before {
+		// Only values the API server put back as its defaults, which another manager that
+		// sends whole objects (a GitOps tool) keeps owning: remembered, so that every later
+		// apply does not send the same patch for nothing.
+		r.noopReverts.Store(k, string(body))
+		return nil
 	}
+	r.noopReverts.Delete(k)
+	r.Recorder.Eventf(p.stack, stored, corev1.EventTypeNormal, "Reverted", "Patch",
+		"Removed from %s %s what the spec does not set: %s", desired.GetKind(), stored.GetName(), strings.Join(what, ", "))
 	return nil
 }
 

@@ -22,10 +22,14 @@ import (
 func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass) (bool, error) {
 	if p.spec.ExternalPostgres() {
 		// A stack moved to an external database no longer runs its own; its volume stays.
-		if err := r.releaseDatabaseVolumes(ctx, p); err != nil {
+		released, err := r.releaseDatabaseVolumes(ctx, p)
+		if err != nil {
 			return false, err
 		}
 		for _, obj := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}} {
+			if !released {
+				break // the StatefulSet's next status update brings the next pass
+			}
 			if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, postgresName(p.stack))); err != nil {
 				return false, err
 			}
@@ -234,31 +238,35 @@ func (r *TradingStackReconciler) readUserSecret(ctx context.Context, namespace s
 // StatefulSet own its claims, so deleting it would delete them: the policy is turned to
 // Retain (the controller then stops adding that owner reference) and the owner reference is
 // removed from each claim before the StatefulSet is deleted. The claims keep their labels.
-func (r *TradingStackReconciler) releaseDatabaseVolumes(ctx context.Context, p *pass) error {
+// released is false while the StatefulSet controller has not seen the Retain policy yet (a
+// sync still running under Delete could make it own a claim again): the StatefulSet stays
+// until its status says so.
+func (r *TradingStackReconciler) releaseDatabaseVolumes(ctx context.Context, p *pass) (released bool, err error) {
 	sts := &appsv1.StatefulSet{}
 	found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: postgresName(p.stack)}, sts)
 	if err != nil || !found || !isControlledBy(sts, p.stack) {
-		return err
+		return err == nil, err
 	}
 	if pol := sts.Spec.PersistentVolumeClaimRetentionPolicy; pol != nil && pol.WhenDeleted != appsv1.RetainPersistentVolumeClaimRetentionPolicyType {
 		body := []byte(`{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Retain"}}}`)
 		if err := r.Patch(ctx, sts, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
-			return client.IgnoreNotFound(err)
+			return false, client.IgnoreNotFound(err)
 		}
 	}
-	replicas := int32(1)
-	if sts.Spec.Replicas != nil {
-		replicas = *sts.Spec.Replicas
+	if sts.Status.ObservedGeneration < sts.Generation {
+		return false, nil
 	}
 	for _, tmpl := range sts.Spec.VolumeClaimTemplates {
-		for i := range replicas {
+		// Every ordinal that has a claim, whatever the replica count now (a StatefulSet scaled
+		// to zero keeps its claims, owned under the Delete policy all the same).
+		for i := 0; ; i++ {
 			pvc := &corev1.PersistentVolumeClaim{}
 			name := fmt.Sprintf("%s-%s-%d", tmpl.Name, sts.Name, i)
 			if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: sts.Namespace, Name: name}, pvc); err != nil {
 				if apierrors.IsNotFound(err) {
-					continue
+					break
 				}
-				return err
+				return false, err
 			}
 			for j, ref := range pvc.OwnerReferences {
 				if ref.UID != sts.UID {
@@ -270,10 +278,10 @@ func (r *TradingStackReconciler) releaseDatabaseVolumes(ctx context.Context, p *
 					{"op": "remove", "path": path},
 				})
 				if err != nil {
-					return err
+					return false, err
 				}
 				if err := r.Patch(ctx, pvc, client.RawPatch(types.JSONPatchType, body)); err != nil {
-					return fmt.Errorf("release PersistentVolumeClaim %s from StatefulSet %s: %w", name, sts.Name, err)
+					return false, fmt.Errorf("release PersistentVolumeClaim %s from StatefulSet %s: %w", name, sts.Name, err)
 				}
 				r.Recorder.Eventf(p.stack, pvc, corev1.EventTypeNormal, "Retained", "Release",
 					"Kept PersistentVolumeClaim %s: the database moved to an external one (delete the claim to free the volume)", name)
@@ -281,5 +289,5 @@ func (r *TradingStackReconciler) releaseDatabaseVolumes(ctx context.Context, p *
 			}
 		}
 	}
-	return nil
+	return true, nil
 }

@@ -49,29 +49,33 @@ func walkedRoots(kind string) []string {
 //   - fields that cannot change once set (a StatefulSet's selector, claim templates, service
 //     name, pod management policy) or that the API server allocates (a Service's cluster IPs
 //     and IP families);
-//   - the pod template's metadata (`kubectl rollout restart` stamps an annotation there);
-//   - the lists revert.go compares by key: containers' env and ports, a Service's ports.
+//   - the pod template's metadata (`kubectl rollout restart` stamps an annotation there, and
+//     meshes and config reloaders mark pods through it).
 func skipField(kind string, path []string) bool {
 	p := strings.Join(path, ".")
 	switch p {
 	case "spec.replicas", "spec.selector", "spec.template.metadata", "spec.volumeClaimTemplates",
 		"spec.serviceName", "spec.podManagementPolicy":
 		return kind == "Deployment" || kind == "StatefulSet"
-	case "spec.ports", "spec.clusterIP", "spec.clusterIPs", "spec.ipFamilies", "spec.ipFamilyPolicy", "spec.healthCheckNodePort":
+	case "spec.clusterIP", "spec.clusterIPs", "spec.ipFamilies", "spec.ipFamilyPolicy", "spec.healthCheckNodePort":
 		return kind == "Service"
-	case "spec.template.spec.containers.*.env", "spec.template.spec.containers.*.ports",
-		"spec.template.spec.initContainers.*.env", "spec.template.spec.initContainers.*.ports":
-		return true
 	}
 	return false
 }
 
 // wholeEntriesByRevert reports whether revert.go removes the foreign entries of the list at
-// path itself (the containers of a pod template): foreignFieldOps only looks inside the
-// entries the operator has.
+// path itself (containers, their env and ports, a Service's ports; before the apply, which
+// such an entry can make fail): foreignFieldOps only looks inside the entries the operator
+// has (a hostPort added to its http port).
 func wholeEntriesByRevert(path []string) bool {
-	p := strings.Join(path, ".")
-	return p == "spec.template.spec.containers" || p == "spec.template.spec.initContainers"
+	switch strings.Join(path, ".") {
+	case "spec.template.spec.containers", "spec.template.spec.initContainers",
+		"spec.template.spec.containers.*.env", "spec.template.spec.containers.*.ports",
+		"spec.template.spec.initContainers.*.env", "spec.template.spec.initContainers.*.ports",
+		"spec.ports":
+		return true
+	}
+	return false
 }
 
 // foreignFieldOps returns the JSON patch that removes from live the fields other managers set
@@ -243,14 +247,19 @@ func indexOf(list []any, match func(any) bool) int {
 	return -1
 }
 
-// matchesKeys reports whether a list entry has every key field of a "k:" node.
+// matchesKeys reports whether a list entry has every key field of a "k:" node. A port's
+// protocol left out (the desired object leaves it to the API server's default) is TCP.
 func matchesKeys(e any, keys map[string]any) bool {
 	m, ok := e.(map[string]any)
 	if !ok {
 		return false
 	}
 	for k, v := range keys {
-		if !sameJSON(m[k], v) {
+		got, present := m[k]
+		if !present && k == "protocol" {
+			got = "TCP"
+		}
+		if !sameJSON(got, v) {
 			return false
 		}
 	}

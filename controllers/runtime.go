@@ -100,7 +100,7 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	}
 
 	switch {
-	case deploymentAvailable(dep) && dep.Status.UpdatedReplicas >= desired && dep.Status.ReadyReplicas >= desired:
+	case deploymentAvailable(dep) && rolledOut(dep, desired):
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
 			fmt.Sprintf("Deployment %s is available with image %s", dep.Name, p.servingImage))
 	case deploymentAvailable(dep):

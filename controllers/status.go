@@ -50,12 +50,10 @@ func summarize(p *pass) {
 	cacheBroken := cache != nil && cache.Status == metav1.ConditionFalse && cache.Reason == tradingv1alpha1.ReasonCacheSecretMissing
 	runtimeUp := meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionRuntimeAvailable)
 	serving := st.Migration.Image != ""
-	// Has served: Ready or Degraded at the start of this pass, or migrating to a new image
-	// with a previous one migrated. (A migrated image alone is not enough: the runtime's
-	// first rollout follows its first migration.)
+	// Has served: Ready or Degraded at the start of this pass. (A migrated image is not
+	// enough: the runtime's first rollout follows its first migration.)
 	before := p.original.Phase
-	served := before == tradingv1alpha1.PhaseReady || before == tradingv1alpha1.PhaseDegraded ||
-		(before == tradingv1alpha1.PhaseMigrating && p.original.Migration.Image != "")
+	served := before == tradingv1alpha1.PhaseReady || before == tradingv1alpha1.PhaseDegraded
 
 	switch {
 	case p.failed != "":
@@ -162,8 +160,9 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 				"spec.paused is true: nothing is checked or changed until it is false")
 		}
 	}
-	// Before the runtime's Deployment exists the REPLICAS column shows 0 of the desired count.
-	if st.Runtime.ReplicasText == "" {
+	// Before the runtime's Deployment exists (it records the image it runs) the REPLICAS
+	// column shows 0 of the desired count, following the spec.
+	if st.Runtime.Image == "" {
 		st.Runtime.Replicas = p.spec.Spec.Runtime.Replicas
 		if as := p.spec.Spec.Runtime.Autoscaling; as != nil {
 			st.Runtime.Replicas = max(as.MinReplicas, 1)

@@ -74,6 +74,8 @@ type TradingStackReconciler struct {
 	// with yet (the previous pass's write still on its way) finds the same changes again,
 	// and they were announced once already.
 	announced sync.Map
+	// noopReverts is, per child (memoKey), the last removal patch that changed nothing.
+	noopReverts sync.Map
 }
 
 // NewTradingStackReconciler wires a reconciler to mgr's client, cache, API reader,

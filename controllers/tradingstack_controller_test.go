@@ -1579,7 +1579,39 @@ func testMoveToExternalKeepsVolume(t *testing.T) {
 	if err := k8s.Create(bg, pvc); err != nil {
 		t.Fatal(err)
 	}
-	moveToExternalDatabase(t, ns, "mx", "mx-ext", "postgres://app:pw@db.example.com:5432/trading")
+	// Scaled to zero by hand while paused (the claim stays, owned all the same), then unpaused
+	// and moved to the external database in one edit.
+	updateStack(t, ns, "mx", func(s *tradingv1alpha1.TradingStack) { s.Spec.Paused = true })
+	waitCondition(t, ns, "mx", tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonPaused)
+	if err := k8s.Patch(bg, objectNamed(&appsv1.StatefulSet{}, ns, "mx-postgres"), client.RawPatch(types.MergePatchType, []byte(`{"spec":{"replicas":0}}`))); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "mx-ext"},
+		StringData: map[string]string{"dsn": "postgres://app:pw@db.example.com:5432/trading"}}); err != nil {
+		t.Fatal(err)
+	}
+	updateStack(t, ns, "mx", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Paused = false
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "mx-ext", Key: "dsn"}}
+	})
+	// The StatefulSet controller (absent here) would report that it saw the Retain policy.
+	eventually(t, "claim policy turned to Retain", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(bg, key(ns, "mx-postgres"), sts); err != nil {
+			return err
+		}
+		if p := sts.Spec.PersistentVolumeClaimRetentionPolicy; p == nil || p.WhenDeleted != appsv1.RetainPersistentVolumeClaimRetentionPolicyType {
+			return fmt.Errorf("policy %+v", p)
+		}
+		if err := k8s.Get(bg, key(ns, "mx-postgres"), &appsv1.StatefulSet{}); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err := k8s.Get(bg, key(ns, pvc.Name), pvc); err != nil || len(pvc.OwnerReferences) != 1 {
+		t.Fatalf("the claim was released before the StatefulSet controller saw the Retain policy: %v %+v", err, pvc.OwnerReferences)
+	}
+	markStatefulSetReady(t, ns, "mx-postgres")
 	eventually(t, "StatefulSet mx-postgres deleted", func() error {
 		err := k8s.Get(bg, key(ns, "mx-postgres"), &appsv1.StatefulSet{})
 		if apierrors.IsNotFound(err) {
@@ -1659,6 +1691,25 @@ func testPhaseAndColumns(t *testing.T) {
 		t.Errorf("phase %s after the runtime came back", s.Status.Phase)
 	}
 
+	// A change of the runtime's settings rolls its pods; the old ones serve meanwhile (here
+	// the Deployment's status never catches up: no controller): still Ready, rolling out.
+	dep := waitFor(t, &appsv1.Deployment{}, ns, "cols-api")
+	updateStack(t, ns, "cols", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.RateLimits.Login = ptr.To[int32](7) })
+	eventually(t, "the new pod template applied", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "cols-api"), d); err != nil {
+			return err
+		}
+		if d.Generation == dep.Generation {
+			return fmt.Errorf("generation still %d", d.Generation)
+		}
+		return nil
+	})
+	s = waitCondition(t, ns, "cols", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut)
+	if c := condition(s, tradingv1alpha1.ConditionReady); s.Status.Phase != tradingv1alpha1.PhaseReady || c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("during a rollout: phase %s, Ready %+v; want Ready", s.Status.Phase, c)
+	}
+
 	createStack(t, newStack(ns, "frozen", func(s *tradingv1alpha1.TradingStack) { s.Spec.Paused = true }))
 	s = waitCondition(t, ns, "frozen", tradingv1alpha1.ConditionReady, metav1.ConditionUnknown, tradingv1alpha1.ReasonPaused)
 	if s.Status.Phase != tradingv1alpha1.PhasePending {
@@ -1689,11 +1740,16 @@ func testHandEditsReverted(t *testing.T) {
 		"hostNetwork":true,"serviceAccountName":"admin-sa",
 		"volumes":[{"name":"host","hostPath":{"path":"/"}}],
 		"containers":[{"name":"tradingd","args":["--debug"],"volumeMounts":[{"name":"host","mountPath":"/host"}],
+			"ports":[{"containerPort":8080,"hostPort":8080}],
 			"securityContext":{"capabilities":{"add":["SYS_ADMIN"]}}}]}}}}`)
 	edit(objectNamed(&appsv1.StatefulSet{}, ns, "he-postgres"), "kubectl-edit",
 		`{"spec":{"template":{"spec":{"containers":[{"name":"postgres","command":["sh","-c","sleep inf"]}]}}}}`)
 	edit(objectNamed(&corev1.ConfigMap{}, ns, "he-runtime"), "kubectl-edit", `{"data":{"RATE_LIMIT_GLOBAL_PER_DAY":"0","EXTRA":"1"}}`)
 	edit(objectNamed(&corev1.Service{}, ns, "he-api"), "kubectl-edit", `{"spec":{"sessionAffinity":"ClientIP"}}`)
+	// An edit that also drops the managed-by label hides the object from the operator's cache;
+	// its other changes go all the same.
+	edit(objectNamed(&corev1.Service{}, ns, "he-postgres"), "kubectl-edit",
+		`{"metadata":{"labels":{"app.kubernetes.io/managed-by":null}},"spec":{"externalIPs":["203.0.113.7"]}}`)
 
 	eventually(t, "the hand edits removed", func() error {
 		d := &appsv1.Deployment{}
@@ -1714,6 +1770,8 @@ func testHandEditsReverted(t *testing.T) {
 			return fmt.Errorf("pod spec still has host access or the service account: hostNetwork %v, sa %q, volumes %v", ps.HostNetwork, ps.ServiceAccountName, ps.Volumes)
 		case len(c.Args) != 0, len(c.VolumeMounts) != 0 && slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "host" }):
 			return fmt.Errorf("container still has args %v, mounts %v", c.Args, c.VolumeMounts)
+		case slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.HostPort != 0 }):
+			return fmt.Errorf("container ports still bind the host: %v", c.Ports)
 		case c.SecurityContext == nil || c.SecurityContext.Capabilities == nil || len(c.SecurityContext.Capabilities.Add) != 0 ||
 			!slices.Equal(c.SecurityContext.Capabilities.Drop, []corev1.Capability{"ALL"}):
 			return fmt.Errorf("capabilities %+v", c.SecurityContext)
@@ -1741,6 +1799,13 @@ func testHandEditsReverted(t *testing.T) {
 		}
 		if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
 			return fmt.Errorf("Service session affinity still ClientIP")
+		}
+		db := &corev1.Service{}
+		if err := k8s.Get(bg, key(ns, "he-postgres"), db); err != nil {
+			return err
+		}
+		if len(db.Spec.ExternalIPs) != 0 || db.Labels[ManagedByLabel] != ManagedByValue {
+			return fmt.Errorf("Service he-postgres: externalIPs %v, labels %v", db.Spec.ExternalIPs, db.Labels)
 		}
 		return nil
 	})
