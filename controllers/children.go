@@ -70,7 +70,22 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 	// Applied before by this process but not in the cache yet: the cache lags
 	// our own write, and the same object (same UID) is no creation.
 	uidBefore := r.applied.uid(k)
-	if err := applyRequest(ctx, r.Client, u); err != nil {
+	err = applyRequest(ctx, r.Client, u)
+	if err != nil && existed && desired != nil && apierrors.IsInvalid(err) {
+		// Refused as invalid: a field set by hand that the apply's fields cannot go with (a
+		// Redis strategy turned to RollingUpdate keeps the rollingUpdate the API server added
+		// for it; a Service turned into a load balancer keeps its source ranges). Remove what
+		// others set that the spec does not, then apply again.
+		removed, rerr := r.removeForeignFieldsFresh(ctx, p, desired, current)
+		if rerr != nil {
+			r.applied.forget(k)
+			return rerr
+		}
+		if removed {
+			err = applyRequest(ctx, r.Client, u)
+		}
+	}
+	if err != nil {
 		if !canRevert || !apierrors.IsInvalid(err) {
 			r.applied.forget(k)
 			return err
@@ -189,6 +204,22 @@ func (r *TradingStackReconciler) removeForeignFields(ctx context.Context, p *pas
 	r.Recorder.Eventf(p.stack, stored, corev1.EventTypeNormal, "Reverted", "Patch",
 		"Removed from %s %s what the spec does not set: %s", desired.GetKind(), stored.GetName(), strings.Join(what, ", "))
 	return nil
+}
+
+// removeForeignFieldsFresh is removeForeignFields on the object as the API server has it now
+// (the cache keeps no managedFields), for an apply that was refused; it reports whether the
+// object changed.
+func (r *TradingStackReconciler) removeForeignFieldsFresh(ctx context.Context, p *pass, desired *unstructured.Unstructured, live client.Object) (bool, error) {
+	fresh := &unstructured.Unstructured{}
+	fresh.SetGroupVersionKind(desired.GroupVersionKind())
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(live), fresh); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	before := fresh.GetResourceVersion()
+	if err := r.removeForeignFields(ctx, p, desired, fresh); err != nil {
+		return false, err
+	}
+	return fresh.GetResourceVersion() != before, nil
 }
 
 // dropPatchOwnership removes the operator's Update entry (from patchBack) from obj's

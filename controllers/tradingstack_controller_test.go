@@ -63,6 +63,7 @@ func TestOperator(t *testing.T) {
 		{"PhaseAndColumns", testPhaseAndColumns},
 		{"HandEditsReverted", testHandEditsReverted},
 		{"UserSecretNotAdopted", testUserSecretNotAdopted},
+		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1869,4 +1870,33 @@ func testUserSecretNotAdopted(t *testing.T) {
 	if after := resourceVersions(t, ns, "us"); !maps.Equal(before, after) {
 		t.Errorf("passes write: %v -> %v", before, after)
 	}
+}
+
+// testInvalidHandEditsReverted: a hand edit that the forced apply cannot go with (the API
+// server refuses the result as invalid) is removed and the apply goes through, instead of
+// failing every pass: the API Service turned into a load balancer with source ranges (which a
+// ClusterIP Service may not have). (Not yet: a Redis strategy turned to RollingUpdate, whose
+// rollingUpdate the API server adds as a default that nobody owns.)
+func testInvalidHandEditsReverted(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "inv"))
+	makeReady(t, ns, "inv")
+	edit := func(obj client.Object, patch string) {
+		t.Helper()
+		if err := k8s.Patch(bg, obj, client.RawPatch(types.StrategicMergePatchType, []byte(patch)), client.FieldOwner("kubectl-edit")); err != nil {
+			t.Fatalf("edit %s: %v", obj.GetName(), err)
+		}
+	}
+	edit(objectNamed(&corev1.Service{}, ns, "inv-api"), `{"spec":{"type":"LoadBalancer","loadBalancerSourceRanges":["10.0.0.0/8"]}}`)
+	eventually(t, "the Service put back", func() error {
+		svc := &corev1.Service{}
+		if err := k8s.Get(bg, key(ns, "inv-api"), svc); err != nil {
+			return err
+		}
+		if svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.LoadBalancerSourceRanges) != 0 {
+			return fmt.Errorf("Service type %s, source ranges %v", svc.Spec.Type, svc.Spec.LoadBalancerSourceRanges)
+		}
+		return nil
+	})
+	waitCondition(t, ns, "inv", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }
