@@ -184,13 +184,9 @@ func (w *fieldWalk) walk(path []string, pointer, readable string, theirs, ours m
 			if json.Unmarshal([]byte(strings.TrimPrefix(name, "k:")), &keys) != nil {
 				continue
 			}
-			i := indexOf(liveList, func(e any) bool { return matchesKeys(e, keys) })
+			i, dv := findEntry(liveList, desiredList, func(e any) bool { return matchesKeys(e, keys) })
 			if i < 0 {
 				continue
-			}
-			var dv any
-			if j := indexOf(desiredList, func(e any) bool { return matchesKeys(e, keys) }); j >= 0 {
-				dv = desiredList[j]
 			}
 			entries = append(entries, entry{index: i, name: describeKeys(keys), theirs: subTheirs, ours: subOurs,
 				live: liveList[i], desired: dv, removeIfForeign: !wholeEntriesByRevert(path)})
@@ -199,13 +195,9 @@ func (w *fieldWalk) walk(path []string, pointer, readable string, theirs, ours m
 			if json.Unmarshal([]byte(strings.TrimPrefix(name, "v:")), &value) != nil {
 				continue
 			}
-			i := indexOf(liveList, func(e any) bool { return sameJSON(e, value) })
+			i, dv := findEntry(liveList, desiredList, func(e any) bool { return sameJSON(e, value) })
 			if i < 0 {
 				continue
-			}
-			var dv any
-			if indexOf(desiredList, func(e any) bool { return sameJSON(e, value) }) >= 0 {
-				dv = value
 			}
 			entries = append(entries, entry{index: i, name: fmt.Sprint(value), ours: subOurs, live: liveList[i], desired: dv, removeIfForeign: true})
 		}
@@ -238,13 +230,14 @@ func hasChildren(node map[string]any) bool {
 	return false
 }
 
-func indexOf(list []any, match func(any) bool) int {
-	for i, e := range list {
-		if match(e) {
-			return i
-		}
+// findEntry returns the index in live of the entry match selects (-1: none) and desired's
+// entry that match selects (nil: none).
+func findEntry(live, desired []any, match func(any) bool) (int, any) {
+	i := slices.IndexFunc(live, match)
+	if j := slices.IndexFunc(desired, match); j >= 0 {
+		return i, desired[j]
 	}
-	return -1
+	return i, nil
 }
 
 // matchesKeys reports whether a list entry has every key field of a "k:" node. A port's
