@@ -73,9 +73,10 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 	err = applyRequest(ctx, r.Client, u)
 	if err != nil && existed && desired != nil && apierrors.IsInvalid(err) {
 		// Refused as invalid: a field set by hand that the apply's fields cannot go with (a
-		// Redis strategy turned to RollingUpdate keeps the rollingUpdate the API server added
-		// for it; a Service turned into a load balancer keeps its source ranges). Remove what
-		// others set that the spec does not, then apply again.
+		// Service turned into a load balancer keeps its source ranges). Remove what others
+		// set that the spec does not, then apply again. (A default the API server added for
+		// such an edit is nobody's and stays: a Redis strategy turned to RollingUpdate keeps
+		// its rollingUpdate, and the apply keeps failing with ApplyFailed.)
 		removed, rerr := r.removeForeignFieldsFresh(ctx, p, desired, current)
 		if rerr != nil {
 			r.applied.forget(k)

@@ -23,7 +23,7 @@ import (
 // change (see skipField).
 
 // revertsHandEdits reports whether the fields of kind that other managers set are removed
-// before each apply (foreignFieldOps). Secrets are not: a value edited by hand is kept
+// after each apply (foreignFieldOps, on the apply's answer). Secrets are not: a value edited by hand is kept
 // (tradingstack.md); Jobs neither: their template cannot change.
 func revertsHandEdits(kind string) bool {
 	switch kind {
@@ -44,7 +44,7 @@ func walkedRoots(kind string) []string {
 }
 
 // skipField reports whether the field at path (field names; "*" for a list entry) is left to
-// others, or to revert.go:
+// others:
 //   - spec.replicas: the HorizontalPodAutoscaler's (removing it would scale to one pod);
 //   - fields that cannot change once set (a StatefulSet's selector, claim templates, service
 //     name, pod management policy) or that the API server allocates (a Service's cluster IPs
