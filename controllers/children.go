@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -71,6 +72,18 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 	// our own write, and the same object (same UID) is no creation.
 	uidBefore := r.applied.uid(k)
 	err = applyRequest(ctx, r.Client, u)
+	if cm, ok := current.(*corev1.ConfigMap); ok && err != nil && existed && apierrors.IsInvalid(err) && ptr.Deref(cm.Immutable, false) {
+		// Made immutable by hand (the operator never sets it): none of its keys can change
+		// any more, and `immutable` cannot be unset. It is made again; the runtime's pods
+		// read it when they start, and its config hash rolls them when the data changed.
+		if derr := r.Delete(ctx, cm, client.Preconditions{UID: ptr.To(cm.UID)}); client.IgnoreNotFound(derr) != nil {
+			r.applied.forget(k)
+			return fmt.Errorf("delete the immutable ConfigMap %s to make it again: %w", cm.Name, derr)
+		}
+		r.Recorder.Eventf(p.stack, cm, corev1.EventTypeNormal, "Reverted", "Recreate",
+			"Made ConfigMap %s again: it was made immutable by hand, so the spec could not change it", cm.Name)
+		err = applyRequest(ctx, r.Client, u)
+	}
 	if err != nil && existed && desired != nil && apierrors.IsInvalid(err) {
 		// Refused as invalid: a field set by hand that the apply's fields cannot go with (a
 		// Service turned into a load balancer keeps its source ranges). Remove what others

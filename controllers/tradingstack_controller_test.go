@@ -1890,6 +1890,19 @@ func testInvalidHandEditsReverted(t *testing.T) {
 		}
 	}
 	edit(objectNamed(&corev1.Service{}, ns, "inv-api"), `{"spec":{"type":"LoadBalancer","loadBalancerSourceRanges":["10.0.0.0/8"]}}`)
+	// NAME-runtime made immutable by hand, then a setting changed: it is made again.
+	edit(objectNamed(&corev1.ConfigMap{}, ns, "inv-runtime"), `{"immutable":true}`)
+	updateStack(t, ns, "inv", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.RateLimits.Login = ptr.To[int32](9) })
+	eventually(t, "NAME-runtime made again with the new setting", func() error {
+		cm := &corev1.ConfigMap{}
+		if err := k8s.Get(bg, key(ns, "inv-runtime"), cm); err != nil {
+			return err
+		}
+		if cm.Data["RATE_LIMIT_LOGIN"] != "9" || ptr.Deref(cm.Immutable, false) {
+			return fmt.Errorf("RATE_LIMIT_LOGIN %q, immutable %v", cm.Data["RATE_LIMIT_LOGIN"], cm.Immutable)
+		}
+		return nil
+	})
 	eventually(t, "the Service put back", func() error {
 		svc := &corev1.Service{}
 		if err := k8s.Get(bg, key(ns, "inv-api"), svc); err != nil {
