@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -1287,24 +1288,24 @@ func testStorageGrows(t *testing.T) {
 	}
 }
 
-// A spec the operator cannot apply (here a user made the runtime ConfigMap immutable, so
-// a new MAX_DAILY_LOSS cannot reach it) is not reported as Ready for the new generation:
-// Ready False and Progressing True with reason ApplyFailed naming the step, phase Degraded
-// (still serving), and Ready again once the obstacle is gone.
+// A spec the operator cannot apply (here an admission policy of the cluster refuses every
+// change to the namespace's ConfigMaps, so a new MAX_DAILY_LOSS cannot reach the runtime's)
+// is not reported as Ready for the new generation: Ready False and Progressing True with
+// reason ApplyFailed naming the step, phase Degraded (still serving), and Ready again once
+// the obstacle is gone.
 func testFailedApplyIsReported(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "stuck"))
 	makeReady(t, ns, "stuck")
 	waitCondition(t, ns, "stuck", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 
-	cm := &corev1.ConfigMap{}
-	if err := k8s.Get(bg, key(ns, "stuck-runtime"), cm); err != nil {
+	probe := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"}}
+	if err := k8s.Create(bg, probe); err != nil {
 		t.Fatal(err)
 	}
-	cm.Immutable = ptr.To(true)
-	if err := k8s.Update(bg, cm); err != nil {
-		t.Fatal(err)
-	}
+	lift := refuseInNamespace(t, ns, "", "configmaps", admissionregistrationv1.Create, "ConfigMaps are refused here", func() error {
+		return k8s.Patch(bg, probe, client.RawPatch(types.MergePatchType, []byte(`{"data":{"try":"`+rand.String(6)+`"}}`)))
+	})
 	updateStack(t, ns, "stuck", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.MaxDailyLoss = "2500" })
 	s := waitCondition(t, ns, "stuck", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
 	progressing := condition(s, tradingv1alpha1.ConditionProgressing)
@@ -1317,11 +1318,9 @@ func testFailedApplyIsReported(t *testing.T) {
 		t.Errorf("phase %s while serving the old spec, want Degraded", s.Status.Phase)
 	}
 
-	// The user removes the immutable ConfigMap: the operator puts it back as specified.
-	if err := k8s.Delete(bg, cm); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the runtime ConfigMap back with the new setting", func() error {
+	// The policy lifted: the operator applies the new setting.
+	lift()
+	eventually(t, "the runtime ConfigMap with the new setting", func() error {
 		cur := &corev1.ConfigMap{}
 		if err := k8s.Get(bg, key(ns, "stuck-runtime"), cur); err != nil {
 			return err
@@ -1436,50 +1435,18 @@ func waitExternalMigrationJob(t *testing.T, ns, stack, secret string) *batchv1.J
 // policy, as prometheus-operator's webhook might), MonitoringReady says why and the stack
 // stays Ready.
 func testMonitoringFailureKeepsReady(t *testing.T) {
+	installMonitoringCRDs(t)
 	ns := newNamespace(t)
-	name := "no-servicemonitors-" + ns
-	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
-			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
-			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
-				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
-					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
-					Rule: admissionregistrationv1.Rule{APIGroups: []string{"monitoring.coreos.com"}, APIVersions: []string{"v1"},
-						Resources: []string{"servicemonitors"}},
-				},
-			}}},
-			Validations: []admissionregistrationv1.Validation{{Expression: "false", Message: "ServiceMonitors are refused here"}},
-		},
-	}
-	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
-			PolicyName:        name,
-			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
-			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
-				MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}},
-		},
-	}
-	for _, o := range []client.Object{policy, binding} {
-		if err := k8s.Create(bg, o); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = k8s.Delete(bg, o) })
-	}
-	eventually(t, "the admission policy in force", func() error {
-		probe := &monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"},
-			Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "metrics"}}}}
-		err := k8s.Create(bg, probe)
-		if err == nil {
-			_ = k8s.Delete(bg, probe)
-			return fmt.Errorf("a ServiceMonitor was still admitted")
-		}
-		if !strings.Contains(err.Error(), "refused here") {
-			return fmt.Errorf("refused for another reason: %v", err)
-		}
-		return nil
-	})
+	refuseInNamespace(t, ns, "monitoring.coreos.com", "servicemonitors", admissionregistrationv1.Create, "ServiceMonitors are refused here",
+		func() error {
+			probe := &monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"},
+				Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "metrics"}}}}
+			err := k8s.Create(bg, probe)
+			if err == nil {
+				_ = k8s.Delete(bg, probe)
+			}
+			return err
+		})
 
 	createStack(t, newStack(ns, "nomon"))
 	makeReady(t, ns, "nomon")
@@ -1914,4 +1881,57 @@ func testInvalidHandEditsReverted(t *testing.T) {
 		return nil
 	})
 	waitCondition(t, ns, "inv", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+}
+
+// refuseInNamespace makes the API server refuse op (and updates) on resource of group in ns
+// with message, through a ValidatingAdmissionPolicy, as a webhook or policy of a cluster
+// might; try is an attempt that must come to be refused. The returned function lifts it.
+func refuseInNamespace(t *testing.T, ns, group, resource string, op admissionregistrationv1.OperationType, message string, try func() error) func() {
+	t.Helper()
+	name := "refuse-" + resource + "-" + ns
+	versions := []string{"v1"}
+	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{op, admissionregistrationv1.Update},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{group}, APIVersions: versions, Resources: []string{resource}},
+				},
+			}}},
+			Validations: []admissionregistrationv1.Validation{{Expression: "false", Message: message}},
+		},
+	}
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        name,
+			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}},
+		},
+	}
+	lift := func() {
+		for _, o := range []client.Object{binding, policy} {
+			_ = k8s.Delete(bg, o)
+		}
+	}
+	for _, o := range []client.Object{policy, binding} {
+		if err := k8s.Create(bg, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(lift)
+	eventually(t, "the admission policy in force", func() error {
+		err := try()
+		if err == nil {
+			return fmt.Errorf("still admitted")
+		}
+		if !strings.Contains(err.Error(), message) {
+			return fmt.Errorf("refused for another reason: %v", err)
+		}
+		return nil
+	})
+	return lift
 }
