@@ -88,8 +88,8 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		// Refused as invalid: a field set by hand that the apply's fields cannot go with (a
 		// Service turned into a load balancer keeps its source ranges). Remove what others
 		// set that the spec does not, then apply again. (A default the API server added for
-		// such an edit is nobody's and stays: a Redis strategy turned to RollingUpdate keeps
-		// its rollingUpdate, and the apply keeps failing with ApplyFailed.)
+		// such an edit is nobody's and stays; patchBack below handles the one known case, a
+		// Recreate strategy turned to RollingUpdate.)
 		removed, rerr := r.removeForeignFieldsFresh(ctx, p, desired, current)
 		if rerr != nil {
 			r.applied.forget(k)
@@ -285,7 +285,7 @@ func (r *TradingStackReconciler) patchBack(ctx context.Context, p *pass, desired
 		return refused
 	}
 	r.Recorder.Eventf(p.stack, live, corev1.EventTypeNormal, "Reverted", "Patch",
-		"Put back the containers or ports of %s %s as the spec sets them: the apply was refused after an edit by hand (%v)", kind, live.GetName(), refused)
+		"Put back the containers, ports or strategy of %s %s as the spec sets them: the apply was refused after an edit by hand (%v)", kind, live.GetName(), refused)
 	return nil
 }
 

@@ -224,7 +224,7 @@ func setPath(m map[string]any, path []string, v any) {
 }
 
 // replaceListsPatch is the merge patch that sets every compared list of desired's kind to
-// desired's, foreign entries or not: the way out when an apply is refused as invalid because
+// desired's, foreign entries or not (and a Recreate strategy back without rollingUpdate): the way out when an apply is refused as invalid because
 // an entry of ours was edited by hand into something the apply cannot merge with (an env var
 // from a Secret turned into a literal value gets both, which the API server refuses; so
 // does a probe with another handler). nil for the kinds without such lists.
@@ -239,6 +239,13 @@ func replaceListsPatch(desired *unstructured.Unstructured) map[string]any {
 			path := []string{"spec", "template", "spec", list}
 			v, _, _ := unstructured.NestedFieldNoCopy(desired.Object, path...)
 			setPath(patch, path, v) // absent: null removes it
+		}
+		// A Deployment's strategy turned to RollingUpdate by hand gets a rollingUpdate from
+		// the API server's defaults, which nobody owns and which the desired Recreate forbids:
+		// the strategy goes back as desired, without it.
+		if st, ok, _ := unstructured.NestedMap(desired.Object, "spec", "strategy"); ok && st["type"] == "Recreate" {
+			st["rollingUpdate"] = nil
+			setPath(patch, []string{"spec", "strategy"}, st)
 		}
 	default:
 		return nil

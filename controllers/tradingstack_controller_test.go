@@ -1844,8 +1844,8 @@ func testUserSecretNotAdopted(t *testing.T) {
 // testInvalidHandEditsReverted: a hand edit that the forced apply cannot go with (the API
 // server refuses the result as invalid) is removed and the apply goes through, instead of
 // failing every pass: the API Service turned into a load balancer with source ranges (which a
-// ClusterIP Service may not have). (Not yet: a Redis strategy turned to RollingUpdate, whose
-// rollingUpdate the API server adds as a default that nobody owns.)
+// ClusterIP Service may not have), the Redis Deployment's strategy turned to RollingUpdate
+// (the API server adds a rollingUpdate that nobody owns, which Recreate forbids).
 func testInvalidHandEditsReverted(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "inv"))
@@ -1857,6 +1857,7 @@ func testInvalidHandEditsReverted(t *testing.T) {
 		}
 	}
 	edit(objectNamed(&corev1.Service{}, ns, "inv-api"), `{"spec":{"type":"LoadBalancer","loadBalancerSourceRanges":["10.0.0.0/8"]}}`)
+	edit(objectNamed(&appsv1.Deployment{}, ns, "inv-redis"), `{"spec":{"strategy":{"type":"RollingUpdate"}}}`)
 	// NAME-runtime made immutable by hand, then a setting changed: it is made again.
 	edit(objectNamed(&corev1.ConfigMap{}, ns, "inv-runtime"), `{"immutable":true}`)
 	updateStack(t, ns, "inv", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.RateLimits.Login = ptr.To[int32](9) })
@@ -1870,7 +1871,14 @@ func testInvalidHandEditsReverted(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, "the Service put back", func() error {
+	eventually(t, "the Service and the Redis strategy put back", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "inv-redis"), d); err != nil {
+			return err
+		}
+		if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || d.Spec.Strategy.RollingUpdate != nil {
+			return fmt.Errorf("redis strategy %+v", d.Spec.Strategy)
+		}
 		svc := &corev1.Service{}
 		if err := k8s.Get(bg, key(ns, "inv-api"), svc); err != nil {
 			return err
