@@ -1151,18 +1151,7 @@ func testSpecDropsEntries(t *testing.T) {
 		return nil
 	})
 	makeReady(t, ns, "drop")
-	events := &corev1.EventList{}
-	eventually(t, "a Reverted event for the env var added by hand", func() error { // events are written asynchronously
-		if err := k8s.List(bg, events, client.InNamespace(ns)); err != nil {
-			return err
-		}
-		for _, e := range events.Items {
-			if e.Reason == "Reverted" && strings.Contains(e.Message, "env HAND") {
-				return nil
-			}
-		}
-		return fmt.Errorf("none yet")
-	})
+	events := waitEvent(t, ns, "Reverted", "env HAND")
 	for _, e := range events.Items {
 		if e.Reason == "Reverted" && (!strings.Contains(e.Message, "env HAND") || strings.Contains(e.Message, "REDIS")) {
 			t.Errorf("Reverted event: %s", e.Message)
@@ -1777,18 +1766,7 @@ func testHandEditsReverted(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, "a Reverted event naming the host network", func() error { // events are written asynchronously
-		events := &corev1.EventList{}
-		if err := k8s.List(bg, events, client.InNamespace(ns)); err != nil {
-			return err
-		}
-		for _, e := range events.Items {
-			if e.Reason == "Reverted" && strings.Contains(e.Message, "hostNetwork") {
-				return nil
-			}
-		}
-		return fmt.Errorf("none")
-	})
+	waitEvent(t, ns, "Reverted", "hostNetwork")
 	// Converged: further passes write nothing.
 	passesWriteNothing(t, ns, "he")
 }
@@ -1942,4 +1920,23 @@ func refuseInNamespace(t *testing.T, ns, group, resource string, op admissionreg
 		return nil
 	})
 	return lift
+}
+
+// waitEvent waits for an event of ns with reason whose message contains text (the recorder
+// writes events asynchronously) and returns the namespace's events as then listed.
+func waitEvent(t *testing.T, ns, reason, text string) *corev1.EventList {
+	t.Helper()
+	events := &corev1.EventList{}
+	eventually(t, fmt.Sprintf("a %s event saying %q", reason, text), func() error {
+		if err := k8s.List(bg, events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == reason && strings.Contains(e.Message, text) {
+				return nil
+			}
+		}
+		return fmt.Errorf("none yet")
+	})
+	return events
 }
