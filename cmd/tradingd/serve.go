@@ -163,9 +163,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		Check: func(context.Context) error {
 			switch state.Load() {
 			case stateStarting:
-				return errors.New("starting: waiting for the database")
+				return trading.Errorf(trading.EUNAVAILABLE, "starting: waiting for the database")
 			case stateDraining:
-				return errors.New("shutting down")
+				return trading.Errorf(trading.EUNAVAILABLE, "shutting down")
 			}
 			return nil
 		},

@@ -131,7 +131,8 @@ func newAdminMux() AdminMux {
 }
 
 // readyMessage says what is down without the details a driver error may carry (hosts,
-// user names): a coded error's message, else a generic one.
+// user names, database names): a coded error's message, else a generic one (the check
+// logs or counts the cause itself).
 func readyMessage(err error) string {
 	var te *trading.Error
 	switch {
@@ -140,6 +141,6 @@ func readyMessage(err error) string {
 	case errors.Is(err, context.DeadlineExceeded):
 		return "check timed out"
 	default:
-		return "not ready: " + err.Error()
+		return "check failed"
 	}
 }

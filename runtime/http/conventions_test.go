@@ -3,6 +3,7 @@ package http_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -365,6 +366,26 @@ func TestAdminHandler(t *testing.T) {
 		t.Errorf("readyz %d %q %+v", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
 	checkSecurityHeaders(t, "readyz 503", resp.Header)
+
+	// A check's error without a code may carry what a driver says (hosts, user and database
+	// names): /readyz names the check, not the error.
+	leaky := httptest.NewServer(rthttp.NewAdminHandlerWithChecks(rthttp.ReadyCheck{
+		Name: "database",
+		Check: func(context.Context) error {
+			return errors.New(`failed to connect to user=trader database=prod host=10.1.2.3`)
+		},
+	}))
+	defer leaky.Close()
+	lresp, err := http.Get(leaky.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lresp.Body.Close()
+	raw, _ := io.ReadAll(lresp.Body)
+	if lresp.StatusCode != 503 || strings.Contains(string(raw), "10.1.2.3") || strings.Contains(string(raw), "trader") ||
+		!strings.Contains(string(raw), `"not ready: database: check failed"`) {
+		t.Errorf("readyz with an uncoded error: %d %s", lresp.StatusCode, raw)
+	}
 }
 
 func TestOpenAPI(t *testing.T) {
