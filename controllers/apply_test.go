@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -303,5 +304,31 @@ func TestConditionEventsAnnouncedOnce(t *testing.T) {
 	}
 	if len(got) != 3 {
 		t.Errorf("events %q, want 3 (ready, not ready, ready)", got)
+	}
+}
+
+// A deleted stack's records are dropped: the memo of applies, the announced conditions and
+// the removal patches that changed nothing; another stack's, even one whose name the deleted
+// one's starts with, are kept.
+func TestForgetStack(t *testing.T) {
+	r := &TradingStackReconciler{}
+	r.applied.m.Store("v1/Service/ns/s-api", appliedRecord{stack: "ns/s"})
+	r.applied.m.Store("v1/Service/ns/s2-api", appliedRecord{stack: "ns/s2"})
+	for _, stack := range []string{"ns/s", "ns/s2"} {
+		r.announced.Store(stack+"/Ready", "True/AllComponentsReady")
+		r.noopReverts.Store(stack+"/v1/Service/ns/x-api", `[{"op":"remove"}]`)
+	}
+	r.forgetStack("ns/s")
+	var left []string
+	for _, m := range []*sync.Map{&r.applied.m, &r.announced, &r.noopReverts} {
+		m.Range(func(k, _ any) bool {
+			left = append(left, k.(string))
+			return true
+		})
+	}
+	slices.Sort(left)
+	want := []string{"ns/s2/Ready", "ns/s2/v1/Service/ns/x-api", "v1/Service/ns/s2-api"}
+	if !slices.Equal(left, want) {
+		t.Errorf("left %q, want %q", left, want)
 	}
 }

@@ -199,7 +199,7 @@ func (r *TradingStackReconciler) removeForeignFields(ctx context.Context, p *pas
 	if err != nil {
 		return err
 	}
-	k := memoKey(desired)
+	k := client.ObjectKeyFromObject(p.stack).String() + "/" + memoKey(desired)
 	if said, ok := r.noopReverts.Load(k); ok && said.(string) == string(body) {
 		return nil // the same removals changed nothing last time
 	}

@@ -74,7 +74,8 @@ type TradingStackReconciler struct {
 	// with yet (the previous pass's write still on its way) finds the same changes again,
 	// and they were announced once already.
 	announced sync.Map
-	// noopReverts is, per child (memoKey), the last removal patch that changed nothing.
+	// noopReverts is, per stack and child ("namespace/name/" + memoKey), the last removal
+	// patch that changed nothing.
 	noopReverts sync.Map
 }
 
@@ -162,13 +163,7 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	stack := &tradingv1alpha1.TradingStack{}
 	if err := r.Get(ctx, req.NamespacedName, stack); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.applied.forgetStack(req.String())
-			r.announced.Range(func(k, _ any) bool {
-				if strings.HasPrefix(k.(string), req.String()+"/") {
-					r.announced.Delete(k)
-				}
-				return true
-			})
+			r.forgetStack(req.String())
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -275,4 +270,18 @@ func (r *TradingStackReconciler) getCached(ctx context.Context, key client.Objec
 		return false, err
 	}
 	return true, nil
+}
+
+// forgetStack drops what the reconciler remembers of a deleted stack (key
+// "namespace/name"), so that its memory does not grow with every stack that ever existed.
+func (r *TradingStackReconciler) forgetStack(key string) {
+	r.applied.forgetStack(key)
+	for _, m := range []*sync.Map{&r.announced, &r.noopReverts} {
+		m.Range(func(k, _ any) bool {
+			if strings.HasPrefix(k.(string), key+"/") {
+				m.Delete(k)
+			}
+			return true
+		})
+	}
 }
