@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"crypto/tls"
 	"strings"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
@@ -11,6 +12,8 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -75,4 +78,24 @@ func CacheOptions(namespaces []string) cache.Options {
 		&apiextensionsv1.CustomResourceDefinition{}: {Label: labels.Everything()},
 	}
 	return opts
+}
+
+// MetricsOptions is how the manager serves its metrics on addr. Secure (the default of
+// cmd/manager): HTTPS, and only a caller whose token the API server accepts (TokenReview) and
+// who may get the non-resource URL /metrics (SubjectAccessReview) reads them; the metrics name
+// every stack and namespace the operator works on, which is not for every pod of the cluster
+// to read. The certificate is tls.crt and tls.key in certDir when they exist there (watched,
+// so a renewal by cert-manager needs no restart), else one made up at start. HTTP/2 is off:
+// a scraper needs only HTTP/1.1 and HTTP/2's stream resets were a denial of service
+// (CVE-2023-44487). Not secure: plain HTTP to anyone who reaches the port.
+func MetricsOptions(addr string, secure bool, certDir string) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: addr}
+	if !secure {
+		return o
+	}
+	o.SecureServing = true
+	o.FilterProvider = filters.WithAuthenticationAndAuthorization
+	o.CertDir = certDir
+	o.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
+	return o
 }

@@ -38,6 +38,7 @@ import (
 // references and retention policies the garbage collector acts on.
 
 var (
+	testEnv *envtest.Environment
 	testCfg *rest.Config // the cluster admin's
 	// operatorCfg is the manager's: a user bound to the generated ClusterRole and nothing
 	// else, as the operator's service account is in a cluster.
@@ -75,7 +76,7 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "stop envtest:", err)
 		}
 	}()
-	testCfg = cfg
+	testEnv, testCfg = env, cfg
 	k8s, err = client.New(cfg, client.Options{Scheme: NewScheme()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "client:", err)

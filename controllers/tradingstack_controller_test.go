@@ -65,6 +65,7 @@ func TestOperator(t *testing.T) {
 		{"HandEditsReverted", testHandEditsReverted},
 		{"UserSecretNotAdopted", testUserSecretNotAdopted},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
+		{"DeployManifests", testDeployManifests},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.

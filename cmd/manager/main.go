@@ -16,7 +16,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/controllers"
@@ -24,16 +23,21 @@ import (
 
 func main() {
 	var (
-		metricsAddr string
-		probeAddr   string
-		leaderElect bool
-		leaderNS    string
-		concurrency int
-		logLevel    string
-		runtimeImg  string
+		metricsAddr    string
+		metricsSecure  bool
+		metricsCertDir string
+		probeAddr      string
+		leaderElect    bool
+		leaderNS       string
+		concurrency    int
+		logLevel       string
+		runtimeImg     string
 	)
-	// Plain HTTP inside the cluster; a NetworkPolicy or a mesh protects it.
-	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the controller-runtime metrics endpoint binds to; 0 disables it")
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address the controller-runtime metrics endpoint binds to; 0 disables it")
+	flag.BoolVar(&metricsSecure, "metrics-secure", true,
+		"serve metrics over HTTPS to callers the API server authenticates and allows to get /metrics; false: plain HTTP to anyone")
+	flag.StringVar(&metricsCertDir, "metrics-cert-dir", "",
+		"directory with tls.crt and tls.key for the metrics endpoint (watched for renewals); without them a self-signed certificate is made at start")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so that only one replica reconciles at a time")
 	flag.StringVar(&leaderNS, "leader-election-namespace", os.Getenv("POD_NAMESPACE"),
@@ -58,7 +62,7 @@ func main() {
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{
 		Scheme:                        controllers.NewScheme(),
 		Cache:                         controllers.CacheOptions(namespaces),
-		Metrics:                       metricsserver.Options{BindAddress: metricsAddr},
+		Metrics:                       controllers.MetricsOptions(metricsAddr, metricsSecure, metricsCertDir),
 		HealthProbeBindAddress:        probeAddr,
 		LeaderElection:                leaderElect,
 		LeaderElectionID:              "trading-operator.trading.findmy.io",
