@@ -1,6 +1,7 @@
 package trading
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -37,7 +38,11 @@ func TestApplyTrade(t *testing.T) {
 		{"a buy crossing zero opens a long at the trade price", []fill{{Sell, "100", "150"}, {Buy, "130", "140"}}, "30", "140", "1000", "1000"},
 		{"realized P&L accumulates", []fill{{Buy, "100", "150"}, {Sell, "50", "160"}, {Sell, "50", "140"}}, "0", "0", "-500", "0"},
 		{"fractional quantities", []fill{{Buy, "0.5", "100.1"}, {Buy, "0.25", "100.4"}}, "0.75", "100.2", "0", "0"},
-		{"average rounded to 8 digits", []fill{{Buy, "1", "1"}, {Buy, "2", "2"}}, "3", "1.66666667", "0", "0"},
+		{"average kept to 20 digits", []fill{{Buy, "1", "1"}, {Buy, "2", "2"}}, "3", "1.66666666666666666667", "0", "0"},
+		// Cost 302, proceeds 303: exactly 1, not (101 - 100.66666667) * 3 = 0.99999999.
+		{"closing at the average's repeating decimal realizes the exact P&L", []fill{{Buy, "1", "100"}, {Buy, "2", "101"}, {Sell, "3", "101"}}, "0", "0", "1", "1"},
+		{"partly closing rounds the realized P&L to 8 digits", []fill{{Buy, "1", "100"}, {Buy, "2", "101"}, {Sell, "1", "101"}}, "2", "100.66666666666666666667", "0.33333333", "0.33333333"},
+		{"a short at a repeating average", []fill{{Sell, "1", "100"}, {Sell, "2", "101"}, {Buy, "3", "100"}}, "0", "0", "2", "2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var p Position
@@ -58,6 +63,23 @@ func TestApplyTrade(t *testing.T) {
 				t.Errorf("position's realized P&L %s, want %s", p.RealizedPnL, tc.total)
 			}
 		})
+	}
+}
+
+// A position whose average is a repeating decimal shows it to 8 digits and is valued with
+// the average it keeps: bought 1 at 100 and 2 at 101, it is worth exactly 1 more at 101.
+func TestViewAtRepeatingAverage(t *testing.T) {
+	var p Position
+	p, _ = ApplyTrade(p, Buy, dec("1"), dec("100"))
+	p, _ = ApplyTrade(p, Buy, dec("2"), dec("101"))
+	b, err := json.Marshal(ViewPosition(p, dec("101")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"avg_entry_price":"100.66666667"`, `"unrealized_pnl":"1.00000000"`, `"market_value":"303.00000000"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("view %s, want %s", b, want)
+		}
 	}
 }
 

@@ -160,6 +160,22 @@ func testPositionsAndSummary(t *testing.T, e *env) {
 		t.Errorf("trader2 positions %+v", p2)
 	}
 	checkPosition(t, p2["BTC/USD"], "1", "180", "150", "150", "-30", "0")
+
+	// An average that is a repeating decimal is shown to 8 digits and kept to more: bought 1
+	// at 100 and 2 at 101 (cost 302), the position is worth exactly 1 more at 101 and sold
+	// there realizes exactly 1, not (101 - 100.66666667) * 3 = 0.99999999.
+	e.trade(t2, risk, "XRP/USD", "buy", "1", "100")
+	e.trade(t2, risk, "XRP/USD", "buy", "2", "101")
+	sol := e.positions(t2)["XRP/USD"]
+	if sol.AvgEntryPrice != "100.66666667" || sol.UnrealizedPnL != "1.00000000" {
+		t.Errorf("XRP/USD avg %s unrealized %s, want 100.66666667 and 1.00000000", sol.AvgEntryPrice, sol.UnrealizedPnL)
+	}
+	if sold := e.trade(t2, risk, "XRP/USD", "sell", "3", "101"); sold.Trade.RealizedPnL != "1.00000000" {
+		t.Errorf("XRP/USD closed: realized %s, want 1.00000000", sold.Trade.RealizedPnL)
+	}
+	if s := e.summary(t2); s.RealizedPnL != "1.00000000" {
+		t.Errorf("trader2's realized_pnl %s, want 1.00000000", s.RealizedPnL)
+	}
 }
 
 // recordingInvalidator is the cache seam seen from the API: which users it was told about.
