@@ -341,7 +341,8 @@ func TestServeStartsWithRedisDown(t *testing.T) {
 		"LISTEN_ADDR":  "127.0.0.1:0",
 		"ADMIN_ADDR":   "127.0.0.1:0",
 	})
-	if code, body := get(t, r.admin+"/readyz"); code != 200 || !strings.Contains(body, "degraded") {
+	if code, body := get(t, r.admin+"/readyz"); code != 200 || !strings.Contains(body, `"status":"degraded"`) ||
+		!strings.Contains(body, `"redis":"degraded: not answering`) {
 		t.Fatalf("/readyz with Redis down at start: %d %s", code, body)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(r.proc.log()), "\n") {

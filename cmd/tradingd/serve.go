@@ -185,7 +185,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		// Optional: Redis down degrades to L1 and local limits, and /readyz stays 200 saying so.
 		checks = append(checks, tradinghttp.ReadyCheck{Name: "redis", Optional: true, Check: func(ctx context.Context) error {
 			if !rc.Healthy() {
-				return redis.ErrDegraded
+				return trading.Errorf(trading.EUNAVAILABLE, "degraded: not answering (the L1 cache and local rate limits serve meanwhile)")
 			}
 			return nil
 		}})
