@@ -1,10 +1,13 @@
 package http_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -174,6 +177,38 @@ func TestRequestBodies(t *testing.T) {
 		} {
 			r := e.do("POST", "/api/orders", tok, body)
 			r.problem(400)
+		}
+		// The detail tells an empty body from one that stops in the middle.
+		if p := e.do("POST", "/api/orders", tok, "").problem(400); p.Detail != "the body is empty" {
+			t.Errorf("empty body: %q", p.Detail)
+		}
+		for _, body := range []string{"{", `{"symbol":"BTC/USD"`, `{"symbol":"BTC/USD",`, `{"symbol"`, `{"symbol":`} {
+			if p := e.do("POST", "/api/orders", tok, body).problem(400); p.Detail != "the body ends in the middle of the JSON value" {
+				t.Errorf("%s: detail %q", body, p.Detail)
+			}
+		}
+	})
+	t.Run("408 when the body stalls", func(t *testing.T) {
+		// The body announced does not arrive before the server's read timeout: a slow client,
+		// not malformed JSON.
+		srv := httptest.NewUnstartedServer(e.handler)
+		srv.Config.ReadTimeout = 300 * time.Millisecond
+		srv.Start()
+		defer srv.Close()
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST /api/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", tok)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("stalled body: %d %q %s, want 408 problem+json", resp.StatusCode, resp.Header.Get("Content-Type"), b)
 		}
 	})
 	t.Run("400 unknown field", func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -21,6 +22,9 @@ import (
 var (
 	errBodyTooLarge = errors.New("request body too large")
 	errMediaType    = errors.New("unsupported media type")
+	// errBodyTimeout: the body did not arrive within the server's read timeout (a stalled or
+	// very slow client), answered with 408 rather than as malformed JSON.
+	errBodyTimeout = errors.New("request body timed out")
 )
 
 // decode reads a JSON request body into v (a pointer to a struct): application/json only,
@@ -34,6 +38,9 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 		return errMediaType
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.BodyLimit))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return errBodyTimeout
+	}
 	if err != nil {
 		return decodeError(err)
 	}
@@ -84,11 +91,19 @@ func checkObject(body []byte, fields map[string]reflect.Type) error {
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
 		return trading.Errorf(trading.EMALFORMED, "the body must be a JSON object")
 	}
+	// After the opening brace the body has begun: its end is a truncated value, not an empty
+	// body (encoding/json reports io.EOF for both).
+	truncated := func(err error) error {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return decodeError(err)
+	}
 	seen := make(map[string]bool, len(fields))
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return decodeError(err)
+			return truncated(err)
 		}
 		name, _ := tok.(string)
 		switch {
@@ -100,11 +115,11 @@ func checkObject(body []byte, fields map[string]reflect.Type) error {
 		seen[name] = true
 		var value json.RawMessage
 		if err := dec.Decode(&value); err != nil {
-			return decodeError(err)
+			return truncated(err)
 		}
 	}
 	if _, err := dec.Token(); err != nil { // the closing brace
-		return decodeError(err)
+		return truncated(err)
 	}
 	// Anything but the end of the body after the object is refused: a client that sends
 	// two objects meant something we would silently drop.
@@ -186,6 +201,8 @@ func (s *Server) decodeFailed(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case errors.Is(err, errMediaType):
 		s.problem(w, r, http.StatusUnsupportedMediaType, "the body must be application/json", nil)
+	case errors.Is(err, errBodyTimeout):
+		s.problem(w, r, http.StatusRequestTimeout, "the body did not arrive in time", nil)
 	case errors.Is(err, errBodyTooLarge):
 		s.problem(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body must be at most %d bytes", s.cfg.BodyLimit), nil)
 	default:

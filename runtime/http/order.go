@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -54,8 +55,7 @@ type OrderList struct {
 }
 
 func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	var fields []trading.FieldError
+	q, fields := queryParams(r)
 	f := trading.OrderFilter{Cursor: q.Get("cursor")}
 	if v := q.Get("status"); v != "" {
 		st, err := trading.ParseOrderStatus(v)
@@ -78,6 +78,31 @@ func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, OrderList{Orders: nonNil(orders), NextCursor: optional(next)})
+}
+
+// queryParams reads the query string. r.URL.Query() drops a pair it cannot decode (a bad
+// %-escape, a semicolon) without a word, so `?limit=5%` listed 50 and `?cursor=%zz` the first
+// page; here such a pair is an invalid field (422) named by its key, as a bad value is.
+func queryParams(r *http.Request) (url.Values, []trading.FieldError) {
+	q := url.Values{}
+	var fields []trading.FieldError
+	for pair := range strings.SplitSeq(r.URL.RawQuery, "&") {
+		if pair == "" {
+			continue
+		}
+		rawKey, rawValue, _ := strings.Cut(pair, "=")
+		key, keyErr := url.QueryUnescape(rawKey)
+		value, valueErr := url.QueryUnescape(rawValue)
+		if keyErr != nil || valueErr != nil || strings.Contains(pair, ";") {
+			if keyErr != nil {
+				key = rawKey
+			}
+			fields = append(fields, trading.FieldError{Field: key, Message: "is not valid in a query string (a bad %-escape or a bare ';')"})
+			continue
+		}
+		q.Add(key, value)
+	}
+	return q, fields
 }
 
 // parseLimit reads the limit query parameter, DefaultLimit when absent.

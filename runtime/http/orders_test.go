@@ -501,6 +501,9 @@ func TestPagination(t *testing.T) {
 		"limit=0": "limit", "limit=501": "limit", "limit=-1": "limit", "limit=abc": "limit", "limit=1.5": "limit",
 		"status=open": "status", "status=PENDING": "status",
 		"cursor=garbage": "cursor", "cursor=" + url.QueryEscape("eyJ4IjoxfQ"): "cursor",
+		// A pair that cannot be decoded is refused, not dropped (the default limit, the
+		// first page or every status would be answered instead).
+		"limit=5%": "limit", "cursor=%zz": "cursor", "status=%zz": "status", "limit=5;status=x": "limit",
 	} {
 		if f := e.do("GET", "/api/orders?"+q, tok, nil).fields(); f[field] == "" {
 			t.Errorf("%s: fields %v, want %s", q, f, field)
@@ -539,6 +542,9 @@ func TestPagination(t *testing.T) {
 	}
 	e.do("GET", "/api/trades?limit=501", tok, nil).problem(422)
 	e.do("GET", "/api/trades?cursor=garbage", tok, nil).problem(422)
+	if f := e.do("GET", "/api/trades?limit=%zz", tok, nil).fields(); f["limit"] == "" {
+		t.Errorf("trades limit=%%zz: fields %v, want limit", f)
+	}
 }
 
 func TestDailyLossLimit(t *testing.T) {

@@ -13,13 +13,12 @@ type TradeList struct {
 }
 
 func (s *Server) handleTrades(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	q, fields := queryParams(r)
 	f := trading.TradeFilter{Cursor: q.Get("cursor")}
 	if v := q.Get("symbol"); v != "" {
 		f.Symbol = &v
 	}
-	var fields []trading.FieldError
-	if f.Limit, fields = parseLimit(q, nil); fields != nil {
+	if f.Limit, fields = parseLimit(q, fields); fields != nil {
 		s.Error(w, r, trading.Invalid(fields...))
 		return
 	}
