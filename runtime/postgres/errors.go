@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"syscall"
 
@@ -131,7 +132,7 @@ func unavailable(err error) bool {
 		return serverDown(pgErr.Code)
 	}
 	if pgconn.Timeout(err) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) {
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) || connectionDied(err) {
 		return true
 	}
 	var netErr net.Error
@@ -147,6 +148,13 @@ func unavailable(err error) bool {
 		return false
 	}
 	return pgconn.SafeToRetry(err)
+}
+
+// connectionDied reports whether the connection ended without a word from the server: the
+// socket closed mid-message (unexpected EOF: PostgreSQL crashed or was stopped immediately, a
+// host or proxy went away) or was already closed by such an end (pgconn's "conn closed").
+func connectionDied(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, pgconn.ErrConnClosed)
 }
 
 // connectFailed reports whether err happened while opening a connection. Whatever the
@@ -171,7 +179,8 @@ func isForeignKeyViolation(err error) bool {
 // fail one more request before the pool notices.
 func (db *DB) mapError(err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) {
+	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
+		!errors.As(err, &pgErr) && connectionDied(err) {
 		db.pool.Reset()
 	}
 	return mapError(err)
