@@ -9,9 +9,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// reconcilePolicy applies the PodDisruptionBudget (more than one replica), the
-// HorizontalPodAutoscaler (autoscaling set) and the NetworkPolicies, and
-// removes the ones the spec no longer asks for.
+// reconcilePolicy applies the PodDisruptionBudget (more than one replica) and the
+// HorizontalPodAutoscaler (autoscaling set), and removes the ones the spec no longer asks
+// for.
 func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (bool, error) {
 	ns, name := p.stack.Namespace, apiName(p.stack)
 
@@ -31,6 +31,15 @@ func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (
 		return false, err
 	}
 
+	return false, nil
+}
+
+// reconcileNetworkPolicies runs first of all steps: the policies depend on the spec alone,
+// and a later step that waits (for the database to start, for a user's Secret) must not
+// leave the database or Redis it already started open to every pod of the namespace, or a
+// policy deleted by hand missing, for as long as it waits.
+func (r *TradingStackReconciler) reconcileNetworkPolicies(ctx context.Context, p *pass) (bool, error) {
+	ns := p.stack.Namespace
 	wanted := map[string]bool{}
 	for _, np := range desiredNetworkPolicies(p.spec) {
 		wanted[np.Name] = true

@@ -207,6 +207,9 @@ func (r *TradingStackReconciler) conditionEvents(p *pass) {
 		if bad {
 			eventType = corev1.EventTypeWarning
 		}
-		r.Recorder.Eventf(p.stack, nil, eventType, c.Reason, "Reconcile", "%s is %s: %s", c.Type, c.Status, c.Message)
+		// The action names the condition: the events library folds events with the same
+		// reason, action and object into one series (the first note kept), and conditions
+		// that change in one pass often share a reason (ComponentsNotReady, NotChecked).
+		r.Recorder.Eventf(p.stack, nil, eventType, c.Reason, "Set"+c.Type, "%s is %s: %s", c.Type, c.Status, c.Message)
 	}
 }

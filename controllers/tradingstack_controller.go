@@ -142,6 +142,7 @@ type step struct {
 
 func (r *TradingStackReconciler) steps() []step {
 	return []step{
+		{"network policies", r.reconcileNetworkPolicies},
 		{"secrets", r.reconcileSecrets},
 		{"database", r.reconcileDatabase},
 		{"cache", r.reconcileCache},

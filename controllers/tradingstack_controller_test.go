@@ -66,6 +66,7 @@ func TestOperator(t *testing.T) {
 		{"UserSecretNotAdopted", testUserSecretNotAdopted},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
+		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1643,6 +1644,11 @@ func testPhaseAndColumns(t *testing.T) {
 	if c := condition(s, tradingv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse {
 		t.Errorf("Ready %+v with the runtime down", c)
 	}
+	// Each condition that changed has an event of its own, although both changes of the pass
+	// share a reason (the events library folds events of one reason, action and object into
+	// one series, whose note is the first one's).
+	waitEvent(t, ns, tradingv1alpha1.ReasonComponentsNotReady, "Degraded is True")
+	waitEvent(t, ns, tradingv1alpha1.ReasonComponentsNotReady, "Ready is False")
 	markDeploymentReady(t, ns, "cols-api")
 	s = waitCondition(t, ns, "cols", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 	if s.Status.Phase != tradingv1alpha1.PhaseReady {
@@ -1940,4 +1946,34 @@ func waitEvent(t *testing.T, ns, reason, text string) *corev1.EventList {
 		return fmt.Errorf("none yet")
 	})
 	return events
+}
+
+// testNetworkPoliciesFirst: the NetworkPolicies depend on the spec alone and are applied
+// before anything else, so a database that runs while a later step waits (for the database
+// itself, or for a Redis password Secret not made yet) is never open to every pod of the
+// namespace meanwhile; one deleted by hand in that state is put back.
+func testNetworkPoliciesFirst(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "np", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "later", Key: "pw"}}
+	}))
+	waitFor(t, &appsv1.StatefulSet{}, ns, "np-postgres")
+	np := waitFor(t, &networkingv1.NetworkPolicy{}, ns, "np-postgres")
+	markStatefulSetReady(t, ns, "np-postgres")
+	waitCondition(t, ns, "np", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
+
+	if err := k8s.Delete(bg, np); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "NetworkPolicy np-postgres put back while the Redis password is missing", func() error {
+		again := &networkingv1.NetworkPolicy{}
+		if err := k8s.Get(bg, key(ns, "np-postgres"), again); err != nil {
+			return err
+		}
+		if again.UID == np.UID {
+			return fmt.Errorf("not deleted yet")
+		}
+		return nil
+	})
 }
