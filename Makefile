@@ -26,10 +26,10 @@ envtest-assets: ## build kube-apiserver, etcd, kubectl and controller-gen from t
 	@hack/envtest-assets.sh >/dev/null
 
 .PHONY: verify-generated
-verify-generated: ## fail when the CRD, RBAC or deepcopy files differ from what the markers generate
-	@sum() { find api config -type f -print0 | sort -z | xargs -0 sha256sum; }; before=$$(sum); \
-	$(MAKE) -s manifests generate >/dev/null; \
-	if [ "$$before" != "$$(sum)" ]; then echo "generated files were stale (now regenerated): review and commit api/ and config/"; exit 1; fi
+verify-generated: ## fail when the CRD, RBAC, deepcopy files or docs/ differ from what the markers and openapi.json generate
+	@sum() { find api config docs -type f -print0 | sort -z | xargs -0 sha256sum; }; before=$$(sum); \
+	$(MAKE) -s manifests generate docs >/dev/null; \
+	if [ "$$before" != "$$(sum)" ]; then echo "generated files were stale (now regenerated): review and commit api/, config/ and docs/"; exit 1; fi
 
 .PHONY: test
 test: vet envtest-assets verify-generated promtool-test ## vet, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
