@@ -80,6 +80,11 @@ func summarize(p *pass) {
 	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
 			fmt.Sprintf("%d of %d runtime replicas are ready", st.Runtime.ReadyReplicas, st.Runtime.Replicas))
+	case (databaseBroken || cacheBroken) && (served || runtimeUp):
+		// A user's Secret went missing under a stack that serves (its pods keep what they
+		// read at start): Degraded, on every pass, not Failed from the second pass on.
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady,
+			"the stack serves, and waits for a user's action: "+strings.Join(notReady, ", "))
 	case brokeAfterServing(notReady, served, migrating):
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady,
 			"the stack has served, and now not ready: "+strings.Join(notReady, ", "))
@@ -109,6 +114,8 @@ func summarize(p *pass) {
 	case len(notReady) == 0:
 		st.Phase = tradingv1alpha1.PhaseReady
 	case migrationFailed && serving:
+		st.Phase = tradingv1alpha1.PhaseDegraded
+	case (databaseBroken || cacheBroken) && (served || runtimeUp):
 		st.Phase = tradingv1alpha1.PhaseDegraded
 	case migrationFailed || databaseBroken || cacheBroken:
 		st.Phase = tradingv1alpha1.PhaseFailed
