@@ -67,6 +67,7 @@ func TestOperator(t *testing.T) {
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
+		{"MissingSecretWhileServing", testMissingSecretWhileServing},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -1006,6 +1007,24 @@ func testValidationRules(t *testing.T) {
 	refused("max quantity 0", newStack(ns, "v9", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxQuantity = "0.00"
 	}), "spec.runtime.limits.maxQuantity must be more than 0")
+	// A value the field's pattern refuses is refused with that message alone: the CEL rules
+	// that read the value (a port, a duration) do not add a type conversion error.
+	for i, bad := range []func(*tradingv1alpha1.TradingStack){
+		func(s *tradingv1alpha1.TradingStack) {
+			s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "redis.example.com"}
+		},
+		func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Auth.AccessTokenTTL = "1d" },
+		func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Auth.RefreshTokenTTL = "1d" },
+		func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Cache.PositionsTTL = "1d" },
+		func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Cache.SummaryTTL = "1d" },
+		func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Pool.MaxConnLifetime = "1d" },
+		func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Pool.HealthCheckPeriod = "1d" },
+	} {
+		err := k8s.Create(bg, newStack(ns, fmt.Sprintf("pattern%d", i), bad))
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "should match") || strings.Contains(err.Error(), "evaluating rule") {
+			t.Errorf("pattern case %d: %v, want the pattern's message alone", i, err)
+		}
+	}
 	refused("redis port out of range", newStack(ns, "v16", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "redis:99999"}
 	}), "spec.redis.address must end with a port from 1 to 65535")
@@ -1976,4 +1995,31 @@ func testNetworkPoliciesFirst(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// testMissingSecretWhileServing: a user's Secret (here the Redis password) deleted under a
+// stack that serves leaves its pods serving with what they read at start: the stack is
+// Degraded, saying what it waits for, and stays so on every later pass (it read Degraded on
+// the first pass and Failed, "nothing needs attention", from the second on).
+func testMissingSecretWhileServing(t *testing.T) {
+	ns := newNamespace(t)
+	pw := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-redis"}, StringData: map[string]string{"pw": "s3cret"}}
+	if err := k8s.Create(bg, pw); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "ms", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}}
+	}))
+	makeReady(t, ns, "ms")
+	if err := k8s.Delete(bg, pw); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "ms", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
+	reconcileDirectly(t, ns, "ms", 3)
+	s := getStack(t, ns, "ms")
+	if c := condition(s, tradingv1alpha1.ConditionDegraded); s.Status.Phase != tradingv1alpha1.PhaseDegraded || c == nil ||
+		c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "CacheReady") {
+		t.Errorf("phase %s, Degraded %+v; want Degraded, naming CacheReady", s.Status.Phase, c)
+	}
 }

@@ -197,7 +197,7 @@ type CacheSpec struct {
 	// +kubebuilder:default="30s"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('24h')",message="cache lifetimes are more than 0 and at most 24h"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s') && duration(self) <= duration('24h'))",message="cache lifetimes are more than 0 and at most 24h"
 	// +optional
 	PositionsTTL string `json:"positionsTTL,omitempty"`
 
@@ -206,7 +206,7 @@ type CacheSpec struct {
 	// +kubebuilder:default="10s"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('24h')",message="cache lifetimes are more than 0 and at most 24h"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s') && duration(self) <= duration('24h'))",message="cache lifetimes are more than 0 and at most 24h"
 	// +optional
 	SummaryTTL string `json:"summaryTTL,omitempty"`
 }
@@ -217,7 +217,7 @@ type AuthSpec struct {
 	// +kubebuilder:default="60m"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.runtime.auth.accessTokenTTL must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s'))",message="spec.runtime.auth.accessTokenTTL must be more than 0"
 	// +optional
 	AccessTokenTTL string `json:"accessTokenTTL,omitempty"`
 
@@ -225,7 +225,7 @@ type AuthSpec struct {
 	// +kubebuilder:default="720h"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.runtime.auth.refreshTokenTTL must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s'))",message="spec.runtime.auth.refreshTokenTTL must be more than 0"
 	// +optional
 	RefreshTokenTTL string `json:"refreshTokenTTL,omitempty"`
 }
@@ -355,7 +355,7 @@ type PoolSpec struct {
 	// +kubebuilder:default="1h"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.postgres.pool.maxConnLifetime must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s'))",message="spec.postgres.pool.maxConnLifetime must be more than 0"
 	// +optional
 	MaxConnLifetime string `json:"maxConnLifetime,omitempty"`
 
@@ -364,7 +364,7 @@ type PoolSpec struct {
 	// +kubebuilder:default="30s"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.postgres.pool.healthCheckPeriod must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s'))",message="spec.postgres.pool.healthCheckPeriod must be more than 0"
 	// +optional
 	HealthCheckPeriod string `json:"healthCheckPeriod,omitempty"`
 }
@@ -406,7 +406,7 @@ type RedisSpec struct {
 	// Address of the external Redis as host:port. Required in external mode.
 	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:Pattern=`^[^\s/@]+:[0-9]{1,5}$`
-	// +kubebuilder:validation:XValidation:rule="int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535",message="spec.redis.address must end with a port from 1 to 65535"
+	// +kubebuilder:validation:XValidation:rule="!self.matches(':[0-9]{1,5}$') || (int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535)",message="spec.redis.address must end with a port from 1 to 65535"
 	// +optional
 	Address string `json:"address,omitempty"`
 
