@@ -119,6 +119,8 @@ func summarize(p *pass) {
 		st.Phase = tradingv1alpha1.PhaseDegraded
 	case migrationFailed || databaseBroken || cacheBroken:
 		st.Phase = tradingv1alpha1.PhaseFailed
+	case p.failedInvalid && !served:
+		st.Phase = tradingv1alpha1.PhaseFailed // the spec must change: not still provisioning
 	case migrating:
 		st.Phase = tradingv1alpha1.PhaseMigrating
 	case brokeAfterServing(notReady, served, migrating):

@@ -114,6 +114,19 @@ type pass struct {
 	// failed says which step failed and why; the status then says that this
 	// generation was not applied (summarize).
 	failed string
+	// failedInvalid: the API server refused what the step applied as invalid (a spec value
+	// the schema lets through, such as requests above limits): retrying cannot help until
+	// the spec changes.
+	failedInvalid bool
+}
+
+// stepConditions are the conditions of the steps that have one: a failed step's own
+// condition says it failed, unless its component is up (serving what an earlier spec asked).
+var stepConditions = map[string]string{
+	"database":   tradingv1alpha1.ConditionDatabaseReady,
+	"cache":      tradingv1alpha1.ConditionCacheReady,
+	"migrations": tradingv1alpha1.ConditionMigrationsSucceeded,
+	"runtime":    tradingv1alpha1.ConditionRuntimeAvailable,
 }
 
 func (p *pass) setCondition(condType string, status metav1.ConditionStatus, reason, message string) {
@@ -193,6 +206,10 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 				p.setCondition(tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed, err.Error())
 			} else {
 				p.failed = fmt.Sprintf("%s: %v", s.name, err)
+				p.failedInvalid = apierrors.IsInvalid(err)
+				if cond, ok := stepConditions[s.name]; ok && !meta.IsStatusConditionTrue(p.stack.Status.Conditions, cond) {
+					p.setCondition(cond, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed, err.Error())
+				}
 			}
 			if serr := r.writeStatus(ctx, p); serr != nil {
 				logger.Error(serr, "write status after a failed step")

@@ -68,6 +68,7 @@ func TestOperator(t *testing.T) {
 		{"DeployManifests", testDeployManifests},
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
 		{"MissingSecretWhileServing", testMissingSecretWhileServing},
+		{"InvalidChildIsFailed", testInvalidChildIsFailed},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -2022,4 +2023,29 @@ func testMissingSecretWhileServing(t *testing.T) {
 		c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "CacheReady") {
 		t.Errorf("phase %s, Degraded %+v; want Degraded, naming CacheReady", s.Status.Phase, c)
 	}
+}
+
+// testInvalidChildIsFailed: a spec value the schema lets through but the API server refuses
+// in the child (Redis requests above its limits) fails the stack: the step's own condition
+// says so (CacheReady False/ApplyFailed, not "an earlier step stopped this pass"), and the
+// phase is Failed, not Provisioning, since only a change of the spec can help.
+func testInvalidChildIsFailed(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "inv", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis.Resources = corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+		}
+	}))
+	markStatefulSetReady(t, ns, "inv-postgres")
+	s := waitCondition(t, ns, "inv", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
+	if c := condition(s, tradingv1alpha1.ConditionCacheReady); !strings.Contains(c.Message, "limit") {
+		t.Errorf("CacheReady message %q does not say what the API server refused", c.Message)
+	}
+	eventually(t, "phase Failed", func() error {
+		if s := getStack(t, ns, "inv"); s.Status.Phase != tradingv1alpha1.PhaseFailed {
+			return fmt.Errorf("phase %s", s.Status.Phase)
+		}
+		return nil
+	})
 }
