@@ -109,6 +109,10 @@ type Remote interface {
 	SubscribeInvalidations(onSubscribe, onLost func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func())
 	// Healthy reports whether the remote is answering; false means degraded.
 	Healthy() bool
+	// LastAnswer is when the remote last answered (kept recent by a pinger while it does).
+	LastAnswer() time.Time
+	// Ping checks the remote now and updates Healthy.
+	Ping(ctx context.Context) error
 	// Stats counts the entries under a key prefix and their bytes (for metrics).
 	Stats(ctx context.Context, prefix string, maxKeys int) (entries, bytes int64, err error)
 }
@@ -141,6 +145,13 @@ type Options struct {
 	// NoRefresh turns off the background reload of the views an invalidation dropped (see
 	// the package comment); tests that count database loads use it.
 	NoRefresh bool
+	// TrustWindow (default 250ms): with a Remote, L1 answers only while the Remote answered
+	// within this window. A replica cannot tell at once that Redis stopped answering (a
+	// paused or partitioned Redis sends nothing), and an invalidation that cannot reach it
+	// is lost to it; so an invalidation that fails waits, before it returns, until every
+	// replica's last answer is older than this window (see invalidate). The Remote's pinger
+	// must run well within it.
+	TrustWindow time.Duration
 }
 
 type kind uint8
@@ -282,6 +293,9 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 	}
 	if o.KeyPrefix == "" {
 		o.KeyPrefix = "cache:"
+	}
+	if o.TrustWindow <= 0 {
+		o.TrustWindow = 250 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -725,9 +739,11 @@ func (p *Portfolio) trusted() bool {
 	return p.opts.Remote == nil || p.remoteTrusted()
 }
 
-// remoteTrusted: subscribed to the invalidations, and Redis answers.
+// remoteTrusted: subscribed to the invalidations, and Redis answers, and answered within
+// the trust window (a Redis that stopped answering a moment ago is not yet known as down).
 func (p *Portfolio) remoteTrusted() bool {
-	return p.subscribed.Load() && p.opts.Remote.Healthy()
+	r := p.opts.Remote
+	return p.subscribed.Load() && r.Healthy() && time.Since(r.LastAnswer()) < p.opts.TrustWindow
 }
 
 // replayPending starts a replay of the remembered invalidations, if any and none is running.
@@ -808,8 +824,21 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 		return nil
 	}
 	cached, err := p.invalidateRemote(ctx, userID, stale, symbol)
+	if err != nil && !p.opts.Remote.Healthy() {
+		// Counted as down, and skipped: Redis may be back although this replica has not
+		// noticed yet while another one has, and trusts its L1 again. Ask now (bounded
+		// like one operation) and, if it answers, invalidate through it.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.TrustWindow/2)
+		if p.opts.Remote.Ping(pctx) == nil {
+			var again trading.Views
+			again, err = p.invalidateRemote(ctx, userID, stale, symbol)
+			cached |= again
+		}
+		cancel()
+	}
 	p.refresh(userID, cached)
 	if err != nil {
+		p.waitOutTrust()
 		p.remember(userID, stale)
 		p.log.Warn("cache invalidation did not reach every replica; the TTL bounds staleness there",
 			"user_id", userID.String(), "err", err.Error())
@@ -819,6 +848,22 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 	// timeout, a slow replica): send what it missed now rather than at the next reconnect.
 	p.replayPending()
 	return nil
+}
+
+// waitOutTrust returns once no replica can still be trusting its L1 on the strength of an
+// answer from before Redis stopped answering: Redis stopped at most about a ping interval
+// after this replica's last answer, so every replica's last answer is older than that plus
+// the trust window. The change is committed; the caller is answered after this, so that the
+// requester's next read, on any replica, comes from L2 or the database. After the first
+// moments of an outage it does not wait at all.
+func (p *Portfolio) waitOutTrust() {
+	last := p.opts.Remote.LastAnswer()
+	if last.IsZero() {
+		return
+	}
+	if d := time.Until(last.Add(2 * p.opts.TrustWindow)); d > 0 {
+		time.Sleep(d)
+	}
 }
 
 // invalidateRemote bumps the versions in Redis, then the local generations, then tells the

@@ -46,7 +46,9 @@ type Options struct {
 	// OpTimeout bounds every cache operation (default 100ms): a slow Redis costs a read at
 	// most this much before it falls back to L1 and the database.
 	OpTimeout time.Duration
-	// PingInterval is how often the background pinger checks Redis (default 1s).
+	// PingInterval is how often the background pinger checks Redis (default 100ms). It also
+	// keeps LastAnswer recent on an idle replica, whose L1 is trusted only while Redis
+	// answered it recently (runtime/cache's TrustWindow, 250ms): it must be well below that.
 	PingInterval time.Duration
 	// Logger receives one line per health transition (default slog.Default()).
 	Logger *slog.Logger
@@ -70,6 +72,9 @@ type Client struct {
 
 	healthy atomic.Bool
 	probing atomic.Bool
+	// lastAnswer is when Redis last answered a command of rdb (unix nanoseconds): any reply,
+	// errors included, proves that it was there.
+	lastAnswer atomic.Int64
 	logMu   sync.Mutex
 	log     *slog.Logger
 
@@ -102,7 +107,7 @@ func OpenWith(url string, o Options) (*Client, error) {
 		o.OpTimeout = 100 * time.Millisecond
 	}
 	if o.PingInterval <= 0 {
-		o.PingInterval = time.Second
+		o.PingInterval = 100 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -124,6 +129,7 @@ func OpenWith(url string, o Options) (*Client, error) {
 	ackOpts.PoolSize = ackPoolSize // dialled on demand: an idle replica holds none
 	ackOpts.PoolTimeout = AckTimeout
 	c.acks = goredis.NewClient(&ackOpts)
+	c.rdb.AddHook(answerHook{c})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*o.OpTimeout+ro.DialTimeout)
 	err = c.rdb.Ping(ctx).Err()
@@ -188,6 +194,43 @@ func (c *Client) Ping(ctx context.Context) error {
 	err := c.rdb.Ping(ctx).Err()
 	c.setHealthy(err == nil, err)
 	return err
+}
+
+// LastAnswer is when Redis last answered this client (zero: never). With the pinger running
+// every PingInterval it is at most that old while Redis answers.
+func (c *Client) LastAnswer() time.Time {
+	if n := c.lastAnswer.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// answerHook records when Redis answered: a reply (redis.Nil and error replies included)
+// rather than a network error or a timeout.
+type answerHook struct{ c *Client }
+
+func (answerHook) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (h answerHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		err := next(ctx, cmd)
+		h.answered(err)
+		return err
+	}
+}
+
+func (h answerHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		err := next(ctx, cmds)
+		h.answered(err)
+		return err
+	}
+}
+
+func (h answerHook) answered(err error) {
+	if !IsUnavailable(err) {
+		h.c.lastAnswer.Store(time.Now().UnixNano())
+	}
 }
 
 // Healthy reports whether Redis answered the last operation or ping. False means degraded:
