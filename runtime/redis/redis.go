@@ -75,8 +75,8 @@ type Client struct {
 	// lastAnswer is when Redis last answered a command of rdb (unix nanoseconds): any reply,
 	// errors included, proves that it was there.
 	lastAnswer atomic.Int64
-	logMu   sync.Mutex
-	log     *slog.Logger
+	logMu      sync.Mutex
+	log        *slog.Logger
 
 	hooksMu sync.Mutex
 	hooks   []func(healthy bool)
