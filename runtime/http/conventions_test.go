@@ -284,6 +284,13 @@ func TestUnavailableDatabase(t *testing.T) {
 	if strings.Contains(string(r.body), "127.0.0.1") || strings.Contains(string(r.body), "postgres") {
 		t.Errorf("503 body shows internals: %s", r.body)
 	}
+	// A dependency that is down is an expected condition, logged as a warning (with its
+	// cause); an error-level access line for every request of an outage buried real bugs.
+	for _, line := range strings.Split(strings.TrimSpace(e.logs.String()), "\n") {
+		if strings.Contains(line, `"msg":"request"`) && !strings.Contains(line, `"level":"WARN"`) {
+			t.Errorf("access log of a 503: %s", line)
+		}
+	}
 
 	admin := httptest.NewServer(rthttp.NewAdminHandler(db.Ping))
 	defer admin.Close()

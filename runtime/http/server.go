@@ -216,8 +216,14 @@ func (s *Server) logRequest(r *http.Request, info *requestInfo, status int, d ti
 	if status == 0 {
 		status = http.StatusOK
 	}
+	// 503 is a dependency that is down (logged with its cause as a warning where it was
+	// answered): a warning too, so that an outage's thousands of requests do not bury the
+	// errors that are bugs (500).
 	level := slog.LevelInfo
-	if status >= 500 {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		level = slog.LevelWarn
+	case status >= 500:
 		level = slog.LevelError
 	}
 	if !s.log.Enabled(r.Context(), level) {
