@@ -332,3 +332,34 @@ func TestForgetStack(t *testing.T) {
 		t.Errorf("left %q, want %q", left, want)
 	}
 }
+
+// A step whose Job the API server did not take for a passing reason (a timeout) leaves a
+// stack that never served provisioning, retried: only a failed Job, or a spec the API server
+// refuses as invalid, is Failed.
+func TestPhaseAfterFailedMigrationsStep(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		reason  string
+		invalid bool
+		want    tradingv1alpha1.Phase
+	}{
+		{"transient error creating the Job", tradingv1alpha1.ReasonApplyFailed, false, tradingv1alpha1.PhaseProvisioning},
+		{"Job refused as invalid", tradingv1alpha1.ReasonApplyFailed, true, tradingv1alpha1.PhaseFailed},
+		{"Job failed", tradingv1alpha1.ReasonMigrationFailed, false, tradingv1alpha1.PhaseFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &tradingv1alpha1.TradingStack{}
+			p := &pass{stack: s, original: &tradingv1alpha1.TradingStackStatus{Phase: tradingv1alpha1.PhaseProvisioning}}
+			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, "Ready", "")
+			p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, "Ready", "")
+			p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, tc.reason, "x")
+			if tc.reason == tradingv1alpha1.ReasonApplyFailed {
+				p.failed, p.failedInvalid = "migrations: etcdserver: request timed out", tc.invalid
+			}
+			summarize(p)
+			if s.Status.Phase != tc.want {
+				t.Errorf("phase %s, want %s", s.Status.Phase, tc.want)
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 
+	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -10,8 +11,8 @@ import (
 )
 
 // reconcilePolicy applies the PodDisruptionBudget (more than one replica) and the
-// HorizontalPodAutoscaler (autoscaling set), and removes the ones the spec no longer asks
-// for.
+// HorizontalPodAutoscaler (autoscaling set), and removes the ones, and the NetworkPolicies,
+// the spec no longer asks for.
 func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (bool, error) {
 	ns, name := p.stack.Namespace, apiName(p.stack)
 
@@ -30,6 +31,9 @@ func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (
 	} else if err := r.deleteIfExists(ctx, p, objectNamed(&autoscalingv2.HorizontalPodAutoscaler{}, ns, name)); err != nil {
 		return false, err
 	}
+	if err := r.pruneNetworkPolicies(ctx, p); err != nil {
+		return false, err
+	}
 
 	return false, nil
 }
@@ -39,26 +43,50 @@ func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (
 // leave the database or Redis it already started open to every pod of the namespace, or a
 // policy deleted by hand missing, for as long as it waits.
 func (r *TradingStackReconciler) reconcileNetworkPolicies(ctx context.Context, p *pass) (bool, error) {
-	ns := p.stack.Namespace
-	wanted := map[string]bool{}
 	for _, np := range desiredNetworkPolicies(p.spec) {
-		wanted[np.Name] = true
 		if err := r.applyChild(ctx, p, np); err != nil {
 			return false, err
 		}
 	}
+	return false, nil
+}
+
+// pruneNetworkPolicies deletes the policies the spec no longer asks for (a component moved
+// to an external service). It runs in the policy step, after the database and cache steps:
+// the component a policy protects may run until its own step removed it (a managed database
+// is kept until its volume is released), and must stay protected until then.
+func (r *TradingStackReconciler) pruneNetworkPolicies(ctx context.Context, p *pass) error {
+	ns := p.stack.Namespace
+	wanted := map[string]bool{}
+	for _, np := range desiredNetworkPolicies(p.spec) {
+		wanted[np.Name] = true
+	}
 	existing := &networkingv1.NetworkPolicyList{}
 	if err := r.List(ctx, existing, client.InNamespace(ns), client.MatchingLabels{instanceLabel: p.stack.Name}); err != nil {
-		return false, err
+		return err
 	}
 	for i := range existing.Items {
 		np := &existing.Items[i]
 		if wanted[np.Name] {
 			continue
 		}
+		// A policy is named after the workload it protects (NAME-postgres, NAME-redis): kept
+		// while that still runs; its deletion brings the next pass.
+		for _, workload := range []client.Object{&appsv1.StatefulSet{}, &appsv1.Deployment{}} {
+			found, err := r.getCached(ctx, client.ObjectKey{Namespace: ns, Name: np.Name}, workload)
+			if err != nil {
+				return err
+			}
+			if found {
+				wanted[np.Name] = true
+			}
+		}
+		if wanted[np.Name] {
+			continue
+		}
 		if err := r.deleteIfExists(ctx, p, objectNamed(&networkingv1.NetworkPolicy{}, ns, np.Name)); err != nil {
-			return false, err
+			return err
 		}
 	}
-	return false, nil
+	return nil
 }

@@ -41,7 +41,9 @@ func summarize(p *pass) {
 	}
 
 	migration := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionMigrationsSucceeded)
-	migrationFailed := migration != nil && migration.Status == metav1.ConditionFalse
+	// A failed Job, not a Job the API server would not take (ApplyFailed: a transient
+	// error, or an invalid spec, which failedInvalid covers).
+	migrationFailed := migration != nil && migration.Status == metav1.ConditionFalse && migration.Reason == tradingv1alpha1.ReasonMigrationFailed
 	migrating := migration != nil && migration.Reason == tradingv1alpha1.ReasonMigrationRunning
 	database := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionDatabaseReady)
 	databaseBroken := database != nil && database.Status == metav1.ConditionFalse &&

@@ -1590,6 +1590,11 @@ func testMoveToExternalKeepsVolume(t *testing.T) {
 	if err := k8s.Get(bg, key(ns, pvc.Name), pvc); err != nil || len(pvc.OwnerReferences) != 1 {
 		t.Fatalf("the claim was released before the StatefulSet controller saw the Retain policy: %v %+v", err, pvc.OwnerReferences)
 	}
+	// The database still runs (its StatefulSet waits for the release): its NetworkPolicy
+	// stays until it is gone.
+	if err := k8s.Get(bg, key(ns, "mx-postgres"), &networkingv1.NetworkPolicy{}); err != nil {
+		t.Errorf("NetworkPolicy mx-postgres while the managed database still runs: %v", err)
+	}
 	markStatefulSetReady(t, ns, "mx-postgres")
 	eventually(t, "StatefulSet mx-postgres deleted", func() error {
 		err := k8s.Get(bg, key(ns, "mx-postgres"), &appsv1.StatefulSet{})

@@ -30,12 +30,15 @@
 // replica flushes its whole L1 on every (re)subscription, and an invalidation that could
 // not reach Redis is remembered and replayed when Redis is back. L1 answers only while this
 // replica is subscribed and Redis answers (trusted): while Redis is down every read goes to
-// the database, so a trade on another replica is read at once there too. What remains is
-// the time a replica takes to notice an outage: at once when Redis closes the connections
-// (a crash, a restart), within the short operation timeout when it hangs and a request of
-// this replica meets it (the rate limiter's, on every request), at worst the subscription's
-// probe (5s idle, then a ping); an entry cached before the trade is served in that window
-// only, and never past its TTL (positions 30s, summary 10s).
+// the database, so a trade on another replica is read at once there too. A replica cannot
+// tell at once that Redis went quiet (paused, partitioned: nothing arrives), so L1 also
+// needs an answer from Redis within TrustWindow (the Remote's pinger keeps an idle
+// replica's recent), and an invalidation that got no answer returns only once every
+// replica's last answer is older than that (waitOutTrust): the requester's next read, on
+// any replica, then comes from L2 or the database. What remains is a lost message while
+// Redis answers (the subscriber flushes on resubscription) and a partition that leaves one
+// replica talking to Redis and another not: never past an entry's TTL (positions 30s,
+// summary 10s).
 //
 // Refresh. After an invalidation the replica that made the change loads the stale views
 // again in the background (the usual load: once per key, L2 filled), but only those it had
@@ -111,8 +114,9 @@ type Remote interface {
 	Healthy() bool
 	// LastAnswer is when the remote last answered (kept recent by a pinger while it does).
 	LastAnswer() time.Time
-	// Ping checks the remote now and updates Healthy.
-	Ping(ctx context.Context) error
+	// Unavailable reports whether err means that no answer came (a timeout, a refused or
+	// broken connection), as opposed to an error reply.
+	Unavailable(err error) bool
 	// Stats counts the entries under a key prefix and their bytes (for metrics).
 	Stats(ctx context.Context, prefix string, maxKeys int) (entries, bytes int64, err error)
 }
@@ -824,21 +828,13 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 		return nil
 	}
 	cached, err := p.invalidateRemote(ctx, userID, stale, symbol)
-	if err != nil && !p.opts.Remote.Healthy() {
-		// Counted as down, and skipped: Redis may be back although this replica has not
-		// noticed yet while another one has, and trusts its L1 again. Ask now (bounded
-		// like one operation) and, if it answers, invalidate through it.
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.TrustWindow/2)
-		if p.opts.Remote.Ping(pctx) == nil {
-			var again trading.Views
-			again, err = p.invalidateRemote(ctx, userID, stale, symbol)
-			cached |= again
-		}
-		cancel()
-	}
 	p.refresh(userID, cached)
 	if err != nil {
-		p.waitOutTrust()
+		if p.opts.Remote.Unavailable(err) {
+			// No answer (as opposed to an error reply: Redis is there, and so are the
+			// replicas that trust their L1 on its answers): wait until none can.
+			p.waitOutTrust(ctx)
+		}
 		p.remember(userID, stale)
 		p.log.Warn("cache invalidation did not reach every replica; the TTL bounds staleness there",
 			"user_id", userID.String(), "err", err.Error())
@@ -856,13 +852,16 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 // the trust window. The change is committed; the caller is answered after this, so that the
 // requester's next read, on any replica, comes from L2 or the database. After the first
 // moments of an outage it does not wait at all.
-func (p *Portfolio) waitOutTrust() {
-	last := p.opts.Remote.LastAnswer()
-	if last.IsZero() {
+func (p *Portfolio) waitOutTrust(ctx context.Context) {
+	d := time.Until(p.opts.Remote.LastAnswer().Add(2 * p.opts.TrustWindow))
+	if d <= 0 {
 		return
 	}
-	if d := time.Until(last.Add(2 * p.opts.TrustWindow)); d > 0 {
-		time.Sleep(d)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 

@@ -743,8 +743,7 @@ func TestAnotherTradersTradeMovesTheMark(t *testing.T) {
 // noticed: B holds the trader's positions in L1, Redis stops answering (paused: nothing
 // answers; stopped: connections refused), and an approve on A, which cannot reach B, answers
 // only once B can no longer be trusting its L1 (B trusts it only while Redis answered it
-// recently). Then Redis returns while A still counts it as down: A's invalidation still
-// tries Redis, and reaches B, which already trusts its L1 again.
+// recently).
 func TestApproveAtOutageEdgesIsReadFreshOnTheOther(t *testing.T) {
 	for _, stop := range []string{"pause", "stop"} {
 		t.Run(stop, func(t *testing.T) {
@@ -772,56 +771,38 @@ func TestApproveAtOutageEdgesIsReadFreshOnTheOther(t *testing.T) {
 			}
 		})
 	}
-	t.Run("back", func(t *testing.T) {
-		w := newWorld(t)
-		srv := redistest.Start(t)
-		prefix := redistest.Prefix(t)
-		ra, err := redis.OpenWith(srv.URL(), redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
-		if err != nil {
+}
+
+// An invalidation that Redis answers with an error (READONLY after a failover, NOAUTH after a
+// password change) does not wait for the replicas' trust to run out: Redis is there, and
+// they keep trusting their L1 on its answers anyway; only a Redis that does not answer makes
+// the approve wait.
+func TestErrorReplyDoesNotWait(t *testing.T) {
+	w := newWorld(t)
+	rc, err := redis.OpenWith(redistest.SharedURL(t), redis.Options{Prefix: redistest.Prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	p := cache.NewPortfolio(w.portfolio, cache.Options{Remote: readOnly{rc}, NoRefresh: true})
+	t.Cleanup(p.Close)
+	start := time.Now()
+	for range 3 {
+		if err := p.InvalidateTrade(context.Background(), w.trader.UserID, "BTC/USD"); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { ra.Close() })
-		// A still counts Redis as down (its pinger and resubscription have not come round
-		// yet) while B already trusts its L1 again.
-		stuck := &stillDown{Remote: ra}
-		stuck.down.Store(true)
-		a := cache.NewPortfolio(w.portfolio, cache.Options{Remote: stuck, NoRefresh: true})
-		t.Cleanup(a.Close)
-		b := replica(t, w, srv.URL(), prefix, cache.Options{})
-		user := w.trader.UserID
-		w.trade(t, a, "1")
-		redistest.Eventually(t, 5*time.Second, "B caches the positions", func() bool {
-			_ = quantity(t, b, user)
-			e, _ := b.L1Stats()
-			return !b.Degraded() && e >= 1
-		})
-		w.trade(t, a, "2")
-		if q := quantity(t, b, user); q != "3" {
-			t.Fatalf("B reads %s right after an approve on A, which counted Redis as down, want 3", q)
-		}
-	})
-}
-
-// stillDown is a Remote that counts itself as down (and skips Redis, as *redis.Client does
-// then) until a Ping finds Redis answering.
-type stillDown struct {
-	cache.Remote
-	down atomic.Bool
-}
-
-func (s *stillDown) Healthy() bool { return !s.down.Load() && s.Remote.Healthy() }
-
-func (s *stillDown) Bump(ctx context.Context, keys ...string) error {
-	if s.down.Load() {
-		return redis.ErrDegraded
 	}
-	return s.Remote.Bump(ctx, keys...)
+	if d := time.Since(start); d > 300*time.Millisecond {
+		t.Errorf("three invalidations answered READONLY took %v: they waited out the trust window", d)
+	}
 }
 
-func (s *stillDown) Ping(ctx context.Context) error {
-	err := s.Remote.Ping(ctx)
-	if err == nil {
-		s.down.Store(false)
-	}
-	return err
-}
+// readOnly is a Remote whose writes Redis refuses, as a replica node after a failover does.
+type readOnly struct{ cache.Remote }
+
+type readOnlyReply struct{}
+
+func (readOnlyReply) Error() string { return "READONLY You can't write against a read only replica." }
+func (readOnlyReply) RedisError()   {}
+
+func (readOnly) Bump(context.Context, ...string) error { return readOnlyReply{} }

@@ -16,7 +16,8 @@
 //	defer rc.Close()
 //	rc.SetLogger(logger)
 //	m.SetRedisUp(rc.Healthy()); rc.OnHealthChange(m.SetRedisUp) // redis_up gauge
-//	// /readyz stays 200 while Redis is down and says so: if !rc.Healthy() -> "redis: degraded".
+//	// /readyz stays 200 while Redis is down and says so: if !rc.Healthy() -> checks.redis
+//	// "degraded: not answering (...)", status "degraded".
 //	// cache.Options{Remote: rc} and ratelimit.Options{Redis: rc}; without REDIS_URL pass a nil
 //	// cache.Remote (not a typed nil *Client) and a nil *Client.
 package redis
@@ -72,8 +73,10 @@ type Client struct {
 
 	healthy atomic.Bool
 	probing atomic.Bool
-	// lastAnswer is when Redis last answered a command of rdb (unix nanoseconds): any reply,
-	// errors included, proves that it was there.
+	// lastAnswer is when Redis last answered a command of rdb, in nanoseconds since start
+	// (monotonic: a wall clock stepped back must not make an old answer look recent); any
+	// reply, error replies included, proves that it was there. 0: never.
+	start      time.Time
 	lastAnswer atomic.Int64
 	logMu      sync.Mutex
 	log        *slog.Logger
@@ -123,7 +126,7 @@ func OpenWith(url string, o Options) (*Client, error) {
 	ro.DisableIdentity = true
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
-	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{}),
+	c := &Client{rdb: goredis.NewClient(ro), opts: o, log: o.Logger, stop: make(chan struct{}), start: time.Now(),
 		ackPrefix: o.Prefix + "inv-ack:" + hex.EncodeToString(id) + ":", channel: channel(o.Prefix, ro.DB)}
 	ackOpts := *ro
 	ackOpts.PoolSize = ackPoolSize // dialled on demand: an idle replica holds none
@@ -196,13 +199,12 @@ func (c *Client) Ping(ctx context.Context) error {
 	return err
 }
 
-// LastAnswer is when Redis last answered this client (zero: never). With the pinger running
-// every PingInterval it is at most that old while Redis answers.
+// LastAnswer is when Redis last answered this client; the client's start when it never has
+// (a replica that just started cannot know what others heard before). With the pinger
+// running every PingInterval it is at most that old while Redis answers. It carries the
+// monotonic clock: compare it with time.Since, not with wall-clock times.
 func (c *Client) LastAnswer() time.Time {
-	if n := c.lastAnswer.Load(); n != 0 {
-		return time.Unix(0, n)
-	}
-	return time.Time{}
+	return c.start.Add(time.Duration(c.lastAnswer.Load()))
 }
 
 // answerHook records when Redis answered: a reply (redis.Nil and error replies included)
@@ -227,9 +229,12 @@ func (h answerHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredi
 	}
 }
 
+// answered records a reply: success, redis.Nil or an error reply. Not a caller that gave up
+// (context.Canceled): Redis said nothing then.
 func (h answerHook) answered(err error) {
-	if !IsUnavailable(err) {
-		h.c.lastAnswer.Store(time.Now().UnixNano())
+	var reply goredis.Error
+	if err == nil || errors.Is(err, goredis.Nil) || errors.As(err, &reply) {
+		h.c.lastAnswer.Store(int64(time.Since(h.c.start)))
 	}
 }
 
@@ -279,6 +284,9 @@ const ackPoolSize = 256
 // probeTimeout bounds the pings that decide health: generous, unlike OpTimeout, because
 // they are off the request path.
 const probeTimeout = time.Second
+
+// Unavailable is IsUnavailable, as a method (runtime/cache's Remote).
+func (c *Client) Unavailable(err error) bool { return IsUnavailable(err) }
 
 // IsUnavailable reports whether err means Redis did not answer (connection refused, closed,
 // timeout, pool exhausted) as opposed to a reply such as redis.Nil.

@@ -365,3 +365,36 @@ func TestSessionEndedAnnounced(t *testing.T) {
 		t.Fatalf("cache invalidations %d, publisher's own handler %d: want 0 and 0", invalidated.Load(), ownSeen.Load())
 	}
 }
+
+// LastAnswer moves with Redis's replies (error replies included) and only with them: not
+// with a call whose caller gave up while Redis said nothing (a client that hung up during a
+// pause must not keep the replicas' L1 trusted), nor with a timeout.
+func TestLastAnswerOnlyOnReplies(t *testing.T) {
+	srv := redistest.Start(t)
+	c, err := redis.OpenWith(srv.URL(), redis.Options{Prefix: redistest.Prefix(t), PingInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before := c.LastAnswer()
+	if err := c.Redis().Do(context.Background(), "NOSUCHCOMMAND").Err(); err == nil {
+		t.Fatal("an unknown command answered")
+	}
+	afterReply := c.LastAnswer()
+	if !afterReply.After(before) {
+		t.Fatalf("an error reply did not count as an answer: %v then %v", before, afterReply)
+	}
+	srv.Pause()
+	defer srv.Resume()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, _, _, err := c.GetVersioned(ctx, "v", "x"); err == nil {
+		t.Fatal("a Get answered while Redis is paused")
+	}
+	if _, _, _, err := c.GetVersioned(context.Background(), "v", "x"); err == nil {
+		t.Fatal("a Get answered while Redis is paused")
+	}
+	if got := c.LastAnswer(); !got.Equal(afterReply) {
+		t.Fatalf("LastAnswer moved to %v (from %v) without a reply", got, afterReply)
+	}
+}
