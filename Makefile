@@ -44,7 +44,7 @@ docs: ## regenerate docs/tradingstack.md (from the CRD) and docs/api.md (from ru
 	$(GO) run ./hack/crd-docs
 
 .PHONY: build
-build: ## build bin/tradingd (and bin/manager once the operator exists)
+build: ## build bin/tradingd and bin/manager
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/tradingd ./cmd/tradingd
 	$(GO) build -ldflags "$(LDFLAGS) -X github.com/findmy/trading-operator/api/v1alpha1.DefaultRuntimeImage=$(IMG)" -o bin/manager ./cmd/manager
 
