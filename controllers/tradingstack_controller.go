@@ -37,6 +37,9 @@ import (
 //
 // +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks/status,verbs=get;patch
+// Children name the stack as their controller with blockOwnerDeletion, which clusters that
+// enforce owner-reference permissions (OpenShift) allow only to who may update its finalizers.
+// +kubebuilder:rbac:groups=trading.findmy.io,resources=tradingstacks/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch;delete
