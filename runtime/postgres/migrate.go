@@ -15,7 +15,7 @@ import (
 )
 
 // SchemaVersion is the migration version this binary needs; `serve` refuses an older schema.
-const SchemaVersion int64 = 3
+const SchemaVersion int64 = 4
 
 // ErrSchemaTooOld is wrapped by CheckSchema when the database is behind SchemaVersion.
 var ErrSchemaTooOld = errors.New("database schema is older than this binary needs: run `tradingd migrate`")

@@ -180,3 +180,48 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	_, _, err = e.sessions.RotateRefreshToken(ctx, h("old"), h("old2"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
 }
+
+// A change of a user's roles ends the user's logins (their tokens carry the old roles): by
+// hand in SQL too. Setting the same roles again ends nothing.
+func TestRoleChangeEndsLogins(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	risk, err := e.sessions.CreateSession(ctx, e.risk1.ID, []byte("risk-login"), exp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := e.sessions.CreateSession(ctx, e.trader1.ID, []byte("trader-login"), exp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	active := func(sid uuid.UUID) bool {
+		t.Helper()
+		ok, err := e.sessions.SessionActive(ctx, sid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := e.db.Pool().Exec(ctx, sql, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec(`UPDATE users SET roles = roles WHERE id = $1`, e.risk1.ID)
+	if !active(risk) {
+		t.Fatal("setting the same roles ended the login")
+	}
+	exec(`UPDATE users SET roles = '{trader}' WHERE id = $1`, e.risk1.ID)
+	if active(risk) {
+		t.Error("the demoted user's login is still active: its token keeps the risk role")
+	}
+	if !active(other) {
+		t.Error("another user's login ended")
+	}
+	if _, _, err := e.sessions.RotateRefreshToken(ctx, []byte("risk-login"), []byte("risk-next"), exp); trading.ErrorCode(err) != trading.EUNAUTHORIZED {
+		t.Errorf("refresh of the ended login: %v, want unauthorized", err)
+	}
+}
