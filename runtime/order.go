@@ -188,6 +188,9 @@ func ValidateReason(reason string) error {
 		return Invalid(FieldError{Field: "reason", Message: "is required"})
 	case utf8.RuneCountInString(reason) > MaxReasonLength:
 		return Invalid(FieldError{Field: "reason", Message: fmt.Sprintf("must be at most %d characters", MaxReasonLength)})
+	case strings.ContainsRune(reason, 0):
+		// PostgreSQL text cannot hold NUL: refused here, not as the store's 500.
+		return Invalid(FieldError{Field: "reason", Message: "must not contain NUL characters"})
 	}
 	return nil
 }

@@ -380,8 +380,19 @@ func load(fs *flag.FlagSet, names []string, args []string, getenv func(string) s
 	if slices.Contains(names, "LISTEN_ADDR") && c.ListenAddr == c.AdminAddr && !strings.HasSuffix(c.AdminAddr, ":0") {
 		return nil, settingError("ADMIN_ADDR", fmt.Errorf("%q is also LISTEN_ADDR", c.AdminAddr))
 	}
+	// The P&L of one trade is at most MAX_QUANTITY x MAX_PRICE, and NUMERIC(30,8) holds it
+	// below 1e22: with larger bounds a position could be opened and never closed (its
+	// closing trade's P&L refused).
+	if slices.Contains(names, "MAX_PRICE") && !c.MaxQuantity.Mul(c.MaxPrice).LessThan(maxTradeValue) {
+		return nil, settingError("MAX_PRICE", fmt.Errorf("%s x MAX_QUANTITY %s must be less than %s, the largest P&L the database stores",
+			c.MaxPrice, c.MaxQuantity, maxTradeValue))
+	}
 	return c, nil
 }
+
+// maxTradeValue bounds MAX_QUANTITY x MAX_PRICE (exclusive): a trade's realized P&L, stored in
+// NUMERIC(30,8).
+var maxTradeValue = decimal.New(1, 22)
 
 // KeySet returns the JWT keys from JWT_KEYS or from the file JWT_KEYS_FILE names, read
 // with readFile. Errors name the setting and never contain key material.

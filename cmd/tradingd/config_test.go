@@ -233,6 +233,8 @@ func TestLoadErrors(t *testing.T) {
 		{"max price negative", nil, with(required(), "MAX_PRICE", "-5"), "MAX_PRICE"},
 		{"max price not a number", nil, with(required(), "MAX_PRICE", "lots"), "MAX_PRICE"},
 		{"max price too precise", nil, with(required(), "MAX_PRICE", "0.000000001"), "MAX_PRICE"},
+		// Each below 1e12, but a trade's P&L up to their product cannot be stored.
+		{"max price x max quantity", nil, with(required(), "MAX_PRICE", "999999999999", "MAX_QUANTITY", "999999999999"), "MAX_PRICE"},
 		{"max daily loss", nil, with(required(), "MAX_DAILY_LOSS", "NaN"), "MAX_DAILY_LOSS"},
 		{"rate limit negative", nil, with(required(), "RATE_LIMIT_LOGIN", "-1"), "RATE_LIMIT_LOGIN"},
 		{"rate limit not a number", nil, with(required(), "RATE_LIMIT_GLOBAL_PER_DAY", "1e3"), "RATE_LIMIT_GLOBAL_PER_DAY"},

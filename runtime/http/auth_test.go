@@ -15,6 +15,7 @@ import (
 	gojwt "github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/crypto/bcrypt"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
@@ -70,6 +71,25 @@ func TestLogin(t *testing.T) {
 	if f["username"] == "" || f["password"] == "" {
 		t.Errorf("fields %v", f)
 	}
+
+	// A name no user can have (a NUL: text cannot hold it) is wrong credentials, not a 500.
+	nul := e.do("POST", "/api/auth/login", "", map[string]string{"username": "trader1\u0000x", "password": "wrong"})
+	nul.problem(401)
+	if !bytes.Equal(nul.body, noUser.body) {
+		t.Errorf("a NUL in the name answers otherwise:\n%s\n%s", nul.body, noUser.body)
+	}
+	// bcrypt reads 72 bytes: a user whose password is exactly that long is not let in with
+	// anything appended to it.
+	long := strings.Repeat("p", 72)
+	hash, err := bcrypt.GenerateFromPassword([]byte(long), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.db.Pool().Exec(context.Background(), `INSERT INTO users (username, password_hash, roles) VALUES ('long72', $1, '{trader}')`, string(hash)); err != nil {
+		t.Fatal(err)
+	}
+	e.do("POST", "/api/auth/login", "", map[string]string{"username": "long72", "password": long}).want(200)
+	e.do("POST", "/api/auth/login", "", map[string]string{"username": "long72", "password": long + "EXTRA"}).problem(401)
 }
 
 func TestMe(t *testing.T) {

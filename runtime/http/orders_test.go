@@ -277,6 +277,9 @@ func TestReject(t *testing.T) {
 	}
 	e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"`+strings.Repeat("r", 501)+`"}`).problem(422)
 	e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"  "}`).problem(422)
+	if f := e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"no\u0000way"}`).fields(); f["reason"] == "" {
+		t.Errorf("a NUL in the reason: fields %v, want reason", f)
+	}
 	// 500 characters are allowed whatever their bytes (openapi.json: maxLength 500): 1500 here.
 	var long order
 	o2 := e.submit(trader, "BTC/USD", "buy", "1", "100")
@@ -509,6 +512,9 @@ func TestPagination(t *testing.T) {
 			t.Errorf("%s: fields %v, want %s", q, f, field)
 		}
 	}
+	// A NUL in a filter (text cannot hold it) is the request's fault, not a 500.
+	e.do("GET", "/api/orders?symbol=%00", tok, nil).problem(422)
+	e.do("GET", "/api/trades?symbol=BTC%00", tok, nil).problem(422)
 	if f := e.do("GET", "/api/orders?limit=0&status=open", tok, nil).fields(); len(f) != 2 {
 		t.Errorf("both bad parameters not listed: %v", f)
 	}

@@ -15,17 +15,18 @@ import (
 
 // SQLSTATE codes that the services react to.
 const (
-	codeUniqueViolation      = "23505"
-	codeForeignKeyViolation  = "23503"
-	codeNumericOutOfRange    = "22003"
-	codeSerializationFailure = "40001"
-	codeDeadlockDetected     = "40P01"
-	codeLockNotAvailable     = "55P03"
-	codeQueryCanceled        = "57014"
-	codeAdminShutdown        = "57P01"
-	codeCrashShutdown        = "57P02"
-	codeCannotConnectNow     = "57P03"
-	codeTooManyConnections   = "53300"
+	codeUniqueViolation          = "23505"
+	codeForeignKeyViolation      = "23503"
+	codeNumericOutOfRange        = "22003"
+	codeCharacterNotInRepertoire = "22021"
+	codeSerializationFailure     = "40001"
+	codeDeadlockDetected         = "40P01"
+	codeLockNotAvailable         = "55P03"
+	codeQueryCanceled            = "57014"
+	codeAdminShutdown            = "57P01"
+	codeCrashShutdown            = "57P02"
+	codeCannotConnectNow         = "57P03"
+	codeTooManyConnections       = "53300"
 )
 
 // mapError is the one place where database errors become coded trading errors:
@@ -64,6 +65,10 @@ func mapError(err error) error {
 			// A limit configured above what NUMERIC(20,8) holds (1e12): the request is what is
 			// wrong, not the server.
 			return &trading.Error{Code: trading.EINVALID, Message: "a number is larger than the system can store", Err: err}
+		case codeCharacterNotInRepertoire:
+			// A NUL (or a byte sequence the database's encoding refuses) in a text the
+			// request sent, such as a filter: what the caller sent is wrong.
+			return &trading.Error{Code: trading.EINVALID, Message: "a text contains a character that cannot be stored (NUL)", Err: err}
 		}
 	}
 	return &trading.Error{Code: trading.EINTERNAL, Message: "internal error", Err: err}

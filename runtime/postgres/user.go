@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -132,6 +133,14 @@ func errBadCredentials() error {
 
 // Authenticate returns the user whose password matches, else EUNAUTHORIZED.
 func (s *UserService) Authenticate(ctx context.Context, username, password string) (*trading.User, error) {
+	// No user has such a name or password: a NUL cannot be stored in text (the query would
+	// fail, a 500), and bcrypt ignores every byte after the 72nd (a stored 72-byte password
+	// followed by anything would match), which user creation refuses for that reason. Wrong
+	// credentials, after the same work as an unknown user.
+	if strings.ContainsRune(username, 0) || len(password) > 72 {
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
+		return nil, errBadCredentials()
+	}
 	qctx, cancel := s.db.bound(ctx)
 	var hash string
 	u, err := scanUser(s.db.pool.QueryRow(qctx, `
