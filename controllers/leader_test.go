@@ -2,8 +2,6 @@ package controllers
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,7 +13,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/yaml"
 )
 
 // Leader election works with exactly the Role config/rbac grants for it (a Lease in the
@@ -23,14 +20,8 @@ import (
 // to the operator's ClusterRole is elected, and releases the Lease when it stops.
 func TestLeaderElectionWithItsRole(t *testing.T) {
 	ns := newNamespace(t)
-	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "leader_election_role.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	role := &rbacv1.Role{}
-	if err := yaml.Unmarshal(b, role); err != nil {
-		t.Fatal(err)
-	}
+	readRBAC(t, "leader_election_role.yaml", role)
 	role.Namespace = ns
 	if err := k8s.Create(bg, role); err != nil {
 		t.Fatal(err)

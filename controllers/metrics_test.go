@@ -18,6 +18,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
@@ -111,17 +112,23 @@ func TestSecureMetrics(t *testing.T) {
 	}
 }
 
-// roleFromFile creates the ClusterRole of config/rbac/file under the name name.
-func roleFromFile(t *testing.T, file, name string) *rbacv1.ClusterRole {
+// readRBAC reads config/rbac/file into obj.
+func readRBAC(t *testing.T, file string, obj client.Object) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", file))
 	if err != nil {
 		t.Fatal(err)
 	}
-	role := &rbacv1.ClusterRole{}
-	if err := yaml.Unmarshal(b, role); err != nil {
+	if err := yaml.Unmarshal(b, obj); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// roleFromFile creates the ClusterRole of config/rbac/file under the name name.
+func roleFromFile(t *testing.T, file, name string) *rbacv1.ClusterRole {
+	t.Helper()
+	role := &rbacv1.ClusterRole{}
+	readRBAC(t, file, role)
 	role.Name = name
 	if err := k8s.Create(bg, role); err != nil {
 		t.Fatal(err)

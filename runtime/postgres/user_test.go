@@ -80,14 +80,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	exp := time.Now().Add(time.Hour)
 	h := func(s string) []byte { return []byte("hash-" + s) }
 
-	active := func(sid uuid.UUID) bool {
-		t.Helper()
-		ok, err := e.sessions.SessionActive(ctx, sid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ok
-	}
+	active := func(sid uuid.UUID) bool { t.Helper(); return e.sessionActive(t, sid) }
 	sid, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("1"), exp)
 	if err != nil || sid == uuid.Nil || !active(sid) {
 		t.Fatalf("create = %v, %v (active %v)", sid, err, sid != uuid.Nil && active(sid))
@@ -196,14 +189,7 @@ func TestRoleChangeEndsLogins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	active := func(sid uuid.UUID) bool {
-		t.Helper()
-		ok, err := e.sessions.SessionActive(ctx, sid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ok
-	}
+	active := func(sid uuid.UUID) bool { t.Helper(); return e.sessionActive(t, sid) }
 	exec := func(sql string, args ...any) {
 		t.Helper()
 		if _, err := e.db.Pool().Exec(ctx, sql, args...); err != nil {
@@ -224,4 +210,14 @@ func TestRoleChangeEndsLogins(t *testing.T) {
 	if _, _, err := e.sessions.RotateRefreshToken(ctx, []byte("risk-login"), []byte("risk-next"), exp); trading.ErrorCode(err) != trading.EUNAUTHORIZED {
 		t.Errorf("refresh of the ended login: %v, want unauthorized", err)
 	}
+}
+
+// sessionActive reports whether the login sid is active, failing the test on an error.
+func (e *env) sessionActive(t *testing.T, sid uuid.UUID) bool {
+	t.Helper()
+	ok, err := e.sessions.SessionActive(context.Background(), sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
 }
