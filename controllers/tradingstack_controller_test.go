@@ -1032,6 +1032,9 @@ func testValidationRules(t *testing.T) {
 	refused("max daily loss 0", newStack(ns, "v15", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.MaxDailyLoss = "0"
 	}), "spec.runtime.maxDailyLoss must be more than 0")
+	refused("max quantity x max price", newStack(ns, "v17", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Limits.MaxQuantity, s.Spec.Runtime.Limits.MaxPrice = "999999999999", "999999999999"
+	}), "spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22")
 	refused("max price 0", newStack(ns, "v10", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxPrice = "0"
 	}), "spec.runtime.limits.maxPrice must be more than 0")

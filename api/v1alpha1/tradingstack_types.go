@@ -137,10 +137,14 @@ type RuntimeSpec struct {
 }
 
 // OrderLimits are the upper bounds of an order, decimals with at most 8 fractional digits.
+// Their product bounds the P&L of one trade, which the database stores below 1e22 (tradingd
+// refuses to start otherwise).
+// +kubebuilder:validation:XValidation:rule="!has(self.maxQuantity) || !has(self.maxPrice) || !self.maxQuantity.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || !self.maxPrice.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || double(self.maxQuantity) * double(self.maxPrice) < 1e22",message="spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22, the largest P&L of one trade the database stores"
 type OrderLimits struct {
 	// MaxQuantity is the largest quantity of one order (MAX_QUANTITY). Defaults to "1000000".
 	// +kubebuilder:default="1000000"
 	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
+	// +kubebuilder:validation:MaxLength=21
 	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.limits.maxQuantity must be more than 0"
 	// +optional
 	MaxQuantity string `json:"maxQuantity,omitempty"`
@@ -148,6 +152,7 @@ type OrderLimits struct {
 	// MaxPrice is the largest price of one order (MAX_PRICE). Defaults to "1000000".
 	// +kubebuilder:default="1000000"
 	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
+	// +kubebuilder:validation:MaxLength=21
 	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.limits.maxPrice must be more than 0"
 	// +optional
 	MaxPrice string `json:"maxPrice,omitempty"`
