@@ -1035,6 +1035,11 @@ func testValidationRules(t *testing.T) {
 	refused("max quantity x max price", newStack(ns, "v17", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxQuantity, s.Spec.Runtime.Limits.MaxPrice = "999999999999", "999999999999"
 	}), "spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22")
+	// Just at 1e22 exactly (2e10 x 5e11), which the doubles round below: tradingd refuses it,
+	// so the API server must too.
+	refused("max quantity x max price at the bound", newStack(ns, "v18", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Limits.MaxQuantity, s.Spec.Runtime.Limits.MaxPrice = "20000000000.0000018", "499999999999.999969"
+	}), "spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22")
 	refused("max price 0", newStack(ns, "v10", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxPrice = "0"
 	}), "spec.runtime.limits.maxPrice must be more than 0")

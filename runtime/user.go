@@ -72,9 +72,11 @@ type UserService interface {
 // Session is one login: the chain of refresh tokens issued since a password was checked.
 // Refresh tokens are stored only as hashes.
 type SessionService interface {
-	// CreateSession starts a login, stores the first refresh token's hash and returns the
-	// login's id.
-	CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) (sessionID uuid.UUID, err error)
+	// CreateSession starts a login of the user whose roles (read with the password) its
+	// tokens will carry, stores the first refresh token's hash and returns the login's id:
+	// ENOTFOUND when the user is gone, ECONFLICT when the roles changed meanwhile (a change
+	// of roles ends logins; one started with the old roles must not outlive it).
+	CreateSession(ctx context.Context, userID uuid.UUID, roles []Role, tokenHash []byte, expiresAt time.Time) (sessionID uuid.UUID, err error)
 	// RotateRefreshToken marks the token with oldHash used and stores newHash in the same
 	// login, returning the user and the login. A token that was already rotated (reuse)
 	// revokes the whole login and returns EUNAUTHORIZED with the login's id; an unknown,

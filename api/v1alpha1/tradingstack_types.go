@@ -138,8 +138,9 @@ type RuntimeSpec struct {
 
 // OrderLimits are the upper bounds of an order, decimals with at most 8 fractional digits.
 // Their product bounds the P&L of one trade, which the database stores below 1e22 (tradingd
-// refuses to start otherwise).
-// +kubebuilder:validation:XValidation:rule="!has(self.maxQuantity) || !has(self.maxPrice) || !self.maxQuantity.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || !self.maxPrice.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || double(self.maxQuantity) * double(self.maxPrice) < 1e22",message="spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22, the largest P&L of one trade the database stores"
+// refuses to start otherwise). The rule computes in doubles: its bound is a hair under 1e22
+// so that rounding can only make it stricter than tradingd's exact check.
+// +kubebuilder:validation:XValidation:rule="!has(self.maxQuantity) || !has(self.maxPrice) || !self.maxQuantity.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || !self.maxPrice.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || double(self.maxQuantity) * double(self.maxPrice) < 9.9999999999999e21",message="spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22, the largest P&L of one trade the database stores"
 type OrderLimits struct {
 	// MaxQuantity is the largest quantity of one order (MAX_QUANTITY). Defaults to "1000000".
 	// +kubebuilder:default="1000000"

@@ -382,7 +382,9 @@ func load(fs *flag.FlagSet, names []string, args []string, getenv func(string) s
 	}
 	// The P&L of one trade is at most MAX_QUANTITY x MAX_PRICE, and NUMERIC(30,8) holds it
 	// below 1e22: with larger bounds a position could be opened and never closed (its
-	// closing trade's P&L refused).
+	// closing trade's P&L refused). (A position's running total of realized P&L has the same
+	// column type: it could still overflow after about 1e22 / (MAX_QUANTITY x MAX_PRICE)
+	// round trips at the limits.)
 	if slices.Contains(names, "MAX_PRICE") && !c.MaxQuantity.Mul(c.MaxPrice).LessThan(maxTradeValue) {
 		return nil, settingError("MAX_PRICE", fmt.Errorf("%s x MAX_QUANTITY %s must be less than %s, the largest P&L the database stores",
 			c.MaxPrice, c.MaxQuantity, maxTradeValue))

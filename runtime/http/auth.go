@@ -103,8 +103,11 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	sid, err := s.svc.Sessions.CreateSession(r.Context(), u.ID, hash, time.Now().Add(s.cfg.RefreshTTL))
-	if err != nil {
+	sid, err := s.svc.Sessions.CreateSession(r.Context(), u.ID, u.Roles, hash, time.Now().Add(s.cfg.RefreshTTL))
+	if trading.ErrorCode(err) == trading.ENOTFOUND {
+		s.Error(w, r, errBadLogin) // deleted since its password was checked
+		return
+	} else if err != nil {
 		s.Error(w, r, err)
 		return
 	}
@@ -129,8 +132,8 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	// Roles come from the database, not the old access token: a demotion takes effect at
-	// the next refresh.
+	// Roles come from the database, not the old access token. (A change of roles ends the
+	// user's logins, so a refresh after one is refused before this.)
 	u, err := s.svc.Users.FindUserByID(r.Context(), userID)
 	if trading.ErrorCode(err) == trading.ENOTFOUND {
 		s.Error(w, r, trading.Errorf(trading.EUNAUTHORIZED, "the refresh token is not valid"))

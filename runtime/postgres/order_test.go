@@ -477,7 +477,7 @@ func TestFindOrdersRejectsUnknownStatus(t *testing.T) {
 	bad := trading.OrderStatus("executed")
 	_, _, err := e.orders.FindOrders(as(e.risk1), trading.OrderFilter{Status: &bad})
 	wantField(t, err, "status")
-	_, err = e.sessions.CreateSession(context.Background(), uuid.New(), []byte("h"), time.Now().Add(time.Hour))
+	_, err = e.sessions.CreateSession(context.Background(), uuid.New(), []trading.Role{trading.RoleTrader}, []byte("h"), time.Now().Add(time.Hour))
 	wantCode(t, err, trading.ENOTFOUND)
 }
 

@@ -183,24 +183,39 @@ func errBadRefreshToken() error {
 	return trading.Errorf(trading.EUNAUTHORIZED, "invalid or expired refresh token")
 }
 
-// CreateSession starts a login with its first refresh token.
-func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, expiresAt time.Time) (uuid.UUID, error) {
+// CreateSession starts a login with its first refresh token, if the user still has the
+// roles its tokens will carry. The user's row is locked (FOR SHARE) while the login is made:
+// a change of roles, which ends the user's logins (migration 00004), either waits for this
+// one and ends it too, or commits first and this finds the roles changed. Checked any other
+// way, a login whose password was checked just before a demotion would outlive it with the
+// old roles.
+func (s *SessionService) CreateSession(ctx context.Context, userID uuid.UUID, roles []trading.Role, tokenHash []byte, expiresAt time.Time) (uuid.UUID, error) {
 	if len(tokenHash) == 0 {
 		return uuid.Nil, trading.Errorf(trading.EINTERNAL, "empty refresh token hash")
+	}
+	names := make([]string, len(roles))
+	for i, r := range roles {
+		names[i] = string(r)
 	}
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
 	// One statement, so the session and its first token appear together or not at all.
-	var id uuid.UUID
+	var same *bool
+	var id *uuid.UUID
 	err := s.db.pool.QueryRow(ctx, `
-		WITH s AS (INSERT INTO sessions (user_id) VALUES ($1) RETURNING id)
-		INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
-		SELECT $2, s.id, $3 FROM s
-		RETURNING session_id`, userID, tokenHash, expiresAt).Scan(&id)
-	if isForeignKeyViolation(err) {
+		WITH u AS (SELECT id, roles = $4::text[] AS same FROM users WHERE id = $1 FOR SHARE),
+		s AS (INSERT INTO sessions (user_id) SELECT id FROM u WHERE same RETURNING id),
+		t AS (INSERT INTO refresh_tokens (token_hash, session_id, expires_at) SELECT $2, s.id, $3 FROM s RETURNING session_id)
+		SELECT (SELECT same FROM u), (SELECT session_id FROM t)`, userID, tokenHash, expiresAt, names).Scan(&same, &id)
+	switch {
+	case err != nil:
+		return uuid.Nil, s.db.mapError(err)
+	case same == nil:
 		return uuid.Nil, trading.Errorf(trading.ENOTFOUND, "user not found")
+	case !*same || id == nil:
+		return uuid.Nil, trading.Errorf(trading.ECONFLICT, "the user's roles changed during the login; log in again")
 	}
-	return id, s.db.mapError(err)
+	return *id, nil
 }
 
 // SessionActive reports whether the login has not been revoked; an unknown one has ended.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -81,7 +82,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	h := func(s string) []byte { return []byte("hash-" + s) }
 
 	active := func(sid uuid.UUID) bool { t.Helper(); return e.sessionActive(t, sid) }
-	sid, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("1"), exp)
+	sid, err := e.sessions.CreateSession(ctx, e.trader1.ID, e.trader1.Roles, h("1"), exp)
 	if err != nil || sid == uuid.Nil || !active(sid) {
 		t.Fatalf("create = %v, %v (active %v)", sid, err, sid != uuid.Nil && active(sid))
 	}
@@ -110,7 +111,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	}
 
 	// Another login of the same user is not affected.
-	other, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("b1"), exp)
+	other, err := e.sessions.CreateSession(ctx, e.trader1.ID, e.trader1.Roles, h("b1"), exp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 
 	// A rotated token replayed after it expired is reuse all the same: the login ends, and
 	// its newest token stops working.
-	late, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("c1"), exp)
+	late, err := e.sessions.CreateSession(ctx, e.trader1.ID, e.trader1.Roles, h("c1"), exp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	_, _, err = e.sessions.RotateRefreshToken(ctx, h("c2"), h("c3"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
 	// An expired token that was never used is refused without ending its login.
-	fresh, err := e.sessions.CreateSession(ctx, e.trader1.ID, h("d1"), exp)
+	fresh, err := e.sessions.CreateSession(ctx, e.trader1.ID, e.trader1.Roles, h("d1"), exp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +168,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	// Unknown and expired tokens.
 	_, _, err = e.sessions.RotateRefreshToken(ctx, h("unknown"), h("u2"), exp)
 	wantCode(t, err, trading.EUNAUTHORIZED)
-	if _, err := e.sessions.CreateSession(ctx, e.trader2.ID, h("old"), time.Now().Add(-time.Minute)); err != nil {
+	if _, err := e.sessions.CreateSession(ctx, e.trader2.ID, e.trader2.Roles, h("old"), time.Now().Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = e.sessions.RotateRefreshToken(ctx, h("old"), h("old2"), exp)
@@ -181,11 +182,11 @@ func TestRoleChangeEndsLogins(t *testing.T) {
 	e := newEnv(t, postgresCfg())
 	ctx := context.Background()
 	exp := time.Now().Add(time.Hour)
-	risk, err := e.sessions.CreateSession(ctx, e.risk1.ID, []byte("risk-login"), exp)
+	risk, err := e.sessions.CreateSession(ctx, e.risk1.ID, e.risk1.Roles, []byte("risk-login"), exp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := e.sessions.CreateSession(ctx, e.trader1.ID, []byte("trader-login"), exp)
+	other, err := e.sessions.CreateSession(ctx, e.trader1.ID, e.trader1.Roles, []byte("trader-login"), exp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +210,35 @@ func TestRoleChangeEndsLogins(t *testing.T) {
 	}
 	if _, _, err := e.sessions.RotateRefreshToken(ctx, []byte("risk-login"), []byte("risk-next"), exp); trading.ErrorCode(err) != trading.EUNAUTHORIZED {
 		t.Errorf("refresh of the ended login: %v, want unauthorized", err)
+	}
+	// A login whose password was checked before the change (its tokens would carry the old
+	// roles) is not started after it.
+	if _, err := e.sessions.CreateSession(ctx, e.risk1.ID, e.risk1.Roles, []byte("late-login"), exp); trading.ErrorCode(err) != trading.ECONFLICT {
+		t.Errorf("a login with the roles from before the change: %v, want conflict", err)
+	}
+	if _, err := e.sessions.CreateSession(ctx, e.risk1.ID, []trading.Role{trading.RoleTrader}, []byte("new-login"), exp); err != nil {
+		t.Errorf("a login with the new roles: %v", err)
+	}
+	// By hand, from a session whose search_path does not name the schema: the trigger still
+	// finds the sessions.
+	conn, err := e.db.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	var schema string
+	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `SET search_path TO pg_catalog`); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Exec(ctx, `RESET search_path`) //nolint:errcheck
+	if _, err := conn.Exec(ctx, `UPDATE `+pgx.Identifier{schema, "users"}.Sanitize()+` SET roles = '{risk}' WHERE id = $1`, e.trader1.ID); err != nil {
+		t.Fatalf("a change of roles from another search_path: %v", err)
+	}
+	if active(other) {
+		t.Error("a change of roles from another search_path left the login active")
 	}
 }
 
