@@ -102,11 +102,20 @@ func (db *DB) Pool() *pgxpool.Pool { return db.pool }
 // Close closes every connection of the pool.
 func (db *DB) Close() { db.pool.Close() }
 
-// Ping checks that the database answers (GET /readyz); EUNAVAILABLE otherwise.
+// Ping checks that the database answers (GET /readyz); EUNAVAILABLE otherwise. A server that
+// refuses one more connection for want of slots (SQLSTATE 53300: max_connections or the
+// role's limit reached) while this pool holds connections is answering: ready. The requests
+// that need a new connection meanwhile get their 503; failing readiness as well would take
+// every replica out of the Service at once, since they all meet the same limit together.
 func (db *DB) Ping(ctx context.Context) error {
 	ctx, cancel := db.bound(ctx)
 	defer cancel()
-	return db.mapError(db.pool.Ping(ctx))
+	err := db.pool.Ping(ctx)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == codeTooManyConnections && db.pool.Stat().TotalConns() > 0 {
+		return nil
+	}
+	return db.mapError(err)
 }
 
 // CheckSchema returns the applied schema version, and an error wrapping ErrSchemaTooOld when it

@@ -3,9 +3,17 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -181,5 +189,69 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 	}
 	if _, err := postgres.Migrate(ctx, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable", quietLogger()); trading.ErrorCode(err) != trading.EUNAVAILABLE {
 		t.Errorf("Migrate = %v, want EUNAVAILABLE", err)
+	}
+}
+
+// The server out of connection slots (here the role's CONNECTION LIMIT, SQLSTATE 53300 as
+// for max_connections) while the pool holds a connection: requests that need another one get
+// 503, but readiness holds (every replica meets the limit together; failing them all would
+// empty the Service).
+func TestReadyWhileOutOfConnectionSlots(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewMigratedDatabase(t)
+	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	role := "limited_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	if _, err := admin.Exec(ctx, `CREATE ROLE `+role+` LOGIN PASSWORD 'pw'`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), `DROP ROLE IF EXISTS `+role) })
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(role, "pw")
+	db, err := postgres.Open(ctx, postgres.Config{URL: u.String(), MinConns: 1, MaxConns: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// Every connection of the pool busy, and the role allowed no more than those.
+	var held []*pgxpool.Conn
+	defer func() {
+		for _, c := range held {
+			c.Release()
+		}
+	}()
+	holdAll := func() {
+		for len(held) == 0 || db.Pool().Stat().IdleConns() > 0 {
+			c, err := db.Pool().Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+		}
+	}
+	holdAll()
+	// The pool may still be opening its minimum in the background: limit the role to what
+	// it has, let any connection in flight land, hold it too, and limit again.
+	for range 2 {
+		if _, err := admin.Exec(ctx, fmt.Sprintf(`ALTER ROLE %s CONNECTION LIMIT %d`, role, db.Pool().Stat().TotalConns())); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		holdAll()
+	}
+
+	if err := db.Ping(ctx); err != nil {
+		t.Errorf("readiness while out of connection slots: %v, want ready", err)
+	}
+	_, err = postgres.NewSessionService(db).SessionActive(ctx, uuid.New())
+	if trading.ErrorCode(err) != trading.EUNAVAILABLE {
+		t.Errorf("a call needing another connection: %v, want unavailable", err)
 	}
 }
