@@ -489,7 +489,8 @@ const (
 	// component no longer ready).
 	PhaseDegraded Phase = "Degraded"
 	// PhaseFailed: the stack cannot serve and needs a user's action (e.g. the external
-	// database's Secret is missing, the first migration failed).
+	// database's Secret is missing, the first migration failed, the API server refuses a
+	// child as invalid). A stack that serves and needs one is Degraded.
 	PhaseFailed Phase = "Failed"
 )
 
