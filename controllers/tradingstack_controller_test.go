@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
@@ -25,7 +27,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -69,6 +73,7 @@ func TestOperator(t *testing.T) {
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
 		{"MissingSecretWhileServing", testMissingSecretWhileServing},
 		{"InvalidChildIsFailed", testInvalidChildIsFailed},
+		{"QuietAfterRestart", testQuietAfterRestart},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -2062,3 +2067,59 @@ func testInvalidChildIsFailed(t *testing.T) {
 		return nil
 	})
 }
+
+// testQuietAfterRestart: a restarted operator (a reconciler with nothing in memory) sends no
+// write request for a Ready stack whose children are as it last applied them: it reads a
+// child whose applied-content annotation matches, and applies only if another writer
+// touched it since (TestAppliedLast). It sent one no-op apply per child.
+func testQuietAfterRestart(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "rs"))
+	makeReady(t, ns, "rs")
+	reconcileDirectly(t, ns, "rs", 2)
+
+	fresh, writes := countingReconciler(t)
+	for range 2 {
+		if _, err := fresh.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, "rs")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := writes.Load(); n != 0 {
+		t.Errorf("a restarted operator sent %d write requests for a Ready stack, want 0", n)
+	}
+
+}
+
+// countingReconciler is a reconciler as a restarted operator has it (nothing in memory),
+// reading from the running manager's cache, whose write requests are counted.
+func countingReconciler(t *testing.T) (*TradingStackReconciler, *atomic.Int64) {
+	t.Helper()
+	mgrMu.Lock()
+	mgr := currentMgr
+	mgrMu.Unlock()
+	var writes atomic.Int64
+	cfg := rest.CopyConfig(operatorCfg)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			switch req.Method {
+			case http.MethodGet, http.MethodHead, http.MethodOptions:
+			default:
+				if !strings.Contains(req.URL.Path, "/events") {
+					writes.Add(1)
+				}
+			}
+			return rt.RoundTrip(req)
+		})
+	})
+	c, err := client.New(cfg, client.Options{Scheme: mgr.GetScheme(), Cache: &client.CacheOptions{Reader: mgr.GetCache()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewTradingStackReconciler(mgr, 1)
+	r.Client = c
+	return r, &writes
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
