@@ -76,10 +76,8 @@ func applyRequest(ctx context.Context, c client.Client, u *unstructured.Unstruct
 // has touched the object since, and the apply is skipped: a resync of a
 // converged stack sends no requests at all. Any edit (by hand, by another
 // controller, a status update) changes the resourceVersion, and the next pass
-// applies again. After a restart the memo is empty: a child whose
-// trading.findmy.io/applied annotation holds the hash of what is desired now, and
-// whose last write was the operator's apply (appliedLast), is read once and
-// remembered instead of applied again.
+// applies again. After a restart the memo is empty and every child is applied
+// once (those applies change nothing).
 type appliedMemo struct {
 	m sync.Map // key -> appliedRecord
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -362,36 +361,5 @@ func TestPhaseAfterFailedMigrationsStep(t *testing.T) {
 				t.Errorf("phase %s, want %s", s.Status.Phase, tc.want)
 			}
 		})
-	}
-}
-
-// A restarted operator skips its apply only when its own apply was the last write to the
-// object itself: a later (or same-second) write by anyone else, its own patches included,
-// means applying; writes to status or scale do not count.
-func TestAppliedLast(t *testing.T) {
-	at := func(sec int) *metav1.Time { return &metav1.Time{Time: time.Unix(int64(1000+sec), 0)} }
-	apply := metav1.ManagedFieldsEntry{Manager: FieldOwner, Operation: metav1.ManagedFieldsOperationApply, Time: at(10)}
-	entry := func(manager string, op metav1.ManagedFieldsOperationType, sub string, sec int) metav1.ManagedFieldsEntry {
-		return metav1.ManagedFieldsEntry{Manager: manager, Operation: op, Subresource: sub, Time: at(sec)}
-	}
-	for _, tc := range []struct {
-		name    string
-		entries []metav1.ManagedFieldsEntry
-		want    bool
-	}{
-		{"only ours", []metav1.ManagedFieldsEntry{apply}, true},
-		{"none of ours", []metav1.ManagedFieldsEntry{entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", 5)}, false},
-		{"an older edit", []metav1.ManagedFieldsEntry{apply, entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", 9)}, true},
-		{"a later edit", []metav1.ManagedFieldsEntry{apply, entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", 11)}, false},
-		{"an edit in the same second", []metav1.ManagedFieldsEntry{apply, entry("kubectl-patch", metav1.ManagedFieldsOperationUpdate, "", 10)}, false},
-		{"another applier later", []metav1.ManagedFieldsEntry{apply, entry("argocd", metav1.ManagedFieldsOperationApply, "", 12)}, false},
-		{"our own patch later", []metav1.ManagedFieldsEntry{apply, entry(FieldOwner, metav1.ManagedFieldsOperationUpdate, "", 12)}, false},
-		{"status written later", []metav1.ManagedFieldsEntry{apply, entry("kube-controller-manager", metav1.ManagedFieldsOperationUpdate, "status", 30)}, true},
-		{"scaled later", []metav1.ManagedFieldsEntry{apply, entry("kube-controller-manager", metav1.ManagedFieldsOperationUpdate, "scale", 30)}, true},
-		{"an entry without a time", []metav1.ManagedFieldsEntry{apply, {Manager: "x", Operation: metav1.ManagedFieldsOperationUpdate}}, false},
-	} {
-		if got := appliedLast(tc.entries); got != tc.want {
-			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
-		}
 	}
 }

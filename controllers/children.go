@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -43,13 +42,6 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 	if err != nil {
 		return err
 	}
-	// The sum travels with the child, for a process that has no memo of it (restarted).
-	annotations := u.GetAnnotations()
-	if annotations == nil {
-		annotations = map[string]string{}
-	}
-	annotations[appliedAnnotation] = hex.EncodeToString(sum[:])
-	u.SetAnnotations(annotations)
 	current := obj.DeepCopyObject().(client.Object)
 	existed, err := r.getCached(ctx, client.ObjectKeyFromObject(obj), current)
 	if err != nil {
@@ -61,24 +53,6 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			copyInto(current, obj, gvk)
 		}
 		return nil
-	}
-	if existed && r.applied.uid(k) == "" && current.GetAnnotations()[appliedAnnotation] == annotations[appliedAnnotation] {
-		// First sight of the child in this process, and it carries the sum of what is
-		// desired now: unless another writer touched it after the operator's last apply
-		// (managedFields, which the cache drops: one read), that apply would change
-		// nothing. Remembered as applied, and skipped.
-		fresh := obj.DeepCopyObject().(client.Object)
-		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(obj), fresh); err != nil {
-			if !apierrors.IsNotFound(err) {
-				return err
-			}
-		} else if fresh.GetAnnotations()[appliedAnnotation] == annotations[appliedAnnotation] && appliedLast(fresh.GetManagedFields()) {
-			r.applied.record(k, sum, fresh.GetResourceVersion(), string(fresh.GetUID()), client.ObjectKeyFromObject(p.stack).String())
-			if decode {
-				copyInto(fresh, obj, gvk)
-			}
-			return nil
-		}
 	}
 	canRevert := existed && hasComparedLists(gvk.Kind)
 	if canRevert {
@@ -359,35 +333,4 @@ func objectNamed[T client.Object](obj T, namespace, name string) T {
 	obj.SetNamespace(namespace)
 	obj.SetName(name)
 	return obj
-}
-
-// appliedAnnotation carries, on every child, the SHA-256 of the content the operator applied
-// (without this annotation): a restarted operator compares it with what it would apply now.
-const appliedAnnotation = "trading.findmy.io/applied"
-
-// appliedLast reports whether the operator's apply is the last write to the object itself:
-// its Apply entry is there, and every other entry of the object (not of its status or scale
-// subresource) is strictly older. managedFields times have a resolution of one second, so a
-// write in the same second as the apply counts as later.
-func appliedLast(entries []metav1.ManagedFieldsEntry) bool {
-	var ours *metav1.Time
-	for i := range entries {
-		e := &entries[i]
-		if e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == "" {
-			ours = e.Time
-		}
-	}
-	if ours == nil {
-		return false
-	}
-	for i := range entries {
-		e := &entries[i]
-		if e.Subresource != "" || (e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply) {
-			continue
-		}
-		if e.Time == nil || !e.Time.Before(ours) {
-			return false
-		}
-	}
-	return true
 }
