@@ -160,19 +160,7 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 	// And it is a watched child from now on: deleted, it comes back.
 	deleteAndWaitRecreated := func(what string, sm *monitoringv1.ServiceMonitor) {
 		t.Helper()
-		if err := k8s.Delete(bg, sm); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, what, func() error {
-			fresh := &monitoringv1.ServiceMonitor{}
-			if err := k8s.Get(bg, key(ns, "mon-api"), fresh); err != nil {
-				return err
-			}
-			if fresh.UID == sm.UID {
-				return fmt.Errorf("still the deleted object")
-			}
-			return nil
-		})
+		deleteAndWaitPutBack(t, sm, what)
 	}
 	deleteAndWaitRecreated("ServiceMonitor recreated", sm)
 
@@ -1997,16 +1985,23 @@ func testNetworkPoliciesFirst(t *testing.T) {
 	markStatefulSetReady(t, ns, "np-postgres")
 	waitCondition(t, ns, "np", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
 
-	if err := k8s.Delete(bg, np); err != nil {
+	deleteAndWaitPutBack(t, np, "NetworkPolicy np-postgres put back while the Redis password is missing")
+}
+
+// deleteAndWaitPutBack deletes obj and waits until the operator made it again (a new UID).
+func deleteAndWaitPutBack(t *testing.T, obj client.Object, what string) {
+	t.Helper()
+	uid := obj.GetUID()
+	if err := k8s.Delete(bg, obj); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "NetworkPolicy np-postgres put back while the Redis password is missing", func() error {
-		again := &networkingv1.NetworkPolicy{}
-		if err := k8s.Get(bg, key(ns, "np-postgres"), again); err != nil {
+	eventually(t, what, func() error {
+		fresh := obj.DeepCopyObject().(client.Object)
+		if err := k8s.Get(bg, client.ObjectKeyFromObject(obj), fresh); err != nil {
 			return err
 		}
-		if again.UID == np.UID {
-			return fmt.Errorf("not deleted yet")
+		if fresh.GetUID() == uid {
+			return fmt.Errorf("still the deleted object")
 		}
 		return nil
 	})
