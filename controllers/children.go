@@ -277,6 +277,12 @@ func (r *TradingStackReconciler) patchBack(ctx context.Context, p *pass, desired
 	}
 	before := live.GetResourceVersion()
 	if err := r.Patch(ctx, live, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+		if apierrors.IsInvalid(err) {
+			// The spec's own lists are refused too (a value the schema lets through, such as
+			// requests above limits): no hand edit is at fault, and the apply's refusal says
+			// what is wrong.
+			return refused
+		}
 		return fmt.Errorf("put back %s %s after the apply was refused (%v): %w", kind, live.GetName(), refused, err)
 	}
 	if live.GetResourceVersion() == before {

@@ -2057,6 +2057,24 @@ func testInvalidChildIsFailed(t *testing.T) {
 		}
 		return nil
 	})
+
+	// A serving stack whose new spec is refused: the message is the API server's answer
+	// about the spec, not a failed put-back of a hand edit that never happened.
+	createStack(t, newStack(ns, "inv2"))
+	makeReady(t, ns, "inv2")
+	updateStack(t, ns, "inv2", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Resources = corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+		}
+	})
+	s = waitCondition(t, ns, "inv2", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
+	if c := condition(s, tradingv1alpha1.ConditionReady); strings.Contains(c.Message, "put back") || !strings.Contains(c.Message, "limit") {
+		t.Errorf("Ready message %q: want the refusal of the spec, not a put-back", c.Message)
+	}
+	if s.Status.Phase != tradingv1alpha1.PhaseDegraded {
+		t.Errorf("phase %s, want Degraded (it serves the previous spec)", s.Status.Phase)
+	}
 }
 
 // testEditWhileStoppedPutBack: a hand edit made while no operator ran, one that only removes
