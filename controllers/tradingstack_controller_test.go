@@ -1087,13 +1087,7 @@ func testValidationRules(t *testing.T) {
 // A and B are reconciled, a stack elsewhere is left alone.
 func testWatchNamespace(t *testing.T) {
 	a, b, other := newNamespace(t), newNamespace(t), newNamespace(t)
-	stopManager()
-	t.Cleanup(func() {
-		stopManager()
-		if err := startManager(); err != nil {
-			t.Fatalf("restart the manager for all namespaces: %v", err)
-		}
-	})
+	stopManagerForTest(t)
 	if err := startManager(ParseWatchNamespaces(" " + a + ", " + b + ",")...); err != nil {
 		t.Fatalf("start a manager for %s and %s: %v", a, b, err)
 	}
@@ -2041,10 +2035,7 @@ func testMissingSecretWhileServing(t *testing.T) {
 func testInvalidChildIsFailed(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "inv", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Redis.Resources = corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
-		}
+		s.Spec.Redis.Resources = requestsAboveLimits()
 	}))
 	markStatefulSetReady(t, ns, "inv-postgres")
 	s := waitCondition(t, ns, "inv", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
@@ -2063,10 +2054,7 @@ func testInvalidChildIsFailed(t *testing.T) {
 	createStack(t, newStack(ns, "inv2"))
 	makeReady(t, ns, "inv2")
 	updateStack(t, ns, "inv2", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Runtime.Resources = corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
-		}
+		s.Spec.Runtime.Resources = requestsAboveLimits()
 	})
 	s = waitCondition(t, ns, "inv2", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
 	if c := condition(s, tradingv1alpha1.ConditionReady); strings.Contains(c.Message, "put back") || !strings.Contains(c.Message, "limit") {
@@ -2084,13 +2072,7 @@ func testEditWhileStoppedPutBack(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "ws"))
 	makeReady(t, ns, "ws")
-	stopManager()
-	t.Cleanup(func() {
-		stopManager()
-		if err := startManager(); err != nil {
-			t.Fatal(err)
-		}
-	})
+	stopManagerForTest(t)
 	dep := &appsv1.Deployment{}
 	if err := k8s.Get(bg, key(ns, "ws-api"), dep); err != nil {
 		t.Fatal(err)
@@ -2112,4 +2094,26 @@ func testEditWhileStoppedPutBack(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// stopManagerForTest stops the shared manager; when the test ends, whatever manager it
+// started is stopped and the shared one (all namespaces) runs again.
+func stopManagerForTest(t *testing.T) {
+	t.Helper()
+	stopManager()
+	t.Cleanup(func() {
+		stopManager()
+		if err := startManager(); err != nil {
+			t.Fatalf("restart the manager for all namespaces: %v", err)
+		}
+	})
+}
+
+// requestsAboveLimits is a value the schema lets through and the API server refuses in a
+// pod template: a memory request above its limit.
+func requestsAboveLimits() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+	}
 }
