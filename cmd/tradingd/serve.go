@@ -182,10 +182,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		},
 	}}
 	if rc != nil {
-		// Optional: Redis down degrades to L1 and local limits, and /readyz stays 200 saying so.
+		// Optional: Redis down degrades the service (reads skip L1 and go to the database, so
+		// that no replica serves a view from before another replica's trade; limits are per
+		// replica), and /readyz stays 200 saying so.
 		checks = append(checks, tradinghttp.ReadyCheck{Name: "redis", Optional: true, Check: func(ctx context.Context) error {
 			if !rc.Healthy() {
-				return trading.Errorf(trading.EUNAVAILABLE, "degraded: not answering (the L1 cache and local rate limits serve meanwhile)")
+				return trading.Errorf(trading.EUNAVAILABLE, "degraded: not answering (reads go to the database and rate limits are per replica meanwhile)")
 			}
 			return nil
 		}})

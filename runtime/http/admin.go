@@ -64,8 +64,8 @@ func writeNotReady(w http.ResponseWriter, detail string, checks map[string]strin
 type ReadyCheck struct {
 	Name  string // "database", "redis"
 	Check func(context.Context) error
-	// Optional dependencies degrade the service when down (Redis: L1 cache and local rate
-	// limits) but leave it ready; /readyz says so in its body.
+	// Optional dependencies degrade the service when down (Redis: reads from the database,
+	// rate limits per replica) but leave it ready; /readyz says so in its body.
 	Optional bool
 }
 
