@@ -78,12 +78,21 @@ func applyRequest(ctx context.Context, c client.Client, u *unstructured.Unstruct
 // controller, a status update) changes the resourceVersion, and the next pass
 // applies again. After a restart the memo is empty and every child is applied
 // once (those applies change nothing).
+//
+// A resourceVersion also moves when only the status changes: an autoscaler writes its
+// metrics every 15 s, a disruption budget its allowed disruptions whenever a pod's
+// readiness changes. So the record also keeps a hash of the object as stored (storedSum:
+// everything but the status and the bookkeeping metadata), and a moved resourceVersion
+// with the same stored content is nothing to put back: the record takes the new
+// resourceVersion and no request is sent. Without that, the first pass after such a
+// status write (a resync, another child's event) sent a no-op apply.
 type appliedMemo struct {
 	m sync.Map // key -> appliedRecord
 }
 
 type appliedRecord struct {
 	sum             [32]byte
+	stored          [32]byte // storedSum of the object as the apply left it
 	resourceVersion string
 	uid             string
 	stack           string // namespace/name of the stack it belongs to
@@ -101,17 +110,54 @@ func contentSum(u *unstructured.Unstructured) ([32]byte, error) {
 	return sha256.Sum256(b), nil
 }
 
-func (m *appliedMemo) unchanged(key string, sum [32]byte, cachedRV string) bool {
+// unchanged reports whether cached, the child as the cache has it, is still what the
+// operator last applied with the desired content sum: the same resourceVersion, or only its
+// status (or bookkeeping metadata) changed since, in which case the record moves to the new
+// resourceVersion.
+func (m *appliedMemo) unchanged(key string, sum [32]byte, cached client.Object) bool {
 	v, ok := m.m.Load(key)
-	if !ok || cachedRV == "" {
+	rv := cached.GetResourceVersion()
+	if !ok || rv == "" {
 		return false
 	}
 	rec := v.(appliedRecord)
-	return rec.sum == sum && rec.resourceVersion == cachedRV
+	if rec.sum != sum {
+		return false
+	}
+	if rec.resourceVersion == rv {
+		return true
+	}
+	if st, err := storedSum(cached); err != nil || st != rec.stored {
+		return false
+	}
+	rec.resourceVersion = rv
+	m.m.CompareAndSwap(key, v, rec)
+	return true
 }
 
-func (m *appliedMemo) record(key string, sum [32]byte, rv, uid, stack string) {
-	m.m.Store(key, appliedRecord{sum: sum, resourceVersion: rv, uid: uid, stack: stack})
+func (m *appliedMemo) record(key string, sum, stored [32]byte, rv, uid, stack string) {
+	m.m.Store(key, appliedRecord{sum: sum, stored: stored, resourceVersion: rv, uid: uid, stack: stack})
+}
+
+// storedSum hashes a child as stored, typed (the cache's objects are typed: the apply's
+// answer is converted to the same type first, so both hash the same way), without what
+// changes when nobody edits it: the status, which belongs to other controllers, and the
+// bookkeeping metadata (resourceVersion, generation, managedFields, which the cache strips).
+// Everything else, labels and annotations included, is what a hand edit changes.
+func storedSum(obj client.Object) ([32]byte, error) {
+	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	for _, k := range []string{"status", "apiVersion", "kind"} {
+		delete(content, k)
+	}
+	if md, ok := content["metadata"].(map[string]any); ok {
+		for _, k := range []string{"resourceVersion", "generation", "managedFields"} {
+			delete(md, k)
+		}
+	}
+	return contentSum(&unstructured.Unstructured{Object: content})
 }
 
 // forgetStack drops the records of a deleted stack's children, so the memo

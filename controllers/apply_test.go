@@ -9,10 +9,13 @@ import (
 	"sync"
 	"testing"
 
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -76,20 +79,52 @@ func TestSchemaVersionOf(t *testing.T) {
 func TestAppliedMemo(t *testing.T) {
 	var m appliedMemo
 	sum := [32]byte{1}
-	if m.unchanged("k", sum, "5") {
+	hpa := func(rv string, edit func(*autoscalingv2.HorizontalPodAutoscaler)) client.Object {
+		h := &autoscalingv2.HorizontalPodAutoscaler{
+			ObjectMeta: metav1.ObjectMeta{Name: "s-api", Namespace: "ns", ResourceVersion: rv, UID: "uid-1"},
+			Spec:       autoscalingv2.HorizontalPodAutoscalerSpec{MinReplicas: ptr.To[int32](2), MaxReplicas: 4},
+		}
+		if edit != nil {
+			edit(h)
+		}
+		return h
+	}
+	stored, err := storedSum(hpa("5", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.unchanged("k", sum, hpa("5", nil)) {
 		t.Error("unknown key reported unchanged")
 	}
-	m.record("k", sum, "5", "uid-1", "ns/a")
-	if !m.unchanged("k", sum, "5") {
+	m.record("k", sum, stored, "5", "uid-1", "ns/a")
+	if !m.unchanged("k", sum, hpa("5", nil)) {
 		t.Error("same content and resourceVersion not unchanged")
 	}
-	if m.unchanged("k", sum, "6") {
-		t.Error("an object changed since (new resourceVersion) reported unchanged")
-	}
-	if m.unchanged("k", [32]byte{2}, "5") {
+	if m.unchanged("k", [32]byte{2}, hpa("5", nil)) {
 		t.Error("changed desired content reported unchanged")
 	}
-	m.record("other", sum, "9", "uid-2", "ns/b")
+	// The autoscaler wrote its status: nothing to apply, and the record follows.
+	if !m.unchanged("k", sum, hpa("6", func(h *autoscalingv2.HorizontalPodAutoscaler) {
+		h.Status.CurrentReplicas, h.Status.DesiredReplicas = 3, 3
+		h.Generation, h.ManagedFields = 7, []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
+	})) {
+		t.Error("a status-only change (new resourceVersion) reported changed")
+	}
+	if !m.unchanged("k", sum, hpa("6", nil)) {
+		t.Error("the record did not move to the status write's resourceVersion")
+	}
+	for name, edit := range map[string]func(*autoscalingv2.HorizontalPodAutoscaler){
+		"spec":       func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Spec.MaxReplicas = 10 },
+		"label":      func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Labels = map[string]string{"x": "y"} },
+		"annotation": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Annotations = map[string]string{"x": "y"} },
+		"finalizers": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Finalizers = []string{"x"} },
+		"made again": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.UID = "uid-2" },
+	} {
+		if m.unchanged("k", sum, hpa("7", edit)) {
+			t.Errorf("an edit of the %s (new resourceVersion) reported unchanged", name)
+		}
+	}
+	m.record("other", sum, stored, "9", "uid-2", "ns/b")
 	m.forgetStack("ns/a")
 	if m.uid("k") != "" || m.uid("other") != "uid-2" {
 		t.Error("forgetStack removed the wrong records")

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -48,7 +50,54 @@ var (
 	mgrCancel   context.CancelFunc
 	mgrDone     chan error
 	currentMgr  manager.Manager
+	// currentReconciler is the running manager's reconciler: a pass run through it uses the
+	// manager's memory of what it applied, as a resync does.
+	currentReconciler *TradingStackReconciler
+	// operatorWrites records every write request the operator sends.
+	operatorWrites writeLog
 )
+
+// writeLog records write requests ("PATCH /apis/..."), so that a test can check what a
+// pass sent, requests that changed nothing included.
+type writeLog struct {
+	mu   sync.Mutex
+	reqs []string
+}
+
+func (w *writeLog) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.Method != http.MethodGet && req.Method != http.MethodHead {
+			w.mu.Lock()
+			w.reqs = append(w.reqs, req.Method+" "+req.URL.Path)
+			w.mu.Unlock()
+		}
+		return rt.RoundTrip(req)
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// mark is a position in the log, for since.
+func (w *writeLog) mark() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.reqs)
+}
+
+// since returns the writes into namespace ns after mark.
+func (w *writeLog) since(mark int, ns string) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, r := range w.reqs[mark:] {
+		if strings.Contains(r, "/namespaces/"+ns+"/") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
@@ -86,6 +135,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "operator user:", err)
 		return 1
 	}
+	operatorCfg.Wrap(operatorWrites.wrap)
 	if err := startManager(); err != nil {
 		fmt.Fprintln(os.Stderr, "start manager:", err)
 		return 1
@@ -164,7 +214,7 @@ func startManager(watchNamespaces ...string) error {
 		cancel()
 		return fmt.Errorf("cache did not sync")
 	}
-	mgrCancel, mgrDone, currentMgr = cancel, done, mgr
+	mgrCancel, mgrDone, currentMgr, currentReconciler = cancel, done, mgr, r
 	return nil
 }
 
@@ -176,7 +226,7 @@ func stopManager() {
 	}
 	mgrCancel()
 	<-mgrDone
-	mgrCancel, mgrDone, currentMgr = nil, nil, nil
+	mgrCancel, mgrDone, currentMgr, currentReconciler = nil, nil, nil, nil
 }
 
 // newNamespace gives each test a namespace of its own.

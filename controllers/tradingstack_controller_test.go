@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -70,6 +71,7 @@ func TestOperator(t *testing.T) {
 		{"MissingSecretWhileServing", testMissingSecretWhileServing},
 		{"InvalidChildIsFailed", testInvalidChildIsFailed},
 		{"EditWhileStoppedPutBack", testEditWhileStoppedPutBack},
+		{"StatusWritesNotApplied", testStatusWritesNotApplied},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -509,6 +511,62 @@ func testQuietAtRest(t *testing.T) {
 		if _, ok := before[k]; !ok {
 			t.Errorf("%s created at rest", k)
 		}
+	}
+}
+
+// testStatusWritesNotApplied: the autoscaler writes its status every 15 s and the disruption
+// budget's controller whenever a pod's readiness changes; a resync after such writes must
+// send nothing (they changed the resourceVersion, not what the operator applied).
+func testStatusWritesNotApplied(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "st", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 4}
+	}))
+	makeReady(t, ns, "st")
+	req := ctrl.Request{NamespacedName: key(ns, "st")}
+	mgrMu.Lock()
+	r, cache := currentReconciler, currentMgr.GetCache()
+	mgrMu.Unlock()
+	pass := func() {
+		t.Helper()
+		if _, err := r.Reconcile(bg, req); err != nil {
+			t.Fatalf("reconcile: %v", err)
+		}
+	}
+	pass() // settle: the manager's passes may still be catching up with the last status writes
+
+	// The controllers of Kubernetes write the statuses (envtest runs none), and the
+	// operator's cache sees them before the next pass.
+	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
+	pdb := &policyv1.PodDisruptionBudget{}
+	for _, obj := range []client.Object{hpa, pdb} {
+		if err := k8s.Get(bg, key(ns, "st-api"), obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hpa.Status = autoscalingv2.HorizontalPodAutoscalerStatus{CurrentReplicas: 2, DesiredReplicas: 3, LastScaleTime: ptr.To(metav1.Now())}
+	pdb.Status = policyv1.PodDisruptionBudgetStatus{ObservedGeneration: pdb.Generation, CurrentHealthy: 2, DesiredHealthy: 1, ExpectedPods: 2, DisruptionsAllowed: 1}
+	for _, obj := range []client.Object{hpa, pdb} {
+		if err := k8s.Status().Update(bg, obj); err != nil {
+			t.Fatal(err)
+		}
+		want, cached := obj.GetResourceVersion(), obj.DeepCopyObject().(client.Object)
+		eventually(t, "the cache sees the status write", func() error {
+			if err := cache.Get(bg, client.ObjectKeyFromObject(obj), cached); err != nil {
+				return err
+			}
+			if cached.GetResourceVersion() != want {
+				return fmt.Errorf("resourceVersion %s, want %s", cached.GetResourceVersion(), want)
+			}
+			return nil
+		})
+	}
+
+	mark := operatorWrites.mark()
+	pass()
+	pass()
+	if w := operatorWrites.since(mark, ns); len(w) > 0 {
+		t.Errorf("a resync after status writes sent %d writes: %v", len(w), w)
 	}
 }
 
