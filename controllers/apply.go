@@ -1,15 +1,20 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"sync"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/applyconfigurations"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 )
 
 // FieldOwner is the one field manager every write of the operator uses, so that
@@ -172,6 +177,76 @@ func (m *appliedMemo) forgetStack(stack string) {
 }
 
 func (m *appliedMemo) forget(key string) { m.m.Delete(key) }
+
+// known reports whether key has a record (none after a restart).
+func (m *appliedMemo) known(key string) bool {
+	_, ok := m.m.Load(key)
+	return ok
+}
+
+// builtinTypes holds the schemas of Kubernetes' own kinds (client-go's), which tell how
+// Server-Side Apply keys their lists: what appliedAsDesired needs to read managedFields.
+// The monitoring kinds are not in it; they are applied after a restart as before.
+var builtinTypes = applyconfigurations.NewTypeConverter(clientgoscheme.Scheme)
+
+// unmanagedPaths are the fields the API server never records in managedFields.
+var unmanagedPaths = fieldpath.NewSet(
+	fieldpath.MakePathOrDie("apiVersion"),
+	fieldpath.MakePathOrDie("kind"),
+	fieldpath.MakePathOrDie("metadata", "name"),
+	fieldpath.MakePathOrDie("metadata", "namespace"),
+	fieldpath.MakePathOrDie("metadata", "creationTimestamp"),
+	fieldpath.MakePathOrDie("metadata", "uid"),
+	fieldpath.MakePathOrDie("metadata", "resourceVersion"),
+	fieldpath.MakePathOrDie("metadata", "generation"),
+	fieldpath.MakePathOrDie("metadata", "managedFields"),
+)
+
+// appliedAsDesired reports whether applying desired (apply content) to live (read from the
+// API server, managedFields included) would change nothing: the operator's apply entry owns
+// exactly the fields desired sets (an apply also removes the fields it owned before and no
+// longer sets: a spec changed, or an operator upgrade dropping a field), and live holds
+// desired's values in all of them. Anything it cannot read, an Update entry of the operator's
+// own (a put-back patch, dropped by the next apply) or a kind outside builtinTypes says no:
+// the apply then goes as usual. What other managers added is revertOps' and
+// foreignFieldOps' to find.
+func appliedAsDesired(desired, live *unstructured.Unstructured) bool {
+	var entry *metav1.ManagedFieldsEntry
+	for _, mf := range live.GetManagedFields() {
+		if mf.Manager != FieldOwner {
+			continue
+		}
+		if mf.Operation != metav1.ManagedFieldsOperationApply || mf.Subresource != "" || entry != nil {
+			return false
+		}
+		entry = &mf
+	}
+	if entry == nil || entry.FieldsV1 == nil {
+		return false
+	}
+	owned := &fieldpath.Set{}
+	if err := owned.FromJSON(bytes.NewReader(entry.FieldsV1.Raw)); err != nil {
+		return false
+	}
+	want, err := builtinTypes.ObjectToTyped(desired)
+	if err != nil {
+		return false
+	}
+	have, err := builtinTypes.ObjectToTyped(live)
+	if err != nil {
+		return false
+	}
+	wantSet, err := want.ToFieldSet()
+	if err != nil {
+		return false
+	}
+	leaves := wantSet.Leaves().Difference(unmanagedPaths)
+	if !owned.Leaves().Equals(leaves) {
+		return false
+	}
+	cmp, err := have.ExtractItems(leaves).Compare(want.ExtractItems(leaves))
+	return err == nil && cmp.IsSame()
+}
 
 // uid is the UID of the object last applied under key, or "".
 func (m *appliedMemo) uid(key string) string {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
@@ -53,6 +54,19 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			copyInto(current, obj, gvk)
 		}
 		return nil
+	}
+	if existed && !r.applied.known(k) {
+		// No record: the operator restarted (or another instance made the child). One read
+		// instead of an apply when the child already is as desired: a restart sends no
+		// writes for a converged stack.
+		if same, err := r.alreadyApplied(ctx, p, k, sum, u, current); err != nil {
+			return err
+		} else if same {
+			if decode {
+				copyInto(current, obj, gvk)
+			}
+			return nil
+		}
 	}
 	canRevert := existed && hasComparedLists(gvk.Kind)
 	if canRevert {
@@ -151,6 +165,41 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			"Created %s %s", gvk.Kind, obj.GetName())
 	}
 	return nil
+}
+
+// alreadyApplied reads a child the memo has no record of from the API server (the cache
+// keeps no managedFields) and reports whether an apply would change nothing: the operator's
+// fields as desired (appliedAsDesired) and nothing added by others that the apply would
+// remove or the hand-edit reverts would (revertOps, foreignFieldOps). Then it records the
+// child as applied.
+func (r *TradingStackReconciler) alreadyApplied(ctx context.Context, p *pass, k string, sum [32]byte, desired *unstructured.Unstructured, cached client.Object) (bool, error) {
+	if !clientgoscheme.Scheme.Recognizes(desired.GroupVersionKind()) {
+		return false, nil
+	}
+	fresh := &unstructured.Unstructured{}
+	fresh.SetGroupVersionKind(desired.GroupVersionKind())
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(cached), fresh); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	if !appliedAsDesired(desired, fresh) {
+		return false, nil
+	}
+	if ops, _ := revertOps(desired, fresh); ops != nil {
+		return false, nil
+	}
+	if ops, _ := foreignFieldOps(desired, fresh); ops != nil {
+		return false, nil
+	}
+	stored := cached.DeepCopyObject().(client.Object)
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(fresh.Object, stored); err != nil {
+		return false, nil
+	}
+	st, err := storedSum(stored)
+	if err != nil {
+		return false, nil
+	}
+	r.applied.record(k, sum, st, fresh.GetResourceVersion(), string(fresh.GetUID()), client.ObjectKeyFromObject(p.stack).String())
+	return true, nil
 }
 
 // revertForeign removes what was added by hand to the lists of a child that the apply

@@ -180,9 +180,13 @@ func keepClaimTemplates(existing []corev1.PersistentVolumeClaim) []corev1.Persis
 	out := make([]corev1.PersistentVolumeClaim, len(existing))
 	for i, t := range existing {
 		out[i] = corev1.PersistentVolumeClaim{
-			TypeMeta:   t.TypeMeta,
+			// As the API server stores them (the cache's copy may not carry them).
+			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "PersistentVolumeClaim"},
 			ObjectMeta: metav1.ObjectMeta{Name: t.Name, Labels: t.Labels, Annotations: t.Annotations},
 			Spec:       *t.Spec.DeepCopy(),
+			// As stored (the API server defaults it to Pending): the list is atomic, so a
+			// restarted operator compares it whole (appliedAsDesired).
+			Status: *t.Status.DeepCopy(),
 		}
 	}
 	return out

@@ -77,6 +77,14 @@ func desiredPostgresStatefulSet(s *tradingv1alpha1.TradingStack, credentialsHash
 			Replicas:    ptr.To[int32](1),
 			ServiceName: postgresName(s),
 			Selector:    &metav1.LabelSelector{MatchLabels: selectorLabels(s, databaseComponent)},
+			// The API server's defaults, spelled out: left unset, the apply would send an empty
+			// updateStrategy, which the server fills, and a restarted operator could not tell
+			// that object from the one it applies (it applies instead of reading: see
+			// appliedAsDesired).
+			UpdateStrategy: appsv1.StatefulSetUpdateStrategy{
+				Type:          appsv1.RollingUpdateStatefulSetStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateStatefulSetStrategy{Partition: ptr.To[int32](0)},
+			},
 			PersistentVolumeClaimRetentionPolicy: &appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy{
 				WhenDeleted: whenDeleted,
 				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,

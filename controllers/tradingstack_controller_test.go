@@ -497,7 +497,17 @@ func testQuietAtRest(t *testing.T) {
 	if len(before) < 12 {
 		t.Fatalf("only %d objects found: %v", len(before), before)
 	}
+	// The passes run in a new reconciler, which starts with no memory of what was applied:
+	// as after a restart of the operator. The children of Kubernetes' own kinds are read and
+	// found as desired, so no request writes anything; the monitoring kinds (no schema in
+	// the operator to read their managedFields with) are applied, and change nothing.
+	mark := operatorWrites.mark()
 	res := reconcileDirectly(t, ns, "quiet", 5)
+	for _, w := range operatorWrites.since(mark, ns) {
+		if !strings.Contains(w, "/apis/monitoring.coreos.com/") {
+			t.Errorf("a restarted operator wrote at rest: %s", w)
+		}
+	}
 	if res.RequeueAfter != 0 {
 		t.Errorf("a Ready stack asks to be requeued after %s", res.RequeueAfter)
 	}
@@ -2128,27 +2138,61 @@ func testInvalidChildIsFailed(t *testing.T) {
 // process. (A restart shortcut that trusted managedFields to show every edit missed it.)
 func testEditWhileStoppedPutBack(t *testing.T) {
 	ns := newNamespace(t)
-	createStack(t, newStack(ns, "ws"))
+	memory := func(q string) corev1.ResourceRequirements {
+		return corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(q)}}
+	}
+	createStack(t, newStack(ns, "ws", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Resources = memory("128Mi")
+		s.Spec.Runtime.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")}
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Resources: memory("256Mi")}
+	}))
 	makeReady(t, ns, "ws")
 	stopManagerForTest(t)
+	// A hand edit of one child, a spec change that drops a field of another and one that
+	// changes a value of a third: a new operator process has no memory of what it applied,
+	// and must still see all three.
 	dep := &appsv1.Deployment{}
-	if err := k8s.Get(bg, key(ns, "ws-api"), dep); err != nil {
+	if err := k8s.Get(bg, key(ns, "ws-redis"), dep); err != nil {
 		t.Fatal(err)
 	}
 	dep.Spec.Template.Spec.Containers[0].LivenessProbe = nil
 	if err := k8s.Update(bg, dep); err != nil {
 		t.Fatal(err)
 	}
+	updateStack(t, ns, "ws", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Resources.Limits = nil
+		s.Spec.Postgres.Managed.Resources = memory("300Mi")
+	})
 	if err := startManager(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the liveness probe put back by a new operator process", func() error {
 		d := &appsv1.Deployment{}
-		if err := k8s.Get(bg, key(ns, "ws-api"), d); err != nil {
+		if err := k8s.Get(bg, key(ns, "ws-redis"), d); err != nil {
 			return err
 		}
 		if d.Spec.Template.Spec.Containers[0].LivenessProbe == nil {
 			return fmt.Errorf("no liveness probe")
+		}
+		return nil
+	})
+	eventually(t, "the memory limit the spec dropped gone from the runtime", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "ws-api"), d); err != nil {
+			return err
+		}
+		if l := d.Spec.Template.Spec.Containers[0].Resources.Limits; len(l) > 0 {
+			return fmt.Errorf("limits %v", l)
+		}
+		return nil
+	})
+	eventually(t, "the database's new memory request", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(bg, key(ns, "ws-postgres"), sts); err != nil {
+			return err
+		}
+		if m := sts.Spec.Template.Spec.Containers[0].Resources.Requests.Memory(); m.String() != "300Mi" {
+			return fmt.Errorf("memory request %s", m)
 		}
 		return nil
 	})
