@@ -255,3 +255,100 @@ func TestReadyWhileOutOfConnectionSlots(t *testing.T) {
 		t.Errorf("a call needing another connection: %v, want unavailable", err)
 	}
 }
+
+// TestWideningDoesNotQueueTheRuntime: 00003 changes the type of positions.avg_entry_price,
+// which needs the table's ACCESS EXCLUSIVE lock, while the old runtime serves. A transaction
+// that holds any lock on positions (a backup's pg_dump, a report) makes that ALTER wait, and
+// every statement on positions queues behind the waiting ALTER: the runtime's positions,
+// summaries and approvals stalled for as long as the other transaction lasted (503 after
+// their timeouts). The migration must wait for the lock in short attempts that let the
+// queue through, and finish once the lock is free.
+func TestWideningDoesNotQueueTheRuntime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewMigratedDatabase(t)
+	db := openDB(t, dsn)
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := db.Pool().Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	// Back to version 2, as a database that the previous release served.
+	exec(`DROP TRIGGER IF EXISTS users_roles_end_logins ON users`)
+	exec(`DROP FUNCTION IF EXISTS end_logins_on_role_change()`)
+	exec(`ALTER TABLE positions ALTER COLUMN avg_entry_price TYPE numeric(20,8)`)
+	exec(`DELETE FROM goose_db_version WHERE version_id >= 3`)
+
+	// A long read of positions, open while the migration runs.
+	blocker, err := db.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx) //nolint:errcheck // committed below when all goes well
+	if _, err := blocker.Exec(ctx, `SELECT count(*) FROM positions`); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		version int64
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := postgres.Migrate(ctx, dsn, quietLogger())
+		done <- result{v, err}
+	}()
+	// Until the migration has asked for the lock at least once.
+	asked := time.Now().Add(10 * time.Second)
+	for {
+		var waiting bool
+		if err := db.Pool().QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks
+			WHERE relation = 'positions'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Now().After(asked) {
+			t.Fatal("the migration never asked for the lock on positions")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Meanwhile the runtime's reads of positions answer (a second each at most, well under
+	// the runtime's query timeout), for as long as the long transaction lasts.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		var n int
+		err := db.Pool().QueryRow(rctx, `SELECT count(*) FROM positions`).Scan(&n)
+		cancel()
+		if err != nil {
+			t.Fatalf("a read of positions while the migration waits for its lock: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the migration ended while another transaction held positions: %d, %v", r.version, r.err)
+	default:
+	}
+	if err := blocker.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.version != postgres.SchemaVersion {
+			t.Fatalf("migrate = %d, %v; want %d", r.version, r.err, postgres.SchemaVersion)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the migration did not finish once the lock was free")
+	}
+	var typ string
+	if err := db.Pool().QueryRow(ctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+		WHERE attrelid = 'positions'::regclass AND attname = 'avg_entry_price'`).Scan(&typ); err != nil {
+		t.Fatal(err)
+	}
+	if typ != "numeric(32,20)" {
+		t.Errorf("avg_entry_price is %s, want numeric(32,20)", typ)
+	}
+}
