@@ -125,8 +125,21 @@ type positionKey struct {
 }
 
 // approveTogether runs the batch's transaction. It fills out for the approvals it executed
-// and sets alone for the others; on error nothing was committed.
+// and sets alone for the others; on error nothing was committed. A transaction refused for a
+// statement that a schema change outdated runs once more, after a reset of the pool (see
+// stale.go).
 func (s *OrderService) approveTogether(ctx context.Context, batch []approval, out []approved, alone []bool, lockWait time.Duration) error {
+	err := s.approveTogetherOnce(ctx, batch, out, alone, lockWait)
+	if staleStatement(err) {
+		s.db.pool.Reset()
+		clear(out)
+		clear(alone)
+		err = s.approveTogetherOnce(ctx, batch, out, alone, lockWait)
+	}
+	return err
+}
+
+func (s *OrderService) approveTogetherOnce(ctx context.Context, batch []approval, out []approved, alone []bool, lockWait time.Duration) error {
 	conn, err := s.db.pool.Acquire(ctx)
 	if err != nil {
 		return err

@@ -46,7 +46,7 @@ type Config struct {
 
 // DB is the connection pool shared by the services.
 type DB struct {
-	pool    *pgxpool.Pool
+	pool    pool
 	timeout time.Duration
 	// now is the clock of the "today" boundaries (daily P&L, trades today); tests keep it.
 	now func() time.Time
@@ -81,11 +81,11 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		pgxuuid.Register(conn.TypeMap())
 		return nil
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	p, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: pool: %w", err)
 	}
-	return &DB{pool: pool, timeout: timeout, now: time.Now}, nil
+	return &DB{pool: pool{p}, timeout: timeout, now: time.Now}, nil
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -97,7 +97,7 @@ func orDefault[T comparable](v, def T) T {
 }
 
 // Pool returns the pgx pool (for metrics of its stats).
-func (db *DB) Pool() *pgxpool.Pool { return db.pool }
+func (db *DB) Pool() *pgxpool.Pool { return db.pool.Pool }
 
 // Close closes every connection of the pool.
 func (db *DB) Close() { db.pool.Close() }
@@ -146,17 +146,29 @@ func (db *DB) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // inTx runs fn in a transaction bounded by the query timeout (fn gets the bounded context),
-// committing when fn returns nil.
+// committing when fn returns nil. A transaction refused for a statement that a schema change
+// outdated (see stale.go) runs once more, after a reset of the pool: fn may run twice, and
+// must set everything it reports each time.
 func (db *DB) inTx(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	ctx, cancel := db.bound(ctx)
 	defer cancel()
+	err := db.tx(ctx, opts, fn)
+	if staleStatement(err) {
+		db.pool.Reset()
+		err = db.tx(ctx, opts, fn)
+	}
+	return db.mapError(err)
+}
+
+// tx runs fn in a transaction, committing when fn returns nil.
+func (db *DB) tx(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	tx, err := db.pool.BeginTx(ctx, opts)
 	if err != nil {
-		return db.mapError(err)
+		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
 	if err := fn(ctx, tx); err != nil {
-		return db.mapError(err)
+		return err
 	}
-	return db.mapError(tx.Commit(ctx))
+	return tx.Commit(ctx)
 }

@@ -181,11 +181,12 @@ func isForeignKeyViolation(err error) bool {
 // mapError maps err like the package-level mapError and, when the server dropped the
 // connection (restart, failover, pg_terminate_backend), resets the pool: the other pooled
 // connections were almost certainly dropped too, and without the reset each of them would
-// fail one more request before the pool notices.
+// fail one more request before the pool notices. So does a statement that a schema change
+// outdated (stale.go) which got this far: the other connections prepared it too.
 func (db *DB) mapError(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
-		!errors.As(err, &pgErr) && connectionDied(err) {
+		!errors.As(err, &pgErr) && connectionDied(err) || staleStatement(err) {
 		db.pool.Reset()
 	}
 	return mapError(err)

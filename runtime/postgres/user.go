@@ -243,6 +243,7 @@ func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHas
 		revoked   bool // by this call: the token was reused
 	)
 	err := s.db.inTx(ctx, pgx.TxOptions{}, func(ctx context.Context, tx pgx.Tx) error {
+		denied, revoked = false, false // a second run (inTx) starts afresh
 		var (
 			usedAt        *time.Time
 			revokedAt     *time.Time
