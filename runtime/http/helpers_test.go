@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -187,19 +186,23 @@ type response struct {
 // is), and token, when set, goes into Authorization.
 func (e *env) do(method, path, token string, body any, headers ...string) *response {
 	e.t.Helper()
-	var rd io.Reader
+	var sent []byte
 	switch b := body.(type) {
 	case nil:
 	case string:
-		rd = strings.NewReader(b)
+		sent = []byte(b)
 	case []byte:
-		rd = bytes.NewReader(b)
+		sent = b
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		rd = bytes.NewReader(j)
+		sent = j
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(sent)
 	}
 	req, err := http.NewRequest(method, e.srv.URL+path, rd)
 	if err != nil {
@@ -227,6 +230,8 @@ func (e *env) do(method, path, token string, body any, headers ...string) *respo
 	if err != nil {
 		e.t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
+	// Every exchange of every test is also a check of openapi.json against the server.
+	conform(e.t, exchange{method: method, path: path, reqHeader: req.Header, reqBody: sent, status: resp.StatusCode, header: resp.Header, body: b})
 	return &response{t: e.t, status: resp.StatusCode, header: resp.Header, body: b}
 }
 

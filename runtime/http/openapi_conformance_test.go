@@ -3,7 +3,9 @@ package http_test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -14,19 +16,40 @@ import (
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 	"github.com/pb33f/libopenapi-validator/config"
+	"github.com/pb33f/libopenapi-validator/paths"
+	"github.com/pb33f/libopenapi-validator/schema_validation"
+	"github.com/pb33f/libopenapi/datamodel/high/base"
 	v3 "github.com/pb33f/libopenapi/datamodel/high/v3"
+	"github.com/pb33f/libopenapi/orderedmap"
 )
 
 // openAPIFile is where the document is read from: the file that openapi.go embeds.
 const openAPIFile = "openapi.json"
 
 // apiContract is openapi.json as a client generator or an outside test reads it, loaded
-// once with libopenapi.
+// once with libopenapi. Every exchange that env.do makes is checked against it (conform),
+// so that the document describes what the server really sends (status codes, media types,
+// bodies, headers), not what someone remembered it sends.
 type apiContract struct {
 	doc       libopenapi.Document
 	model     *v3.Document
 	validator validator.Validator
+	// lenient is validator without strict mode, for the one body that is a free-form
+	// object: the document itself (strict mode reports every member of an object whose
+	// schema lists no properties; TestOpenAPIDocumentValid checks what it holds).
+	lenient validator.Validator
+	// problem is components.schemas.Problem: the body of the 404s and 405s the mux answers
+	// for paths and methods the document does not have (so no operation describes them).
+	problem *base.Schema
+	schemas schema_validation.SchemaValidator
+	// everywhere are the headers that every response carries (security headers and the
+	// request id): OpenAPI has no global response headers, so info.description names them
+	// instead of each response; loadContract checks that it does.
+	everywhere map[string]bool
 }
+
+// generalHeaders are HTTP's own, set by net/http or described by the response's content.
+var generalHeaders = []string{"Content-Type", "Content-Length", "Date"}
 
 var contract = sync.OnceValues(func() (*apiContract, error) {
 	b, err := os.ReadFile(openAPIFile)
@@ -45,13 +68,160 @@ func loadContract(b []byte) (*apiContract, error) {
 	if err != nil {
 		return nil, fmt.Errorf("openapi.json: build model: %w", err)
 	}
-	c := &apiContract{doc: doc, model: &model.Model}
-	v, errs := validator.NewValidator(doc, config.WithFormatAssertions())
+	c := &apiContract{doc: doc, model: &model.Model, everywhere: map[string]bool{}}
+	names := []string{"X-Request-ID"}
+	for k := range wantSecurityHeaders {
+		names = append(names, k)
+	}
+	for _, k := range names {
+		if !strings.Contains(c.model.Info.Description, k) {
+			return nil, fmt.Errorf("openapi.json: info.description does not say that every response carries %s", k)
+		}
+		c.everywhere[http.CanonicalHeaderKey(k)] = true
+	}
+	// Formats (uuid, date-time) are asserted, not mere annotations; strict mode reports body
+	// members that the document does not declare (a generated client would drop them).
+	v, errs := validator.NewValidator(doc, config.WithFormatAssertions(), config.WithStrictMode(), config.WithStrictIgnoredHeadersExtra(names...))
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("openapi.json: validator: %v", errs)
 	}
 	c.validator = v
+	if c.lenient, errs = validator.NewValidator(doc, config.WithFormatAssertions()); len(errs) > 0 {
+		return nil, fmt.Errorf("openapi.json: validator: %v", errs)
+	}
+	c.schemas = schema_validation.NewSchemaValidator(config.WithFormatAssertions())
+	p, ok := c.model.Components.Schemas.Get("Problem")
+	if !ok {
+		return nil, fmt.Errorf("openapi.json: no components.schemas.Problem")
+	}
+	c.problem = p.Schema()
 	return c, nil
+}
+
+// exchange is one request the tests sent and the answer they got.
+type exchange struct {
+	method, path string
+	reqHeader    http.Header
+	reqBody      []byte
+	status       int
+	header       http.Header
+	body         []byte
+}
+
+func (x exchange) request() *http.Request {
+	r, err := http.NewRequest(x.method, "http://tradingd"+x.path, bytes.NewReader(x.reqBody))
+	if err != nil {
+		panic(err) // the test sent this very request
+	}
+	r.Header = x.reqHeader.Clone()
+	return r
+}
+
+func (x exchange) String() string { return fmt.Sprintf("%s %s → %d", x.method, x.path, x.status) }
+
+// check returns what in x the document does not describe.
+func (c *apiContract) check(x exchange) []string {
+	req := x.request()
+	v := c.validator
+	if x.path == "/openapi.json" {
+		v = c.lenient
+	}
+	resp := &http.Response{StatusCode: x.status, Header: x.header.Clone(), Body: io.NopCloser(bytes.NewReader(x.body)), Request: req}
+	_, errs := v.ValidateHttpResponse(req, resp)
+	if len(errs) > 0 && (errs[0].IsPathMissingError() || errs[0].IsOperationMissingError()) {
+		return c.checkUndocumented(x)
+	}
+	var problems []string
+	for _, e := range errs {
+		problems = append(problems, "response: "+describe(e))
+	}
+	if r := c.responseObject(req, x.status); r != nil {
+		problems = append(problems, c.checkHeaders(x, r)...)
+		if orderedmap.Len(r.Content) == 0 && len(x.body) > 0 {
+			problems = append(problems, "the response declares no body")
+		}
+	}
+	// A request the server carried out is one the document must let a client send; a
+	// refused one is often refused on purpose (the tests probe 400s and 422s).
+	if x.status >= 200 && x.status < 300 {
+		_, errs := c.validator.ValidateHttpRequest(x.request())
+		for _, e := range errs {
+			problems = append(problems, fmt.Sprintf("request %s, which the server accepted: %s", truncate(x.reqBody), describe(e)))
+		}
+	}
+	return problems
+}
+
+// checkUndocumented checks an answer for a path or method that the document does not have:
+// only the mux's 404 and 405 may get there, as problems like every error.
+func (c *apiContract) checkUndocumented(x exchange) []string {
+	if x.status != http.StatusNotFound && x.status != http.StatusMethodNotAllowed {
+		return []string{"the document has no such operation"}
+	}
+	if ct := x.header.Get("Content-Type"); ct != "application/problem+json" {
+		return []string{"Content-Type " + ct + ", want application/problem+json"}
+	}
+	var problems []string
+	_, errs := c.schemas.ValidateSchemaBytes(c.problem, x.body)
+	for _, e := range errs {
+		problems = append(problems, "not a Problem: "+describe(e))
+	}
+	return problems
+}
+
+// responseObject is the document's response for status of the operation that req matches.
+func (c *apiContract) responseObject(req *http.Request, status int) *v3.Response {
+	item, _, _ := paths.FindPath(req, c.model, nil)
+	if item == nil {
+		return nil
+	}
+	op := item.GetOperations().GetOrZero(strings.ToLower(req.Method))
+	if op == nil || op.Responses == nil {
+		return nil
+	}
+	return op.Responses.Codes.GetOrZero(fmt.Sprint(status))
+}
+
+// checkHeaders reports headers that the server sent but the response does not declare:
+// the library's strict mode looks only at responses that declare some headers.
+func (c *apiContract) checkHeaders(x exchange, r *v3.Response) []string {
+	var problems []string
+	for name := range x.header {
+		name = http.CanonicalHeaderKey(name)
+		if c.everywhere[name] || slices.Contains(generalHeaders, name) {
+			continue
+		}
+		declared := false
+		if r.Headers != nil {
+			for k := range r.Headers.KeysFromOldest() {
+				declared = declared || strings.EqualFold(k, name)
+			}
+		}
+		if !declared {
+			problems = append(problems, fmt.Sprintf("header %s: %s is not declared", name, x.header.Get(name)))
+		}
+	}
+	slices.Sort(problems)
+	return problems
+}
+
+// conform fails t when the document does not describe x.
+func conform(t testing.TB, x exchange) {
+	t.Helper()
+	c, err := contract()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if problems := c.check(x); len(problems) > 0 {
+		t.Errorf("openapi.json does not describe %s (body %s):\n\t%s", x, truncate(x.body), strings.Join(problems, "\n\t"))
+	}
+}
+
+func truncate(b []byte) string {
+	if len(b) > 300 {
+		return string(b[:300]) + "…"
+	}
+	return string(b)
 }
 
 func describe(e error) string {
