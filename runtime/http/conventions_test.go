@@ -210,6 +210,9 @@ func TestRequestBodies(t *testing.T) {
 		if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get("Content-Type") != "application/problem+json" {
 			t.Errorf("stalled body: %d %q %s, want 408 problem+json", resp.StatusCode, resp.Header.Get("Content-Type"), b)
 		}
+		// Sent past env.do, so checked against openapi.json here.
+		conform(t, exchange{method: "POST", path: "/api/orders", status: resp.StatusCode, header: resp.Header, body: b,
+			reqHeader: http.Header{"Authorization": {"Bearer " + tok}, "Content-Type": {"application/json"}}, reqBody: []byte("{")})
 	})
 	t.Run("400 unknown field", func(t *testing.T) {
 		p := e.do("POST", "/api/orders", tok, `{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"100","user_id":"x"}`).problem(400)
