@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"os"
@@ -21,6 +22,10 @@ import (
 	"github.com/pb33f/libopenapi/datamodel/high/base"
 	v3 "github.com/pb33f/libopenapi/datamodel/high/v3"
 	"github.com/pb33f/libopenapi/orderedmap"
+
+	trading "github.com/findmy/trading-operator/runtime"
+	rthttp "github.com/findmy/trading-operator/runtime/http"
+	"github.com/findmy/trading-operator/runtime/ratelimit"
 )
 
 // openAPIFile is where the document is read from: the file that openapi.go embeds.
@@ -307,4 +312,63 @@ func schemaPointers(v any, at string) []string {
 		}
 	}
 	return out
+}
+
+// TestRateLimitedExchangesConform runs the API behind tradingd's real limiter (per process,
+// tight limits), so that conform sees what only a limited route sends: RateLimit-Limit,
+// RateLimit-Remaining and RateLimit-Reset on every answer of a counted request, and 429 with
+// Retry-After once a bucket is empty (api.md, Rate limits), for each class.
+func TestRateLimitedExchangesConform(t *testing.T) {
+	t.Parallel()
+	limiter := ratelimit.New(ratelimit.Config{Login: 3, Trading: 2, Data: 2, GlobalPerMinute: 100, GlobalPerDay: 1000},
+		ratelimit.Options{Logger: slog.New(slog.DiscardHandler)})
+	e := newEnv(t, func(o *envOptions) {
+		o.guard = []rthttp.Middleware{func(rt rthttp.Route, next http.Handler) http.Handler {
+			return limiter.Route(rt.Class, rt.Pattern, next)
+		}}
+	})
+	e.addUser("trader1", trading.RoleTrader)
+	e.addUser("risk1", trading.RoleRisk)
+
+	limited := func(r *response) *response {
+		t.Helper()
+		if r.header.Get("RateLimit-Limit") == "" || r.header.Get("RateLimit-Remaining") == "" || r.header.Get("RateLimit-Reset") == "" {
+			t.Errorf("%s without RateLimit headers: %v", r, r.header)
+		}
+		if r.status == http.StatusTooManyRequests && r.header.Get("Retry-After") == "" {
+			t.Errorf("429 without Retry-After: %v", r.header)
+		}
+		return r
+	}
+
+	// login: three per client IP, then 429; refresh and logout have buckets of their own.
+	pair := e.login("trader1")
+	riskTok := e.token("risk1")
+	limited(e.do("POST", "/api/auth/login", "", map[string]string{"username": "trader1", "password": "wrong"})).problem(401)
+	limited(e.do("POST", "/api/auth/login", "", map[string]string{"username": "trader1", "password": e.passwords["trader1"]})).problem(429)
+	limited(e.do("POST", "/api/auth/refresh", "", map[string]string{})).problem(422)
+	var refreshed rthttp.TokenPair
+	limited(e.do("POST", "/api/auth/refresh", "", map[string]string{"refresh_token": pair.RefreshToken})).want(200).decode(&refreshed)
+	limited(e.do("POST", "/api/auth/logout", "", "{")).problem(400)
+	tok := refreshed.AccessToken
+
+	// trading: two per user, then 429.
+	limited(e.do("POST", "/api/orders", tok, map[string]string{"symbol": "BTC/USD"})).problem(422)
+	var o order
+	limited(e.do("POST", "/api/orders", tok, map[string]string{"symbol": "BTC/USD", "side": "buy", "quantity": "1", "price": "2"})).want(201).decode(&o)
+	limited(e.do("POST", "/api/orders", tok, map[string]string{"symbol": "BTC/USD", "side": "buy", "quantity": "1", "price": "2"})).problem(429)
+	limited(e.do("POST", "/api/orders/"+o.ID+"/approve", riskTok, nil)).want(200)
+	limited(e.do("POST", "/api/orders/"+o.ID+"/reject", riskTok, map[string]string{"reason": "late"})).problem(409)
+	limited(e.do("POST", "/api/orders/"+o.ID+"/approve", riskTok, nil)).problem(429)
+
+	// data: two per user, then 429.
+	limited(e.do("GET", "/api/orders/"+o.ID, tok, nil)).want(200)
+	limited(e.do("GET", "/api/orders?limit=0", tok, nil)).problem(422)
+	limited(e.do("GET", "/api/positions", tok, nil)).problem(429)
+	limited(e.do("GET", "/api/summary", riskTok, nil)).want(200)
+	limited(e.do("GET", "/api/orders/pending", riskTok, nil)).want(200)
+	limited(e.do("GET", "/api/trades", riskTok, nil)).problem(429)
+
+	// logout last: it ends the login whose tokens the requests above used.
+	limited(e.do("POST", "/api/auth/logout", "", map[string]string{"refresh_token": refreshed.RefreshToken})).want(204)
 }
