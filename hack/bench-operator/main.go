@@ -283,13 +283,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	if err != nil {
 		return err
 	}
-	changed := 0
-	for k, v := range rvBefore {
-		if rvAfter[k] != v {
-			changed++
-		}
-	}
-	changed += max(0, len(rvAfter)-len(rvBefore))
+	changed := changedObjects(rvBefore, rvAfter)
 	restWrites, restReconciles, restEvents := writes.total()-w0, reconcileTotal()-r0, writes.events.Load()-e0
 
 	// A restart (a new leader, an upgrade of the operator): the new process has no memory
@@ -313,12 +307,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	if err != nil {
 		return err
 	}
-	changedByRestart := 0
-	for k, v := range rvAfter {
-		if rvRestart[k] != v {
-			changedByRestart++
-		}
-	}
+	changedByRestart := changedObjects(rvAfter, rvRestart)
 
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -338,6 +327,23 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 		peak.vmHWM(), float64(peak.heap.Load())/(1<<20), float64(ms.Sys)/(1<<20))
 	fmt.Println("  (VmHWM includes the bench's own client and kubelet stand-in; kube-apiserver and etcd are separate processes)")
 	return nil
+}
+
+// changedObjects counts the objects whose resourceVersion moved between two snapshots, and
+// those that appeared.
+func changedObjects(before, after map[string]string) int {
+	n := 0
+	for k, v := range before {
+		if after[k] != v {
+			n++
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			n++
+		}
+	}
+	return n
 }
 
 // reconcileTotal sums controller_runtime_reconcile_total over all results.
