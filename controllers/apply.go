@@ -86,18 +86,24 @@ func applyRequest(ctx context.Context, c client.Client, u *unstructured.Unstruct
 //
 // A resourceVersion also moves when only the status changes: an autoscaler writes its
 // metrics every 15 s, a disruption budget its allowed disruptions whenever a pod's
-// readiness changes. So the record also keeps a hash of the object as stored (storedSum:
-// everything but the status and the bookkeeping metadata), and a moved resourceVersion
-// with the same stored content is nothing to put back: the record takes the new
-// resourceVersion and no request is sent. Without that, the first pass after such a
-// status write (a resync, another child's event) sent a no-op apply.
+// readiness changes, a StatefulSet its pods' revisions. For the kinds whose status other
+// controllers write (statusWritten), the API server bumps metadata.generation on every
+// change of the spec, so the record also keeps the generation and a hash of the metadata a
+// hand edit can change (metadataSum); a moved resourceVersion with both the same is a status
+// write: the record takes the new resourceVersion and no request is sent. Without that, the
+// first pass after such a write (a resync, another child's event) sent a no-op apply. (A
+// hash of the whole stored object would not do: the typed cache drops fields this client
+// does not know, which a newer cluster may hold, and protobuf drops the claim templates'
+// apiVersion and kind.)
 type appliedMemo struct {
 	m sync.Map // key -> appliedRecord
 }
 
 type appliedRecord struct {
-	sum             [32]byte
-	stored          [32]byte // storedSum of the object as the apply left it
+	sum [32]byte
+	// generation and meta (metadataSum) of the object as the apply left it.
+	generation      int64
+	meta            [32]byte
 	resourceVersion string
 	uid             string
 	stack           string // namespace/name of the stack it belongs to
@@ -116,10 +122,10 @@ func contentSum(u *unstructured.Unstructured) ([32]byte, error) {
 }
 
 // unchanged reports whether cached, the child as the cache has it, is still what the
-// operator last applied with the desired content sum: the same resourceVersion, or only its
-// status (or bookkeeping metadata) changed since, in which case the record moves to the new
-// resourceVersion.
-func (m *appliedMemo) unchanged(key string, sum [32]byte, cached client.Object) bool {
+// operator last applied with the desired content sum: the same resourceVersion, or for a
+// statusWritten kind the same generation and metadata, in which case the record moves to the
+// new resourceVersion.
+func (m *appliedMemo) unchanged(key string, sum [32]byte, cached client.Object, kind string) bool {
 	v, ok := m.m.Load(key)
 	rv := cached.GetResourceVersion()
 	if !ok || rv == "" {
@@ -132,7 +138,8 @@ func (m *appliedMemo) unchanged(key string, sum [32]byte, cached client.Object) 
 	if rec.resourceVersion == rv {
 		return true
 	}
-	if st, err := storedSum(cached); err != nil || st != rec.stored {
+	if !statusWritten(kind) || rec.generation == 0 || cached.GetGeneration() != rec.generation ||
+		metadataSum(cached) != rec.meta {
 		return false
 	}
 	rec.resourceVersion = rv
@@ -140,29 +147,26 @@ func (m *appliedMemo) unchanged(key string, sum [32]byte, cached client.Object) 
 	return true
 }
 
-func (m *appliedMemo) record(key string, sum, stored [32]byte, rv, uid, stack string) {
-	m.m.Store(key, appliedRecord{sum: sum, stored: stored, resourceVersion: rv, uid: uid, stack: stack})
+func (m *appliedMemo) record(key string, sum [32]byte, stored metav1.Object, stack string) {
+	m.m.Store(key, appliedRecord{sum: sum, generation: stored.GetGeneration(), meta: metadataSum(stored),
+		resourceVersion: stored.GetResourceVersion(), uid: string(stored.GetUID()), stack: stack})
 }
 
-// storedSum hashes a child as stored, typed (the cache's objects are typed: the apply's
-// answer is converted to the same type first, so both hash the same way), without what
-// changes when nobody edits it: the status, which belongs to other controllers, and the
-// bookkeeping metadata (resourceVersion, generation, managedFields, which the cache strips).
-// Everything else, labels and annotations included, is what a hand edit changes.
-func storedSum(obj client.Object) ([32]byte, error) {
-	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
-	if err != nil {
-		return [32]byte{}, err
+// statusWritten: the kinds of child whose status other controllers write, and whose
+// generation the API server bumps on every change of their spec.
+func statusWritten(kind string) bool {
+	switch kind {
+	case "Deployment", "StatefulSet", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job":
+		return true
 	}
-	for _, k := range []string{"status", "apiVersion", "kind"} {
-		delete(content, k)
-	}
-	if md, ok := content["metadata"].(map[string]any); ok {
-		for _, k := range []string{"resourceVersion", "generation", "managedFields"} {
-			delete(md, k)
-		}
-	}
-	return contentSum(&unstructured.Unstructured{Object: content})
+	return false
+}
+
+// metadataSum hashes the metadata a hand edit can change without a new generation.
+func metadataSum(obj metav1.Object) [32]byte {
+	b, _ := json.Marshal([]any{obj.GetUID(), obj.GetLabels(), obj.GetAnnotations(), obj.GetOwnerReferences(),
+		obj.GetFinalizers(), obj.GetDeletionTimestamp()})
+	return sha256.Sum256(b)
 }
 
 // forgetStack drops the records of a deleted stack's children, so the memo

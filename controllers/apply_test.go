@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -79,9 +78,9 @@ func TestSchemaVersionOf(t *testing.T) {
 func TestAppliedMemo(t *testing.T) {
 	var m appliedMemo
 	sum := [32]byte{1}
-	hpa := func(rv string, edit func(*autoscalingv2.HorizontalPodAutoscaler)) client.Object {
+	hpa := func(rv string, edit func(*autoscalingv2.HorizontalPodAutoscaler)) *autoscalingv2.HorizontalPodAutoscaler {
 		h := &autoscalingv2.HorizontalPodAutoscaler{
-			ObjectMeta: metav1.ObjectMeta{Name: "s-api", Namespace: "ns", ResourceVersion: rv, UID: "uid-1"},
+			ObjectMeta: metav1.ObjectMeta{Name: "s-api", Namespace: "ns", ResourceVersion: rv, UID: "uid-1", Generation: 1},
 			Spec:       autoscalingv2.HorizontalPodAutoscalerSpec{MinReplicas: ptr.To[int32](2), MaxReplicas: 4},
 		}
 		if edit != nil {
@@ -89,42 +88,48 @@ func TestAppliedMemo(t *testing.T) {
 		}
 		return h
 	}
-	stored, err := storedSum(hpa("5", nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.unchanged("k", sum, hpa("5", nil)) {
+	const kind = "HorizontalPodAutoscaler"
+	if m.unchanged("k", sum, hpa("5", nil), kind) {
 		t.Error("unknown key reported unchanged")
 	}
-	m.record("k", sum, stored, "5", "uid-1", "ns/a")
-	if !m.unchanged("k", sum, hpa("5", nil)) {
+	m.record("k", sum, hpa("5", nil), "ns/a")
+	if !m.unchanged("k", sum, hpa("5", nil), kind) {
 		t.Error("same content and resourceVersion not unchanged")
 	}
-	if m.unchanged("k", [32]byte{2}, hpa("5", nil)) {
+	if m.unchanged("k", [32]byte{2}, hpa("5", nil), kind) {
 		t.Error("changed desired content reported unchanged")
 	}
 	// The autoscaler wrote its status: nothing to apply, and the record follows.
-	if !m.unchanged("k", sum, hpa("6", func(h *autoscalingv2.HorizontalPodAutoscaler) {
+	statusWrite := func(h *autoscalingv2.HorizontalPodAutoscaler) {
 		h.Status.CurrentReplicas, h.Status.DesiredReplicas = 3, 3
-		h.Generation, h.ManagedFields = 7, []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
-	})) {
+		h.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
+	}
+	if !m.unchanged("k", sum, hpa("6", statusWrite), kind) {
 		t.Error("a status-only change (new resourceVersion) reported changed")
 	}
-	if !m.unchanged("k", sum, hpa("6", nil)) {
+	if !m.unchanged("k", sum, hpa("6", nil), kind) {
 		t.Error("the record did not move to the status write's resourceVersion")
 	}
+	// Kinds whose status nobody writes (and whose generation does not follow the spec)
+	// apply again on any new resourceVersion.
+	if m.unchanged("k", sum, hpa("7", statusWrite), "Service") {
+		t.Error("a Service with a new resourceVersion reported unchanged")
+	}
 	for name, edit := range map[string]func(*autoscalingv2.HorizontalPodAutoscaler){
-		"spec":       func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Spec.MaxReplicas = 10 },
+		"spec":       func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Spec.MaxReplicas, h.Generation = 10, 2 },
 		"label":      func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Labels = map[string]string{"x": "y"} },
 		"annotation": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Annotations = map[string]string{"x": "y"} },
 		"finalizers": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Finalizers = []string{"x"} },
+		"owners": func(h *autoscalingv2.HorizontalPodAutoscaler) {
+			h.OwnerReferences = []metav1.OwnerReference{{Name: "other", UID: "uid-9"}}
+		},
 		"made again": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.UID = "uid-2" },
 	} {
-		if m.unchanged("k", sum, hpa("7", edit)) {
+		if m.unchanged("k", sum, hpa("7", edit), kind) {
 			t.Errorf("an edit of the %s (new resourceVersion) reported unchanged", name)
 		}
 	}
-	m.record("other", sum, stored, "9", "uid-2", "ns/b")
+	m.record("other", sum, hpa("9", func(h *autoscalingv2.HorizontalPodAutoscaler) { h.UID = "uid-2" }), "ns/b")
 	m.forgetStack("ns/a")
 	if m.uid("k") != "" || m.uid("other") != "uid-2" {
 		t.Error("forgetStack removed the wrong records")

@@ -49,7 +49,7 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		return err
 	}
 	k := memoKey(u)
-	if existed && r.applied.unchanged(k, sum, current) {
+	if existed && r.applied.unchanged(k, sum, current, gvk.Kind) {
 		if decode {
 			copyInto(current, obj, gvk)
 		}
@@ -144,25 +144,16 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 			return err
 		}
 	}
-	// The stored content is hashed as the cache will have it: typed.
-	stored := obj
-	if !decode {
-		stored = obj.DeepCopyObject().(client.Object)
-	}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, stored); err != nil {
-		r.applied.forget(k)
-		return fmt.Errorf("decode %s %s: %w", gvk.Kind, obj.GetName(), err)
-	}
-	stored.GetObjectKind().SetGroupVersionKind(gvk)
-	st, err := storedSum(stored)
-	if err != nil {
-		r.applied.forget(k)
-		return err
-	}
-	r.applied.record(k, sum, st, u.GetResourceVersion(), string(u.GetUID()), client.ObjectKeyFromObject(p.stack).String())
+	r.applied.record(k, sum, u, client.ObjectKeyFromObject(p.stack).String())
 	if !existed && uidBefore != string(u.GetUID()) {
 		r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Created", "Create",
 			"Created %s %s", gvk.Kind, obj.GetName())
+	}
+	if decode {
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, obj); err != nil {
+			return fmt.Errorf("decode %s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		obj.GetObjectKind().SetGroupVersionKind(gvk)
 	}
 	return nil
 }
@@ -190,15 +181,7 @@ func (r *TradingStackReconciler) alreadyApplied(ctx context.Context, p *pass, k 
 	if ops, _ := foreignFieldOps(desired, fresh); ops != nil {
 		return false, nil
 	}
-	stored := cached.DeepCopyObject().(client.Object)
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(fresh.Object, stored); err != nil {
-		return false, nil
-	}
-	st, err := storedSum(stored)
-	if err != nil {
-		return false, nil
-	}
-	r.applied.record(k, sum, st, fresh.GetResourceVersion(), string(fresh.GetUID()), client.ObjectKeyFromObject(p.stack).String())
+	r.applied.record(k, sum, fresh, client.ObjectKeyFromObject(p.stack).String())
 	return true, nil
 }
 

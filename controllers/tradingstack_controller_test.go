@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -524,9 +525,10 @@ func testQuietAtRest(t *testing.T) {
 	}
 }
 
-// testStatusWritesNotApplied: the autoscaler writes its status every 15 s and the disruption
-// budget's controller whenever a pod's readiness changes; a resync after such writes must
-// send nothing (they changed the resourceVersion, not what the operator applied).
+// testStatusWritesNotApplied: the autoscaler writes its status every 15 s, the disruption
+// budget's controller whenever a pod's readiness changes, the StatefulSet and Deployment
+// controllers their pods' progress; a resync after such writes must send nothing (they
+// changed the resourceVersion, not what the operator applied).
 func testStatusWritesNotApplied(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "st", func(s *tradingv1alpha1.TradingStack) {
@@ -549,14 +551,25 @@ func testStatusWritesNotApplied(t *testing.T) {
 	// operator's cache sees them before the next pass.
 	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
 	pdb := &policyv1.PodDisruptionBudget{}
-	for _, obj := range []client.Object{hpa, pdb} {
-		if err := k8s.Get(bg, key(ns, "st-api"), obj); err != nil {
+	sts := &appsv1.StatefulSet{}
+	dep := &appsv1.Deployment{}
+	for _, obj := range []client.Object{hpa, pdb, sts, dep} {
+		name := "st-api"
+		if obj == sts {
+			name = "st-postgres"
+		}
+		if err := k8s.Get(bg, key(ns, name), obj); err != nil {
 			t.Fatal(err)
 		}
 	}
 	hpa.Status = autoscalingv2.HorizontalPodAutoscalerStatus{CurrentReplicas: 2, DesiredReplicas: 3, LastScaleTime: ptr.To(metav1.Now())}
 	pdb.Status = policyv1.PodDisruptionBudgetStatus{ObservedGeneration: pdb.Generation, CurrentHealthy: 2, DesiredHealthy: 1, ExpectedPods: 2, DisruptionsAllowed: 1}
-	for _, obj := range []client.Object{hpa, pdb} {
+	sts.Status.CurrentRevision, sts.Status.UpdateRevision = "st-postgres-2", "st-postgres-2"
+	dep.Status.Conditions[0].LastUpdateTime = metav1.NewTime(time.Now().Add(time.Second))
+	// The StatefulSet's and the Deployment's status writes wake the manager too: whichever
+	// pass comes first, the manager's or the two below, must send nothing.
+	mark := operatorWrites.mark()
+	for _, obj := range []client.Object{hpa, pdb, sts, dep} {
 		if err := k8s.Status().Update(bg, obj); err != nil {
 			t.Fatal(err)
 		}
@@ -572,7 +585,6 @@ func testStatusWritesNotApplied(t *testing.T) {
 		})
 	}
 
-	mark := operatorWrites.mark()
 	pass()
 	pass()
 	if w := operatorWrites.since(mark, ns); len(w) > 0 {
