@@ -185,9 +185,12 @@ func isForeignKeyViolation(err error) bool {
 // outdated (stale.go) which got this far: the other connections prepared it too.
 func (db *DB) mapError(err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
-		!errors.As(err, &pgErr) && connectionDied(err) || staleStatement(err) {
+	switch {
+	case errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
+		!errors.As(err, &pgErr) && connectionDied(err):
 		db.pool.Reset()
+	case staleStatement(err):
+		db.pool.resetStale()
 	}
 	return mapError(err)
 }
