@@ -11,8 +11,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/managedfields"
 	"k8s.io/client-go/applyconfigurations"
+	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/kube-openapi/pkg/spec3"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 )
@@ -190,8 +195,59 @@ func (m *appliedMemo) known(key string) bool {
 
 // builtinTypes holds the schemas of Kubernetes' own kinds (client-go's), which tell how
 // Server-Side Apply keys their lists: what appliedAsDesired needs to read managedFields.
-// The monitoring kinds are not in it; they are applied after a restart as before.
 var builtinTypes = applyconfigurations.NewTypeConverter(clientgoscheme.Scheme)
+
+// crdTypes holds the schemas of the other kinds (the monitoring CRDs), read once per
+// group/version from the OpenAPI v3 document the API server publishes for it. A CRD
+// installed again with another schema can make them stale: appliedAsDesired then finds a
+// difference (or cannot read the object) and the apply goes as usual.
+type crdTypes struct {
+	cfg  *rest.Config
+	mu   sync.Mutex
+	byGV map[schema.GroupVersion]managedfields.TypeConverter
+}
+
+// converter returns the TypeConverter of gv's kinds, or nil when the API server's document
+// cannot be had (the caller applies).
+func (c *crdTypes) converter(gv schema.GroupVersion) managedfields.TypeConverter {
+	if c == nil || c.cfg == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tc, ok := c.byGV[gv]; ok {
+		return tc
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(c.cfg)
+	if err != nil {
+		return nil
+	}
+	paths, err := dc.OpenAPIV3().Paths()
+	if err != nil {
+		return nil
+	}
+	doc, ok := paths["apis/"+gv.Group+"/"+gv.Version]
+	if !ok {
+		return nil
+	}
+	b, err := doc.Schema(runtime.ContentTypeJSON)
+	if err != nil {
+		return nil
+	}
+	var api spec3.OpenAPI
+	if err := json.Unmarshal(b, &api); err != nil || api.Components == nil {
+		return nil
+	}
+	tc, err := managedfields.NewTypeConverter(api.Components.Schemas, false)
+	if err != nil {
+		return nil
+	}
+	if c.byGV == nil {
+		c.byGV = map[schema.GroupVersion]managedfields.TypeConverter{}
+	}
+	c.byGV[gv] = tc
+	return tc
+}
 
 // unmanagedPaths are the fields the API server never records in managedFields.
 var unmanagedPaths = fieldpath.NewSet(
@@ -207,14 +263,15 @@ var unmanagedPaths = fieldpath.NewSet(
 )
 
 // appliedAsDesired reports whether applying desired (apply content) to live (read from the
-// API server, managedFields included) would change nothing: the operator's apply entry owns
+// API server, managedFields included), of a kind whose schemas types holds, would change
+// nothing: the operator's apply entry owns
 // exactly the fields desired sets (an apply also removes the fields it owned before and no
 // longer sets: a spec changed, or an operator upgrade dropping a field), and live holds
 // desired's values in all of them. Anything it cannot read, an Update entry of the operator's
-// own (a put-back patch, dropped by the next apply) or a kind outside builtinTypes says no:
+// own (a put-back patch, dropped by the next apply) or an object types cannot read says no:
 // the apply then goes as usual. What other managers added is revertOps' and
 // foreignFieldOps' to find.
-func appliedAsDesired(desired, live *unstructured.Unstructured) bool {
+func appliedAsDesired(types managedfields.TypeConverter, desired, live *unstructured.Unstructured) bool {
 	var entry *metav1.ManagedFieldsEntry
 	for _, mf := range live.GetManagedFields() {
 		if mf.Manager != FieldOwner {
@@ -232,11 +289,11 @@ func appliedAsDesired(desired, live *unstructured.Unstructured) bool {
 	if err := owned.FromJSON(bytes.NewReader(entry.FieldsV1.Raw)); err != nil {
 		return false
 	}
-	want, err := builtinTypes.ObjectToTyped(desired)
+	want, err := types.ObjectToTyped(desired)
 	if err != nil {
 		return false
 	}
-	have, err := builtinTypes.ObjectToTyped(live)
+	have, err := types.ObjectToTyped(live)
 	if err != nil {
 		return false
 	}

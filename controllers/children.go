@@ -164,15 +164,18 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 // remove or the hand-edit reverts would (revertOps, foreignFieldOps). Then it records the
 // child as applied.
 func (r *TradingStackReconciler) alreadyApplied(ctx context.Context, p *pass, k string, sum [32]byte, desired *unstructured.Unstructured, cached client.Object) (bool, error) {
+	types := builtinTypes
 	if !clientgoscheme.Scheme.Recognizes(desired.GroupVersionKind()) {
-		return false, nil
+		if types = r.crdTypes.converter(desired.GroupVersionKind().GroupVersion()); types == nil {
+			return false, nil
+		}
 	}
 	fresh := &unstructured.Unstructured{}
 	fresh.SetGroupVersionKind(desired.GroupVersionKind())
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(cached), fresh); err != nil {
 		return false, client.IgnoreNotFound(err)
 	}
-	if !appliedAsDesired(desired, fresh) {
+	if !appliedAsDesired(types, desired, fresh) {
 		return false, nil
 	}
 	if ops, _ := revertOps(desired, fresh); ops != nil {

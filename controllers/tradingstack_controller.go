@@ -72,6 +72,7 @@ type TradingStackReconciler struct {
 
 	monitoring *monitoringAPIs
 	applied    appliedMemo
+	crdTypes   *crdTypes
 	// announced is the condition status and reason last announced by an event, per
 	// "namespace/name/type": a pass that starts from a status the cache has not caught up
 	// with yet (the previous pass's write still on its way) finds the same changes again,
@@ -95,6 +96,7 @@ func NewTradingStackReconciler(mgr ctrl.Manager, concurrency int) *TradingStackR
 		Recorder:                mgr.GetEventRecorder("trading-operator"),
 		MaxConcurrentReconciles: concurrency,
 		monitoring:              newMonitoringAPIs(mgr.GetRESTMapper(), mgr.GetCache()),
+		crdTypes:                &crdTypes{cfg: mgr.GetConfig()},
 	}
 }
 

@@ -23,7 +23,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/utils/ptr"
@@ -499,15 +501,13 @@ func testQuietAtRest(t *testing.T) {
 		t.Fatalf("only %d objects found: %v", len(before), before)
 	}
 	// The passes run in a new reconciler, which starts with no memory of what was applied:
-	// as after a restart of the operator. The children of Kubernetes' own kinds are read and
-	// found as desired, so no request writes anything; the monitoring kinds (no schema in
-	// the operator to read their managedFields with) are applied, and change nothing.
+	// as after a restart of the operator. Every child is read and found as desired (the
+	// monitoring kinds through the schemas the API server publishes for their CRDs), so no
+	// request writes anything.
 	mark := operatorWrites.mark()
 	res := reconcileDirectly(t, ns, "quiet", 5)
 	for _, w := range operatorWrites.since(mark, ns) {
-		if !strings.Contains(w, "/apis/monitoring.coreos.com/") {
-			t.Errorf("a restarted operator wrote at rest: %s", w)
-		}
+		t.Errorf("a restarted operator wrote at rest: %s", w)
 	}
 	if res.RequeueAfter != 0 {
 		t.Errorf("a Ready stack asks to be requeued after %s", res.RequeueAfter)
@@ -2175,6 +2175,20 @@ func testEditWhileStoppedPutBack(t *testing.T) {
 		s.Spec.Runtime.Resources.Limits = nil
 		s.Spec.Postgres.Managed.Resources = memory("300Mi")
 	})
+	// And a monitoring kind, read through its CRD's published schema.
+	sm := &unstructured.Unstructured{}
+	sm.SetGroupVersionKind(schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "ServiceMonitor"})
+	if err := k8s.Get(bg, key(ns, "ws-api"), sm); err != nil {
+		t.Fatal(err)
+	}
+	endpoints, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+	endpoints[0].(map[string]any)["interval"] = "5m"
+	if err := unstructured.SetNestedSlice(sm.Object, endpoints, "spec", "endpoints"); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Update(bg, sm); err != nil {
+		t.Fatal(err)
+	}
 	if err := startManager(); err != nil {
 		t.Fatal(err)
 	}
@@ -2195,6 +2209,18 @@ func testEditWhileStoppedPutBack(t *testing.T) {
 		}
 		if l := d.Spec.Template.Spec.Containers[0].Resources.Limits; len(l) > 0 {
 			return fmt.Errorf("limits %v", l)
+		}
+		return nil
+	})
+	eventually(t, "the ServiceMonitor's interval put back", func() error {
+		got := &unstructured.Unstructured{}
+		got.SetGroupVersionKind(sm.GroupVersionKind())
+		if err := k8s.Get(bg, key(ns, "ws-api"), got); err != nil {
+			return err
+		}
+		endpoints, _, _ := unstructured.NestedSlice(got.Object, "spec", "endpoints")
+		if len(endpoints) != 1 || endpoints[0].(map[string]any)["interval"] != "30s" {
+			return fmt.Errorf("endpoints %v", endpoints)
 		}
 		return nil
 	})
