@@ -131,7 +131,7 @@ type positionKey struct {
 func (s *OrderService) approveTogether(ctx context.Context, batch []approval, out []approved, alone []bool, lockWait time.Duration) error {
 	err := s.approveTogetherOnce(ctx, batch, out, alone, lockWait)
 	if staleStatement(err) {
-		s.db.pool.resetStale()
+		s.db.pool.Reset()
 		clear(out)
 		clear(alone)
 		err = s.approveTogetherOnce(ctx, batch, out, alone, lockWait)

@@ -85,7 +85,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: pool: %w", err)
 	}
-	return &DB{pool: newPool(p), timeout: timeout, now: time.Now}, nil
+	return &DB{pool: pool{p}, timeout: timeout, now: time.Now}, nil
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -154,7 +154,7 @@ func (db *DB) inTx(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.
 	defer cancel()
 	err := db.tx(ctx, opts, fn)
 	if staleStatement(err) {
-		db.pool.resetStale()
+		db.pool.Reset()
 		err = db.tx(ctx, opts, fn)
 	}
 	return db.mapError(err)

@@ -185,12 +185,9 @@ func isForeignKeyViolation(err error) bool {
 // outdated (stale.go) which got this far: the other connections prepared it too.
 func (db *DB) mapError(err error) error {
 	var pgErr *pgconn.PgError
-	switch {
-	case errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
-		!errors.As(err, &pgErr) && connectionDied(err):
+	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
+		!errors.As(err, &pgErr) && connectionDied(err) || staleStatement(err) {
 		db.pool.Reset()
-	case staleStatement(err):
-		db.pool.resetStale()
 	}
 	return mapError(err)
 }

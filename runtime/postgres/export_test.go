@@ -63,6 +63,3 @@ func (s *OrderService) ApproveBatch(ctx context.Context, in []Approval) ([]Appro
 	}
 	return out, err
 }
-
-// ResetStale is what a stale statement does to the pool (stale.go).
-func (db *DB) ResetStale() { db.pool.resetStale() }

@@ -210,37 +210,3 @@ func TestSchemaChangeUnderCachedStatements(t *testing.T) {
 		t.Errorf("quantity = %s, want a whole number of buys", pos[0].Quantity)
 	}
 }
-
-// TestStaleResetsThePoolOnce: after a schema change every pooled connection meets its stale
-// statements, each error asking for a reset; the connections taken after the first reset are
-// fresh, so resetting again for the errors that follow within a second would only replace
-// them too (about two whole pools per change under load, before).
-func TestStaleResetsThePoolOnce(t *testing.T) {
-	ctx := context.Background()
-	db, err := postgres.Open(ctx, postgres.Config{URL: pgtest.NewMigratedDatabase(t), MinConns: 1, MaxConns: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	use := func() {
-		t.Helper()
-		c, err := db.Pool().Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Release()
-	}
-	use()
-	db.ResetStale() // the first stale statement: a reset
-	opened := db.Pool().Stat().NewConnsCount()
-	use()
-	if n := db.Pool().Stat().NewConnsCount(); n != opened+1 {
-		t.Fatalf("after the first reset, %d connections opened for one use, want 1", n-opened)
-	}
-	db.ResetStale() // another stale statement within a second: the pool is already fresh
-	opened = db.Pool().Stat().NewConnsCount()
-	use()
-	if n := db.Pool().Stat().NewConnsCount(); n != opened {
-		t.Fatalf("a second reset within a second replaced the fresh connection (%d opened)", n-opened)
-	}
-}

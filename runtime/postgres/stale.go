@@ -3,8 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -42,34 +40,7 @@ func staleStatement(err error) bool {
 // pool is the pgx pool, whose Query and QueryRow run a statement once more, after a reset,
 // when a schema change outdated its prepared form (see above). Exec needs no such care for
 // the statements it runs (none returns columns, so none can be refused so).
-type pool struct {
-	*pgxpool.Pool
-	// staleReset is when resetStale last reset the pool (monotonic nanoseconds since start).
-	staleReset *atomic.Int64
-}
-
-func newPool(p *pgxpool.Pool) pool { return pool{Pool: p, staleReset: new(atomic.Int64)} }
-
-// staleResetEvery: a reset replaces every connection, so the connections taken after it
-// prepare their statements against the new schema; the stale errors that still arrive
-// within this time come from connections busy during the reset (closed when released), and
-// resetting again for each of them replaced the fresh connections too (a review: about two
-// whole pools per schema change under load).
-const staleResetEvery = time.Second
-
-var processStart = time.Now()
-
-// resetStale resets the pool for a stale statement, unless it did within staleResetEvery.
-func (p pool) resetStale() {
-	now := int64(time.Since(processStart))
-	last := p.staleReset.Load()
-	if last != 0 && now-last < int64(staleResetEvery) {
-		return
-	}
-	if p.staleReset.CompareAndSwap(last, now) {
-		p.Reset()
-	}
-}
+type pool struct{ *pgxpool.Pool }
 
 // QueryRow is pgxpool's QueryRow, run when the row is scanned, and once more after a reset
 // for a stale statement.
@@ -77,7 +48,7 @@ func (p pool) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	return retryRow{scan: func(dest ...any) error {
 		err := p.Pool.QueryRow(ctx, sql, args...).Scan(dest...)
 		if staleStatement(err) {
-			p.resetStale()
+			p.Reset()
 			err = p.Pool.QueryRow(ctx, sql, args...).Scan(dest...)
 		}
 		return err
@@ -97,7 +68,7 @@ func (p pool) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, err
 		return rows, err
 	}
 	return &retryRows{Rows: rows, again: func() (pgx.Rows, error) {
-		p.resetStale()
+		p.Reset()
 		return p.Pool.Query(ctx, sql, args...)
 	}}, nil
 }
