@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -106,9 +108,11 @@ type appliedMemo struct {
 
 type appliedRecord struct {
 	sum [32]byte
-	// generation and meta (metadataSum) of the object as the apply left it.
+	// generation, meta (metadataSum) and, for an HPA, spec (hpaSpecSum) of the object as the
+	// apply left it.
 	generation      int64
 	meta            [32]byte
+	spec            [32]byte
 	resourceVersion string
 	uid             string
 	stack           string // namespace/name of the stack it belongs to
@@ -143,8 +147,16 @@ func (m *appliedMemo) unchanged(key string, sum [32]byte, cached client.Object, 
 	if rec.resourceVersion == rv {
 		return true
 	}
-	if !statusWritten(kind) || rec.generation == 0 || cached.GetGeneration() != rec.generation ||
-		metadataSum(cached) != rec.meta {
+	switch {
+	case !statusWritten(kind) || metadataSum(cached) != rec.meta:
+		return false
+	case kind == hpaKind:
+		// An HPA's generation follows its spec only with the HPAGeneration feature gate
+		// (beta in 1.37, absent before): its spec is compared instead.
+		if hpaSpecSum(cached) != rec.spec {
+			return false
+		}
+	case rec.generation == 0 || cached.GetGeneration() != rec.generation:
 		return false
 	}
 	rec.resourceVersion = rv
@@ -153,15 +165,45 @@ func (m *appliedMemo) unchanged(key string, sum [32]byte, cached client.Object, 
 }
 
 func (m *appliedMemo) record(key string, sum [32]byte, stored metav1.Object, stack string) {
-	m.m.Store(key, appliedRecord{sum: sum, generation: stored.GetGeneration(), meta: metadataSum(stored),
-		resourceVersion: stored.GetResourceVersion(), uid: string(stored.GetUID()), stack: stack})
+	rec := appliedRecord{sum: sum, generation: stored.GetGeneration(), meta: metadataSum(stored),
+		resourceVersion: stored.GetResourceVersion(), uid: string(stored.GetUID()), stack: stack}
+	switch o := stored.(type) {
+	case *unstructured.Unstructured:
+		if o.GetKind() == hpaKind {
+			rec.spec = hpaSpecSum(o)
+		}
+	case *autoscalingv2.HorizontalPodAutoscaler:
+		rec.spec = hpaSpecSum(o)
+	}
+	m.m.Store(key, rec)
+}
+
+const hpaKind = "HorizontalPodAutoscaler"
+
+// hpaSpecSum hashes an HPA's spec as the typed cache holds it (an unstructured one, the
+// apply's answer, is converted first, so that both hash alike); a zero sum when it cannot.
+func hpaSpecSum(obj any) [32]byte {
+	if u, ok := obj.(*unstructured.Unstructured); ok {
+		typed := &autoscalingv2.HorizontalPodAutoscaler{}
+		if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, typed) != nil {
+			return [32]byte{}
+		}
+		obj = typed
+	}
+	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return [32]byte{}
+	}
+	b, _ := json.Marshal(content["spec"])
+	return sha256.Sum256(b)
 }
 
 // statusWritten: the kinds of child whose status other controllers write, and whose
-// generation the API server bumps on every change of their spec.
+// generation the API server bumps on every change of their spec (an HPA's only with a
+// feature gate: see unchanged).
 func statusWritten(kind string) bool {
 	switch kind {
-	case "Deployment", "StatefulSet", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job":
+	case "Deployment", "StatefulSet", hpaKind, "PodDisruptionBudget", "Job":
 		return true
 	}
 	return false
@@ -200,29 +242,52 @@ var builtinTypes = applyconfigurations.NewTypeConverter(clientgoscheme.Scheme)
 // crdTypes holds the schemas of the other kinds (the monitoring CRDs), read once per
 // group/version from the OpenAPI v3 document the API server publishes for it. A CRD
 // installed again with another schema can make them stale: appliedAsDesired then finds a
-// difference (or cannot read the object) and the apply goes as usual.
+// difference (or cannot read the object) and the apply goes as usual. A document that
+// could not be had is not asked for again for a minute (the apply goes meanwhile).
 type crdTypes struct {
 	cfg  *rest.Config
 	mu   sync.Mutex
-	byGV map[schema.GroupVersion]managedfields.TypeConverter
+	byGV map[schema.GroupVersion]crdTypesEntry
 }
 
-// converter returns the TypeConverter of gv's kinds, or nil when the API server's document
-// cannot be had (the caller applies).
-func (c *crdTypes) converter(gv schema.GroupVersion) managedfields.TypeConverter {
+type crdTypesEntry struct {
+	tc managedfields.TypeConverter // nil: the fetch failed at "at"
+	at time.Time
+}
+
+const crdTypesRetry = time.Minute
+
+// converter returns the TypeConverter of gv's kinds, or nil (the caller applies). The
+// fetch runs outside the lock, bounded by ctx, so a slow API server holds up only the
+// passes that need it.
+func (c *crdTypes) converter(ctx context.Context, gv schema.GroupVersion) managedfields.TypeConverter {
 	if c == nil || c.cfg == nil {
 		return nil
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if tc, ok := c.byGV[gv]; ok {
-		return tc
+	e, ok := c.byGV[gv]
+	c.mu.Unlock()
+	if ok && (e.tc != nil || time.Since(e.at) < crdTypesRetry) {
+		return e.tc
 	}
-	dc, err := discovery.NewDiscoveryClientForConfig(c.cfg)
+	tc := fetchTypes(ctx, c.cfg, gv)
+	c.mu.Lock()
+	if c.byGV == nil {
+		c.byGV = map[schema.GroupVersion]crdTypesEntry{}
+	}
+	c.byGV[gv] = crdTypesEntry{tc: tc, at: time.Now()}
+	c.mu.Unlock()
+	return tc
+}
+
+func fetchTypes(ctx context.Context, cfg *rest.Config, gv schema.GroupVersion) managedfields.TypeConverter {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		return nil
 	}
-	paths, err := dc.OpenAPIV3().Paths()
+	paths, err := dc.OpenAPIV3WithContext(ctx).PathsWithContext(ctx)
 	if err != nil {
 		return nil
 	}
@@ -230,7 +295,7 @@ func (c *crdTypes) converter(gv schema.GroupVersion) managedfields.TypeConverter
 	if !ok {
 		return nil
 	}
-	b, err := doc.Schema(runtime.ContentTypeJSON)
+	b, err := doc.SchemaWithContext(ctx, runtime.ContentTypeJSON)
 	if err != nil {
 		return nil
 	}
@@ -242,10 +307,6 @@ func (c *crdTypes) converter(gv schema.GroupVersion) managedfields.TypeConverter
 	if err != nil {
 		return nil
 	}
-	if c.byGV == nil {
-		c.byGV = map[schema.GroupVersion]managedfields.TypeConverter{}
-	}
-	c.byGV[gv] = tc
 	return tc
 }
 

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -116,18 +117,28 @@ func TestAppliedMemo(t *testing.T) {
 		t.Error("a Service with a new resourceVersion reported unchanged")
 	}
 	for name, edit := range map[string]func(*autoscalingv2.HorizontalPodAutoscaler){
-		"spec":       func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Spec.MaxReplicas, h.Generation = 10, 2 },
-		"label":      func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Labels = map[string]string{"x": "y"} },
-		"annotation": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Annotations = map[string]string{"x": "y"} },
-		"finalizers": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Finalizers = []string{"x"} },
+		"spec": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Spec.MaxReplicas, h.Generation = 10, 2 },
+		// An API server without the HPAGeneration feature gate does not bump it.
+		"spec, same generation": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Spec.MaxReplicas = 10 },
+		"label":                 func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Labels = map[string]string{"x": "y"} },
+		"annotation":            func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Annotations = map[string]string{"x": "y"} },
+		"finalizers":            func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Finalizers = []string{"x"} },
 		"owners": func(h *autoscalingv2.HorizontalPodAutoscaler) {
 			h.OwnerReferences = []metav1.OwnerReference{{Name: "other", UID: "uid-9"}}
 		},
 		"made again": func(h *autoscalingv2.HorizontalPodAutoscaler) { h.UID = "uid-2" },
 	} {
-		if m.unchanged("k", sum, hpa("7", edit), kind) {
+		if m.unchanged("k", sum, hpa("7-"+name, edit), kind) { // a resourceVersion of its own: a wrong "unchanged" moves the record
 			t.Errorf("an edit of the %s (new resourceVersion) reported unchanged", name)
 		}
+	}
+	// The kinds whose generation always follows the spec are judged by it.
+	m.record("d", sum, hpa("5", nil), "ns/a")
+	if !m.unchanged("d", sum, hpa("6", statusWrite), "Deployment") {
+		t.Error("a Deployment's status write (same generation) reported changed")
+	}
+	if m.unchanged("d", sum, hpa("7", func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Generation = 2 }), "Deployment") {
+		t.Error("a Deployment with a new generation reported unchanged")
 	}
 	m.record("other", sum, hpa("9", func(h *autoscalingv2.HorizontalPodAutoscaler) { h.UID = "uid-2" }), "ns/b")
 	m.forgetStack("ns/a")
@@ -401,5 +412,28 @@ func TestPhaseAfterFailedMigrationsStep(t *testing.T) {
 				t.Errorf("phase %s, want %s", s.Status.Phase, tc.want)
 			}
 		})
+	}
+}
+
+// An HPA's spec edited on an API server without the HPAGeneration feature gate keeps its
+// generation: the watch must still wake a pass, and a status write must not.
+func TestHPASpecOrMetadataChanged(t *testing.T) {
+	old := &autoscalingv2.HorizontalPodAutoscaler{
+		ObjectMeta: metav1.ObjectMeta{Name: "s-api", Generation: 1, Labels: map[string]string{"a": "b"}},
+		Spec:       autoscalingv2.HorizontalPodAutoscalerSpec{MinReplicas: ptr.To[int32](2), MaxReplicas: 4},
+	}
+	for name, tc := range map[string]struct {
+		edit func(*autoscalingv2.HorizontalPodAutoscaler)
+		want bool
+	}{
+		"spec, same generation": {func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Spec.MaxReplicas = 40 }, true},
+		"label":                 {func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Labels["a"] = "c" }, true},
+		"status":                {func(h *autoscalingv2.HorizontalPodAutoscaler) { h.Status.CurrentReplicas = 3 }, false},
+	} {
+		updated := old.DeepCopy()
+		tc.edit(updated)
+		if got := hpaSpecOrMetadataChanged.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: updated}); got != tc.want {
+			t.Errorf("%s: passes %v, want %v", name, got, tc.want)
+		}
 	}
 }

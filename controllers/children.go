@@ -132,7 +132,9 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 		// The patch made the operator's Update entry own the lists it set; left there, it
 		// would keep an entry the spec drops later (the apply removes only what no one
 		// else owns). The applies own them now: drop that entry. That changes the
-		// resourceVersion, so the memo below misses once and the next pass applies again.
+		// resourceVersion and nothing else: the next pass applies again once (a Service), or
+		// finds generation and metadata as recorded (the kinds statusWritten names), which
+		// they are.
 		if err := r.dropPatchOwnership(ctx, current); err != nil {
 			r.applied.forget(k)
 			return err
@@ -166,7 +168,7 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 func (r *TradingStackReconciler) alreadyApplied(ctx context.Context, p *pass, k string, sum [32]byte, desired *unstructured.Unstructured, cached client.Object) (bool, error) {
 	types := builtinTypes
 	if !clientgoscheme.Scheme.Recognizes(desired.GroupVersionKind()) {
-		if types = r.crdTypes.converter(desired.GroupVersionKind().GroupVersion()); types == nil {
+		if types = r.crdTypes.converter(ctx, desired.GroupVersionKind().GroupVersion()); types == nil {
 			return false, nil
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -175,6 +177,17 @@ func (r *TradingStackReconciler) steps() []step {
 var specOrMetadataChanged = predicate.Or(predicate.GenerationChangedPredicate{},
 	predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{})
 
+// hpaSpecOrMetadataChanged is specOrMetadataChanged for HPAs, whose generation follows the
+// spec only with the HPAGeneration feature gate (beta in 1.37, absent before): the spec
+// itself is compared.
+var hpaSpecOrMetadataChanged = predicate.Or(predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		a, ok1 := e.ObjectOld.(*autoscalingv2.HorizontalPodAutoscaler)
+		b, ok2 := e.ObjectNew.(*autoscalingv2.HorizontalPodAutoscaler)
+		return !ok1 || !ok2 || !equality.Semantic.DeepEqual(a.Spec, b.Spec)
+	},
+}, predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{})
+
 // Reconcile brings one TradingStack's children to the state its spec asks for.
 func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
@@ -250,7 +263,7 @@ func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// is nothing the operator reads: only a change of their spec, labels or annotations
 		// (edited by hand, to be put back), or their deletion, needs a pass.
 		Owns(&policyv1.PodDisruptionBudget{}, builder.WithPredicates(specOrMetadataChanged)).
-		Owns(&autoscalingv2.HorizontalPodAutoscaler{}, builder.WithPredicates(specOrMetadataChanged)).
+		Owns(&autoscalingv2.HorizontalPodAutoscaler{}, builder.WithPredicates(hpaSpecOrMetadataChanged)).
 		Owns(&networkingv1.NetworkPolicy{}).
 		// Secrets are mapped by their instance label rather than the owner
 		// reference: retained Secrets have none, and must still be put back.
