@@ -325,13 +325,12 @@ var unmanagedPaths = fieldpath.NewSet(
 
 // appliedAsDesired reports whether applying desired (apply content) to live (read from the
 // API server, managedFields included), of a kind whose schemas types holds, would change
-// nothing: the operator's apply entry owns
-// exactly the fields desired sets (an apply also removes the fields it owned before and no
-// longer sets: a spec changed, or an operator upgrade dropping a field), and live holds
-// desired's values in all of them. Anything it cannot read, an Update entry of the operator's
-// own (a put-back patch, dropped by the next apply) or an object types cannot read says no:
-// the apply then goes as usual. What other managers added is revertOps' and
-// foreignFieldOps' to find.
+// nothing: the operator's apply entry owns exactly the fields desired sets (an apply also
+// removes the fields it owned before and no longer sets: a spec changed, or an operator
+// upgrade dropping a field), and live holds desired's values in all of them. Anything it
+// cannot read, an Update entry of the operator's own (a put-back patch, dropped by the next
+// apply) or an object types cannot read says no: the apply then goes as usual. What other
+// managers added is revertOps' and foreignFieldOps' to find.
 func appliedAsDesired(types managedfields.TypeConverter, desired, live *unstructured.Unstructured) bool {
 	var entry *metav1.ManagedFieldsEntry
 	for _, mf := range live.GetManagedFields() {
