@@ -203,7 +203,8 @@ func hpaSpecSum(obj any) [32]byte {
 // feature gate: see unchanged).
 func statusWritten(kind string) bool {
 	switch kind {
-	case "Deployment", "StatefulSet", hpaKind, "PodDisruptionBudget", "Job":
+	case "Deployment", "StatefulSet", hpaKind, "PodDisruptionBudget", "Job",
+		"ServiceMonitor": // prometheus-operator writes its bindings when its status feature gate is on
 		return true
 	}
 	return false

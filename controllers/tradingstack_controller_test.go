@@ -527,8 +527,9 @@ func testQuietAtRest(t *testing.T) {
 
 // testStatusWritesNotApplied: the autoscaler writes its status every 15 s, the disruption
 // budget's controller whenever a pod's readiness changes, the StatefulSet and Deployment
-// controllers their pods' progress; a resync after such writes must send nothing (they
-// changed the resourceVersion, not what the operator applied).
+// controllers their pods' progress, prometheus-operator a ServiceMonitor's bindings; a resync
+// after such writes must send nothing (they changed the resourceVersion, not what the
+// operator applied).
 func testStatusWritesNotApplied(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "st", func(s *tradingv1alpha1.TradingStack) {
@@ -564,12 +565,21 @@ func testStatusWritesNotApplied(t *testing.T) {
 	}
 	hpa.Status = autoscalingv2.HorizontalPodAutoscalerStatus{CurrentReplicas: 2, DesiredReplicas: 3, LastScaleTime: ptr.To(metav1.Now())}
 	pdb.Status = policyv1.PodDisruptionBudgetStatus{ObservedGeneration: pdb.Generation, CurrentHealthy: 2, DesiredHealthy: 1, ExpectedPods: 2, DisruptionsAllowed: 1}
+	sm := &unstructured.Unstructured{}
+	sm.SetGroupVersionKind(schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "ServiceMonitor"})
+	if err := k8s.Get(bg, key(ns, "st-api"), sm); err != nil {
+		t.Fatal(err)
+	}
+	sm.Object["status"] = map[string]any{"bindings": []any{map[string]any{
+		"group": "monitoring.coreos.com", "resource": "prometheuses", "name": "k8s", "namespace": "monitoring",
+		"conditions": []any{map[string]any{"type": "Accepted", "status": "True", "lastTransitionTime": "2026-11-29T00:00:00Z"}},
+	}}}
 	sts.Status.CurrentRevision, sts.Status.UpdateRevision = "st-postgres-2", "st-postgres-2"
 	dep.Status.Conditions[0].LastUpdateTime = metav1.NewTime(time.Now().Add(time.Second))
 	// The StatefulSet's and the Deployment's status writes wake the manager too: whichever
 	// pass comes first, the manager's or the two below, must send nothing.
 	mark := operatorWrites.mark()
-	for _, obj := range []client.Object{hpa, pdb, sts, dep} {
+	for _, obj := range []client.Object{hpa, pdb, sts, dep, sm} {
 		if err := k8s.Status().Update(bg, obj); err != nil {
 			t.Fatal(err)
 		}
