@@ -54,6 +54,9 @@ import (
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=monitoring.coreos.com,resources=servicemonitors;prometheusrules,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,verbs=get;list;watch
+// The monitoring kinds' schemas, read after a restart (crdTypes). Every authenticated user
+// may by default (system:discovery); said here for clusters that narrowed that binding.
+// +kubebuilder:rbac:urls=/openapi/v3;/openapi/v3/*,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // TradingStackReconciler turns a TradingStack into its children. Each pass runs
