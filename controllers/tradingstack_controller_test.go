@@ -317,22 +317,7 @@ func testChildrenRestored(t *testing.T) {
 		if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil {
 			t.Fatal(err)
 		}
-		uid := o.GetUID()
-		// Background, as kubectl does: a Job's API default is to orphan its pods, through a
-		// finalizer that only the garbage collector (absent here) removes.
-		if err := k8s.Delete(bg, o, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, fmt.Sprintf("%T %s recreated", o, o.GetName()), func() error {
-			fresh := o.DeepCopyObject().(client.Object)
-			if err := k8s.Get(bg, client.ObjectKeyFromObject(o), fresh); err != nil {
-				return err
-			}
-			if fresh.GetUID() == uid {
-				return fmt.Errorf("not deleted yet")
-			}
-			return nil
-		})
+		deleteAndWaitPutBack(t, o, fmt.Sprintf("%T %s recreated", o, o.GetName()))
 	}
 
 	// Edited by hand: put back.
@@ -2073,10 +2058,12 @@ func testNetworkPoliciesFirst(t *testing.T) {
 }
 
 // deleteAndWaitPutBack deletes obj and waits until the operator made it again (a new UID).
+// Background, as kubectl deletes: a Job's API default is to orphan its pods, through a
+// finalizer that only the garbage collector (absent here) removes.
 func deleteAndWaitPutBack(t *testing.T, obj client.Object, what string) {
 	t.Helper()
 	uid := obj.GetUID()
-	if err := k8s.Delete(bg, obj); err != nil {
+	if err := k8s.Delete(bg, obj, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, what, func() error {
