@@ -32,6 +32,14 @@ import (
 type Config struct {
 	DatabaseURL string
 	RedisURL    string // "" when unset
+	// RedisPassword, when set, replaces REDIS_URL's password: a password holding "/", "?",
+	// "#", "%" or "@" would have to be percent-encoded inside a URL, and a Kubernetes
+	// variable taken from a Secret cannot be. "" when unset.
+	RedisPassword string
+	// RedisKeyPrefix goes in front of every Redis key and the invalidation channel, so that
+	// several stacks can share one Redis (and one database number) without sharing login
+	// limits or invalidations. "" when unset.
+	RedisKeyPrefix string
 
 	JWTKeys     string // the raw JWT_KEYS text, already checked by jwt.ParseKeys; "" when JWTKeysFile is used
 	JWTKeysFile string // path of a file holding JWT_KEYS's text; read at start by KeySet
@@ -114,6 +122,18 @@ var settings = []setting{
 			return err
 		}
 		c.RedisURL = v
+		return nil
+	}},
+	{env: "REDIS_PASSWORD", usage: "Redis password, instead of the one in REDIS_URL (any characters, no URL encoding)", apply: func(c *Config, v string) error {
+		c.RedisPassword = v
+		return nil
+	}},
+	{env: "REDIS_KEY_PREFIX", usage: "put in front of every Redis key and channel, for several deployments sharing one Redis", apply: func(c *Config, v string) error {
+		if len(v) > 128 || strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '*' || r == '?' || r == '[' || r == '\\' }) {
+			// Glob characters would make the cache's SCAN of its own keys match others'.
+			return errors.New("must be at most 128 characters without spaces, control characters or * ? [ \\")
+		}
+		c.RedisKeyPrefix = v
 		return nil
 	}},
 	{env: "JWT_KEYS", usage: "kid:base64secret pairs, comma or newline separated; the first signs", apply: func(c *Config, v string) error {

@@ -88,7 +88,7 @@ func (l *Limiter) checkShared(ctx context.Context, bs []bucket) (Decision, error
 	keys := make([]string, len(bs))
 	args := make([]any, 0, 2*len(bs))
 	for i, b := range bs {
-		keys[i] = "rate:" + l.key(b.req)
+		keys[i] = l.key(b.req)
 		args = append(args, b.lim.nArg, b.lim.secondsArg)
 	}
 	v, err := l.batch.Run(ctx, keys, args...)

@@ -2,7 +2,7 @@
 // data 60/min, and a global 100/min and 1000/day per authenticated user; 0 turns a class off.
 //
 // With Redis the limits are shared by every replica: each class is a GCRA bucket in Redis
-// (go-redis/redis_rate v10) with a burst equal to the limit, so N requests of a class may come
+// (the algorithm and key layout of go-redis/redis_rate v10) with a burst equal to the limit, so N requests of a class may come
 // at once and then one every period/N (30/min: 30 at once, then one every 2s); the per-day
 // bucket refills smoothly (one request every 86.4s), it does not reset at midnight. While
 // Redis is down (or without REDIS_URL) every replica limits on its own with
@@ -11,8 +11,9 @@
 // shared buckets take over.
 //
 // A request checks its class bucket and the two global buckets together, in one round trip
-// (one Lua script implementing the same GCRA on the same keys as redis_rate; a request with a
-// single bucket, login, goes through redis_rate itself), all or nothing: a request is allowed
+// (one Lua script implementing redis_rate's GCRA on the same state, for any number of
+// buckets: redis_rate itself checks one bucket per call, under a key it prefixes with "rate:",
+// where a deployment's REDIS_KEY_PREFIX must come first), all or nothing: a request is allowed
 // only when every bucket allows it, and a refused request uses up nothing, so a client
 // hammering a refused class does not also burn its global budget. The per-process fallback
 // follows the same rule. The headers describe the tightest bucket: the refusing one, else
@@ -56,7 +57,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-redis/redis_rate/v10"
 	"github.com/maypok86/otter/v2"
 	"golang.org/x/time/rate"
 
@@ -140,7 +140,6 @@ type Limiter struct {
 	cfg    Config
 	limits map[Class]limit
 	rdb    *redis.Client
-	rl     *redis_rate.Limiter
 	batch  *redis.Batcher
 	prefix string
 	rec    Recorder
@@ -180,7 +179,6 @@ func New(cfg Config, o Options) *Limiter {
 		}),
 	}
 	if o.Redis != nil {
-		l.rl = redis_rate.NewLimiter(o.Redis.Redis())
 		l.batch = o.Redis.NewBatcher(allowAll, 4)
 		o.Redis.OnHealthChange(func(healthy bool) { l.setFallback(!healthy) })
 		l.fallback.Store(!o.Redis.Healthy())
@@ -214,7 +212,7 @@ func (l *Limiter) setFallback(local bool) {
 }
 
 // Local reports whether limits are currently enforced per process.
-func (l *Limiter) Local() bool { return l.rl == nil || !l.rdb.Healthy() }
+func (l *Limiter) Local() bool { return l.batch == nil || !l.rdb.Healthy() }
 
 // Check checks one bucket.
 func (l *Limiter) Check(ctx context.Context, class Class, key string) Decision {
@@ -241,25 +239,17 @@ func (l *Limiter) CheckAll(ctx context.Context, reqs ...Request) Decision {
 	return d
 }
 
+// key is a bucket's Redis key: the client's prefix first, so that every key of a deployment
+// starts with it (REDIS_KEY_PREFIX); then "rate:", as redis_rate names its buckets.
 func (l *Limiter) key(r Request) string {
-	return l.rdb.Prefix() + l.prefix + string(r.Class) + ":" + r.Key
+	return l.rdb.Prefix() + "rate:" + l.prefix + string(r.Class) + ":" + r.Key
 }
 
 func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
-	if l.rl != nil && l.rdb.Healthy() {
-		var (
-			d   Decision
-			err error
-		)
-		if len(bs) == 1 {
-			ctx, cancel := context.WithTimeout(ctx, l.rdb.OpTimeout())
-			d, err = l.checkOne(ctx, bs[0])
-			cancel()
-		} else {
-			// The Batcher bounds the call with the operation timeout itself, and a
-			// failed call fails the ones queued behind it: no timer per request.
-			d, err = l.checkShared(ctx, bs)
-		}
+	if l.batch != nil && l.rdb.Healthy() {
+		// The Batcher bounds the call with the operation timeout itself, and a failed call
+		// fails the ones queued behind it: no timer per request.
+		d, err := l.checkShared(ctx, bs)
 		if err == nil {
 			return d
 		}
@@ -268,22 +258,6 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 		l.rdb.ReportError(err)
 	}
 	return l.decideLocal(bs)
-}
-
-// checkOne is one bucket through redis_rate (login: a single bucket per request).
-func (l *Limiter) checkOne(ctx context.Context, b bucket) (Decision, error) {
-	res, err := l.rl.Allow(ctx, l.key(b.req), redis_rate.Limit{Rate: b.lim.n, Burst: b.lim.n, Period: b.lim.period})
-	if err != nil {
-		return Decision{}, err
-	}
-	d := Decision{
-		Allowed: res.Allowed > 0, Class: b.req.Class, Limit: b.lim.n, Remaining: res.Remaining,
-		Reset: res.ResetAfter, Shared: true,
-	}
-	if !d.Allowed {
-		d.RetryAfter = res.RetryAfter
-	}
-	return d, nil
 }
 
 // decideLocal is the per-process fallback with the same all-or-nothing rule: tokens are

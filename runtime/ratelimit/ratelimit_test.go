@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/google/uuid"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -458,6 +459,42 @@ func TestConcurrentRequestsOnTwoReplicasAllowExactlyTheLimit(t *testing.T) {
 		}
 		if !slices.Equal(got, want) {
 			t.Errorf("user %s: %d allowed with remaining %v, want %d with 0..%d once each", user, len(got), got, limit, limit-1)
+		}
+	}
+}
+
+// The shared buckets keep redis_rate's state under redis_rate's keys (without a key prefix):
+// one bucket spent alternately through the limiter and through redis_rate v10 itself gives the
+// same decisions and the same remaining counts as either alone. So the limiter is redis_rate's
+// GCRA, extended to several buckets decided together, not an algorithm of its own.
+func TestSameStateAsRedisRate(t *testing.T) {
+	c := openRedis(t, redistest.SharedURL(t), "")
+	ours := ratelimit.New(ratelimit.Config{Trading: 5}, ratelimit.Options{Redis: c})
+	theirs := redis_rate.NewLimiter(c.Redis())
+	user := uuid.NewString()
+	t.Cleanup(func() { c.Redis().Del(context.Background(), "rate:rl:trading:"+user) })
+	ctx := context.Background()
+
+	for i := range 7 {
+		var allowed bool
+		var remaining int
+		if i%2 == 0 {
+			d := ours.Check(ctx, ratelimit.Trading, user)
+			if !d.Shared {
+				t.Fatalf("check %d was decided in the process, not in Redis", i+1)
+			}
+			allowed, remaining = d.Allowed, d.Remaining
+		} else {
+			res, err := theirs.Allow(ctx, "rl:trading:"+user, redis_rate.PerMinute(5))
+			if err != nil {
+				t.Fatal(err)
+			}
+			allowed, remaining = res.Allowed > 0, res.Remaining
+		}
+		wantAllowed, wantRemaining := i < 5, max(0, 4-i)
+		if allowed != wantAllowed || remaining != wantRemaining {
+			t.Errorf("request %d (through %s): allowed %v remaining %d, want %v and %d",
+				i+1, map[bool]string{true: "the limiter", false: "redis_rate"}[i%2 == 0], allowed, remaining, wantAllowed, wantRemaining)
 		}
 	}
 }

@@ -44,6 +44,9 @@ type Options struct {
 	// Prefix is put in front of every key and channel name, so that several deployments
 	// (or several tests) can share one Redis.
 	Prefix string
+	// Password, when not empty, replaces the URL's password (which would have to be
+	// percent-encoded there).
+	Password string
 	// OpTimeout bounds every cache operation (default 100ms): a slow Redis costs a read at
 	// most this much before it falls back to L1 and the database.
 	OpTimeout time.Duration
@@ -73,6 +76,8 @@ type Client struct {
 
 	healthy atomic.Bool
 	probing atomic.Bool
+	// problem says why the client is degraded (Problem).
+	problem atomic.Pointer[string]
 	// lastAnswer is when Redis last answered a command of rdb, in nanoseconds since start
 	// (monotonic: a wall clock stepped back must not make an old answer look recent); any
 	// reply, error replies included, proves that it was there. 0: never.
@@ -106,6 +111,9 @@ func OpenWith(url string, o Options) (*Client, error) {
 		// ParseURL errors do not echo the password, but keep the message generic anyway.
 		return nil, fmt.Errorf("REDIS_URL is not a valid redis:// URL")
 	}
+	if o.Password != "" {
+		ro.Password = o.Password
+	}
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = 100 * time.Millisecond
 	}
@@ -138,6 +146,7 @@ func OpenWith(url string, o Options) (*Client, error) {
 	err = c.rdb.Ping(ctx).Err()
 	cancel()
 	c.healthy.Store(err == nil)
+	c.noteProblem(err)
 	if err != nil {
 		c.logger().Warn("redis is not answering; cache and rate limits run degraded until it does", "addr", ro.Addr, "err", err.Error())
 	}
@@ -307,7 +316,33 @@ func IsUnavailable(err error) bool {
 	return true
 }
 
+// Problem says why the client is degraded: "not answering" (no reply: refused connection,
+// timeout) or "refused: " and Redis's own reply (a wrong password, NOAUTH, a server still
+// loading its data), which a reader of /readyz can act on. Redis's replies never quote a
+// password.
+func (c *Client) Problem() string {
+	if p := c.problem.Load(); p != nil {
+		return *p
+	}
+	return "not answering"
+}
+
+func (c *Client) noteProblem(err error) {
+	if err == nil {
+		return
+	}
+	msg := "not answering"
+	var reply goredis.Error
+	if errors.As(err, &reply) {
+		msg = "refused: " + strings.TrimSpace(reply.Error())
+	}
+	c.problem.Store(&msg)
+}
+
 func (c *Client) setHealthy(ok bool, err error) {
+	if !ok {
+		c.noteProblem(err)
+	}
 	if c.healthy.Swap(ok) == ok {
 		return
 	}
@@ -318,7 +353,7 @@ func (c *Client) setHealthy(ok bool, err error) {
 		if err != nil {
 			msg = err.Error()
 		}
-		c.logger().Warn("redis is not answering; falling back to L1 cache and per-process rate limits", "err", msg)
+		c.logger().Warn("redis is not answering; reads go to the database and rate limits are per process until it does", "err", msg)
 	}
 	c.hooksMu.Lock()
 	hooks := append([]func(bool){}, c.hooks...)
