@@ -65,6 +65,12 @@ func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap 
 	}
 	if u := redisURL(s); u != "" {
 		data["REDIS_URL"] = u
+		if s.Spec.Redis.Mode == tradingv1alpha1.RedisExternal {
+			// An external Redis may serve several stacks: each keeps its keys and its
+			// invalidation channel under its own name, so that they share neither the login
+			// limit of a client IP nor each other's invalidations. A managed Redis serves one.
+			data["REDIS_KEY_PREFIX"] = redisKeyPrefix(s)
+		}
 	} else if r.Replicas > 1 || r.Autoscaling != nil {
 		// Without Redis the replicas cannot tell each other of a trade: each caching on its
 		// own, one would serve a trader's positions from before a trade approved on another
@@ -180,13 +186,11 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 		secretEnv("JWT_KEYS", jwtSecretName(s), jwtKeysKey),
 		secretEnv("BOOTSTRAP_ADMIN_PASSWORD", adminSecretName(s), adminPasswordKey),
 	}
-	// tradingd reads the Redis password only from REDIS_URL: put it there from its Secret,
-	// through a dependent variable, so it is never written into the ConfigMap.
+	// The Redis password comes from its Secret, never through the ConfigMap; tradingd takes
+	// it as it is (REDIS_PASSWORD), where inside REDIS_URL a "/", "?", "#", "%" or "@" of it
+	// would have to be percent-encoded, which a variable taken from a Secret cannot be.
 	if rs := s.Spec.Redis; rs.Mode == tradingv1alpha1.RedisExternal && rs.PasswordSecretRef != nil {
-		env = append(env,
-			secretEnv("REDIS_PASSWORD", rs.PasswordSecretRef.Name, rs.PasswordSecretRef.Key),
-			corev1.EnvVar{Name: "REDIS_URL", Value: "redis://:$(REDIS_PASSWORD)@" + rs.Address + "/0"},
-		)
+		env = append(env, secretEnv("REDIS_PASSWORD", rs.PasswordSecretRef.Name, rs.PasswordSecretRef.Key))
 	}
 	httpProbe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{

@@ -273,19 +273,20 @@ func TestDatabaseURLSource(t *testing.T) {
 
 func TestRedisModes(t *testing.T) {
 	tests := []struct {
-		name      string
-		redis     tradingv1alpha1.RedisSpec
-		wantURL   string // in the ConfigMap; "" means absent
-		envURL    string // overriding env var; "" means none
-		wantNetPo bool
+		name       string
+		redis      tradingv1alpha1.RedisSpec
+		wantURL    string // in the ConfigMap; "" means absent
+		wantPrefix string // REDIS_KEY_PREFIX in the ConfigMap; "" means absent
+		password   bool   // REDIS_PASSWORD from the Secret
+		wantNetPo  bool
 	}{
-		{"managed", tradingv1alpha1.RedisSpec{}, "redis://demo-redis.prod.svc:6379/0", "", true},
-		{"disabled", tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisDisabled}, "", "", false},
+		{"managed", tradingv1alpha1.RedisSpec{}, "redis://demo-redis.prod.svc:6379/0", "", false, true},
+		{"disabled", tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisDisabled}, "", "", false, false},
 		{"external", tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380"},
-			"redis://cache.corp:6380/0", "", false},
+			"redis://cache.corp:6380/0", "prod/demo:", false, false},
 		{"external with password", tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
 			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}},
-			"redis://cache.corp:6380/0", "redis://:$(REDIS_PASSWORD)@cache.corp:6380/0", false},
+			"redis://cache.corp:6380/0", "prod/demo:", true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -293,6 +294,10 @@ func TestRedisModes(t *testing.T) {
 			got, ok := desiredRuntimeConfigMap(s).Data["REDIS_URL"]
 			if got != tt.wantURL || ok != (tt.wantURL != "") {
 				t.Errorf("REDIS_URL=%q (present %v), want %q", got, ok, tt.wantURL)
+			}
+			// An external Redis may serve other stacks: this one's keys carry its name.
+			if prefix, ok := desiredRuntimeConfigMap(s).Data["REDIS_KEY_PREFIX"]; prefix != tt.wantPrefix || ok != (tt.wantPrefix != "") {
+				t.Errorf("REDIS_KEY_PREFIX=%q (present %v), want %q", prefix, ok, tt.wantPrefix)
 			}
 			// Several replicas (two by default) without Redis keep no L1: they could not
 			// tell each other of a trade. One replica, or Redis, keeps it.
@@ -307,11 +312,16 @@ func TestRedisModes(t *testing.T) {
 			if strings.Contains(got, "@") {
 				t.Errorf("a password in the ConfigMap's REDIS_URL: %q", got)
 			}
+			// The password goes as it is (REDIS_PASSWORD), never into a URL, where its "/" or
+			// "@" would break it; the ConfigMap's REDIS_URL is not overridden.
 			env := envByName(desiredAPIDeployment(s, "img", "h").Spec.Template.Spec.Containers[0])
-			if env["REDIS_URL"].Value != tt.envURL {
-				t.Errorf("env REDIS_URL=%q, want %q", env["REDIS_URL"].Value, tt.envURL)
+			if u, ok := env["REDIS_URL"]; ok {
+				t.Errorf("env REDIS_URL=%q overrides the ConfigMap's", u.Value)
 			}
-			if tt.envURL != "" {
+			if _, ok := env["REDIS_PASSWORD"]; ok != tt.password {
+				t.Errorf("env REDIS_PASSWORD present %v, want %v", ok, tt.password)
+			}
+			if tt.password {
 				if name, key := secretRef(t, env["REDIS_PASSWORD"]); name != "corp-redis" || key != "pw" {
 					t.Errorf("REDIS_PASSWORD from %s/%s", name, key)
 				}

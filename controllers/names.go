@@ -120,6 +120,12 @@ func redisURL(s *tradingv1alpha1.TradingStack) string {
 	}
 }
 
+// redisKeyPrefix is the runtime's REDIS_KEY_PREFIX on an external Redis: the stack's namespace
+// and name, which no other stack has at the same time.
+func redisKeyPrefix(s *tradingv1alpha1.TradingStack) string {
+	return s.Namespace + "/" + s.Name + ":"
+}
+
 // apiEndpoint and metricsEndpoint are the in-cluster URLs reported in status.endpoints.
 func apiEndpoint(s *tradingv1alpha1.TradingStack) string {
 	return fmt.Sprintf("http://%s.%s.svc:%d", apiName(s), s.Namespace, httpPort)

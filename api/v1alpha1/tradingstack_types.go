@@ -409,7 +409,9 @@ type RedisSpec struct {
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 
-	// Address of the external Redis as host:port. Required in external mode.
+	// Address of the external Redis as host:port. Required in external mode. The stack uses
+	// database 0 and keeps its keys and its invalidation channel under the prefix
+	// NAMESPACE/NAME:, so several stacks may share one Redis.
 	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:Pattern=`^[^\s/@]+:[0-9]{1,5}$`
 	// +kubebuilder:validation:XValidation:rule="!self.matches(':[0-9]{1,5}$') || (int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535)",message="spec.redis.address must end with a port from 1 to 65535"
@@ -417,8 +419,8 @@ type RedisSpec struct {
 	Address string `json:"address,omitempty"`
 
 	// PasswordSecretRef names the Secret and key holding the external Redis's password, if it
-	// has one. The password must not need URL escaping (it is placed into REDIS_URL). External
-	// mode only.
+	// has one; any characters (the runtime takes it as it is, REDIS_PASSWORD). External mode
+	// only.
 	// +optional
 	PasswordSecretRef *SecretKeyReference `json:"passwordSecretRef,omitempty"`
 }
