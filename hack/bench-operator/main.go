@@ -1,10 +1,10 @@
 // Command bench-operator measures the TradingStack operator on a real API
 // server: it starts envtest (kube-apiserver and etcd from KUBEBUILDER_ASSETS)
-// and the operator's manager in this process, creates N TradingStacks, plays
-// kubelet for their StatefulSets, Deployments and Jobs, and reports the time
-// until every child exists and every stack is Ready, the API writes the
-// operator made per stack to converge and at rest, reconciles per second and
-// the process's peak memory.
+// and the operator's manager in a process of its own, creates N TradingStacks,
+// plays kubelet for their StatefulSets, Deployments and Jobs, and reports the
+// time until every child exists and every stack is Ready, the API writes the
+// operator made per stack to converge, at rest and after a restart, reconciles
+// per second and the manager process's peak memory.
 //
 //	KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh) go run ./hack/bench-operator -stacks 200
 package main
@@ -13,6 +13,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -36,14 +37,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/controllers"
@@ -107,6 +104,13 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func main() {
+	if os.Getenv(childEnv) == "1" {
+		if err := runChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-operator manager:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	stacks := flag.Int("stacks", 200, "TradingStacks to create")
 	namespaces := flag.Int("namespaces", 10, "namespaces to spread them over")
 	concurrency := flag.Int("concurrency", 4, "MaxConcurrentReconciles")
@@ -139,12 +143,26 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	}
 	defer env.Stop() //nolint:errcheck
 
-	// The manager's requests go through a counter; the kubelet stand-in and the
-	// bench's own reads use a separate client that is not counted.
-	var writes writeCounter
-	mgrCfg := rest.CopyConfig(cfg)
-	mgrCfg.QPS, mgrCfg.Burst = 200, 400
-	mgrCfg.Wrap(writes.wrap)
+	// The operator runs as a user of its own in a process of its own (child.go), which
+	// counts its requests; the kubelet stand-in and the bench's own reads use this
+	// process's client and cache, which are not counted.
+	operatorUser, err := env.AddUser(envtest.User{Name: "trading-operator", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kubeconfig, err := operatorUser.KubeConfig()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "bench-operator-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	kubeconfigPath := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
+		return err
+	}
 	benchCfg := rest.CopyConfig(cfg)
 	benchCfg.QPS, benchCfg.Burst = 200, 400
 	scheme := controllers.NewScheme()
@@ -152,52 +170,41 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	if err != nil {
 		return err
 	}
-
-	// A resync period short enough to see one during the rest window: a
-	// converged fleet must write nothing when every object is redelivered.
-	syncPeriod := restFor / 2
-	cacheOpts := controllers.CacheOptions(nil)
-	cacheOpts.SyncPeriod = &syncPeriod
 	// Interrupted, the deferred env.Stop still ends kube-apiserver and etcd.
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	// startManager starts an operator process's manager; the restart phase stops it and
-	// starts another, with no memory of what the first applied.
-	startManager := func() (manager.Manager, context.CancelFunc, chan struct{}, error) {
-		mgr, err := ctrl.NewManager(mgrCfg, manager.Options{
-			Scheme:                 scheme,
-			Cache:                  cacheOpts,
-			Metrics:                metricsserver.Options{BindAddress: "0"},
-			HealthProbeBindAddress: "0",
-			Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		})
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		if err := controllers.NewTradingStackReconciler(mgr, concurrency).SetupWithManager(mgr); err != nil {
-			return nil, nil, nil, err
-		}
-		mctx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if err := mgr.Start(mctx); err != nil {
-				fmt.Fprintln(os.Stderr, "manager:", err)
-			}
-		}()
-		if !mgr.GetCache().WaitForCacheSync(mctx) {
-			stop()
-			return nil, nil, nil, fmt.Errorf("cache did not sync")
-		}
-		return mgr, stop, done, nil
-	}
-	mgr, stopMgr, mgrDone, err := startManager()
+	watchOpts := controllers.CacheOptions(nil)
+	watchOpts.Scheme = scheme
+	watch, err := cache.New(benchCfg, watchOpts)
 	if err != nil {
 		return err
 	}
+	go func() { _ = watch.Start(ctx) }()
+	if !watch.WaitForCacheSync(ctx) {
+		return fmt.Errorf("the bench's cache did not start")
+	}
+	// The informers the bench reads, started and synced before the clock starts.
+	for _, obj := range []client.ObjectList{&tradingv1alpha1.TradingStackList{}, &corev1.SecretList{}, &corev1.ServiceList{},
+		&corev1.ConfigMapList{}, &appsv1.StatefulSetList{}, &appsv1.DeploymentList{}, &batchv1.JobList{},
+		&policyv1.PodDisruptionBudgetList{}, &networkingv1.NetworkPolicyList{}} {
+		if err := watch.List(ctx, obj, client.Limit(1)); err != nil {
+			return err
+		}
+	}
 
-	var peak peakMemory
-	go peak.sample(ctx)
+	syncPeriod := restFor / 2
+	mgr, err := startManager(ctx, kubeconfigPath, concurrency, syncPeriod)
+	if err != nil {
+		return err
+	}
+	defer func() { mgr.stop() }()
+	scrape := func() counts {
+		got, err := mgr.scrape(ctx)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "scrape the manager:", err)
+		}
+		return got
+	}
 
 	nsNames := make([]string, nsCount)
 	for i := range nsNames {
@@ -208,7 +215,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	}
 
 	fmt.Printf("creating %d TradingStacks in %d namespaces (MaxConcurrentReconciles %d, GOMAXPROCS %d)\n", n, nsCount, concurrency, runtime.GOMAXPROCS(0))
-	reconcilesAtStart := reconcileTotal()
+	atStart := scrape()
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		s := &tradingv1alpha1.TradingStack{ObjectMeta: metav1.ObjectMeta{Namespace: nsNames[i%nsCount], Name: fmt.Sprintf("s%03d", i)}}
@@ -223,7 +230,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	defer stopKubelet()
 	var kwg sync.WaitGroup
 	kwg.Add(1)
-	go func() { defer kwg.Done(); playKubelet(kubeletCtx, mgr.GetCache(), c) }()
+	go func() { defer kwg.Done(); playKubelet(kubeletCtx, watch, c) }()
 
 	// Per default stack: 3 Secrets, StatefulSet, 3 Services, 2 Deployments,
 	// ConfigMap, Job, PDB, 2 NetworkPolicies.
@@ -235,7 +242,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	lastReport := time.Now()
 	for {
 		if allChildren == 0 {
-			ok, err := childrenComplete(ctx, mgr.GetCache(), want)
+			ok, err := childrenComplete(ctx, watch, want)
 			if err != nil {
 				return err
 			}
@@ -243,7 +250,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 				allChildren = time.Since(start)
 			}
 		}
-		ready, err := readyStacks(ctx, mgr.GetCache())
+		ready, err := readyStacks(ctx, watch)
 		if err != nil {
 			return err
 		}
@@ -252,7 +259,8 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 		}
 		if time.Since(lastReport) > 10*time.Second {
 			lastReport = time.Now()
-			fmt.Printf("  %5.0fs: %d of %d Ready, %.0f reconciles, %d writes\n", time.Since(start).Seconds(), ready, n, reconcileTotal()-reconcilesAtStart, writes.total())
+			now := scrape()
+			fmt.Printf("  %5.0fs: %d of %d Ready, %.0f reconciles, %.0f writes\n", time.Since(start).Seconds(), ready, n, now.reconciles-atStart.reconciles, now.writes())
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -263,10 +271,17 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 		time.Sleep(500 * time.Millisecond)
 	}
 	converged := time.Since(start)
-	reconcilesToConverge := reconcileTotal() - reconcilesAtStart
-	writesToConverge := writes.total()
-	appliesC, createsC, deletesC, statusC := writes.applies.Load(), writes.creates.Load(), writes.deletes.Load(), writes.status.Load()
-	eventsToConverge := writes.events.Load()
+	atConverged := scrape()
+	if dir := os.Getenv("BENCH_OPERATOR_PROFILE_DIR"); dir != "" {
+		resp, err := http.Get(strings.TrimSuffix(mgr.metrics, "/metrics") + "/debug/pprof/heap")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_ = os.WriteFile(filepath.Join(dir, "heap.pprof"), b, 0o644)
+		}
+	}
+	reconcilesToConverge := atConverged.reconciles - atStart.reconciles
+	writesToConverge := atConverged.writes() - atStart.writes()
 	stopKubelet()
 	kwg.Wait()
 
@@ -277,57 +292,53 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	if err != nil {
 		return err
 	}
-	w0, r0, e0 := writes.total(), reconcileTotal(), writes.events.Load()
+	beforeRest := scrape()
 	time.Sleep(restFor)
 	rvAfter, err := allResourceVersions(ctx, c, nsNames)
 	if err != nil {
 		return err
 	}
 	changed := changedObjects(rvBefore, rvAfter)
-	restWrites, restReconciles, restEvents := writes.total()-w0, reconcileTotal()-r0, writes.events.Load()-e0
+	afterRest := scrape()
 
 	// A restart (a new leader, an upgrade of the operator): the new process has no memory
 	// of what the old one applied. It reconciles every stack once; a converged fleet should
 	// cost reads, not writes.
-	hwmBeforeRestart, heapBeforeRestart := peak.vmHWM(), peak.heap.Load()
-	stopMgr()
-	<-mgrDone
-	w0, r0 = writes.total(), reconcileTotal()
-	g0 := writes.gets.Load()
+	rss1, hwm1 := mgr.memory()
+	mgr.stop()
 	restartAt := time.Now()
-	if _, _, _, err = startManager(); err != nil {
+	if mgr, err = startManager(ctx, kubeconfigPath, concurrency, syncPeriod); err != nil {
 		return err
 	}
-	for reconcileTotal()-r0 < float64(n) && time.Since(restartAt) < 5*time.Minute {
+	for scrape().reconciles < float64(n) && time.Since(restartAt) < 5*time.Minute {
 		time.Sleep(200 * time.Millisecond)
 	}
 	reReconciled := time.Since(restartAt)
 	time.Sleep(3 * time.Second) // the last passes finish
-	restartWrites, restartGets := writes.total()-w0, writes.gets.Load()-g0
+	afterRestart := scrape()
 	rvRestart, err := allResourceVersions(ctx, c, nsNames)
 	if err != nil {
 		return err
 	}
 	changedByRestart := changedObjects(rvAfter, rvRestart)
+	rss2, hwm2 := mgr.memory()
 
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
 	fmt.Printf("\nresults (%d stacks, %d objects):\n", n, len(rvAfter))
 	fmt.Printf("  stacks created in                 %s\n", created.Round(time.Millisecond))
 	fmt.Printf("  every child exists after          %s\n", allChildren.Round(time.Millisecond))
 	fmt.Printf("  every stack Ready after           %s\n", converged.Round(time.Millisecond))
-	fmt.Printf("  operator writes to converge       %d (%.1f per stack: %d applies, %d creates, %d deletes, %d status; plus %d events)\n",
-		writesToConverge, float64(writesToConverge)/float64(n), appliesC, createsC, deletesC, statusC, eventsToConverge)
+	fmt.Printf("  operator writes to converge       %.0f (%.1f per stack: %.0f applies, %.0f creates, %.0f deletes, %.0f status; plus %.0f events)\n",
+		writesToConverge, writesToConverge/float64(n), atConverged.applies-atStart.applies, atConverged.creates-atStart.creates,
+		atConverged.deletes-atStart.deletes, atConverged.status-atStart.status, atConverged.events-atStart.events)
 	fmt.Printf("  reconciles to converge            %.0f (%.1f per stack, %.0f per second)\n",
-		reconcilesToConverge, float64(reconcilesToConverge)/float64(n), float64(reconcilesToConverge)/converged.Seconds())
-	fmt.Printf("  at rest for %s (one resync):   %.0f reconciles, %d write requests, %d events, %d objects changed\n",
-		restFor, restReconciles, restWrites, restEvents, changed)
-	fmt.Printf("  after a restart of the operator    every stack reconciled in %s: %d write requests, %d reads of single objects, %d objects changed\n",
-		reReconciled.Round(time.Millisecond), restartWrites, restartGets, changedByRestart)
-	fmt.Printf("  peak memory of this process       VmHWM %s, Go heap peak %.1f MiB (sys %.1f MiB); before the restart VmHWM %s, heap peak %.1f MiB\n",
-		peak.vmHWM(), float64(peak.heap.Load())/(1<<20), float64(ms.Sys)/(1<<20), hwmBeforeRestart, float64(heapBeforeRestart)/(1<<20))
-	fmt.Println("  (the restart holds two managers' caches for a moment: the old one until it is collected)")
-	fmt.Println("  (VmHWM includes the bench's own client and kubelet stand-in; kube-apiserver and etcd are separate processes)")
+		reconcilesToConverge, reconcilesToConverge/float64(n), reconcilesToConverge/converged.Seconds())
+	fmt.Printf("  at rest for %s (one resync):   %.0f reconciles, %.0f write requests, %.0f events, %d objects changed\n",
+		restFor, afterRest.reconciles-beforeRest.reconciles, afterRest.writes()-beforeRest.writes(), afterRest.events-beforeRest.events, changed)
+	fmt.Printf("  after a restart of the operator    every stack reconciled in %s: %.0f write requests, %.0f reads of single objects, %d objects changed\n",
+		reReconciled.Round(time.Millisecond), afterRestart.writes(), afterRestart.gets, changedByRestart)
+	fmt.Printf("  the manager process's memory      peak RSS (VmHWM) %.1f MiB, %.1f MiB at rest, Go heap %.1f MiB at convergence; after the restart peak %.1f MiB, %.1f MiB at the end\n",
+		float64(hwm1)/1024, float64(rss1)/1024, atConverged.heapBytes/(1<<20), float64(hwm2)/1024, float64(rss2)/1024)
+	fmt.Println("  (the manager runs in a process of its own, as in a cluster; kube-apiserver, etcd and the bench's client and kubelet stand-in are other processes)")
 	return nil
 }
 
@@ -348,28 +359,10 @@ func changedObjects(before, after map[string]string) int {
 	return n
 }
 
-// reconcileTotal sums controller_runtime_reconcile_total over all results.
-func reconcileTotal() float64 {
-	families, err := metrics.Registry.Gather()
-	if err != nil {
-		return 0
-	}
-	var total float64
-	for _, f := range families {
-		if f.GetName() != "controller_runtime_reconcile_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			total += m.GetCounter().GetValue()
-		}
-	}
-	return total
-}
-
 // playKubelet marks StatefulSets, Deployments and Jobs ready/succeeded as the
 // kubelet and the controller-manager would, until ctx ends. It reads from the
-// manager's informer cache (no extra load on the API server, no second copy of
-// the objects in memory) and writes status with the bench's own client.
+// bench's informer cache (no extra load on the API server) and writes status with
+// the bench's own client.
 func playKubelet(ctx context.Context, r client.Reader, c client.Client) {
 	sel := client.MatchingLabels{controllers.ManagedByLabel: controllers.ManagedByValue}
 	for ctx.Err() == nil {
@@ -503,33 +496,4 @@ func allResourceVersions(ctx context.Context, c client.Client, namespaces []stri
 		}
 	}
 	return out, nil
-}
-
-// peakMemory samples the Go heap; VmHWM comes from the kernel at the end.
-type peakMemory struct {
-	heap atomic.Uint64
-}
-
-func (p *peakMemory) sample(ctx context.Context) {
-	var ms runtime.MemStats
-	for ctx.Err() == nil {
-		runtime.ReadMemStats(&ms)
-		if ms.HeapAlloc > p.heap.Load() {
-			p.heap.Store(ms.HeapAlloc)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-func (p *peakMemory) vmHWM() string {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return "unknown"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			return strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:"))
-		}
-	}
-	return "unknown"
 }
