@@ -80,8 +80,8 @@ func runChild() error {
 	cacheOpts := controllers.CacheOptions(nil)
 	cacheOpts.SyncPeriod = &resync
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
-		Scheme:                 controllers.NewScheme(),
-		Cache:                  cacheOpts,
+		Scheme: controllers.NewScheme(),
+		Cache:  cacheOpts,
 		Metrics: metricsserver.Options{BindAddress: os.Getenv(childAddrEnv), ExtraHandlers: map[string]http.Handler{
 			"/debug/pprof/heap": pprof.Handler("heap"), "/debug/pprof/allocs": pprof.Handler("allocs"),
 		}},
