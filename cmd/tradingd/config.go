@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -40,6 +42,11 @@ type Config struct {
 	// several stacks can share one Redis (and one database number) without sharing login
 	// limits or invalidations. "" when unset.
 	RedisKeyPrefix string
+	// RedisCAFile is a PEM file of the CAs that sign a rediss:// server's certificate,
+	// instead of the system's. "" when unset.
+	RedisCAFile string
+	// RedisRootCAs is RedisCAFile's certificates, read at start; nil without it.
+	RedisRootCAs *x509.CertPool
 
 	JWTKeys     string // the raw JWT_KEYS text, already checked by jwt.ParseKeys; "" when JWTKeysFile is used
 	JWTKeysFile string // path of a file holding JWT_KEYS's text; read at start by KeySet
@@ -126,6 +133,10 @@ var settings = []setting{
 	}},
 	{env: "REDIS_PASSWORD", usage: "Redis password, instead of the one in REDIS_URL (any characters, no URL encoding)", apply: func(c *Config, v string) error {
 		c.RedisPassword = v
+		return nil
+	}},
+	{env: "REDIS_CA_FILE", usage: "PEM file of the CAs that sign the Redis server's certificate (rediss:// only; unset: the system's CAs)", apply: func(c *Config, v string) error {
+		c.RedisCAFile = v
 		return nil
 	}},
 	{env: "REDIS_KEY_PREFIX", usage: "put in front of every Redis key and channel, for several deployments sharing one Redis", apply: func(c *Config, v string) error {
@@ -392,6 +403,14 @@ func load(fs *flag.FlagSet, names []string, args []string, getenv func(string) s
 				return nil, settingError("JWT_KEYS", errors.New("set JWT_KEYS or JWT_KEYS_FILE, not both"))
 			}
 		}
+	}
+	if c.RedisCAFile != "" {
+		// Read now, so that a missing or wrong file stops the start before any connection.
+		pool, err := readCAFile(c.RedisCAFile, c.RedisURL)
+		if err != nil {
+			return nil, settingError("REDIS_CA_FILE", err)
+		}
+		c.RedisRootCAs = pool
 	}
 	if slices.Contains(names, "DB_MIN_CONNS") && c.DBMinConns > c.DBMaxConns {
 		return nil, settingError("DB_MIN_CONNS", fmt.Errorf("%d is more than DB_MAX_CONNS (%d)", c.DBMinConns, c.DBMaxConns))
@@ -682,4 +701,20 @@ func redactDSN(dsn string) string {
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// readCAFile reads REDIS_CA_FILE: PEM certificates, for a rediss:// REDIS_URL.
+func readCAFile(path, redisURL string) (*x509.CertPool, error) {
+	if !strings.HasPrefix(redisURL, "rediss://") {
+		return nil, errors.New("needs a rediss:// REDIS_URL (TLS)")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err // names the path and the reason
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
 }

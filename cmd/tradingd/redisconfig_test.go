@@ -2,8 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -145,4 +155,96 @@ func TestRedisPasswordWithURLCharacters(t *testing.T) {
 	if code, body := get(t, wrong.admin+"/readyz"); code != 200 || !strings.Contains(body, `"redis":"degraded: refused: WRONGPASS`) {
 		t.Fatalf("/readyz with a wrong REDIS_PASSWORD: %d %s, want 200 and degraded: refused: WRONGPASS...", code, body)
 	}
+}
+
+// TestRedisOverTLS: a Redis that speaks only TLS, its certificate signed by a private CA:
+// rediss:// with REDIS_CA_FILE works; the same without the CA is refused by the certificate
+// check (degraded, never an unverified connection).
+func TestRedisOverTLS(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatalf("redis-server is needed for this test (hack/services.sh installs it): %v", err)
+	}
+	dir := t.TempDir()
+	caFile, certFile, keyFile := writeTestCA(t, dir)
+	port := freePort(t)
+	cmd := exec.Command("redis-server", "--port", "0", "--tls-port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	waitFor(t, func() bool {
+		conn, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	}, "redis-server listening with TLS")
+
+	env := func(extra map[string]string) map[string]string {
+		e := map[string]string{
+			"DATABASE_URL": pgtest.NewMigratedDatabase(t),
+			"JWT_KEYS":     jwtKeys,
+			"REDIS_URL":    "rediss://127.0.0.1:" + port + "/0",
+			"LISTEN_ADDR":  "127.0.0.1:0",
+			"ADMIN_ADDR":   "127.0.0.1:0",
+		}
+		for k, v := range extra {
+			e[k] = v
+		}
+		return e
+	}
+	r := startReplica(t, env(map[string]string{"REDIS_CA_FILE": caFile}))
+	if code, body := get(t, r.admin+"/readyz"); code != 200 || !strings.Contains(body, `"redis":"ok"`) {
+		t.Fatalf("/readyz over TLS with REDIS_CA_FILE: %d %s, want redis ok", code, body)
+	}
+	unverified := startReplica(t, env(nil))
+	if code, body := get(t, unverified.admin+"/readyz"); code != 200 || !strings.Contains(body, `"redis":"degraded: not answering: tls: failed to verify certificate`) {
+		t.Fatalf("/readyz over TLS without the CA: %d %s, want degraded, naming the certificate", code, body)
+	}
+}
+
+// writeTestCA writes a CA and a server certificate for 127.0.0.1 that it signed, as PEM.
+func writeTestCA(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, b []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	return write("ca.crt", "CERTIFICATE", caDER), write("tls.crt", "CERTIFICATE", der), write("tls.key", "PRIVATE KEY", keyDER)
 }

@@ -135,7 +135,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	if cfg.RedisURL != "" {
 		// Before Open: its first ping, to a Redis that is down, already makes go-redis log.
 		redis.LogLibraryTo(logger)
-		rc, err = redis.OpenWith(cfg.RedisURL, redis.Options{Prefix: cfg.RedisKeyPrefix, Password: cfg.RedisPassword})
+		rc, err = redis.OpenWith(cfg.RedisURL, redis.Options{Prefix: cfg.RedisKeyPrefix, Password: cfg.RedisPassword, RootCAs: cfg.RedisRootCAs})
 		if err != nil {
 			return settingError("REDIS_URL", err)
 		}
@@ -187,7 +187,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		// replica), and /readyz stays 200 saying so.
 		checks = append(checks, tradinghttp.ReadyCheck{Name: "redis", Optional: true, Check: func(ctx context.Context) error {
 			if !rc.Healthy() {
-				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s (reads go to the database and rate limits are per replica meanwhile)", rc.Problem())
+				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s; reads go to the database and rate limits are per replica meanwhile", rc.Problem())
 			}
 			return nil
 		}})

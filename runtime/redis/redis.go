@@ -25,6 +25,7 @@ package redis
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -47,6 +48,9 @@ type Options struct {
 	// Password, when not empty, replaces the URL's password (which would have to be
 	// percent-encoded there).
 	Password string
+	// RootCAs, when not nil, are the CAs that verify a rediss:// server's certificate
+	// instead of the system's.
+	RootCAs *x509.CertPool
 	// OpTimeout bounds every cache operation (default 100ms): a slow Redis costs a read at
 	// most this much before it falls back to L1 and the database.
 	OpTimeout time.Duration
@@ -113,6 +117,12 @@ func OpenWith(url string, o Options) (*Client, error) {
 	}
 	if o.Password != "" {
 		ro.Password = o.Password
+	}
+	if o.RootCAs != nil {
+		if ro.TLSConfig == nil {
+			return nil, fmt.Errorf("a CA for Redis needs a rediss:// URL")
+		}
+		ro.TLSConfig.RootCAs = o.RootCAs
 	}
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = 100 * time.Millisecond
@@ -316,10 +326,10 @@ func IsUnavailable(err error) bool {
 	return true
 }
 
-// Problem says why the client is degraded: "not answering" (no reply: refused connection,
-// timeout) or "refused: " and Redis's own reply (a wrong password, NOAUTH, a server still
-// loading its data), which a reader of /readyz can act on. Redis's replies never quote a
-// password.
+// Problem says why the client is degraded: "not answering: " and the network's error (a
+// refused connection, a timeout, a certificate the client does not trust) or "refused: " and
+// Redis's own reply (a wrong password, NOAUTH, a server still loading its data), which a
+// reader of /readyz can act on. Neither quotes a password.
 func (c *Client) Problem() string {
 	if p := c.problem.Load(); p != nil {
 		return *p
@@ -331,8 +341,8 @@ func (c *Client) noteProblem(err error) {
 	if err == nil {
 		return
 	}
-	msg := "not answering"
 	var reply goredis.Error
+	msg := "not answering: " + err.Error()
 	if errors.As(err, &reply) {
 		msg = "refused: " + strings.TrimSpace(reply.Error())
 	}
