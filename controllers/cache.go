@@ -43,8 +43,25 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 			}
 			p.runtimeSecrets = append(p.runtimeSecrets, secret)
 		}
+		// The CA bundle is mounted as a file; it is in the configuration hash too, so that a
+		// renewed CA rolls the pods (tradingd reads it at start).
+		if ref := redisCASecretRef(p.spec); ref != nil {
+			secret, _, msg, err := r.readUserSecret(ctx, p.stack.Namespace, *ref, "spec.redis.tls.caSecretRef")
+			if err != nil {
+				return false, err
+			}
+			if secret == nil {
+				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing, msg)
+				return true, nil // its appearance triggers the next pass (usersecrets.go)
+			}
+			p.runtimeSecrets = append(p.runtimeSecrets, secret)
+		}
+		how := ""
+		if redisTLS(p.spec) {
+			how = " over TLS"
+		}
 		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheExternal,
-			fmt.Sprintf("using the external Redis at %s", spec.Address))
+			fmt.Sprintf("using the external Redis at %s%s", spec.Address, how))
 		return false, nil
 	}
 

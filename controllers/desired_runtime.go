@@ -70,6 +70,9 @@ func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap 
 			// invalidation channel under its own name, so that they share neither the login
 			// limit of a client IP nor each other's invalidations. A managed Redis serves one.
 			data["REDIS_KEY_PREFIX"] = redisKeyPrefix(s)
+			if redisCASecretRef(s) != nil {
+				data["REDIS_CA_FILE"] = redisCADir + "/" + redisCAFile
+			}
 		}
 	} else if r.Replicas > 1 || r.Autoscaling != nil {
 		// Without Redis the replicas cannot tell each other of a trade: each caching on its
@@ -192,6 +195,18 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 	if rs := s.Spec.Redis; rs.Mode == tradingv1alpha1.RedisExternal && rs.PasswordSecretRef != nil {
 		env = append(env, secretEnv("REDIS_PASSWORD", rs.PasswordSecretRef.Name, rs.PasswordSecretRef.Key))
 	}
+	mounts := []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}}
+	volumes := []corev1.Volume{emptyDirVolume("tmp")}
+	// The external Redis's CA bundle as a file (REDIS_CA_FILE in the ConfigMap), only the key
+	// the spec names.
+	if ref := redisCASecretRef(s); ref != nil {
+		mounts = append(mounts, corev1.VolumeMount{Name: "redis-ca", MountPath: redisCADir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "redis-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName:  ref.Name,
+			Items:       []corev1.KeyToPath{{Key: ref.Key, Path: redisCAFile}},
+			DefaultMode: ptr.To[int32](0o444),
+		}}})
+	}
 	httpProbe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -243,9 +258,9 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 						LivenessProbe:   httpProbe("/healthz", 10, 3),
 						ReadinessProbe:  httpProbe("/readyz", 5, 3),
 						SecurityContext: containerSecurityContext(),
-						VolumeMounts:    []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
+						VolumeMounts:    mounts,
 					}},
-					Volumes: []corev1.Volume{emptyDirVolume("tmp")},
+					Volumes: volumes,
 				},
 			},
 		},

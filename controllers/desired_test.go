@@ -287,6 +287,9 @@ func TestRedisModes(t *testing.T) {
 		{"external with password", tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
 			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}},
 			"redis://cache.corp:6380/0", "prod/demo:", true, false},
+		{"external over TLS", tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			TLS: &tradingv1alpha1.RedisTLS{Enabled: true}},
+			"rediss://cache.corp:6380/0", "prod/demo:", false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -311,6 +314,13 @@ func TestRedisModes(t *testing.T) {
 			}
 			if strings.Contains(got, "@") {
 				t.Errorf("a password in the ConfigMap's REDIS_URL: %q", got)
+			}
+			// Without a CA Secret the image's public CAs verify the server: no file, no volume.
+			if f, ok := desiredRuntimeConfigMap(s).Data["REDIS_CA_FILE"]; ok {
+				t.Errorf("REDIS_CA_FILE=%q without spec.redis.tls.caSecretRef", f)
+			}
+			if n := len(desiredAPIDeployment(s, "img", "h").Spec.Template.Spec.Volumes); n != 1 {
+				t.Errorf("%d volumes, want only tmp", n)
 			}
 			// The password goes as it is (REDIS_PASSWORD), never into a URL, where its "/" or
 			// "@" would break it; the ConfigMap's REDIS_URL is not overridden.

@@ -114,11 +114,35 @@ func redisURL(s *tradingv1alpha1.TradingStack) string {
 	case tradingv1alpha1.RedisDisabled:
 		return ""
 	case tradingv1alpha1.RedisExternal:
+		if redisTLS(s) {
+			return "rediss://" + s.Spec.Redis.Address + "/0"
+		}
 		return "redis://" + s.Spec.Redis.Address + "/0"
 	default:
 		return fmt.Sprintf("redis://%s.%s.svc:%d/0", redisName(s), s.Namespace, redisPort)
 	}
 }
+
+// redisTLS reports whether the runtime speaks TLS to an external Redis.
+func redisTLS(s *tradingv1alpha1.TradingStack) bool {
+	r := s.Spec.Redis
+	return r.Mode == tradingv1alpha1.RedisExternal && r.TLS != nil && r.TLS.Enabled
+}
+
+// redisCASecretRef is the Secret key holding the external Redis's CA bundle, or nil (the
+// runtime image's public CAs).
+func redisCASecretRef(s *tradingv1alpha1.TradingStack) *tradingv1alpha1.SecretKeyReference {
+	if !redisTLS(s) {
+		return nil
+	}
+	return s.Spec.Redis.TLS.CASecretRef
+}
+
+// redisCADir is where the runtime's pods mount that bundle, as redisCAFile.
+const (
+	redisCADir  = "/etc/tradingd/redis-ca"
+	redisCAFile = "ca.crt"
+)
 
 // redisKeyPrefix is the runtime's REDIS_KEY_PREFIX on an external Redis: the stack's namespace
 // and name, which no other stack has at the same time.

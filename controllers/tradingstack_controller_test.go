@@ -72,6 +72,7 @@ func TestOperator(t *testing.T) {
 		{"DeployManifests", testDeployManifests},
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
 		{"MissingSecretWhileServing", testMissingSecretWhileServing},
+		{"RedisTLSCA", testRedisTLSCA},
 		{"InvalidChildIsFailed", testInvalidChildIsFailed},
 		{"EditWhileStoppedPutBack", testEditWhileStoppedPutBack},
 		{"StatusWritesNotApplied", testStatusWritesNotApplied},
@@ -1056,6 +1057,9 @@ func testValidationRules(t *testing.T) {
 	refused("external redis without address", newStack(ns, "v4", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Redis.Mode = tradingv1alpha1.RedisExternal
 	}), "spec.redis.address is required when spec.redis.mode is external")
+	refused("redis tls on the managed redis", newStack(ns, "v4t", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis.TLS = &tradingv1alpha1.RedisTLS{Enabled: true}
+	}), "spec.redis.tls is for spec.redis.mode external only")
 	refused("trusted proxy not a CIDR", newStack(ns, "v5", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.TrustedProxies = []string{"not-a-cidr"}
 	}), "spec.runtime.trustedProxies must contain only CIDRs")
@@ -2103,6 +2107,66 @@ func testMissingSecretWhileServing(t *testing.T) {
 		c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "CacheReady") {
 		t.Errorf("phase %s, Degraded %+v; want Degraded, naming CacheReady", s.Status.Phase, c)
 	}
+}
+
+// testRedisTLSCA: an external Redis over TLS with a private CA. The stack waits for the CA's
+// Secret (CacheSecretMissing), goes on when it appears, and mounts only that key as the file
+// REDIS_CA_FILE names beside a rediss:// REDIS_URL; a renewed CA rolls the pods.
+func testRedisTLSCA(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "tls", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			TLS: &tradingv1alpha1.RedisTLS{Enabled: true, CASecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-ca", Key: "bundle.pem"}}}
+	}))
+	markStatefulSetReady(t, ns, "tls-postgres")
+	waitCondition(t, ns, "tls", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
+
+	ca := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-ca"},
+		StringData: map[string]string{"bundle.pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "other": "x"}}
+	if err := k8s.Create(bg, ca); err != nil {
+		t.Fatal(err)
+	}
+	s := makeReady(t, ns, "tls")
+	if c := condition(s, tradingv1alpha1.ConditionCacheReady); c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "over TLS") {
+		t.Errorf("CacheReady %+v, want True, saying TLS", c)
+	}
+	cm := waitFor(t, &corev1.ConfigMap{}, ns, "tls-runtime")
+	if got := cm.Data["REDIS_URL"]; got != "rediss://cache.corp:6380/0" {
+		t.Errorf("REDIS_URL %q, want rediss://cache.corp:6380/0", got)
+	}
+	if got := cm.Data["REDIS_CA_FILE"]; got != "/etc/tradingd/redis-ca/ca.crt" {
+		t.Errorf("REDIS_CA_FILE %q", got)
+	}
+	dep := waitFor(t, &appsv1.Deployment{}, ns, "tls-api")
+	var vol *corev1.Volume
+	for i, v := range dep.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "corp-ca" {
+			vol = &dep.Spec.Template.Spec.Volumes[i]
+		}
+	}
+	if vol == nil || len(vol.Secret.Items) != 1 || vol.Secret.Items[0].Key != "bundle.pem" || vol.Secret.Items[0].Path != "ca.crt" {
+		t.Fatalf("no volume of the CA's key alone: %+v", dep.Spec.Template.Spec.Volumes)
+	}
+	mounted := false
+	for _, m := range dep.Spec.Template.Spec.Containers[0].VolumeMounts {
+		mounted = mounted || (m.Name == vol.Name && m.MountPath == "/etc/tradingd/redis-ca" && m.ReadOnly)
+	}
+	if !mounted {
+		t.Errorf("the CA is not mounted read-only at /etc/tradingd/redis-ca: %+v", dep.Spec.Template.Spec.Containers[0].VolumeMounts)
+	}
+
+	hash := dep.Spec.Template.Annotations[configHashAnnotation]
+	ca.StringData = map[string]string{"bundle.pem": "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"}
+	if err := k8s.Update(bg, ca); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a renewed CA rolls the pods", func() error {
+		fresh := waitFor(t, &appsv1.Deployment{}, ns, "tls-api")
+		if fresh.Spec.Template.Annotations[configHashAnnotation] == hash {
+			return fmt.Errorf("config hash unchanged")
+		}
+		return nil
+	})
 }
 
 // testInvalidChildIsFailed: a spec value the schema lets through but the API server refuses

@@ -15,7 +15,7 @@ import (
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
 
-// Secrets that users make (the external database's DSN, the external Redis password) carry
+// Secrets that users make (the external database's DSN, the external Redis's password and CA) carry
 // none of the operator's labels, so the label-limited cache never sees them. A cache of their
 // metadata only (name, namespace, resourceVersion: no data, so it stays small however many
 // Secrets the namespaces hold) reports them: a stack waiting for its Secret proceeds as soon
@@ -65,6 +65,9 @@ func references(s *tradingv1alpha1.TradingStack, secret string) bool {
 	if ext := s.Spec.Postgres.External; ext != nil && ext.ConnectionSecretRef.Name == secret {
 		return true
 	}
-	ref := s.Spec.Redis.PasswordSecretRef
+	if ref := s.Spec.Redis.PasswordSecretRef; ref != nil && ref.Name == secret {
+		return true
+	}
+	ref := redisCASecretRef(s)
 	return ref != nil && ref.Name == secret
 }

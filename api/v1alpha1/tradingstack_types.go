@@ -390,6 +390,7 @@ const (
 
 // RedisSpec selects the shared cache and rate-limit store.
 // +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'external' || (has(self.address) && size(self.address) > 0)",message="spec.redis.address is required when spec.redis.mode is external"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls) || (has(self.mode) && self.mode == 'external')",message="spec.redis.tls is for spec.redis.mode external only"
 type RedisSpec struct {
 	// Mode is managed (the operator runs Redis, the default), external (an existing Redis at
 	// address) or disabled (no Redis: caches and rate limits are per replica).
@@ -423,6 +424,25 @@ type RedisSpec struct {
 	// only.
 	// +optional
 	PasswordSecretRef *SecretKeyReference `json:"passwordSecretRef,omitempty"`
+
+	// TLS connects to the external Redis over TLS (rediss://), as cloud Redis services ask.
+	// External mode only.
+	// +optional
+	TLS *RedisTLS `json:"tls,omitempty"`
+}
+
+// RedisTLS is TLS to an external Redis. The runtime verifies the server's certificate and
+// host name; it never connects unverified.
+type RedisTLS struct {
+	// Enabled turns TLS on.
+	// +optional
+	Enabled bool `json:"enabled,omitempty"`
+
+	// CASecretRef names the Secret and key holding the PEM certificates of the CAs that sign
+	// the server's certificate (REDIS_CA_FILE). Unset: the public CAs the runtime image
+	// trusts, which is what cloud providers' Redis services use.
+	// +optional
+	CASecretRef *SecretKeyReference `json:"caSecretRef,omitempty"`
 }
 
 // MonitoringSpec controls the prometheus-operator objects made for the runtime.
