@@ -211,8 +211,23 @@ func (r *TradingStackReconciler) reconcileExternalDatabase(ctx context.Context, 
 		return true, nil // the user's Secret appearing triggers the next pass (usersecrets.go)
 	}
 	p.runtimeSecrets = append(p.runtimeSecrets, secret)
+	how := ""
+	// The CA bundle is mounted as a file and hashed into the runtime's pod template, so that
+	// a renewed CA rolls the pods (pgx reads it when a connection is made).
+	if ca := postgresCASecretRef(p.spec); ca != nil {
+		secret, reason, msg, err := r.readUserSecret(ctx, p.stack.Namespace, *ca, "spec.postgres.external.caSecretRef")
+		if err != nil {
+			return false, err
+		}
+		if secret == nil {
+			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, reason, msg)
+			return true, nil // its appearance triggers the next pass (usersecrets.go)
+		}
+		p.runtimeSecrets = append(p.runtimeSecrets, secret)
+		how = fmt.Sprintf(", its server certificate checked against the CAs of Secret %s key %s", ca.Name, ca.Key)
+	}
 	p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase,
-		fmt.Sprintf("using the external database from Secret %s key %s", ref.Name, ref.Key))
+		fmt.Sprintf("using the external database from Secret %s key %s%s", ref.Name, ref.Key, how))
 	return false, nil
 }
 

@@ -71,7 +71,7 @@ func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap 
 			// limit of a client IP nor each other's invalidations. A managed Redis serves one.
 			data["REDIS_KEY_PREFIX"] = redisKeyPrefix(s)
 			if redisCASecretRef(s) != nil {
-				data["REDIS_CA_FILE"] = redisCADir + "/" + redisCAFile
+				data["REDIS_CA_FILE"] = redisCADir + "/" + caFile
 			}
 		}
 	} else if r.Replicas > 1 || r.Autoscaling != nil {
@@ -133,6 +133,28 @@ func configHash(cm *corev1.ConfigMap, secrets ...*corev1.Secret) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// caVolume is one key of a user's Secret (a CA bundle) as the file caFile in dir, read-only.
+func caVolume(name, dir string, ref tradingv1alpha1.SecretKeyReference) (corev1.Volume, corev1.VolumeMount) {
+	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName:  ref.Name,
+			Items:       []corev1.KeyToPath{{Key: ref.Key, Path: caFile}},
+			DefaultMode: ptr.To[int32](0o444),
+		}}},
+		corev1.VolumeMount{Name: name, MountPath: dir, ReadOnly: true}
+}
+
+// withPostgresCA adds the external database's CA bundle to a pod that connects to it (the
+// runtime, the migration Job): the file, and PGSSLROOTCERT, which pgx reads as the DSN's
+// sslrootcert unless the DSN names one itself.
+func withPostgresCA(s *tradingv1alpha1.TradingStack, env []corev1.EnvVar, volumes []corev1.Volume, mounts []corev1.VolumeMount) ([]corev1.EnvVar, []corev1.Volume, []corev1.VolumeMount) {
+	ref := postgresCASecretRef(s)
+	if ref == nil {
+		return env, volumes, mounts
+	}
+	v, m := caVolume("postgres-ca", postgresCADir, *ref)
+	return append(env, corev1.EnvVar{Name: "PGSSLROOTCERT", Value: postgresCADir + "/" + caFile}), append(volumes, v), append(mounts, m)
+}
+
 // desiredMigrationJob is NAME-migrate-HASH: `tradingd migrate` with image against the stack's
 // database. It never restarts in place (failed pods stay for their logs) and gives up after a
 // few attempts or ten minutes; its last log lines become the termination message, so a failure
@@ -141,6 +163,9 @@ func configHash(cm *corev1.ConfigMap, secrets ...*corev1.Secret) string {
 func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image, database string) *batchv1.Job {
 	meta := objectMeta(s, migrationJobName(s, image), tradingdApp, migrationComponent)
 	meta.Annotations = map[string]string{runtimeImageAnnotation: image, databaseAnnotation: database}
+	env, volumes, mounts := withPostgresCA(s,
+		[]corev1.EnvVar{databaseURLEnv(s), {Name: "LOG_FORMAT", Value: "json"}},
+		[]corev1.Volume{emptyDirVolume("tmp")}, []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}})
 	return &batchv1.Job{
 		TypeMeta:   typeMeta("batch/v1", "Job"),
 		ObjectMeta: meta,
@@ -158,13 +183,13 @@ func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image, database string
 						Image:                    image,
 						ImagePullPolicy:          corev1.PullIfNotPresent,
 						Command:                  []string{tradingdBinary, "migrate"},
-						Env:                      []corev1.EnvVar{databaseURLEnv(s), {Name: "LOG_FORMAT", Value: "json"}},
+						Env:                      env,
 						Resources:                defaultMigrationResources(),
 						SecurityContext:          containerSecurityContext(),
 						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-						VolumeMounts:             []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
+						VolumeMounts:             mounts,
 					}},
-					Volumes: []corev1.Volume{emptyDirVolume("tmp")},
+					Volumes: volumes,
 				},
 			},
 		},
@@ -197,16 +222,12 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 	}
 	mounts := []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}}
 	volumes := []corev1.Volume{emptyDirVolume("tmp")}
-	// The external Redis's CA bundle as a file (REDIS_CA_FILE in the ConfigMap), only the key
-	// the spec names.
+	// The external Redis's CA bundle as a file (REDIS_CA_FILE in the ConfigMap).
 	if ref := redisCASecretRef(s); ref != nil {
-		mounts = append(mounts, corev1.VolumeMount{Name: "redis-ca", MountPath: redisCADir, ReadOnly: true})
-		volumes = append(volumes, corev1.Volume{Name: "redis-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-			SecretName:  ref.Name,
-			Items:       []corev1.KeyToPath{{Key: ref.Key, Path: redisCAFile}},
-			DefaultMode: ptr.To[int32](0o444),
-		}}})
+		v, m := caVolume("redis-ca", redisCADir, *ref)
+		volumes, mounts = append(volumes, v), append(mounts, m)
 	}
+	env, volumes, mounts = withPostgresCA(s, env, volumes, mounts)
 	httpProbe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{

@@ -271,6 +271,49 @@ func TestDatabaseURLSource(t *testing.T) {
 	}
 }
 
+// An external database's CA bundle reaches both pods that connect to it, the runtime and the
+// migration Job, as a read-only file that PGSSLROOTCERT names; without one, neither has it.
+func TestExternalPostgresCA(t *testing.T) {
+	for _, withCA := range []bool{false, true} {
+		s := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) {
+			sp.Postgres = tradingv1alpha1.PostgresSpec{External: &tradingv1alpha1.ExternalPostgres{
+				ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"}}}
+			if withCA {
+				sp.Postgres.External.CASecretRef = &tradingv1alpha1.SecretKeyReference{Name: "rds-ca", Key: "bundle.pem"}
+			}
+		})
+		for what, pod := range map[string]corev1.PodSpec{
+			"runtime":       desiredAPIDeployment(s, "img", "h").Spec.Template.Spec,
+			"migration Job": desiredMigrationJob(s, "img", "db").Spec.Template.Spec,
+		} {
+			env := envByName(pod.Containers[0])
+			root, hasRoot := env["PGSSLROOTCERT"]
+			var vol *corev1.Volume
+			for i, v := range pod.Volumes {
+				if v.Secret != nil && v.Secret.SecretName == "rds-ca" {
+					vol = &pod.Volumes[i]
+				}
+			}
+			mounted := false
+			for _, m := range pod.Containers[0].VolumeMounts {
+				mounted = mounted || (vol != nil && m.Name == vol.Name && m.MountPath == "/etc/tradingd/postgres-ca" && m.ReadOnly)
+			}
+			if !withCA {
+				if hasRoot || vol != nil {
+					t.Errorf("%s without a CA: PGSSLROOTCERT %v, volume %+v", what, hasRoot, vol)
+				}
+				continue
+			}
+			if root.Value != "/etc/tradingd/postgres-ca/ca.crt" {
+				t.Errorf("%s: PGSSLROOTCERT %q", what, root.Value)
+			}
+			if vol == nil || len(vol.Secret.Items) != 1 || vol.Secret.Items[0].Key != "bundle.pem" || vol.Secret.Items[0].Path != "ca.crt" || !mounted {
+				t.Errorf("%s: CA volume %+v mounted %v, want bundle.pem alone as ca.crt, read-only", what, vol, mounted)
+			}
+		}
+	}
+}
+
 func TestRedisModes(t *testing.T) {
 	tests := []struct {
 		name       string

@@ -138,10 +138,20 @@ func redisCASecretRef(s *tradingv1alpha1.TradingStack) *tradingv1alpha1.SecretKe
 	return s.Spec.Redis.TLS.CASecretRef
 }
 
-// redisCADir is where the runtime's pods mount that bundle, as redisCAFile.
+// postgresCASecretRef is the Secret key holding the external database's CA bundle, or nil.
+func postgresCASecretRef(s *tradingv1alpha1.TradingStack) *tradingv1alpha1.SecretKeyReference {
+	if ext := s.Spec.Postgres.External; ext != nil {
+		return ext.CASecretRef
+	}
+	return nil
+}
+
+// Where the pods mount the CA bundles of an external Redis and an external database, each as
+// caFile.
 const (
-	redisCADir  = "/etc/tradingd/redis-ca"
-	redisCAFile = "ca.crt"
+	redisCADir    = "/etc/tradingd/redis-ca"
+	postgresCADir = "/etc/tradingd/postgres-ca"
+	caFile        = "ca.crt"
 )
 
 // redisKeyPrefix is the runtime's REDIS_KEY_PREFIX on an external Redis: the stack's namespace

@@ -73,6 +73,7 @@ func TestOperator(t *testing.T) {
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
 		{"MissingSecretWhileServing", testMissingSecretWhileServing},
 		{"RedisTLSCA", testRedisTLSCA},
+		{"ExternalPostgresCA", testExternalPostgresCA},
 		{"InvalidChildIsFailed", testInvalidChildIsFailed},
 		{"EditWhileStoppedPutBack", testEditWhileStoppedPutBack},
 		{"StatusWritesNotApplied", testStatusWritesNotApplied},
@@ -2167,6 +2168,55 @@ func testRedisTLSCA(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// testExternalPostgresCA: an external database with a CA bundle. The stack waits for the
+// CA's Secret (DatabaseReady False, naming it), and once it exists the migration Job and the
+// runtime both mount it, with PGSSLROOTCERT naming the file.
+func testExternalPostgresCA(t *testing.T) {
+	ns := newNamespace(t)
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-db"},
+		StringData: map[string]string{"dsn": "postgres://u:p@db.corp:5432/trading?sslmode=verify-full"}}); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "pgca", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{
+			ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"},
+			CASecretRef:         &tradingv1alpha1.SecretKeyReference{Name: "corp-db-ca", Key: "ca.pem"}}
+	}))
+	s := waitCondition(t, ns, "pgca", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonExternalSecretNotFound)
+	if c := condition(s, tradingv1alpha1.ConditionDatabaseReady); !strings.Contains(c.Message, "spec.postgres.external.caSecretRef") {
+		t.Errorf("DatabaseReady message %q does not name the field", c.Message)
+	}
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-db-ca"},
+		StringData: map[string]string{"ca.pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}); err != nil {
+		t.Fatal(err)
+	}
+	job := waitExternalMigrationJob(t, ns, "pgca", "corp-db")
+	makeReady(t, ns, "pgca")
+	for what, pod := range map[string]corev1.PodSpec{
+		"migration Job": job.Spec.Template.Spec,
+		"runtime":       waitFor(t, &appsv1.Deployment{}, ns, "pgca-api").Spec.Template.Spec,
+	} {
+		root := ""
+		for _, e := range pod.Containers[0].Env {
+			if e.Name == "PGSSLROOTCERT" {
+				root = e.Value
+			}
+		}
+		mounted := false
+		for _, v := range pod.Volumes {
+			if v.Secret == nil || v.Secret.SecretName != "corp-db-ca" {
+				continue
+			}
+			for _, m := range pod.Containers[0].VolumeMounts {
+				mounted = mounted || (m.Name == v.Name && m.MountPath+"/"+v.Secret.Items[0].Path == root)
+			}
+		}
+		if root == "" || !mounted {
+			t.Errorf("%s: PGSSLROOTCERT %q, CA mounted there %v", what, root, mounted)
+		}
+	}
 }
 
 // testInvalidChildIsFailed: a spec value the schema lets through but the API server refuses

@@ -15,7 +15,7 @@ import (
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
 
-// Secrets that users make (the external database's DSN, the external Redis's password and CA) carry
+// Secrets that users make (the external database's DSN and CA, the external Redis's password and CA) carry
 // none of the operator's labels, so the label-limited cache never sees them. A cache of their
 // metadata only (name, namespace, resourceVersion: no data, so it stays small however many
 // Secrets the namespaces hold) reports them: a stack waiting for its Secret proceeds as soon
@@ -63,6 +63,9 @@ func (r *TradingStackReconciler) stacksReferencingSecret(ctx context.Context, s 
 
 func references(s *tradingv1alpha1.TradingStack, secret string) bool {
 	if ext := s.Spec.Postgres.External; ext != nil && ext.ConnectionSecretRef.Name == secret {
+		return true
+	}
+	if ref := postgresCASecretRef(s); ref != nil && ref.Name == secret {
 		return true
 	}
 	if ref := s.Spec.Redis.PasswordSecretRef; ref != nil && ref.Name == secret {

@@ -324,6 +324,13 @@ type ExternalPostgres struct {
 	// connect with. The Secret must be in the stack's namespace.
 	// +required
 	ConnectionSecretRef SecretKeyReference `json:"connectionSecretRef"`
+
+	// CASecretRef names the Secret and key holding the PEM certificates of the CAs that sign
+	// the database server's certificate (a private CA, or a cloud provider's such as Amazon
+	// RDS's). It is mounted into the runtime's and the migration Job's pods, and
+	// PGSSLROOTCERT points at it: with sslmode=verify-full in the DSN they verify the server.
+	// +optional
+	CASecretRef *SecretKeyReference `json:"caSecretRef,omitempty"`
 }
 
 // SecretKeyReference names one key of a Secret in the stack's namespace.
