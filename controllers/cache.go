@@ -41,7 +41,7 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing, msg)
 				return true, nil // its appearance triggers the next pass (usersecrets.go)
 			}
-			p.runtimeSecrets = append(p.runtimeSecrets, secret)
+			p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ref.Key))
 		}
 		// The CA bundle is mounted as a file; it is in the configuration hash too, so that a
 		// renewed CA rolls the pods (tradingd reads it at start).
@@ -54,7 +54,11 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing, msg)
 				return true, nil // its appearance triggers the next pass (usersecrets.go)
 			}
-			p.runtimeSecrets = append(p.runtimeSecrets, secret)
+			if msg := caBundleProblem(secret, *ref, "spec.redis.tls.caSecretRef"); msg != "" {
+				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonInvalidCertificate, msg)
+				return true, nil // an edit of the Secret triggers the next pass
+			}
+			p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ref.Key))
 		}
 		how := ""
 		if redisTLS(p.spec) {

@@ -2,7 +2,9 @@ package controllers
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"strings"
 
@@ -210,7 +212,7 @@ func (r *TradingStackReconciler) reconcileExternalDatabase(ctx context.Context, 
 		}
 		return true, nil // the user's Secret appearing triggers the next pass (usersecrets.go)
 	}
-	p.runtimeSecrets = append(p.runtimeSecrets, secret)
+	p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ref.Key))
 	how := ""
 	// The CA bundle is mounted as a file and hashed into the runtime's pod template, so that
 	// a renewed CA rolls the pods (pgx reads it when a connection is made).
@@ -223,7 +225,11 @@ func (r *TradingStackReconciler) reconcileExternalDatabase(ctx context.Context, 
 			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, reason, msg)
 			return true, nil // its appearance triggers the next pass (usersecrets.go)
 		}
-		p.runtimeSecrets = append(p.runtimeSecrets, secret)
+		if msg := caBundleProblem(secret, *ca, "spec.postgres.external.caSecretRef"); msg != "" {
+			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonInvalidCertificate, msg)
+			return true, nil // an edit of the Secret triggers the next pass
+		}
+		p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ca.Key))
 		how = fmt.Sprintf(", its server certificate checked against the CAs of Secret %s key %s", ca.Name, ca.Key)
 	}
 	p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase,
@@ -248,6 +254,33 @@ func (r *TradingStackReconciler) readUserSecret(ctx context.Context, namespace s
 			fmt.Sprintf("Secret %s named by %s has no key %s", ref.Name, field, ref.Key), nil
 	}
 	return secret, "", "", nil
+}
+
+// secretKey is the part of a user's Secret that the pods use, one key, for the configuration
+// hash: a change of another key of that Secret (a cert-manager Secret's tls.key next to its
+// ca.crt, say) must not roll the pods.
+func secretKey(s *corev1.Secret, key string) *corev1.Secret {
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name},
+		Data: map[string][]byte{key: s.Data[key]}}
+}
+
+// caBundleProblem says what is wrong with a CA bundle a spec field names, or "" when its key
+// holds at least one PEM certificate (what tradingd and pgx need to start).
+func caBundleProblem(s *corev1.Secret, ref tradingv1alpha1.SecretKeyReference, field string) string {
+	rest := s.Data[ref.Key]
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return fmt.Sprintf("Secret %s key %s named by %s holds no PEM certificate", ref.Name, ref.Key, field)
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err == nil {
+			return ""
+		}
+	}
 }
 
 // releaseDatabaseVolumes keeps the managed database's volumes when the stack moves to an

@@ -179,8 +179,8 @@ func migrationDatabase(p *pass) string {
 	ref := p.spec.Spec.Postgres.External.ConnectionSecretRef
 	id := "external:" + ref.Name + "/" + ref.Key
 	for _, sec := range p.runtimeSecrets {
-		if sec.Name != ref.Name {
-			continue
+		if sec.Name != ref.Name || len(sec.Data[ref.Key]) == 0 {
+			continue // another key of the Secret (a CA bundle kept with the DSN)
 		}
 		cfg, err := pgconn.ParseConfig(string(sec.Data[ref.Key]))
 		if err != nil {

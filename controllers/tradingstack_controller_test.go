@@ -1061,6 +1061,10 @@ func testValidationRules(t *testing.T) {
 	refused("redis tls on the managed redis", newStack(ns, "v4t", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Redis.TLS = &tradingv1alpha1.RedisTLS{Enabled: true}
 	}), "spec.redis.tls is for spec.redis.mode external only")
+	refused("redis tls CA without tls", newStack(ns, "v4u", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			TLS: &tradingv1alpha1.RedisTLS{CASecretRef: &tradingv1alpha1.SecretKeyReference{Name: "ca", Key: "ca.crt"}}}
+	}), "spec.redis.tls.caSecretRef needs spec.redis.tls.enabled: true")
 	refused("trusted proxy not a CIDR", newStack(ns, "v5", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.TrustedProxies = []string{"not-a-cidr"}
 	}), "spec.runtime.trustedProxies must contain only CIDRs")
@@ -2122,9 +2126,15 @@ func testRedisTLSCA(t *testing.T) {
 	markStatefulSetReady(t, ns, "tls-postgres")
 	waitCondition(t, ns, "tls", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
 
+	// Not a certificate: the runtime would refuse it at start, so the stack says so instead.
 	ca := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-ca"},
 		StringData: map[string]string{"bundle.pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "other": "x"}}
 	if err := k8s.Create(bg, ca); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "tls", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonInvalidCertificate)
+	ca.StringData = map[string]string{"bundle.pem": testCAPEM(t)}
+	if err := k8s.Update(bg, ca); err != nil {
 		t.Fatal(err)
 	}
 	s := makeReady(t, ns, "tls")
@@ -2156,8 +2166,24 @@ func testRedisTLSCA(t *testing.T) {
 		t.Errorf("the CA is not mounted read-only at /etc/tradingd/redis-ca: %+v", dep.Spec.Template.Spec.Containers[0].VolumeMounts)
 	}
 
+	// Another key of the Secret changing (a cert-manager Secret's tls.key, say) is not the CA:
+	// the pods stay; a renewed CA rolls them.
 	hash := dep.Spec.Template.Annotations[configHashAnnotation]
-	ca.StringData = map[string]string{"bundle.pem": "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"}
+	if err := k8s.Get(bg, client.ObjectKeyFromObject(ca), ca); err != nil {
+		t.Fatal(err)
+	}
+	ca.StringData = map[string]string{"other": "y"}
+	if err := k8s.Update(bg, ca); err != nil {
+		t.Fatal(err)
+	}
+	reconcileDirectly(t, ns, "tls", 1)
+	if fresh := waitFor(t, &appsv1.Deployment{}, ns, "tls-api"); fresh.Spec.Template.Annotations[configHashAnnotation] != hash {
+		t.Errorf("another key of the CA's Secret changed the pods' configuration hash")
+	}
+	if err := k8s.Get(bg, client.ObjectKeyFromObject(ca), ca); err != nil {
+		t.Fatal(err)
+	}
+	ca.StringData = map[string]string{"bundle.pem": testCAPEM(t)}
 	if err := k8s.Update(bg, ca); err != nil {
 		t.Fatal(err)
 	}
@@ -2189,7 +2215,7 @@ func testExternalPostgresCA(t *testing.T) {
 		t.Errorf("DatabaseReady message %q does not name the field", c.Message)
 	}
 	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-db-ca"},
-		StringData: map[string]string{"ca.pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}); err != nil {
+		StringData: map[string]string{"ca.pem": testCAPEM(t)}}); err != nil {
 		t.Fatal(err)
 	}
 	job := waitExternalMigrationJob(t, ns, "pgca", "corp-db")

@@ -43,6 +43,9 @@ const (
 	ReasonExternalDatabase        = "ExternalDatabase"
 	ReasonExternalSecretNotFound  = "ExternalSecretNotFound"
 	ReasonExternalSecretKeyAbsent = "ExternalSecretKeyMissing"
+	// ReasonInvalidCertificate (DatabaseReady, CacheReady): a CA Secret's key holds no PEM
+	// certificate, which the runtime would refuse at start.
+	ReasonInvalidCertificate = "InvalidCertificate"
 
 	// CacheReady.
 	ReasonCacheAvailable     = "CacheAvailable"

@@ -440,6 +440,7 @@ type RedisSpec struct {
 
 // RedisTLS is TLS to an external Redis. The runtime verifies the server's certificate and
 // host name; it never connects unverified.
+// +kubebuilder:validation:XValidation:rule="!has(self.caSecretRef) || (has(self.enabled) && self.enabled)",message="spec.redis.tls.caSecretRef needs spec.redis.tls.enabled: true"
 type RedisTLS struct {
 	// Enabled turns TLS on.
 	// +optional

@@ -705,7 +705,7 @@ func oneLine(s string) string {
 
 // readCAFile reads REDIS_CA_FILE: PEM certificates, for a rediss:// REDIS_URL.
 func readCAFile(path, redisURL string) (*x509.CertPool, error) {
-	if !strings.HasPrefix(redisURL, "rediss://") {
+	if u, err := url.Parse(redisURL); err != nil || u.Scheme != "rediss" { // url.Parse lowercases the scheme
 		return nil, errors.New("needs a rediss:// REDIS_URL (TLS)")
 	}
 	b, err := os.ReadFile(path)

@@ -248,3 +248,17 @@ func writeTestCA(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 	}
 	return write("ca.crt", "CERTIFICATE", caDER), write("tls.crt", "CERTIFICATE", der), write("tls.key", "PRIVATE KEY", keyDER)
 }
+
+// REDIS_CA_FILE goes with a TLS URL whatever the scheme's case (go-redis, like url.Parse,
+// reads REDISS:// as rediss://), and never with a plain one.
+func TestReadCAFileScheme(t *testing.T) {
+	ca, _, _ := writeTestCA(t, t.TempDir())
+	for url, ok := range map[string]bool{
+		"rediss://cache:6380/0": true, "REDISS://cache:6380/0": true,
+		"redis://cache:6379/0": false, "unix:///run/redis.sock": false,
+	} {
+		if _, err := readCAFile(ca, url); (err == nil) != ok {
+			t.Errorf("readCAFile with %s: %v, want ok %v", url, err, ok)
+		}
+	}
+}

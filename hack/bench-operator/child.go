@@ -102,6 +102,8 @@ type managerProcess struct {
 	cmd     *exec.Cmd
 	metrics string // URL of its metrics endpoint
 	exited  chan error
+	exitErr error // set by alive when it saw the process end
+	stopped bool
 }
 
 // startManager starts a manager process with the given kubeconfig and waits until its
@@ -121,8 +123,10 @@ func startManager(ctx context.Context, kubeconfigPath string, concurrency int, r
 	cmd.Env = append(os.Environ(), childEnv+"=1", childKubeEnv+"="+kubeconfigPath, childAddrEnv+"="+addr,
 		childConcEnv+"="+strconv.Itoa(concurrency), childResyncEnv+"="+resync.String())
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	// Its own process group: an interrupted bench ends it too (the deferred stop).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so that the terminal's Ctrl-C reaches the bench alone, which
+	// stops the manager in order (the deferred stop) before the API server; and a bench that
+	// dies without that (SIGKILL) takes the manager with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -147,8 +151,15 @@ func startManager(ctx context.Context, kubeconfigPath string, concurrency int, r
 	}
 }
 
-// stop ends the process (SIGTERM, as a Deployment's rollout would) and waits for it.
+// stop ends the process (SIGTERM, as a Deployment's rollout would) and waits for it; once.
 func (p *managerProcess) stop() {
+	if p == nil || p.stopped {
+		return
+	}
+	p.stopped = true
+	if p.exitErr != nil {
+		return // exited by itself
+	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.exited:
@@ -156,6 +167,20 @@ func (p *managerProcess) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}
+}
+
+// alive returns an error when the bench was interrupted or the manager process has exited,
+// so that a crashed manager ends the run at once instead of at a timeout.
+func (p *managerProcess) alive(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case err := <-p.exited:
+		p.exitErr = fmt.Errorf("manager process exited: %v", err)
+	default:
+	}
+	return p.exitErr
 }
 
 // counts is what the bench reads from a manager process.

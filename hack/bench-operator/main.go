@@ -197,7 +197,7 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	if err != nil {
 		return err
 	}
-	defer func() { mgr.stop() }()
+	defer func() { mgr.stop() }() // the current one: the restart below replaces it
 	scrape := func() counts {
 		got, err := mgr.scrape(ctx)
 		if err != nil {
@@ -262,8 +262,8 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 			now := scrape()
 			fmt.Printf("  %5.0fs: %d of %d Ready, %.0f reconciles, %.0f writes\n", time.Since(start).Seconds(), ready, n, now.reconciles-atStart.reconciles, now.writes())
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if err := mgr.alive(ctx); err != nil {
+			return err
 		}
 		if time.Since(start) > 10*time.Minute {
 			return fmt.Errorf("not converged after 10 minutes: %d of %d Ready", ready, n)
@@ -307,10 +307,15 @@ func run(n, nsCount, concurrency int, restFor time.Duration) error {
 	rss1, hwm1 := mgr.memory()
 	mgr.stop()
 	restartAt := time.Now()
-	if mgr, err = startManager(ctx, kubeconfigPath, concurrency, syncPeriod); err != nil {
+	second, err := startManager(ctx, kubeconfigPath, concurrency, syncPeriod)
+	if err != nil {
 		return err
 	}
+	mgr = second
 	for scrape().reconciles < float64(n) && time.Since(restartAt) < 5*time.Minute {
+		if err := mgr.alive(ctx); err != nil {
+			return err
+		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	reReconciled := time.Since(restartAt)

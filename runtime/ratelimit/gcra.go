@@ -11,8 +11,9 @@ import (
 // allowAll is GCRA over several buckets, all or nothing: a request is allowed only when
 // every bucket allows it, and only then does it use up one request of each; a refused
 // request costs nothing anywhere. The state of a bucket is the same as redis_rate's (the
-// theoretical arrival time, in seconds since 2017-01-01, under "rate:<key>", with
-// burst = limit), so a bucket can be checked by either.
+// theoretical arrival time, in seconds since 2017-01-01, under "rate:<key>" after the
+// deployment's REDIS_KEY_PREFIX, with burst = limit), so without a prefix a bucket can be
+// checked by either.
 //
 // It decides a batch of requests (redis.Batcher: the requests in flight together share one
 // call): KEYS holds each request's buckets in turn; ARGV, per request, its number of

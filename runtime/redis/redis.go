@@ -11,13 +11,14 @@
 // Wiring (cmd/tradingd serve, only when REDIS_URL is set; runtime/metrics'
 // Example_wiring is the compiled version):
 //
-//	rc, err := redis.Open(cfg.RedisURL) // fails only on a malformed URL, not when Redis is down
+//	rc, err := redis.OpenWith(cfg.RedisURL, redis.Options{Prefix: cfg.RedisKeyPrefix,
+//		Password: cfg.RedisPassword, RootCAs: cfg.RedisRootCAs}) // fails only on a malformed URL
 //	if err != nil { exit 2 naming REDIS_URL }
 //	defer rc.Close()
 //	rc.SetLogger(logger)
 //	m.SetRedisUp(rc.Healthy()); rc.OnHealthChange(m.SetRedisUp) // redis_up gauge
 //	// /readyz stays 200 while Redis is down and says so: if !rc.Healthy() -> checks.redis
-//	// "degraded: not answering (...)", status "degraded".
+//	// "degraded: " + rc.Problem() + "; reads go to ...", status "degraded".
 //	// cache.Options{Remote: rc} and ratelimit.Options{Redis: rc}; without REDIS_URL pass a nil
 //	// cache.Remote (not a typed nil *Client) and a nil *Client.
 package redis
@@ -158,7 +159,7 @@ func OpenWith(url string, o Options) (*Client, error) {
 	c.healthy.Store(err == nil)
 	c.noteProblem(err)
 	if err != nil {
-		c.logger().Warn("redis is not answering; cache and rate limits run degraded until it does", "addr", ro.Addr, "err", err.Error())
+		c.logger().Warn("redis cannot be used; cache and rate limits run degraded until it can", "addr", ro.Addr, "problem", c.Problem())
 	}
 	c.done.Add(1)
 	go c.pinger()
@@ -359,11 +360,7 @@ func (c *Client) setHealthy(ok bool, err error) {
 	if ok {
 		c.logger().Info("redis is answering again; shared cache and rate limits resume")
 	} else {
-		msg := ""
-		if err != nil {
-			msg = err.Error()
-		}
-		c.logger().Warn("redis is not answering; reads go to the database and rate limits are per process until it does", "err", msg)
+		c.logger().Warn("redis cannot be used; reads go to the database and rate limits are per process until it can", "problem", c.Problem())
 	}
 	c.hooksMu.Lock()
 	hooks := append([]func(bool){}, c.hooks...)
