@@ -212,27 +212,12 @@ func (p *managerProcess) scrape(ctx context.Context) (counts, error) {
 	if err != nil {
 		return c, err
 	}
+	byKind := map[string]*float64{"apply": &c.applies, "create": &c.creates, "delete": &c.deletes,
+		"status": &c.status, "event": &c.events, "other": &c.other, "get": &c.gets}
 	for _, m := range families["bench_operator_requests_total"].GetMetric() {
-		v := m.GetCounter().GetValue()
 		for _, l := range m.GetLabel() {
-			if l.GetName() != "kind" {
-				continue
-			}
-			switch l.GetValue() {
-			case "apply":
-				c.applies = v
-			case "create":
-				c.creates = v
-			case "delete":
-				c.deletes = v
-			case "status":
-				c.status = v
-			case "event":
-				c.events = v
-			case "other":
-				c.other = v
-			case "get":
-				c.gets = v
+			if f := byKind[l.GetValue()]; l.GetName() == "kind" && f != nil {
+				*f = m.GetCounter().GetValue()
 			}
 		}
 	}
