@@ -79,12 +79,39 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 
 	if sts.Status.ReadyReplicas >= 1 {
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonDatabaseAvailable,
-			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod%s", sts.Name, notApplied))
+			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod%s%s", sts.Name, notApplied, poolsWarning(p.spec)))
 	} else {
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady,
 			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s", sts.Name, notApplied))
 	}
 	return false, nil
+}
+
+// managedMaxConnections is the managed PostgreSQL's max_connections (the image's default);
+// migrationConns is what a migration Job holds at most (one session, one for the lock).
+const (
+	managedMaxConnections = 100
+	migrationConns        = 2
+)
+
+// poolsWarning says, for the managed database, when the runtime's pools together may ask for
+// more connections than it accepts: the most pods at once (replicas or autoscaling's maximum,
+// plus the one a rolling update adds) times spec.postgres.pool.maxConns, plus a migration. A
+// pool opens connections only under load, so the stack works until the load comes, and then
+// requests fail with 503 ("too many clients"); said here, where a platform team looks, with
+// the largest maxConns that fits. "" when they fit.
+func poolsWarning(s *tradingv1alpha1.TradingStack) string {
+	pods := s.Spec.Runtime.Replicas
+	if a := s.Spec.Runtime.Autoscaling; a != nil {
+		pods = a.MaxReplicas
+	}
+	pods++ // a rolling update runs one more (maxSurge 1)
+	want := int(pods)*int(s.Spec.Postgres.Pool.MaxConns) + migrationConns
+	if want <= managedMaxConnections {
+		return ""
+	}
+	return fmt.Sprintf("; warning: the runtime's pools may open %d connections (%d pods at most, counting a rolling update's extra one, x spec.postgres.pool.maxConns %d, plus a migration), more than the database's %d: under load requests would fail; set maxConns to %d or less",
+		want, pods, s.Spec.Postgres.Pool.MaxConns, managedMaxConnections, (managedMaxConnections-migrationConns)/int(pods))
 }
 
 // storageNotApplied says which part of spec.postgres.managed.storage the volume does not

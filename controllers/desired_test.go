@@ -819,3 +819,28 @@ func TestMigrationDatabase(t *testing.T) {
 		t.Errorf("managed database id %q", m)
 	}
 }
+
+// The managed database takes 100 connections: the defaults (2 replicas, 30 each, 3 pods during
+// a rollout) fit; 4 replicas, or autoscaling to 5, do not, and the warning says what fits.
+func TestPoolsWarning(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		edit func(*tradingv1alpha1.TradingStackSpec)
+		want string // "" for no warning
+	}{
+		{"defaults", func(*tradingv1alpha1.TradingStackSpec) {}, ""},
+		{"three replicas", func(sp *tradingv1alpha1.TradingStackSpec) { sp.Runtime.Replicas = 3 }, "may open 122 connections (4 pods at most"},
+		{"three replicas, small pools", func(sp *tradingv1alpha1.TradingStackSpec) {
+			sp.Runtime.Replicas = 3
+			sp.Postgres.Pool.MaxConns = 24
+		}, ""},
+		{"autoscaling to 5", func(sp *tradingv1alpha1.TradingStackSpec) {
+			sp.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 5}
+		}, "set maxConns to 16 or less"},
+	} {
+		got := poolsWarning(stackWith(tt.edit))
+		if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}

@@ -74,6 +74,7 @@ func TestOperator(t *testing.T) {
 		{"MissingSecretWhileServing", testMissingSecretWhileServing},
 		{"RedisTLSCA", testRedisTLSCA},
 		{"ExternalPostgresCA", testExternalPostgresCA},
+		{"PoolsWarning", testPoolsWarning},
 		{"InvalidChildIsFailed", testInvalidChildIsFailed},
 		{"EditWhileStoppedPutBack", testEditWhileStoppedPutBack},
 		{"StatusWritesNotApplied", testStatusWritesNotApplied},
@@ -2243,6 +2244,26 @@ func testExternalPostgresCA(t *testing.T) {
 			t.Errorf("%s: PGSSLROOTCERT %q, CA mounted there %v", what, root, mounted)
 		}
 	}
+}
+
+// testPoolsWarning: pools that together exceed the managed database's connections are said in
+// DatabaseReady's message (the stack works until the load comes); smaller pools clear it.
+func testPoolsWarning(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "pools", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 4 }))
+	s := makeReady(t, ns, "pools")
+	if c := condition(s, tradingv1alpha1.ConditionDatabaseReady); c == nil || c.Status != metav1.ConditionTrue ||
+		!strings.Contains(c.Message, "warning: the runtime's pools may open 152 connections") {
+		t.Errorf("DatabaseReady %+v, want True with the pools' warning", c)
+	}
+	updateStack(t, ns, "pools", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Pool.MaxConns = 19 })
+	eventually(t, "the warning cleared", func() error {
+		c := condition(getStack(t, ns, "pools"), tradingv1alpha1.ConditionDatabaseReady)
+		if c == nil || strings.Contains(c.Message, "warning") {
+			return fmt.Errorf("DatabaseReady %+v", c)
+		}
+		return nil
+	})
 }
 
 // testInvalidChildIsFailed: a spec value the schema lets through but the API server refuses
