@@ -110,8 +110,13 @@ func poolsWarning(s *tradingv1alpha1.TradingStack) string {
 	if want <= managedMaxConnections {
 		return ""
 	}
-	return fmt.Sprintf("; warning: the runtime's pools may open %d connections (%d pods at most, counting a rolling update's extra one, x spec.postgres.pool.maxConns %d, plus a migration), more than the database's %d: under load requests would fail; set maxConns to %d or less",
-		want, pods, s.Spec.Postgres.Pool.MaxConns, managedMaxConnections, (managedMaxConnections-migrationConns)/int(pods))
+	fits := (managedMaxConnections - migrationConns) / int(pods)
+	advice := fmt.Sprintf("set maxConns to %d or less", fits)
+	if fits < 1 {
+		advice = "fewer pods, or an external database with more connections"
+	}
+	return fmt.Sprintf("; warning: the runtime's pools may open %d connections (%d pods at most, counting a rolling update's extra one, x spec.postgres.pool.maxConns %d, plus a migration), more than the database's %d: under load requests would fail; %s",
+		want, pods, s.Spec.Postgres.Pool.MaxConns, managedMaxConnections, advice)
 }
 
 // storageNotApplied says which part of spec.postgres.managed.storage the volume does not

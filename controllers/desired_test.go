@@ -837,6 +837,10 @@ func TestPoolsWarning(t *testing.T) {
 		{"autoscaling to 5", func(sp *tradingv1alpha1.TradingStackSpec) {
 			sp.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 5}
 		}, "set maxConns to 16 or less"},
+		{"autoscaling to 100", func(sp *tradingv1alpha1.TradingStackSpec) {
+			sp.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 100}
+			sp.Postgres.Pool.MaxConns = 1
+		}, "fewer pods, or an external database"},
 	} {
 		got := poolsWarning(stackWith(tt.edit))
 		if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {

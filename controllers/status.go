@@ -47,9 +47,11 @@ func summarize(p *pass) {
 	migrating := migration != nil && migration.Reason == tradingv1alpha1.ReasonMigrationRunning
 	database := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionDatabaseReady)
 	databaseBroken := database != nil && database.Status == metav1.ConditionFalse &&
-		(database.Reason == tradingv1alpha1.ReasonExternalSecretNotFound || database.Reason == tradingv1alpha1.ReasonExternalSecretKeyAbsent)
+		(database.Reason == tradingv1alpha1.ReasonExternalSecretNotFound || database.Reason == tradingv1alpha1.ReasonExternalSecretKeyAbsent ||
+			database.Reason == tradingv1alpha1.ReasonInvalidCertificate)
 	cache := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionCacheReady)
-	cacheBroken := cache != nil && cache.Status == metav1.ConditionFalse && cache.Reason == tradingv1alpha1.ReasonCacheSecretMissing
+	cacheBroken := cache != nil && cache.Status == metav1.ConditionFalse &&
+		(cache.Reason == tradingv1alpha1.ReasonCacheSecretMissing || cache.Reason == tradingv1alpha1.ReasonInvalidCertificate)
 	runtimeUp := meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionRuntimeAvailable)
 	serving := st.Migration.Image != ""
 	// Has served: Ready or Degraded at the start of this pass. (A migrated image is not

@@ -2134,6 +2134,13 @@ func testRedisTLSCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCondition(t, ns, "tls", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonInvalidCertificate)
+	// Only the user can fix it: the stack says it waits for them (Failed), as for a missing Secret.
+	eventually(t, "phase Failed while the CA is not a certificate", func() error {
+		if s := getStack(t, ns, "tls"); s.Status.Phase != tradingv1alpha1.PhaseFailed {
+			return fmt.Errorf("phase %s", s.Status.Phase)
+		}
+		return nil
+	})
 	ca.StringData = map[string]string{"bundle.pem": testCAPEM(t)}
 	if err := k8s.Update(bg, ca); err != nil {
 		t.Fatal(err)
