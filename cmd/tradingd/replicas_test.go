@@ -342,7 +342,7 @@ func TestServeStartsWithRedisDown(t *testing.T) {
 		"ADMIN_ADDR":   "127.0.0.1:0",
 	})
 	if code, body := get(t, r.admin+"/readyz"); code != 200 || !strings.Contains(body, `"status":"degraded"`) ||
-		!regexp.MustCompile(`"redis":"degraded: not answering: dial tcp 127\.0\.0\.1:\d+: connect: connection refused; reads go to the database and rate limits are per replica meanwhile"`).MatchString(body) {
+		!regexp.MustCompile(`"redis":"degraded: not answering: [^"]+; reads go to the database and rate limits are per replica meanwhile"`).MatchString(body) {
 		t.Fatalf("/readyz with Redis down at start: %d %s", code, body)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(r.proc.log()), "\n") {
