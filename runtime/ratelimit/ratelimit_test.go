@@ -469,6 +469,8 @@ func TestConcurrentRequestsOnTwoReplicasAllowExactlyTheLimit(t *testing.T) {
 // GCRA, extended to several buckets decided together, not an algorithm of its own.
 func TestSameStateAsRedisRate(t *testing.T) {
 	c := openRedis(t, redistest.SharedURL(t), "")
+	// On a loaded machine the first ping can time out: decide in Redis, not in the process.
+	redistest.Eventually(t, 10*time.Second, "Redis answering", c.Healthy)
 	ours := ratelimit.New(ratelimit.Config{Trading: 5}, ratelimit.Options{Redis: c})
 	theirs := redis_rate.NewLimiter(c.Redis())
 	user := uuid.NewString()
