@@ -32,33 +32,15 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 		return false, nil
 
 	case tradingv1alpha1.RedisExternal:
-		if ref := spec.PasswordSecretRef; ref != nil {
-			secret, _, msg, err := r.readUserSecret(ctx, p.stack.Namespace, *ref, "spec.redis.passwordSecretRef")
-			if err != nil {
-				return false, err
+		// The CA bundle is mounted as a file (tradingd reads it at start); hashed too, a
+		// renewed CA rolls the pods.
+		for _, need := range []userSecret{
+			{ref: spec.PasswordSecretRef, field: "spec.redis.passwordSecretRef"},
+			{ref: redisCASecretRef(p.spec), field: "spec.redis.tls.caSecretRef", caBundle: true},
+		} {
+			if stop, err := r.needUserSecret(ctx, p, tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ReasonCacheSecretMissing, need); stop || err != nil {
+				return stop, err
 			}
-			if secret == nil {
-				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing, msg)
-				return true, nil // its appearance triggers the next pass (usersecrets.go)
-			}
-			p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ref.Key))
-		}
-		// The CA bundle is mounted as a file; it is in the configuration hash too, so that a
-		// renewed CA rolls the pods (tradingd reads it at start).
-		if ref := redisCASecretRef(p.spec); ref != nil {
-			secret, _, msg, err := r.readUserSecret(ctx, p.stack.Namespace, *ref, "spec.redis.tls.caSecretRef")
-			if err != nil {
-				return false, err
-			}
-			if secret == nil {
-				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing, msg)
-				return true, nil // its appearance triggers the next pass (usersecrets.go)
-			}
-			if msg := caBundleProblem(secret, *ref, "spec.redis.tls.caSecretRef"); msg != "" {
-				p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonInvalidCertificate, msg)
-				return true, nil // an edit of the Secret triggers the next pass
-			}
-			p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ref.Key))
 		}
 		how := ""
 		if redisTLS(p.spec) {

@@ -226,46 +226,64 @@ func keepClaimTemplates(existing []corev1.PersistentVolumeClaim) []corev1.Persis
 	return out
 }
 
-// reconcileExternalDatabase checks that the user's DSN Secret and key exist. A
-// missing Secret is a condition the user can act on, not an error to retry hot:
-// the later steps wait (they would hash and mount a Secret that is not there).
+// reconcileExternalDatabase checks that the user's DSN Secret and key exist (and the CA
+// bundle's, when the spec names one). A missing Secret is a condition the user can act on, not
+// an error to retry hot: the later steps wait (they would hash and mount a Secret that is not
+// there).
 func (r *TradingStackReconciler) reconcileExternalDatabase(ctx context.Context, p *pass) (bool, error) {
-	ref := p.spec.Spec.Postgres.External.ConnectionSecretRef
-	secret, reason, msg, err := r.readUserSecret(ctx, p.stack.Namespace, ref, "spec.postgres.external.connectionSecretRef")
+	ext := p.spec.Spec.Postgres.External
+	for _, need := range []userSecret{
+		{ref: &ext.ConnectionSecretRef, field: "spec.postgres.external.connectionSecretRef"},
+		{ref: ext.CASecretRef, field: "spec.postgres.external.caSecretRef", caBundle: true},
+	} {
+		if stop, err := r.needUserSecret(ctx, p, tradingv1alpha1.ConditionDatabaseReady, "", need); stop || err != nil {
+			return stop, err
+		}
+	}
+	how := ""
+	if ca := ext.CASecretRef; ca != nil {
+		how = fmt.Sprintf(", its server certificate checked against the CAs of Secret %s key %s", ca.Name, ca.Key)
+	}
+	p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase,
+		fmt.Sprintf("using the external database from Secret %s key %s%s", ext.ConnectionSecretRef.Name, ext.ConnectionSecretRef.Key, how))
+	return false, nil
+}
+
+// userSecret is one key of a user's Secret that a spec field names (nil ref: the field is
+// unset, nothing is needed). A CA bundle must hold a PEM certificate besides.
+type userSecret struct {
+	ref      *tradingv1alpha1.SecretKeyReference
+	field    string
+	caBundle bool
+}
+
+// needUserSecret reads a user's Secret key the pods need. When it is missing (or, for a CA
+// bundle, holds no certificate) it sets cond False, with missingReason, or the reason
+// readUserSecret gives when that is "", and says stop: the Secret's appearance or edit
+// triggers the next pass (usersecrets.go). Otherwise the key joins the configuration hash
+// (only that key: secretKey), so that a change of it rolls the pods.
+func (r *TradingStackReconciler) needUserSecret(ctx context.Context, p *pass, cond, missingReason string, need userSecret) (stop bool, err error) {
+	if need.ref == nil {
+		return false, nil
+	}
+	secret, reason, msg, err := r.readUserSecret(ctx, p.stack.Namespace, *need.ref, need.field)
 	if err != nil {
 		return false, err
 	}
 	if secret == nil {
-		status := metav1.ConditionFalse
-		if reason == tradingv1alpha1.ReasonExternalSecretNotFound {
-			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, status, reason, msg)
-		} else {
-			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, status, tradingv1alpha1.ReasonExternalSecretKeyAbsent, msg)
+		if missingReason != "" {
+			reason = missingReason
 		}
-		return true, nil // the user's Secret appearing triggers the next pass (usersecrets.go)
+		p.setCondition(cond, metav1.ConditionFalse, reason, msg)
+		return true, nil
 	}
-	p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ref.Key))
-	how := ""
-	// The CA bundle is mounted as a file and hashed into the runtime's pod template, so that
-	// a renewed CA rolls the pods (pgx reads it when a connection is made).
-	if ca := postgresCASecretRef(p.spec); ca != nil {
-		secret, reason, msg, err := r.readUserSecret(ctx, p.stack.Namespace, *ca, "spec.postgres.external.caSecretRef")
-		if err != nil {
-			return false, err
+	if need.caBundle {
+		if msg := caBundleProblem(secret, *need.ref, need.field); msg != "" {
+			p.setCondition(cond, metav1.ConditionFalse, tradingv1alpha1.ReasonInvalidCertificate, msg)
+			return true, nil
 		}
-		if secret == nil {
-			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, reason, msg)
-			return true, nil // its appearance triggers the next pass (usersecrets.go)
-		}
-		if msg := caBundleProblem(secret, *ca, "spec.postgres.external.caSecretRef"); msg != "" {
-			p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonInvalidCertificate, msg)
-			return true, nil // an edit of the Secret triggers the next pass
-		}
-		p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, ca.Key))
-		how = fmt.Sprintf(", its server certificate checked against the CAs of Secret %s key %s", ca.Name, ca.Key)
 	}
-	p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase,
-		fmt.Sprintf("using the external database from Secret %s key %s%s", ref.Name, ref.Key, how))
+	p.runtimeSecrets = append(p.runtimeSecrets, secretKey(secret, need.ref.Key))
 	return false, nil
 }
 
