@@ -13,7 +13,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -214,12 +213,6 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 		databaseURLEnv(s),
 		secretEnv("JWT_KEYS", jwtSecretName(s), jwtKeysKey),
 		secretEnv("BOOTSTRAP_ADMIN_PASSWORD", adminSecretName(s), adminPasswordKey),
-		// The container's memory limit as the Go runtime's soft limit: tradingd collects
-		// garbage lazily (GOGC=400), and near the limit the collector works harder instead of
-		// the kernel killing the pod. (Without a limit this is the node's memory.)
-		{Name: "GOMEMLIMIT", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{
-			Resource: "limits.memory", Divisor: resource.MustParse("1"),
-		}}},
 	}
 	// The Redis password comes from its Secret, never through the ConfigMap; tradingd takes
 	// it as it is (REDIS_PASSWORD), where inside REDIS_URL a "/", "?", "#", "%" or "@" of it

@@ -848,13 +848,3 @@ func TestPoolsWarning(t *testing.T) {
 		}
 	}
 }
-
-// The runtime's Go memory limit follows its container's memory limit (the downward API), so
-// that tradingd's lazy collector (GOGC=400) tightens before the kernel kills the pod.
-func TestRuntimeGoMemoryLimit(t *testing.T) {
-	env := envByName(desiredAPIDeployment(stackWith(func(*tradingv1alpha1.TradingStackSpec) {}), "img", "h").Spec.Template.Spec.Containers[0])
-	ref := env["GOMEMLIMIT"].ValueFrom
-	if ref == nil || ref.ResourceFieldRef == nil || ref.ResourceFieldRef.Resource != "limits.memory" || ref.ResourceFieldRef.Divisor.String() != "1" {
-		t.Errorf("GOMEMLIMIT %+v, want the container's limits.memory in bytes", env["GOMEMLIMIT"])
-	}
-}

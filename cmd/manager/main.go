@@ -12,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -57,6 +58,12 @@ func main() {
 	slog.SetDefault(slog.New(handler))
 	ctrl.SetLogger(logr.FromSlogHandler(handler))
 	log := slog.Default()
+	// Go knows no container: 90% of the cgroup's memory limit as the Go soft limit, so that
+	// near it the collector works harder instead of the kernel killing the pod (GOMEMLIMIT or
+	// AUTOMEMLIMIT in the environment win).
+	if _, err := memlimit.Set(memlimit.WithLogger(log)); err != nil {
+		log.Warn("the container's memory limit is unknown: no Go memory limit", "err", err)
+	}
 
 	namespaces := controllers.ParseWatchNamespaces(os.Getenv("WATCH_NAMESPACE"))
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{

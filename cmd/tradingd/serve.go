@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -99,6 +100,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	// GOMEMLIMIT in the environment are the runtime's own and win.
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
+	}
+	// Go knows no container: a heap left to grow (GOGC=400) would meet the cgroup's memory
+	// limit as an OOM kill. automemlimit sets the soft limit to 90% of the cgroup's limit
+	// (nothing without one), so that near it the collector works harder; GOMEMLIMIT, or
+	// AUTOMEMLIMIT (a ratio, or off), in the environment win.
+	if _, err := memlimit.Set(memlimit.WithLogger(logger)); err != nil {
+		logger.Warn("the container's memory limit is unknown: no Go memory limit", "err", err)
 	}
 	// 0 was always taken as the default lifetime (the cache cannot be turned off); the CRD
 	// now refuses it, and a stack or environment that still says 0 is told so.

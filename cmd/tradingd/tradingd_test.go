@@ -19,6 +19,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -288,7 +290,12 @@ type process struct {
 
 func startServe(t *testing.T, env map[string]string) *process {
 	t.Helper()
-	cmd := exec.Command(binary, "serve")
+	return startCmd(t, exec.Command(binary, "serve"), env)
+}
+
+// startCmd starts cmd, which runs tradingd serve (perhaps through a wrapper), with env.
+func startCmd(t *testing.T, cmd *exec.Cmd, env map[string]string) *process {
+	t.Helper()
 	cmd.Env = baseEnv(env)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -552,4 +559,77 @@ func TestServeWaitsForDatabase(t *testing.T) {
 	if strings.Contains(p.log(), "db-password-xyz") {
 		t.Errorf("the log contains the database password")
 	}
+}
+
+// TestGoMemoryLimitFromCgroup: started in a memory cgroup limited to 512 MiB without
+// GOMEMLIMIT, tradingd's Go soft limit is 90% of it (automemlimit), as the Go collector's
+// go_gc_gomemlimit_bytes shows; GOMEMLIMIT in the environment wins. It needs a memory cgroup
+// it may create (root, cgroup v1's memory controller or v2 with memory delegated).
+func TestGoMemoryLimitFromCgroup(t *testing.T) {
+	const limit = 512 << 20
+	cgroup, procs := newMemoryCgroup(t, limit)
+	if cgroup == "" {
+		t.Skip("no memory cgroup can be made here (needs root and a writable cgroup file system)")
+	}
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"from the cgroup", nil, strconv.Itoa(limit * 9 / 10)},
+		{"GOMEMLIMIT wins", map[string]string{"GOMEMLIMIT": "300MiB"}, strconv.Itoa(300 << 20)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{"DATABASE_URL": pgtest.NewMigratedDatabase(t), "JWT_KEYS": jwtKeys,
+				"LISTEN_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			// The shell joins the cgroup, then becomes tradingd, which reads its limit at start.
+			p := startCmd(t, exec.Command("sh", "-c", `echo $$ > "$1" && exec "$0" serve`, binary, procs), env)
+			admin, _ := p.waitLog("serving")["admin_addr"].(string)
+			_, body := get(t, "http://"+admin+"/metrics")
+			if !strings.Contains(body, "\ngo_gc_gomemlimit_bytes "+tt.want+"\n") && !strings.Contains(body, "\ngo_gc_gomemlimit_bytes "+floatText(tt.want)+"\n") {
+				t.Errorf("go_gc_gomemlimit_bytes: %q, want %s", regexp.MustCompile(`(?m)^go_gc_gomemlimit_bytes .*$`).FindString(body), tt.want)
+			}
+		})
+	}
+}
+
+// floatText is n as the Prometheus text format writes a large float (4.8318382e+08).
+func floatText(n string) string {
+	f, _ := strconv.ParseFloat(n, 64)
+	return strconv.FormatFloat(f, 'g', -1, 64)
+}
+
+// newMemoryCgroup makes a memory cgroup limited to limit bytes and returns it and its
+// cgroup.procs file, or "" when none can be made; it is removed when the test ends.
+func newMemoryCgroup(t *testing.T, limit int64) (dir, procs string) {
+	t.Helper()
+	name := fmt.Sprintf("tradingd-test-%d", os.Getpid())
+	for _, c := range []struct{ parent, limitFile string }{
+		{"/sys/fs/cgroup/memory", "memory.limit_in_bytes"}, // v1
+		{"/sys/fs/cgroup", "memory.max"},                   // v2, when memory is delegated
+	} {
+		dir := filepath.Join(c.parent, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, c.limitFile), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
+			_ = os.Remove(dir)
+			continue
+		}
+		t.Cleanup(func() {
+			// After the processes in it ended (cleanups run last first: theirs came later).
+			for range 100 {
+				if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Logf("cgroup %s not removed", dir)
+		})
+		return dir, filepath.Join(dir, "cgroup.procs")
+	}
+	return "", ""
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -241,17 +240,6 @@ func resolveEnv(ctx context.Context, c client.Client, ns string, ctr corev1.Cont
 				return nil, fmt.Errorf("ConfigMap %s for %s: %w", ref.Name, e.Name, err)
 			}
 			env[e.Name] = cm.Data[ref.Key]
-		case e.ValueFrom.ResourceFieldRef != nil:
-			// As the kubelet resolves it (GOMEMLIMIT from limits.memory): the container's
-			// limit over the divisor; a process here has no limit when the spec sets none.
-			ref := e.ValueFrom.ResourceFieldRef
-			if q, ok := ctr.Resources.Limits[corev1.ResourceName(strings.TrimPrefix(ref.Resource, "limits."))]; ok && strings.HasPrefix(ref.Resource, "limits.") {
-				div := ref.Divisor.Value()
-				if div <= 0 {
-					div = 1
-				}
-				env[e.Name] = strconv.FormatInt(q.Value()/div, 10)
-			}
 		}
 	}
 	return env, nil
