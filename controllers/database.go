@@ -111,9 +111,9 @@ func poolsWarning(s *tradingv1alpha1.TradingStack) string {
 		return ""
 	}
 	fits := (managedMaxConnections - migrationConns) / int(pods)
-	advice := fmt.Sprintf("set maxConns to %d or less", fits)
+	advice := fmt.Sprintf("set maxConns to %d or less (and minConns no more than that)", fits)
 	if fits < 1 {
-		advice = "fewer pods, or an external database with more connections"
+		advice = fmt.Sprintf("at most %d pods (%d replicas), or an external database with more connections", managedMaxConnections-migrationConns, managedMaxConnections-migrationConns-1)
 	}
 	return fmt.Sprintf("; warning: the runtime's pools may open %d connections (%d pods at most, counting a rolling update's extra one, x spec.postgres.pool.maxConns %d, plus a migration), more than the database's %d: under load requests would fail; %s",
 		want, pods, s.Spec.Postgres.Pool.MaxConns, managedMaxConnections, advice)

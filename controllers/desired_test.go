@@ -840,7 +840,7 @@ func TestPoolsWarning(t *testing.T) {
 		{"autoscaling to 100", func(sp *tradingv1alpha1.TradingStackSpec) {
 			sp.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 100}
 			sp.Postgres.Pool.MaxConns = 1
-		}, "fewer pods, or an external database"},
+		}, "at most 98 pods (97 replicas), or an external database"},
 	} {
 		got := poolsWarning(stackWith(tt.edit))
 		if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {

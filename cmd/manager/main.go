@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
@@ -58,12 +59,17 @@ func main() {
 	slog.SetDefault(slog.New(handler))
 	ctrl.SetLogger(logr.FromSlogHandler(handler))
 	log := slog.Default()
-	// Go knows no container: 90% of the cgroup's memory limit as the Go soft limit, so that
-	// near it the collector works harder instead of the kernel killing the pod (GOMEMLIMIT or
-	// AUTOMEMLIMIT in the environment win).
-	if _, err := memlimit.Set(memlimit.WithLogger(log)); err != nil {
-		log.Warn("the container's memory limit is unknown: no Go memory limit", "err", err)
+	// Go knows no container: AUTOMEMLIMIT (90%) of the cgroup's memory limit as the Go soft
+	// limit, so that near it the collector works harder instead of the kernel killing the pod
+	// (GOMEMLIMIT wins; a limit it cannot read it logs itself). A malformed AUTOMEMLIMIT
+	// stops the start, as any malformed setting.
+	if v, set := os.LookupEnv("AUTOMEMLIMIT"); set && v != "off" {
+		if r, err := strconv.ParseFloat(v, 64); err != nil || !(r > 0 && r <= 1) {
+			log.Error("invalid AUTOMEMLIMIT: a number above 0 and at most 1, or off", "value", v)
+			os.Exit(2)
+		}
 	}
+	_, _ = memlimit.Set(memlimit.WithLogger(log))
 
 	namespaces := controllers.ParseWatchNamespaces(os.Getenv("WATCH_NAMESPACE"))
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{

@@ -89,6 +89,10 @@ type Config struct {
 
 	BootstrapAdminPassword string // "" when unset
 	DemoUsers              bool
+
+	// MemoryLimitRatio is the share of the cgroup's memory limit that becomes Go's soft
+	// memory limit (AUTOMEMLIMIT); 0: off.
+	MemoryLimitRatio float64
 }
 
 // setting is one row of api.md's configuration table: a flag, its environment twin and
@@ -195,6 +199,18 @@ var settings = []setting{
 	{env: "CACHE_POSITIONS_TTL", def: "30s", usage: "positions cache lifetime (at most 24h; 0 means the default)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CachePositionsTTL })},
 	{env: "CACHE_SUMMARY_TTL", def: "10s", usage: "summary cache lifetime (at most 24h; 0 means the default)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CacheSummaryTTL })},
 	{env: "CACHE_L1", def: "true", bool: true, usage: "keep positions and summaries in process memory; false for several replicas without REDIS_URL, which cannot tell each other of a trade", apply: boolean(func(c *Config) *bool { return &c.CacheL1 })},
+	{env: "AUTOMEMLIMIT", def: "0.9", usage: "share of the container's (cgroup's) memory limit used as Go's soft memory limit, from 0 to 1, or off (GOMEMLIMIT wins)", apply: func(c *Config, v string) error {
+		if v == "off" {
+			c.MemoryLimitRatio = 0
+			return nil
+		}
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(r > 0 && r <= 1) {
+			return fmt.Errorf("%q is neither a number above 0 and at most 1 nor off", v)
+		}
+		c.MemoryLimitRatio = r
+		return nil
+	}},
 	{env: "DB_MAX_CONNS", def: "30", usage: "largest number of pooled database connections", apply: poolSize(1, func(c *Config) *int32 { return &c.DBMaxConns })},
 	{env: "DB_MIN_CONNS", def: "2", usage: "database connections kept open", apply: poolSize(0, func(c *Config) *int32 { return &c.DBMinConns })},
 	{env: "DB_MAX_CONN_LIFETIME", def: "1h", usage: "age at which a pooled connection is replaced", apply: positiveDuration(func(c *Config) *time.Duration { return &c.DBMaxConnLifetime })},

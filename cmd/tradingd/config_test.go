@@ -81,6 +81,7 @@ func TestLoadDefaults(t *testing.T) {
 		LogFormat:                "json",
 		BootstrapAdminPassword:   "",
 		DemoUsers:                false,
+		MemoryLimitRatio:         0.9, // beyond api.md's table: automemlimit's default
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults differ from api.md's table:\n got %+v\nwant %+v", got, want)

@@ -102,11 +102,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		debug.SetGCPercent(defaultGCPercent)
 	}
 	// Go knows no container: a heap left to grow (GOGC=400) would meet the cgroup's memory
-	// limit as an OOM kill. automemlimit sets the soft limit to 90% of the cgroup's limit
-	// (nothing without one), so that near it the collector works harder; GOMEMLIMIT, or
-	// AUTOMEMLIMIT (a ratio, or off), in the environment win.
-	if _, err := memlimit.Set(memlimit.WithLogger(logger)); err != nil {
-		logger.Warn("the container's memory limit is unknown: no Go memory limit", "err", err)
+	// limit as an OOM kill. automemlimit sets the soft limit to AUTOMEMLIMIT (90%) of the
+	// cgroup's limit (nothing without one), so that near it the collector works harder;
+	// GOMEMLIMIT in the environment wins. A limit it cannot read it logs itself.
+	if cfg.MemoryLimitRatio > 0 {
+		_, _ = memlimit.Set(memlimit.WithLogger(logger), memlimit.WithRatio(cfg.MemoryLimitRatio))
 	}
 	// 0 was always taken as the default lifetime (the cache cannot be turned off); the CRD
 	// now refuses it, and a stack or environment that still says 0 is told so.

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -143,6 +144,7 @@ func TestSettingErrors(t *testing.T) {
 		{"REDIS_CA_FILE unreadable", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "REDIS_URL": "rediss://cache:6379/0", "REDIS_CA_FILE": "/nonexistent/ca.crt"}, "REDIS_CA_FILE"},
 		{"REDIS_CA_FILE not PEM", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "REDIS_URL": "rediss://cache:6379/0", "REDIS_CA_FILE": "/proc/version"}, "REDIS_CA_FILE"},
 		{"REDIS_KEY_PREFIX with a glob character", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "REDIS_KEY_PREFIX": "stack*"}, "REDIS_KEY_PREFIX"},
+		{"malformed AUTOMEMLIMIT", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "AUTOMEMLIMIT": "90%"}, "AUTOMEMLIMIT"},
 		{"malformed SYMBOLS", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "SYMBOLS": "BTCUSD"}, "SYMBOLS"},
 		{"malformed LOG_LEVEL", []string{"serve"}, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"},
 		{"malformed DATABASE_URL", []string{"migrate"}, map[string]string{"DATABASE_URL": "mysql://a@b/c"}, "DATABASE_URL"},
@@ -577,6 +579,7 @@ func TestGoMemoryLimitFromCgroup(t *testing.T) {
 		want string
 	}{
 		{"from the cgroup", nil, strconv.Itoa(limit * 9 / 10)},
+		{"AUTOMEMLIMIT's share", map[string]string{"AUTOMEMLIMIT": "0.5"}, strconv.Itoa(limit / 2)},
 		{"GOMEMLIMIT wins", map[string]string{"GOMEMLIMIT": "300MiB"}, strconv.Itoa(300 << 20)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -602,24 +605,45 @@ func floatText(n string) string {
 	return strconv.FormatFloat(f, 'g', -1, 64)
 }
 
-// newMemoryCgroup makes a memory cgroup limited to limit bytes and returns it and its
-// cgroup.procs file, or "" when none can be made; it is removed when the test ends.
+// newMemoryCgroup makes a memory cgroup limited to limit bytes inside this process's own
+// (so that a container's limit above it still applies, and is checked to be larger) and returns
+// it and its cgroup.procs file, or "" when none can be made or joined; it is removed when the
+// test ends.
 func newMemoryCgroup(t *testing.T, limit int64) (dir, procs string) {
 	t.Helper()
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", ""
+	}
 	name := fmt.Sprintf("tradingd-test-%d", os.Getpid())
-	for _, c := range []struct{ parent, limitFile string }{
-		{"/sys/fs/cgroup/memory", "memory.limit_in_bytes"}, // v1
-		{"/sys/fs/cgroup", "memory.max"},                   // v2, when memory is delegated
-	} {
-		dir := filepath.Join(c.parent, name)
+	type hierarchy struct{ root, path, limitFile string }
+	var candidates []hierarchy
+	for _, line := range strings.Split(strings.TrimSpace(string(own)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		switch {
+		case slices.Contains(strings.Split(parts[1], ","), "memory"): // v1
+			candidates = append(candidates, hierarchy{"/sys/fs/cgroup/memory", parts[2], "memory.limit_in_bytes"})
+		case parts[0] == "0" && parts[1] == "": // v2, when memory is delegated
+			candidates = append(candidates, hierarchy{"/sys/fs/cgroup", parts[2], "memory.max"})
+		}
+	}
+	for _, c := range candidates {
+		parent := filepath.Join(c.root, c.path)
+		if b, err := os.ReadFile(filepath.Join(parent, c.limitFile)); err != nil {
+			continue
+		} else if v := strings.TrimSpace(string(b)); v != "max" {
+			if n, err := strconv.ParseInt(v, 10, 64); err != nil || n < 4*limit {
+				continue // a container limit near ours would be the one that counts
+			}
+		}
+		dir := filepath.Join(parent, name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(dir, c.limitFile), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
-			_ = os.Remove(dir)
-			continue
-		}
-		t.Cleanup(func() {
+		remove := func() {
 			// After the processes in it ended (cleanups run last first: theirs came later).
 			for range 100 {
 				if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
@@ -628,8 +652,24 @@ func newMemoryCgroup(t *testing.T, limit int64) (dir, procs string) {
 				time.Sleep(50 * time.Millisecond)
 			}
 			t.Logf("cgroup %s not removed", dir)
-		})
+		}
+		if os.WriteFile(filepath.Join(dir, c.limitFile), []byte(strconv.FormatInt(limit, 10)), 0o644) != nil || !canJoin(filepath.Join(dir, "cgroup.procs")) {
+			remove()
+			continue
+		}
+		t.Cleanup(remove)
 		return dir, filepath.Join(dir, "cgroup.procs")
 	}
 	return "", ""
+}
+
+// canJoin reports whether a process may be moved into the cgroup of procs: a short-lived one
+// is, then ended.
+func canJoin(procs string) bool {
+	probe := exec.Command("sleep", "30")
+	if probe.Start() != nil {
+		return false
+	}
+	defer func() { _ = probe.Process.Kill(); _ = probe.Wait() }()
+	return os.WriteFile(procs, []byte(strconv.Itoa(probe.Process.Pid)), 0o644) == nil
 }
