@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +16,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
 // call sends one API request and returns status, headers and body.
@@ -54,39 +53,20 @@ func token(t *testing.T, api, user, password string) string {
 
 // testRedis returns a REDIS_URL on a database of its own (1-15) of the test Redis: the rate-limit
 // buckets of 127.0.0.1 must not be shared with other test packages running at the same time.
-// A database is claimed with SETNX of a key that expires (so a crashed run frees it), and only
-// an empty one is taken, so the demo's test (which also takes only an empty database) keeps off.
+// redistest.ClaimDatabase takes it (and the demo's test claims the same way); it is emptied and
+// freed when the test ends.
 func testRedis(t *testing.T) string {
 	t.Helper()
 	base := os.Getenv("REDIS_URL")
 	if base == "" {
 		base = "redis://127.0.0.1:6379/0"
 	}
-	opts, err := goredis.ParseURL(base)
+	u, release, err := redistest.ClaimDatabase(context.Background(), base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	start := rand.IntN(15)
-	for i := range 15 {
-		o := *opts
-		o.DB = 1 + (start+i)%15
-		c := goredis.NewClient(&o)
-		size, err := c.DBSize(ctx).Result()
-		if err != nil {
-			c.Close()
-			t.Fatalf("Redis at %s: %v", base, err)
-		}
-		if size == 0 {
-			if ok, _ := c.SetNX(ctx, "trading-test-claim", t.Name(), 10*time.Minute).Result(); ok {
-				t.Cleanup(func() { _ = c.FlushDB(context.Background()).Err(); c.Close() })
-				return fmt.Sprintf("redis://%s/%d", o.Addr, o.DB)
-			}
-		}
-		c.Close()
-	}
-	t.Fatalf("no empty Redis database among 1-15 at %s", base)
-	return ""
+	t.Cleanup(release)
+	return u
 }
 
 type replica struct {

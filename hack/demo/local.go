@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,9 +16,8 @@ import (
 	"syscall"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
 // dsnHost is the host:port of a postgres:// DSN, for messages that must not carry a password.
@@ -51,44 +49,12 @@ func createDatabase(ctx context.Context, admin string) (*localDatabase, error) {
 	return &localDatabase{name: strings.TrimPrefix(u.Path, "/"), dsn: dsn, drop: drop}, nil
 }
 
-// localRedis returns a REDIS_URL on a logical database (1-15) of the Redis at base that holds
-// no keys, emptied to be sure: tradingd has no key prefix, and other processes (tests running
-// at the same time) share the server; the login buckets of 127.0.0.1 in particular.
-func localRedis(ctx context.Context, base string) (string, error) {
-	opts, err := goredis.ParseURL(base)
-	if err != nil {
-		return "", fmt.Errorf("REDIS_URL: %w", err)
-	}
-	var b [1]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	start := int(b[0]) % 15
-	chosen := -1
-	for i := 0; i < 15; i++ {
-		opts.DB = 1 + (start+i)%15
-		c := goredis.NewClient(opts)
-		n, err := c.DBSize(ctx).Result()
-		if err == nil && n == 0 {
-			err = c.FlushDB(ctx).Err()
-			chosen = opts.DB
-		}
-		c.Close()
-		if err != nil {
-			return "", fmt.Errorf("Redis at %s: %w", opts.Addr, err)
-		}
-		if chosen > 0 {
-			break
-		}
-	}
-	if chosen < 0 {
-		return "", fmt.Errorf("Redis at %s: no empty database among 1-15", opts.Addr)
-	}
-	u := url.URL{Scheme: "redis", Host: opts.Addr, Path: fmt.Sprintf("/%d", chosen)}
-	if opts.Password != "" {
-		u.User = url.UserPassword(opts.Username, opts.Password)
-	}
-	return u.String(), nil
+// localRedis returns a REDIS_URL on a logical database (1-15) of the Redis at base, claimed
+// and emptied (redistest.ClaimDatabase): tradingd runs here without a key prefix, and other
+// processes (tests running at the same time) share the server; the login buckets of 127.0.0.1
+// in particular. release empties and frees it.
+func localRedis(ctx context.Context, base string) (redisURL string, release func(), err error) {
+	return redistest.ClaimDatabase(ctx, base)
 }
 
 // processEnv is the environment of a local tradingd: PATH and HOME from ours (nothing else

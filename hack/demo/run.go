@@ -193,10 +193,11 @@ func run(ctx context.Context, out io.Writer, opts options) (err error) {
 		}
 		p.line("dropped database %s", db.name)
 	})
-	redisURL, err := localRedis(ctx, redisBase)
+	redisURL, releaseRedis, err := localRedis(ctx, redisBase)
 	if err != nil {
 		return err
 	}
+	cleanups = append(cleanups, releaseRedis)
 	p.line("DATABASE_URL       a fresh database %s on %s (the in-cluster %s is not reachable from here)", db.name, dsnHost(db.dsn), dsnHost(settings["DATABASE_URL"]))
 	p.line("REDIS_URL          %s, emptied (instead of the in-cluster %s)", redacted(redisURL), redacted(settings["REDIS_URL"]))
 	p.line("LISTEN_ADDR        127.0.0.1:0 and ADMIN_ADDR 127.0.0.1:0 (free loopback ports)")
