@@ -21,6 +21,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
 // TestStacksShareOneRedis runs two unrelated deployments (each its own database) on one Redis
@@ -81,7 +82,7 @@ func TestStacksShareOneRedis(t *testing.T) {
 	seen := map[string]int{}
 	for _, k := range keys {
 		switch {
-		case k == "trading-test-claim": // testRedis's
+		case k == redistest.ClaimKey: // testRedis's
 		case strings.HasPrefix(k, "stack-a:"):
 			seen["stack-a:"]++
 		case strings.HasPrefix(k, "stack-b:"):

@@ -141,7 +141,7 @@ type Limiter struct {
 	limits map[Class]limit
 	rdb    *redis.Client
 	batch  *redis.Batcher
-	prefix string
+	prefix string // of every bucket's key in Redis (New)
 	rec    Recorder
 	log    *slog.Logger
 	local  *otter.Cache[string, *rate.Limiter]
@@ -179,6 +179,10 @@ func New(cfg Config, o Options) *Limiter {
 		}),
 	}
 	if o.Redis != nil {
+		// The fixed part of every bucket's key, once: the client's prefix first, so that every
+		// key of a deployment starts with it (REDIS_KEY_PREFIX); then "rate:", as redis_rate
+		// names its buckets; then the limiter's own.
+		l.prefix = o.Redis.Prefix() + "rate:" + o.Prefix
 		l.batch = o.Redis.NewBatcher(allowAll, 4)
 		o.Redis.OnHealthChange(func(healthy bool) { l.setFallback(!healthy) })
 		l.fallback.Store(!o.Redis.Healthy())
@@ -239,10 +243,9 @@ func (l *Limiter) CheckAll(ctx context.Context, reqs ...Request) Decision {
 	return d
 }
 
-// key is a bucket's Redis key: the client's prefix first, so that every key of a deployment
-// starts with it (REDIS_KEY_PREFIX); then "rate:", as redis_rate names its buckets.
+// key is a bucket's Redis key (see prefix).
 func (l *Limiter) key(r Request) string {
-	return l.rdb.Prefix() + "rate:" + l.prefix + string(r.Class) + ":" + r.Key
+	return l.prefix + string(r.Class) + ":" + r.Key
 }
 
 func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {

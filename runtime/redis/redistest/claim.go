@@ -13,12 +13,11 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// claimKey marks a logical database (1-15) as taken by a test or the demo; it expires, and its
+// ClaimKey marks a logical database (1-15) as taken by a test or the demo; it expires, and its
 // holder renews it, so that a run that died frees its database.
-const (
-	claimKey = "trading-test-claim"
-	claimTTL = 2 * time.Minute
-)
+const ClaimKey = "trading-test-claim"
+
+const claimTTL = 2 * time.Minute
 
 // ClaimDatabase takes a logical database (1-15) of the Redis at base for processes that use
 // no key prefix (a tradingd started by a test or by the demo: the login buckets of 127.0.0.1
@@ -41,17 +40,17 @@ func ClaimDatabase(ctx context.Context, base string) (redisURL string, release f
 		o.DB = 1 + (start+i)%15
 		c := goredis.NewClient(&o)
 		err := c.Watch(ctx, func(tx *goredis.Tx) error {
-			taken, err := tx.Exists(ctx, claimKey).Result()
+			taken, err := tx.Exists(ctx, ClaimKey).Result()
 			if err != nil || taken > 0 {
 				return errors.Join(err, errTaken)
 			}
 			_, err = tx.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 				p.FlushDB(ctx)
-				p.Set(ctx, claimKey, owner, claimTTL)
+				p.Set(ctx, ClaimKey, owner, claimTTL)
 				return nil
 			})
 			return err
-		}, claimKey)
+		}, ClaimKey)
 		switch {
 		case errors.Is(err, errTaken) || errors.Is(err, goredis.TxFailedErr):
 			c.Close()
@@ -71,7 +70,7 @@ func ClaimDatabase(ctx context.Context, base string) (redisURL string, release f
 				case <-stop:
 					return
 				case <-t.C:
-					_ = c.Expire(context.Background(), claimKey, claimTTL).Err()
+					_ = c.Expire(context.Background(), ClaimKey, claimTTL).Err()
 				}
 			}
 		}()
