@@ -114,6 +114,10 @@ type Remote interface {
 	Healthy() bool
 	// LastAnswer is when the remote last answered (kept recent by a pinger while it does).
 	LastAnswer() time.Time
+	// ResumedAt is when the remote answered after its latest silence (about TrustWindow or
+	// longer); the zero time when there was none. OnResume registers a function to run then.
+	ResumedAt() time.Time
+	OnResume(fn func())
 	// Unavailable reports whether err means that no answer came (a timeout, a refused or
 	// broken connection), as opposed to an error reply.
 	Unavailable(err error) bool
@@ -156,6 +160,12 @@ type Options struct {
 	// replica's last answer is older than this window (see invalidate). The Remote's pinger
 	// must run well within it.
 	TrustWindow time.Duration
+	// Settle (default twice TrustWindow): after a silence of the Remote, neither L1 nor L2
+	// answers until it has answered again for this long. A replica that approved a trade
+	// during the silence could not bump the trader's versions nor tell the others; it
+	// replays that as soon as Redis answers (and until then reads that trader from the
+	// database itself), and the others wait this long for it.
+	Settle time.Duration
 }
 
 type kind uint8
@@ -264,10 +274,14 @@ type Portfolio struct {
 	subscribed atomic.Bool
 
 	pendingMu sync.Mutex
-	pending   map[uuid.UUID]trading.Views // invalidations Redis did not get; replayed on resubscribe
+	pending   map[uuid.UUID]trading.Views // invalidations Redis did not get; replayed when it answers again
+	// pendingN is len(pending), read without the lock by every lookup.
+	pendingN  atomic.Int64
 	replaying atomic.Bool
 
 	refreshes sync.WaitGroup // background reloads, waited for by Close
+	closed    chan struct{}  // closed by Close: the replay stops retrying
+	closeOnce sync.Once
 
 	l2statsMu sync.Mutex
 	l2statsAt time.Time
@@ -301,6 +315,9 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 	if o.TrustWindow <= 0 {
 		o.TrustWindow = 250 * time.Millisecond
 	}
+	if o.Settle <= 0 {
+		o.Settle = 2 * o.TrustWindow
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -308,7 +325,7 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 		o.Remote = nil // a nil *redis.Client passed as Remote means "no Redis"
 	}
 	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]trading.Views{},
-		markGens: map[string]uint64{}}
+		markGens: map[string]uint64{}, closed: make(chan struct{})}
 	for i := range p.stripe {
 		p.stripe[i].gens = map[uuid.UUID][kinds]uint64{}
 	}
@@ -327,6 +344,13 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 	})
 	p.stop = func() {}
 	if o.Remote != nil {
+		// Redis answers after a silence: what this replica cached before it may have been
+		// changed meanwhile by a trade whose invalidation reached nobody (marks included),
+		// and what it could not deliver itself goes out now.
+		o.Remote.OnResume(func() {
+			p.flushAll()
+			p.replayPending()
+		})
 		p.stop = o.Remote.SubscribeInvalidations(p.onSubscribe, func() { p.subscribed.Store(false) }, func(u uuid.UUID, v trading.Views, symbol string) {
 			if symbol == "" && v&trading.ViewPositions != 0 {
 				// A trade whose invalidation does not name its symbol: a replica of a version
@@ -342,6 +366,7 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 
 // Close stops the invalidation subscription and waits for the background reloads.
 func (p *Portfolio) Close() {
+	p.closeOnce.Do(func() { close(p.closed) })
 	p.stop()
 	p.refreshes.Wait()
 }
@@ -589,7 +614,7 @@ func (p *Portfolio) observe(reader, hit bool, level string, k kind) {
 func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, error) {
 	reader := isReader(ctx)
 	ck := p.currentKey(user, k)
-	if !p.trusted() {
+	if !p.trusted() || p.isPending(user) {
 		p.observe(reader, false, "l1", k)
 		// Each read loads for itself, and keeps nothing: joining a load already under way
 		// could hand a reader what the database held before a trade another replica
@@ -623,9 +648,11 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 	r := p.opts.Remote
 	var version int64
 	haveVersion := false // known before the database read: the version to store the value under
-	if r != nil && r.Healthy() {
+	if r != nil && r.Healthy() && p.settled() && !p.isPending(ck.user) {
 		v, b, ok, err := r.GetVersioned(ctx, p.versionKey(ck.user, ck.kind), p.l2Key(ck.user, ck.kind))
-		if err == nil {
+		// Settled again after the answer: it may itself have been the first after a silence,
+		// and then the version it carries may be one that a replay is about to bump.
+		if err == nil && p.settled() {
 			version, haveVersion = v, true
 			if ok {
 				if e, err := decode(b); err == nil {
@@ -747,24 +774,67 @@ func (p *Portfolio) trusted() bool {
 // the trust window (a Redis that stopped answering a moment ago is not yet known as down).
 func (p *Portfolio) remoteTrusted() bool {
 	r := p.opts.Remote
-	return p.subscribed.Load() && r.Healthy() && time.Since(r.LastAnswer()) < p.opts.TrustWindow
+	return p.subscribed.Load() && r.Healthy() && time.Since(r.LastAnswer()) < p.opts.TrustWindow && p.settled()
+}
+
+// settled reports whether the Remote has answered for Settle since its latest silence (or
+// had none): the replicas that could not deliver invalidations during it have replayed them.
+func (p *Portfolio) settled() bool {
+	r := p.opts.Remote
+	if time.Since(r.LastAnswer()) >= p.opts.TrustWindow {
+		return false // silent now: the next answer may end the silence
+	}
+	at := r.ResumedAt()
+	return at.IsZero() || time.Since(at) >= p.opts.Settle
+}
+
+// isPending reports whether this replica holds an invalidation of user that Redis has not
+// had: the versions there are behind, so neither level may answer for that user here.
+func (p *Portfolio) isPending(user uuid.UUID) bool {
+	if p.pendingN.Load() == 0 {
+		return false
+	}
+	p.pendingMu.Lock()
+	_, ok := p.pending[user]
+	p.pendingMu.Unlock()
+	return ok
 }
 
 // replayPending starts a replay of the remembered invalidations, if any and none is running.
 // Not on the subscriber's goroutine: a publish waits for this replica's acknowledgement.
 func (p *Portfolio) replayPending() {
-	p.pendingMu.Lock()
-	n := len(p.pending)
-	p.pendingMu.Unlock()
-	if n > 0 && p.replaying.CompareAndSwap(false, true) {
-		go p.replay()
+	if p.pendingN.Load() > 0 && p.replaying.CompareAndSwap(false, true) {
+		go p.replayUntilDone()
+	}
+}
+
+// replayUntilDone replays, and again every TrustWindow while invalidations are left (Redis
+// still down, or not answering every replica) until the Portfolio closes: a trader whose
+// trade reached nobody must not wait for the next trade, resubscription or silence to be
+// served from the cache again.
+func (p *Portfolio) replayUntilDone() {
+	for {
+		p.replay()
+		if p.pendingN.Load() == 0 {
+			p.replaying.Store(false)
+			// One remembered after the look above found the flag still up: look again.
+			if p.pendingN.Load() == 0 || !p.replaying.CompareAndSwap(false, true) {
+				return
+			}
+			continue
+		}
+		select {
+		case <-p.closed:
+			p.replaying.Store(false)
+			return
+		case <-time.After(p.opts.TrustWindow):
+		}
 	}
 }
 
 // replay sends the invalidations that Redis missed while it was down. A user leaves the
 // pending set only once its invalidation went through.
 func (p *Portfolio) replay() {
-	defer p.replaying.Store(false)
 	p.pendingMu.Lock()
 	users := maps.Clone(p.pending)
 	p.pendingMu.Unlock()
@@ -780,6 +850,7 @@ func (p *Portfolio) replay() {
 		} else {
 			p.pending[u] &^= v
 		}
+		p.pendingN.Store(int64(len(p.pending)))
 		p.pendingMu.Unlock()
 	}
 	if sent > 0 {
@@ -798,6 +869,7 @@ func (p *Portfolio) PendingInvalidations() int {
 func (p *Portfolio) remember(u uuid.UUID, stale trading.Views) {
 	p.pendingMu.Lock()
 	p.pending[u] |= stale
+	p.pendingN.Store(int64(len(p.pending)))
 	p.pendingMu.Unlock()
 }
 
@@ -827,16 +899,35 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 		p.refresh(userID, p.dropLocal(userID, stale, symbol))
 		return nil
 	}
+	r := p.opts.Remote
 	cached, err := p.invalidateRemote(ctx, userID, stale, symbol)
+	// No answer in time while Redis still answers (other commands, the pinger): a busy
+	// machine, not an outage, and the other replicas go on trusting their L1 on those
+	// answers. Try again at once rather than leave them stale until the TTL.
+	for try := 0; try < 2 && err != nil && r.Unavailable(err) && time.Since(r.LastAnswer()) < p.opts.TrustWindow; try++ {
+		var again trading.Views
+		again, err = p.invalidateRemote(ctx, userID, stale, symbol)
+		cached |= again
+	}
+	if err != nil && r.Unavailable(err) {
+		// No answer: wait until no replica can be trusting its L1 any more. If Redis
+		// answered meanwhile (a short pause), they may trust it again: try once more.
+		failed := time.Now()
+		p.waitOutTrust(ctx)
+		if r.LastAnswer().After(failed) {
+			var again trading.Views
+			again, err = p.invalidateRemote(ctx, userID, stale, symbol)
+			cached |= again
+		}
+	}
 	p.refresh(userID, cached)
 	if err != nil {
-		if p.opts.Remote.Unavailable(err) {
-			// No answer (as opposed to an error reply: Redis is there, and so are the
-			// replicas that trust their L1 on its answers): wait until none can.
-			p.waitOutTrust(ctx)
-		}
+		// Replayed as soon as Redis takes it (replayPending retries); until then this
+		// replica reads the trader from the database, and the others wait Settle after the
+		// silence before they trust a cache again.
 		p.remember(userID, stale)
-		p.log.Warn("cache invalidation did not reach every replica; the TTL bounds staleness there",
+		p.replayPending()
+		p.log.Warn("cache invalidation did not reach every replica yet; it is replayed when Redis answers",
 			"user_id", userID.String(), "err", err.Error())
 		return nil
 	}

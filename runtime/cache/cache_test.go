@@ -773,6 +773,56 @@ func TestApproveAtOutageEdgesIsReadFreshOnTheOther(t *testing.T) {
 	}
 }
 
+// Read-your-writes after an outage: an approve on B while Redis does not answer cannot bump
+// the trader's versions nor reach A; when Redis answers again, the L2 value and A's L1 entry
+// from before the outage are still there under the old version. Neither replica may serve
+// them: B replays the missed invalidation as soon as Redis answers, and until then neither
+// uses the cache for that trader (B knows it has one pending; A waits Options.Settle after
+// any silence). Read right after Redis is back, and for a while, on both replicas.
+func TestApproveDuringOutageIsReadFreshAfterIt(t *testing.T) {
+	// Paused, not stopped: a restarted Redis is empty (nothing on disk) and every replica
+	// resubscribes and flushes its L1, so no old value survives a restart.
+	w := newWorld(t)
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	a := replica(t, w, srv.URL(), prefix, cache.Options{})
+	b := replica(t, w, srv.URL(), prefix, cache.Options{})
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	redistest.Eventually(t, 5*time.Second, "both replicas cache the positions", func() bool {
+		_, _ = quantity(t, a, user), quantity(t, b, user)
+		ea, _ := a.L1Stats()
+		eb, _ := b.L1Stats()
+		return ea >= 1 && eb >= 1
+	})
+	srv.Pause()
+	defer srv.Resume()
+	redistest.Eventually(t, 10*time.Second, "both replicas see Redis gone", func() bool { return a.Degraded() && b.Degraded() })
+	w.trade(t, b, "2")
+	replicas := []struct {
+		name string
+		p    *cache.Portfolio
+	}{{"A", a}, {"B", b}}
+	for _, r := range replicas {
+		if q := quantity(t, r.p, user); q != "3" {
+			t.Fatalf("%s reads %s during the outage after an approve on B, want 3", r.name, q)
+		}
+	}
+	srv.Resume()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, r := range replicas {
+			if q := quantity(t, r.p, user); q != "3" {
+				t.Fatalf("%s reads %s after Redis came back, want 3: the approve on B during the outage is missing", r.name, q)
+			}
+		}
+	}
+	redistest.Eventually(t, 10*time.Second, "B replayed its invalidation", func() bool { return b.PendingInvalidations() == 0 })
+	redistest.Eventually(t, 10*time.Second, "both replicas cache again", func() bool {
+		_, _ = quantity(t, a, user), quantity(t, b, user)
+		return !a.Degraded() && !b.Degraded()
+	})
+}
+
 // An invalidation that Redis answers with an error (READONLY after a failover, NOAUTH after a
 // password change) does not wait for the replicas' trust to run out: Redis is there, and
 // they keep trusting their L1 on its answers anyway; only a Redis that does not answer makes
@@ -795,6 +845,89 @@ func TestErrorReplyDoesNotWait(t *testing.T) {
 	if d := time.Since(start); d > 300*time.Millisecond {
 		t.Errorf("three invalidations answered READONLY took %v: they waited out the trust window", d)
 	}
+}
+
+// A replica whose invalidation Redis refused (READONLY after a failover: Redis answers, so
+// nobody waits) reads that trader from the database until the replay goes through: the L2
+// value another replica stored before the trade is still there under the old version.
+func TestPendingInvalidationReadsFromTheDatabase(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	other := replica(t, w, url, prefix, cache.Options{})
+	w.trade(t, other, "1")
+	if q := quantity(t, other, w.trader.UserID); q != "1" { // fills L2
+		t.Fatalf("read %s, want 1", q)
+	}
+	rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	p := cache.NewPortfolio(w.portfolio, cache.Options{Remote: readOnly{rc}, NoRefresh: true})
+	t.Cleanup(p.Close)
+	w.trade(t, p, "2")
+	if n := p.PendingInvalidations(); n != 1 {
+		t.Fatalf("%d pending invalidations after a refused one, want 1", n)
+	}
+	for range 3 {
+		if q := quantity(t, p, w.trader.UserID); q != "3" {
+			t.Fatalf("the replica whose invalidation was refused reads %s, want 3", q)
+		}
+	}
+}
+
+// An invalidation that gets no answer in time while Redis answers everything else (a busy
+// machine) is tried again before the approve returns: the other replica, which goes on
+// trusting its L1 on those answers, reads the trade at once, and nothing is left pending.
+func TestSlowInvalidationIsTriedAgain(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	other := replica(t, w, url, prefix, cache.Options{})
+	w.trade(t, other, "1")
+	if q := quantity(t, other, w.trader.UserID); q != "1" { // cached in L1 and L2
+		t.Fatalf("read %s, want 1", q)
+	}
+	rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	slow := &slowOnce{Remote: rc}
+	p := cache.NewPortfolio(w.portfolio, cache.Options{Remote: slow, NoRefresh: true})
+	t.Cleanup(p.Close)
+	w.trade(t, p, "2")
+	// Read at once: the approve must return after its invalidation went out, not leave it
+	// to the background replay.
+	if slow.published.Load() == 0 {
+		t.Fatalf("the approve returned before its invalidation was published (%d bumps)", slow.bumps.Load())
+	}
+	if n := p.PendingInvalidations(); n != 0 {
+		t.Errorf("%d pending invalidations, want 0", n)
+	}
+	if q := quantity(t, other, w.trader.UserID); q != "3" {
+		t.Fatalf("the other replica reads %s right after the approve, want 3", q)
+	}
+}
+
+// slowOnce is a Remote whose first Bump gets no answer in time.
+type slowOnce struct {
+	cache.Remote
+	bumps, published atomic.Int32
+}
+
+func (s *slowOnce) PublishInvalidation(ctx context.Context, userID uuid.UUID, stale trading.Views, symbol string) error {
+	err := s.Remote.PublishInvalidation(ctx, userID, stale, symbol)
+	if err == nil {
+		s.published.Add(1)
+	}
+	return err
+}
+
+func (s *slowOnce) Bump(ctx context.Context, keys ...string) error {
+	if s.bumps.Add(1) == 1 {
+		return context.DeadlineExceeded
+	}
+	return s.Remote.Bump(ctx, keys...)
 }
 
 // readOnly is a Remote whose writes Redis refuses, as a replica node after a failover does.

@@ -59,6 +59,10 @@ type Options struct {
 	// keeps LastAnswer recent on an idle replica, whose L1 is trusted only while Redis
 	// answered it recently (runtime/cache's TrustWindow, 250ms): it must be well below that.
 	PingInterval time.Duration
+	// Silence (default 250ms, runtime/cache's TrustWindow): an answer after a silence longer
+	// than this starts a new run of answers (ResumedAt, OnResume). A replica that could not
+	// reach Redis meanwhile may hold invalidations that it has not delivered yet.
+	Silence time.Duration
 	// Logger receives one line per health transition (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -88,8 +92,12 @@ type Client struct {
 	// reply, error replies included, proves that it was there. 0: never.
 	start      time.Time
 	lastAnswer atomic.Int64
-	logMu      sync.Mutex
-	log        *slog.Logger
+	// resumed is when Redis answered after a silence (Options.Silence), in the same units;
+	// 0: it has answered without one since start.
+	resumed     atomic.Int64
+	resumeHooks []func()
+	logMu       sync.Mutex
+	log         *slog.Logger
 
 	hooksMu sync.Mutex
 	hooks   []func(healthy bool)
@@ -130,6 +138,9 @@ func OpenWith(url string, o Options) (*Client, error) {
 	}
 	if o.PingInterval <= 0 {
 		o.PingInterval = 100 * time.Millisecond
+	}
+	if o.Silence <= 0 {
+		o.Silence = 250 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -254,8 +265,45 @@ func (h answerHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredi
 func (h answerHook) answered(err error) {
 	var reply goredis.Error
 	if err == nil || errors.Is(err, goredis.Nil) || errors.As(err, &reply) {
-		h.c.lastAnswer.Store(int64(time.Since(h.c.start)))
+		h.c.answeredAt(int64(time.Since(h.c.start)))
 	}
+}
+
+// answeredAt records an answer at now (nanoseconds since start). The first after a silence
+// longer than Options.Silence (counted from start for the first answer: a client that
+// started while Redis was down) starts a new run: ResumedAt moves and the OnResume hooks
+// run. Of concurrent answers after a silence, only the one that swaps the old time out sees
+// the silence.
+func (c *Client) answeredAt(now int64) {
+	prev := c.lastAnswer.Swap(now)
+	if time.Duration(now-prev) <= c.opts.Silence {
+		return
+	}
+	c.resumed.Store(now)
+	c.hooksMu.Lock()
+	hooks := append([]func(){}, c.resumeHooks...)
+	c.hooksMu.Unlock()
+	for _, fn := range hooks {
+		go fn() // not on the answering command's goroutine, which a hook may wait for
+	}
+}
+
+// ResumedAt is when Redis answered after the latest silence longer than Options.Silence; the
+// zero time when it has answered without one since the client started.
+func (c *Client) ResumedAt() time.Time {
+	if v := c.resumed.Load(); v != 0 {
+		return c.start.Add(time.Duration(v))
+	}
+	return time.Time{}
+}
+
+// OnResume registers fn to be called (on a goroutine of its own) whenever Redis answers after
+// a silence longer than Options.Silence: an outage, a pause, a partition, whether or not the
+// client had marked itself degraded meanwhile.
+func (c *Client) OnResume(fn func()) {
+	c.hooksMu.Lock()
+	c.resumeHooks = append(c.resumeHooks, fn)
+	c.hooksMu.Unlock()
 }
 
 // Healthy reports whether Redis answered the last operation or ping. False means degraded:
