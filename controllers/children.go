@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -28,7 +29,41 @@ func (r *TradingStackReconciler) applyChild(ctx context.Context, p *pass, obj cl
 	if err := controllerutil.SetControllerReference(p.stack, obj, r.Scheme); err != nil {
 		return err
 	}
+	if err := r.refuseForeign(ctx, p, obj); err != nil {
+		return err
+	}
 	return r.applyOwned(ctx, p, obj, true)
+}
+
+// refuseForeign fails when an object of the child's kind and name exists that is not this
+// stack's: neither controlled by it nor labelled as its (managed-by and instance, as the
+// children a deleted stack retained are). The forced apply would take it over and remove
+// everything the spec does not set: a user's ConfigMap or Service that happens to have the
+// name would lose its content. The operator leaves it alone and says so (the step fails
+// with ApplyFailed, and a warning event); adding the two labels hands it over.
+//
+// The cache holds only labelled objects, so only a child it does not show is read from the
+// API server (metadata only): on creation, and after a hand edit removed the label.
+func (r *TradingStackReconciler) refuseForeign(ctx context.Context, p *pass, obj client.Object) error {
+	gvk := obj.GetObjectKind().GroupVersionKind()
+	cached := obj.DeepCopyObject().(client.Object)
+	if found, err := r.getCached(ctx, client.ObjectKeyFromObject(obj), cached); err != nil || found {
+		return err
+	}
+	live := &metav1.PartialObjectMetadata{}
+	live.SetGroupVersionKind(gvk)
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(obj), live); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if isControlledBy(live, p.stack) ||
+		(live.Labels[ManagedByLabel] == ManagedByValue && live.Labels[instanceLabel] == p.stack.Name) {
+		return nil
+	}
+	msg := fmt.Sprintf("%s %s already exists and is not this stack's (no owner reference to it, no labels %s=%s and %s=%s): "+
+		"the operator leaves it alone; delete or rename it, or add those labels to hand it over",
+		gvk.Kind, obj.GetName(), ManagedByLabel, ManagedByValue, instanceLabel, p.stack.Name)
+	r.Recorder.Eventf(p.stack, nil, corev1.EventTypeWarning, "NameConflict", "Apply", "%s", msg)
+	return errors.New(msg)
 }
 
 // applyOwned applies obj as it is (owner references already decided) unless the
@@ -220,6 +255,12 @@ func (r *TradingStackReconciler) revertForeign(ctx context.Context, p *pass, des
 		return err
 	}
 	if err := r.Patch(ctx, fresh, client.RawPatch(types.JSONPatchType, body), client.FieldOwner(FieldOwner)); err != nil {
+		if apierrors.IsInvalid(err) {
+			// The removals leave a list the API server refuses (a Service without ports: every
+			// port was added by hand, as on an object handed over with the labels). The apply
+			// adds the spec's entries, and removeForeignFields takes these out after it.
+			return nil
+		}
 		return fmt.Errorf("revert what was added by hand to %s %s: %w", desired.GetKind(), live.GetName(), err)
 	}
 	r.Recorder.Eventf(p.stack, fresh, corev1.EventTypeNormal, "Reverted", "Patch",

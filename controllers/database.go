@@ -120,10 +120,11 @@ func poolsWarning(s *tradingv1alpha1.TradingStack) string {
 }
 
 // storageNotApplied says which part of spec.postgres.managed.storage the volume does not
-// follow, or "". The schema refuses a smaller size or another class once they are set, but
-// not when the stack was created without spec.postgres.managed (the defaults were never
-// stored, so there is no old value to compare with): the volume then keeps its size and
-// class, and the condition says so instead of pretending the spec holds.
+// follow, or "". The schema refuses a smaller size or another class once they are set, and
+// a size under the 10Gi default on a stack created without spec.postgres.managed (whose
+// defaults were never stored); not a class given later to such a stack, nor a size under a
+// volume grown by hand, nor a stack stored before that rule: the volume then keeps its size
+// and class, and the condition says so instead of pretending the spec holds.
 func storageNotApplied(desired, current []corev1.PersistentVolumeClaim, claimClass func(template string) string) string {
 	var why []string
 	for _, want := range desired {

@@ -78,7 +78,12 @@ func (r *TradingStackReconciler) ensureSecret(ctx context.Context, p *pass, desi
 			return nil, false, fmt.Errorf("read secret %s: %w", key.Name, err)
 		}
 		userMade := current.Annotations[userSecretAnnotation] != ""
-		if current.Labels[ManagedByLabel] != ManagedByValue && !userMade {
+		// The operator's own, although the cache missed it: owned by the stack, or labelled
+		// as this stack's Secret of this kind (retained ones have no owner). A hand edit that
+		// removed only the managed-by label must not make it a user's Secret for good.
+		ours := isControlledBy(current, p.stack) ||
+			(current.Labels[instanceLabel] == p.stack.Name && current.Labels[componentLabel] == desired.Labels[componentLabel])
+		if !ours && !userMade {
 			userMade = true
 			r.Recorder.Eventf(p.stack, current, corev1.EventTypeNormal, "UsingUserSecret", "Adopt",
 				"Using Secret %s as it is: it existed before the stack, so the operator neither changes its data nor deletes it", key.Name)

@@ -68,6 +68,8 @@ func TestOperator(t *testing.T) {
 		{"PhaseAndColumns", testPhaseAndColumns},
 		{"HandEditsReverted", testHandEditsReverted},
 		{"UserSecretNotAdopted", testUserSecretNotAdopted},
+		{"ForeignObjectLeftAlone", testForeignObjectLeftAlone},
+		{"SecretLabelRemovedStaysOurs", testSecretLabelRemovedStaysOurs},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
@@ -1166,6 +1168,23 @@ func testValidationRules(t *testing.T) {
 		e.Spec.Runtime.RateLimits.Login == nil || *e.Spec.Runtime.RateLimits.Login != 5 {
 		t.Errorf("schema defaults not applied: %+v", e.Spec)
 	}
+	// A stack made without spec.postgres.managed has the default 10Gi volume: a size given
+	// later may not be smaller either.
+	resize := func(size, wantMsg string) {
+		t.Helper()
+		s := getStack(t, ns, "empty")
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: size}}
+		err := k8s.Update(bg, s)
+		switch {
+		case wantMsg == "" && err != nil:
+			t.Errorf("size %s on a default stack: refused: %v", size, err)
+		case wantMsg != "" && (err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), wantMsg)):
+			t.Errorf("size %s on a default stack: error %v, want Invalid mentioning %q", size, err, wantMsg)
+		}
+	}
+	resize("1Gi", "spec.postgres.managed.storage.size may only grow: this stack's volume has the default size, 10Gi")
+	resize("10240Mi", "")
+	resize("20Gi", "")
 }
 
 // testWatchNamespace runs the manager as with WATCH_NAMESPACE="A, B": stacks in
@@ -1278,21 +1297,28 @@ func testSpecDropsEntries(t *testing.T) {
 	}
 }
 
-// A stack created without spec.postgres.managed has no stored size to compare with, so the
-// schema lets a smaller size or a storage class in later; the volume keeps what it has, and
-// DatabaseReady says the spec is not applied instead of pretending it holds.
+// A stack created without spec.postgres.managed has no stored size or class to compare with:
+// the schema holds a size given later to the 10Gi default, but lets a storage class in; the
+// volume keeps what it has, and DatabaseReady says the spec is not applied instead of
+// pretending it holds.
 func testStorageNotShrunk(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "keep"))
 	makeReady(t, ns, "keep")
+	// A smaller size than the default the volume was made with is refused by the API server
+	// (the stack was made without spec.postgres.managed); a class is not.
+	s := getStack(t, ns, "keep")
+	s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "5Gi"}}
+	if err := k8s.Update(bg, s); err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "may only grow") {
+		t.Fatalf("shrinking the default volume: %v, want refused", err)
+	}
 	updateStack(t, ns, "keep", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "5Gi", StorageClassName: "fast"}}
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "10Gi", StorageClassName: "fast"}}
 	})
 	eventually(t, "DatabaseReady says the storage spec is not applied", func() error {
 		s := getStack(t, ns, "keep")
 		c := condition(s, tradingv1alpha1.ConditionDatabaseReady)
-		if c == nil || c.ObservedGeneration != s.Generation || !strings.Contains(c.Message, "cannot shrink to 5Gi") ||
-			!strings.Contains(c.Message, "cannot change to fast") {
+		if c == nil || c.ObservedGeneration != s.Generation || !strings.Contains(c.Message, "cannot change to fast") {
 			return fmt.Errorf("DatabaseReady: %+v", c)
 		}
 		return nil
@@ -1925,6 +1951,76 @@ func testUserSecretNotAdopted(t *testing.T) {
 	}
 	// Quiet at rest holds with the user's Secret in the stack.
 	passesWriteNothing(t, ns, "us")
+}
+
+// testSecretLabelRemovedStaysOurs: removing the managed-by label from a generated Secret (it
+// drops out of the operator's cache) puts the label back and leaves the Secret the stack's:
+// still owned (deleted with a stack that does not retain its data), not marked as a user's.
+func testSecretLabelRemovedStaysOurs(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "sl", func(s *tradingv1alpha1.TradingStack) { s.Spec.RetainDataOnDelete = ptr.To(false) }))
+	makeReady(t, ns, "sl")
+	sec := waitFor(t, &corev1.Secret{}, ns, "sl-jwt")
+	keys := string(sec.Data[jwtKeysKey])
+	if err := k8s.Patch(bg, sec, client.RawPatch(types.JSONPatchType,
+		[]byte(`[{"op":"remove","path":"/metadata/labels/app.kubernetes.io~1managed-by"}]`))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the label back, the Secret still the stack's", func() error {
+		sec := &corev1.Secret{}
+		if err := k8s.Get(bg, key(ns, "sl-jwt"), sec); err != nil {
+			return err
+		}
+		switch {
+		case sec.Labels[ManagedByLabel] != ManagedByValue:
+			return fmt.Errorf("labels %v", sec.Labels)
+		case !hasControllerRef(sec, getStack(t, ns, "sl")):
+			return fmt.Errorf("not owned: %v", sec.OwnerReferences)
+		case sec.Annotations[userSecretAnnotation] != "":
+			return fmt.Errorf("marked as a user's Secret: %v", sec.Annotations)
+		case string(sec.Data[jwtKeysKey]) != keys:
+			return fmt.Errorf("keys changed")
+		}
+		return nil
+	})
+}
+
+// testForeignObjectLeftAlone: an object a user made with a child's name (a Service
+// NAME-postgres) is not taken over: the apply would have removed its ports. The stack says
+// why it does not progress, and adding the operator's labels hands the object over.
+func testForeignObjectLeftAlone(t *testing.T) {
+	ns := newNamespace(t)
+	users := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "fo-postgres"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "mine", Port: 1234}}}}
+	if err := k8s.Create(bg, users); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "fo"))
+	s := waitCondition(t, ns, "fo", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
+	if c := meta.FindStatusCondition(s.Status.Conditions, tradingv1alpha1.ConditionReady); !strings.Contains(c.Message, "Service fo-postgres already exists and is not this stack's") {
+		t.Errorf("Ready's message does not say why: %q", c.Message)
+	}
+	svc := &corev1.Service{}
+	if err := k8s.Get(bg, key(ns, "fo-postgres"), svc); err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.OwnerReferences) != 0 || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 1234 {
+		t.Fatalf("the user's Service was changed: owners %v, ports %v", svc.OwnerReferences, svc.Spec.Ports)
+	}
+	svc.Labels = map[string]string{ManagedByLabel: ManagedByValue, instanceLabel: "fo"}
+	if err := k8s.Update(bg, svc); err != nil {
+		t.Fatal(err)
+	}
+	reconcileDirectly(t, ns, "fo", 1) // no event of an unowned object wakes the stack: the retry would, later
+	eventually(t, "the labelled Service handed over", func() error {
+		if err := k8s.Get(bg, key(ns, "fo-postgres"), svc); err != nil {
+			return err
+		}
+		if !hasControllerRef(svc, getStack(t, ns, "fo")) || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 5432 {
+			return fmt.Errorf("owners %v, ports %v", svc.OwnerReferences, svc.Spec.Ports)
+		}
+		return nil
+	})
 }
 
 // testInvalidHandEditsReverted: a hand edit that the forced apply cannot go with (the API

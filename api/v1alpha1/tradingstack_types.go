@@ -12,6 +12,11 @@ import (
 
 // TradingStackSpec is what a platform team asks for. Every field is optional: an empty spec
 // gives a working stack with a managed PostgreSQL, a managed Redis and two runtime replicas.
+//
+// A stack made without spec.postgres.managed (or external) has the managed database with the
+// default 10Gi volume, and no stored size for the transition rule on storage.size to compare
+// with: a size given later is held to that default here.
+// +kubebuilder:validation:XValidation:rule="!has(self.postgres) || !has(self.postgres.managed) || !has(self.postgres.managed.storage) || !has(self.postgres.managed.storage.size) || !isQuantity(self.postgres.managed.storage.size) || (has(oldSelf.postgres) && (has(oldSelf.postgres.managed) || has(oldSelf.postgres.external))) || quantity(self.postgres.managed.storage.size).compareTo(quantity('10Gi')) >= 0",message="spec.postgres.managed.storage.size may only grow: this stack's volume has the default size, 10Gi",fieldPath=".postgres.managed.storage.size"
 type TradingStackSpec struct {
 	// Runtime configures tradingd, the trading API: its image, replicas, resources and every
 	// non-secret setting it reads from the environment.
