@@ -18,7 +18,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/shopspring/decimal"
 
 	trading "github.com/findmy/trading-operator/runtime"
@@ -651,13 +652,18 @@ func checkDSN(v string) error {
 	return nil
 }
 
-// parseDSN is the full check of DATABASE_URL, by the driver itself. It is not part of Load
-// because pgx may read a password file; the commands call it before connecting.
+// parseDSN is the full check of DATABASE_URL, by the driver itself, pool settings
+// (pool_max_conns and the like) included. It is not part of Load because pgx may read a
+// password file; the commands call it before connecting.
 func parseDSN(dsn string) error {
-	if _, err := pgx.ParseConfig(dsn); err != nil {
+	if _, err := pgxpool.ParseConfig(dsn); err != nil {
 		// pgx's message may quote the DSN; say only what is wrong with it.
 		msg := "is not a valid PostgreSQL connection string"
-		if cause := errors.Unwrap(err); cause != nil {
+		var pce *pgconn.ParseConfigError
+		if full := err.Error(); errors.As(err, &pce) && strings.Contains(full, "`: ") {
+			// "cannot parse `<DSN>`: what (why)": what names the parameter.
+			msg += ": " + redactDSN(full[strings.LastIndex(full, "`: ")+3:])
+		} else if cause := errors.Unwrap(err); cause != nil {
 			msg += ": " + redactDSN(cause.Error())
 		}
 		return settingError("DATABASE_URL", errors.New(msg))
@@ -699,13 +705,20 @@ func checkRedisURL(v string) error {
 
 var dsnPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
 
-// redactDSN hides the password of a DSN for logs.
+// redactDSN hides the passwords of a DSN for logs: the user's, and any other parameter
+// named like one (sslpassword, the client key's passphrase).
 func redactDSN(dsn string) string {
 	if strings.Contains(dsn, "://") {
 		if u, err := url.Parse(dsn); err == nil {
 			q := u.Query()
-			if q.Has("password") {
-				q.Set("password", "xxxxx")
+			changed := false
+			for k := range q {
+				if strings.Contains(strings.ToLower(k), "password") {
+					q.Set(k, "xxxxx")
+					changed = true
+				}
+			}
+			if changed {
 				u.RawQuery = q.Encode()
 			}
 			return u.Redacted()

@@ -339,6 +339,9 @@ func TestRedactDSN(t *testing.T) {
 		{"postgres://app@db/trading?password=hunter2", "postgres://app@db/trading?password=xxxxx"},
 		{"host=db user=app password=hunter2 dbname=trading", "host=db user=app password=xxxxx dbname=trading"},
 		{"host=db password='hun ter2' dbname=trading", "host=db password=xxxxx dbname=trading"},
+		// The client key's passphrase (libpq's sslpassword) is a secret too.
+		{"postgres://app@db/trading?sslmode=verify-full&sslpassword=hunter2", "postgres://app@db/trading?sslmode=verify-full&sslpassword=xxxxx"},
+		{"host=db sslpassword=hunter2 dbname=trading", "host=db sslpassword=xxxxx dbname=trading"},
 	}
 	for _, tt := range tests {
 		if got := redactDSN(tt.in); got != tt.want || strings.Contains(got, "hunter2") || strings.Contains(got, "hun ter2") {

@@ -150,6 +150,8 @@ func TestSettingErrors(t *testing.T) {
 		{"malformed DATABASE_URL", []string{"migrate"}, map[string]string{"DATABASE_URL": "mysql://a@b/c"}, "DATABASE_URL"},
 		{"DATABASE_URL pgx refuses", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://a:pw@b/c?sslmode=sometimes"}, "DATABASE_URL"},
 		{"DATABASE_URL pgx refuses, serve", []string{"serve"}, map[string]string{"DATABASE_URL": "host=b port=x", "JWT_KEYS": jwtKeys}, "DATABASE_URL"},
+		// Pool parameters are the pool's to parse (pgxpool): checked before serve logs its start.
+		{"DATABASE_URL with a malformed pool parameter", []string{"serve"}, map[string]string{"DATABASE_URL": dsn + "&pool_max_conns=x", "JWT_KEYS": jwtKeys}, "DATABASE_URL"},
 		// PGSSLROOTCERT (the operator's external-database CA) is read as the DSN's sslrootcert.
 		{"PGSSLROOTCERT missing", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://a@b/c?sslmode=verify-full", "PGSSLROOTCERT": "/nonexistent/ca.crt"}, "DATABASE_URL"},
 		{"--jwt-keys without a value", []string{"serve", "--jwt-keys"}, map[string]string{"DATABASE_URL": dsn}, "JWT_KEYS"},
