@@ -142,6 +142,48 @@ func TestUnknownRoutesAndMethods(t *testing.T) {
 	e.do("DELETE", "/api/auth/login", "", nil).problem(405)
 }
 
+// The server-wide request target *: OPTIONS * is answered with the headers every response
+// carries (tradingd's http.Server hands it to the handler), anything else with * is a 400
+// problem (ServeMux answered it with an empty body).
+func TestServerWideTarget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	srv := httptest.NewUnstartedServer(e.handler)
+	srv.Config.DisableGeneralOptionsHandler = true
+	srv.Start()
+	t.Cleanup(srv.Close)
+	ask := func(method string) *http.Response {
+		t.Helper()
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if _, err := fmt.Fprintf(conn, "%s * HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n", method); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	for _, method := range []string{"OPTIONS", "GET", "POST"} {
+		resp := ask(method)
+		want := http.StatusBadRequest
+		if method == "OPTIONS" {
+			want = http.StatusOK
+		}
+		if resp.StatusCode != want || resp.Header.Get("X-Frame-Options") != "DENY" || resp.Header.Get("X-Request-Id") == "" {
+			t.Errorf("%s *: %d, headers %v; want %d with the security headers", method, resp.StatusCode, resp.Header, want)
+		}
+		if want == http.StatusBadRequest && resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s *: Content-Type %q, want problem+json", method, resp.Header.Get("Content-Type"))
+		}
+	}
+}
+
 func TestRequestBodies(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

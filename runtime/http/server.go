@@ -205,6 +205,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // plain text; those are found first and answer through a writer that turns them into
 // problem+json. The API and the admin port both serve this way.
 func serveProblems(mux *http.ServeMux, sw *statusWriter, r *http.Request) {
+	if r.RequestURI == "*" {
+		// The server-wide target: OPTIONS * asks what the server supports (net/http answers
+		// it before any handler, without this package's headers, unless the http.Server has
+		// DisableGeneralOptionsHandler, as tradingd's have); nothing else may use it.
+		if r.Method == http.MethodOptions {
+			sw.Header().Set("Content-Length", "0")
+			sw.WriteHeader(http.StatusOK)
+			return
+		}
+		writeProblem(sw, http.StatusBadRequest, "the request target * is for OPTIONS only", nil)
+		return
+	}
 	if _, pattern := mux.Handler(r); pattern == "" {
 		mux.ServeHTTP(&muxErrorWriter{statusWriter: sw}, r)
 		return
