@@ -852,19 +852,7 @@ func TestErrorReplyDoesNotWait(t *testing.T) {
 // value another replica stored before the trade is still there under the old version.
 func TestPendingInvalidationReadsFromTheDatabase(t *testing.T) {
 	w := newWorld(t)
-	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
-	other := replica(t, w, url, prefix, cache.Options{})
-	w.trade(t, other, "1")
-	if q := quantity(t, other, w.trader.UserID); q != "1" { // fills L2
-		t.Fatalf("read %s, want 1", q)
-	}
-	rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rc.Close() })
-	p := cache.NewPortfolio(w.portfolio, cache.Options{Remote: readOnly{rc}, NoRefresh: true})
-	t.Cleanup(p.Close)
+	_, p := cachedTradeAnd(t, w, func(r cache.Remote) cache.Remote { return readOnly{r} })
 	w.trade(t, p, "2")
 	if n := p.PendingInvalidations(); n != 1 {
 		t.Fatalf("%d pending invalidations after a refused one, want 1", n)
@@ -881,20 +869,8 @@ func TestPendingInvalidationReadsFromTheDatabase(t *testing.T) {
 // trusting its L1 on those answers, reads the trade at once, and nothing is left pending.
 func TestSlowInvalidationIsTriedAgain(t *testing.T) {
 	w := newWorld(t)
-	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
-	other := replica(t, w, url, prefix, cache.Options{})
-	w.trade(t, other, "1")
-	if q := quantity(t, other, w.trader.UserID); q != "1" { // cached in L1 and L2
-		t.Fatalf("read %s, want 1", q)
-	}
-	rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rc.Close() })
-	slow := &slowOnce{Remote: rc}
-	p := cache.NewPortfolio(w.portfolio, cache.Options{Remote: slow, NoRefresh: true})
-	t.Cleanup(p.Close)
+	var slow *slowOnce
+	other, p := cachedTradeAnd(t, w, func(r cache.Remote) cache.Remote { slow = &slowOnce{Remote: r}; return slow })
 	w.trade(t, p, "2")
 	// Read at once: the approve must return after its invalidation went out, not leave it
 	// to the background replay.
@@ -907,6 +883,27 @@ func TestSlowInvalidationIsTriedAgain(t *testing.T) {
 	if q := quantity(t, other, w.trader.UserID); q != "3" {
 		t.Fatalf("the other replica reads %s right after the approve, want 3", q)
 	}
+}
+
+// cachedTradeAnd makes the trader's first trade (1 BTC/USD), read on a replica (other: in its L1
+// and in L2), and a second replica p on the same Redis whose Remote wrap builds around its
+// client.
+func cachedTradeAnd(t *testing.T, w *world, wrap func(cache.Remote) cache.Remote) (other, p *cache.Portfolio) {
+	t.Helper()
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	other = replica(t, w, url, prefix, cache.Options{})
+	w.trade(t, other, "1")
+	if q := quantity(t, other, w.trader.UserID); q != "1" {
+		t.Fatalf("read %s, want 1", q)
+	}
+	rc, err := redis.OpenWith(url, redis.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	p = cache.NewPortfolio(w.portfolio, cache.Options{Remote: wrap(rc), NoRefresh: true})
+	t.Cleanup(p.Close)
+	return other, p
 }
 
 // slowOnce is a Remote whose first Bump gets no answer in time.
