@@ -13,8 +13,10 @@
 // Marks. A trade's invalidation (InvalidateTrade) also names its symbol: the symbol's mark
 // gets a new generation here and, through the same acknowledged message, in every replica
 // before the approve returns, so the next read anywhere loads it again (one index probe per
-// symbol, once per replica: otter's loader). Marks live for the shorter of the two TTLs,
-// which bounds a replica that missed the message (Redis down; not replayed, unlike books).
+// symbol, once per replica: otter's loader). A replica that missed the message (Redis
+// down) drops every mark when Redis answers again after the silence and when the replay
+// arrives (it names no symbol); marks live for the shorter of the two TTLs, which bounds
+// the rest.
 //
 // Consistency. A submission, an approval and a rejection call InvalidateUser with the views
 // they made stale (the summary; after an approval the positions too) before they return.
@@ -883,9 +885,10 @@ func (p *Portfolio) InvalidateUser(ctx context.Context, userID uuid.UUID, stale 
 }
 
 // InvalidateTrade is InvalidateUser of every view for a trade of userID in symbol, whose
-// mark it also drops here and in every other replica's L1 before it returns. A mark that
-// Redis could not carry to another replica is not replayed: the marks' TTL (the shorter of
-// the two) bounds it.
+// mark it also drops here and in every other replica's L1 before it returns. The replay of
+// one that Redis could not carry names no symbol (the receivers drop every mark), and every
+// replica drops its marks after a silence of Redis anyway; the marks' TTL (the shorter of
+// the two) bounds the rest.
 func (p *Portfolio) InvalidateTrade(ctx context.Context, userID uuid.UUID, symbol string) error {
 	return p.invalidate(ctx, userID, trading.AllViews, symbol)
 }
