@@ -50,18 +50,23 @@ func newPostgresCredentialsSecret(s *tradingv1alpha1.TradingStack) (*corev1.Secr
 	if err != nil {
 		return nil, err
 	}
+	return secretObject(s, postgresCredentialsSecretName(s), postgresApp, databaseComponent, map[string]string{
+		postgresUserKey:     postgresUser,
+		postgresPasswordKey: password,
+		postgresDSNKey:      postgresDSN(s, postgresUser, password),
+	}), nil
+}
+
+// postgresDSN is the runtime's DSN of the managed database for user and password.
+func postgresDSN(s *tradingv1alpha1.TradingStack, user, password string) string {
 	dsn := url.URL{
 		Scheme:   "postgres",
-		User:     url.UserPassword(postgresUser, password),
+		User:     url.UserPassword(user, password),
 		Host:     fmt.Sprintf("%s:%d", postgresHost(s), postgresPort),
 		Path:     "/" + postgresDB,
 		RawQuery: "sslmode=disable",
 	}
-	return secretObject(s, postgresCredentialsSecretName(s), postgresApp, databaseComponent, map[string]string{
-		postgresUserKey:     postgresUser,
-		postgresPasswordKey: password,
-		postgresDSNKey:      dsn.String(),
-	}), nil
+	return dsn.String()
 }
 
 // newJWTSecret builds NAME-jwt: key "keys" holds one JWT_KEYS entry, "kid:base64secret" with a

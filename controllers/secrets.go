@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -42,6 +44,11 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 		current, userMade, err := r.ensureSecret(ctx, p, desired)
 		if err != nil {
 			return false, err
+		}
+		if !userMade {
+			if err := r.restoreMissingKeys(ctx, p, desired, current); err != nil {
+				return false, err
+			}
 		}
 		if err := r.applySecretMetadata(ctx, p, desired, current, userMade); err != nil {
 			return false, err
@@ -146,4 +153,52 @@ func secretMetadataMatches(current, want *corev1.Secret) bool {
 		}
 	}
 	return true
+}
+
+// restoreMissingKeys puts back the keys of a generated Secret that were removed (or emptied) by
+// hand, with new values, as a deleted Secret is made again: without them the runtime's pods
+// would not start (the Secret's hash changed, so they roll). The values that are there are
+// kept. In NAME-postgres-credentials the DSN follows the user and password it then holds:
+// rebuilt when it is missing or when the password is new (the database takes the new password
+// when its pod restarts, as after an edit of it).
+func (r *TradingStackReconciler) restoreMissingKeys(ctx context.Context, p *pass, desired, current *corev1.Secret) error {
+	var missing []string
+	for k := range desired.Data {
+		if len(current.Data[k]) == 0 {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	slices.Sort(missing)
+	fill := desired.Data
+	if desired.Name == postgresCredentialsSecretName(p.stack) {
+		user, password := string(current.Data[postgresUserKey]), string(current.Data[postgresPasswordKey])
+		if user == "" {
+			user = string(desired.Data[postgresUserKey])
+		}
+		if password == "" {
+			password = string(desired.Data[postgresPasswordKey])
+			if !slices.Contains(missing, postgresDSNKey) {
+				missing = append(missing, postgresDSNKey) // it holds the old password
+			}
+		}
+		fill = toBytes(map[string]string{postgresUserKey: user, postgresPasswordKey: password,
+			postgresDSNKey: postgresDSN(p.stack, user, password)})
+	}
+	patched := current.DeepCopy()
+	if patched.Data == nil {
+		patched.Data = map[string][]byte{}
+	}
+	for _, k := range missing {
+		patched.Data[k] = fill[k]
+	}
+	if err := r.Patch(ctx, patched, client.MergeFrom(current), client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("put back the keys of secret %s: %w", current.Name, err)
+	}
+	r.Recorder.Eventf(p.stack, patched, corev1.EventTypeNormal, "Reverted", "Patch",
+		"Put back %s of Secret %s with new values: removed by hand, the runtime cannot start without them", strings.Join(missing, ", "), current.Name)
+	*current = *patched
+	return nil
 }

@@ -70,6 +70,7 @@ func TestOperator(t *testing.T) {
 		{"UserSecretNotAdopted", testUserSecretNotAdopted},
 		{"ForeignObjectLeftAlone", testForeignObjectLeftAlone},
 		{"SecretLabelRemovedStaysOurs", testSecretLabelRemovedStaysOurs},
+		{"GeneratedSecretKeysPutBack", testGeneratedSecretKeysPutBack},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
@@ -1985,6 +1986,47 @@ func testSecretLabelRemovedStaysOurs(t *testing.T) {
 	})
 }
 
+// testGeneratedSecretKeysPutBack: a key removed by hand from a generated Secret is put back
+// with a new value (the runtime's pods cannot start without it); the DSN of the managed
+// database follows a new password; the keys that are there are kept.
+func testGeneratedSecretKeysPutBack(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "gk"))
+	makeReady(t, ns, "gk")
+	remove := func(name, k string) map[string][]byte {
+		t.Helper()
+		sec := waitFor(t, &corev1.Secret{}, ns, name)
+		before := sec.Data
+		if err := k8s.Patch(bg, sec, client.RawPatch(types.JSONPatchType, []byte(`[{"op":"remove","path":"/data/`+k+`"}]`))); err != nil {
+			t.Fatal(err)
+		}
+		return before
+	}
+	jwtBefore := remove("gk-jwt", jwtKeysKey)
+	pgBefore := remove("gk-postgres-credentials", postgresPasswordKey)
+	eventually(t, "the keys put back", func() error {
+		jwt, pg := &corev1.Secret{}, &corev1.Secret{}
+		if err := k8s.Get(bg, key(ns, "gk-jwt"), jwt); err != nil {
+			return err
+		}
+		if err := k8s.Get(bg, key(ns, "gk-postgres-credentials"), pg); err != nil {
+			return err
+		}
+		keys, password, dsn := string(jwt.Data[jwtKeysKey]), string(pg.Data[postgresPasswordKey]), string(pg.Data[postgresDSNKey])
+		switch {
+		case keys == "" || keys == string(jwtBefore[jwtKeysKey]):
+			return fmt.Errorf("jwt keys %q", keys)
+		case password == "" || password == string(pgBefore[postgresPasswordKey]):
+			return fmt.Errorf("password %q", password)
+		case !strings.Contains(dsn, ":"+password+"@"):
+			return fmt.Errorf("the DSN does not hold the new password: %q", dsn)
+		case string(pg.Data[postgresUserKey]) != string(pgBefore[postgresUserKey]):
+			return fmt.Errorf("user changed")
+		}
+		return nil
+	})
+}
+
 // testForeignObjectLeftAlone: an object a user made with a child's name (a Service
 // NAME-postgres) is not taken over: the apply would have removed its ports. The stack says
 // why it does not progress, and adding the operator's labels hands the object over.
@@ -2011,7 +2053,9 @@ func testForeignObjectLeftAlone(t *testing.T) {
 	if err := k8s.Update(bg, svc); err != nil {
 		t.Fatal(err)
 	}
-	reconcileDirectly(t, ns, "fo", 1) // no event of an unowned object wakes the stack: the retry would, later
+	// No event of an unowned object wakes the stack (the retry's backoff would, later): a
+	// change of the spec does. (A direct reconcile here would race the manager's own.)
+	updateStack(t, ns, "fo", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.RateLimits.Login = ptr.To[int32](7) })
 	eventually(t, "the labelled Service handed over", func() error {
 		if err := k8s.Get(bg, key(ns, "fo-postgres"), svc); err != nil {
 			return err
