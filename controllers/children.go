@@ -29,9 +29,6 @@ func (r *TradingStackReconciler) applyChild(ctx context.Context, p *pass, obj cl
 	if err := controllerutil.SetControllerReference(p.stack, obj, r.Scheme); err != nil {
 		return err
 	}
-	if err := r.refuseForeign(ctx, p, obj); err != nil {
-		return err
-	}
 	return r.applyOwned(ctx, p, obj, true)
 }
 
@@ -42,14 +39,11 @@ func (r *TradingStackReconciler) applyChild(ctx context.Context, p *pass, obj cl
 // name would lose its content. The operator leaves it alone and says so (the step fails
 // with ApplyFailed, and a warning event); adding the two labels hands it over.
 //
-// The cache holds only labelled objects, so only a child it does not show is read from the
-// API server (metadata only): on creation, and after a hand edit removed the label.
+// applyOwned calls it for a child the stack is to control that the cache does not show (the
+// cache holds only labelled objects): it reads the object's metadata from the API server, on
+// creation and after a hand edit removed the label.
 func (r *TradingStackReconciler) refuseForeign(ctx context.Context, p *pass, obj client.Object) error {
 	gvk := obj.GetObjectKind().GroupVersionKind()
-	cached := obj.DeepCopyObject().(client.Object)
-	if found, err := r.getCached(ctx, client.ObjectKeyFromObject(obj), cached); err != nil || found {
-		return err
-	}
 	live := &metav1.PartialObjectMetadata{}
 	live.SetGroupVersionKind(gvk)
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(obj), live); err != nil {
@@ -82,6 +76,11 @@ func (r *TradingStackReconciler) applyOwned(ctx context.Context, p *pass, obj cl
 	existed, err := r.getCached(ctx, client.ObjectKeyFromObject(obj), current)
 	if err != nil {
 		return err
+	}
+	if !existed && isControlledBy(obj, p.stack) {
+		if err := r.refuseForeign(ctx, p, obj); err != nil {
+			return err
+		}
 	}
 	k := memoKey(u)
 	if existed && r.applied.unchanged(k, sum, current, gvk.Kind) {

@@ -772,11 +772,11 @@ func (p *Portfolio) trusted() bool {
 	return p.opts.Remote == nil || p.remoteTrusted()
 }
 
-// remoteTrusted: subscribed to the invalidations, and Redis answers, and answered within
-// the trust window (a Redis that stopped answering a moment ago is not yet known as down).
+// remoteTrusted: subscribed to the invalidations, and Redis answers, and settled: answered
+// within the trust window (a Redis that stopped answering a moment ago is not yet known as
+// down) and for Settle since its latest silence.
 func (p *Portfolio) remoteTrusted() bool {
-	r := p.opts.Remote
-	return p.subscribed.Load() && r.Healthy() && time.Since(r.LastAnswer()) < p.opts.TrustWindow && p.settled()
+	return p.subscribed.Load() && p.opts.Remote.Healthy() && p.settled()
 }
 
 // settled reports whether the Remote has answered for Settle since its latest silence (or

@@ -739,6 +739,19 @@ func TestAnotherTradersTradeMovesTheMark(t *testing.T) {
 	check(b, "B after an older replica's trade", "150", "500")
 }
 
+// tradedOnOwnRedis starts a Redis of the test's own (to pause or stop), two replicas a and b
+// on it, and makes the trader's first trade (1 BTC/USD) through a.
+func tradedOnOwnRedis(t *testing.T) (w *world, srv *redistest.Server, a, b *cache.Portfolio) {
+	t.Helper()
+	w = newWorld(t)
+	srv = redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	a = replica(t, w, srv.URL(), prefix, cache.Options{})
+	b = replica(t, w, srv.URL(), prefix, cache.Options{})
+	w.trade(t, a, "1")
+	return w, srv, a, b
+}
+
 // Read-your-writes across replicas while Redis goes away or comes back, before a replica has
 // noticed: B holds the trader's positions in L1, Redis stops answering (paused: nothing
 // answers; stopped: connections refused), and an approve on A, which cannot reach B, answers
@@ -747,13 +760,8 @@ func TestAnotherTradersTradeMovesTheMark(t *testing.T) {
 func TestApproveAtOutageEdgesIsReadFreshOnTheOther(t *testing.T) {
 	for _, stop := range []string{"pause", "stop"} {
 		t.Run(stop, func(t *testing.T) {
-			w := newWorld(t)
-			srv := redistest.Start(t)
-			prefix := redistest.Prefix(t)
-			a := replica(t, w, srv.URL(), prefix, cache.Options{})
-			b := replica(t, w, srv.URL(), prefix, cache.Options{})
+			w, srv, a, b := tradedOnOwnRedis(t)
 			user := w.trader.UserID
-			w.trade(t, a, "1")
 			redistest.Eventually(t, 5*time.Second, "B caches the positions", func() bool {
 				_ = quantity(t, b, user)
 				e, _ := b.L1Stats()
@@ -782,13 +790,8 @@ func TestApproveAtOutageEdgesIsReadFreshOnTheOther(t *testing.T) {
 func TestApproveDuringOutageIsReadFreshAfterIt(t *testing.T) {
 	// Paused, not stopped: a restarted Redis is empty (nothing on disk) and every replica
 	// resubscribes and flushes its L1, so no old value survives a restart.
-	w := newWorld(t)
-	srv := redistest.Start(t)
-	prefix := redistest.Prefix(t)
-	a := replica(t, w, srv.URL(), prefix, cache.Options{})
-	b := replica(t, w, srv.URL(), prefix, cache.Options{})
+	w, srv, a, b := tradedOnOwnRedis(t)
 	user := w.trader.UserID
-	w.trade(t, a, "1")
 	redistest.Eventually(t, 5*time.Second, "both replicas cache the positions", func() bool {
 		_, _ = quantity(t, a, user), quantity(t, b, user)
 		ea, _ := a.L1Stats()
