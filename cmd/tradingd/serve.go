@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -44,6 +45,8 @@ const (
 	queryTimeout = 5 * time.Second
 	// readyTimeout bounds /readyz's ping: a probe must answer before the kubelet gives up.
 	readyTimeout = 2 * time.Second
+	// poolCloseBound is how long the exit waits for the pool to close after the drain.
+	poolCloseBound = 3 * time.Second
 
 	// startupWait is how long serve waits for an unreachable database at start, retrying
 	// with backoff while /healthz is 200 and /readyz 503, before it gives up with exit 1.
@@ -130,7 +133,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	if err != nil {
 		return settingError("DATABASE_URL", errors.New(strings.TrimPrefix(trading.ErrorMessage(err), "DATABASE_URL ")))
 	}
-	defer db.Close() // also on the error paths; closing twice is harmless
+	// Also on the error paths; once, since a second pgxpool Close waits for the first.
+	closePool := sync.OnceValue(func() bool { return closeWithin(db.Close, poolCloseBound) })
+	defer closePool()
 	m.WatchPool(db.Pool().Stat)
 	m.Symbols(cfg.Symbols)
 	m.WatchBusiness(metrics.NewSQLBusiness(db.Pool()))
@@ -290,9 +295,28 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		api.Close()
 	}
 	shutdownAdmin(admin, logger)
-	db.Close()
-	logger.Info("database pool closed; stopped")
+	if closePool() {
+		logger.Info("database pool closed; stopped")
+	} else {
+		logger.Warn("database pool not closed: the database does not answer; stopped", "waited", poolCloseBound)
+	}
 	return failed
+}
+
+// closeWithin calls closeFn and waits for it at most bound, reporting whether it returned.
+// Closing the pool says goodbye on every connection and waits for the connections that
+// requests cut short are cleaning up; with the database hung (stopped, partitioned) pgx
+// waits up to 15 s for each, so SIGTERM took about 20 s whatever SHUTDOWN_GRACE said. No
+// request is left by then (the drain is over), and the exit closes the sockets anyway.
+func closeWithin(closeFn func(), bound time.Duration) bool {
+	done := make(chan struct{})
+	go func() { closeFn(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(bound):
+		return false
+	}
 }
 
 func newServer(h http.Handler, logger *slog.Logger) *http.Server {
