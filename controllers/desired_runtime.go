@@ -155,6 +155,10 @@ func withPostgresCA(s *tradingv1alpha1.TradingStack, env []corev1.EnvVar, volume
 	return append(env, corev1.EnvVar{Name: "PGSSLROOTCERT", Value: postgresCADir + "/" + caFile}), append(volumes, v), append(mounts, m)
 }
 
+// migrateContainer is the migration Job's container, whose termination message reports the
+// schema version (appliedSchemaVersion).
+const migrateContainer = "migrate"
+
 // desiredMigrationJob is NAME-migrate-HASH: `tradingd migrate` with image against the stack's
 // database. It never restarts in place (failed pods stay for their logs) and gives up after a
 // few attempts or ten minutes; its last log lines become the termination message, so a failure
@@ -179,7 +183,7 @@ func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image, database string
 					AutomountServiceAccountToken: ptr.To(false),
 					SecurityContext:              podSecurityContext(runtimeUID),
 					Containers: []corev1.Container{{
-						Name:                     "migrate",
+						Name:                     migrateContainer,
 						Image:                    image,
 						ImagePullPolicy:          corev1.PullIfNotPresent,
 						Command:                  []string{tradingdBinary, "migrate"},

@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -223,6 +224,37 @@ func finishJob(t *testing.T, ns, name string, succeeded bool) {
 		}
 		return k8s.Status().Update(bg, j)
 	})
+}
+
+// migrationPod plays the Job controller and kubelet for one attempt of job: a pod with the
+// Job's labels whose migrate container ended with exitCode and message. Pods are listed in
+// the order of their names, so attempt decides which one the operator meets first.
+func migrationPod(t *testing.T, job *batchv1.Job, attempt int, exitCode int32, message string) {
+	t.Helper()
+	// The ServiceAccount admission plugin wants the namespace's default account, which no
+	// controller makes here.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: job.Namespace, Name: "default"}}
+	if err := k8s.Create(bg, sa); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: job.Namespace, Name: fmt.Sprintf("%s-%d", job.Name, attempt), Labels: job.Spec.Template.Labels},
+		Spec:       job.Spec.Template.Spec,
+	}
+	if err := k8s.Create(bg, pod); err != nil {
+		t.Fatalf("create migration pod: %v", err)
+	}
+	now := metav1.Now()
+	pod.Status = corev1.PodStatus{Phase: corev1.PodSucceeded, ContainerStatuses: []corev1.ContainerStatus{{
+		Name: job.Spec.Template.Spec.Containers[0].Name, Image: job.Spec.Template.Spec.Containers[0].Image,
+		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: exitCode, Message: message, StartedAt: now, FinishedAt: now}},
+	}}}
+	if exitCode != 0 {
+		pod.Status.Phase = corev1.PodFailed
+	}
+	if err := k8s.Status().Update(bg, pod); err != nil {
+		t.Fatalf("migration pod status: %v", err)
+	}
 }
 
 // makeReady plays kubelet for a stack with managed PostgreSQL and Redis until

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -116,7 +117,11 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	case jobSucceeded:
 		p.servingImage = image
 		p.stack.Status.Migration = tradingv1alpha1.MigrationStatus{Image: image, JobName: current.Name, Database: database}
-		p.stack.Status.SchemaVersion = schemaVersionOf(image)
+		version, err := r.appliedSchemaVersion(ctx, current, image)
+		if err != nil {
+			return false, err
+		}
+		p.stack.Status.SchemaVersion = version
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
 			fmt.Sprintf("migration Job %s succeeded for image %s", current.Name, image))
 		return false, r.pruneMigrationJobs(ctx, p, current.Name)
@@ -245,6 +250,39 @@ func (r *TradingStackReconciler) pruneMigrationJobs(ctx context.Context, p *pass
 		}
 	}
 	return nil
+}
+
+// migratedLine is what `tradingd migrate` prints on success and writes to its termination log.
+var migratedLine = regexp.MustCompile(`database schema at version ([0-9]+)`)
+
+// appliedSchemaVersion is the schema version job (succeeded) left the database at. The
+// default image's is compiled into this build; any other image reports it in its migrate
+// container's termination message, read from the Job's pods once, when the Job is seen
+// succeeded. An image from before that report, or pods already gone, fall back to the
+// image's tag (schemaVersionOf).
+func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *batchv1.Job, image string) (string, error) {
+	if image == tradingv1alpha1.DefaultRuntimeImage || job.Spec.Selector == nil {
+		return schemaVersionOf(image), nil
+	}
+	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
+	if err != nil {
+		return schemaVersionOf(image), nil
+	}
+	// Uncached: the operator keeps no informer on pods for one read per migration.
+	pods := &corev1.PodList{}
+	if err := r.APIReader.List(ctx, pods, client.InNamespace(job.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
+		return "", fmt.Errorf("read migration Job %s's pods for the schema version: %w", job.Name, err)
+	}
+	for _, pod := range pods.Items {
+		for _, c := range pod.Status.ContainerStatuses {
+			if t := c.State.Terminated; c.Name == migrateContainer && t != nil && t.ExitCode == 0 {
+				if m := migratedLine.FindStringSubmatch(t.Message); m != nil {
+					return m[1], nil
+				}
+			}
+		}
+	}
+	return schemaVersionOf(image), nil
 }
 
 // schemaVersionOf names the schema an image's `tradingd migrate` applies. The

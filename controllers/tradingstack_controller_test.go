@@ -711,6 +711,14 @@ func testImageChangeWaitsForMigration(t *testing.T) {
 		t.Fatalf("runtime moved to %s before its migration succeeded", img)
 	}
 
+	if v := getStack(t, ns, "mig").Status.SchemaVersion; v != "v1" {
+		t.Errorf("SCHEMA for an image that reported no version is %q, want its tag v1", v)
+	}
+	// The v2 image reports its schema version in the migrate container's termination
+	// message (a failed attempt's log tail, listed first, does not count); the status shows
+	// it, not the tag.
+	migrationPod(t, job, 1, 1, "database schema at version 3\nmigrate: 00004 failed: connection reset by peer\n")
+	migrationPod(t, job, 2, 0, "database schema at version 9\n")
 	finishJob(t, ns, job.Name, true)
 	eventually(t, "runtime moves to v2", func() error {
 		if img := apiImage(); img != "registry.example.com/tradingd:v2" {
@@ -722,6 +730,9 @@ func testImageChangeWaitsForMigration(t *testing.T) {
 	s = waitCondition(t, ns, "mig", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 	if s.Status.Migration.Image != "registry.example.com/tradingd:v2" || s.Status.Runtime.Image != "registry.example.com/tradingd:v2" {
 		t.Errorf("status after migration: %+v", s.Status)
+	}
+	if s.Status.SchemaVersion != "9" {
+		t.Errorf("SCHEMA is %q after the migration Job reported version 9", s.Status.SchemaVersion)
 	}
 	eventually(t, "old migration Job removed", func() error {
 		if err := k8s.Get(bg, key(ns, firstJob.Name), &batchv1.Job{}); !apierrors.IsNotFound(err) {

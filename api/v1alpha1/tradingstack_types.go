@@ -539,8 +539,9 @@ type TradingStackStatus struct {
 	// +optional
 	Phase Phase `json:"phase,omitempty"`
 
-	// SchemaVersion is the database schema version applied by the last successful migration:
-	// the number for the runtime image built with this operator, else the migrated image's tag.
+	// SchemaVersion is the database schema version applied by the last successful migration,
+	// as the migration Job's pod reported it (its termination message); the migrated image's
+	// tag when it did not (an image from before that report, or the pods already gone).
 	// +optional
 	SchemaVersion string `json:"schemaVersion,omitempty"`
 

@@ -94,6 +94,12 @@ type Config struct {
 	// MemoryLimitRatio is the share of the cgroup's memory limit that becomes Go's soft
 	// memory limit (AUTOMEMLIMIT); 0: off.
 	MemoryLimitRatio float64
+
+	// TerminationLog is where `migrate` reports the schema version it left, when that file
+	// exists: the kubelet mounts one into every container and shows its text as the
+	// container's termination message, which the operator reads (it knows the version of no
+	// image but its own). migrate only.
+	TerminationLog string
 }
 
 // setting is one row of api.md's configuration table: a flag, its environment twin and
@@ -265,6 +271,10 @@ var settings = []setting{
 		c.BootstrapAdminPassword = v
 		return nil
 	}},
+	{env: "TERMINATION_LOG", def: "/dev/termination-log", usage: "migrate: file that receives the schema version when it exists (Kubernetes' termination message)", apply: func(c *Config, v string) error {
+		c.TerminationLog = v
+		return nil
+	}},
 	{env: "DEMO_USERS", def: "false", bool: true, usage: "create trader1, trader2 and risk1 with well-known passwords (never in production)", apply: boolean(func(c *Config) *bool { return &c.DemoUsers })},
 }
 
@@ -275,14 +285,18 @@ const maxPasswordBytes = 72
 // (api.md: "needs only DATABASE_URL"), so a serve-only setting that is wrong or missing
 // never stops them.
 var (
-	serveSettings = settingNames(settings)
-	dbSettings    = []string{"DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT"}
+	serveSettings   = settingNames(settings, "TERMINATION_LOG")
+	dbSettings      = []string{"DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT"}
+	migrateSettings = append(slices.Clone(dbSettings), "TERMINATION_LOG")
 )
 
-func settingNames(ss []setting) []string {
-	names := make([]string, len(ss))
-	for i, s := range ss {
-		names[i] = s.env
+// settingNames is every setting's name but those left out.
+func settingNames(ss []setting, except ...string) []string {
+	names := make([]string, 0, len(ss))
+	for _, s := range ss {
+		if !slices.Contains(except, s.env) {
+			names = append(names, s.env)
+		}
 	}
 	return names
 }

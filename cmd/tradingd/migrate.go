@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"os/signal"
 	"syscall"
 
@@ -17,7 +20,7 @@ func migrate(ctx context.Context, args []string, getenv func(string) string, std
 	defer stop()
 
 	fs := newFlagSet("migrate")
-	cfg, err := load(fs, dbSettings, args, getenv)
+	cfg, err := load(fs, migrateSettings, args, getenv)
 	if err != nil {
 		return err
 	}
@@ -34,6 +37,26 @@ func migrate(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return fmt.Errorf("migrate: %v", cause(err))
 	}
-	fmt.Fprintf(stdout, "database schema at version %d\n", version)
+	line := fmt.Sprintf("database schema at version %d\n", version)
+	fmt.Fprint(stdout, line)
+	if err := reportTermination(cfg.TerminationLog, line); err != nil {
+		// The schema is migrated; only the operator's SCHEMA column falls back to the tag.
+		logger.Warn("the schema version could not be written to the termination log", "path", cfg.TerminationLog, "error", err)
+	}
 	return nil
+}
+
+// reportTermination writes line to path only when the file is there: in a Kubernetes
+// container the kubelet mounted it, and elsewhere (a laptop, as root) nothing is created
+// in /dev.
+func reportTermination(path, line string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(line)
+	return errors.Join(err, f.Close())
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
@@ -198,6 +200,30 @@ func TestMigrate(t *testing.T) {
 		}
 		if results[0].stdout != results[1].stdout {
 			t.Errorf("the two migrations report different versions: %q and %q", results[0].stdout, results[1].stdout)
+		}
+	})
+	// In a Kubernetes container the kubelet mounts the termination log, and the operator
+	// reads the schema version from it; elsewhere no such file is made.
+	t.Run("termination log", func(t *testing.T) {
+		dir := t.TempDir()
+		mounted, absent := filepath.Join(dir, "termination-log"), filepath.Join(dir, "absent")
+		if err := os.WriteFile(mounted, []byte("left from an earlier run, longer than the report"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t), "TERMINATION_LOG": mounted}
+		if r := tradingd(t, env, "", "migrate"); r.code != 0 {
+			t.Fatalf("migrate: exit %d, stderr %s", r.code, r.stderr)
+		}
+		want := fmt.Sprintf("database schema at version %d\n", postgres.SchemaVersion)
+		if got, err := os.ReadFile(mounted); err != nil || string(got) != want {
+			t.Errorf("termination log holds %q (%v), want %q", got, err, want)
+		}
+		env["TERMINATION_LOG"] = absent
+		if r := tradingd(t, env, "", "migrate"); r.code != 0 || strings.Contains(r.stderr, "termination") {
+			t.Fatalf("migrate without the file: exit %d, stderr %s", r.code, r.stderr)
+		}
+		if _, err := os.Stat(absent); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("migrate created %s (%v); only a mounted file is written", absent, err)
 		}
 	})
 }
