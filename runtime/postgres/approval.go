@@ -24,7 +24,7 @@ import (
 //     batches sharing orders (two replicas serving the same retried approvals) wait for each
 //     other in the same order instead of deadlocking;
 //  2. one upsert locks the positions of the orders that will be decided (pending, not the
-//     approver's own), creating the missing ones, in (user, symbol) order: orders first, then
+//     approver's own, the approver still risk or admin), creating the missing ones, in (user, symbol) order: orders first, then
 //     positions, each in a fixed order, so no batch waits for another in a cycle;
 //  3. one conditional UPDATE decides those orders, exactly as decideSQL does for one. It runs
 //     with every position held, so the decision times of a position's trades follow the order
@@ -178,7 +178,7 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 		INSERT INTO positions AS p (user_id, symbol)
 		SELECT DISTINCT o.requested_by, o.symbol
 		FROM orders o JOIN unnest($1::uuid[], $2::uuid[]) AS d(order_id, approver_id) ON o.id = d.order_id
-		WHERE o.status = 'pending' AND o.requested_by <> d.approver_id
+		WHERE o.status = 'pending' AND o.requested_by <> d.approver_id AND `+deciderMayDecide("d.approver_id")+`
 		ORDER BY 1, 2
 		ON CONFLICT (user_id, symbol) DO UPDATE SET symbol = p.symbol
 		RETURNING p.user_id, p.symbol, p.quantity, p.avg_entry_price, p.realized_pnl, p.updated_at`, ids, approvers)
@@ -188,7 +188,7 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 		UPDATE orders SET status = 'approved', decided_by = d.approver_id, decided_at = d.at, updated_at = d.at
 		FROM (SELECT order_id, approver_id, clock_timestamp() AS at
 			FROM unnest($1::uuid[], $2::uuid[]) AS u(order_id, approver_id)) AS d
-		WHERE id = d.order_id AND status = 'pending' AND requested_by <> d.approver_id
+		WHERE id = d.order_id AND status = 'pending' AND requested_by <> d.approver_id AND `+deciderMayDecide("d.approver_id")+`
 		RETURNING `+orderColumns, ids, approvers)
 	br := conn.SendBatch(ctx, b)
 	decided, positions, err := readDecisions(br)

@@ -583,3 +583,37 @@ func (e *env) allTrades(u *trading.User, symbol string) ([]*trading.Trade, error
 	slices.Reverse(all)
 	return all, nil
 }
+
+// A decider whose roles changed since its token was issued (risk to trader) gets 403 at
+// once, for an approval alone, in a batch (whose other approvals go through) and for a
+// rejection: the token's roles are trusted for reading, but a decision checks the user's
+// roles in the database (the ended login is only noticed after the session check's TTL).
+func TestDemotedDeciderIsForbidden(t *testing.T) {
+	t.Parallel()
+	e := newEnvTB(t)
+	demoted := e.addUser(t, "demoted", trading.RoleRisk)
+	if _, err := e.db.Pool().Exec(context.Background(), `UPDATE users SET roles = '{trader}' WHERE id = $1`, demoted.ID); err != nil {
+		t.Fatal(err)
+	}
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	_, _, err := e.orders.ApproveOrder(as(demoted), o.ID)
+	wantCode(t, err, trading.EFORBIDDEN)
+	_, err = e.orders.RejectOrder(as(demoted), o.ID, "no longer risk")
+	wantCode(t, err, trading.EFORBIDDEN)
+
+	other := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	out, err := e.orders.ApproveBatch(context.Background(), []postgres.Approval{
+		{OrderID: o.ID, Approver: principalOf(demoted)}, {OrderID: other.ID, Approver: principalOf(e.risk1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if trading.ErrorCode(out[0].Err) != trading.EFORBIDDEN || out[1].Err != nil || out[1].Trade == nil {
+		t.Fatalf("batch with a demoted approver: %+v, want its approval forbidden and the other executed", out)
+	}
+	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'pending'`, o.ID); n != 1 {
+		t.Fatal("the order a demoted user decided is no longer pending")
+	}
+	if n := e.count(t, `SELECT count(*) FROM positions WHERE user_id = $1`, e.trader1.ID); n != 0 {
+		t.Fatal("the demoted user's approval moved (or made) the requester's position")
+	}
+}

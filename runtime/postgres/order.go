@@ -491,18 +491,38 @@ func decideSQL(set string) string {
 	// One clock reading: decided_at and updated_at of a decision are the same instant.
 	return `UPDATE orders SET ` + set + `, decided_by = $2, decided_at = c.at, updated_at = c.at
 		FROM (SELECT clock_timestamp() AS at) c
-		WHERE id = $1 AND status = 'pending' AND requested_by <> $2
+		WHERE id = $1 AND status = 'pending' AND requested_by <> $2 AND ` + deciderMayDecide("$2") + `
 		RETURNING ` + orderColumns
 }
 
-// whyNotDecided explains a decision that matched no row: ENOTFOUND, EFORBIDDEN (the requester,
-// four eyes) or ECONFLICT (no longer pending).
+// deciderMayDecide is an SQL condition: the user whose id is the expression decider holds,
+// now, a role that may decide. canDecide checked the token's roles, which are as old as the
+// token; a role taken away ends the user's logins (migration 00004), but the HTTP layer's
+// session check trusts a live login for a few seconds (SessionCheckTTL), and a decision
+// moves money: it is refused at once.
+func deciderMayDecide(decider string) string {
+	return `EXISTS (SELECT 1 FROM users u WHERE u.id = ` + decider + ` AND u.roles && ARRAY['risk', 'admin'])`
+}
+
+// whyNotDecided explains a decision that matched no row: EUNAUTHORIZED (the decider's user is
+// gone), EFORBIDDEN (the decider lost the role, or is the requester: four eyes), ENOTFOUND or
+// ECONFLICT (no longer pending).
 func whyNotDecided(ctx context.Context, tx rowQuerier, p trading.Principal, id uuid.UUID) error {
+	var mayDecide bool
+	err := tx.QueryRow(ctx, `SELECT roles && ARRAY['risk', 'admin'] FROM users WHERE id = $1`, p.UserID).Scan(&mayDecide)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return errDeciderGone()
+	case err != nil:
+		return err
+	case !mayDecide:
+		return errMayNotDecide()
+	}
 	var (
 		requestedBy uuid.UUID
 		status      string
 	)
-	err := tx.QueryRow(ctx, `SELECT requested_by, status FROM orders WHERE id = $1`, id).Scan(&requestedBy, &status)
+	err = tx.QueryRow(ctx, `SELECT requested_by, status FROM orders WHERE id = $1`, id).Scan(&requestedBy, &status)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return errOrderNotFound()
@@ -518,9 +538,13 @@ func whyNotDecided(ctx context.Context, tx rowQuerier, p trading.Principal, id u
 
 func canDecide(p trading.Principal) error {
 	if !p.CanDecide() {
-		return trading.Errorf(trading.EFORBIDDEN, "only the risk or admin role may decide orders")
+		return errMayNotDecide()
 	}
 	return nil
+}
+
+func errMayNotDecide() error {
+	return trading.Errorf(trading.EFORBIDDEN, "only the risk or admin role may decide orders")
 }
 
 // ApproveOrder executes a pending order into one trade at its price and moves the requester's
