@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -184,13 +185,37 @@ const MaxReasonLength = 500
 // ValidateReason checks a rejection reason: required, at most MaxReasonLength characters.
 func ValidateReason(reason string) error {
 	switch {
-	case strings.TrimSpace(reason) == "":
+	case !hasVisible(reason):
 		return Invalid(FieldError{Field: "reason", Message: "is required"})
 	case utf8.RuneCountInString(reason) > MaxReasonLength:
 		return Invalid(FieldError{Field: "reason", Message: fmt.Sprintf("must be at most %d characters", MaxReasonLength)})
 	case strings.ContainsRune(reason, 0):
 		// PostgreSQL text cannot hold NUL: refused here, not as the store's 500.
 		return Invalid(FieldError{Field: "reason", Message: "must not contain NUL characters"})
+	case strings.IndexFunc(reason, hiddenControl) >= 0:
+		return Invalid(FieldError{Field: "reason", Message: "must not contain control characters other than line breaks and tabs, or bidirectional overrides"})
 	}
 	return nil
+}
+
+// hiddenControl is a character that changes how a reason is shown rather than showing
+// something: C0/C1 controls other than a line break or a tab (a terminal's escape sequences,
+// a carriage return that overwrites the line) and the bidirectional controls that make text
+// read reversed on a desk's screen (Unicode's Trojan Source characters).
+func hiddenControl(r rune) bool {
+	switch {
+	case r == '\n' || r == '\t':
+		return false
+	case unicode.IsControl(r):
+		return true
+	case r >= 0x202A && r <= 0x202E, r >= 0x2066 && r <= 0x2069, r == 0x200E, r == 0x200F, r == 0x061C:
+		return true
+	}
+	return false
+}
+
+// hasVisible reports whether s has a character that shows: not white space and not an
+// invisible format character (a zero-width space, a byte-order mark).
+func hasVisible(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return !unicode.IsSpace(r) && !unicode.Is(unicode.Cf, r) }) >= 0
 }

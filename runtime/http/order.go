@@ -213,13 +213,18 @@ func (s *Server) handleReject(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
+	// A caller who may not decide is told so whatever the body is (malformed, another type):
+	// the role comes first, as for approve. The service checks it again, then the reason
+	// (trading.ValidateReason).
+	if p, _ := trading.PrincipalFromContext(r.Context()); !p.CanDecide() {
+		s.Error(w, r, trading.Errorf(trading.EFORBIDDEN, "only the risk or admin role may decide orders"))
+		return
+	}
 	var req rejectRequest
 	if err := s.decode(w, r, &req); err != nil {
 		s.decodeFailed(w, r, err)
 		return
 	}
-	// The service checks the caller's role before the reason (a trader gets 403 whatever the
-	// body says), and the reason itself (trading.ValidateReason).
 	var reason string
 	if req.Reason != nil {
 		reason = *req.Reason

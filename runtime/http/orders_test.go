@@ -207,6 +207,9 @@ func TestFourEyesAndRoles(t *testing.T) {
 	// The role is checked before the reason: a trader without one is refused as a trader.
 	e.do("POST", "/api/orders/"+o.ID+"/reject", trader2, `{}`).problem(403)
 	e.do("POST", "/api/orders/"+o.ID+"/reject", trader2, map[string]string{"reason": strings.Repeat("r", 501)}).problem(403)
+	// ... and before the body: a malformed one, or another content type, is refused as a trader too.
+	e.do("POST", "/api/orders/"+o.ID+"/reject", trader2, `{"bogus":1}`).problem(403)
+	e.do("POST", "/api/orders/"+o.ID+"/reject", trader2, `{"reason":"x"}`, "Content-Type", "text/plain").problem(403)
 
 	// Nothing changed.
 	var still order
@@ -282,6 +285,18 @@ func TestReject(t *testing.T) {
 	if f := e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"no\u0000way"}`).fields(); f["reason"] == "" {
 		t.Errorf("a NUL in the reason: fields %v, want reason", f)
 	}
+	// A reason is read on desks' screens and in logs: no control characters but line breaks
+	// and tabs (a terminal's escape sequences, a carriage return that overwrites the line), no
+	// bidirectional overrides that show text reversed, and something visible (zero-width
+	// spaces alone are not a reason).
+	for _, bad := range []string{`esc\u001b[31mred`, `bell\u0007`, `over\rwrite`, `\u202ereversed`, `\u2066isolate`, `\u200b\u200b`, `\ufeff`} {
+		if f := e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"`+bad+`"}`).fields(); f["reason"] == "" {
+			t.Errorf("reason %s: fields %v, want reason", bad, f)
+		}
+	}
+	var lines order
+	multi := e.submit(trader, "BTC/USD", "buy", "1", "100")
+	e.do("POST", "/api/orders/"+multi.ID+"/reject", risk, map[string]string{"reason": "over the desk's limit:\n\tsee the policy"}).want(200).decode(&lines)
 	// 500 characters are allowed whatever their bytes (openapi.json: maxLength 500): 1500 here.
 	var long order
 	o2 := e.submit(trader, "BTC/USD", "buy", "1", "100")
