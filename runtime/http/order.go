@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -82,7 +83,8 @@ func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 
 // queryParams reads the query string. r.URL.Query() drops a pair it cannot decode (a bad
 // %-escape, a semicolon) without a word, so `?limit=5%` listed 50 and `?cursor=%zz` the first
-// page; here such a pair is an invalid field (422) named by its key, as a bad value is.
+// page; here such a pair, or one that decodes to no text, is an invalid field (422) named by
+// its key, as a bad value is.
 func queryParams(r *http.Request) (url.Values, []trading.FieldError) {
 	q := url.Values{}
 	var fields []trading.FieldError
@@ -98,6 +100,13 @@ func queryParams(r *http.Request) (url.Values, []trading.FieldError) {
 				key = rawKey
 			}
 			fields = append(fields, trading.FieldError{Field: key, Message: "is not valid in a query string (a bad %-escape or a bare ';')"})
+			continue
+		}
+		// A %-escape can spell bytes that are no text (%ff, %00): named here, instead of
+		// reaching the database as a filter and coming back as a 422 that names no field.
+		if !utf8.ValidString(key) || !utf8.ValidString(value) || strings.ContainsRune(key+value, 0) {
+			fields = append(fields, trading.FieldError{Field: strings.ToValidUTF8(strings.ReplaceAll(key, "\x00", ""), "\uFFFD"),
+				Message: "is not valid text (bytes that are not UTF-8, or a NUL)"})
 			continue
 		}
 		q.Add(key, value)
