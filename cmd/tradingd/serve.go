@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -255,6 +256,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		RefreshTTL: cfg.RefreshTokenTTL,
 		Logger:     logger,
 		BodyLimit:  bodyLimit,
+		ClientIP:   func(r *http.Request) netip.Addr { return ratelimit.ClientIP(r, cfg.TrustedProxies) },
 		// Observe runs outside authentication (metrics see 401s too); Guard inside it, where
 		// the principal is known for the per-user limits.
 		Observe: []tradinghttp.Middleware{func(rt tradinghttp.Route, next http.Handler) http.Handler {

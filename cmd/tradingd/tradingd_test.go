@@ -375,30 +375,36 @@ func (p *process) log() string {
 // process ends first. No clock: a hung process is caught by the test binary's timeout.
 func (p *process) waitLog(msg string) map[string]any {
 	p.t.Helper()
-	for seen := 0; ; {
+	return p.waitLogWith("msg", msg)
+}
+
+// waitLogWith waits for the first log line whose key holds value (see waitLog).
+func (p *process) waitLogWith(key, value string) map[string]any {
+	p.t.Helper()
+	// find scans the lines not seen yet and, under the same lock, takes the channel that
+	// the next line closes: a line arriving in between is not missed.
+	find := func(seen *int) (map[string]any, chan struct{}) {
 		p.mu.Lock()
-		for ; seen < len(p.logs); seen++ {
-			if p.logs[seen]["msg"] == msg {
-				line := p.logs[seen]
-				p.mu.Unlock()
-				return line
+		defer p.mu.Unlock()
+		for ; *seen < len(p.logs); *seen++ {
+			if p.logs[*seen][key] == value {
+				return p.logs[*seen], nil
 			}
 		}
-		more := p.more
-		p.mu.Unlock()
+		return nil, p.more
+	}
+	for seen := 0; ; {
+		line, more := find(&seen)
+		if line != nil {
+			return line
+		}
 		select {
 		case <-more:
 		case <-p.done:
-			p.mu.Lock()
-			for ; seen < len(p.logs); seen++ {
-				if p.logs[seen]["msg"] == msg {
-					line := p.logs[seen]
-					p.mu.Unlock()
-					return line
-				}
+			if line, _ := find(&seen); line != nil {
+				return line
 			}
-			p.mu.Unlock()
-			p.t.Fatalf("tradingd ended before logging %q:\n%s", msg, p.log())
+			p.t.Fatalf("tradingd ended before logging a line with %s %q:\n%s", key, value, p.log())
 		}
 	}
 }
@@ -466,6 +472,7 @@ func TestServe(t *testing.T) {
 		"SHUTDOWN_GRACE":           "2m",  // generous: the in-flight request must finish, not be cut
 		"RATE_LIMIT_LOGIN":         "100", // seven logins from one address; limits are tested elsewhere
 		"CACHE_SUMMARY_TTL":        "0s",  // the default lifetime, with a warning
+		"TRUSTED_PROXIES":          "127.0.0.1/32",
 	})
 	serving := p.waitLog("serving")
 	api, _ := serving["api_addr"].(string)
@@ -492,6 +499,19 @@ func TestServe(t *testing.T) {
 	}
 	if code, _ := login(t, api, "trader1", "wrong-password"); code != http.StatusUnauthorized {
 		t.Errorf("login with a wrong password: %d, want 401", code)
+	}
+	// Behind a trusted proxy, the access log names the client the proxy saw, as the login
+	// limit does.
+	req, _ := http.NewRequest(http.MethodGet, "http://"+api+"/api/auth/me", nil)
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	req.Header.Set("X-Request-ID", "behind-a-proxy")
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	if line := p.waitLogWith("request_id", "behind-a-proxy"); line["client_ip"] != "203.0.113.9" {
+		t.Errorf("access log line %v, want client_ip 203.0.113.9 (X-Forwarded-For from a trusted proxy)", line)
 	}
 	if !strings.Contains(p.log(), "DEMO_USERS") {
 		t.Errorf("no warning about DEMO_USERS in the log")

@@ -314,6 +314,9 @@ func TestLogs(t *testing.T) {
 			if l["user_id"] == id {
 				t.Errorf("approve logged as the requester, not the approver")
 			}
+			if l["client_ip"] != "127.0.0.1" {
+				t.Errorf("access log line names client %v, want the TCP peer 127.0.0.1", l["client_ip"])
+			}
 		}
 	}
 	if !found {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/google/uuid"
@@ -37,6 +38,11 @@ type Config struct {
 	// Guard wraps every route inside authentication, so the principal is in the context
 	// when the route needs one (rate limits per user; per client IP on login).
 	Guard []Middleware
+
+	// ClientIP names the client of a request in the access log: ratelimit.ClientIP with the
+	// trusted proxies, so that the log and the login limit blame the same address. nil: the
+	// TCP peer.
+	ClientIP func(*http.Request) netip.Addr
 
 	// SessionEvents, when set (runtime/redis's client), carries ended logins between
 	// replicas, so that every replica refuses their access tokens before the logout or the
@@ -126,6 +132,12 @@ func newServer(cfg Config, svc Services) *Server {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.ClientIP == nil {
+		cfg.ClientIP = func(r *http.Request) netip.Addr {
+			ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+			return ap.Addr().Unmap()
+		}
 	}
 	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, mux: http.NewServeMux()}
 	s.encoded, _ = svc.Portfolio.(EncodedViews)
@@ -250,6 +262,10 @@ func (s *Server) logRequest(r *http.Request, info *requestInfo, status int, d ti
 	}
 	if info.user != "" {
 		attrs = append(attrs, slog.String("user_id", info.user))
+	}
+	// Who called, for an incident's questions (which address tried those logins?).
+	if ip := s.cfg.ClientIP(r); ip.IsValid() {
+		attrs = append(attrs, slog.String("client_ip", ip.String()))
 	}
 	s.log.LogAttrs(r.Context(), level, "request", attrs...)
 }
