@@ -27,8 +27,11 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 
 	switch spec.Mode {
 	case tradingv1alpha1.RedisDisabled:
-		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheDisabled,
-			"spec.redis.mode is disabled: each runtime replica caches and rate-limits on its own")
+		msg := "spec.redis.mode is disabled: the runtime caches in its memory and rate-limits on its own"
+		if r := p.spec.Spec.Runtime; r.Replicas > 1 || r.Autoscaling != nil {
+			msg = "spec.redis.mode is disabled: each runtime replica rate-limits on its own and keeps no cache (the replicas cannot tell each other of a trade), so reads go to the database"
+		}
+		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheDisabled, msg)
 		return false, nil
 
 	case tradingv1alpha1.RedisExternal:

@@ -102,8 +102,9 @@ func desiredPrometheusRule(s *tradingv1alpha1.TradingStack) *monitoringv1.Promet
 	if s.Spec.Runtime.MaxDailyLoss != "" {
 		rules = append(rules, alert("TradingDailyLossNearLimit",
 			fmt.Sprintf(`max(daily_loss_total{%s}) >= 0.8 * %s`, sel, s.Spec.Runtime.MaxDailyLoss), "5m", "warning",
-			"Daily loss of TradingStack "+s.Name+" is at 80% of its limit",
-			"Daily loss is {{ $value }} of a limit of "+s.Spec.Runtime.MaxDailyLoss+"; orders stop at the limit."))
+			"Daily loss of TradingStack "+s.Name+" is at 80% of the per-user limit",
+			"The desk's realized loss today (UTC, all users) is {{ $value }}, at least 80% of "+s.Spec.Runtime.MaxDailyLoss+
+				", the loss at which one user's new orders stop: a trader may be at their limit."))
 	}
 	meta := objectMeta(s, alertsName(s), tradingdApp, monitoringComponent)
 	meta.Labels = withUserLabels(meta.Labels, s.Spec.Monitoring.PrometheusRule.Labels)

@@ -31,7 +31,8 @@ type TradingStackSpec struct {
 	Postgres PostgresSpec `json:"postgres,omitempty"`
 
 	// Redis selects the shared cache and rate-limit store: managed (the default), external, or
-	// disabled (each runtime replica then caches and rate-limits on its own).
+	// disabled (each runtime replica then rate-limits on its own; a single replica caches in
+	// its memory, several, or autoscaling, keep no cache and read the database).
 	// +kubebuilder:default={}
 	// +optional
 	Redis RedisSpec `json:"redis,omitempty"`
