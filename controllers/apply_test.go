@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,11 +12,15 @@ import (
 	"testing"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
@@ -73,6 +79,28 @@ func TestSchemaVersionOf(t *testing.T) {
 		if got := schemaVersionOf(in); got != want {
 			t.Errorf("schemaVersionOf(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// deniedReader answers every read as the API server does without the RBAC for it.
+type deniedReader struct{}
+
+func (deniedReader) Get(context.Context, client.ObjectKey, client.Object, ...client.GetOption) error {
+	return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("denied"))
+}
+
+func (deniedReader) List(context.Context, client.ObjectList, ...client.ListOption) error {
+	return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("denied"))
+}
+
+// Pods that cannot be read (an operator upgraded before its ClusterRole) fall back to the
+// image's tag: SCHEMA informs, it never holds the migration gate closed.
+func TestAppliedSchemaVersionWithoutPods(t *testing.T) {
+	r := &TradingStackReconciler{APIReader: deniedReader{}}
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x-migrate-1"},
+		Spec: batchv1.JobSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"batch.kubernetes.io/controller-uid": "u"}}}}
+	if got := r.appliedSchemaVersion(context.Background(), job, "registry.example.com/tradingd:v7"); got != "v7" {
+		t.Errorf("schema version with pods unreadable = %q, want the tag v7", got)
 	}
 }
 

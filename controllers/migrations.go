@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
@@ -117,11 +118,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	case jobSucceeded:
 		p.servingImage = image
 		p.stack.Status.Migration = tradingv1alpha1.MigrationStatus{Image: image, JobName: current.Name, Database: database}
-		version, err := r.appliedSchemaVersion(ctx, current, image)
-		if err != nil {
-			return false, err
-		}
-		p.stack.Status.SchemaVersion = version
+		p.stack.Status.SchemaVersion = r.appliedSchemaVersion(ctx, current, image)
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
 			fmt.Sprintf("migration Job %s succeeded for image %s", current.Name, image))
 		return false, r.pruneMigrationJobs(ctx, p, current.Name)
@@ -258,31 +255,33 @@ var migratedLine = regexp.MustCompile(`database schema at version ([0-9]+)`)
 // appliedSchemaVersion is the schema version job (succeeded) left the database at. The
 // default image's is compiled into this build; any other image reports it in its migrate
 // container's termination message, read from the Job's pods once, when the Job is seen
-// succeeded. An image from before that report, or pods already gone, fall back to the
-// image's tag (schemaVersionOf).
-func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *batchv1.Job, image string) (string, error) {
+// succeeded. An image from before that report, pods already gone, or pods that cannot be
+// read fall back to the image's tag (schemaVersionOf): the column informs, and must never hold
+// back the runtime the migration cleared (an operator upgraded before its ClusterRole, say).
+func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *batchv1.Job, image string) string {
 	if image == tradingv1alpha1.DefaultRuntimeImage || job.Spec.Selector == nil {
-		return schemaVersionOf(image), nil
+		return schemaVersionOf(image)
 	}
 	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
 	if err != nil {
-		return schemaVersionOf(image), nil
+		return schemaVersionOf(image)
 	}
 	// Uncached: the operator keeps no informer on pods for one read per migration.
 	pods := &corev1.PodList{}
 	if err := r.APIReader.List(ctx, pods, client.InNamespace(job.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
-		return "", fmt.Errorf("read migration Job %s's pods for the schema version: %w", job.Name, err)
+		ctrl.LoggerFrom(ctx).Error(err, "cannot read the migration Job's pods for the schema version; showing the image's tag", "job", job.Name)
+		return schemaVersionOf(image)
 	}
 	for _, pod := range pods.Items {
 		for _, c := range pod.Status.ContainerStatuses {
 			if t := c.State.Terminated; c.Name == migrateContainer && t != nil && t.ExitCode == 0 {
 				if m := migratedLine.FindStringSubmatch(t.Message); m != nil {
-					return m[1], nil
+					return m[1]
 				}
 			}
 		}
 	}
-	return schemaVersionOf(image), nil
+	return schemaVersionOf(image)
 }
 
 // schemaVersionOf names the schema an image's `tradingd migrate` applies. The
