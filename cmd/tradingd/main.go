@@ -30,7 +30,7 @@ import (
 
 const usageText = `Usage:
   tradingd serve [flags]                               run the trading API
-  tradingd migrate [--database-url DSN]                apply database migrations and exit
+  tradingd migrate [flags]                             apply database migrations and exit
   tradingd user add --username U --role R [flags]      create a user; the password is read from stdin
   tradingd version                                     print the version
 
