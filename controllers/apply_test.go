@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -101,6 +103,23 @@ func TestAppliedSchemaVersionWithoutPods(t *testing.T) {
 		Spec: batchv1.JobSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"batch.kubernetes.io/controller-uid": "u"}}}}
 	if got := r.appliedSchemaVersion(context.Background(), job, "registry.example.com/tradingd:v7"); got != "v7" {
 		t.Errorf("schema version with pods unreadable = %q, want the tag v7", got)
+	}
+}
+
+// A stack whose passes keep failing is retried at least every maxRetryDelay, however long it
+// failed (the default backoff grew to 1000 s).
+func TestRetryLimiterCapped(t *testing.T) {
+	l := retryLimiter()
+	req := reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "ns", Name: "s"}}
+	var d time.Duration
+	for range 40 {
+		d = l.When(req)
+	}
+	if d != maxRetryDelay {
+		t.Errorf("backoff after 40 failures = %v, want %v", d, maxRetryDelay)
+	}
+	if l.Forget(req); l.When(req) > time.Second {
+		t.Errorf("a stack that succeeded starts its backoff again from the bottom")
 	}
 }
 

@@ -64,7 +64,7 @@ func summarize(p *pass) {
 		// The components may all be up, but not as this generation of the spec asks:
 		// the conditions of the steps after the failed one describe an older pass.
 		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed,
-			"the spec could not be applied (the operator retries): "+p.failed)
+			"the spec could not be applied (the operator retries at least every 2 minutes; annotating the stack retries now): "+p.failed)
 	case len(notReady) == 0:
 		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionTrue, tradingv1alpha1.ReasonAllComponentsReady,
 			"the database, cache, migrations and runtime are ready")

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
@@ -20,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -28,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -257,7 +260,11 @@ func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	c, err := ctrl.NewControllerManagedBy(mgr).
-		For(&tradingv1alpha1.TradingStack{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// A change of an annotation wakes the stack too: `kubectl annotate` is how a user asks
+		// for a pass now, after fixing what the last one failed on (a quota, RBAC, a webhook:
+		// nothing the operator watches).
+		For(&tradingv1alpha1.TradingStack{}, builder.WithPredicates(
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
@@ -279,13 +286,28 @@ func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WatchesMetadata(&apiextensionsv1.CustomResourceDefinition{},
 			handler.EnqueueRequestsFromMapFunc(r.monitoringCRDChanged),
 			builder.WithPredicates(predicate.NewPredicateFuncs(isMonitoringCRD))).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles, RateLimiter: retryLimiter()}).
 		Build(r)
 	if err != nil {
 		return err
 	}
 	r.monitoring.controller = c
 	return nil
+}
+
+// maxRetryDelay caps the backoff of a stack whose pass keeps failing. The default's cap (1000 s)
+// left a stack whose cause was fixed (a quota raised, RBAC granted) waiting up to 16 minutes;
+// a failing pass costs a few reads and one write, so a retry every 2 minutes is cheap.
+const maxRetryDelay = 2 * time.Minute
+
+// retryLimiter is controller-runtime's default rate limiter (per item exponential from 5 ms,
+// and 10 per second overall with a burst of 100) with the per-item backoff capped at
+// maxRetryDelay.
+func retryLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxRetryDelay),
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+	)
 }
 
 // stackFromInstanceLabel maps a managed object to the stack named by its

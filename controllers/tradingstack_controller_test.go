@@ -81,6 +81,7 @@ func TestOperator(t *testing.T) {
 		{"InvalidChildIsFailed", testInvalidChildIsFailed},
 		{"EditWhileStoppedPutBack", testEditWhileStoppedPutBack},
 		{"StatusWritesNotApplied", testStatusWritesNotApplied},
+		{"AnnotationRequestsPass", testAnnotationRequestsPass},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -2572,4 +2573,37 @@ func requestsAboveLimits() corev1.ResourceRequirements {
 		Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
 		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
 	}
+}
+
+// A change of the stack's annotations wakes it: after fixing what a pass failed on (a quota,
+// RBAC: nothing the operator watches), `kubectl annotate` asks for the next pass now instead of
+// at the end of the backoff. Here the pass has a visible effect: it puts right a status that
+// was written by hand (a status write alone wakes nobody).
+func testAnnotationRequestsPass(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "nudge"))
+	makeReady(t, ns, "nudge")
+	eventually(t, "status written by hand", func() error {
+		s := getStack(t, ns, "nudge")
+		s.Status.Phase = tradingv1alpha1.PhaseFailed
+		return k8s.Status().Update(bg, s)
+	})
+	time.Sleep(2 * time.Second)
+	if phase := getStack(t, ns, "nudge").Status.Phase; phase != tradingv1alpha1.PhaseFailed {
+		t.Fatalf("phase %q: something other than the annotation woke the stack, the test proves nothing", phase)
+	}
+	eventually(t, "annotate", func() error {
+		s := getStack(t, ns, "nudge")
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		s.Annotations["example.com/retry"] = "1"
+		return k8s.Update(bg, s)
+	})
+	eventually(t, "phase Ready after the annotation", func() error {
+		if phase := getStack(t, ns, "nudge").Status.Phase; phase != tradingv1alpha1.PhaseReady {
+			return fmt.Errorf("phase %q", phase)
+		}
+		return nil
+	})
 }
