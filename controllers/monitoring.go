@@ -79,6 +79,11 @@ func (m *monitoringAPIs) isInstalled(ctx context.Context, gk schema.GroupKind) (
 		}
 		return false, err
 	}
+	if crd.DeletionTimestamp != nil {
+		// Being deleted: its objects are being removed and none may be created, so it is as
+		// good as gone (every stack's apply failed while it terminated).
+		return false, nil
+	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -180,6 +180,34 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 	// and their watch come back. (The kind's informer keeps running meanwhile and logs its
 	// failed lists with backoff: removing it would let a pass that read the kind just
 	// before block on a new informer that cannot sync, for good.)
+	//
+	// While a CRD is being deleted (held here by a finalizer of the test's) it counts as
+	// absent: its objects are removed and new ones refused, which made every stack's apply
+	// fail (ApplyFailed, with a retry loop) for as long as it terminated.
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	holdCRD := func(hold bool) {
+		t.Helper()
+		eventually(t, "the ServiceMonitor CRD's finalizer", func() error {
+			if err := k8s.Get(bg, key("", "servicemonitors.monitoring.coreos.com"), crd); err != nil {
+				return err
+			}
+			if hold {
+				crd.Finalizers = append(crd.Finalizers, "test.trading.findmy.io/hold")
+			} else {
+				crd.Finalizers = slices.DeleteFunc(crd.Finalizers, func(f string) bool { return f == "test.trading.findmy.io/hold" })
+			}
+			return k8s.Update(bg, crd)
+		})
+	}
+	holdCRD(true)
+	if err := k8s.Delete(bg, crd); err != nil {
+		t.Fatal(err)
+	}
+	s = waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
+	if c := condition(s, tradingv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("stack not Ready while the ServiceMonitor CRD terminates: %s", describeConditions(s))
+	}
+	holdCRD(false)
 	uninstallMonitoringCRDs(t)
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
