@@ -15,6 +15,7 @@ import (
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -58,6 +59,9 @@ func main() {
 	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
 	slog.SetDefault(slog.New(handler))
 	ctrl.SetLogger(logr.FromSlogHandler(handler))
+	// client-go logs through klog (the metrics endpoint's token reviews, leader election):
+	// into the same JSON stream, not as plain-text lines among it.
+	klog.SetLogger(logr.FromSlogHandler(handler))
 	log := slog.Default()
 	// Go knows no container: AUTOMEMLIMIT (90%) of the cgroup's memory limit as the Go soft
 	// limit, so that near it the collector works harder instead of the kernel killing the pod
