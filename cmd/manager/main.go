@@ -42,7 +42,12 @@ func main() {
 	flag.StringVar(&metricsCertDir, "metrics-cert-dir", "",
 		"directory with tls.crt and tls.key for the metrics endpoint (watched for renewals); without them a self-signed certificate is made at start")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
-	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so that only one replica reconciles at a time")
+	// On by default in a pod (the contract: the operator runs with leader election), so that a
+	// deployment that leaves the flag out cannot run two active replicas; off by default
+	// elsewhere, where there is no namespace for the Lease to go to.
+	_, inCluster := os.LookupEnv("KUBERNETES_SERVICE_HOST")
+	flag.BoolVar(&leaderElect, "leader-elect", inCluster,
+		"elect a leader so that only one replica reconciles at a time (default true in a pod)")
 	flag.StringVar(&leaderNS, "leader-election-namespace", os.Getenv("POD_NAMESPACE"),
 		"namespace of the leader election Lease; in a pod the default is the pod's own namespace (POD_NAMESPACE or the service account's)")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "TradingStacks reconciled in parallel")
