@@ -280,32 +280,48 @@ func TestApproveBatchAnswersEachApproval(t *testing.T) {
 	}
 }
 
-// A decider whose user was deleted since its token was issued gets 401, as a requester does,
-// for an approval alone, in a batch (whose other approvals go through) and for a rejection.
-func TestDeletedDeciderIsUnauthorized(t *testing.T) {
+// A decider whose user was deleted since its token was issued gets 401, as a requester does;
+// one whose roles changed since (risk to trader) gets 403 at once: the token's roles are
+// trusted for reading, but a decision checks the user's roles in the database (the ended
+// login is only noticed after the session check's TTL). Both for an approval alone, in a
+// batch (whose other approvals go through) and for a rejection, and nothing moves.
+func TestDeciderNoLongerAllowed(t *testing.T) {
 	t.Parallel()
-	e := newEnvTB(t)
-	gone := e.addUser(t, "gone", trading.RoleRisk)
-	if _, err := e.db.Pool().Exec(context.Background(), `DELETE FROM users WHERE id = $1`, gone.ID); err != nil {
-		t.Fatal(err)
-	}
-	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
-	_, _, err := e.orders.ApproveOrder(as(gone), o.ID)
-	wantCode(t, err, trading.EUNAUTHORIZED)
-	_, err = e.orders.RejectOrder(as(gone), o.ID, "gone")
-	wantCode(t, err, trading.EUNAUTHORIZED)
+	for _, tc := range []struct {
+		name, change, code string
+	}{
+		{"deleted", `DELETE FROM users WHERE id = $1`, trading.EUNAUTHORIZED},
+		{"demoted", `UPDATE users SET roles = '{trader}' WHERE id = $1`, trading.EFORBIDDEN},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnvTB(t)
+			decider := e.addUser(t, "decider", trading.RoleRisk)
+			if _, err := e.db.Pool().Exec(context.Background(), tc.change, decider.ID); err != nil {
+				t.Fatal(err)
+			}
+			o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+			_, _, err := e.orders.ApproveOrder(as(decider), o.ID)
+			wantCode(t, err, tc.code)
+			_, err = e.orders.RejectOrder(as(decider), o.ID, "no longer allowed")
+			wantCode(t, err, tc.code)
 
-	other := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
-	out, err := e.orders.ApproveBatch(context.Background(), []postgres.Approval{
-		{OrderID: o.ID, Approver: principalOf(gone)}, {OrderID: other.ID, Approver: principalOf(e.risk1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out[0].Err == nil || out[1].Err != nil || out[1].Trade == nil {
-		t.Fatalf("batch with a deleted approver: %+v, want its approval refused and the other executed", out)
-	}
-	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'pending'`, o.ID); n != 1 {
-		t.Fatal("the order a deleted user approved is no longer pending")
+			other := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+			out, err := e.orders.ApproveBatch(context.Background(), []postgres.Approval{
+				{OrderID: o.ID, Approver: principalOf(decider)}, {OrderID: other.ID, Approver: principalOf(e.risk1)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if trading.ErrorCode(out[0].Err) != tc.code || out[1].Err != nil || out[1].Trade == nil {
+				t.Fatalf("batch with that approver: %+v, want its approval refused (%s) and the other executed", out, tc.code)
+			}
+			if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'pending'`, o.ID); n != 1 {
+				t.Fatal("the order is no longer pending")
+			}
+			if n := e.count(t, `SELECT count(*) FROM positions WHERE user_id = $1`, e.trader1.ID); n != 0 {
+				t.Fatal("the refused approval moved (or made) the requester's position")
+			}
+		})
 	}
 }
 
@@ -582,38 +598,4 @@ func (e *env) allTrades(u *trading.User, symbol string) ([]*trading.Trade, error
 	}
 	slices.Reverse(all)
 	return all, nil
-}
-
-// A decider whose roles changed since its token was issued (risk to trader) gets 403 at
-// once, for an approval alone, in a batch (whose other approvals go through) and for a
-// rejection: the token's roles are trusted for reading, but a decision checks the user's
-// roles in the database (the ended login is only noticed after the session check's TTL).
-func TestDemotedDeciderIsForbidden(t *testing.T) {
-	t.Parallel()
-	e := newEnvTB(t)
-	demoted := e.addUser(t, "demoted", trading.RoleRisk)
-	if _, err := e.db.Pool().Exec(context.Background(), `UPDATE users SET roles = '{trader}' WHERE id = $1`, demoted.ID); err != nil {
-		t.Fatal(err)
-	}
-	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
-	_, _, err := e.orders.ApproveOrder(as(demoted), o.ID)
-	wantCode(t, err, trading.EFORBIDDEN)
-	_, err = e.orders.RejectOrder(as(demoted), o.ID, "no longer risk")
-	wantCode(t, err, trading.EFORBIDDEN)
-
-	other := e.create(t, e.trader2, newOrder("BTC/USD", trading.Buy, "1", "1", ""))
-	out, err := e.orders.ApproveBatch(context.Background(), []postgres.Approval{
-		{OrderID: o.ID, Approver: principalOf(demoted)}, {OrderID: other.ID, Approver: principalOf(e.risk1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if trading.ErrorCode(out[0].Err) != trading.EFORBIDDEN || out[1].Err != nil || out[1].Trade == nil {
-		t.Fatalf("batch with a demoted approver: %+v, want its approval forbidden and the other executed", out)
-	}
-	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'pending'`, o.ID); n != 1 {
-		t.Fatal("the order a demoted user decided is no longer pending")
-	}
-	if n := e.count(t, `SELECT count(*) FROM positions WHERE user_id = $1`, e.trader1.ID); n != 0 {
-		t.Fatal("the demoted user's approval moved (or made) the requester's position")
-	}
 }
