@@ -50,6 +50,10 @@ type Problem struct {
 	Errors []trading.FieldError `json:"errors,omitempty"`
 }
 
+// StatusClientClosedRequest is the status of a request whose client went away before its
+// answer (nginx's 499): it shows in the access log and api_requests_total, never to a client.
+const StatusClientClosedRequest = 499
+
 // Error answers with the problem that err stands for. Internal errors are logged with
 // their cause and shown with a generic detail; the client's own disconnect is only logged.
 func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
@@ -74,15 +78,18 @@ func writeError(log *slog.Logger, w http.ResponseWriter, r *http.Request, err er
 	if status == http.StatusInternalServerError {
 		code = trading.EINTERNAL // an unknown code is a bug too: log it, show nothing
 	}
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		// The client went away while a dependency worked for it: nobody reads this answer,
+		// and it is no failure of the server or the database (the 503 it was counted with
+		// the 5xx the error-rate alert watches).
+		log.DebugContext(r.Context(), "request canceled by client", "request_id", RequestID(r.Context()), "route", r.Pattern)
+		writeProblem(w, StatusClientClosedRequest, "the client closed the request", nil)
+		return
+	}
 
 	switch code {
 	case trading.EINTERNAL:
-		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-			// The client went away; nobody reads this answer.
-			log.DebugContext(r.Context(), "request canceled by client", "request_id", RequestID(r.Context()), "route", r.Pattern)
-		} else {
-			log.ErrorContext(r.Context(), "internal error", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
-		}
+		log.ErrorContext(r.Context(), "internal error", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
 		detail = "internal error"
 	case trading.EUNAVAILABLE:
 		log.WarnContext(r.Context(), "dependency unavailable", "error", err, "request_id", RequestID(r.Context()), "route", r.Pattern)
@@ -119,7 +126,11 @@ func writeProblem(w http.ResponseWriter, status int, detail string, fields []tra
 	if status == http.StatusUnprocessableEntity && fields == nil {
 		fields = []trading.FieldError{} // the contract promises the member on every 422
 	}
-	p := Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail, Errors: fields}
+	title := http.StatusText(status)
+	if status == StatusClientClosedRequest {
+		title = "Client Closed Request"
+	}
+	p := Problem{Type: "about:blank", Title: title, Status: status, Detail: detail, Errors: fields}
 	if status == http.StatusUnprocessableEntity {
 		writeJSONAs(w, status, "application/problem+json", problem422{p, fields})
 		return

@@ -75,3 +75,35 @@ func TestErrorMapping(t *testing.T) {
 		}
 	}
 }
+
+// A request whose client went away while a dependency worked on it (a timeout on the
+// client's side, a closed tab) is no failure of the server: status 499 (the client closed the
+// request: nginx's code, what the access log and api_requests_total then show), logged at
+// debug level. It was a 503 "dependency unavailable" warning, counted with the 5xx that the
+// error-rate alert watches.
+func TestClientGoneIsNotAServerError(t *testing.T) {
+	var logs bytes.Buffer
+	s := &Server{log: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	for _, err := range []error{
+		trading.Unavailable("database", fmt.Errorf("query: %w", context.Canceled)),
+		fmt.Errorf("login: %w", context.Canceled),
+	} {
+		logs.Reset()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		w := httptest.NewRecorder()
+		s.Error(w, httptest.NewRequest("GET", "/x", nil).WithContext(ctx), err)
+		if w.Code != StatusClientClosedRequest {
+			t.Errorf("%v with the client gone: status %d, want %d", err, w.Code, StatusClientClosedRequest)
+		}
+		if logs.Len() != 0 {
+			t.Errorf("%v with the client gone logged at info or above: %s", err, logs.String())
+		}
+	}
+	// The same errors while the client still waits are what they say.
+	w := httptest.NewRecorder()
+	s.Error(w, httptest.NewRequest("GET", "/x", nil), trading.Unavailable("database", context.Canceled))
+	if w.Code != http.StatusServiceUnavailable {
+		t.Errorf("unavailable with the client there: status %d, want 503", w.Code)
+	}
+}
