@@ -98,7 +98,13 @@ func (c *sessionCheck) endedHere(ctx context.Context, sid uuid.UUID) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionCheckTimeout)
 	defer cancel()
-	if err := c.events.PublishSessionEnded(ctx, sid); err != nil {
+	// One reply slower than the Redis client's bound (a busy machine) is tried once more,
+	// as the cache's invalidations are: the announcement is idempotent.
+	err := c.events.PublishSessionEnded(ctx, sid)
+	if err != nil && ctx.Err() == nil {
+		err = c.events.PublishSessionEnded(ctx, sid)
+	}
+	if err != nil {
 		c.log.WarnContext(ctx, "could not tell every replica that a login ended; they refuse its access tokens within the check period", "err", err)
 	}
 }

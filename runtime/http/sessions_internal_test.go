@@ -149,3 +149,37 @@ func TestSessionCheckErrorIsNotAnEndedLogin(t *testing.T) {
 		t.Fatalf("%d checks, want 2 (a failure is not an answer to keep)", svc.calls)
 	}
 }
+
+// flakyEvents fails its first publishes (as a Redis reply slower than the client's bound
+// does) and records the ones that went out.
+type flakyEvents struct {
+	mu        sync.Mutex
+	failFirst int
+	sent      []uuid.UUID
+}
+
+func (f *flakyEvents) PublishSessionEnded(_ context.Context, sid uuid.UUID) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failFirst > 0 {
+		f.failFirst--
+		return context.DeadlineExceeded
+	}
+	f.sent = append(f.sent, sid)
+	return nil
+}
+
+func (f *flakyEvents) OnSessionEnded(func(uuid.UUID)) {}
+
+// An announcement of an ended login that gets no answer once is sent again at once, as the
+// cache's invalidations are: the soak found the other replica accepting a logged-out token
+// for the check period after one slow reply.
+func TestEndedLoginAnnouncedAgainAfterATimeout(t *testing.T) {
+	events := &flakyEvents{failFirst: 1}
+	c := newSessionCheck(&endedSessions{}, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, events)
+	sid := uuid.New()
+	c.endedHere(context.Background(), sid)
+	if len(events.sent) != 1 || events.sent[0] != sid {
+		t.Errorf("announced %v after one timeout, want %v once", events.sent, sid)
+	}
+}
