@@ -88,6 +88,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/maypok86/otter/v2"
 	"github.com/shopspring/decimal"
+	"golang.org/x/time/rate"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -280,6 +281,11 @@ type Portfolio struct {
 	// pendingN is len(pending), read without the lock by every lookup.
 	pendingN  atomic.Int64
 	replaying atomic.Bool
+	// missedWarn logs the invalidations Redis did not take at most every 10 s, with how many
+	// (missed): during an outage every approval misses, and a line each flooded the logs
+	// (about 80 a second in a soak).
+	missedWarn rate.Sometimes
+	missed     atomic.Int64
 
 	refreshes sync.WaitGroup // background reloads, waited for by Close
 	closed    chan struct{}  // closed by Close: the replay stops retrying
@@ -327,7 +333,8 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 		o.Remote = nil // a nil *redis.Client passed as Remote means "no Redis"
 	}
 	p := &Portfolio{next: next, opts: o, seed: maphash.MakeSeed(), log: o.Logger, pending: map[uuid.UUID]trading.Views{},
-		markGens: map[string]uint64{}, closed: make(chan struct{})}
+		missedWarn: rate.Sometimes{Interval: 10 * time.Second},
+		markGens:   map[string]uint64{}, closed: make(chan struct{})}
 	for i := range p.stripe {
 		p.stripe[i].gens = map[uuid.UUID][kinds]uint64{}
 	}
@@ -930,8 +937,11 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 		// silence before they trust a cache again.
 		p.remember(userID, stale)
 		p.replayPending()
-		p.log.Warn("cache invalidation did not reach every replica yet; it is replayed when Redis answers",
-			"user_id", userID.String(), "err", err.Error())
+		p.missed.Add(1)
+		p.missedWarn.Do(func() {
+			p.log.Warn("cache invalidations did not reach every replica yet; they are replayed when Redis answers",
+				"count", p.missed.Swap(0), "user_id", userID.String(), "err", err.Error())
+		})
 		return nil
 	}
 	// Redis works again although this replica's subscription may never have dropped (a
