@@ -337,13 +337,25 @@ func (c *Client) ReportError(err error) {
 				defer c.probing.Store(false)
 				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 				defer cancel()
+				started := time.Now()
 				perr := c.rdb.Ping(ctx).Err()
+				if staleProbe(perr, started, c.LastAnswer()) {
+					return
+				}
 				c.setHealthy(perr == nil, perr)
 			}()
 		}
 		return
 	}
 	c.setHealthy(false, err)
+}
+
+// staleProbe reports whether a failed probe must not mark Redis down because Redis answered
+// another command after the probe began: a probe whose dial was lost while Redis was stopped
+// fails up to probeTimeout after Redis came back, and after a long pause such probes marked
+// it down again and again behind the answers that marked it up (36 changes in 0.7 s).
+func staleProbe(perr error, started, lastAnswer time.Time) bool {
+	return perr != nil && lastAnswer.After(started)
 }
 
 // ackPoolSize bounds the connections of concurrent invalidation waits (one each).
