@@ -225,9 +225,18 @@ func (c *Client) Close() error {
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
+	started := time.Now()
 	err := c.rdb.Ping(ctx).Err()
-	c.setHealthy(err == nil, err)
+	c.probed(started, err)
 	return err
+}
+
+// probed records the outcome of a ping that began at started (see staleProbe).
+func (c *Client) probed(started time.Time, err error) {
+	if staleProbe(err, started, c.LastAnswer()) {
+		return
+	}
+	c.setHealthy(err == nil, err)
 }
 
 // LastAnswer is when Redis last answered this client; the client's start when it never has
@@ -338,11 +347,7 @@ func (c *Client) ReportError(err error) {
 				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 				defer cancel()
 				started := time.Now()
-				perr := c.rdb.Ping(ctx).Err()
-				if staleProbe(perr, started, c.LastAnswer()) {
-					return
-				}
-				c.setHealthy(perr == nil, perr)
+				c.probed(started, c.rdb.Ping(ctx).Err())
 			}()
 		}
 		return
