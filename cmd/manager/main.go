@@ -5,8 +5,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -61,7 +63,7 @@ func main() {
 		slog.Error("invalid --log-level", "value", logLevel)
 		os.Exit(2)
 	}
-	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level, ReplaceAttr: readableAttr})
 	slog.SetDefault(slog.New(handler))
 	ctrl.SetLogger(logr.FromSlogHandler(handler))
 	// client-go logs through klog (the metrics endpoint's token reviews, leader election):
@@ -133,4 +135,23 @@ func main() {
 		log.Error("manager stopped", "err", err)
 		os.Exit(1)
 	}
+}
+
+// readableAttr logs a value that JSON cannot encode by its String method when it has one:
+// controller-runtime logs its watch sources as values, and a source holds functions, which
+// came out as "!ERROR:json: unsupported type: func(...)" in every "Starting EventSource" line.
+func readableAttr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindAny {
+		return a
+	}
+	v := a.Value.Any()
+	if _, isErr := v.(error); isErr {
+		return a
+	}
+	if s, ok := v.(fmt.Stringer); ok {
+		if _, err := json.Marshal(v); err != nil {
+			return slog.String(a.Key, s.String())
+		}
+	}
+	return a
 }
