@@ -359,8 +359,11 @@ func (c *Client) ReportError(err error) {
 // another command after the probe began: a probe whose dial was lost while Redis was stopped
 // fails up to probeTimeout after Redis came back, and after a long pause such probes marked
 // it down again and again behind the answers that marked it up (36 changes in 0.7 s).
+//
+// Only a ping without an answer can be stale: an error reply (LOADING, NOAUTH, MASTERDOWN) is
+// Redis's answer, and is conclusive (the ping's own reply moves LastAnswer, too).
 func staleProbe(perr error, started, lastAnswer time.Time) bool {
-	return perr != nil && lastAnswer.After(started)
+	return perr != nil && IsUnavailable(perr) && lastAnswer.After(started)
 }
 
 // ackPoolSize bounds the connections of concurrent invalidation waits (one each).
