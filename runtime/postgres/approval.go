@@ -173,6 +173,13 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(setLockTimeout, lockTimeoutSetting(ctx, lockWait))
+	// The deciders' rows first, shared: the upsert and the UPDATE below each check the
+	// decider's roles (deciderMayDecide) in a snapshot of their own, and a role change
+	// committed between them made them disagree (a position locked and created for an order
+	// not decided, or an order decided whose position was not locked). A change of roles now
+	// waits for the batch. Order inserts and the decisions' foreign keys take KEY SHARE on
+	// users, which this does not block.
+	b.Queue(`SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE`, approvers)
 	b.Queue(`SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
 	b.Queue(`
 		INSERT INTO positions AS p (user_id, symbol)
@@ -269,23 +276,25 @@ func execute(pos trading.Position, o *trading.Order) (trading.Position, *trading
 		Quantity: o.Quantity, Price: o.Price, RealizedPnL: amount(realized), ExecutedAt: *o.DecidedAt}
 }
 
-// readDecisions reads the first round trip: BEGIN, the lock timeout, the orders' locks, the
-// locked positions, the decided orders.
+// readDecisions reads the first round trip: BEGIN, the lock timeout, the deciders' and the
+// orders' locks, the locked positions, the decided orders.
 func readDecisions(br pgx.BatchResults) ([]*trading.Order, map[positionKey]trading.Position, error) {
 	for range 2 { // BEGIN, the lock timeout
 		if _, err := br.Exec(); err != nil {
 			return nil, nil, err
 		}
 	}
+	for range 2 { // the deciders' and the orders' locks: nothing to read
+		rows, err := br.Query()
+		if err != nil {
+			return nil, nil, err
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, nil, err
+		}
+	}
 	rows, err := br.Query()
-	if err != nil {
-		return nil, nil, err
-	}
-	rows.Close() // the orders' locks: nothing to read
-	if err := rows.Err(); err != nil {
-		return nil, nil, err
-	}
-	rows, err = br.Query()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -598,4 +599,42 @@ func (e *env) allTrades(u *trading.User, symbol string) ([]*trading.Trade, error
 	}
 	slices.Reverse(all)
 	return all, nil
+}
+
+// A decider's roles changed while its approval runs (here between the statement that locks
+// the requester's position and the one that decides the order) are read once: the approval
+// either goes through whole (the change waits for it) or not at all. The two statements read
+// the roles in two snapshots: a demotion in between left an empty position committed for an
+// order that stayed pending (and a promotion decided an order whose position was not locked,
+// a 500 for the whole batch). Found by the review helper with the same sleeping trigger.
+func TestRoleChangeDuringApproval(t *testing.T) {
+	t.Parallel()
+	e := newEnvTB(t)
+	decider := e.addUser(t, "decider", trading.RoleRisk)
+	o := e.create(t, e.trader1, newOrder("ETH/USD", trading.Buy, "1", "1", ""))
+	ctx := context.Background()
+	if _, err := e.db.Pool().Exec(ctx, `
+		CREATE FUNCTION slow_positions() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+		CREATE TRIGGER slow_positions BEFORE INSERT ON positions FOR EACH STATEMENT EXECUTE FUNCTION slow_positions()`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := e.orders.ApproveOrder(as(decider), o.ID)
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the approval is in the position's upsert
+	if _, err := e.db.Pool().Exec(ctx, `UPDATE users SET roles = '{trader}' WHERE id = $1`, decider.ID); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	positions := e.count(t, `SELECT count(*) FROM positions WHERE user_id = $1`, e.trader1.ID)
+	trades := e.count(t, `SELECT count(*) FROM trades WHERE order_id = $1`, o.ID)
+	switch {
+	case err == nil && (positions != 1 || trades != 1):
+		t.Fatalf("approved with %d positions and %d trades, want 1 and 1", positions, trades)
+	case err != nil && (trading.ErrorCode(err) != trading.EFORBIDDEN || positions != 0 || trades != 0):
+		t.Fatalf("approval refused (%v) with %d positions and %d trades, want 403 and nothing", err, positions, trades)
+	}
 }
