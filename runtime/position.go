@@ -2,6 +2,7 @@ package trading
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/google/uuid"
@@ -196,6 +197,11 @@ type Invalidator interface {
 	// changed, and so did the mark of symbol, for everyone who holds it.
 	InvalidateTrade(ctx context.Context, userID uuid.UUID, symbol string) error
 }
+
+// ErrNotAcknowledged is wrapped by an announcement to the other replicas (an invalidation, an
+// ended login) that went out but that not every replica acknowledged in time (one frozen or
+// partitioned): sending it again would wait for the same replica.
+var ErrNotAcknowledged = errors.New("not every replica acknowledged in time")
 
 // Book is what a user's positions and summary are computed from, apart from the marks: the
 // positions (the open ones for GET /api/positions; all of them for the summary, whose

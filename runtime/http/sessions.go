@@ -2,6 +2,7 @@ package http
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -99,9 +100,11 @@ func (c *sessionCheck) endedHere(ctx context.Context, sid uuid.UUID) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionCheckTimeout)
 	defer cancel()
 	// One reply slower than the Redis client's bound (a busy machine) is tried once more,
-	// as the cache's invalidations are: the announcement is idempotent.
+	// as the cache's invalidations are: the announcement is idempotent. Not when it went out
+	// and a replica did not acknowledge it (frozen, partitioned): that one would not answer a
+	// second time either, and the logout would wait twice as long.
 	err := c.events.PublishSessionEnded(ctx, sid)
-	if err != nil && ctx.Err() == nil {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, trading.ErrNotAcknowledged) {
 		err = c.events.PublishSessionEnded(ctx, sid)
 	}
 	if err != nil {

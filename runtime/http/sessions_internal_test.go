@@ -3,6 +3,7 @@ package http
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -150,20 +151,23 @@ func TestSessionCheckErrorIsNotAnEndedLogin(t *testing.T) {
 	}
 }
 
-// flakyEvents fails its first publishes (as a Redis reply slower than the client's bound
-// does) and records the ones that went out.
+// flakyEvents fails its first publishes with err (as a Redis reply slower than the client's
+// bound does, or a replica that does not acknowledge) and records every try.
 type flakyEvents struct {
 	mu        sync.Mutex
 	failFirst int
+	err       error
+	tries     int
 	sent      []uuid.UUID
 }
 
 func (f *flakyEvents) PublishSessionEnded(_ context.Context, sid uuid.UUID) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.tries++
 	if f.failFirst > 0 {
 		f.failFirst--
-		return context.DeadlineExceeded
+		return f.err
 	}
 	f.sent = append(f.sent, sid)
 	return nil
@@ -174,12 +178,21 @@ func (f *flakyEvents) OnSessionEnded(func(uuid.UUID)) {}
 // An announcement of an ended login that gets no answer once is sent again at once, as the
 // cache's invalidations are: the soak found the other replica accepting a logged-out token
 // for the check period after one slow reply.
+// One that went out but that a replica did not acknowledge is not sent again: that replica
+// would not answer the second either, and the logout would wait twice as long.
 func TestEndedLoginAnnouncedAgainAfterATimeout(t *testing.T) {
-	events := &flakyEvents{failFirst: 1}
+	events := &flakyEvents{failFirst: 1, err: context.DeadlineExceeded}
 	c := newSessionCheck(&endedSessions{}, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, events)
 	sid := uuid.New()
 	c.endedHere(context.Background(), sid)
 	if len(events.sent) != 1 || events.sent[0] != sid {
 		t.Errorf("announced %v after one timeout, want %v once", events.sent, sid)
+	}
+
+	unacked := &flakyEvents{failFirst: 1, err: fmt.Errorf("redis: %w", trading.ErrNotAcknowledged)}
+	c = newSessionCheck(&endedSessions{}, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Hour, unacked)
+	c.endedHere(context.Background(), uuid.New())
+	if unacked.tries != 1 {
+		t.Errorf("%d tries after a missing acknowledgement, want 1", unacked.tries)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -114,7 +115,7 @@ func (c *Client) publish(ctx context.Context, suffix string, id uuid.UUID) error
 	for got := int64(0); got < receivers; {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return errors.New("redis: not every replica acknowledged the invalidation in time")
+			return fmt.Errorf("redis: %w", trading.ErrNotAcknowledged)
 		}
 		bctx, cancel := context.WithTimeout(ctx, left+50*time.Millisecond)
 		// BLPOP with a fractional timeout (Redis >= 6); go-redis' BLPop rounds to seconds.
