@@ -274,6 +274,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		// No Invalidator here: the order service already invalidates before it returns.
 	})
 	api := newServer(m.Middleware(handler), logger)
+	// The requests' contexts come from base, which the end of the grace period cancels with
+	// tradinghttp.ErrShuttingDown before the connections are closed: a request cut off then
+	// is the server's doing (503), not a client that went away (499).
+	base, cancelBase := context.WithCancelCause(context.Background())
+	defer cancelBase(nil)
+	api.BaseContext = func(net.Listener) context.Context { return base }
 	go func() { serveErr <- serveOn(api, apiLn, "api") }()
 	state.Store(stateServing)
 	logger.Info("serving", "api_addr", apiLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
@@ -294,6 +300,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	defer cancel()
 	if err := api.Shutdown(graceCtx); err != nil {
 		logger.Warn("shutdown grace period over: closing the connections still open", "err", err)
+		cancelBase(tradinghttp.ErrShuttingDown)
 		api.Close()
 	}
 	shutdownAdmin(admin, logger)

@@ -148,4 +148,13 @@ func TestServeStopsWithDatabaseHung(t *testing.T) {
 		t.Errorf("SIGTERM with SHUTDOWN_GRACE=1s and the database hung took %v to exit", took.Round(time.Second))
 	}
 	p.waitLog("database pool not closed: the database does not answer; stopped")
+	// The request the end of the grace cut off is the server's doing: 503, not the 499 of a
+	// client that went away.
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, line := range p.logs {
+		if line["msg"] == "request" && line["route"] == "GET /api/orders" && line["status"] != float64(http.StatusServiceUnavailable) {
+			t.Errorf("the request cut off by the shutdown was logged as %v, want 503", line["status"])
+		}
+	}
 }

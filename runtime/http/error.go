@@ -54,6 +54,16 @@ type Problem struct {
 // answer (nginx's 499): it shows in the access log and api_requests_total, never to a client.
 const StatusClientClosedRequest = 499
 
+// ErrShuttingDown is the cause a server gives the contexts of the requests it cuts off at the
+// end of its shutdown grace (context.WithCancelCause on its BaseContext): they are answered as
+// what failed them (503 for a query), not as a client that went away.
+var ErrShuttingDown = errors.New("the server is shutting down")
+
+// clientGone reports whether the request's context ended because its client went away.
+func clientGone(r *http.Request) bool {
+	return r.Context().Err() != nil && context.Cause(r.Context()) == context.Canceled
+}
+
 // Error answers with the problem that err stands for. Internal errors are logged with
 // their cause and shown with a generic detail; the client's own disconnect is only logged.
 func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
@@ -78,7 +88,7 @@ func writeError(log *slog.Logger, w http.ResponseWriter, r *http.Request, err er
 	if status == http.StatusInternalServerError {
 		code = trading.EINTERNAL // an unknown code is a bug too: log it, show nothing
 	}
-	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+	if errors.Is(err, context.Canceled) && clientGone(r) {
 		// The client went away while a dependency worked for it: nobody reads this answer,
 		// and it is no failure of the server or the database (the 503 it was counted with
 		// the 5xx the error-rate alert watches).

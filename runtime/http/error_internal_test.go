@@ -100,10 +100,18 @@ func TestClientGoneIsNotAServerError(t *testing.T) {
 			t.Errorf("%v with the client gone logged at info or above: %s", err, logs.String())
 		}
 	}
-	// The same errors while the client still waits are what they say.
+	// The same errors while the client still waits are what they say, and so are they when
+	// the server cut the request off (the end of its shutdown grace).
 	w := httptest.NewRecorder()
 	s.Error(w, httptest.NewRequest("GET", "/x", nil), trading.Unavailable("database", context.Canceled))
 	if w.Code != http.StatusServiceUnavailable {
 		t.Errorf("unavailable with the client there: status %d, want 503", w.Code)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(ErrShuttingDown)
+	w = httptest.NewRecorder()
+	s.Error(w, httptest.NewRequest("GET", "/x", nil).WithContext(ctx), trading.Unavailable("database", context.Canceled))
+	if w.Code != http.StatusServiceUnavailable {
+		t.Errorf("unavailable, cut off by the shutdown: status %d, want 503", w.Code)
 	}
 }
