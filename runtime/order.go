@@ -192,30 +192,40 @@ func ValidateReason(reason string) error {
 	case strings.ContainsRune(reason, 0):
 		// PostgreSQL text cannot hold NUL: refused here, not as the store's 500.
 		return Invalid(FieldError{Field: "reason", Message: "must not contain NUL characters"})
-	case strings.IndexFunc(reason, hiddenControl) >= 0:
+	case strings.IndexFunc(strings.ReplaceAll(reason, "\r\n", "\n"), hiddenControl) >= 0:
 		return Invalid(FieldError{Field: "reason", Message: "must not contain control characters other than line breaks and tabs, or bidirectional overrides"})
 	}
 	return nil
 }
 
 // hiddenControl is a character that changes how a reason is shown rather than showing
-// something: C0/C1 controls other than a line break or a tab (a terminal's escape sequences,
-// a carriage return that overwrites the line) and the bidirectional controls that make text
-// read reversed on a desk's screen (Unicode's Trojan Source characters).
+// something: C0/C1 controls other than a line break (LF; a CRLF is read as one) or a tab (a
+// terminal's escape sequences, a lone carriage return that overwrites the line) and the
+// bidirectional embeddings, overrides and isolates that make text read reversed on a desk's
+// screen (Unicode's Trojan Source characters). The direction marks (LRM, RLM, ALM) are
+// allowed: right-to-left writers type them, and they reorder nothing.
 func hiddenControl(r rune) bool {
 	switch {
 	case r == '\n' || r == '\t':
 		return false
 	case unicode.IsControl(r):
 		return true
-	case r >= 0x202A && r <= 0x202E, r >= 0x2066 && r <= 0x2069, r == 0x200E, r == 0x200F, r == 0x061C:
+	case r >= 0x202A && r <= 0x202E, r >= 0x2066 && r <= 0x2069:
 		return true
 	}
 	return false
 }
 
-// hasVisible reports whether s has a character that shows: not white space and not an
-// invisible format character (a zero-width space, a byte-order mark).
+// hasVisible reports whether s has a character that shows: not white space, not an invisible
+// format character (a zero-width space, a byte-order mark, a direction mark), not a filler
+// that renders blank (Hangul fillers, the blank braille pattern) and not a combining mark on
+// its own.
 func hasVisible(s string) bool {
-	return strings.IndexFunc(s, func(r rune) bool { return !unicode.IsSpace(r) && !unicode.Is(unicode.Cf, r) }) >= 0
+	return strings.IndexFunc(s, func(r rune) bool {
+		switch r {
+		case 0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800:
+			return false
+		}
+		return !unicode.IsSpace(r) && !unicode.Is(unicode.Cf, r) && !unicode.Is(unicode.Mn, r)
+	}) >= 0
 }

@@ -289,7 +289,8 @@ func TestReject(t *testing.T) {
 	// and tabs (a terminal's escape sequences, a carriage return that overwrites the line), no
 	// bidirectional overrides that show text reversed, and something visible (zero-width
 	// spaces alone are not a reason).
-	for _, bad := range []string{`esc\u001b[31mred`, `bell\u0007`, `over\rwrite`, `\u202ereversed`, `\u2066isolate`, `\u200b\u200b`, `\ufeff`} {
+	for _, bad := range []string{`esc\u001b[31mred`, `bell\u0007`, `over\rwrite`, `\u202ereversed`, `\u2066isolate`, `\u200b\u200b`, `\ufeff`,
+		`\u3164`, `\u2800\u2800`, `\u0301`} {
 		if f := e.do("POST", "/api/orders/"+o.ID+"/reject", risk, `{"reason":"`+bad+`"}`).fields(); f["reason"] == "" {
 			t.Errorf("reason %s: fields %v, want reason", bad, f)
 		}
@@ -297,6 +298,11 @@ func TestReject(t *testing.T) {
 	var lines order
 	multi := e.submit(trader, "BTC/USD", "buy", "1", "100")
 	e.do("POST", "/api/orders/"+multi.ID+"/reject", risk, map[string]string{"reason": "over the desk's limit:\n\tsee the policy"}).want(200).decode(&lines)
+	// Line breaks as Windows sends them, and right-to-left text with its direction marks.
+	for _, good := range []string{"line one\r\nline two", "\u200fחריגה ממגבלה BTC/USD\u200e"} {
+		o := e.submit(trader, "BTC/USD", "buy", "1", "100")
+		e.do("POST", "/api/orders/"+o.ID+"/reject", risk, map[string]string{"reason": good}).want(200)
+	}
 	// 500 characters are allowed whatever their bytes (openapi.json: maxLength 500): 1500 here.
 	var long order
 	o2 := e.submit(trader, "BTC/USD", "buy", "1", "100")
