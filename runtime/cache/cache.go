@@ -947,6 +947,11 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 	// Redis works again although this replica's subscription may never have dropped (a
 	// timeout, a slow replica): send what it missed now rather than at the next reconnect.
 	p.replayPending()
+	if n := p.missed.Swap(0); n > 0 {
+		// The misses since the last warning, which would otherwise be told only with the
+		// next outage's first.
+		p.log.Warn("more cache invalidations had missed Redis before it answered again; they are replayed", "count", n)
+	}
 	return nil
 }
 

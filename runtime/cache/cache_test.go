@@ -463,6 +463,10 @@ func TestRedisOutage(t *testing.T) {
 	if q := quantity(t, b, user); q != "12" {
 		t.Fatalf("after recovery B reads %s, want 12: invalidation did not resume", q)
 	}
+	// The misses after the outage's first warning are told once Redis takes invalidations again.
+	if !strings.Contains(logs.String(), "more cache invalidations had missed Redis") {
+		t.Errorf("the outage's later misses were never logged:\n%s", logs.String())
+	}
 	hits := obs.get("hit:l2:positions")
 	c := replica(t, w, srv.URL(), prefix, cache.Options{Observer: obs})
 	if q := quantity(t, c, user); q != "12" || obs.get("hit:l2:positions") != hits+1 {
