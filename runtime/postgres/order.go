@@ -644,6 +644,11 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 		if _, err := tx.Exec(ctx, setLockTimeout, lockTimeoutSetting(ctx, lockTimeout)); err != nil {
 			return err
 		}
+		// The decider's row shared, as an approval does: the decision and whyNotDecided then
+		// read the same roles (a change in between answered 500).
+		if _, err := tx.Exec(ctx, `SELECT id FROM users WHERE id = $1 FOR SHARE`, p.UserID); err != nil {
+			return err
+		}
 		var err error
 		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = $3`, reason)
 		return err
