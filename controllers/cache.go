@@ -28,7 +28,7 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 	switch spec.Mode {
 	case tradingv1alpha1.RedisDisabled:
 		msg := "spec.redis.mode is disabled: the runtime caches in its memory and rate-limits on its own"
-		if r := p.spec.Spec.Runtime; r.Replicas > 1 || r.Autoscaling != nil {
+		if severalReplicas(p.spec) {
 			msg = "spec.redis.mode is disabled: each runtime replica rate-limits on its own and keeps no cache (the replicas cannot tell each other of a trade), so reads go to the database"
 		}
 		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheDisabled, msg)

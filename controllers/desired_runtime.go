@@ -74,7 +74,7 @@ func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap 
 				data["REDIS_CA_FILE"] = redisCADir + "/" + caFile
 			}
 		}
-	} else if r.Replicas > 1 || r.Autoscaling != nil {
+	} else if severalReplicas(s) {
 		// Without Redis the replicas cannot tell each other of a trade: each caching on its
 		// own, one would serve a trader's positions from before a trade approved on another
 		// (api.md: read-your-writes, whichever replica answers). They read the database.
@@ -153,6 +153,14 @@ func withPostgresCA(s *tradingv1alpha1.TradingStack, env []corev1.EnvVar, volume
 	}
 	v, m := caVolume("postgres-ca", postgresCADir, *ref)
 	return append(env, corev1.EnvVar{Name: "PGSSLROOTCERT", Value: postgresCADir + "/" + caFile}), append(volumes, v), append(mounts, m)
+}
+
+// severalReplicas reports whether the runtime may run as more than one pod (replicas above
+// one, or autoscaling): without Redis they cannot tell each other of a trade, so they keep no
+// cache (CACHE_L1=false), and CacheReady says so.
+func severalReplicas(s *tradingv1alpha1.TradingStack) bool {
+	r := s.Spec.Runtime
+	return r.Replicas > 1 || r.Autoscaling != nil
 }
 
 // migrateContainer is the migration Job's container, whose termination message reports the

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -249,9 +248,6 @@ func (r *TradingStackReconciler) pruneMigrationJobs(ctx context.Context, p *pass
 	return nil
 }
 
-// migratedLine is what `tradingd migrate` prints on success and writes to its termination log.
-var migratedLine = regexp.MustCompile(`database schema at version ([0-9]+)`)
-
 // appliedSchemaVersion is the schema version job (succeeded) left the database at. The
 // default image's is compiled into this build; any other image reports it in its migrate
 // container's termination message, read from the Job's pods once, when the Job is seen
@@ -275,8 +271,8 @@ func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *
 	for _, pod := range pods.Items {
 		for _, c := range pod.Status.ContainerStatuses {
 			if t := c.State.Terminated; c.Name == migrateContainer && t != nil && t.ExitCode == 0 {
-				if m := migratedLine.FindStringSubmatch(t.Message); m != nil {
-					return m[1]
+				if v, ok := postgres.ParseSchemaReport(t.Message); ok {
+					return v
 				}
 			}
 		}

@@ -55,6 +55,12 @@ func (p Principal) CanSeeAll() bool { return p.Has(RoleRisk) || p.Has(RoleAdmin)
 // CanDecide reports whether the principal may approve or reject orders.
 func (p Principal) CanDecide() bool { return p.CanSeeAll() }
 
+// ErrMayNotDecide is the answer (EFORBIDDEN) to a decision by someone who may not decide:
+// by the token's roles (the handler, the service) or by the user's roles now (the database).
+func ErrMayNotDecide() error {
+	return Errorf(EFORBIDDEN, "only the risk or admin role may decide orders")
+}
+
 // UserService stores users and checks their passwords.
 type UserService interface {
 	// CreateUser hashes password (bcrypt) and stores the user; ECONFLICT when the

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -145,8 +146,9 @@ func readableAttr(_ []string, a slog.Attr) slog.Attr {
 		return a
 	}
 	v := a.Value.Any()
-	if _, isErr := v.(error); isErr {
-		return a
+	switch v.(type) {
+	case error, json.Marshaler, encoding.TextMarshaler:
+		return a // the handler encodes these itself (slog.Level, times): no trial encoding
 	}
 	if s, ok := v.(fmt.Stringer); ok {
 		if _, err := json.Marshal(v); err != nil {

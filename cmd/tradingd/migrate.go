@@ -37,7 +37,7 @@ func migrate(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return fmt.Errorf("migrate: %v", cause(err))
 	}
-	line := fmt.Sprintf("database schema at version %d\n", version)
+	line := postgres.SchemaReport(version)
 	fmt.Fprint(stdout, line)
 	if err := reportTermination(cfg.TerminationLog, line); err != nil {
 		// The schema is migrated; only the operator's SCHEMA column falls back to the tag.

@@ -226,7 +226,7 @@ func (s *Server) handleReject(w http.ResponseWriter, r *http.Request) {
 	// the role comes first, as for approve. The service checks it again, then the reason
 	// (trading.ValidateReason).
 	if p, _ := trading.PrincipalFromContext(r.Context()); !p.CanDecide() {
-		s.Error(w, r, trading.Errorf(trading.EFORBIDDEN, "only the risk or admin role may decide orders"))
+		s.Error(w, r, trading.ErrMayNotDecide())
 		return
 	}
 	var req rejectRequest

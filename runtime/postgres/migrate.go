@@ -7,12 +7,32 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"regexp"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 )
+
+// SchemaReport is the line `tradingd migrate` prints and writes to its termination log for the
+// schema version it left; ParseSchemaReport reads it back (the operator, from the migration
+// Job's pod). One format, for the two binaries that must agree on it.
+func SchemaReport(version int64) string {
+	return fmt.Sprintf("database schema at version %d\n", version)
+}
+
+var schemaReportPattern = regexp.MustCompile(`database schema at version ([0-9]+)`)
+
+// ParseSchemaReport finds a SchemaReport line in text (a termination message) and returns its
+// version as written.
+func ParseSchemaReport(text string) (string, bool) {
+	m := schemaReportPattern.FindStringSubmatch(text)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
 
 // SchemaVersion is the migration version this binary needs; `serve` refuses an older schema.
 const SchemaVersion int64 = 4

@@ -516,7 +516,7 @@ func whyNotDecided(ctx context.Context, tx rowQuerier, p trading.Principal, id u
 	case err != nil:
 		return err
 	case !mayDecide:
-		return errMayNotDecide()
+		return trading.ErrMayNotDecide()
 	}
 	var (
 		requestedBy uuid.UUID
@@ -538,13 +538,9 @@ func whyNotDecided(ctx context.Context, tx rowQuerier, p trading.Principal, id u
 
 func canDecide(p trading.Principal) error {
 	if !p.CanDecide() {
-		return errMayNotDecide()
+		return trading.ErrMayNotDecide()
 	}
 	return nil
-}
-
-func errMayNotDecide() error {
-	return trading.Errorf(trading.EFORBIDDEN, "only the risk or admin role may decide orders")
 }
 
 // ApproveOrder executes a pending order into one trade at its price and moves the requester's
