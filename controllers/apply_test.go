@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -374,38 +373,7 @@ func TestForeignFieldOps(t *testing.T) {
 	}
 }
 
-// A pass that starts from a status the cache has not caught up with (the previous pass's
-// write still on its way) finds the same condition changes again: they are announced once.
-// A later change back and forth is announced each time.
-func TestConditionEventsAnnouncedOnce(t *testing.T) {
-	rec := events.NewFakeRecorder(10)
-	r := &TradingStackReconciler{Recorder: rec}
-	stack := &tradingv1alpha1.TradingStack{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s"}}
-	cond := func(status metav1.ConditionStatus, reason string) []metav1.Condition {
-		return []metav1.Condition{{Type: tradingv1alpha1.ConditionReady, Status: status, Reason: reason, Message: "m"}}
-	}
-	pass := func(from, to []metav1.Condition) {
-		s := stack.DeepCopy()
-		s.Status.Conditions = to
-		r.conditionEvents(&pass{stack: s, original: &tradingv1alpha1.TradingStackStatus{Conditions: from}})
-	}
-	notReady := cond(metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady)
-	ready := cond(metav1.ConditionTrue, tradingv1alpha1.ReasonAllComponentsReady)
-	pass(notReady, ready)
-	pass(notReady, ready) // the stale start
-	pass(ready, notReady)
-	pass(notReady, ready)
-	close(rec.Events)
-	var got []string
-	for e := range rec.Events {
-		got = append(got, e)
-	}
-	if len(got) != 3 {
-		t.Errorf("events %q, want 3 (ready, not ready, ready)", got)
-	}
-}
-
-// A deleted stack's records are dropped: the memo of applies, the announced conditions and
+// A deleted stack's records are dropped: the memo of applies and
 // the removal patches that changed nothing; another stack's, even one whose name the deleted
 // one's starts with, are kept.
 func TestForgetStack(t *testing.T) {
@@ -413,19 +381,18 @@ func TestForgetStack(t *testing.T) {
 	r.applied.m.Store("v1/Service/ns/s-api", appliedRecord{stack: "ns/s"})
 	r.applied.m.Store("v1/Service/ns/s2-api", appliedRecord{stack: "ns/s2"})
 	for _, stack := range []string{"ns/s", "ns/s2"} {
-		r.announced.Store(stack+"/Ready", "True/AllComponentsReady")
 		r.noopReverts.Store(stack+"/v1/Service/ns/x-api", `[{"op":"remove"}]`)
 	}
 	r.forgetStack("ns/s")
 	var left []string
-	for _, m := range []*sync.Map{&r.applied.m, &r.announced, &r.noopReverts} {
+	for _, m := range []*sync.Map{&r.applied.m, &r.noopReverts} {
 		m.Range(func(k, _ any) bool {
 			left = append(left, k.(string))
 			return true
 		})
 	}
 	slices.Sort(left)
-	want := []string{"ns/s2/Ready", "ns/s2/v1/Service/ns/x-api", "v1/Service/ns/s2-api"}
+	want := []string{"ns/s2/v1/Service/ns/x-api", "v1/Service/ns/s2-api"}
 	if !slices.Equal(left, want) {
 		t.Errorf("left %q, want %q", left, want)
 	}

@@ -161,7 +161,22 @@ func secretMetadataMatches(current, want *corev1.Secret) bool {
 // kept. In NAME-postgres-credentials the DSN follows the user and password it then holds:
 // rebuilt when it is missing or when the password is new (the database takes the new password
 // when its pod restarts, as after an edit of it).
+//
+// The patch carries the resourceVersion read: a Secret from a cache that has not seen a key
+// put back yet (by the user, or by the previous pass) must not have it overwritten with a new
+// password. On a conflict the Secret is read from the API server and judged again, once.
 func (r *TradingStackReconciler) restoreMissingKeys(ctx context.Context, p *pass, desired, current *corev1.Secret) error {
+	err := r.restoreMissingKeysOnce(ctx, p, desired, current)
+	if !apierrors.IsConflict(err) {
+		return err
+	}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(current), current); err != nil {
+		return fmt.Errorf("read secret %s: %w", current.Name, err)
+	}
+	return r.restoreMissingKeysOnce(ctx, p, desired, current)
+}
+
+func (r *TradingStackReconciler) restoreMissingKeysOnce(ctx context.Context, p *pass, desired, current *corev1.Secret) error {
 	var missing []string
 	for k := range desired.Data {
 		if len(current.Data[k]) == 0 {
@@ -194,7 +209,8 @@ func (r *TradingStackReconciler) restoreMissingKeys(ctx context.Context, p *pass
 	for _, k := range missing {
 		patched.Data[k] = fill[k]
 	}
-	if err := r.Patch(ctx, patched, client.MergeFrom(current), client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Patch(ctx, patched, client.MergeFromWithOptions(current, client.MergeFromWithOptimisticLock{}),
+		client.FieldOwner(FieldOwner)); err != nil {
 		return fmt.Errorf("put back the keys of secret %s: %w", current.Name, err)
 	}
 	r.Recorder.Eventf(p.stack, patched, corev1.EventTypeNormal, "Reverted", "Patch",

@@ -2,12 +2,15 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -187,17 +190,36 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	if equality.Semantic.DeepEqual(*p.original, *st) {
 		return nil
 	}
-	r.conditionEvents(p)
 
-	// A merge patch of the status subresource; the operator is the only writer
-	// of status, and the patch carries the whole conditions list.
+	// A merge patch of the status subresource, which carries the whole conditions list and
+	// the resourceVersion the pass read. Without that lock, a pass that started from a stack
+	// the cache had not caught up with (the previous pass's write still on its way) had its
+	// patch merged into the newer status: the patch holds only what differs from what the
+	// pass read, so a phase it left alone kept the newer pass's value beside its own
+	// conditions ("Migrating" with the migration succeeded and the runtime rolling out, seen
+	// in CI). Now such a write is refused with a conflict, and the pass runs again
+	// (errStaleStack).
 	base := p.stack.DeepCopy()
 	base.Status = *p.original
-	if err := r.Status().Patch(ctx, p.stack, client.MergeFrom(base), client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Status().Patch(ctx, p.stack, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}),
+		client.FieldOwner(FieldOwner)); err != nil {
+		if apierrors.IsConflict(err) {
+			return errStaleStack
+		}
 		return fmt.Errorf("write status: %w", err)
 	}
+	// Announced once written: a refused write's changes are found again by the next pass.
+	r.conditionEvents(p)
 	return nil
 }
+
+// errStaleStack: the stack changed since the pass read it (the cache was behind, or a user
+// edited it meanwhile), so its status was not written; Reconcile runs the pass again after
+// staleStackRetry, quietly: a conflict is not a failure worth a log line or a backoff.
+var errStaleStack = errors.New("the stack changed since this pass read it")
+
+// staleStackRetry gives the cache time to catch up with the write that made the pass stale.
+const staleStackRetry = 200 * time.Millisecond
 
 // conditionEvents records one event per condition whose status or reason changed.
 func (r *TradingStackReconciler) conditionEvents(p *pass) {
@@ -205,11 +227,6 @@ func (r *TradingStackReconciler) conditionEvents(p *pass) {
 		old := meta.FindStatusCondition(p.original.Conditions, c.Type)
 		if old != nil && old.Status == c.Status && old.Reason == c.Reason {
 			continue
-		}
-		key := client.ObjectKeyFromObject(p.stack).String() + "/" + c.Type
-		said := string(c.Status) + "/" + c.Reason
-		if prev, ok := r.announced.Swap(key, said); ok && prev == said {
-			continue // announced by the previous pass, whose status write this pass did not see yet
 		}
 		eventType := corev1.EventTypeNormal
 		bad := (c.Type == tradingv1alpha1.ConditionDegraded && c.Status == metav1.ConditionTrue) ||

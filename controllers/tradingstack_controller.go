@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -82,11 +83,6 @@ type TradingStackReconciler struct {
 	monitoring *monitoringAPIs
 	applied    appliedMemo
 	crdTypes   *crdTypes
-	// announced is the condition status and reason last announced by an event, per
-	// "namespace/name/type": a pass that starts from a status the cache has not caught up
-	// with yet (the previous pass's write still on its way) finds the same changes again,
-	// and they were announced once already.
-	announced sync.Map
 	// noopReverts is, per stack and child ("namespace/name/" + memoKey), the last removal
 	// patch that changed nothing.
 	noopReverts sync.Map
@@ -218,7 +214,7 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if stack.Spec.Paused {
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonPaused,
 			"spec.paused is true: the operator does not change this stack's children")
-		return ctrl.Result{}, r.writeStatus(ctx, p)
+		return finish(r.writeStatus(ctx, p), ctrl.Result{})
 	}
 
 	for _, s := range r.steps() {
@@ -236,7 +232,7 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 					p.setCondition(cond, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed, err.Error())
 				}
 			}
-			if serr := r.writeStatus(ctx, p); serr != nil {
+			if serr := r.writeStatus(ctx, p); serr != nil && !errors.Is(serr, errStaleStack) {
 				logger.Error(serr, "write status after a failed step")
 			}
 			return ctrl.Result{}, fmt.Errorf("%s: %w", s.name, err)
@@ -245,10 +241,19 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 			break
 		}
 	}
-	if err := r.writeStatus(ctx, p); err != nil {
-		return ctrl.Result{}, err
+	return finish(r.writeStatus(ctx, p), ctrl.Result{RequeueAfter: p.requeueAfter})
+}
+
+// finish ends a pass after its status write: a write refused because the pass read a stale
+// stack runs the pass again soon, without an error (which would be logged and back off).
+func finish(writeErr error, res ctrl.Result) (ctrl.Result, error) {
+	switch {
+	case errors.Is(writeErr, errStaleStack):
+		return ctrl.Result{RequeueAfter: staleStackRetry}, nil
+	case writeErr != nil:
+		return ctrl.Result{}, writeErr
 	}
-	return ctrl.Result{RequeueAfter: p.requeueAfter}, nil
+	return res, nil
 }
 
 // SetupWithManager watches TradingStacks (spec changes only: the operator's own
@@ -338,12 +343,10 @@ func (r *TradingStackReconciler) getCached(ctx context.Context, key client.Objec
 // "namespace/name"), so that its memory does not grow with every stack that ever existed.
 func (r *TradingStackReconciler) forgetStack(key string) {
 	r.applied.forgetStack(key)
-	for _, m := range []*sync.Map{&r.announced, &r.noopReverts} {
-		m.Range(func(k, _ any) bool {
-			if strings.HasPrefix(k.(string), key+"/") {
-				m.Delete(k)
-			}
-			return true
-		})
-	}
+	r.noopReverts.Range(func(k, _ any) bool {
+		if strings.HasPrefix(k.(string), key+"/") {
+			r.noopReverts.Delete(k)
+		}
+		return true
+	})
 }
