@@ -74,13 +74,15 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		// applying is removed and defaults to 1: turning autoscaling on would scale a
 		// serving Deployment down to one pod before the HPA acts. So the operator applies
 		// the count the Deployment has now (the HPA's latest), and minReplicas at creation.
+		// Read from the API server, not the cache: a count the cache has not seen yet (the
+		// HPA scaled just before this pass) would be applied back, and owned by the operator.
 		dep.Spec.Replicas = ptr.To(max(as.MinReplicas, 1))
 		cur := &appsv1.Deployment{}
-		found, err := r.getCached(ctx, client.ObjectKeyFromObject(dep), cur)
-		if err != nil {
+		err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(dep), cur)
+		if client.IgnoreNotFound(err) != nil {
 			return false, err
 		}
-		if found && cur.Spec.Replicas != nil {
+		if err == nil && cur.Spec.Replicas != nil {
 			dep.Spec.Replicas = ptr.To(*cur.Spec.Replicas)
 		}
 	}
