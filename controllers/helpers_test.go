@@ -288,11 +288,18 @@ func reconcileDirectly(t *testing.T, ns, name string, times int) ctrl.Result {
 	mgrMu.Unlock()
 	r := NewTradingStackReconciler(mgr, 1)
 	var res ctrl.Result
-	for i := 0; i < times; i++ {
+	for i, stale := 0, 0; i < times; i++ {
 		var err error
 		res, err = r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, name)})
 		if err != nil {
 			t.Fatalf("reconcile %s: %v", name, err)
+		}
+		// A pass that met a cache behind the manager's latest status write wrote nothing and
+		// asks to run again: it does not count.
+		if res.RequeueAfter == staleStackRetry && stale < 50 {
+			stale++
+			i--
+			time.Sleep(staleStackRetry)
 		}
 	}
 	return res

@@ -94,10 +94,17 @@ func TestSecureMetrics(t *testing.T) {
 	if code, body, _ := scrape(denied); code != http.StatusForbidden {
 		t.Errorf("a service account not allowed /metrics: %d %.200s, want 403", code, body)
 	}
-	code, body, proto := scrape(allowed)
-	if code != http.StatusOK || !strings.Contains(body, "# TYPE ") {
-		t.Errorf("the allowed scraper: %d %.200s, want 200 and metrics", code, body)
-	}
+	// The binding was made just before: the API server's authorizer may take a moment to
+	// see it.
+	var proto string
+	eventually(t, "the allowed scraper gets the metrics", func() error {
+		code, body, p := scrape(allowed)
+		if code != http.StatusOK || !strings.Contains(body, "# TYPE ") {
+			return fmt.Errorf("%d %.200s, want 200 and metrics", code, body)
+		}
+		proto = p
+		return nil
+	})
 	if proto != "HTTP/1.1" {
 		t.Errorf("protocol %q, want HTTP/1.1 (HTTP/2 off)", proto)
 	}

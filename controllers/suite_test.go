@@ -99,6 +99,24 @@ func (w *writeLog) since(mark int, ns string) []string {
 	return out
 }
 
+// settle waits until the operator has sent no write for namespace ns for a second: events
+// go out asynchronously, after the pass that recorded them, and would be counted as writes of
+// the passes a test runs next.
+func (w *writeLog) settle(t *testing.T, ns string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m := w.mark()
+		time.Sleep(time.Second)
+		if len(w.since(m, ns)) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the operator still writes in %s: %v", ns, w.since(m, ns))
+		}
+	}
+}
+
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
 }

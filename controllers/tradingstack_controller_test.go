@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,6 +204,13 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 		})
 	}
 	holdCRD(true)
+	// A failure below must not leave the CRD terminating for every later test.
+	t.Cleanup(func() {
+		c := &apiextensionsv1.CustomResourceDefinition{}
+		if err := k8s.Get(bg, key("", "servicemonitors.monitoring.coreos.com"), c); err == nil && slices.Contains(c.Finalizers, "test.trading.findmy.io/hold") {
+			holdCRD(false)
+		}
+	})
 	if err := k8s.Delete(bg, crd); err != nil {
 		t.Fatal(err)
 	}
@@ -518,6 +526,7 @@ func testQuietAtRest(t *testing.T) {
 	makeReady(t, ns, "quiet")
 	// Let the events of the last status writes settle into one more pass.
 	reconcileDirectly(t, ns, "quiet", 1)
+	operatorWrites.settle(t, ns)
 
 	before := resourceVersions(t, ns, "quiet")
 	if len(before) < 12 {
@@ -601,6 +610,7 @@ func testStatusWritesNotApplied(t *testing.T) {
 	dep.Status.Conditions[0].LastUpdateTime = metav1.NewTime(time.Now().Add(time.Second))
 	// The StatefulSet's and the Deployment's status writes wake the manager too: whichever
 	// pass comes first, the manager's or the two below, must send nothing.
+	operatorWrites.settle(t, ns)
 	mark := operatorWrites.mark()
 	for _, obj := range []client.Object{hpa, pdb, sts, dep, sm} {
 		if err := k8s.Status().Update(bg, obj); err != nil {
@@ -1522,6 +1532,7 @@ func testAutoscalingKeepsReplicas(t *testing.T) {
 	if err := k8s.Get(bg, key(ns, "as-api"), d); err != nil {
 		t.Fatal(err)
 	}
+	before := d.DeepCopy()
 	d.Spec.Replicas = ptr.To(int32(5))
 	if err := k8s.Update(bg, d, client.FieldOwner("horizontal-pod-autoscaler")); err != nil {
 		t.Fatal(err)
@@ -1536,6 +1547,13 @@ func testAutoscalingKeepsReplicas(t *testing.T) {
 	})
 	if n, _ := replicas(); n != 5 {
 		t.Fatalf("replicas %d after a change, want the HPA's 5", n)
+	}
+	// A pass whose cache has not seen the HPA's count yet keeps it too.
+	if _, _, err := reconcileStale(t, ns, "as", before); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := replicas(); n != 5 {
+		t.Errorf("replicas %d after a pass whose cache showed 4, want the HPA's 5", n)
 	}
 }
 
@@ -1766,6 +1784,25 @@ func testMoveToExternalKeepsVolume(t *testing.T) {
 type staleClient struct {
 	client.Client
 	stale []client.Object
+	// statusWrites counts the status writes the API server took.
+	statusWrites *atomic.Int32
+}
+
+func (c staleClient) Status() client.SubResourceWriter {
+	return countedStatusWriter{c.Client.Status(), c.statusWrites}
+}
+
+type countedStatusWriter struct {
+	client.SubResourceWriter
+	n *atomic.Int32
+}
+
+func (w countedStatusWriter) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+	err := w.SubResourceWriter.Patch(ctx, obj, patch, opts...)
+	if err == nil {
+		w.n.Add(1)
+	}
+	return err
 }
 
 func (c staleClient) Get(ctx context.Context, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
@@ -1779,15 +1816,17 @@ func (c staleClient) Get(ctx context.Context, k client.ObjectKey, obj client.Obj
 }
 
 // reconcileStale runs one pass of a reconciler wired like the manager's whose cache still
-// holds the stale objects.
-func reconcileStale(t *testing.T, ns, name string, stale ...client.Object) (ctrl.Result, error) {
+// holds the stale objects, and how many status writes it made.
+func reconcileStale(t *testing.T, ns, name string, stale ...client.Object) (ctrl.Result, int32, error) {
 	t.Helper()
 	mgrMu.Lock()
 	mgr := currentMgr
 	mgrMu.Unlock()
 	r := NewTradingStackReconciler(mgr, 1)
-	r.Client = staleClient{Client: mgr.GetClient(), stale: stale}
-	return r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, name)})
+	var writes atomic.Int32
+	r.Client = staleClient{Client: mgr.GetClient(), stale: stale, statusWrites: &writes}
+	res, err := r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, name)})
+	return res, writes.Load(), err
 }
 
 // testStaleStackNotWritten: a pass that starts from a stack older than the last status write
@@ -1808,17 +1847,15 @@ func testStaleStackNotWritten(t *testing.T) {
 		t.Fatalf("phase %s while the migration runs", now.Status.Phase)
 	}
 
-	res, err := reconcileStale(t, ns, "stale", old)
+	res, writes, err := reconcileStale(t, ns, "stale", old)
 	if err != nil {
 		t.Fatalf("a pass on a stale stack failed (a conflict is no failure): %v", err)
 	}
+	if writes != 0 {
+		t.Errorf("a pass on a stale stack wrote its status (%d writes taken)", writes)
+	}
 	if res.RequeueAfter != staleStackRetry {
 		t.Errorf("a pass on a stale stack asked for %+v; want to run again after %v", res, staleStackRetry)
-	}
-	after := getStack(t, ns, "stale")
-	if after.ResourceVersion != now.ResourceVersion {
-		t.Errorf("a pass on a stale stack wrote its status: resourceVersion %s -> %s\nbefore: %s\nafter:  %s",
-			now.ResourceVersion, after.ResourceVersion, describeConditions(now), describeConditions(after))
 	}
 }
 
@@ -2010,9 +2047,11 @@ func testHandEditsReverted(t *testing.T) {
 	passesWriteNothing(t, ns, "he")
 }
 
-// passesWriteNothing runs passes of the stack and fails the test if they change any child.
+// passesWriteNothing runs passes of the stack, once the manager's own have settled, and fails
+// the test if they change any child.
 func passesWriteNothing(t *testing.T, ns, name string) {
 	t.Helper()
+	operatorWrites.settle(t, ns)
 	before := resourceVersions(t, ns, name)
 	reconcileDirectly(t, ns, name, 3)
 	if after := resourceVersions(t, ns, name); !maps.Equal(before, after) {
@@ -2134,7 +2173,7 @@ func testGeneratedSecretKeysPutBack(t *testing.T) {
 	// way) keeps the password put back: a second new one would leave the database, which
 	// takes the first when its pod restarts, and the runtime apart.
 	restored := waitFor(t, &corev1.Secret{}, ns, "gk-postgres-credentials")
-	if _, err := reconcileStale(t, ns, "gk", pgRemoved); err != nil {
+	if _, _, err := reconcileStale(t, ns, "gk", pgRemoved); err != nil {
 		t.Fatalf("a pass with a stale Secret failed: %v", err)
 	}
 	now := waitFor(t, &corev1.Secret{}, ns, "gk-postgres-credentials")

@@ -21,6 +21,9 @@ type stallProxy struct {
 	mu      sync.Mutex
 	stalled bool
 	conns   []net.Conn
+	// dropped is closed when the first bytes are dropped after stall: a query is stuck.
+	dropped  chan struct{}
+	dropOnce sync.Once
 }
 
 func newStallProxy(t *testing.T, addr string) *stallProxy {
@@ -29,7 +32,7 @@ func newStallProxy(t *testing.T, addr string) *stallProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &stallProxy{ln: ln}
+	p := &stallProxy{ln: ln, dropped: make(chan struct{})}
 	t.Cleanup(func() {
 		ln.Close()
 		p.mu.Lock()
@@ -78,6 +81,7 @@ func (p *stallProxy) copy(dst, src net.Conn) {
 		stalled := p.stalled
 		p.mu.Unlock()
 		if stalled {
+			p.dropOnce.Do(func() { close(p.dropped) })
 			_, _ = io.Copy(io.Discard, src)
 			return
 		}
@@ -132,7 +136,11 @@ func TestServeStopsWithDatabaseHung(t *testing.T) {
 			resp.Body.Close()
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	select {
+	case <-proxy.dropped: // the request's query is stuck in the database
+	case <-time.After(30 * time.Second):
+		t.Fatal("the request never reached the database")
+	}
 	start := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
