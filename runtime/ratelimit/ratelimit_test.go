@@ -21,9 +21,25 @@ import (
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
+// openPatientRedis opens a client for the tests of the shared limits themselves, whose counts
+// are exact: one reply slower than the production bound of a call (100 ms; the race detector
+// on two shared cores, batches of concurrent callers) would make a replica decide alone and
+// the count come out wrong. Its bound is generous.
+func openPatientRedis(t testing.TB, url, prefix string) *redis.Client {
+	t.Helper()
+	return openRedisWith(t, url, redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond, OpTimeout: 5 * time.Second})
+}
+
+// openRedis opens a client with the production bound of a call: for the tests of a hung or
+// dead Redis, and the benchmarks.
 func openRedis(t testing.TB, url, prefix string) *redis.Client {
 	t.Helper()
-	c, err := redis.OpenWith(url, redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+	return openRedisWith(t, url, redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+}
+
+func openRedisWith(t testing.TB, url string, o redis.Options) *redis.Client {
+	t.Helper()
+	c, err := redis.OpenWith(url, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,8 +87,8 @@ func TestLoginLimitSharedAcrossReplicas(t *testing.T) {
 	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
 	rec := &recorder{}
 	cfg := ratelimit.DefaultConfig()
-	a := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec}))
-	b := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec}))
+	a := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, url, prefix), Metrics: rec}))
+	b := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, url, prefix), Metrics: rec}))
 
 	for i := range 5 {
 		h := a
@@ -125,8 +141,8 @@ func TestGlobalLimitCountsLogins(t *testing.T) {
 	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
 	rec := &recorder{}
 	cfg := ratelimit.Config{GlobalPerMinute: 3, GlobalPerDay: 1000}
-	a := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec})
-	b := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix), Metrics: rec})
+	a := ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, url, prefix), Metrics: rec})
+	b := ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, url, prefix), Metrics: rec})
 	refresh := a.Route("login", "POST /api/auth/refresh", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	for range 5 {
 		r := httptest.NewRequest(http.MethodPost, "/api/auth/refresh", nil)
@@ -160,7 +176,7 @@ func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
 	url := redistest.SharedURL(t)
 	cfg := ratelimit.DefaultConfig()
 	cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
-	h := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, redistest.Prefix(t))}))
+	h := loginRoute(ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, url, redistest.Prefix(t))}))
 
 	for i := range 6 {
 		forged := "198.51.100." + strconv.Itoa(i+1)
@@ -225,7 +241,7 @@ func withUser(r *http.Request, id uuid.UUID) *http.Request {
 func TestPerUserClasses(t *testing.T) {
 	cfg := ratelimit.Config{Trading: 2, Data: 0, GlobalPerMinute: 4, GlobalPerDay: 100}
 	rec := &recorder{}
-	l := ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, redistest.SharedURL(t), redistest.Prefix(t)), Metrics: rec})
+	l := ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, redistest.SharedURL(t), redistest.Prefix(t)), Metrics: rec})
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})
 	h := l.Middleware(ok)
 	user := uuid.New()
@@ -384,7 +400,7 @@ func TestNoRedis(t *testing.T) {
 func TestRefusedRequestCostsNothing(t *testing.T) {
 	cfg := ratelimit.Config{Trading: 2, GlobalPerMinute: 1}
 	for name, o := range map[string]ratelimit.Options{
-		"shared": {Redis: openRedis(t, redistest.SharedURL(t), redistest.Prefix(t))},
+		"shared": {Redis: openPatientRedis(t, redistest.SharedURL(t), redistest.Prefix(t))},
 		"local":  {},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -416,8 +432,8 @@ func TestConcurrentRequestsOnTwoReplicasAllowExactlyTheLimit(t *testing.T) {
 	// during the test.
 	cfg := ratelimit.Config{Data: 1 << 20, GlobalPerMinute: 1 << 20, GlobalPerDay: limit}
 	replicas := []*ratelimit.Limiter{
-		ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix)}),
-		ratelimit.New(cfg, ratelimit.Options{Redis: openRedis(t, url, prefix)}),
+		ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, url, prefix)}),
+		ratelimit.New(cfg, ratelimit.Options{Redis: openPatientRedis(t, url, prefix)}),
 	}
 	var (
 		mu        sync.Mutex
@@ -468,7 +484,7 @@ func TestConcurrentRequestsOnTwoReplicasAllowExactlyTheLimit(t *testing.T) {
 // same decisions and the same remaining counts as either alone. So the limiter is redis_rate's
 // GCRA, extended to several buckets decided together, not an algorithm of its own.
 func TestSameStateAsRedisRate(t *testing.T) {
-	c := openRedis(t, redistest.SharedURL(t), "")
+	c := openPatientRedis(t, redistest.SharedURL(t), "")
 	// On a loaded machine the first ping can time out: decide in Redis, not in the process.
 	redistest.Eventually(t, 10*time.Second, "Redis answering", c.Healthy)
 	ours := ratelimit.New(ratelimit.Config{Trading: 5}, ratelimit.Options{Redis: c})
