@@ -201,12 +201,16 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	// (errStaleStack).
 	base := p.stack.DeepCopy()
 	base.Status = *p.original
+	from := p.stack.ResourceVersion
 	if err := r.Status().Patch(ctx, p.stack, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}),
 		client.FieldOwner(FieldOwner)); err != nil {
 		if apierrors.IsConflict(err) {
 			return errStaleStack
 		}
 		return fmt.Errorf("write status: %w", err)
+	}
+	if p.stack.ResourceVersion != from { // the API server took a change (a no-op keeps the version)
+		r.writtenFrom.Store(client.ObjectKeyFromObject(p.stack).String(), from)
 	}
 	// Announced once written: a refused write's changes are found again by the next pass.
 	r.conditionEvents(p)

@@ -86,6 +86,9 @@ type TradingStackReconciler struct {
 	// noopReverts is, per stack and child ("namespace/name/" + memoKey), the last removal
 	// patch that changed nothing.
 	noopReverts sync.Map
+	// writtenFrom is, per stack ("namespace/name"), the resourceVersion its last status write
+	// started from: a stack read at that version is one the cache has not caught up with.
+	writtenFrom sync.Map
 }
 
 // NewTradingStackReconciler wires a reconciler to mgr's client, cache, API reader,
@@ -201,6 +204,13 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 			r.forgetStack(req.String())
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	// The cache has not seen this reconciler's last status write yet. Its status write is
+	// refused then (the write carries the resourceVersion read), but one that finds nothing to
+	// change sends none: a child that changed and changed back between the two passes left
+	// the status of the middle state in place, and status writes wake no pass to mend it.
+	if from, ok := r.writtenFrom.Load(req.String()); ok && from == stack.ResourceVersion {
+		return ctrl.Result{RequeueAfter: staleStackRetry}, nil
 	}
 	// Deletion needs no work of ours: owned children go with the garbage
 	// collector, and retained ones (the PVC, through the StatefulSet's retention
@@ -343,6 +353,7 @@ func (r *TradingStackReconciler) getCached(ctx context.Context, key client.Objec
 // "namespace/name"), so that its memory does not grow with every stack that ever existed.
 func (r *TradingStackReconciler) forgetStack(key string) {
 	r.applied.forgetStack(key)
+	r.writtenFrom.Delete(key)
 	r.noopReverts.Range(func(k, _ any) bool {
 		if strings.HasPrefix(k.(string), key+"/") {
 			r.noopReverts.Delete(k)

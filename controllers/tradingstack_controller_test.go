@@ -70,6 +70,7 @@ func TestOperator(t *testing.T) {
 		{"MoveToExternalKeepsVolume", testMoveToExternalKeepsVolume},
 		{"PhaseAndColumns", testPhaseAndColumns},
 		{"StaleStackNotWritten", testStaleStackNotWritten},
+		{"MiddleStateMended", testMiddleStateMended},
 		{"HandEditsReverted", testHandEditsReverted},
 		{"UserSecretNotAdopted", testUserSecretNotAdopted},
 		{"ForeignObjectLeftAlone", testForeignObjectLeftAlone},
@@ -1815,18 +1816,70 @@ func (c staleClient) Get(ctx context.Context, k client.ObjectKey, obj client.Obj
 	return c.Client.Get(ctx, k, obj, opts...)
 }
 
-// reconcileStale runs one pass of a reconciler wired like the manager's whose cache still
-// holds the stale objects, and how many status writes it made.
-func reconcileStale(t *testing.T, ns, name string, stale ...client.Object) (ctrl.Result, int32, error) {
-	t.Helper()
+// staleReconciler is a reconciler wired like the manager's whose cache still holds the stale
+// objects, and the count of the status writes it made.
+func staleReconciler(stale ...client.Object) (*TradingStackReconciler, *atomic.Int32) {
 	mgrMu.Lock()
 	mgr := currentMgr
 	mgrMu.Unlock()
 	r := NewTradingStackReconciler(mgr, 1)
-	var writes atomic.Int32
-	r.Client = staleClient{Client: mgr.GetClient(), stale: stale, statusWrites: &writes}
+	writes := &atomic.Int32{}
+	r.Client = staleClient{Client: mgr.GetClient(), stale: stale, statusWrites: writes}
+	return r, writes
+}
+
+// reconcileStale runs one pass of a staleReconciler.
+func reconcileStale(t *testing.T, ns, name string, stale ...client.Object) (ctrl.Result, int32, error) {
+	t.Helper()
+	r, writes := staleReconciler(stale...)
 	res, err := r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, name)})
 	return res, writes.Load(), err
+}
+
+// testMiddleStateMended: a pass that starts from the stack as it was before this reconciler's
+// last status write, and finds the children as they were then (changed and changed back
+// meanwhile: the runtime's pods down a moment), has nothing to write, and so left the status
+// of the moment in between in place, Degraded for good (status writes wake no pass). It waits
+// for the cache and runs again instead.
+func testMiddleStateMended(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "mid"))
+	makeReady(t, ns, "mid")
+	operatorWrites.settle(t, ns)
+	ready := getStack(t, ns, "mid")
+	r, writes := staleReconciler(ready)
+
+	// The reconciler's last pass saw the runtime down and wrote so.
+	mid := ready.DeepCopy()
+	meta.SetStatusCondition(&mid.Status.Conditions, metav1.Condition{Type: tradingv1alpha1.ConditionDegraded, Status: metav1.ConditionTrue,
+		Reason: tradingv1alpha1.ReasonComponentsNotReady, Message: "the stack has served, and now not ready: RuntimeAvailable", ObservedGeneration: mid.Generation})
+	mid.Status.Phase = tradingv1alpha1.PhaseDegraded
+	if err := k8s.Status().Patch(bg, mid, client.MergeFrom(ready)); err != nil {
+		t.Fatal(err)
+	}
+	r.writtenFrom.Store(key(ns, "mid").String(), ready.ResourceVersion)
+
+	res, err := r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, "mid")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter != staleStackRetry || writes.Load() != 0 {
+		t.Errorf("a pass on the stack from before its own last write: %+v, %d status writes; want to run again after %v, none",
+			res, writes.Load(), staleStackRetry)
+	}
+	// The cache catches up: the next pass mends the status.
+	mgrMu.Lock()
+	r.Client = currentMgr.GetClient()
+	mgrMu.Unlock()
+	eventually(t, "the status mended", func() error {
+		if _, err := r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, "mid")}); err != nil {
+			return err
+		}
+		if s := getStack(t, ns, "mid"); s.Status.Phase != tradingv1alpha1.PhaseReady {
+			return fmt.Errorf("phase %s", s.Status.Phase)
+		}
+		return nil
+	})
 }
 
 // testStaleStackNotWritten: a pass that starts from a stack older than the last status write
