@@ -99,11 +99,11 @@ func desiredPrometheusRule(s *tradingv1alpha1.TradingStack) *monitoringv1.Promet
 			"More than 100 orders of TradingStack "+s.Name+" wait for approval",
 			"{{ $value }} orders have been pending for 15 minutes; the risk desk may be short-handed."),
 	}
-	if s.Spec.Runtime.MaxDailyLoss != "" {
+	if loss := tradingv1alpha1.Amount(s.Spec.Runtime.MaxDailyLoss); loss != "" {
 		rules = append(rules, alert("TradingDailyLossNearLimit",
-			fmt.Sprintf(`max(daily_loss_total{%s}) >= 0.8 * %s`, sel, s.Spec.Runtime.MaxDailyLoss), "5m", "warning",
+			fmt.Sprintf(`max(daily_loss_total{%s}) >= 0.8 * %s`, sel, loss), "5m", "warning",
 			"Daily loss of TradingStack "+s.Name+" is at 80% of the per-user limit",
-			"The desk's realized loss today (UTC, all users) is {{ $value }}, at least 80% of "+s.Spec.Runtime.MaxDailyLoss+
+			"The desk's realized loss today (UTC, all users) is {{ $value }}, at least 80% of "+loss+
 				", the loss at which one user's new orders stop: a trader may be at their limit."))
 	}
 	meta := objectMeta(s, alertsName(s), tradingdApp, monitoringComponent)

@@ -37,8 +37,8 @@ func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap 
 	}
 	data := map[string]string{
 		"SYMBOLS":                      strings.Join(r.Symbols, ","),
-		"MAX_QUANTITY":                 r.Limits.MaxQuantity,
-		"MAX_PRICE":                    r.Limits.MaxPrice,
+		"MAX_QUANTITY":                 tradingv1alpha1.Amount(r.Limits.MaxQuantity),
+		"MAX_PRICE":                    tradingv1alpha1.Amount(r.Limits.MaxPrice),
 		"RATE_LIMIT_LOGIN":             i32(r.RateLimits.Login, tradingv1alpha1.DefaultRateLimitLogin),
 		"RATE_LIMIT_TRADING":           i32(r.RateLimits.Trading, tradingv1alpha1.DefaultRateLimitTrading),
 		"RATE_LIMIT_DATA":              i32(r.RateLimits.Data, tradingv1alpha1.DefaultRateLimitData),
@@ -57,8 +57,8 @@ func desiredRuntimeConfigMap(s *tradingv1alpha1.TradingStack) *corev1.ConfigMap 
 		"LISTEN_ADDR":                  fmt.Sprintf(":%d", httpPort),
 		"ADMIN_ADDR":                   fmt.Sprintf(":%d", metricsPort),
 	}
-	if r.MaxDailyLoss != "" {
-		data["MAX_DAILY_LOSS"] = r.MaxDailyLoss
+	if loss := tradingv1alpha1.Amount(r.MaxDailyLoss); loss != "" {
+		data["MAX_DAILY_LOSS"] = loss
 	}
 	if len(r.TrustedProxies) > 0 {
 		data["TRUSTED_PROXIES"] = strings.Join(r.TrustedProxies, ",")

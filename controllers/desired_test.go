@@ -198,7 +198,7 @@ func TestEmptySpecGetsContractDefaults(t *testing.T) {
 func TestRuntimeConfigFromSpec(t *testing.T) {
 	s := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) {
 		sp.Runtime.Symbols = []string{"BTC/USD", "SOL/USD"}
-		sp.Runtime.MaxDailyLoss = "2500.5"
+		sp.Runtime.MaxDailyLoss = amount("2500.5")
 		sp.Runtime.TrustedProxies = []string{"10.0.0.0/8", "192.168.0.0/16"}
 		sp.Runtime.RateLimits.Login = ptr.To[int32](0)
 		sp.Runtime.DemoUsers = true
@@ -637,7 +637,7 @@ func TestConfigHash(t *testing.T) {
 		t.Error("hash unchanged after a secret changed")
 	}
 	other := desiredRuntimeConfigMap(stackWith(func(sp *tradingv1alpha1.TradingStackSpec) {
-		sp.Runtime.Limits.MaxPrice = "500"
+		sp.Runtime.Limits.MaxPrice = amount("500")
 	}))
 	if configHash(other, jwtSec, admin) == base {
 		t.Error("hash unchanged after a setting changed")
@@ -651,7 +651,7 @@ func TestMonitoring(t *testing.T) {
 	s := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) {
 		sp.Monitoring.ServiceMonitor.Labels = map[string]string{"release": "prom"}
 		sp.Monitoring.ServiceMonitor.Interval = "15s"
-		sp.Runtime.MaxDailyLoss = "1000"
+		sp.Runtime.MaxDailyLoss = amount("1000")
 	})
 	sm := desiredServiceMonitor(s)
 	if sm.Labels["release"] != "prom" || sm.Labels[instanceLabel] != "demo" {

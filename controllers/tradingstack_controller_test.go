@@ -1137,7 +1137,7 @@ func testValidationRules(t *testing.T) {
 	}), "cache lifetimes are more than 0 and at most 24h")
 	// Values tradingd would refuse at start (exit 2), refused here instead of crash-looping.
 	refused("max quantity 0", newStack(ns, "v9", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Runtime.Limits.MaxQuantity = "0.00"
+		s.Spec.Runtime.Limits.MaxQuantity = amount("0.00")
 	}), "spec.runtime.limits.maxQuantity must be more than 0")
 	// A value the field's pattern refuses is refused with that message alone: the CEL rules
 	// that read the value (a port, a duration) do not add a type conversion error.
@@ -1161,18 +1161,54 @@ func testValidationRules(t *testing.T) {
 		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "redis:99999"}
 	}), "spec.redis.address must end with a port from 1 to 65535")
 	refused("max daily loss 0", newStack(ns, "v15", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Runtime.MaxDailyLoss = "0"
+		s.Spec.Runtime.MaxDailyLoss = amount("0")
 	}), "spec.runtime.maxDailyLoss must be more than 0")
 	refused("max quantity x max price", newStack(ns, "v17", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Runtime.Limits.MaxQuantity, s.Spec.Runtime.Limits.MaxPrice = "999999999999", "999999999999"
+		s.Spec.Runtime.Limits.MaxQuantity, s.Spec.Runtime.Limits.MaxPrice = amount("999999999999"), amount("999999999999")
 	}), "spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22")
 	// Just at 1e22 exactly (2e10 x 5e11), which the doubles round below: tradingd refuses it,
 	// so the API server must too.
 	refused("max quantity x max price at the bound", newStack(ns, "v18", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Runtime.Limits.MaxQuantity, s.Spec.Runtime.Limits.MaxPrice = "20000000000.0000018", "499999999999.999969"
+		s.Spec.Runtime.Limits.MaxQuantity, s.Spec.Runtime.Limits.MaxPrice = amount("20000000000.0000018"), amount("499999999999.999969")
 	}), "spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22")
+	// The decimal fields take a number as well as a string: `maxPrice: 5000` in YAML is a
+	// number. A floating-point number (2500.5 unquoted) is not exact, and is refused.
+	raw := func(name, runtime string) error {
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON([]byte(`{"apiVersion":"trading.findmy.io/v1alpha1","kind":"TradingStack",
+			"metadata":{"name":"` + name + `","namespace":"` + ns + `"},"spec":{"paused":true,"runtime":` + runtime + `}}`)); err != nil {
+			t.Fatal(err)
+		}
+		return k8s.Create(bg, u)
+	}
+	if err := raw("ints", `{"limits":{"maxQuantity":250,"maxPrice":5000},"maxDailyLoss":2500}`); err != nil {
+		t.Errorf("decimal fields written as integers: %v", err)
+	} else if st := getStack(t, ns, "ints"); tradingv1alpha1.Amount(st.Spec.Runtime.Limits.MaxQuantity) != "250" ||
+		tradingv1alpha1.Amount(st.Spec.Runtime.Limits.MaxPrice) != "5000" || tradingv1alpha1.Amount(st.Spec.Runtime.MaxDailyLoss) != "2500" {
+		t.Errorf("integers stored as %+v, maxDailyLoss %v", st.Spec.Runtime.Limits, st.Spec.Runtime.MaxDailyLoss)
+	} else if data := desiredRuntimeConfigMap(st.WithDefaults()).Data; data["MAX_QUANTITY"] != "250" || data["MAX_PRICE"] != "5000" || data["MAX_DAILY_LOSS"] != "2500" {
+		t.Errorf("integers given to tradingd as %q, %q, %q", data["MAX_QUANTITY"], data["MAX_PRICE"], data["MAX_DAILY_LOSS"])
+	}
+	for _, c := range []struct{ name, runtime, want string }{
+		{"float", `{"maxDailyLoss":2500.5}`, "spec.runtime.maxDailyLoss"},
+		{"zero", `{"limits":{"maxPrice":0}}`, "spec.runtime.limits.maxPrice must be more than 0"},
+		{"negative", `{"limits":{"maxQuantity":-5}}`, "spec.runtime.limits.maxQuantity must be a decimal with at most 12 digits"},
+		{"too-large", `{"maxDailyLoss":1000000000000}`, "spec.runtime.maxDailyLoss must be a decimal with at most 12 digits"},
+		{"product", `{"limits":{"maxQuantity":999999999999,"maxPrice":"999999999999"}}`, "spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22"},
+	} {
+		err := raw("num-"+c.name, c.runtime)
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %s: %v, want Invalid mentioning %q", c.name, c.runtime, err, c.want)
+		}
+	}
+	// A string that is no decimal gets the one message that says what is wanted.
+	err := k8s.Create(bg, newStack(ns, "v19", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Limits.MaxPrice = amount("1e6") }))
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.runtime.limits.maxPrice must be a decimal with at most 12 digits before the point and 8 after") ||
+		strings.Contains(err.Error(), "more than 0") || strings.Contains(err.Error(), "evaluating rule") {
+		t.Errorf("maxPrice 1e6: %v, want the format's message alone", err)
+	}
 	refused("max price 0", newStack(ns, "v10", func(s *tradingv1alpha1.TradingStack) {
-		s.Spec.Runtime.Limits.MaxPrice = "0"
+		s.Spec.Runtime.Limits.MaxPrice = amount("0")
 	}), "spec.runtime.limits.maxPrice must be more than 0")
 	refused("access token lifetime 0", newStack(ns, "v11", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Auth.AccessTokenTTL = "0s"
@@ -1474,7 +1510,7 @@ func testFailedApplyIsReported(t *testing.T) {
 	lift := refuseInNamespace(t, ns, "", "configmaps", admissionregistrationv1.Create, "ConfigMaps are refused here", func() error {
 		return k8s.Patch(bg, probe, client.RawPatch(types.MergePatchType, []byte(`{"data":{"try":"`+rand.String(6)+`"}}`)))
 	})
-	updateStack(t, ns, "stuck", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.MaxDailyLoss = "2500" })
+	updateStack(t, ns, "stuck", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.MaxDailyLoss = amount("2500") })
 	s := waitCondition(t, ns, "stuck", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
 	progressing := condition(s, tradingv1alpha1.ConditionProgressing)
 	ready := condition(s, tradingv1alpha1.ConditionReady)
@@ -1539,7 +1575,7 @@ func testAutoscalingKeepsReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, hash := replicas()
-	updateStack(t, ns, "as", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.MaxDailyLoss = "1000" })
+	updateStack(t, ns, "as", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.MaxDailyLoss = amount("1000") })
 	eventually(t, "pods rolled for the new setting", func() error {
 		if n, h := replicas(); h == hash {
 			return fmt.Errorf("config hash unchanged (replicas %d)", n)

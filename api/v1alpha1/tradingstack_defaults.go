@@ -1,6 +1,9 @@
 package v1alpha1
 
-import "k8s.io/utils/ptr"
+import (
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
 
 // DefaultRuntimeImage is the tradingd image used when spec.runtime.image is empty: the image
 // built together with the operator, which holds both /manager and /tradingd. The build sets it
@@ -63,8 +66,8 @@ func (s *TradingStackSpec) setDefaults() {
 	if len(r.Symbols) == 0 {
 		r.Symbols = append([]string(nil), DefaultSymbols...)
 	}
-	setString(&r.Limits.MaxQuantity, DefaultMaxQuantity)
-	setString(&r.Limits.MaxPrice, DefaultMaxPrice)
+	setAmount(&r.Limits.MaxQuantity, DefaultMaxQuantity)
+	setAmount(&r.Limits.MaxPrice, DefaultMaxPrice)
 	setInt32(&r.RateLimits.Login, DefaultRateLimitLogin)
 	setInt32(&r.RateLimits.Trading, DefaultRateLimitTrading)
 	setInt32(&r.RateLimits.Data, DefaultRateLimitData)
@@ -119,6 +122,21 @@ func setString(p *string, v string) {
 	if *p == "" {
 		*p = v
 	}
+}
+
+func setAmount(p **intstr.IntOrString, v string) {
+	if *p == nil {
+		*p = ptr.To(intstr.FromString(v))
+	}
+}
+
+// Amount is the text of a decimal field (maxQuantity, maxPrice, maxDailyLoss), written as a
+// number or a string: "" when unset.
+func Amount(v *intstr.IntOrString) string {
+	if v == nil {
+		return ""
+	}
+	return v.String()
 }
 
 func setInt32(p **int32, v int32) {

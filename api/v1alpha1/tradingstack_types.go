@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Optional sub-objects are value structs with `default={}` so that the API server applies the
@@ -96,13 +97,17 @@ type RuntimeSpec struct {
 	// +optional
 	Limits OrderLimits `json:"limits,omitempty"`
 
-	// MaxDailyLoss is the daily loss limit per user (MAX_DAILY_LOSS), a positive decimal such as
-	// "5000" or "2500.5". Once a user's realized P&L of the current UTC day is at or below minus
-	// this value, the user's new orders are refused. Unset: no limit.
-	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
-	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.maxDailyLoss must be more than 0"
+	// MaxDailyLoss is the daily loss limit per user (MAX_DAILY_LOSS), a positive decimal: a
+	// number such as 5000, or a string such as "2500.5" (YAML reads 2500.5 unquoted as a
+	// floating-point number, which is not exact and is refused). Once a user's realized P&L of
+	// the current UTC day is at or below minus this value, the user's new orders are refused.
+	// Unset: no limit.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:MaxLength=21
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 && self <= 999999999999 : self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.maxDailyLoss must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self > 0 : !self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || self.matches('[1-9]')",message="spec.runtime.maxDailyLoss must be more than 0"
 	// +optional
-	MaxDailyLoss string `json:"maxDailyLoss,omitempty"`
+	MaxDailyLoss *intstr.IntOrString `json:"maxDailyLoss,omitempty"`
 
 	// RateLimits are the request limits per user (per client IP before login); 0 turns a class
 	// off. Shared across replicas through Redis unless Redis is disabled.
@@ -146,23 +151,27 @@ type RuntimeSpec struct {
 // Their product bounds the P&L of one trade, which the database stores below 1e22 (tradingd
 // refuses to start otherwise). The rule computes in doubles: its bound is a hair under 1e22
 // so that rounding can only make it stricter than tradingd's exact check.
-// +kubebuilder:validation:XValidation:rule="!has(self.maxQuantity) || !has(self.maxPrice) || !self.maxQuantity.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || !self.maxPrice.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || double(self.maxQuantity) * double(self.maxPrice) < 9.9999999999999e21",message="spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22, the largest P&L of one trade the database stores"
+// +kubebuilder:validation:XValidation:rule="!has(self.maxQuantity) || !has(self.maxPrice) || !(type(self.maxQuantity) == int || self.maxQuantity.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')) || !(type(self.maxPrice) == int || self.maxPrice.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')) || double(self.maxQuantity) * double(self.maxPrice) < 9.9999999999999e21",message="spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22, the largest P&L of one trade the database stores"
 type OrderLimits struct {
-	// MaxQuantity is the largest quantity of one order (MAX_QUANTITY). Defaults to "1000000".
+	// MaxQuantity is the largest quantity of one order (MAX_QUANTITY): a number such as 5000,
+	// or a string such as "2500.5". Defaults to "1000000".
 	// +kubebuilder:default="1000000"
-	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
+	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=21
-	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.limits.maxQuantity must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 && self <= 999999999999 : self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.limits.maxQuantity must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self > 0 : !self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || self.matches('[1-9]')",message="spec.runtime.limits.maxQuantity must be more than 0"
 	// +optional
-	MaxQuantity string `json:"maxQuantity,omitempty"`
+	MaxQuantity *intstr.IntOrString `json:"maxQuantity,omitempty"`
 
-	// MaxPrice is the largest price of one order (MAX_PRICE). Defaults to "1000000".
+	// MaxPrice is the largest price of one order (MAX_PRICE): a number such as 5000,
+	// or a string such as "2500.5". Defaults to "1000000".
 	// +kubebuilder:default="1000000"
-	// +kubebuilder:validation:Pattern=`^[0-9]{1,12}(\.[0-9]{1,8})?$`
+	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=21
-	// +kubebuilder:validation:XValidation:rule="self.matches('[1-9]')",message="spec.runtime.limits.maxPrice must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 && self <= 999999999999 : self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.limits.maxPrice must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self > 0 : !self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || self.matches('[1-9]')",message="spec.runtime.limits.maxPrice must be more than 0"
 	// +optional
-	MaxPrice string `json:"maxPrice,omitempty"`
+	MaxPrice *intstr.IntOrString `json:"maxPrice,omitempty"`
 }
 
 // RateLimits are requests per minute per class, and global limits over all classes; 0 turns
