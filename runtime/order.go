@@ -117,7 +117,10 @@ func (r OrderRules) Validate(req OrderRequest) (NewOrder, error) {
 	o.Quantity = r.checkAmount("quantity", req.Quantity, r.MaxQuantity, bad)
 	o.Price = r.checkAmount("price", req.Price, r.MaxPrice, bad)
 
-	if req.ClientOrderID != nil {
+	// "" is no key, like null or leaving it out: a client whose order type always carries the
+	// field (a struct without omitempty) sends "" on every order, and the contract says "at
+	// most 64 characters", which "" is.
+	if req.ClientOrderID != nil && *req.ClientOrderID != "" {
 		if !clientOrderIDPattern.MatchString(*req.ClientOrderID) {
 			bad("client_order_id", "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
 		} else {

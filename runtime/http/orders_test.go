@@ -86,7 +86,6 @@ func TestOrderValidation(t *testing.T) {
 		{`{"symbol":"BTC/USD","side":"buy","quantity":"1e999","price":"1"}`, []string{"quantity"}},
 		{`{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"1","client_order_id":"` + strings.Repeat("a", 65) + `"}`, []string{"client_order_id"}},
 		{`{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"1","client_order_id":"has space"}`, []string{"client_order_id"}},
-		{`{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"1","client_order_id":""}`, []string{"client_order_id"}},
 		{`{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"1","client_order_id":7}`, []string{"client_order_id"}},
 		{`{"symbol":null,"side":null,"quantity":null,"price":null}`, []string{"symbol", "side", "quantity", "price"}},
 	} {
@@ -109,13 +108,21 @@ func TestOrderValidation(t *testing.T) {
 		`{"symbol":"XRP/USD","side":"buy","quantity":1e2,"price":"2.50000000","client_order_id":"` + strings.Repeat("Az09._:-", 8) + `"}`,
 		// null is no key, as the order object shows it: a client may send back what it read.
 		`{"symbol":"ETH/USD","side":"buy","quantity":"1","price":"1","client_order_id":null}`,
+		// So is "" (sent twice: two orders, no idempotency on an empty key).
+		`{"symbol":"ETH/USD","side":"buy","quantity":"1","price":"1","client_order_id":""}`,
+		`{"symbol":"ETH/USD","side":"buy","quantity":"1","price":"1","client_order_id":""}`,
 	} {
 		e.do("POST", "/api/orders", tok, body).want(201)
 	}
 	var list struct{ Orders []order }
 	e.do("GET", "/api/orders", tok, nil).want(200).decode(&list)
-	if len(list.Orders) != 4 {
-		t.Errorf("%d orders stored, want only the 4 valid ones", len(list.Orders))
+	if len(list.Orders) != 6 {
+		t.Errorf("%d orders stored, want only the 6 valid ones", len(list.Orders))
+	}
+	for _, o := range list.Orders[:2] {
+		if o.ClientOrderID != nil {
+			t.Errorf("an order sent with client_order_id \"\" shows %q, want null", *o.ClientOrderID)
+		}
 	}
 }
 
