@@ -238,6 +238,15 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			return false, err
 		}
 		made = append(made, k.gk.Kind+" "+k.name)
+		// The kind's informer lists again with backoff after its CRD went away and came back
+		// (seconds to tens of seconds): until its cache shows what was applied, a deletion of
+		// it would reach no pass, and the stack would say MonitoringConfigured without it.
+		// Look again soon. (Right after a creation, the next look finds it cached.)
+		if found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: k.name}, k.empty()); err != nil {
+			return false, err
+		} else if !found {
+			p.requeue(crdSettle)
+		}
 	}
 
 	switch {

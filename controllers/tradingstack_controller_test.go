@@ -225,6 +225,23 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 	waitCondition(t, ns, "mon", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 	installMonitoringCRDs(t)
 	deleteAndWaitRecreated("ServiceMonitor recreated after the CRD came back", waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "mon-api"))
+
+	// The kind's informer, failing its lists while the CRD was gone, comes back with backoff:
+	// a pass whose cache does not show the ServiceMonitor it applied looks again soon, so
+	// that one deleted meanwhile (no event reaches the operator) is put back. (The deletion
+	// above is put back by the next look when the informer is still down: CI saw it stay
+	// deleted for 90 s.)
+	r, _ := staleReconciler()
+	sc := r.Client.(staleClient)
+	sc.hidden = []client.Object{objectNamed(&monitoringv1.ServiceMonitor{}, ns, "mon-api")}
+	r.Client = sc
+	res, err := r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, "mon")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter == 0 || res.RequeueAfter > crdSettle {
+		t.Errorf("a pass whose cache does not show the ServiceMonitor it applied asks for %+v; want to look again within %v", res, crdSettle)
+	}
 }
 
 // contractChildren lists every child of a default stack NAME by kind and name.
@@ -1822,6 +1839,8 @@ func testMoveToExternalKeepsVolume(t *testing.T) {
 type staleClient struct {
 	client.Client
 	stale []client.Object
+	// hidden are objects the cache does not show (yet).
+	hidden []client.Object
 	// statusWrites counts the status writes the API server took.
 	statusWrites *atomic.Int32
 }
@@ -1848,6 +1867,11 @@ func (c staleClient) Get(ctx context.Context, k client.ObjectKey, obj client.Obj
 		if reflect.TypeOf(s) == reflect.TypeOf(obj) && k == client.ObjectKeyFromObject(s) {
 			reflect.ValueOf(obj).Elem().Set(reflect.ValueOf(s.DeepCopyObject()).Elem())
 			return nil
+		}
+	}
+	for _, h := range c.hidden {
+		if reflect.TypeOf(h) == reflect.TypeOf(obj) && k == client.ObjectKeyFromObject(h) {
+			return apierrors.NewNotFound(schema.GroupResource{}, k.Name)
 		}
 	}
 	return c.Client.Get(ctx, k, obj, opts...)
