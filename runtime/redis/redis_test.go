@@ -199,13 +199,11 @@ func TestInvalidationsStayInTheirDatabase(t *testing.T) {
 	})
 	// A second replica of the deployment on database 1 does hear it.
 	peer := open(t, base+"/1", "")
+	// A subscriber of another database counted among the receivers would never acknowledge:
+	// the publish would wait out AckTimeout and fail with ErrNotAcknowledged.
 	for db, c := range []*redis.Client{clients[0], peer, clients[2]} {
-		start := time.Now()
 		if err := c.PublishInvalidation(context.Background(), uuid.New(), trading.AllViews, ""); err != nil {
 			t.Fatalf("database %d: %v", db, err)
-		}
-		if d := time.Since(start); d > redis.AckTimeout/2 {
-			t.Fatalf("database %d: the invalidation took %v: it waited for a subscriber that never acknowledges", db, d)
 		}
 	}
 	if got := [3]int32{heard[0].Load(), heard[1].Load(), heard[2].Load()}; got != [3]int32{0, 1, 0} {
