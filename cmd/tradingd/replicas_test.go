@@ -215,7 +215,12 @@ func TestServeSurvivesRedisOutage(t *testing.T) {
 		}
 		c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + port})
 		defer c.Close()
-		for c.Ping(context.Background()).Err() != nil {
+		// Bounded: a redis-server that could not start (the port taken meanwhile) fails the
+		// test here rather than hanging it until go test's timeout.
+		for deadline := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; {
+			if time.Now().After(deadline) {
+				t.Fatalf("redis-server on port %s did not answer", port)
+			}
 			time.Sleep(20 * time.Millisecond)
 		}
 		return cmd
