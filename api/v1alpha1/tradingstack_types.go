@@ -98,13 +98,14 @@ type RuntimeSpec struct {
 	Limits OrderLimits `json:"limits,omitempty"`
 
 	// MaxDailyLoss is the daily loss limit per user (MAX_DAILY_LOSS), a positive decimal: a
-	// number such as 5000, or a string such as "2500.5" (YAML reads 2500.5 unquoted as a
-	// floating-point number, which is not exact and is refused). Once a user's realized P&L of
+	// whole number up to 2147483647 such as 5000, or a string such as "2500.5" (YAML reads
+	// 2500.5 unquoted as a floating-point number, which is not exact and is refused). Once a user's realized P&L of
 	// the current UTC day is at or below minus this value, the user's new orders are refused.
 	// Unset: no limit.
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=21
-	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 && self <= 999999999999 : self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.maxDailyLoss must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int || self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.maxDailyLoss must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) != int || self <= 2147483647",message="spec.runtime.maxDailyLoss above 2147483647 must be written as a string, such as \"5000000000\""
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self > 0 : !self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || self.matches('[1-9]')",message="spec.runtime.maxDailyLoss must be more than 0"
 	// +optional
 	MaxDailyLoss *intstr.IntOrString `json:"maxDailyLoss,omitempty"`
@@ -148,27 +149,32 @@ type RuntimeSpec struct {
 }
 
 // OrderLimits are the upper bounds of an order, decimals with at most 8 fractional digits.
+// Written as numbers they are whole numbers that fit IntOrString's int32: a larger one, which
+// the API server would store, could not be read back by any Go client (the operator's list of
+// stacks would fail for every stack), so it is refused and goes as a string.
 // Their product bounds the P&L of one trade, which the database stores below 1e22 (tradingd
 // refuses to start otherwise). The rule computes in doubles: its bound is a hair under 1e22
 // so that rounding can only make it stricter than tradingd's exact check.
 // +kubebuilder:validation:XValidation:rule="!has(self.maxQuantity) || !has(self.maxPrice) || !(type(self.maxQuantity) == int || self.maxQuantity.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')) || !(type(self.maxPrice) == int || self.maxPrice.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')) || double(self.maxQuantity) * double(self.maxPrice) < 9.9999999999999e21",message="spec.runtime.limits.maxQuantity x maxPrice must be less than 1e22, the largest P&L of one trade the database stores"
 type OrderLimits struct {
-	// MaxQuantity is the largest quantity of one order (MAX_QUANTITY): a number such as 5000,
-	// or a string such as "2500.5". Defaults to "1000000".
+	// MaxQuantity is the largest quantity of one order (MAX_QUANTITY): a whole number up to
+	// 2147483647 such as 5000, or a string such as "2500.5". Defaults to "1000000".
 	// +kubebuilder:default="1000000"
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=21
-	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 && self <= 999999999999 : self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.limits.maxQuantity must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int || self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.limits.maxQuantity must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) != int || self <= 2147483647",message="spec.runtime.limits.maxQuantity above 2147483647 must be written as a string, such as \"5000000000\""
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self > 0 : !self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || self.matches('[1-9]')",message="spec.runtime.limits.maxQuantity must be more than 0"
 	// +optional
 	MaxQuantity *intstr.IntOrString `json:"maxQuantity,omitempty"`
 
-	// MaxPrice is the largest price of one order (MAX_PRICE): a number such as 5000,
-	// or a string such as "2500.5". Defaults to "1000000".
+	// MaxPrice is the largest price of one order (MAX_PRICE): a whole number up to
+	// 2147483647 such as 5000, or a string such as "2500.5". Defaults to "1000000".
 	// +kubebuilder:default="1000000"
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=21
-	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 && self <= 999999999999 : self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.limits.maxPrice must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int || self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$')",message="spec.runtime.limits.maxPrice must be a decimal with at most 12 digits before the point and 8 after, such as 5000 or 2500.5"
+	// +kubebuilder:validation:XValidation:rule="type(self) != int || self <= 2147483647",message="spec.runtime.limits.maxPrice above 2147483647 must be written as a string, such as \"5000000000\""
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self > 0 : !self.matches('^[0-9]{1,12}([.][0-9]{1,8})?$') || self.matches('[1-9]')",message="spec.runtime.limits.maxPrice must be more than 0"
 	// +optional
 	MaxPrice *intstr.IntOrString `json:"maxPrice,omitempty"`
