@@ -170,9 +170,13 @@ func (r *TradingStackReconciler) restoreMissingKeys(ctx context.Context, p *pass
 	if !apierrors.IsConflict(err) {
 		return err
 	}
-	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(current), current); err != nil {
+	// Into a fresh object: decoding into current would keep keys the stale copy has and the
+	// Secret no longer has (maps are merged, not replaced).
+	fresh := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(current), fresh); err != nil {
 		return fmt.Errorf("read secret %s: %w", current.Name, err)
 	}
+	*current = *fresh
 	return r.restoreMissingKeysOnce(ctx, p, desired, current)
 }
 

@@ -205,12 +205,18 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	// The cache has not seen this reconciler's last status write yet. Its status write is
-	// refused then (the write carries the resourceVersion read), but one that finds nothing to
-	// change sends none: a child that changed and changed back between the two passes left
-	// the status of the middle state in place, and status writes wake no pass to mend it.
+	// The cache has not seen this reconciler's last status write yet: read the stack from the
+	// API server. A pass on the cached copy would have its status write refused (the write
+	// carries the resourceVersion read), but one that found nothing to change sent none: a
+	// child that changed and changed back between the two passes left the status of the middle
+	// state in place, and status writes wake no pass to mend it. (Returning "run again soon"
+	// instead made controller-runtime forget a failing stack's backoff.)
 	if from, ok := r.writtenFrom.Load(req.String()); ok && from == stack.ResourceVersion {
-		return ctrl.Result{RequeueAfter: staleStackRetry}, nil
+		fresh := &tradingv1alpha1.TradingStack{} // fresh: decoding into stack would merge its maps
+		if err := r.APIReader.Get(ctx, req.NamespacedName, fresh); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		stack = fresh
 	}
 	// Deletion needs no work of ours: owned children go with the garbage
 	// collector, and retained ones (the PVC, through the StatefulSet's retention
