@@ -947,6 +947,10 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 	// Redis works again although this replica's subscription may never have dropped (a
 	// timeout, a slow replica): send what it missed now rather than at the next reconnect.
 	p.replayPending()
+	// Load first: every approval passes here, and a Swap writes the shared word each time.
+	if p.missed.Load() == 0 {
+		return nil
+	}
 	if n := p.missed.Swap(0); n > 0 {
 		// The misses since the last warning, which would otherwise be told only with the
 		// next outage's first.
