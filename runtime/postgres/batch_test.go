@@ -638,3 +638,42 @@ func TestRoleChangeDuringApproval(t *testing.T) {
 		t.Fatalf("approval refused (%v) with %d positions and %d trades, want 403 and nothing", err, positions, trades)
 	}
 }
+
+// A batch refused by the server is inserted order by order; when the database goes away in
+// the middle of that (here: the third order's backend is terminated, as by a failover), the
+// orders inserted before it are committed, and their callers must get them, not the error:
+// a submitter told 503 retries, and an order without a client order id is then stored twice.
+func TestInsertFallbackKeepsCommittedOrders(t *testing.T) {
+	t.Parallel()
+	e := newEnvTB(t)
+	ctx := context.Background()
+	// The first insert of a KILL/USD order (in the batch's statement) passes; the second (the
+	// fallback's) terminates its own backend: FATAL 57P01, a database that is down.
+	if _, err := e.db.Pool().Exec(ctx, `
+		CREATE SEQUENCE kill_seq;
+		CREATE FUNCTION kill_second() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.symbol = 'KILL/USD' AND nextval('kill_seq') = 2 THEN
+				PERFORM pg_terminate_backend(pg_backend_pid());
+			END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER kill_second BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION kill_second()`); err != nil {
+		t.Fatal(err)
+	}
+	batch := []postgres.OrderInsert{
+		{ID: uuid.New(), UserID: e.trader1.ID, Order: newOrder("BTC/USD", trading.Buy, "1", "1", "")},
+		{ID: uuid.New(), UserID: uuid.New(), Order: newOrder("BTC/USD", trading.Buy, "1", "1", "")}, // refuses the batch
+		{ID: uuid.New(), UserID: e.trader2.ID, Order: newOrder("KILL/USD", trading.Buy, "1", "1", "")},
+	}
+	out, err := e.orders.InsertOrders(ctx, batch, false)
+	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1`, batch[0].ID); n != 1 {
+		t.Fatalf("the first order was not stored (%d); batch: %+v, %v", n, out, err)
+	}
+	if err != nil || len(out) != len(batch) || out[0].Err != nil || out[0].Order == nil || out[0].Order.ID != batch[0].ID {
+		t.Fatalf("the first order is stored, but its caller got %+v, %v: want the order", out, err)
+	}
+	if out[2].Err == nil {
+		t.Errorf("the order whose insert was cut off: %+v, want an error", out[2])
+	}
+}

@@ -237,7 +237,17 @@ func (s *OrderService) insertOrders(ctx context.Context, batch []orderInsert) ([
 		r, err := s.insertOrderRows(ctx, batch[i:i+1])
 		cancel()
 		if databaseDown(err) {
-			return nil, err // the rest would wait out their timeouts one after another; the queue fails too
+			// The rest would wait out their timeouts one after another: they get the error. The
+			// orders inserted before are committed, and their callers get them: told 503, a
+			// submitter retries and stores its order twice. Only when none was inserted does the
+			// batch fail as a whole, and the queue with it.
+			if !slices.ContainsFunc(out[:i], func(r insertedOrder) bool { return r.order != nil }) {
+				return nil, err
+			}
+			for j := i; j < len(batch); j++ {
+				out[j] = insertedOrder{err: err}
+			}
+			return out, nil
 		}
 		if err != nil {
 			out[i].err = err
