@@ -71,10 +71,30 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 	return false, nil
 }
 
-// rolledOut reports whether d's status describes its current spec and every desired replica
-// is updated and ready.
+// rolledOut reports whether d's status describes its current spec, every desired replica
+// is updated and ready, and no pod of an older template is left (as `kubectl rollout status`
+// judges). readyReplicas counts the old pods too: with one replica the new pod is counted
+// updated as soon as it is created, and the old one ready, so a new image whose pod never
+// became ready read as rolled out; with more, the last old pod still served.
 func rolledOut(d *appsv1.Deployment, desired int32) bool {
-	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= desired && d.Status.ReadyReplicas >= desired
+	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= desired &&
+		d.Status.Replicas <= d.Status.UpdatedReplicas && d.Status.ReadyReplicas >= desired
+}
+
+// rolloutStuck reports whether the Deployment controller gave up waiting for d's current
+// template to roll out (its Progressing condition's ProgressDeadlineExceeded, which
+// `kubectl rollout status` reports as an error): the new pods do not become ready (an image
+// that cannot be pulled, a crash loop) and the old ones keep serving. A new template resets it.
+func rolloutStuck(d *appsv1.Deployment) bool {
+	if d.Status.ObservedGeneration < d.Generation {
+		return false
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing {
+			return c.Reason == "ProgressDeadlineExceeded"
+		}
+	}
+	return false
 }
 
 // deploymentAvailable reports whether the Deployment reports itself Available with at least

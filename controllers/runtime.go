@@ -105,6 +105,9 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	case deploymentAvailable(dep) && rolledOut(dep, desired):
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
 			fmt.Sprintf("Deployment %s is available with image %s", dep.Name, p.servingImage))
+	case deploymentAvailable(dep) && rolloutStuck(dep):
+		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck,
+			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): the new pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name, p.servingImage, dep.Name))
 	case deploymentAvailable(dep):
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,

@@ -56,6 +56,16 @@ func summarize(p *pass) {
 	cacheBroken := cache != nil && cache.Status == metav1.ConditionFalse &&
 		(cache.Reason == tradingv1alpha1.ReasonCacheSecretMissing || cache.Reason == tradingv1alpha1.ReasonInvalidCertificate)
 	runtimeUp := meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionRuntimeAvailable)
+	// Serving while the Deployment replaces its pods (an upgrade, a settings change): the
+	// stack is Ready, but still progressing (runbook: Progressing True while children are
+	// rolled out), so a tool waiting for Progressing False does not go on mid-rollout. Fewer
+	// ready pods than desired is no rollout (maxUnavailable 0 keeps them all): that is
+	// Degraded's ReplicasUnavailable, which would otherwise read Progressing True for good.
+	runtimeCond := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionRuntimeAvailable)
+	rollingOut := runtimeUp && runtimeCond.Reason == tradingv1alpha1.ReasonRollingOut && st.Runtime.ReadyReplicas >= st.Runtime.Replicas
+	// The Deployment gave up on the rollout: still serving, but it needs a look (Degraded),
+	// and nothing progresses until the spec or the pods' cause changes.
+	rolloutStuck := runtimeUp && runtimeCond.Reason == tradingv1alpha1.ReasonRolloutStuck
 	serving := st.Migration.Image != ""
 	// Has served: Ready or Degraded at the start of this pass. (A migrated image is not
 	// enough: the runtime's first rollout follows its first migration.)
@@ -84,6 +94,8 @@ func summarize(p *pass) {
 	case p.failed != "" && runtimeUp:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonApplyFailed,
 			"serving, but the spec could not be applied: "+p.failed)
+	case rolloutStuck:
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck, runtimeCond.Message)
 	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
 			fmt.Sprintf("%d of %d runtime replicas are ready", st.Runtime.ReadyReplicas, st.Runtime.Replicas))
@@ -103,6 +115,10 @@ func summarize(p *pass) {
 	switch {
 	case p.failed != "":
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonApplyFailed, p.failed)
+	case len(notReady) == 0 && rolloutStuck:
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonRolloutStuck, runtimeCond.Message)
+	case len(notReady) == 0 && rollingOut:
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonReconciling, runtimeCond.Message)
 	case len(notReady) == 0:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "the stack matches its spec")
 	case migrationFailed || databaseBroken || cacheBroken:

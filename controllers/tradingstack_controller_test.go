@@ -87,6 +87,9 @@ func TestOperator(t *testing.T) {
 		{"EditWhileStoppedPutBack", testEditWhileStoppedPutBack},
 		{"StatusWritesNotApplied", testStatusWritesNotApplied},
 		{"AnnotationRequestsPass", testAnnotationRequestsPass},
+		{"RolloutNotReportedDoneEarly", testRolloutNotReportedDoneEarly},
+		{"ImageFlipsDuringMigration", testImageFlipsDuringMigration},
+		{"PausedDuringMigration", testPausedDuringMigration},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.

@@ -64,7 +64,10 @@ const (
 	ReasonDeploymentAvailable   = "DeploymentAvailable"
 	ReasonDeploymentUnavailable = "DeploymentUnavailable"
 	ReasonRollingOut            = "RollingOut"
-	ReasonWaitingForMigration   = "WaitingForMigration"
+	// RolloutStuck: the old pods serve, and the Deployment gave up waiting for the new ones
+	// (its progress deadline passed). Also Degraded's and Progressing's reason then.
+	ReasonRolloutStuck        = "RolloutStuck"
+	ReasonWaitingForMigration = "WaitingForMigration"
 
 	// MonitoringReady.
 	ReasonCRDNotInstalled      = "CRDNotInstalled"

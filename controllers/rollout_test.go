@@ -1,0 +1,268 @@
+package controllers
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// setDeploymentStatus writes the runtime Deployment's status as the Deployment controller
+// would in the middle of a rollout, and waits until the operator's cache holds it, so that
+// the pass that follows reads it.
+func setDeploymentStatus(t *testing.T, ns, name string, replicas, updated, ready int32) {
+	t.Helper()
+	setDeploymentStatusProgress(t, ns, name, replicas, updated, ready, "ReplicaSetUpdated")
+}
+
+// setDeploymentStatusProgress is setDeploymentStatus with the reason of the Deployment's
+// Progressing condition (ProgressDeadlineExceeded: the controller gave up on the rollout).
+func setDeploymentStatusProgress(t *testing.T, ns, name string, replicas, updated, ready int32, progress string) {
+	t.Helper()
+	progressing := corev1.ConditionTrue
+	if progress == "ProgressDeadlineExceeded" {
+		progressing = corev1.ConditionFalse
+	}
+	d := &appsv1.Deployment{}
+	eventually(t, "set Deployment "+name+" status", func() error {
+		if err := k8s.Get(bg, key(ns, name), d); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: replicas, UpdatedReplicas: updated,
+			ReadyReplicas: ready, AvailableReplicas: ready, UnavailableReplicas: max(replicas-ready, 0),
+			Conditions: []appsv1.DeploymentCondition{
+				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentProgressing, Status: progressing, Reason: progress, LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(bg, d)
+	})
+	mgrMu.Lock()
+	cache := currentMgr.GetCache()
+	mgrMu.Unlock()
+	eventually(t, "the cache sees the Deployment status", func() error {
+		cached := &appsv1.Deployment{}
+		if err := cache.Get(bg, key(ns, name), cached); err != nil {
+			return err
+		}
+		if cached.ResourceVersion != d.ResourceVersion {
+			return fmt.Errorf("resourceVersion %s, want %s", cached.ResourceVersion, d.ResourceVersion)
+		}
+		return nil
+	})
+}
+
+func apiImageOf(t *testing.T, ns, stack string) string {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, stack+"-api"), d); err != nil {
+		t.Fatal(err)
+	}
+	return d.Spec.Template.Spec.Containers[0].Image
+}
+
+func waitAPIImage(t *testing.T, ns, stack, image string) {
+	t.Helper()
+	eventually(t, "runtime on "+image, func() error {
+		if img := apiImageOf(t, ns, stack); img != image {
+			return fmt.Errorf("runtime on %s", img)
+		}
+		return nil
+	})
+}
+
+// testRolloutNotReportedDoneEarly: after an upgrade the runtime's rollout is done when every
+// pod runs the new template. With one replica, the Deployment controller first adds the new
+// pod (updatedReplicas 1) while the old one still serves (readyReplicas 1): a new image whose
+// pod never becomes ready must not read "available with image v2", Progressing Stable.
+// Likewise with two replicas, the last old pod still serving while the second new one starts.
+func testRolloutNotReportedDoneEarly(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "roll", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 1 }))
+	makeReady(t, ns, "roll")
+
+	updateStack(t, ns, "roll", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = "registry.example.com/tradingd:v2" })
+	job := waitMigrationJob(t, ns, "roll", "registry.example.com/tradingd:v2")
+	finishJob(t, ns, job.Name, true)
+	waitAPIImage(t, ns, "roll", "registry.example.com/tradingd:v2")
+
+	// The new pod was created and is not ready (crash-looping); the old one serves.
+	setDeploymentStatus(t, ns, "roll-api", 2, 1, 1)
+	reconcileDirectly(t, ns, "roll", 1)
+	s := getStack(t, ns, "roll")
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c == nil || c.Reason != tradingv1alpha1.ReasonRollingOut {
+		t.Errorf("one replica, new pod not ready, old pod serving: RuntimeAvailable %+v, want reason RollingOut", c)
+	}
+	// The runbook: Progressing True (Reconciling) while children are rolled out.
+	if c := condition(s, tradingv1alpha1.ConditionProgressing); c == nil || c.Status != metav1.ConditionTrue || c.Reason != tradingv1alpha1.ReasonReconciling {
+		t.Errorf("rollout under way: Progressing %+v, want True Reconciling", c)
+	}
+
+	// The Deployment gives up on the new pod (its progress deadline passed): the old pod
+	// still serves, so the stack is Ready, but Degraded, and nothing is progressing.
+	setDeploymentStatusProgress(t, ns, "roll-api", 2, 1, 1, "ProgressDeadlineExceeded")
+	reconcileDirectly(t, ns, "roll", 1)
+	s = getStack(t, ns, "roll")
+	for _, want := range []struct {
+		typ    string
+		status metav1.ConditionStatus
+	}{
+		{tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue},
+		{tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue},
+		{tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse},
+	} {
+		if c := condition(s, want.typ); c == nil || c.Status != want.status || c.Reason != tradingv1alpha1.ReasonRolloutStuck {
+			t.Errorf("rollout stuck: %s %+v, want %s RolloutStuck", want.typ, c, want.status)
+		}
+	}
+	if c := condition(s, tradingv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue || s.Status.Phase != tradingv1alpha1.PhaseDegraded {
+		t.Errorf("rollout stuck, old pod serving: Ready %+v, phase %s; want Ready True, phase Degraded", c, s.Status.Phase)
+	}
+
+	// Two replicas: the old ReplicaSet's last pod still runs beside the two new ones.
+	updateStack(t, ns, "roll", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 2 })
+	eventually(t, "replicas 2 applied", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "roll-api"), d); err != nil {
+			return err
+		}
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+			return fmt.Errorf("replicas %v", d.Spec.Replicas)
+		}
+		return nil
+	})
+	setDeploymentStatus(t, ns, "roll-api", 3, 2, 2)
+	reconcileDirectly(t, ns, "roll", 1)
+	s = getStack(t, ns, "roll")
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c == nil || c.Reason != tradingv1alpha1.ReasonRollingOut {
+		t.Errorf("two replicas, an old pod still serving: RuntimeAvailable %+v, want reason RollingOut", c)
+	}
+
+	// Done: every pod is new and ready.
+	setDeploymentStatus(t, ns, "roll-api", 2, 2, 2)
+	reconcileDirectly(t, ns, "roll", 1)
+	s = getStack(t, ns, "roll")
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c == nil || c.Reason != tradingv1alpha1.ReasonDeploymentAvailable {
+		t.Errorf("rollout done: RuntimeAvailable %+v, want reason DeploymentAvailable", c)
+	}
+	if c := condition(s, tradingv1alpha1.ConditionProgressing); c == nil || c.Status != metav1.ConditionFalse || c.Reason != tradingv1alpha1.ReasonStable {
+		t.Errorf("rollout done: Progressing %+v, want False Stable", c)
+	}
+	if s.Status.Phase != tradingv1alpha1.PhaseReady {
+		t.Errorf("rollout done: phase %s", s.Status.Phase)
+	}
+}
+
+// testImageFlipsDuringMigration: B fails (quiet while it waits for the user), the spec goes
+// back to A (Ready, runtime on A, B's Job removed, quiet); then B is asked again (a new Job)
+// and C while B's Job still runs: B's success does not move the runtime, which goes to C once
+// C's Job succeeded; B's Job is removed then.
+func testImageFlipsDuringMigration(t *testing.T) {
+	const a, b, c = "registry.example.com/tradingd:v1", "registry.example.com/tradingd:b", "registry.example.com/tradingd:c"
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "flip"))
+	makeReady(t, ns, "flip")
+
+	// B fails, back to A.
+	updateStack(t, ns, "flip", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = b })
+	jobB := waitMigrationJob(t, ns, "flip", b)
+	finishJob(t, ns, jobB.Name, false)
+	waitCondition(t, ns, "flip", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, tradingv1alpha1.ReasonMigrationFailed)
+	// A failed migration is a state at rest too (it waits for the user): no writes, no timer.
+	operatorWrites.settle(t, ns)
+	mark := operatorWrites.mark()
+	if res := reconcileDirectly(t, ns, "flip", 3); res.RequeueAfter != 0 {
+		t.Errorf("a failed migration requeues after %s", res.RequeueAfter)
+	}
+	if w := operatorWrites.since(mark, ns); len(w) > 0 {
+		t.Errorf("writes at rest after a failed migration: %v", w)
+	}
+	updateStack(t, ns, "flip", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = a })
+	s := waitCondition(t, ns, "flip", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	if s.Status.Phase != tradingv1alpha1.PhaseReady {
+		t.Errorf("phase %s after going back to the serving image", s.Status.Phase)
+	}
+	if img := apiImageOf(t, ns, "flip"); img != a {
+		t.Errorf("runtime on %s", img)
+	}
+	eventually(t, "B's failed Job removed", func() error {
+		if err := k8s.Get(bg, key(ns, jobB.Name), &batchv1.Job{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
+	operatorWrites.settle(t, ns)
+	mark = operatorWrites.mark()
+	reconcileDirectly(t, ns, "flip", 3)
+	if w := operatorWrites.since(mark, ns); len(w) > 0 {
+		t.Errorf("writes at rest after going back: %v", w)
+	}
+
+	// B again (a new Job), then C while B's still runs; B then succeeds, C fails, then C
+	// succeeds on a second Job.
+	updateStack(t, ns, "flip", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = b })
+	jobB = waitMigrationJob(t, ns, "flip", b)
+	if _, st := jobOutcome(jobB); st != jobRunning {
+		t.Fatalf("B's Job is the old failed one")
+	}
+	updateStack(t, ns, "flip", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = c })
+	jobC := waitMigrationJob(t, ns, "flip", c)
+	finishJob(t, ns, jobB.Name, true)
+	time.Sleep(time.Second)
+	if img := apiImageOf(t, ns, "flip"); img != a {
+		t.Errorf("runtime moved to %s while C migrates", img)
+	}
+	s = waitCondition(t, ns, "flip", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning)
+	if s.Status.Phase != tradingv1alpha1.PhaseMigrating {
+		t.Errorf("phase %s while C migrates", s.Status.Phase)
+	}
+	finishJob(t, ns, jobC.Name, true)
+	waitAPIImage(t, ns, "flip", c)
+	markDeploymentReady(t, ns, "flip-api")
+	s = waitCondition(t, ns, "flip", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	if s.Status.Migration.Image != c || s.Status.Runtime.Image != c {
+		t.Errorf("status after C: %+v", s.Status.Migration)
+	}
+	eventually(t, "B's Job removed", func() error {
+		if err := k8s.Get(bg, key(ns, jobB.Name), &batchv1.Job{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
+}
+
+// testPausedDuringMigration: paused while B's Job runs; the Job finishes meanwhile; the runtime
+// stays on A until unpaused, then moves to B.
+func testPausedDuringMigration(t *testing.T) {
+	const b = "registry.example.com/tradingd:b"
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "pm"))
+	makeReady(t, ns, "pm")
+	updateStack(t, ns, "pm", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = b })
+	job := waitMigrationJob(t, ns, "pm", b)
+	updateStack(t, ns, "pm", func(s *tradingv1alpha1.TradingStack) { s.Spec.Paused = true })
+	waitCondition(t, ns, "pm", tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonPaused)
+	finishJob(t, ns, job.Name, true)
+	reconcileDirectly(t, ns, "pm", 2)
+	if img := apiImageOf(t, ns, "pm"); img != "registry.example.com/tradingd:v1" {
+		t.Errorf("paused stack's runtime moved to %s", img)
+	}
+	updateStack(t, ns, "pm", func(s *tradingv1alpha1.TradingStack) { s.Spec.Paused = false })
+	waitAPIImage(t, ns, "pm", b)
+	markDeploymentReady(t, ns, "pm-api")
+	s := waitCondition(t, ns, "pm", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	for _, c := range s.Status.Conditions {
+		if c.ObservedGeneration != s.Generation {
+			t.Errorf("condition %s at generation %d, stack at %d", c.Type, c.ObservedGeneration, s.Generation)
+		}
+	}
+}
