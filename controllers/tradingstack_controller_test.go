@@ -1151,10 +1151,10 @@ func testValidationRules(t *testing.T) {
 	}), "spec.postgres.managed.storage.size must be a positive quantity")
 	refused("cache lifetime over a day", newStack(ns, "v7", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Cache.SummaryTTL = "48h" // tradingd would refuse to start with it
-	}), "cache lifetimes are more than 0 and at most 24h")
+	}), "spec.runtime.cache.summaryTTL must be more than 0 and at most 24h")
 	refused("cache lifetime of 0", newStack(ns, "v8", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Cache.PositionsTTL = "0s" // tradingd refuses it: the cache cannot be turned off
-	}), "cache lifetimes are more than 0 and at most 24h")
+	}), "spec.runtime.cache.positionsTTL must be more than 0 and at most 24h")
 	// Values tradingd would refuse at start (exit 2), refused here instead of crash-looping.
 	refused("max quantity 0", newStack(ns, "v9", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Limits.MaxQuantity = amount("0.00")
