@@ -84,10 +84,13 @@ type SessionService interface {
 	// of roles ends logins; one started with the old roles must not outlive it).
 	CreateSession(ctx context.Context, userID uuid.UUID, roles []Role, tokenHash []byte, expiresAt time.Time) (sessionID uuid.UUID, err error)
 	// RotateRefreshToken marks the token with oldHash used and stores newHash in the same
-	// login, returning the user and the login. A token that was already rotated (reuse)
-	// revokes the whole login and returns EUNAUTHORIZED with the login's id; an unknown,
-	// expired or revoked token is EUNAUTHORIZED.
-	RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (userID, sessionID uuid.UUID, err error)
+	// login, returning the user (as it is now: its roles go into the new access token) and
+	// the login. A token that was already rotated (reuse) revokes the whole login and
+	// returns EUNAUTHORIZED with the login's id; an unknown, expired or revoked token is
+	// EUNAUTHORIZED. The user is read in the rotation's transaction: read after it, a
+	// failure of that read answered 503 for a token already used, and the retry the 503
+	// asks for was taken for reuse and ended the login.
+	RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (user *User, sessionID uuid.UUID, err error)
 	// RevokeSession ends the login that the token belongs to and returns its id; an unknown
 	// token is not an error (uuid.Nil).
 	RevokeSession(ctx context.Context, tokenHash []byte) (sessionID uuid.UUID, err error)

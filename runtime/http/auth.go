@@ -124,21 +124,13 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	userID, sid, err := s.svc.Sessions.RotateRefreshToken(r.Context(), jwt.HashRefreshToken(old), hash, time.Now().Add(s.cfg.RefreshTTL))
+	// Roles come from the database (read with the rotation), not the old access token. (A
+	// change of roles ends the user's logins, so a refresh after one is refused.)
+	u, sid, err := s.svc.Sessions.RotateRefreshToken(r.Context(), jwt.HashRefreshToken(old), hash, time.Now().Add(s.cfg.RefreshTTL))
 	if err != nil {
 		// Reuse revoked the login: its access tokens end here at once (other replicas
 		// within SessionCheckTTL).
 		s.sessions.endedHere(r.Context(), sid)
-		s.Error(w, r, err)
-		return
-	}
-	// Roles come from the database, not the old access token. (A change of roles ends the
-	// user's logins, so a refresh after one is refused before this.)
-	u, err := s.svc.Users.FindUserByID(r.Context(), userID)
-	if trading.ErrorCode(err) == trading.ENOTFOUND {
-		s.Error(w, r, trading.Errorf(trading.EUNAUTHORIZED, "the refresh token is not valid"))
-		return
-	} else if err != nil {
 		s.Error(w, r, err)
 		return
 	}

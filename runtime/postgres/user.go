@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -44,11 +45,16 @@ func scanUser(row pgx.Row, extra ...any) (*trading.User, error) {
 }
 
 // hashPassword validates and hashes a new password. bcrypt reads only the first 72 bytes,
-// so a longer password is refused (422) rather than silently truncated.
+// so a longer password is refused (422) rather than silently truncated. A password that
+// is not UTF-8 (from a Latin-1 terminal, or raw bytes piped into `tradingd user add`) is
+// refused too: logins carry it in JSON, which holds text, so it would arrive with U+FFFD
+// in place of those bytes and never match.
 func hashPassword(password string) ([]byte, error) {
 	switch {
 	case password == "":
 		return nil, trading.Invalid(trading.FieldError{Field: "password", Message: "is required"})
+	case !utf8.ValidString(password):
+		return nil, trading.Invalid(trading.FieldError{Field: "password", Message: "must be UTF-8 text"})
 	case len(password) > 72:
 		return nil, trading.Invalid(trading.FieldError{Field: "password", Message: "must be at most 72 bytes"})
 	}
@@ -235,9 +241,9 @@ func (s *SessionService) SessionActive(ctx context.Context, sessionID uuid.UUID)
 // The token row is locked (FOR UPDATE), so two concurrent uses of one token serialize: the
 // first rotates, the second finds it used and is treated as reuse, which revokes the login.
 // Revocation is committed even though the call returns EUNAUTHORIZED.
-func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (uuid.UUID, uuid.UUID, error) {
+func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHash []byte, expiresAt time.Time) (*trading.User, uuid.UUID, error) {
 	var (
-		userID    uuid.UUID
+		user      *trading.User
 		sessionID uuid.UUID
 		denied    bool
 		revoked   bool // by this call: the token was reused
@@ -249,12 +255,15 @@ func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHas
 			revokedAt     *time.Time
 			expiredByTime bool
 		)
-		err := tx.QueryRow(ctx, `
-			SELECT t.session_id, t.used_at, s.revoked_at, s.user_id, t.expires_at <= now()
-			FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+		// The user is read here, not after the commit (see trading.SessionService). A deleted
+		// user's logins are deleted with it (ON DELETE CASCADE): no row, as for a token never issued.
+		var err error
+		user, err = scanUser(tx.QueryRow(ctx, `
+			SELECT u.id, u.username, u.roles, u.created_at, t.session_id, t.used_at, s.revoked_at, t.expires_at <= now()
+			FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
 			WHERE t.token_hash = $1
-			FOR UPDATE OF t, s`, oldHash).
-			Scan(&sessionID, &usedAt, &revokedAt, &userID, &expiredByTime)
+			FOR UPDATE OF t, s`, oldHash),
+			&sessionID, &usedAt, &revokedAt, &expiredByTime)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			denied = true
@@ -283,15 +292,15 @@ func (s *SessionService) RotateRefreshToken(ctx context.Context, oldHash, newHas
 		return err
 	})
 	if err != nil {
-		return uuid.Nil, uuid.Nil, err
+		return nil, uuid.Nil, err
 	}
 	if revoked {
-		return uuid.Nil, sessionID, errBadRefreshToken()
+		return nil, sessionID, errBadRefreshToken()
 	}
 	if denied {
-		return uuid.Nil, uuid.Nil, errBadRefreshToken()
+		return nil, uuid.Nil, errBadRefreshToken()
 	}
-	return userID, sessionID, nil
+	return user, sessionID, nil
 }
 
 // RevokeSession ends the login of the token (logout) and returns its id; an unknown token

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,13 +87,13 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	if err != nil || sid == uuid.Nil || !active(sid) {
 		t.Fatalf("create = %v, %v (active %v)", sid, err, sid != uuid.Nil && active(sid))
 	}
-	uid, got, err := e.sessions.RotateRefreshToken(ctx, h("1"), h("2"), exp)
-	if err != nil || uid != e.trader1.ID || got != sid {
-		t.Fatalf("rotate 1->2 = %v %v, %v; want the user and login %v", uid, got, err, sid)
+	u, got, err := e.sessions.RotateRefreshToken(ctx, h("1"), h("2"), exp)
+	if err != nil || u.ID != e.trader1.ID || u.Username != e.trader1.Username || !slices.Equal(u.Roles, e.trader1.Roles) || got != sid {
+		t.Fatalf("rotate 1->2 = %+v %v, %v; want the user and login %v", u, got, err, sid)
 	}
-	uid, _, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("3"), exp)
-	if err != nil || uid != e.trader1.ID {
-		t.Fatalf("rotate 2->3 = %v, %v", uid, err)
+	u, _, err = e.sessions.RotateRefreshToken(ctx, h("2"), h("3"), exp)
+	if err != nil || u.ID != e.trader1.ID {
+		t.Fatalf("rotate 2->3 = %+v, %v", u, err)
 	}
 	// Reuse of the rotated token 2: refused, and the whole login is revoked (its id comes
 	// back so that its access tokens can end too), so the newest token 3 stops working too.
