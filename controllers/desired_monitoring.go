@@ -15,7 +15,10 @@ import (
 
 // desiredServiceMonitor is NAME-api scraping the runtime Service's metrics port at /metrics,
 // or nil when spec.monitoring.serviceMonitor.enabled is false. The user's labels are added to
-// the operator's (which win on a clash, since selectors depend on them).
+// the operator's (which win on a clash, since selectors depend on them). The job label of the
+// series is the Service's name label, tradingd, for every stack (namespace and service tell
+// the stacks apart): the cluster-wide alerts of config/prometheus select job="tradingd", since
+// a Service name ending in -api is no sign of a trading runtime in a shared Prometheus.
 func desiredServiceMonitor(s *tradingv1alpha1.TradingStack) *monitoringv1.ServiceMonitor {
 	if !s.ServiceMonitorEnabled() {
 		return nil
@@ -32,6 +35,7 @@ func desiredServiceMonitor(s *tradingv1alpha1.TradingStack) *monitoringv1.Servic
 		ObjectMeta: meta,
 		Spec: monitoringv1.ServiceMonitorSpec{
 			Selector: metav1.LabelSelector{MatchLabels: selectorLabels(s, apiComponent)},
+			JobLabel: nameLabel,
 			Endpoints: []monitoringv1.Endpoint{{
 				Port:     metricsPortName,
 				Path:     "/metrics",
@@ -75,9 +79,15 @@ func desiredPrometheusRule(s *tradingv1alpha1.TradingStack) *monitoringv1.Promet
 			},
 		}
 	}
+	// No scraped pod at all is down too, but only when the operator's ServiceMonitor makes the
+	// series: without it (spec.monitoring.serviceMonitor.enabled false, scraped some other way
+	// or not at all) up{service="NAME-api"} never exists, and absent() would page for good.
+	down := fmt.Sprintf(`max(up{%s}) == 0`, sel)
+	if s.ServiceMonitorEnabled() {
+		down += fmt.Sprintf(` or absent(up{%s})`, sel)
+	}
 	rules := []monitoringv1.Rule{
-		alert("TradingAPIDown",
-			fmt.Sprintf(`max(up{%s}) == 0 or absent(up{%s})`, sel, sel), "5m", "critical",
+		alert("TradingAPIDown", down, "5m", "critical",
 			"No runtime of TradingStack "+s.Name+" is scraped successfully",
 			"Prometheus cannot scrape any pod of "+apiName(s)+" in "+s.Namespace+" for 5 minutes."),
 		alert("TradingAPIHighErrorRate",

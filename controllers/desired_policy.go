@@ -13,7 +13,10 @@ import (
 )
 
 // desiredPDB is NAME-api allowing one runtime pod down at a time, or nil when the runtime
-// can have a single pod (a PDB on one pod would block every node drain).
+// can have a single pod (a PDB on one pod would block every node drain). Pods that are not
+// ready may always be evicted (AlwaysAllow): readiness follows the database, so while it is
+// down (evicted by the same drain, say) every runtime pod is unready, and the default policy
+// (IfHealthyBudget) would refuse to evict any of them, stalling the drain until it is back.
 func desiredPDB(s *tradingv1alpha1.TradingStack) *policyv1.PodDisruptionBudget {
 	r := s.Spec.Runtime
 	min := r.Replicas
@@ -32,8 +35,9 @@ func desiredPDB(s *tradingv1alpha1.TradingStack) *policyv1.PodDisruptionBudget {
 		TypeMeta:   typeMeta("policy/v1", "PodDisruptionBudget"),
 		ObjectMeta: objectMeta(s, apiName(s), tradingdApp, apiComponent),
 		Spec: policyv1.PodDisruptionBudgetSpec{
-			MaxUnavailable: ptr.To(intstr.FromInt32(1)),
-			Selector:       &metav1.LabelSelector{MatchLabels: selectorLabels(s, apiComponent)},
+			MaxUnavailable:             ptr.To(intstr.FromInt32(1)),
+			Selector:                   &metav1.LabelSelector{MatchLabels: selectorLabels(s, apiComponent)},
+			UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
 		},
 	}
 }

@@ -208,6 +208,9 @@ func desiredMigrationJob(s *tradingv1alpha1.TradingStack, image, database string
 	}
 }
 
+// preStopSleep is how long a terminating runtime pod keeps serving before its SIGTERM.
+const preStopSleep = 5
+
 // desiredAPIDeployment is NAME-api: `tradingd serve` with image (the last image whose
 // migration succeeded), settings from NAME-runtime, secrets from their Secrets, and
 // configHash on the pod template. With autoscaling, replicas is left unset here: the
@@ -272,7 +275,8 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 				Spec: corev1.PodSpec{
 					AutomountServiceAccountToken: ptr.To(false),
 					SecurityContext:              podSecurityContext(runtimeUID),
-					// tradingd drains for SHUTDOWN_GRACE (20s) on SIGTERM.
+					// preStopSleep, then SHUTDOWN_GRACE (20s) of draining on SIGTERM, then at most
+					// 3s closing the pool.
 					TerminationGracePeriodSeconds: ptr.To[int64](30),
 					Containers: []corev1.Container{{
 						Name:            "tradingd",
@@ -287,7 +291,15 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 							tcpPort(httpPortName, httpPort),
 							tcpPort(metricsPortName, metricsPort),
 						},
-						Resources:       resourcesOr(r.Resources, defaultRuntimeResources()),
+						Resources: resourcesOr(r.Resources, defaultRuntimeResources()),
+						// On SIGTERM tradingd stops accepting at once, but a deleted pod leaves the
+						// EndpointSlice, and so kube-proxy's rules on every node and the ingress
+						// controllers' upstreams, only a moment later: connections sent to it
+						// meanwhile would be refused (every rollout, scale-down and drain). The
+						// sleep (the image has no shell) holds SIGTERM back until they have let go.
+						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
+							Sleep: &corev1.SleepAction{Seconds: preStopSleep},
+						}},
 						LivenessProbe:   httpProbe("/healthz", 10, 3),
 						ReadinessProbe:  httpProbe("/readyz", 5, 3),
 						SecurityContext: containerSecurityContext(),

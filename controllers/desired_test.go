@@ -9,6 +9,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -422,6 +423,11 @@ func TestReplicasPDBAndHPA(t *testing.T) {
 			if pdb != nil && pdb.Spec.MaxUnavailable.IntValue() != 1 {
 				t.Errorf("PDB maxUnavailable %v", pdb.Spec.MaxUnavailable)
 			}
+			// Pods that are not ready (all of them while the database is down) must not
+			// block a node drain: the default policy refuses to evict them then.
+			if pdb != nil && ptr.Deref(pdb.Spec.UnhealthyPodEvictionPolicy, "") != policyv1.AlwaysAllow {
+				t.Errorf("PDB unhealthyPodEvictionPolicy %v, want AlwaysAllow", pdb.Spec.UnhealthyPodEvictionPolicy)
+			}
 			hpa := desiredHPA(s)
 			if (hpa != nil) != tt.wantHPA {
 				t.Fatalf("HPA present=%v, want %v", hpa != nil, tt.wantHPA)
@@ -565,6 +571,16 @@ func TestAPIDeployment(t *testing.T) {
 			t.Errorf("%s from %s/%s, want %v", v, name, key, want)
 		}
 	}
+	// SIGTERM makes tradingd stop accepting at once, while kube-proxy on every node and the
+	// ingress controllers still send new connections to the pod until they see it leave the
+	// EndpointSlice: a preStop sleep holds SIGTERM back until they have, and the whole of it
+	// (sleep, SHUTDOWN_GRACE 20s, closing the pool 3s) fits the termination grace period.
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil ||
+		c.Lifecycle.PreStop.Sleep.Seconds < 5 {
+		t.Errorf("preStop %+v, want a sleep of at least 5s before SIGTERM", c.Lifecycle)
+	} else if grace := *dep.Spec.Template.Spec.TerminationGracePeriodSeconds; c.Lifecycle.PreStop.Sleep.Seconds+20+3 > grace {
+		t.Errorf("preStop sleep %ds + drain 20s + pool 3s exceed terminationGracePeriodSeconds %d", c.Lifecycle.PreStop.Sleep.Seconds, grace)
+	}
 	svc := desiredAPIService(s)
 	if len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Name != "http" || svc.Spec.Ports[1].Name != "metrics" {
 		t.Errorf("service ports %+v", svc.Spec.Ports)
@@ -661,6 +677,12 @@ func TestMonitoring(t *testing.T) {
 	if ep.Port != "metrics" || ep.Path != "/metrics" || ep.Interval != "15s" {
 		t.Errorf("endpoint %+v", ep)
 	}
+	// job="tradingd" on every runtime series, from the Service's name label: what the
+	// cluster-wide alerts of config/prometheus select, so that another application's
+	// Service that happens to end in -api is not taken for a trading runtime.
+	if sm.Spec.JobLabel != nameLabel || desiredAPIService(s).Labels[nameLabel] != tradingdApp {
+		t.Errorf("jobLabel %q (Service labels %v), want %s=%s", sm.Spec.JobLabel, desiredAPIService(s).Labels, nameLabel, tradingdApp)
+	}
 	for k, v := range sm.Spec.Selector.MatchLabels {
 		if desiredAPIService(s).Labels[k] != v {
 			t.Errorf("ServiceMonitor selector %s=%s does not match the Service", k, v)
@@ -678,6 +700,17 @@ func TestMonitoring(t *testing.T) {
 		"TradingPendingOrdersPiling", "TradingDailyLossNearLimit"} {
 		if !alerts[a] {
 			t.Errorf("alert %s missing", a)
+		}
+	}
+
+	// Without the operator's ServiceMonitor nothing produces up{service="demo-api"}: an
+	// absent() of it would page TradingAPIDown (critical) for as long as the stack lives.
+	unscraped := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) {
+		sp.Monitoring.ServiceMonitor.Enabled = ptr.To(false)
+	})
+	for _, r := range desiredPrometheusRule(unscraped).Spec.Groups[0].Rules {
+		if strings.Contains(r.Expr.String(), "absent(") {
+			t.Errorf("%s fires on absent series although no ServiceMonitor makes them: %s", r.Alert, r.Expr.String())
 		}
 	}
 
