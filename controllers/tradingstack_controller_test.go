@@ -1152,6 +1152,10 @@ func testValidationRules(t *testing.T) {
 	refused("cache lifetime over a day", newStack(ns, "v7", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Cache.SummaryTTL = "48h" // tradingd would refuse to start with it
 	}), "spec.runtime.cache.summaryTTL must be more than 0 and at most 24h")
+	refused("autoscaling without a cpu request", newStack(ns, "v30", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 4}
+		s.Spec.Runtime.Resources = corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")}}
+	}), "spec.runtime.resources needs a cpu request (or limit) when spec.runtime.autoscaling is set")
 	refused("cache lifetime of 0", newStack(ns, "v8", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Cache.PositionsTTL = "0s" // tradingd refuses it: the cache cannot be turned off
 	}), "spec.runtime.cache.positionsTTL must be more than 0 and at most 24h")
@@ -1208,6 +1212,16 @@ func testValidationRules(t *testing.T) {
 		t.Errorf("integers stored as %+v, maxDailyLoss %v", st.Spec.Runtime.Limits, st.Spec.Runtime.MaxDailyLoss)
 	} else if data := desiredRuntimeConfigMap(st.WithDefaults()).Data; data["MAX_QUANTITY"] != "250" || data["MAX_PRICE"] != "2147483647" || data["MAX_DAILY_LOSS"] != "2500" {
 		t.Errorf("integers given to tradingd as %q, %q, %q", data["MAX_QUANTITY"], data["MAX_PRICE"], data["MAX_DAILY_LOSS"])
+	}
+	// Autoscaling with the operator's resources, or with a cpu limit (the request defaults to
+	// it), has a cpu request to scale on.
+	for name, runtime := range map[string]string{
+		"hpa-default-resources": `{"autoscaling":{"minReplicas":2,"maxReplicas":4}}`,
+		"hpa-cpu-limit":         `{"autoscaling":{"minReplicas":2,"maxReplicas":4},"resources":{"limits":{"cpu":"1","memory":"256Mi"}}}`,
+	} {
+		if err := raw(name, runtime); err != nil {
+			t.Errorf("%s %s: %v", name, runtime, err)
+		}
 	}
 	for _, c := range []struct{ name, runtime, want string }{
 		{"float", `{"maxDailyLoss":2500.5}`, "spec.runtime.maxDailyLoss"},

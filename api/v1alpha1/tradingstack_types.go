@@ -61,6 +61,10 @@ type TradingStackSpec struct {
 
 // RuntimeSpec configures tradingd. The settings map one to one onto tradingd's environment
 // variables (named in each field's description).
+// The HorizontalPodAutoscaler scales on CPU use as a share of the pods' CPU request: without
+// one it cannot compute it ("missing request for cpu") and never scales. (Requests left out
+// default to the limits; empty resources get the operator's, which have one.)
+// +kubebuilder:validation:XValidation:rule="!has(self.autoscaling) || !has(self.resources) || ((!has(self.resources.requests) || size(self.resources.requests) == 0) && (!has(self.resources.limits) || size(self.resources.limits) == 0) && (!has(self.resources.claims) || size(self.resources.claims) == 0)) || (has(self.resources.requests) && 'cpu' in self.resources.requests) || (has(self.resources.limits) && 'cpu' in self.resources.limits)",message="spec.runtime.resources needs a cpu request (or limit) when spec.runtime.autoscaling is set: the HorizontalPodAutoscaler scales on CPU use relative to it"
 type RuntimeSpec struct {
 	// Image is the tradingd image (it must contain /tradingd). Empty means the runtime image
 	// built together with the operator, of the same version: the operator's own image (read
