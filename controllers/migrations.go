@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -136,11 +137,64 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		return false, nil
 
 	default:
-		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
-			fmt.Sprintf("migration Job %s for image %s is running", current.Name, image))
+		msg := fmt.Sprintf("migration Job %s for image %s is running", current.Name, image)
+		if why := r.migrationPodWaiting(ctx, current); why != "" {
+			msg += "; its pod waits: " + why
+		}
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning, msg)
 		p.requeue(migrationPoll(current))
 		return false, nil
 	}
+}
+
+// migrationPodWaiting says why a running migration Job's pod does not run, when it cannot
+// (an image that cannot be pulled, a Secret or key its environment names that is missing, no
+// node for it), or "". Such a pod is no failure to the Job controller: the Job only fails at
+// its deadline, ten minutes later, and until then "running" would be all the stack said about
+// a mistyped image tag. Read uncached, once per poll of a running Job, like the schema report.
+func (r *TradingStackReconciler) migrationPodWaiting(ctx context.Context, job *batchv1.Job) string {
+	if job.Spec.Selector == nil {
+		return ""
+	}
+	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
+	if err != nil {
+		return ""
+	}
+	pods := &corev1.PodList{}
+	if err := r.APIReader.List(ctx, pods, client.InNamespace(job.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
+		return "" // the condition says "running", as before; the next poll reads again
+	}
+	// The newest pod tells: an earlier attempt's state is history.
+	slices.SortFunc(pods.Items, func(a, b corev1.Pod) int {
+		return b.CreationTimestamp.Compare(a.CreationTimestamp.Time)
+	})
+	for _, pod := range pods.Items {
+		if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		for _, c := range pod.Status.ContainerStatuses {
+			if w := c.State.Waiting; c.Name == migrateContainer && w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
+				return shortReason(w.Reason, w.Message)
+			}
+		}
+		for _, c := range pod.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+				return shortReason(c.Reason, c.Message)
+			}
+		}
+		return ""
+	}
+	return ""
+}
+
+// shortReason is "reason: message" on one line of at most 300 bytes (a registry's error can
+// run to many lines).
+func shortReason(reason, message string) string {
+	s := strings.Join(strings.Fields(reason+": "+message), " ")
+	if len(s) > 300 {
+		s = strings.ToValidUTF8(s[:297], "") + "..."
+	}
+	return strings.TrimSuffix(s, ":")
 }
 
 // legacyJobSameDatabase reports whether the migration Job recorded in the status read its

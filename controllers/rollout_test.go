@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -264,5 +265,56 @@ func testPausedDuringMigration(t *testing.T) {
 		if c.ObservedGeneration != s.Generation {
 			t.Errorf("condition %s at generation %d, stack at %d", c.Type, c.ObservedGeneration, s.Generation)
 		}
+	}
+}
+
+// testMigrationPodWaiting: a migration pod that cannot start (a mistyped image tag) is no
+// failure to the Job controller until the Job's deadline, ten minutes later; meanwhile the
+// condition says why the pod waits, not only "running".
+func testMigrationPodWaiting(t *testing.T) {
+	const typo = "registry.example.com/tradingd:v2-typo"
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "pw"))
+	makeReady(t, ns, "pw")
+	updateStack(t, ns, "pw", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = typo })
+	job := waitMigrationJob(t, ns, "pw", typo)
+
+	// The Job controller's pod, which the kubelet cannot start.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "default"}}
+	if err := k8s.Create(bg, sa); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: job.Name + "-x1", Labels: job.Spec.Template.Labels},
+		Spec:       job.Spec.Template.Spec,
+	}
+	if err := k8s.Create(bg, pod); err != nil {
+		t.Fatal(err)
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodPending, ContainerStatuses: []corev1.ContainerStatus{{
+		Name: migrateContainer, Image: typo,
+		State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{
+			Reason: "ImagePullBackOff", Message: `Back-off pulling image "` + typo + `"`,
+		}},
+	}}}
+	if err := k8s.Status().Update(bg, pod); err != nil {
+		t.Fatal(err)
+	}
+	reconcileDirectly(t, ns, "pw", 1)
+	c := condition(getStack(t, ns, "pw"), tradingv1alpha1.ConditionMigrationsSucceeded)
+	if c == nil || c.Reason != tradingv1alpha1.ReasonMigrationRunning ||
+		!strings.Contains(c.Message, `its pod waits: ImagePullBackOff: Back-off pulling image "`+typo+`"`) {
+		t.Errorf("migration pod that cannot pull its image: %+v, want MigrationRunning saying why it waits", c)
+	}
+
+	// Once it runs, the condition says only that the Job runs.
+	pod.Status.ContainerStatuses[0].State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
+	pod.Status.Phase = corev1.PodRunning
+	if err := k8s.Status().Update(bg, pod); err != nil {
+		t.Fatal(err)
+	}
+	reconcileDirectly(t, ns, "pw", 1)
+	if c := condition(getStack(t, ns, "pw"), tradingv1alpha1.ConditionMigrationsSucceeded); c == nil || strings.Contains(c.Message, "waits") {
+		t.Errorf("migration pod running: %+v", c)
 	}
 }

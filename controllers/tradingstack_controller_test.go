@@ -90,6 +90,7 @@ func TestOperator(t *testing.T) {
 		{"RolloutNotReportedDoneEarly", testRolloutNotReportedDoneEarly},
 		{"ImageFlipsDuringMigration", testImageFlipsDuringMigration},
 		{"PausedDuringMigration", testPausedDuringMigration},
+		{"MigrationPodWaiting", testMigrationPodWaiting},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
