@@ -81,14 +81,14 @@ func rolledOut(d *appsv1.Deployment, desired int32) bool {
 		d.Status.Replicas <= d.Status.UpdatedReplicas && d.Status.ReadyReplicas >= desired
 }
 
-// rolloutStuck reports whether the Deployment controller gave up waiting for d's current
-// template to roll out (its Progressing condition's ProgressDeadlineExceeded, which
-// `kubectl rollout status` reports as an error): the new pods do not become ready (an image
-// that cannot be pulled, a crash loop) and the old ones keep serving. A new template resets it.
+// rolloutStuck reports whether the Deployment controller gave up waiting for d's rollout
+// (its Progressing condition's ProgressDeadlineExceeded, which `kubectl rollout status`
+// reports as an error): the new pods do not become ready (an image that cannot be pulled, a
+// crash loop) and the old ones keep serving. Not gated on observedGeneration: a scale (the
+// HPA's) moves the generation without resetting the verdict, and reading "not stuck" until
+// the controller caught up flipped Degraded and Progressing for a moment on every scale. A
+// new template gets a new verdict (ReplicaSetUpdated) within moments of its apply.
 func rolloutStuck(d *appsv1.Deployment) bool {
-	if d.Status.ObservedGeneration < d.Generation {
-		return false
-	}
 	for _, c := range d.Status.Conditions {
 		if c.Type == appsv1.DeploymentProgressing {
 			return c.Reason == "ProgressDeadlineExceeded"

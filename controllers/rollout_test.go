@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -316,5 +317,63 @@ func testMigrationPodWaiting(t *testing.T) {
 	reconcileDirectly(t, ns, "pw", 1)
 	if c := condition(getStack(t, ns, "pw"), tradingv1alpha1.ConditionMigrationsSucceeded); c == nil || strings.Contains(c.Message, "waits") {
 		t.Errorf("migration pod running: %+v", c)
+	}
+}
+
+// testStuckRolloutThroughScale: a stuck rollout of an autoscaled stack stays RolloutStuck when
+// the HPA scales the Deployment (its generation moves; the Deployment controller has not
+// observed it yet, and a scale does not reset its verdict): no flip of Degraded and
+// Progressing, with their writes and events, for the moment of every scale.
+func testStuckRolloutThroughScale(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "hf", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 4}
+	}))
+	makeReady(t, ns, "hf")
+	updateStack(t, ns, "hf", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = "registry.example.com/tradingd:v2" })
+	job := waitMigrationJob(t, ns, "hf", "registry.example.com/tradingd:v2")
+	finishJob(t, ns, job.Name, true)
+	waitAPIImage(t, ns, "hf", "registry.example.com/tradingd:v2")
+	setDeploymentStatusProgress(t, ns, "hf-api", 3, 1, 2, "ProgressDeadlineExceeded")
+	reconcileDirectly(t, ns, "hf", 1)
+	if c := condition(getStack(t, ns, "hf"), tradingv1alpha1.ConditionDegraded); c == nil || c.Reason != tradingv1alpha1.ReasonRolloutStuck {
+		t.Fatalf("stuck: Degraded %+v", c)
+	}
+
+	// The HPA scales to 3.
+	eventually(t, "scale to 3", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "hf-api"), d); err != nil {
+			return err
+		}
+		d.Spec.Replicas = ptr.To[int32](3)
+		return k8s.Update(bg, d)
+	})
+	mgrMu.Lock()
+	cache := currentMgr.GetCache()
+	mgrMu.Unlock()
+	eventually(t, "the cache sees the scale", func() error {
+		d := &appsv1.Deployment{}
+		if err := cache.Get(bg, key(ns, "hf-api"), d); err != nil {
+			return err
+		}
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
+			return fmt.Errorf("replicas %v", d.Spec.Replicas)
+		}
+		return nil
+	})
+	reconcileDirectly(t, ns, "hf", 1)
+	s := getStack(t, ns, "hf")
+	for _, want := range []struct {
+		typ    string
+		status metav1.ConditionStatus
+	}{
+		{tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue},
+		{tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue},
+		{tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse},
+	} {
+		if c := condition(s, want.typ); c == nil || c.Status != want.status || c.Reason != tradingv1alpha1.ReasonRolloutStuck {
+			t.Errorf("stuck rollout, scaled by the HPA: %s %+v, want %s RolloutStuck", want.typ, c, want.status)
+		}
 	}
 }

@@ -91,6 +91,7 @@ func TestOperator(t *testing.T) {
 		{"ImageFlipsDuringMigration", testImageFlipsDuringMigration},
 		{"PausedDuringMigration", testPausedDuringMigration},
 		{"MigrationPodWaiting", testMigrationPodWaiting},
+		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
