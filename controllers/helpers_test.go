@@ -236,19 +236,7 @@ func finishJob(t *testing.T, ns, name string, succeeded bool) {
 // the order of their names, so attempt decides which one the operator meets first.
 func migrationPod(t *testing.T, job *batchv1.Job, attempt int, exitCode int32, message string) {
 	t.Helper()
-	// The ServiceAccount admission plugin wants the namespace's default account, which no
-	// controller makes here.
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: job.Namespace, Name: "default"}}
-	if err := k8s.Create(bg, sa); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: job.Namespace, Name: fmt.Sprintf("%s-%d", job.Name, attempt), Labels: job.Spec.Template.Labels},
-		Spec:       job.Spec.Template.Spec,
-	}
-	if err := k8s.Create(bg, pod); err != nil {
-		t.Fatalf("create migration pod: %v", err)
-	}
+	pod := createMigrationPod(t, job, fmt.Sprintf("%s-%d", job.Name, attempt))
 	now := metav1.Now()
 	pod.Status = corev1.PodStatus{Phase: corev1.PodSucceeded, ContainerStatuses: []corev1.ContainerStatus{{
 		Name: job.Spec.Template.Spec.Containers[0].Name, Image: job.Spec.Template.Spec.Containers[0].Image,
@@ -260,6 +248,26 @@ func migrationPod(t *testing.T, job *batchv1.Job, attempt int, exitCode int32, m
 	if err := k8s.Status().Update(bg, pod); err != nil {
 		t.Fatalf("migration pod status: %v", err)
 	}
+}
+
+// createMigrationPod plays the Job controller: a pod of job named name, with the Job's
+// labels and template, and no status yet.
+func createMigrationPod(t *testing.T, job *batchv1.Job, name string) *corev1.Pod {
+	t.Helper()
+	// The ServiceAccount admission plugin wants the namespace's default account, which no
+	// controller makes here.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: job.Namespace, Name: "default"}}
+	if err := k8s.Create(bg, sa); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: job.Namespace, Name: name, Labels: job.Spec.Template.Labels},
+		Spec:       job.Spec.Template.Spec,
+	}
+	if err := k8s.Create(bg, pod); err != nil {
+		t.Fatalf("create migration pod: %v", err)
+	}
+	return pod
 }
 
 // makeReady plays kubelet for a stack with managed PostgreSQL and Redis until

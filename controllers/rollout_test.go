@@ -48,19 +48,56 @@ func setDeploymentStatusProgress(t *testing.T, ns, name string, replicas, update
 		}
 		return k8s.Status().Update(bg, d)
 	})
+	waitCachedDeployment(t, ns, name, d.ResourceVersion)
+}
+
+// waitCachedDeployment waits until the operator's cache holds the Deployment at
+// resourceVersion rv, so that the pass that follows reads what the test wrote.
+func waitCachedDeployment(t *testing.T, ns, name, rv string) {
+	t.Helper()
 	mgrMu.Lock()
 	cache := currentMgr.GetCache()
 	mgrMu.Unlock()
-	eventually(t, "the cache sees the Deployment status", func() error {
+	eventually(t, "the cache sees Deployment "+name+" at "+rv, func() error {
 		cached := &appsv1.Deployment{}
 		if err := cache.Get(bg, key(ns, name), cached); err != nil {
 			return err
 		}
-		if cached.ResourceVersion != d.ResourceVersion {
-			return fmt.Errorf("resourceVersion %s, want %s", cached.ResourceVersion, d.ResourceVersion)
+		if cached.ResourceVersion != rv {
+			return fmt.Errorf("resourceVersion %s, want %s", cached.ResourceVersion, rv)
 		}
 		return nil
 	})
+}
+
+// wantRolloutStuck checks the conditions of a stack whose rollout the Deployment gave up on
+// while the old pods serve: RuntimeAvailable and Degraded True, Progressing False, each
+// with reason RolloutStuck.
+func wantRolloutStuck(t *testing.T, s *tradingv1alpha1.TradingStack, what string) {
+	t.Helper()
+	for _, want := range []struct {
+		typ    string
+		status metav1.ConditionStatus
+	}{
+		{tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue},
+		{tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue},
+		{tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse},
+	} {
+		if c := condition(s, want.typ); c == nil || c.Status != want.status || c.Reason != tradingv1alpha1.ReasonRolloutStuck {
+			t.Errorf("%s: %s %+v, want %s RolloutStuck", what, want.typ, c, want.status)
+		}
+	}
+}
+
+// upgradingStack makes a Ready stack name in a namespace of its own, then sets its runtime
+// image to image, and returns the namespace and the migration Job that change made.
+func upgradingStack(t *testing.T, name, image string, mutate ...func(*tradingv1alpha1.TradingStack)) (string, *batchv1.Job) {
+	t.Helper()
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, name, mutate...))
+	makeReady(t, ns, name)
+	updateStack(t, ns, name, func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = image })
+	return ns, waitMigrationJob(t, ns, name, image)
 }
 
 func apiImageOf(t *testing.T, ns, stack string) string {
@@ -88,12 +125,7 @@ func waitAPIImage(t *testing.T, ns, stack, image string) {
 // pod never becomes ready must not read "available with image v2", Progressing Stable.
 // Likewise with two replicas, the last old pod still serving while the second new one starts.
 func testRolloutNotReportedDoneEarly(t *testing.T) {
-	ns := newNamespace(t)
-	createStack(t, newStack(ns, "roll", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 1 }))
-	makeReady(t, ns, "roll")
-
-	updateStack(t, ns, "roll", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = "registry.example.com/tradingd:v2" })
-	job := waitMigrationJob(t, ns, "roll", "registry.example.com/tradingd:v2")
+	ns, job := upgradingStack(t, "roll", "registry.example.com/tradingd:v2", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 1 })
 	finishJob(t, ns, job.Name, true)
 	waitAPIImage(t, ns, "roll", "registry.example.com/tradingd:v2")
 
@@ -114,18 +146,7 @@ func testRolloutNotReportedDoneEarly(t *testing.T) {
 	setDeploymentStatusProgress(t, ns, "roll-api", 2, 1, 1, "ProgressDeadlineExceeded")
 	reconcileDirectly(t, ns, "roll", 1)
 	s = getStack(t, ns, "roll")
-	for _, want := range []struct {
-		typ    string
-		status metav1.ConditionStatus
-	}{
-		{tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue},
-		{tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue},
-		{tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse},
-	} {
-		if c := condition(s, want.typ); c == nil || c.Status != want.status || c.Reason != tradingv1alpha1.ReasonRolloutStuck {
-			t.Errorf("rollout stuck: %s %+v, want %s RolloutStuck", want.typ, c, want.status)
-		}
-	}
+	wantRolloutStuck(t, s, "rollout stuck")
 	if c := condition(s, tradingv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue || s.Status.Phase != tradingv1alpha1.PhaseDegraded {
 		t.Errorf("rollout stuck, old pod serving: Ready %+v, phase %s; want Ready True, phase Degraded", c, s.Status.Phase)
 	}
@@ -246,11 +267,7 @@ func testImageFlipsDuringMigration(t *testing.T) {
 // stays on A until unpaused, then moves to B.
 func testPausedDuringMigration(t *testing.T) {
 	const b = "registry.example.com/tradingd:b"
-	ns := newNamespace(t)
-	createStack(t, newStack(ns, "pm"))
-	makeReady(t, ns, "pm")
-	updateStack(t, ns, "pm", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = b })
-	job := waitMigrationJob(t, ns, "pm", b)
+	ns, job := upgradingStack(t, "pm", b)
 	updateStack(t, ns, "pm", func(s *tradingv1alpha1.TradingStack) { s.Spec.Paused = true })
 	waitCondition(t, ns, "pm", tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonPaused)
 	finishJob(t, ns, job.Name, true)
@@ -274,24 +291,10 @@ func testPausedDuringMigration(t *testing.T) {
 // condition says why the pod waits, not only "running".
 func testMigrationPodWaiting(t *testing.T) {
 	const typo = "registry.example.com/tradingd:v2-typo"
-	ns := newNamespace(t)
-	createStack(t, newStack(ns, "pw"))
-	makeReady(t, ns, "pw")
-	updateStack(t, ns, "pw", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = typo })
-	job := waitMigrationJob(t, ns, "pw", typo)
+	ns, job := upgradingStack(t, "pw", typo)
 
 	// The Job controller's pod, which the kubelet cannot start.
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "default"}}
-	if err := k8s.Create(bg, sa); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: job.Name + "-x1", Labels: job.Spec.Template.Labels},
-		Spec:       job.Spec.Template.Spec,
-	}
-	if err := k8s.Create(bg, pod); err != nil {
-		t.Fatal(err)
-	}
+	pod := createMigrationPod(t, job, job.Name+"-x1")
 	pod.Status = corev1.PodStatus{Phase: corev1.PodPending, ContainerStatuses: []corev1.ContainerStatus{{
 		Name: migrateContainer, Image: typo,
 		State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{
@@ -325,13 +328,9 @@ func testMigrationPodWaiting(t *testing.T) {
 // observed it yet, and a scale does not reset its verdict): no flip of Degraded and
 // Progressing, with their writes and events, for the moment of every scale.
 func testStuckRolloutThroughScale(t *testing.T) {
-	ns := newNamespace(t)
-	createStack(t, newStack(ns, "hf", func(s *tradingv1alpha1.TradingStack) {
+	ns, job := upgradingStack(t, "hf", "registry.example.com/tradingd:v2", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 4}
-	}))
-	makeReady(t, ns, "hf")
-	updateStack(t, ns, "hf", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = "registry.example.com/tradingd:v2" })
-	job := waitMigrationJob(t, ns, "hf", "registry.example.com/tradingd:v2")
+	})
 	finishJob(t, ns, job.Name, true)
 	waitAPIImage(t, ns, "hf", "registry.example.com/tradingd:v2")
 	setDeploymentStatusProgress(t, ns, "hf-api", 3, 1, 2, "ProgressDeadlineExceeded")
@@ -341,39 +340,15 @@ func testStuckRolloutThroughScale(t *testing.T) {
 	}
 
 	// The HPA scales to 3.
+	d := &appsv1.Deployment{}
 	eventually(t, "scale to 3", func() error {
-		d := &appsv1.Deployment{}
 		if err := k8s.Get(bg, key(ns, "hf-api"), d); err != nil {
 			return err
 		}
 		d.Spec.Replicas = ptr.To[int32](3)
 		return k8s.Update(bg, d)
 	})
-	mgrMu.Lock()
-	cache := currentMgr.GetCache()
-	mgrMu.Unlock()
-	eventually(t, "the cache sees the scale", func() error {
-		d := &appsv1.Deployment{}
-		if err := cache.Get(bg, key(ns, "hf-api"), d); err != nil {
-			return err
-		}
-		if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
-			return fmt.Errorf("replicas %v", d.Spec.Replicas)
-		}
-		return nil
-	})
+	waitCachedDeployment(t, ns, "hf-api", d.ResourceVersion)
 	reconcileDirectly(t, ns, "hf", 1)
-	s := getStack(t, ns, "hf")
-	for _, want := range []struct {
-		typ    string
-		status metav1.ConditionStatus
-	}{
-		{tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue},
-		{tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue},
-		{tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse},
-	} {
-		if c := condition(s, want.typ); c == nil || c.Status != want.status || c.Reason != tradingv1alpha1.ReasonRolloutStuck {
-			t.Errorf("stuck rollout, scaled by the HPA: %s %+v, want %s RolloutStuck", want.typ, c, want.status)
-		}
-	}
+	wantRolloutStuck(t, getStack(t, ns, "hf"), "stuck rollout, scaled by the HPA")
 }
