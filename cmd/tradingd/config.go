@@ -24,6 +24,7 @@ import (
 
 	trading "github.com/findmy/trading-operator/runtime"
 	"github.com/findmy/trading-operator/runtime/jwt"
+	"github.com/findmy/trading-operator/runtime/redis"
 )
 
 // Config is every setting of tradingd, validated. Settings that only a later component
@@ -177,8 +178,8 @@ var settings = []setting{
 		c.JWTAudience = v
 		return nil
 	}},
-	{env: "ACCESS_TOKEN_TTL", def: "60m", usage: "access token lifetime", apply: positiveDuration(func(c *Config) *time.Duration { return &c.AccessTokenTTL })},
-	{env: "REFRESH_TOKEN_TTL", def: "720h", usage: "refresh token lifetime", apply: positiveDuration(func(c *Config) *time.Duration { return &c.RefreshTokenTTL })},
+	{env: "ACCESS_TOKEN_TTL", def: "60m", usage: "access token lifetime (at least 1s)", apply: atLeastSecond(func(c *Config) *time.Duration { return &c.AccessTokenTTL })},
+	{env: "REFRESH_TOKEN_TTL", def: "720h", usage: "refresh token lifetime (at least 1s)", apply: atLeastSecond(func(c *Config) *time.Duration { return &c.RefreshTokenTTL })},
 	{env: "LISTEN_ADDR", def: ":8080", usage: "API address", apply: address(func(c *Config) *string { return &c.ListenAddr })},
 	{env: "ADMIN_ADDR", def: ":9090", usage: "admin address (/healthz, /readyz, /metrics)", apply: address(func(c *Config) *string { return &c.AdminAddr })},
 	{env: "SYMBOLS", def: defaultSymbols, usage: "traded symbols, comma separated", apply: func(c *Config, v string) error {
@@ -265,6 +266,10 @@ var settings = []setting{
 		return fmt.Errorf("%q is not one of json, text", v)
 	}},
 	{env: "BOOTSTRAP_ADMIN_PASSWORD", usage: "creates user admin (role admin) on first start when absent", apply: func(c *Config, v string) error {
+		// One line ending at the end is not part of it, as for `user add`: a Secret made from
+		// a file (kubectl create secret --from-file) usually ends in one, and the admin's
+		// password then held a line break nobody types.
+		v = strings.TrimSuffix(strings.TrimSuffix(v, "\n"), "\r")
 		if len(v) > maxPasswordBytes {
 			return fmt.Errorf("is %d bytes long; bcrypt takes at most %d", len(v), maxPasswordBytes)
 		}
@@ -536,6 +541,21 @@ func positiveDuration(field func(*Config) *time.Duration) func(*Config, string) 
 	}
 }
 
+// atLeastSecond is positiveDuration for token lifetimes: tokens carry whole seconds (exp,
+// expires_in), so a lifetime under a second made tokens that had expired when issued.
+func atLeastSecond(field func(*Config) *time.Duration) func(*Config, string) error {
+	positive := positiveDuration(field)
+	return func(c *Config, v string) error {
+		if err := positive(c, v); err != nil {
+			return err
+		}
+		if *field(c) < time.Second {
+			return fmt.Errorf("%q must be at least 1s", v)
+		}
+		return nil
+	}
+}
+
 func nonNegativeDuration(field func(*Config) *time.Duration) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
@@ -713,6 +733,11 @@ func checkRedisURL(v string) error {
 		}
 	default:
 		return fmt.Errorf("scheme %q is not redis://, rediss:// or unix://", u.Scheme)
+	}
+	// The client's own parser: an option it does not take (?bogus=1, ?password=) or cannot
+	// read (?dial_timeout=abc) failed only later, after the start had been logged.
+	if err := redis.CheckURL(v); err != nil {
+		return err
 	}
 	return nil
 }

@@ -133,6 +133,8 @@ func TestLoadSources(t *testing.T) {
 		{"LOG_LEVEL", "--log-level", "debug", "error", func(c *Config) bool { return c.LogLevel == slog.LevelDebug }},
 		{"LOG_FORMAT", "--log-format", "text", "json", func(c *Config) bool { return c.LogFormat == "text" }},
 		{"BOOTSTRAP_ADMIN_PASSWORD", "--bootstrap-admin-password", "s3cret-admin", "other", func(c *Config) bool { return c.BootstrapAdminPassword == "s3cret-admin" }},
+		// One line ending at the end (a Secret made from a file) is not part of it.
+		{"BOOTSTRAP_ADMIN_PASSWORD", "--bootstrap-admin-password", "s3cret-admin\r\n", "other", func(c *Config) bool { return c.BootstrapAdminPassword == "s3cret-admin" }},
 		{"DEMO_USERS", "--demo-users", "true", "false", func(c *Config) bool { return c.DemoUsers }},
 	}
 	for _, tt := range tests {
@@ -219,10 +221,16 @@ func TestLoadErrors(t *testing.T) {
 		{"redis wrong scheme", nil, with(required(), "REDIS_URL", "http://cache:6379"), "REDIS_URL"},
 		{"redis no host", nil, with(required(), "REDIS_URL", "redis:///0"), "REDIS_URL"},
 		{"redis db not a number", nil, with(required(), "REDIS_URL", "redis://cache:6379/x"), "REDIS_URL"},
+		// Options go-redis does not take, or cannot read: refused at start, not after it.
+		{"redis unknown option", nil, with(required(), "REDIS_URL", "redis://cache:6379/0?bogus=1"), "REDIS_URL"},
+		{"redis bad option value", nil, with(required(), "REDIS_URL", "redis://cache:6379/0?dial_timeout=abc"), "REDIS_URL"},
 		{"jwt not a pair", nil, with(required(), "JWT_KEYS", "just-a-secret"), "JWT_KEYS"},
 		{"jwt short secret", nil, with(required(), "JWT_KEYS", "k1:c2hvcnQ="), "JWT_KEYS"},
 		{"access ttl", nil, with(required(), "ACCESS_TOKEN_TTL", "an hour"), "ACCESS_TOKEN_TTL"},
 		{"access ttl zero", nil, with(required(), "ACCESS_TOKEN_TTL", "0s"), "ACCESS_TOKEN_TTL"},
+		// Tokens carry whole seconds: a shorter lifetime issued tokens expired at once.
+		{"access ttl under a second", nil, with(required(), "ACCESS_TOKEN_TTL", "500ms"), "ACCESS_TOKEN_TTL"},
+		{"refresh ttl under a second", nil, with(required(), "REFRESH_TOKEN_TTL", "1ms"), "REFRESH_TOKEN_TTL"},
 		{"access ttl flag", []string{"--access-token-ttl=60"}, required(), "ACCESS_TOKEN_TTL"},
 		{"refresh ttl negative", nil, with(required(), "REFRESH_TOKEN_TTL", "-1h"), "REFRESH_TOKEN_TTL"},
 		{"listen addr", nil, with(required(), "LISTEN_ADDR", "8080"), "LISTEN_ADDR"},

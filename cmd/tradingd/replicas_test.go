@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
@@ -346,4 +348,32 @@ func freePort(t *testing.T) string {
 	defer l.Close()
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	return port
+}
+
+// TestServeWarnsOfNewerSchema: a runtime older than the database's schema (an upgrade rolling
+// out, or a rollback) serves, and says so once at start.
+func TestServeWarnsOfNewerSchema(t *testing.T) {
+	dsn := pgtest.NewMigratedDatabase(t)
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(context.Background(), `INSERT INTO goose_db_version (version_id, is_applied) VALUES ($1, true)`, postgres.SchemaVersion+1)
+	conn.Close(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startReplica(t, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "LISTEN_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
+	// The check runs before "serving" (which startReplica waited for): its line is in.
+	r.proc.mu.Lock()
+	defer r.proc.mu.Unlock()
+	for _, l := range r.proc.logs {
+		if msg, _ := l["msg"].(string); strings.Contains(msg, "schema is newer than this binary") {
+			if l["level"] != "WARN" || l["schema_version"] != float64(postgres.SchemaVersion+1) {
+				t.Errorf("warning: %v, want WARN naming schema version %d", l, postgres.SchemaVersion+1)
+			}
+			return
+		}
+	}
+	t.Errorf("no warning of the newer schema before serving:\n%s", r.proc.raw.String())
 }

@@ -369,6 +369,13 @@ func waitForSchema(ctx context.Context, db *postgres.DB, logger *slog.Logger) (i
 	for attempt := 1; ; attempt++ {
 		version, err := db.CheckSchema(ctx)
 		switch {
+		case err == nil && version > postgres.SchemaVersion:
+			// Normal while an upgrade rolls out (the migration runs before the new pods),
+			// and after a rollback: the migrations keep older runtimes working, but the
+			// runbook's "set spec.runtime.image back" should be a choice, not an accident.
+			logger.Warn("the database schema is newer than this binary's: an upgrade is rolling out, or this runtime is an older image",
+				"schema_version", version, "binary_schema_version", postgres.SchemaVersion)
+			return version, nil
 		case err == nil:
 			return version, nil
 		case errors.Is(err, postgres.ErrSchemaTooOld):

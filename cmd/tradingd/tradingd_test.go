@@ -294,6 +294,10 @@ func TestUserAdd(t *testing.T) {
 		{"password over 72 bytes", strings.Repeat("x", 73) + "\n", []string{"--username", "bob", "--role", "trader"}, 1, "72"},
 		{"no password", "", []string{"--username", "bob", "--role", "trader"}, 1, "password"},
 		{"no username", "pw\n", []string{"--role", "trader"}, 2, "--username"},
+		// A second line was dropped without a word: the user may have meant it as part of
+		// the password.
+		{"two lines", "first-line\nsecond-line\n", []string{"--username", "bob", "--role", "trader"}, 1, "more than one line"},
+		{"blank lines after it", "pw-for-carol\n\r\n\n", []string{"--username", "carol", "--role", "trader"}, 0, ""},
 		{"unknown flag", "pw\n", []string{"--username", "bob", "--role", "trader", "--admin"}, 2, "admin"},
 	}
 	for _, tt := range tests {

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
+
+	"golang.org/x/term"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -41,7 +44,12 @@ func userAdd(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return usageErrorf("user add: --role %q: %s", *role, trading.ErrorMessage(err))
 	}
-	password, err := readPassword(stdin)
+	var password string
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		password, err = promptPassword(int(f.Fd()), *username, stderr)
+	} else {
+		password, err = readPassword(stdin)
+	}
 	if err != nil {
 		return fmt.Errorf("user add: %v", err)
 	}
@@ -75,7 +83,41 @@ func userAdd(ctx context.Context, args []string, getenv func(string) string, std
 	return nil
 }
 
-// readPassword reads the first line of r, without its line ending.
+// promptPassword asks for the password twice at a terminal, without echo: read as a line
+// from a terminal it was shown on the screen as it was typed.
+func promptPassword(fd int, username string, prompt io.Writer) (string, error) {
+	read := func(label string) (string, error) {
+		fmt.Fprintf(prompt, "%s: ", label)
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(prompt)
+		if err != nil {
+			return "", fmt.Errorf("reading the password from the terminal: %v", err)
+		}
+		return string(b), nil
+	}
+	password, err := read("Password for " + username)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case password == "":
+		return "", errors.New("no password given")
+	case len(password) > maxPasswordBytes:
+		return "", fmt.Errorf("the password is %d bytes long; at most %d are allowed (bcrypt)", len(password), maxPasswordBytes)
+	}
+	again, err := read("Again")
+	if err != nil {
+		return "", err
+	}
+	if again != password {
+		return "", errors.New("the two passwords differ")
+	}
+	return password, nil
+}
+
+// readPassword reads the first line of r, without its line ending. Anything but line
+// endings after it is refused: a second line was dropped without a word, and the user may
+// have meant it as part of the password.
 func readPassword(r io.Reader) (string, error) {
 	br := bufio.NewReaderSize(io.LimitReader(r, maxPasswordLine+1), maxPasswordLine+1)
 	line, err := br.ReadString('\n')
@@ -86,6 +128,9 @@ func readPassword(r io.Reader) (string, error) {
 		return "", fmt.Errorf("the password on standard input is longer than %d bytes", maxPasswordBytes)
 	}
 	password := strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	if rest, _ := io.ReadAll(br); strings.Trim(string(rest), "\r\n") != "" {
+		return "", errors.New("standard input has more than one line: give the password alone, on the first line")
+	}
 	switch {
 	case password == "":
 		return "", errors.New("no password on standard input (give it as the first line)")

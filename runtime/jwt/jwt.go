@@ -45,34 +45,40 @@ type KeySet struct {
 
 // ParseKeys reads JWT_KEYS: `kid:base64secret` pairs separated by commas or newlines.
 // Secrets may use standard or URL base64, padded or not, and must decode to at least
-// MinSecretBytes. Errors name JWT_KEYS and the kid, never the secret.
+// MinSecretBytes. Errors name JWT_KEYS and the entry by its position, never a secret, nor
+// a key id: with id and secret swapped ("secret:k1"), a URL-base64 secret is a well-formed
+// id, and echoing "the id" printed the secret.
 func ParseKeys(s string) (*KeySet, error) {
 	ks := &KeySet{byID: map[string][]byte{}}
+	at := map[string]int{} // kid -> entry number
+	n := 0
 	for _, entry := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == '\n' || r == '\r' }) {
 		entry = strings.TrimSpace(entry)
 		if entry == "" {
 			continue
 		}
+		n++
 		kid, secret, ok := strings.Cut(entry, ":")
 		kid, secret = strings.TrimSpace(kid), strings.TrimSpace(secret)
 		if !ok || secret == "" {
-			return nil, fmt.Errorf("JWT_KEYS: each entry must be kid:base64secret")
+			return nil, fmt.Errorf("JWT_KEYS: entry %d is not kid:base64secret", n)
 		}
 		if !kidPattern.MatchString(kid) {
-			return nil, fmt.Errorf("JWT_KEYS: key id %q must be 1 to 64 characters of A-Z a-z 0-9 . _ -", kid)
+			return nil, fmt.Errorf("JWT_KEYS: the key id of entry %d must be 1 to 64 characters of A-Z a-z 0-9 . _ - (kid:base64secret: the id comes first)", n)
 		}
-		if _, dup := ks.byID[kid]; dup {
-			return nil, fmt.Errorf("JWT_KEYS: key id %q appears twice", kid)
+		if first, dup := at[kid]; dup {
+			return nil, fmt.Errorf("JWT_KEYS: entries %d and %d have the same key id", first, n)
 		}
 		raw, err := decodeSecret(secret)
 		if err != nil {
-			return nil, fmt.Errorf("JWT_KEYS: the secret of key %q is not base64", kid)
+			return nil, fmt.Errorf("JWT_KEYS: the secret of entry %d is not base64 (kid:base64secret: the secret comes second)", n)
 		}
 		if len(raw) < MinSecretBytes {
-			return nil, fmt.Errorf("JWT_KEYS: the secret of key %q has %d bytes, at least %d are needed", kid, len(raw), MinSecretBytes)
+			return nil, fmt.Errorf("JWT_KEYS: the secret of entry %d has %d bytes, at least %d are needed", n, len(raw), MinSecretBytes)
 		}
 		ks.keys = append(ks.keys, Key{ID: kid, Secret: raw})
 		ks.byID[kid] = raw
+		at[kid] = n
 	}
 	if len(ks.keys) == 0 {
 		return nil, errors.New("JWT_KEYS: no key given (kid:base64secret)")

@@ -50,6 +50,9 @@ func TestParseKeys(t *testing.T) {
 		"not base64":    "k1:!!!not-base64!!!",
 		"short secret":  "k1:" + short,
 		"duplicate kid": "k1:" + a + ",k1:" + b,
+		// Id and secret swapped: a URL-base64 secret is a well-formed id, and "k1" a
+		// (too short) secret.
+		"swapped": b + ":k1",
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := ParseKeys(in)
@@ -59,7 +62,7 @@ func TestParseKeys(t *testing.T) {
 			if !strings.Contains(err.Error(), "JWT_KEYS") {
 				t.Errorf("error %q does not name JWT_KEYS", err)
 			}
-			if strings.Contains(err.Error(), short) || strings.Contains(err.Error(), a) {
+			if strings.Contains(err.Error(), short) || strings.Contains(err.Error(), a) || strings.Contains(err.Error(), b) {
 				t.Errorf("error %q shows a secret", err)
 			}
 		})

@@ -117,6 +117,16 @@ func Open(url string) (*Client, error) {
 	return OpenWith(url, Options{})
 }
 
+// CheckURL says what go-redis finds wrong with url (an option it does not take, a value it
+// cannot read), as Open would meet it, or nil: so that a start refuses it at once, in one
+// line naming the setting. Its messages name options and echo no password.
+func CheckURL(url string) error {
+	if _, err := goredis.ParseURL(url); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "redis: "))
+	}
+	return nil
+}
+
 // OpenWith is Open with options.
 func OpenWith(url string, o Options) (*Client, error) {
 	ro, err := goredis.ParseURL(url)
