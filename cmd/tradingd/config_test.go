@@ -222,6 +222,8 @@ func TestLoadErrors(t *testing.T) {
 		{"redis no host", nil, with(required(), "REDIS_URL", "redis:///0"), "REDIS_URL"},
 		{"redis db not a number", nil, with(required(), "REDIS_URL", "redis://cache:6379/x"), "REDIS_URL"},
 		// Options go-redis does not take, or cannot read: refused at start, not after it.
+		// A password with "/" and "@" not percent-encoded: the host became "ss".
+		{"database password not encoded", nil, with(required(), "DATABASE_URL", "postgres://app:p@ss/w0rd@db:5432/trading"), "DATABASE_URL"},
 		{"redis unknown option", nil, with(required(), "REDIS_URL", "redis://cache:6379/0?bogus=1"), "REDIS_URL"},
 		{"redis bad option value", nil, with(required(), "REDIS_URL", "redis://cache:6379/0?dial_timeout=abc"), "REDIS_URL"},
 		{"jwt not a pair", nil, with(required(), "JWT_KEYS", "just-a-secret"), "JWT_KEYS"},

@@ -350,9 +350,26 @@ func freePort(t *testing.T) string {
 	return port
 }
 
-// TestServeWarnsOfNewerSchema: a runtime older than the database's schema (an upgrade rolling
-// out, or a rollback) serves, and says so once at start.
-func TestServeWarnsOfNewerSchema(t *testing.T) {
+// startWarnings starts a replica with env and returns the WARN lines it logged before
+// "serving" (startReplica waits for that line: the start's checks come before it).
+func startWarnings(t *testing.T, env map[string]string) []map[string]any {
+	t.Helper()
+	r := startReplica(t, env)
+	r.proc.mu.Lock()
+	defer r.proc.mu.Unlock()
+	var warns []map[string]any
+	for _, l := range r.proc.logs {
+		if l["level"] == "WARN" {
+			warns = append(warns, l)
+		}
+	}
+	return warns
+}
+
+// TestServeStartWarnings: settings and states that serve but need a look are said once at
+// start: a schema newer than the binary's (an upgrade rolling out, or a rollback), and
+// TRUSTED_PROXIES that believe every address.
+func TestServeStartWarnings(t *testing.T) {
 	dsn := pgtest.NewMigratedDatabase(t)
 	conn, err := pgx.Connect(context.Background(), dsn)
 	if err != nil {
@@ -363,17 +380,15 @@ func TestServeWarnsOfNewerSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := startReplica(t, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "LISTEN_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
-	// The check runs before "serving" (which startReplica waited for): its line is in.
-	r.proc.mu.Lock()
-	defer r.proc.mu.Unlock()
-	for _, l := range r.proc.logs {
-		if msg, _ := l["msg"].(string); strings.Contains(msg, "schema is newer than this binary") {
-			if l["level"] != "WARN" || l["schema_version"] != float64(postgres.SchemaVersion+1) {
-				t.Errorf("warning: %v, want WARN naming schema version %d", l, postgres.SchemaVersion+1)
-			}
-			return
-		}
+	warns := startWarnings(t, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "LISTEN_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0",
+		"TRUSTED_PROXIES": "10.0.0.0/8,0.0.0.0/0"})
+	var schema, proxies bool
+	for _, w := range warns {
+		msg, _ := w["msg"].(string)
+		schema = schema || strings.Contains(msg, "schema is newer than this binary") && w["schema_version"] == float64(postgres.SchemaVersion+1)
+		proxies = proxies || strings.Contains(msg, "TRUSTED_PROXIES includes every address (0.0.0.0/0)")
 	}
-	t.Errorf("no warning of the newer schema before serving:\n%s", r.proc.raw.String())
+	if !schema || !proxies {
+		t.Errorf("warnings before serving: %v; want the newer schema (%v) and the proxies (%v) said", warns, schema, proxies)
+	}
 }

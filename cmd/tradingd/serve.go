@@ -98,6 +98,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	logger := newLogger(cfg, stderr)
 	defer logFailure(logger, &err)
 	logger.Info("starting tradingd", "version", trading.Version, "config", cfg)
+	for _, p := range cfg.TrustedProxies {
+		if p.Bits() == 0 {
+			logger.Warn("TRUSTED_PROXIES includes every address ("+p.String()+"): any client can name its own IP in X-Forwarded-For and escape the per-IP login limit",
+				"trusted_proxies", p.String())
+		}
+	}
 	// Go collects whenever the heap has doubled (GOGC=100). tradingd's live heap is small
 	// (tens of MB) and every request allocates, so it collected all the time: GOGC=400 served
 	// 8% more cached reads per second for about 10 MB more memory (make bench). GOGC and
