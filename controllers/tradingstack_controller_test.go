@@ -1251,7 +1251,11 @@ func testValidationRules(t *testing.T) {
 	}), "spec.runtime.limits.maxPrice must be more than 0")
 	refused("access token lifetime 0", newStack(ns, "v11", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Auth.AccessTokenTTL = "0s"
-	}), "spec.runtime.auth.accessTokenTTL must be more than 0")
+	}), "spec.runtime.auth.accessTokenTTL must be at least 1s")
+	// tradingd refuses a token lifetime under a second (tokens carry whole seconds).
+	refused("refresh token lifetime under a second", newStack(ns, "v31", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Auth.RefreshTokenTTL = "500ms"
+	}), "spec.runtime.auth.refreshTokenTTL must be at least 1s")
 	refused("pool health check 0", newStack(ns, "v12", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Postgres.Pool.HealthCheckPeriod = "0m"
 	}), "spec.postgres.pool.healthCheckPeriod must be more than 0")

@@ -244,19 +244,21 @@ type CacheSpec struct {
 
 // AuthSpec sets token lifetimes, as Go durations such as 60m or 720h.
 type AuthSpec struct {
-	// AccessTokenTTL is the lifetime of an access token (ACCESS_TOKEN_TTL). Defaults to 60m.
+	// AccessTokenTTL is the lifetime of an access token (ACCESS_TOKEN_TTL). Defaults to 60m;
+	// at least 1s.
 	// +kubebuilder:default="60m"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s'))",message="spec.runtime.auth.accessTokenTTL must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) >= duration('1s'))",message="spec.runtime.auth.accessTokenTTL must be at least 1s (tokens carry whole seconds)"
 	// +optional
 	AccessTokenTTL string `json:"accessTokenTTL,omitempty"`
 
-	// RefreshTokenTTL is the lifetime of a refresh token (REFRESH_TOKEN_TTL). Defaults to 720h.
+	// RefreshTokenTTL is the lifetime of a refresh token (REFRESH_TOKEN_TTL). Defaults to
+	// 720h; at least 1s.
 	// +kubebuilder:default="720h"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) > duration('0s'))",message="spec.runtime.auth.refreshTokenTTL must be more than 0"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self) >= duration('1s'))",message="spec.runtime.auth.refreshTokenTTL must be at least 1s (tokens carry whole seconds)"
 	// +optional
 	RefreshTokenTTL string `json:"refreshTokenTTL,omitempty"`
 }
