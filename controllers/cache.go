@@ -84,10 +84,10 @@ func rolledOut(d *appsv1.Deployment, desired int32) bool {
 // rolloutStuck reports whether the Deployment controller gave up waiting for d's rollout
 // (its Progressing condition's ProgressDeadlineExceeded, which `kubectl rollout status`
 // reports as an error): the new pods do not become ready (an image that cannot be pulled, a
-// crash loop) and the old ones keep serving. Not gated on observedGeneration: a scale (the
-// HPA's) moves the generation without resetting the verdict, and reading "not stuck" until
-// the controller caught up flipped Degraded and Progressing for a moment on every scale. A
-// new template gets a new verdict (ReplicaSetUpdated) within moments of its apply.
+// crash loop) and the old ones keep serving. Not gated on observedGeneration here: a scale
+// (the HPA's) moves the generation without resetting the verdict. A new template that the
+// controller has not judged yet is the caller's to tell (reconcileRuntime): until then the
+// verdict is the old template's.
 func rolloutStuck(d *appsv1.Deployment) bool {
 	for _, c := range d.Status.Conditions {
 		if c.Type == appsv1.DeploymentProgressing {

@@ -48,23 +48,28 @@ func setDeploymentStatusProgress(t *testing.T, ns, name string, replicas, update
 		}
 		return k8s.Status().Update(bg, d)
 	})
-	waitCachedDeployment(t, ns, name, d.ResourceVersion)
+	waitCachedDeployment(t, ns, name, "with the status written", func(c *appsv1.Deployment) bool {
+		return c.Status.Replicas == replicas && c.Status.UpdatedReplicas == updated &&
+			c.Status.ReadyReplicas == ready && rolloutStuck(c) == (progress == "ProgressDeadlineExceeded")
+	})
 }
 
-// waitCachedDeployment waits until the operator's cache holds the Deployment at
-// resourceVersion rv, so that the pass that follows reads what the test wrote.
-func waitCachedDeployment(t *testing.T, ns, name, rv string) {
+// waitCachedDeployment waits until the operator's cache holds a Deployment name for which
+// ok holds, so that the pass that follows reads what the test wrote. Not a resourceVersion:
+// the operator may write the Deployment again meanwhile (its apply after a scale), and the
+// cache then never holds the version the test wrote.
+func waitCachedDeployment(t *testing.T, ns, name, what string, ok func(*appsv1.Deployment) bool) {
 	t.Helper()
 	mgrMu.Lock()
 	cache := currentMgr.GetCache()
 	mgrMu.Unlock()
-	eventually(t, "the cache sees Deployment "+name+" at "+rv, func() error {
+	eventually(t, "the cache sees Deployment "+name+" "+what, func() error {
 		cached := &appsv1.Deployment{}
 		if err := cache.Get(bg, key(ns, name), cached); err != nil {
 			return err
 		}
-		if cached.ResourceVersion != rv {
-			return fmt.Errorf("resourceVersion %s, want %s", cached.ResourceVersion, rv)
+		if !ok(cached) {
+			return fmt.Errorf("not yet: generation %d, status %+v", cached.Generation, cached.Status)
 		}
 		return nil
 	})
@@ -348,7 +353,47 @@ func testStuckRolloutThroughScale(t *testing.T) {
 		d.Spec.Replicas = ptr.To[int32](3)
 		return k8s.Update(bg, d)
 	})
-	waitCachedDeployment(t, ns, "hf-api", d.ResourceVersion)
+	waitCachedDeployment(t, ns, "hf-api", "scaled to 3", func(c *appsv1.Deployment) bool {
+		return c.Spec.Replicas != nil && *c.Spec.Replicas == 3
+	})
 	reconcileDirectly(t, ns, "hf", 1)
 	wantRolloutStuck(t, getStack(t, ns, "hf"), "stuck rollout, scaled by the HPA")
+}
+
+// testStuckRolloutNewTemplate: a stuck rollout, then the user changes the spec so
+// the pod template changes (a fix). Until the Deployment controller observes the new
+// generation, its Progressing verdict is the OLD template's: the stack must not read
+// RolloutStuck for the new generation.
+func testStuckRolloutNewTemplate(t *testing.T) {
+	ns, job := upgradingStack(t, "nt", "registry.example.com/tradingd:v2", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 1 })
+	finishJob(t, ns, job.Name, true)
+	waitAPIImage(t, ns, "nt", "registry.example.com/tradingd:v2")
+	setDeploymentStatusProgress(t, ns, "nt-api", 2, 1, 1, "ProgressDeadlineExceeded")
+	reconcileDirectly(t, ns, "nt", 1)
+	wantRolloutStuck(t, getStack(t, ns, "nt"), "stuck")
+
+	before := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "nt-api"), before); err != nil {
+		t.Fatal(err)
+	}
+	// A template change (the ConfigMap's hash in the pod template).
+	updateStack(t, ns, "nt", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Auth.AccessTokenTTL = "30m" })
+	d := &appsv1.Deployment{}
+	eventually(t, "new template applied", func() error {
+		if err := k8s.Get(bg, key(ns, "nt-api"), d); err != nil {
+			return err
+		}
+		if d.Generation == before.Generation {
+			return fmt.Errorf("generation %d", d.Generation)
+		}
+		return nil
+	})
+	waitCachedDeployment(t, ns, "nt-api", "with the new template", func(c *appsv1.Deployment) bool { return c.Generation >= d.Generation })
+	reconcileDirectly(t, ns, "nt", 1)
+	s := getStack(t, ns, "nt")
+	c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable)
+	p := condition(s, tradingv1alpha1.ConditionProgressing)
+	if c == nil || p == nil || c.Reason == tradingv1alpha1.ReasonRolloutStuck || p.Status == metav1.ConditionFalse {
+		t.Errorf("new template not yet observed by the Deployment controller reads stuck: RuntimeAvailable %+v Progressing %+v", c, p)
+	}
 }

@@ -10,6 +10,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -86,8 +88,24 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 			dep.Spec.Replicas = ptr.To(*cur.Spec.Replicas)
 		}
 	}
+	// The template before this pass: a ProgressDeadlineExceeded the Deployment controller has
+	// not re-judged (observedGeneration behind) is about the template it last saw.
+	before := &appsv1.Deployment{}
+	found, err := r.getCached(ctx, client.ObjectKeyFromObject(dep), before)
+	if err != nil {
+		return false, err
+	}
 	if err := r.applyChild(ctx, p, dep); err != nil {
 		return false, err
+	}
+	stuck := rolloutStuck(dep)
+	if stuck && dep.Status.ObservedGeneration < dep.Generation {
+		// Still stuck through a scale (the HPA's: the template the controller judged is the
+		// one applied), not once a new template was applied and is not judged yet: then the
+		// verdict is the old template's, and the stack reads rolling out until it is.
+		prev := meta.FindStatusCondition(p.original.Conditions, tradingv1alpha1.ConditionRuntimeAvailable)
+		stuck = found && equality.Semantic.DeepEqual(before.Spec.Template, dep.Spec.Template) &&
+			prev != nil && prev.Reason == tradingv1alpha1.ReasonRolloutStuck
 	}
 
 	desired := p.spec.Spec.Runtime.Replicas
@@ -105,7 +123,7 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	case deploymentAvailable(dep) && rolledOut(dep, desired):
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
 			fmt.Sprintf("Deployment %s is available with image %s", dep.Name, p.servingImage))
-	case deploymentAvailable(dep) && rolloutStuck(dep):
+	case deploymentAvailable(dep) && stuck:
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck,
 			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): the new pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name, p.servingImage, dep.Name))
 	case deploymentAvailable(dep):

@@ -92,6 +92,7 @@ func TestOperator(t *testing.T) {
 		{"PausedDuringMigration", testPausedDuringMigration},
 		{"MigrationPodWaiting", testMigrationPodWaiting},
 		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
+		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.

@@ -679,12 +679,13 @@ func checkDSN(v string) error {
 			return fmt.Errorf("scheme %q is not postgres:// or postgresql://", u.Scheme)
 		}
 		rest, _, _ := strings.Cut(v[len(u.Scheme)+len("://"):], "?")
+		rest, _, _ = strings.Cut(rest, "#")
 		if _, path, ok := strings.Cut(rest, "/"); ok && strings.Contains(path, "@") {
 			// A password holding "/" (p@ss/w0rd, not percent-encoded): the URL's host became
 			// what follows its first "@", the rest went into the database name, the start
 			// waited two minutes for a host that does not exist, and the logs showed part of
 			// the password.
-			return errors.New(`has an "@" after its host: percent-encode the password's "/", "@", "?" and "#" (%2F, %40, %3F, %23)`)
+			return errors.New(`has an "@" after its host: percent-encode "/", "@", "?" and "#" in the password (%2F, %40, %3F, %23), and "@" in the database name`)
 		}
 		return nil
 	}

@@ -116,7 +116,7 @@ func promptPassword(fd int, username string, prompt io.Writer) (string, error) {
 }
 
 // readPassword reads the first line of r, without its line ending. Anything but line
-// endings after it is refused: a second line was dropped without a word, and the user may
+// endings that arrived with it is refused: a second line was dropped without a word, and the user may
 // have meant it as part of the password.
 func readPassword(r io.Reader) (string, error) {
 	br := bufio.NewReaderSize(io.LimitReader(r, maxPasswordLine+1), maxPasswordLine+1)
@@ -128,7 +128,9 @@ func readPassword(r io.Reader) (string, error) {
 		return "", fmt.Errorf("the password on standard input is longer than %d bytes", maxPasswordBytes)
 	}
 	password := strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-	if rest, _ := io.ReadAll(br); strings.Trim(string(rest), "\r\n") != "" {
+	// Only what has arrived with the first line: reading on to the end blocked when standard
+	// input stays open after it (kubectl exec -i without -t, where the user types the line).
+	if rest, _ := br.Peek(br.Buffered()); strings.Trim(string(rest), "\r\n") != "" {
 		return "", errors.New("standard input has more than one line: give the password alone, on the first line")
 	}
 	switch {
