@@ -731,6 +731,11 @@ func checkRedisURL(v string) error {
 				return errors.New("has a port that is not a number from 1 to 65535")
 			}
 		}
+		if strings.Contains(u.Path, "@") {
+			// A password holding "/" not percent-encoded: the rest of it is in the path, and
+			// the database check below would have echoed it.
+			return errors.New(`has an "@" after its host: percent-encode "/", "@", "?" and "#" in the password (%2F, %40, %3F, %23), or give it in REDIS_PASSWORD`)
+		}
 		if db := strings.TrimPrefix(u.Path, "/"); db != "" {
 			if n, err := strconv.Atoi(db); err != nil || n < 0 {
 				return fmt.Errorf("database %q is not a number (redis://host:6379/0)", db)

@@ -224,6 +224,7 @@ func TestLoadErrors(t *testing.T) {
 		// Options go-redis does not take, or cannot read: refused at start, not after it.
 		// A password with "/" and "@" not percent-encoded: the host became "ss".
 		{"database password not encoded", nil, with(required(), "DATABASE_URL", "postgres://app:p@ss/w0rd@db:5432/trading"), "DATABASE_URL"},
+		{"redis password not encoded", nil, with(required(), "REDIS_URL", "redis://u:6379/ppppppp@cache:6379/0"), "REDIS_URL"}, // password "6379/ppppppp"
 		{"redis unknown option", nil, with(required(), "REDIS_URL", "redis://cache:6379/0?bogus=1"), "REDIS_URL"},
 		{"redis bad option value", nil, with(required(), "REDIS_URL", "redis://cache:6379/0?dial_timeout=abc"), "REDIS_URL"},
 		{"jwt not a pair", nil, with(required(), "JWT_KEYS", "just-a-secret"), "JWT_KEYS"},
