@@ -153,22 +153,15 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 // its deadline, ten minutes later, and until then "running" would be all the stack said about
 // a mistyped image tag. Read uncached, once per poll of a running Job, like the schema report.
 func (r *TradingStackReconciler) migrationPodWaiting(ctx context.Context, job *batchv1.Job) string {
-	if job.Spec.Selector == nil {
-		return ""
-	}
-	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
+	pods, err := r.jobPods(ctx, job)
 	if err != nil {
-		return ""
-	}
-	pods := &corev1.PodList{}
-	if err := r.APIReader.List(ctx, pods, client.InNamespace(job.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return "" // the condition says "running", as before; the next poll reads again
 	}
 	// The newest pod tells: an earlier attempt's state is history.
-	slices.SortFunc(pods.Items, func(a, b corev1.Pod) int {
+	slices.SortFunc(pods, func(a, b corev1.Pod) int {
 		return b.CreationTimestamp.Compare(a.CreationTimestamp.Time)
 	})
-	for _, pod := range pods.Items {
+	for _, pod := range pods {
 		if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
@@ -309,20 +302,15 @@ func (r *TradingStackReconciler) pruneMigrationJobs(ctx context.Context, p *pass
 // read fall back to the image's tag (schemaVersionOf): the column informs, and must never hold
 // back the runtime the migration cleared (an operator upgraded before its ClusterRole, say).
 func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *batchv1.Job, image string) string {
-	if image == tradingv1alpha1.DefaultRuntimeImage || job.Spec.Selector == nil {
+	if image == tradingv1alpha1.DefaultRuntimeImage {
 		return schemaVersionOf(image)
 	}
-	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
+	pods, err := r.jobPods(ctx, job)
 	if err != nil {
-		return schemaVersionOf(image)
-	}
-	// Uncached: the operator keeps no informer on pods for one read per migration.
-	pods := &corev1.PodList{}
-	if err := r.APIReader.List(ctx, pods, client.InNamespace(job.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "cannot read the migration Job's pods for the schema version; showing the image's tag", "job", job.Name)
 		return schemaVersionOf(image)
 	}
-	for _, pod := range pods.Items {
+	for _, pod := range pods {
 		for _, c := range pod.Status.ContainerStatuses {
 			if t := c.State.Terminated; c.Name == migrateContainer && t != nil && t.ExitCode == 0 {
 				if v, ok := postgres.ParseSchemaReport(t.Message); ok {
@@ -332,6 +320,23 @@ func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *
 		}
 	}
 	return schemaVersionOf(image)
+}
+
+// jobPods lists job's pods (none for a Job without a selector). Uncached: the operator keeps
+// no informer on pods for the few reads of a migration (its schema report, why it waits).
+func (r *TradingStackReconciler) jobPods(ctx context.Context, job *batchv1.Job) ([]corev1.Pod, error) {
+	if job.Spec.Selector == nil {
+		return nil, nil
+	}
+	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
+	if err != nil {
+		return nil, err
+	}
+	pods := &corev1.PodList{}
+	if err := r.APIReader.List(ctx, pods, client.InNamespace(job.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
+		return nil, err
+	}
+	return pods.Items, nil
 }
 
 // schemaVersionOf names the schema an image's `tradingd migrate` applies. The

@@ -88,24 +88,26 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 			dep.Spec.Replicas = ptr.To(*cur.Spec.Replicas)
 		}
 	}
-	// The template before this pass: a ProgressDeadlineExceeded the Deployment controller has
-	// not re-judged (observedGeneration behind) is about the template it last saw.
-	before := &appsv1.Deployment{}
-	found, err := r.getCached(ctx, client.ObjectKeyFromObject(dep), before)
-	if err != nil {
-		return false, err
+	// A ProgressDeadlineExceeded the Deployment controller has not judged again
+	// (observedGeneration behind) is about the template it last saw: it still holds through a
+	// scale (the HPA's), not once this pass applied a new template; then the stack reads
+	// rolling out until the controller judges that one. Only a stack that read stuck before
+	// can stay so: only then is the template from before this pass read (from the cache).
+	var before *appsv1.Deployment
+	if prev := meta.FindStatusCondition(p.original.Conditions, tradingv1alpha1.ConditionRuntimeAvailable); prev != nil && prev.Reason == tradingv1alpha1.ReasonRolloutStuck {
+		before = &appsv1.Deployment{}
+		if found, err := r.getCached(ctx, client.ObjectKeyFromObject(dep), before); err != nil {
+			return false, err
+		} else if !found {
+			before = nil
+		}
 	}
 	if err := r.applyChild(ctx, p, dep); err != nil {
 		return false, err
 	}
 	stuck := rolloutStuck(dep)
 	if stuck && dep.Status.ObservedGeneration < dep.Generation {
-		// Still stuck through a scale (the HPA's: the template the controller judged is the
-		// one applied), not once a new template was applied and is not judged yet: then the
-		// verdict is the old template's, and the stack reads rolling out until it is.
-		prev := meta.FindStatusCondition(p.original.Conditions, tradingv1alpha1.ConditionRuntimeAvailable)
-		stuck = found && equality.Semantic.DeepEqual(before.Spec.Template, dep.Spec.Template) &&
-			prev != nil && prev.Reason == tradingv1alpha1.ReasonRolloutStuck
+		stuck = before != nil && equality.Semantic.DeepEqual(before.Spec.Template, dep.Spec.Template)
 	}
 
 	desired := p.spec.Spec.Runtime.Replicas
