@@ -302,6 +302,7 @@ func reconcileDirectly(t *testing.T, ns, name string, times int) ctrl.Result {
 	r := NewTradingStackReconciler(mgr, 1)
 	var res ctrl.Result
 	for i, stale := 0, 0; i < times; i++ {
+		waitCachedStack(t, mgr, ns, name)
 		var err error
 		res, err = r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, name)})
 		if err != nil {
@@ -316,6 +317,29 @@ func reconcileDirectly(t *testing.T, ns, name string, times int) ctrl.Result {
 		}
 	}
 	return res
+}
+
+// waitCachedStack waits until mgr's cache holds the stack as the API server has it. Each
+// reconcileDirectly builds a reconciler of its own, which does not know the status write its
+// previous pass made (the manager's reconciler remembers it, writtenFrom): a pass that read
+// the stack from before that write saw its own outcome as unchanged and wrote nothing,
+// leaving the previous pass's status in place (MigrationPodWaiting read "its pod waits"
+// after the pod ran, in CI).
+func waitCachedStack(t *testing.T, mgr ctrl.Manager, ns, name string) {
+	t.Helper()
+	eventually(t, "the cache holds stack "+name, func() error {
+		live, cached := &tradingv1alpha1.TradingStack{}, &tradingv1alpha1.TradingStack{}
+		if err := k8s.Get(bg, key(ns, name), live); err != nil {
+			return err
+		}
+		if err := mgr.GetCache().Get(bg, key(ns, name), cached); err != nil {
+			return err
+		}
+		if cached.ResourceVersion != live.ResourceVersion {
+			return fmt.Errorf("cache at resourceVersion %s, API server at %s", cached.ResourceVersion, live.ResourceVersion)
+		}
+		return nil
+	})
 }
 
 // childKinds are every kind of child the contract names.
