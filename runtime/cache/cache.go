@@ -98,7 +98,8 @@ import (
 // and return at once while the remote is known to be down.
 type Remote interface {
 	// GetVersioned returns the version under versionKey and the value under key when it
-	// was stored for that version (ok), in one round trip.
+	// was stored for that version (ok), in one round trip. The version is opaque (the
+	// Redis client mixes in an epoch that moves after every outage); a Bump changes it.
 	GetVersioned(ctx context.Context, versionKey, key string) (version int64, val []byte, ok bool, err error)
 	// SetVersioned stores val under key for version, for ttl.
 	SetVersioned(ctx context.Context, key string, version int64, val []byte, ttl time.Duration) error
@@ -115,7 +116,9 @@ type Remote interface {
 	SubscribeInvalidations(onSubscribe, onLost func(), onInvalidate func(userID uuid.UUID, stale trading.Views, symbol string)) (stop func())
 	// Healthy reports whether the remote is answering; false means degraded.
 	Healthy() bool
-	// LastAnswer is when the remote last answered (kept recent by a pinger while it does).
+	// LastAnswer is when the remote last answered (kept recent by a pinger while it does),
+	// within the bound of its own calls: a late reply proves nothing about whether an
+	// invalidation would get through.
 	LastAnswer() time.Time
 	// ResumedAt is when the remote answered after its latest silence (about TrustWindow or
 	// longer); the zero time when there was none. OnResume registers a function to run then.

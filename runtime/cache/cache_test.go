@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -970,4 +971,209 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Redis loses its data (FLUSHALL, or a restart without persistence) while a replica's load
+// is between its version read and its L2 write: the version counters start again, and the
+// late write carries a version from before the loss. Once the counter climbs back to that
+// number, no reader may take the old book for the current one: the trader who traded
+// meanwhile would read positions from before their own trade, on every replica, for the
+// value's lifetime.
+func TestLostRedisDataDoesNotReviveAnOldBook(t *testing.T) {
+	for _, loss := range []string{"flushall", "restart"} {
+		t.Run(loss, func(t *testing.T) {
+			w := newWorld(t)
+			srv := redistest.Start(t)
+			prefix := redistest.Prefix(t)
+			a := replica(t, w, srv.URL(), prefix, cache.Options{})
+			b := replica(t, w, srv.URL(), prefix, cache.Options{})
+			user := w.trader.UserID
+			w.trade(t, a, "1") // the positions' version is 1
+
+			release := w.portfolio.hold()
+			done := make(chan string, 1)
+			go func() { done <- quantity(t, b, user) }() // B reads version 1, then the book (1) ...
+			<-w.portfolio.started
+			w.portfolio.mu.Lock()
+			w.portfolio.gate = nil // only that load is held
+			w.portfolio.mu.Unlock()
+
+			if loss == "flushall" {
+				admin, err := redis.OpenWith(srv.URL(), redis.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer admin.Close()
+				if err := admin.Redis().FlushAll(context.Background()).Err(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				srv.Restart()
+				redistest.Eventually(t, 10*time.Second, "both replicas use Redis again", func() bool {
+					return !a.Degraded() && !b.Degraded()
+				})
+			}
+			w.trade(t, a, "2") // ... Redis lost the counter: this trade's bump makes it 1 again ...
+			release()          // ... and B's load, from before the trade, stores quantity 1 for version 1
+			<-done             // (the read began before the trade: either answer is right for it)
+
+			c := replica(t, w, srv.URL(), prefix, cache.Options{})
+			for _, r := range []struct {
+				name string
+				p    *cache.Portfolio
+			}{{"B", b}, {"a new replica", c}, {"A", a}} {
+				if q := quantity(t, r.p, user); q != "3" {
+					t.Fatalf("%s reads %s after the trader's second trade, want 3: an L2 value from before it was served", r.name, q)
+				}
+			}
+		})
+	}
+}
+
+// Redis slow rather than down: it answers everything, but later than the bound of a cache
+// operation (100 ms), so the approve on A cannot bump the trader's versions nor tell B,
+// while B's pinger, which waits longer, still hears from Redis. B must not go on serving
+// the positions it cached before the trade: "with Redis slow, reads go to the database".
+func TestSlowRedisDoesNotKeepOtherReplicasStale(t *testing.T) {
+	w := newWorld(t)
+	srv := redistest.Start(t)
+	link := redistest.Slow(t, "127.0.0.1:"+strconv.Itoa(srv.Port))
+	prefix := redistest.Prefix(t)
+	// Trust and silence of a second, so that replies 300 ms late are plainly "answers" to
+	// them however busy the machine: the case where B keeps trusting its L1.
+	const trust = time.Second
+	mk := func() *cache.Portfolio {
+		rc, err := redis.OpenWith(link.URL(), redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond, Silence: trust})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		p := cache.NewPortfolio(w.portfolio, cache.Options{Remote: rc, NoRefresh: true, TrustWindow: trust})
+		t.Cleanup(p.Close)
+		return p
+	}
+	a, b := mk(), mk()
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	redistest.Eventually(t, 10*time.Second, "B caches the positions", func() bool {
+		_ = quantity(t, b, user)
+		e, _ := b.L1Stats()
+		return e >= 1 && !b.Degraded()
+	})
+
+	link.SetDelay(300 * time.Millisecond)
+	w.trade(t, a, "2")
+	if q := quantity(t, b, user); q != "3" {
+		t.Fatalf("B reads %s after an approve on A while Redis answers slowly, want 3 (its L1 from before the trade)", q)
+	}
+	if q := quantity(t, a, user); q != "3" {
+		t.Fatalf("A reads %s after its own approve while Redis answers slowly, want 3", q)
+	}
+
+	link.SetDelay(0)
+	redistest.Eventually(t, 10*time.Second, "A replays the invalidation once Redis is quick again", func() bool {
+		return a.PendingInvalidations() == 0
+	})
+	redistest.Eventually(t, 10*time.Second, "both replicas use the cache again", func() bool { return !a.Degraded() && !b.Degraded() })
+	for name, p := range map[string]*cache.Portfolio{"A": a, "B": b} {
+		if q := quantity(t, p, user); q != "3" {
+			t.Fatalf("%s reads %s once Redis is quick again, want 3", name, q)
+		}
+	}
+}
+
+// The replica that approved a trade while Redis was out of reach goes away (a rolling
+// update, a node drained, a crash) before Redis is reachable again: the invalidation it
+// remembered dies with it. The L2 value from before the outage is still in Redis under the
+// trader's old version (a network cut, Redis kept its data); once Redis answers again the
+// other replica must not serve it to the trader who made the trade.
+func TestApproveDuringOutageOnAReplicaThatGoesAway(t *testing.T) {
+	w := newWorld(t)
+	srv := redistest.Start(t)
+	link := redistest.Slow(t, "127.0.0.1:"+strconv.Itoa(srv.Port))
+	prefix := redistest.Prefix(t)
+	a := replica(t, w, link.URL(), prefix, cache.Options{})
+	rb, err := redis.OpenWith(link.URL(), redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rb.Close() })
+	b := cache.NewPortfolio(w.portfolio, cache.Options{Remote: rb, NoRefresh: true})
+	t.Cleanup(b.Close)
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	obs := &counts{}
+	c := replica(t, w, link.URL(), prefix, cache.Options{Observer: obs})
+	redistest.Eventually(t, 5*time.Second, "positions in L2", func() bool {
+		_ = quantity(t, a, user)
+		return quantity(t, c, user) == "1" && obs.get("hit:l2:positions") > 0
+	})
+
+	link.Cut()
+	redistest.Eventually(t, 10*time.Second, "the replicas see Redis gone", func() bool { return a.Degraded() && b.Degraded() && c.Degraded() })
+	w.trade(t, b, "2")
+	if n := b.PendingInvalidations(); n != 1 {
+		t.Fatalf("%d pending invalidations on B, want 1", n)
+	}
+	b.Close() // B stops, its pending invalidation with it
+	rb.Close()
+	link.Mend()
+	redistest.Eventually(t, 10*time.Second, "A and C use Redis again", func() bool { return !a.Degraded() && !c.Degraded() })
+	for range 3 {
+		for name, p := range map[string]*cache.Portfolio{"A": a, "C": c} {
+			if q := quantity(t, p, user); q != "3" {
+				t.Fatalf("%s reads %s after Redis came back, want 3: the L2 value from before the trade on B", name, q)
+			}
+		}
+	}
+}
+
+// As above, and the trader reads on a replica that started while Redis was out of reach
+// (the approving replica's replacement in a rolling update): it saw no outage, so it moves
+// no epoch itself, and the replica that saw the outage reads nothing. That replica must
+// move the epoch once Redis answers again, not only before a read of its own, or the new
+// replica serves the book from before the trade.
+func TestReplicaStartedDuringOutageReadsFresh(t *testing.T) {
+	w := newWorld(t)
+	srv := redistest.Start(t)
+	link := redistest.Slow(t, "127.0.0.1:"+strconv.Itoa(srv.Port))
+	prefix := redistest.Prefix(t)
+	admin, err := redis.OpenWith(srv.URL(), redis.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close() })
+	epoch := func() string { return admin.Redis().Get(context.Background(), prefix+"cache-epoch").Val() }
+
+	a := replica(t, w, link.URL(), prefix, cache.Options{})
+	rb, err := redis.OpenWith(link.URL(), redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rb.Close() })
+	b := cache.NewPortfolio(w.portfolio, cache.Options{Remote: rb, NoRefresh: true})
+	t.Cleanup(b.Close)
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	obs := &counts{}
+	c := replica(t, w, link.URL(), prefix, cache.Options{Observer: obs})
+	redistest.Eventually(t, 5*time.Second, "positions in L2", func() bool {
+		_ = quantity(t, a, user)
+		return quantity(t, c, user) == "1" && obs.get("hit:l2:positions") > 0
+	})
+	c.Close()
+
+	link.Cut()
+	redistest.Eventually(t, 10*time.Second, "the replicas see Redis gone", func() bool { return a.Degraded() && b.Degraded() })
+	w.trade(t, b, "2")
+	b.Close() // B stops, its pending invalidation with it
+	rb.Close()
+	d := replica(t, w, link.URL(), prefix, cache.Options{}) // B's replacement, started during the outage
+	before := epoch()
+	link.Mend()
+	redistest.Eventually(t, 10*time.Second, "A and D use Redis again", func() bool { return !a.Degraded() && !d.Degraded() })
+	redistest.Eventually(t, 10*time.Second, "A, which saw the outage and reads nothing, moves the epoch", func() bool { return epoch() != before })
+	if q := quantity(t, d, user); q != "3" {
+		t.Fatalf("D reads %s after Redis came back, want 3: the L2 value from before the trade on B", q)
+	}
 }

@@ -94,7 +94,11 @@ type Client struct {
 	lastAnswer atomic.Int64
 	// resumed is when Redis answered after a silence (Options.Silence), in the same units;
 	// 0: it has answered without one since start.
-	resumed     atomic.Int64
+	resumed atomic.Int64
+	// silences counts the silences Redis ended (answeredAt); epochAt is the count up to
+	// which the L2 epoch has been moved on since (see GetVersioned in store.go).
+	silences    atomic.Int64
+	epochAt     atomic.Int64
 	resumeHooks []func()
 	logMu       sync.Mutex
 	log         *slog.Logger
@@ -249,7 +253,8 @@ func (c *Client) probed(started time.Time, err error) {
 	c.setHealthy(err == nil, err)
 }
 
-// LastAnswer is when Redis last answered this client; the client's start when it never has
+// LastAnswer is when Redis last answered this client in time (within OpTimeout: a late
+// reply does not count, see answered); the client's start when it never has
 // (a replica that just started cannot know what others heard before). With the pinger
 // running every PingInterval it is at most that old while Redis answers. It carries the
 // monotonic clock: compare it with time.Since, not with wall-clock times.
@@ -258,33 +263,42 @@ func (c *Client) LastAnswer() time.Time {
 }
 
 // answerHook records when Redis answered: a reply (redis.Nil and error replies included)
-// rather than a network error or a timeout.
+// within OpTimeout, rather than a network error, a timeout or a late reply.
 type answerHook struct{ c *Client }
 
 func (answerHook) DialHook(next goredis.DialHook) goredis.DialHook { return next }
 
 func (h answerHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	return func(ctx context.Context, cmd goredis.Cmder) error {
+		sent := time.Now()
 		err := next(ctx, cmd)
-		h.answered(err)
+		h.answered(err, sent)
 		return err
 	}
 }
 
 func (h answerHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		sent := time.Now()
 		err := next(ctx, cmds)
-		h.answered(err)
+		h.answered(err, sent)
 		return err
 	}
 }
 
-// answered records a reply: success, redis.Nil or an error reply. Not a caller that gave up
-// (context.Canceled): Redis said nothing then.
-func (h answerHook) answered(err error) {
+// answered records a reply to a command sent at sent: success, redis.Nil or an error
+// reply. Not a caller that gave up (context.Canceled): Redis said nothing then. Nor a reply
+// that took longer than OpTimeout (a ping may wait a second): the cache trusts its L1 only
+// while Redis answers (LastAnswer) because an invalidation, bounded by OpTimeout, reaches
+// every replica while it does. A Redis that answers everything but late lets no
+// invalidation through, and when late replies counted, the pings kept every replica's
+// L1 trusted, and stale after a trade on another replica, for the entries' lifetime.
+func (h answerHook) answered(err error, sent time.Time) {
 	var reply goredis.Error
 	if err == nil || errors.Is(err, goredis.Nil) || errors.As(err, &reply) {
-		h.c.answeredAt(int64(time.Since(h.c.start)))
+		if now := time.Since(h.c.start); now-sent.Sub(h.c.start) <= h.c.opts.OpTimeout {
+			h.c.answeredAt(int64(now))
+		}
 	}
 }
 
@@ -299,6 +313,23 @@ func (c *Client) answeredAt(now int64) {
 		return
 	}
 	c.resumed.Store(now)
+	if prev != 0 {
+		// A silence after answers (not a slow start): L2 values stored before it may miss
+		// a change that Redis did not take (see epochKey in store.go). A client that starts
+		// while Redis is down leaves the epoch to those that saw the outage, so that a
+		// replica starting slowly does not make every replica's L2 cold.
+		c.silences.Add(1)
+		// Moved now, not only before this client's own next L2 read: a replica that started
+		// during the outage moves no epoch, and it would read the values from before the
+		// outage for as long as the replicas that saw it read nothing (an idle replica, the
+		// approving one's replacement in a rolling update). GetVersioned still moves it
+		// first when this attempt failed.
+		go func() {
+			ctx, cancel := c.opCtx(context.Background())
+			defer cancel()
+			_ = c.moveEpoch(ctx)
+		}()
+	}
 	c.hooksMu.Lock()
 	hooks := append([]func(){}, c.resumeHooks...)
 	c.hooksMu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -67,28 +68,88 @@ func (c *Client) Stats(ctx context.Context, prefix string, maxKeys int) (entries
 // it is written. (Deleting the key on a change cannot do that: a slow loader writes the
 // stale value back after the delete.)
 
-// versionTTL keeps a counter far longer than any value lives, so that a counter that
-// expires and starts again at 0 can only meet values that expired long ago.
+// A counter that does not exist (never made, expired, or lost with Redis's data: FLUSHALL,
+// a restart without persistence, an eviction) starts at a random number (startVersion), not
+// at 0 or 1. Counting again from the start would meet the numbers it had before the loss,
+// and a value carrying one of them can still arrive: a load that read the version before
+// the loss writes its book after it (into the emptied Redis), and once the trader's next
+// changes brought the counter back to that number, every replica served that book from
+// before them. A random start meets an old number with a chance of about one in 2^61.
+//
+// versionTTL keeps a counter far longer than any value lives.
 const versionTTL = 7 * 24 * time.Hour
 
-// GetVersioned returns the current version under versionKey (0 when there is none) and the
-// value under key when it was stored for that version; ok is false otherwise.
+// startVersion is a counter's first value: random, far from the small numbers that
+// counters of earlier versions (INCR from nothing) hold, and far below overflow.
+func startVersion() int64 { return 1<<40 + rand.Int64N(1<<61) }
+
+// The epoch. A change that Redis did not take (it was out of reach) leaves the trader's
+// counter where it was, and the L2 values from before it readable. The replica that made
+// the change replays it when Redis answers again, but a replica can go away first (a
+// rolling update, a drained node, a crash), and its replay with it: the other replicas
+// then served the trader's book from before their own trade until it expired. So every
+// value also carries the deployment's epoch (epochKey), which each client moves on when
+// Redis answers it after a silence, before its next L2 read: no value stored before an
+// outage that this client saw is served after it. (A replica that saw no silence, cut off
+// while the others were not, is the partition the cache's documentation leaves open.)
+// The version a caller gets is the counter and the epoch mixed into one number: a bump
+// still adds 1, and another epoch gives another number.
+
+// epochKey names the epoch of the client's L2 values.
+const epochKey = "cache-epoch"
+
+// epochMix spreads the epoch over the 64 bits (the golden ratio's odd constant), so that
+// versions of two epochs do not meet for any realistic difference of counters.
+const epochMix = 0x9E3779B97F4A7C15
+
+// GetVersioned returns the current version of versionKey (its counter, mixed with the
+// epoch) and the value under key when it was stored for that version; ok is false
+// otherwise.
 func (c *Client) GetVersioned(ctx context.Context, versionKey, key string) (version int64, val []byte, ok bool, err error) {
 	if !c.Healthy() {
 		return 0, nil, false, ErrDegraded
 	}
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	res, err := c.rdb.MGet(ctx, c.opts.Prefix+versionKey, c.opts.Prefix+key).Result()
+	if err := c.moveEpoch(ctx); err != nil {
+		return 0, nil, false, err
+	}
+	res, err := c.rdb.MGet(ctx, c.opts.Prefix+epochKey, c.opts.Prefix+versionKey, c.opts.Prefix+key).Result()
 	if err != nil {
 		c.ReportError(err)
 		return 0, nil, false, err
 	}
-	if s, isStr := res[0].(string); isStr {
-		if version, err = strconv.ParseInt(s, 10, 64); err != nil {
-			return 0, nil, false, fmt.Errorf("redis: version %q under %s: %w", s, versionKey, err)
+	s0, isStr := res[1].(string)
+	e0, hasEpoch := res[0].(string)
+	if !isStr || !hasEpoch {
+		// No counter (or no epoch): start them (see startVersion), so that what this load
+		// stores carries a number that no value from before can have. Nothing stored
+		// before it is ours.
+		pipe := c.rdb.TxPipeline()
+		pipe.SetNX(ctx, c.opts.Prefix+epochKey, startVersion(), versionTTL)
+		pipe.SetNX(ctx, c.opts.Prefix+versionKey, startVersion(), versionTTL)
+		get := pipe.MGet(ctx, c.opts.Prefix+epochKey, c.opts.Prefix+versionKey)
+		if _, err := pipe.Exec(ctx); err != nil {
+			c.ReportError(err)
+			return 0, nil, false, err
 		}
+		e0, _ = get.Val()[0].(string)
+		s0, _ = get.Val()[1].(string)
+		isStr = false
 	}
+	counter, err := strconv.ParseInt(s0, 10, 64)
+	if err != nil {
+		return 0, nil, false, fmt.Errorf("redis: version %q under %s: %w", s0, versionKey, err)
+	}
+	epoch, err := strconv.ParseInt(e0, 10, 64)
+	if err != nil {
+		return 0, nil, false, fmt.Errorf("redis: epoch %q: %w", e0, err)
+	}
+	version = int64(uint64(counter) + uint64(epoch)*epochMix)
+	if !isStr {
+		return version, nil, false, nil
+	}
+	res = res[1:]
 	s, isStr := res[1].(string)
 	if !isStr {
 		return version, nil, false, nil
@@ -98,6 +159,30 @@ func (c *Client) GetVersioned(ctx context.Context, versionKey, key string) (vers
 		return version, nil, false, nil // written for another version: not ours to serve
 	}
 	return version, []byte(payload), true, nil
+}
+
+// moveEpoch moves the epoch on once after each silence this client saw (see epochKey).
+// Until it has, no L2 value is read: an error. Concurrent callers may move it more than
+// once, which costs only a colder L2.
+func (c *Client) moveEpoch(ctx context.Context) error {
+	n := c.silences.Load()
+	if c.epochAt.Load() >= n {
+		return nil
+	}
+	pipe := c.rdb.TxPipeline()
+	pipe.SetNX(ctx, c.opts.Prefix+epochKey, startVersion(), versionTTL)
+	pipe.Incr(ctx, c.opts.Prefix+epochKey)
+	pipe.Expire(ctx, c.opts.Prefix+epochKey, versionTTL)
+	if _, err := pipe.Exec(ctx); err != nil {
+		c.ReportError(err)
+		return err
+	}
+	for {
+		at := c.epochAt.Load()
+		if at >= n || c.epochAt.CompareAndSwap(at, n) {
+			return nil
+		}
+	}
 }
 
 // SetVersioned stores val under key for version (see GetVersioned) for ttl.
@@ -127,6 +212,7 @@ func (c *Client) Bump(ctx context.Context, versionKeys ...string) error {
 	defer cancel()
 	pipe := c.rdb.TxPipeline()
 	for _, k := range versionKeys {
+		pipe.SetNX(ctx, c.opts.Prefix+k, startVersion(), versionTTL) // a lost counter starts at random
 		pipe.Incr(ctx, c.opts.Prefix+k)
 		pipe.Expire(ctx, c.opts.Prefix+k, versionTTL)
 	}
