@@ -64,6 +64,12 @@ func main() {
 		slog.Error("invalid --log-level", "value", logLevel)
 		os.Exit(2)
 	}
+	// Refused like any malformed setting, before any cluster is read: the controller would
+	// run one worker instead without a word (NewTradingStackReconciler's floor).
+	if concurrency < 1 {
+		slog.Error("invalid --max-concurrent-reconciles: at least 1", "value", concurrency)
+		os.Exit(2)
+	}
 	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level, ReplaceAttr: readableAttr})
 	slog.SetDefault(slog.New(handler))
 	ctrl.SetLogger(logr.FromSlogHandler(handler))
