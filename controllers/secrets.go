@@ -36,6 +36,8 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 	} else {
 		p.stack.Status.Secrets.PostgresCredentials = ""
 	}
+	// lacking is, per condition, what user-made Secrets lack (userSecretLacks).
+	lacking := map[string][]string{}
 	for _, g := range list {
 		desired, err := g.build(p.spec)
 		if err != nil {
@@ -50,13 +52,60 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 				return false, err
 			}
 		}
+		// Also for a Secret that lacks keys: its labels bring its next edit to this stack.
 		if err := r.applySecretMetadata(ctx, p, desired, current, userMade); err != nil {
 			return false, err
+		}
+		if userMade {
+			if cond, msg := userSecretLacks(p.stack, desired, current); msg != "" {
+				lacking[cond] = append(lacking[cond], msg)
+			}
 		}
 		*g.record = current.Name
 		p.runtimeSecrets = append(p.runtimeSecrets, current)
 	}
-	return false, nil
+	if len(lacking) == 0 {
+		return false, nil
+	}
+	// The later steps wait, as for an external database's missing Secret: they would make
+	// pods that cannot start (CreateContainerConfigError) while the stack said it waits for
+	// them. Only the user can fix it; the Secret's next edit brings the next pass.
+	for cond, msgs := range lacking {
+		p.setCondition(cond, metav1.ConditionFalse, tradingv1alpha1.ReasonSecretKeyMissing, strings.Join(msgs, "; "))
+	}
+	return true, nil
+}
+
+// userSecretLacks says which keys of desired a Secret the user made with a generated Secret's
+// name (used as it is: the operator adds none) lacks or has empty, and the condition of the
+// component whose pods read them: "" when it has them all. The message names keys, never
+// values.
+func userSecretLacks(s *tradingv1alpha1.TradingStack, desired, current *corev1.Secret) (cond, msg string) {
+	var missing []string
+	for k := range desired.Data {
+		v, ok := current.Data[k]
+		// An empty admin password is tradingd's "no first admin" (BOOTSTRAP_ADMIN_PASSWORD
+		// unset): a choice, not a fault. Only the key's absence stops the pods there.
+		if !ok || (len(v) == 0 && desired.Name != adminSecretName(s)) {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) == 0 {
+		return "", ""
+	}
+	slices.Sort(missing)
+	cond, who := tradingv1alpha1.ConditionRuntimeAvailable, "the runtime's pods"
+	if desired.Name == postgresCredentialsSecretName(s) {
+		cond, who = tradingv1alpha1.ConditionDatabaseReady, "the database's pod and the migration Job"
+	}
+	want := make([]string, 0, len(desired.Data))
+	for k := range desired.Data {
+		want = append(want, k)
+	}
+	slices.Sort(want)
+	return cond, fmt.Sprintf("Secret %s, made by the user (annotation %s), has no key %s (or it is empty): %s cannot start without it; "+
+		"add it (the Secret needs %s), or delete the Secret for the operator to generate one",
+		current.Name, userSecretAnnotation, strings.Join(missing, ", "), who, strings.Join(want, ", "))
 }
 
 // ensureSecret returns the Secret as it is, creating it from desired when it

@@ -51,17 +51,20 @@ func summarize(p *pass) {
 	database := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionDatabaseReady)
 	databaseBroken := database != nil && database.Status == metav1.ConditionFalse &&
 		(database.Reason == tradingv1alpha1.ReasonExternalSecretNotFound || database.Reason == tradingv1alpha1.ReasonExternalSecretKeyAbsent ||
-			database.Reason == tradingv1alpha1.ReasonInvalidCertificate)
+			database.Reason == tradingv1alpha1.ReasonInvalidCertificate || database.Reason == tradingv1alpha1.ReasonSecretKeyMissing)
 	cache := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionCacheReady)
 	cacheBroken := cache != nil && cache.Status == metav1.ConditionFalse &&
 		(cache.Reason == tradingv1alpha1.ReasonCacheSecretMissing || cache.Reason == tradingv1alpha1.ReasonInvalidCertificate)
+	// A user's Secret the runtime reads lacks a key: it waits for the user like the two above.
+	runtimeCond := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionRuntimeAvailable)
+	runtimeSecretBroken := runtimeCond != nil && runtimeCond.Status == metav1.ConditionFalse && runtimeCond.Reason == tradingv1alpha1.ReasonSecretKeyMissing
+	userAction := databaseBroken || cacheBroken || runtimeSecretBroken
 	runtimeUp := meta.IsStatusConditionTrue(conds, tradingv1alpha1.ConditionRuntimeAvailable)
 	// Serving while the Deployment replaces its pods (an upgrade, a settings change): the
 	// stack is Ready, but still progressing (runbook: Progressing True while children are
 	// rolled out), so a tool waiting for Progressing False does not go on mid-rollout. Fewer
 	// ready pods than desired is no rollout (maxUnavailable 0 keeps them all): that is
 	// Degraded's ReplicasUnavailable, which would otherwise read Progressing True for good.
-	runtimeCond := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionRuntimeAvailable)
 	rollingOut := runtimeUp && runtimeCond.Reason == tradingv1alpha1.ReasonRollingOut && st.Runtime.ReadyReplicas >= st.Runtime.Replicas
 	// The Deployment gave up on the rollout: still serving, but it needs a look (Degraded),
 	// and nothing progresses until the spec or the pods' cause changes.
@@ -99,7 +102,7 @@ func summarize(p *pass) {
 	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
 			fmt.Sprintf("%d of %d runtime replicas are ready", st.Runtime.ReadyReplicas, st.Runtime.Replicas))
-	case (databaseBroken || cacheBroken) && (served || runtimeUp):
+	case userAction && (served || runtimeUp):
 		// A user's Secret went missing under a stack that serves (its pods keep what they
 		// read at start): Degraded, on every pass, not Failed from the second pass on.
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady,
@@ -121,7 +124,7 @@ func summarize(p *pass) {
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonReconciling, runtimeCond.Message)
 	case len(notReady) == 0:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "the stack matches its spec")
-	case migrationFailed || databaseBroken || cacheBroken:
+	case migrationFailed || userAction:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady,
 			"waiting for a user's action: "+strings.Join(notReady, ", "))
 	default:
@@ -138,9 +141,9 @@ func summarize(p *pass) {
 		st.Phase = tradingv1alpha1.PhaseReady
 	case migrationFailed && serving:
 		st.Phase = tradingv1alpha1.PhaseDegraded
-	case (databaseBroken || cacheBroken) && (served || runtimeUp):
+	case userAction && (served || runtimeUp):
 		st.Phase = tradingv1alpha1.PhaseDegraded
-	case migrationFailed || databaseBroken || cacheBroken:
+	case migrationFailed || userAction:
 		st.Phase = tradingv1alpha1.PhaseFailed
 	case p.failedInvalid && !served:
 		st.Phase = tradingv1alpha1.PhaseFailed // the spec must change: not still provisioning
@@ -252,7 +255,7 @@ func (r *TradingStackReconciler) conditionEvents(p *pass) {
 		bad := (c.Type == tradingv1alpha1.ConditionDegraded && c.Status == metav1.ConditionTrue) ||
 			(c.Type != tradingv1alpha1.ConditionDegraded && c.Type != tradingv1alpha1.ConditionProgressing && c.Status == metav1.ConditionFalse &&
 				old != nil && old.Status == metav1.ConditionTrue) ||
-			c.Reason == tradingv1alpha1.ReasonApplyFailed || c.Reason == tradingv1alpha1.ReasonExternalSecretNotFound ||
+			c.Reason == tradingv1alpha1.ReasonApplyFailed || c.Reason == tradingv1alpha1.ReasonExternalSecretNotFound || c.Reason == tradingv1alpha1.ReasonSecretKeyMissing ||
 			c.Reason == tradingv1alpha1.ReasonCRDNotInstalled || (c.Type == tradingv1alpha1.ConditionMigrationsSucceeded && c.Status == metav1.ConditionFalse)
 		if bad {
 			eventType = corev1.EventTypeWarning

@@ -73,6 +73,7 @@ func TestOperator(t *testing.T) {
 		{"MiddleStateMended", testMiddleStateMended},
 		{"HandEditsReverted", testHandEditsReverted},
 		{"UserSecretNotAdopted", testUserSecretNotAdopted},
+		{"UserSecretMissingKeys", testUserSecretMissingKeys},
 		{"ForeignObjectLeftAlone", testForeignObjectLeftAlone},
 		{"SecretLabelRemovedStaysOurs", testSecretLabelRemovedStaysOurs},
 		{"GeneratedSecretKeysPutBack", testGeneratedSecretKeysPutBack},
@@ -2223,6 +2224,78 @@ func testUserSecretNotAdopted(t *testing.T) {
 	}
 	// Quiet at rest holds with the user's Secret in the stack.
 	passesWriteNothing(t, ns, "us")
+}
+
+// testUserSecretMissingKeys: a Secret with a generated Secret's name that the user made before
+// the stack is used as it is, so the operator puts back none of its keys; one that lacks a key
+// the pods read (a CNPG-style username instead of user, no dsn; the admin password under
+// another key) would leave the database's pod, the migration's and the runtime's in
+// CreateContainerConfigError while the stack said it waits for the StatefulSet. The stack
+// says which Secret lacks which key, on the condition of the component that reads it, and
+// waits for the user (Failed); the user's data is not touched, and never shown.
+func testUserSecretMissingKeys(t *testing.T) {
+	ns := newNamespace(t)
+	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "uk-postgres-credentials"},
+		StringData: map[string]string{"username": "trading", postgresPasswordKey: "pg-pass-of-the-user"}}
+	admin := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "uk-admin"},
+		StringData: map[string]string{"admin-password": "admin-pass-of-the-user"}}
+	for _, sec := range []*corev1.Secret{creds, admin} {
+		if err := k8s.Create(bg, sec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	createStack(t, newStack(ns, "uk"))
+	s := waitCondition(t, ns, "uk", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonSecretKeyMissing)
+	db := condition(s, tradingv1alpha1.ConditionDatabaseReady).Message
+	for _, want := range []string{"uk-postgres-credentials", "dsn", "user"} {
+		if !strings.Contains(db, want) {
+			t.Errorf("DatabaseReady message %q does not name %q", db, want)
+		}
+	}
+	s = waitCondition(t, ns, "uk", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonSecretKeyMissing)
+	if msg := condition(s, tradingv1alpha1.ConditionRuntimeAvailable).Message; !strings.Contains(msg, "uk-admin") || !strings.Contains(msg, adminPasswordKey) {
+		t.Errorf("RuntimeAvailable message %q does not name Secret uk-admin and key %s", msg, adminPasswordKey)
+	}
+	if s.Status.Phase != tradingv1alpha1.PhaseFailed {
+		t.Errorf("phase %s, want Failed: only the user can fix the Secrets", s.Status.Phase)
+	}
+	for _, c := range s.Status.Conditions {
+		if strings.Contains(c.Message, "pass-of-the-user") {
+			t.Errorf("condition %s shows a Secret's value: %s", c.Type, c.Message)
+		}
+	}
+	sameSecretData(t, "the user's Secrets", map[string]map[string][]byte{
+		"uk-postgres-credentials": {"username": []byte("trading"), postgresPasswordKey: []byte("pg-pass-of-the-user")},
+		"uk-admin":                {"admin-password": []byte("admin-pass-of-the-user")},
+	}, secretData(t, ns, "uk-postgres-credentials", "uk-admin"))
+
+	// The user adds the keys: the stack goes on (the Secrets' edits bring the pass).
+	for _, fix := range []struct {
+		name string
+		data map[string][]byte
+	}{
+		{"uk-postgres-credentials", map[string][]byte{postgresUserKey: []byte("trading"),
+			postgresDSNKey: []byte("postgres://trading:pg-pass-of-the-user@uk-postgres." + ns + ".svc:5432/trading?sslmode=disable")}},
+		{"uk-admin", map[string][]byte{adminPasswordKey: []byte("admin-pass-of-the-user")}},
+	} {
+		sec := waitFor(t, &corev1.Secret{}, ns, fix.name)
+		for k, v := range fix.data {
+			sec.Data[k] = v
+		}
+		if err := k8s.Update(bg, sec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	makeReady(t, ns, "uk")
+
+	// An empty admin password is tradingd's "no first admin": a choice, which stops nothing.
+	ns = newNamespace(t)
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ue-admin"},
+		Data: map[string][]byte{adminPasswordKey: {}}}); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "ue"))
+	makeReady(t, ns, "ue")
 }
 
 // testSecretLabelRemovedStaysOurs: removing the managed-by label from a generated Secret (it

@@ -47,6 +47,11 @@ const (
 	// certificate, which the runtime would refuse at start.
 	ReasonInvalidCertificate = "InvalidCertificate"
 
+	// ReasonSecretKeyMissing (DatabaseReady, RuntimeAvailable): a Secret with a generated
+	// Secret's name that the user made (used as it is, so the operator adds no key to it)
+	// lacks a key the component's pods read, which could not start without it.
+	ReasonSecretKeyMissing = "SecretKeyMissing"
+
 	// CacheReady.
 	ReasonCacheAvailable     = "CacheAvailable"
 	ReasonCacheNotReady      = "CacheNotReady"
