@@ -33,7 +33,7 @@ verify-generated: ## fail when the CRD, RBAC, deepcopy files or docs/ differ fro
 	if [ "$$before" != "$$(sum)" ]; then echo "generated files were stale (now regenerated): review and commit api/, config/ and docs/"; exit 1; fi
 
 .PHONY: test
-test: vet envtest-assets verify-generated promtool-test ## vet, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
+test: vet envtest-assets verify-generated promtool-test ## vet, verify-generated and promtool-test, then every test with the race detector against real PostgreSQL, Redis and kube-apiserver
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) hack/services.sh $(GO) test $(TEST_FLAGS) ./...
 
 .PHONY: promtool-test
