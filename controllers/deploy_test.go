@@ -13,8 +13,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
 
 // testDeployManifests: what `make deploy` (config/default) and `kubectl apply -k
@@ -130,4 +133,38 @@ func kustomize(t *testing.T, dir string) []*unstructured.Unstructured {
 		t.Fatalf("config/%s renders nothing", dir)
 	}
 	return objs
+}
+
+// testSamplesValid: the samples a user starts from (config/samples, each applied with -f)
+// are accepted by the API server as written (strict: a field spelled wrong is refused, not
+// dropped), and none asks for more database connections than the managed database takes
+// (the pools' warning; the full sample's autoscaling once did).
+func testSamplesValid(t *testing.T) {
+	ns := newNamespace(t)
+	files, err := filepath.Glob(filepath.Join("..", "config", "samples", "trading_*.yaml"))
+	if err != nil || len(files) < 3 {
+		t.Fatalf("samples %v, %v: want the minimal, full and external ones", files, err)
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(raw, &u.Object); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		u.SetNamespace(ns)
+		if err := k8s.Create(bg, u, client.DryRunAll, client.FieldValidation("Strict")); err != nil {
+			t.Errorf("%s refused: %v", filepath.Base(f), err)
+			continue
+		}
+		s := &tradingv1alpha1.TradingStack{} // as stored: the schema's defaults filled in
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, s); err != nil {
+			t.Fatal(err)
+		}
+		if w := poolsWarning(s); w != "" {
+			t.Errorf("%s: %s", filepath.Base(f), w)
+		}
+	}
 }

@@ -79,6 +79,7 @@ func TestOperator(t *testing.T) {
 		{"GeneratedSecretKeysPutBack", testGeneratedSecretKeysPutBack},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
+		{"SamplesValid", testSamplesValid},
 		{"NetworkPoliciesFirst", testNetworkPoliciesFirst},
 		{"MissingSecretWhileServing", testMissingSecretWhileServing},
 		{"RedisTLSCA", testRedisTLSCA},
