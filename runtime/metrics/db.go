@@ -288,10 +288,13 @@ type businessCollector struct {
 
 	mu   sync.Mutex
 	at   time.Time
+	gen  uint64 // Metrics.bookGen when last was read
 	last *BusinessStats
 }
 
-// WatchBusiness reports the business gauges from src, refreshed at most every 5 seconds.
+// WatchBusiness reports the business gauges from src, refreshed at most every 5 seconds,
+// and on the first scrape after this process changed the book (BookChanged; the
+// OrderService decorator calls it).
 func (m *Metrics) WatchBusiness(src BusinessSource) {
 	m.reg.MustRegister(&businessCollector{m: m, src: src, ttl: 5 * time.Second, timeout: 2 * time.Second})
 }
@@ -305,11 +308,17 @@ func (c *businessCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *businessCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
-	if c.last == nil || time.Since(c.at) >= c.ttl {
+	// Read again once this process changed the book (BookChanged), however recent the last
+	// read: a scrape right after an approval showed orders_approved_total 1 next to the
+	// order still pending and no position. The generation is read before the query, so a
+	// change committed while it runs is read by the next scrape.
+	gen := c.m.bookGen.Load()
+	if c.last == nil || time.Since(c.at) >= c.ttl || gen != c.gen {
 		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 		s, err := c.src.BusinessStats(ctx)
 		cancel()
 		c.at = time.Now() // also after a failure: do not hammer a struggling database
+		c.gen = gen
 		if err != nil {
 			slog.Warn("metrics: business gauges not refreshed", "err", err.Error())
 		} else {

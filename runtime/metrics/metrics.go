@@ -72,6 +72,10 @@ type Metrics struct {
 	redisUp         prometheus.Gauge
 	dbBatchSize     *prometheus.HistogramVec
 
+	// bookGen counts this process's changes of the book (BookChanged): the business
+	// gauges are read again on the next scrape after one.
+	bookGen atomic.Uint64
+
 	cacheMu     sync.Mutex
 	cacheLevels map[string]func() (entries, bytes int64)
 

@@ -270,3 +270,61 @@ func TestBusinessCollectorSurvivesADeadDatabase(t *testing.T) {
 		t.Fatalf("gauges missing while the database is down:\n%s", grep(out, "orders_pending"))
 	}
 }
+
+// The business gauges of the replica that made a change show it on the next scrape, however
+// recently the previous scrape was: after a submission orders_pending_total counts it, after
+// the approval it is gone from there and the position is in positions_active and
+// positions_total_value, after a rejection it is gone again. (The gauges are read from the
+// database at most every few seconds; a scrape right after an approval showed
+// orders_approved_total 1 next to orders_pending_total 1 and positions_active 0.)
+func TestBusinessGaugesFollowThisReplicasWrites(t *testing.T) {
+	m := metrics.New("dev")
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: pgtest.NewMigratedDatabase(t), Tracer: m.QueryTracer()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	m.Symbols([]string{"BTC/USD"})
+	m.WatchBusiness(metrics.NewSQLBusiness(db.Pool()))
+	mk := func(name string, role trading.Role) context.Context {
+		var id uuid.UUID
+		if err := db.Pool().QueryRow(context.Background(),
+			`INSERT INTO users (username, password_hash, roles) VALUES ($1, 'x', $2) RETURNING id`,
+			name, []string{string(role)}).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return trading.NewContextWithPrincipal(context.Background(), trading.Principal{UserID: id, Username: name, Roles: []trading.Role{role}})
+	}
+	tctx, rctx := mk("trader1", trading.RoleTrader), mk("risk1", trading.RoleRisk)
+	orders := m.OrderService(postgres.NewOrderService(db, postgres.OrderServiceConfig{}))
+	submit := func() *trading.Order {
+		o, _, err := orders.CreateOrder(tctx, trading.NewOrder{Symbol: "BTC/USD", Side: trading.Buy,
+			Quantity: decimal.RequireFromString("2"), Price: decimal.RequireFromString("100")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	expect := func(step string, want ...string) {
+		t.Helper()
+		out := scrape(t, m)
+		for _, w := range want {
+			if !strings.Contains(out, "\n"+w+"\n") {
+				t.Errorf("after %s /metrics lacks %s:\n%s%s", step, w, grep(out, "orders_pending"), grep(out, "positions_"))
+			}
+		}
+	}
+	expect("start", "orders_pending_total 0", `positions_active{symbol="BTC/USD"} 0`)
+	o := submit()
+	expect("a submission", "orders_pending_total 1")
+	if _, _, err := orders.ApproveOrder(rctx, o.ID); err != nil {
+		t.Fatal(err)
+	}
+	expect("the approval", "orders_pending_total 0", `positions_active{symbol="BTC/USD"} 1`, `positions_total_value{currency="USD"} 200`)
+	o = submit()
+	expect("another submission", "orders_pending_total 1")
+	if _, err := orders.RejectOrder(rctx, o.ID, "no"); err != nil {
+		t.Fatal(err)
+	}
+	expect("the rejection", "orders_pending_total 0")
+}

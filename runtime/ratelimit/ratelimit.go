@@ -8,7 +8,10 @@
 // Redis is down (or without REDIS_URL) every replica limits on its own with
 // golang.org/x/time/rate, the same shape per process (so N replicas allow N times the limit),
 // logs the switch and sets the rate_limit_local_fallback gauge; when Redis answers again the
-// shared buckets take over.
+// shared buckets take over. The per-process buckets count this replica's requests all the
+// time and refuse what they would refuse on their own, so neither switch hands a client a
+// fresh budget (what a client used on a replica before an outage still counts on it during
+// the outage, and what it used during the outage still counts on it afterwards).
 //
 // A request checks its class bucket and the two global buckets together, in one round trip
 // (one Lua script implementing redis_rate's GCRA on the same state, for any number of
@@ -250,10 +253,33 @@ func (l *Limiter) key(r Request) string {
 
 func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 	if l.batch != nil && l.rdb.Healthy() {
+		// The per-process buckets also count what this replica lets through while Redis
+		// decides, and a request they refuse is refused: the switch to them when Redis goes
+		// away, and back when it returns (it knows nothing of the requests allowed
+		// meanwhile, and may have lost its state), would otherwise hand every client a
+		// fresh budget. They count a subset of what Redis counts, so while Redis answers
+		// they refuse only what this replica let through during an outage.
+		tbs := make([]*rate.Limiter, len(bs))
+		now := time.Now()
+		for i, b := range bs {
+			tbs[i] = l.localBucket(b.req, b.lim)
+			if tbs[i].TokensAt(now) < 1 {
+				d, _ := l.checkLocal(b.req, b.lim, now) // refuses, takes nothing
+				return d
+			}
+		}
 		// The Batcher bounds the call with the operation timeout itself, and a failed call
 		// fails the ones queued behind it: no timer per request.
 		d, err := l.checkShared(ctx, bs)
 		if err == nil {
+			if d.Allowed {
+				// Taken at the time before the round trip, as if at Redis's decision or
+				// earlier: taken later, a client waiting out Retry-After to the instant
+				// could find its token a round trip short here while Redis allows it.
+				for _, tb := range tbs {
+					tb.ReserveN(now, 1) // an unconditional take: Redis has allowed it
+				}
+			}
 			return d
 		}
 		// Redis did not answer: decide locally now and let the client's health tracking
@@ -287,10 +313,7 @@ func (l *Limiter) decideLocal(bs []bucket) Decision {
 
 func (l *Limiter) checkLocal(r Request, lim limit, now time.Time) (Decision, *rate.Reservation) {
 	every := lim.period / time.Duration(lim.n)
-	key := string(r.Class) + ":" + strconv.Itoa(lim.n) + ":" + r.Key
-	tb, _ := l.local.ComputeIfAbsent(key, func() (*rate.Limiter, bool) {
-		return rate.NewLimiter(rate.Every(every), lim.n), false
-	})
+	tb := l.localBucket(r, lim)
 	res := tb.ReserveN(now, 1)
 	d := Decision{Class: r.Class, Limit: lim.n}
 	if delay := res.DelayFrom(now); !res.OK() || delay > 0 {
@@ -303,4 +326,13 @@ func (l *Limiter) checkLocal(r Request, lim limit, now time.Time) (Decision, *ra
 	d.Remaining = max(0, int(math.Floor(tokens)))
 	d.Reset = time.Duration((float64(lim.n) - tokens) * float64(every))
 	return d, res
+}
+
+// localBucket is the per-process bucket of r.
+func (l *Limiter) localBucket(r Request, lim limit) *rate.Limiter {
+	key := string(r.Class) + ":" + strconv.Itoa(lim.n) + ":" + r.Key
+	tb, _ := l.local.ComputeIfAbsent(key, func() (*rate.Limiter, bool) {
+		return rate.NewLimiter(rate.Every(lim.period/time.Duration(lim.n)), lim.n), false
+	})
+	return tb
 }

@@ -516,3 +516,44 @@ func TestSameStateAsRedisRate(t *testing.T) {
 		}
 	}
 }
+
+// A switch between the shared buckets and the per-process ones gives no client a fresh
+// budget: a client that used its limit just before Redis went away is still refused by
+// the replica that served it while Redis is down, and one that used its limit on that
+// replica while Redis was down is still refused once Redis is back (which knows nothing of
+// the outage's requests: here it restarts empty).
+func TestNoFreshBudgetAtTheSwitch(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &recorder{}
+	l := ratelimit.New(ratelimit.Config{Login: 3}, ratelimit.Options{Redis: openRedis(t, srv.URL(), redistest.Prefix(t)), Metrics: rec})
+	h := loginRoute(l)
+	redistest.Eventually(t, 10*time.Second, "shared limits", func() bool { return !l.Local() })
+
+	for i := range 3 {
+		if w := login(h, "203.0.113.60:1"); w.Code != 200 {
+			t.Fatalf("shared attempt %d got %d", i+1, w.Code)
+		}
+	}
+	srv.Stop()
+	redistest.Eventually(t, 10*time.Second, "the fallback", func() bool { return l.Local() && rec.isLocal() })
+	if w := login(h, "203.0.113.60:1"); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("4th attempt right after Redis went away got %d, want 429: the fallback started from a full bucket", w.Code)
+	} else if ra, _ := strconv.Atoi(w.Header().Get("Retry-After")); ra < 1 || w.Header().Get("RateLimit-Remaining") != "0" {
+		t.Fatalf("429 headers: %v", w.Header())
+	}
+
+	for i := range 3 {
+		if w := login(h, "203.0.113.61:1"); w.Code != 200 {
+			t.Fatalf("local attempt %d got %d", i+1, w.Code)
+		}
+	}
+	srv.Restart()
+	redistest.Eventually(t, 10*time.Second, "shared limits resume", func() bool { return !l.Local() && !rec.isLocal() })
+	if w := login(h, "203.0.113.61:1"); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("4th attempt right after Redis came back got %d, want 429: the outage's requests were forgotten", w.Code)
+	}
+	// A client the outage did not see is unaffected, and the shared buckets decide again.
+	if w := login(h, "203.0.113.62:1"); w.Code != 200 || w.Header().Get("RateLimit-Remaining") != "2" {
+		t.Fatalf("another client after the recovery got %d %v", w.Code, w.Header())
+	}
+}

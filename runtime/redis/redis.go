@@ -105,6 +105,8 @@ type Client struct {
 
 	hooksMu sync.Mutex
 	hooks   []func(healthy bool)
+	// transMu serializes health transitions and their hooks (setHealthy).
+	transMu sync.Mutex
 
 	// sessionEnded handles the ended logins other clients announce (OnSessionEnded).
 	sessionEnded atomic.Pointer[func(uuid.UUID)]
@@ -361,7 +363,9 @@ func (c *Client) OnResume(fn func()) {
 func (c *Client) Healthy() bool { return c.healthy.Load() }
 
 // OnHealthChange registers fn to be called (from the goroutine that observed it) on every
-// transition between healthy and degraded.
+// transition between healthy and degraded, one transition at a time and in their order, so
+// the last call says the client's state. fn must be quick and must not call back into the
+// client's health (ReportError, Ping).
 func (c *Client) OnHealthChange(fn func(healthy bool)) {
 	c.hooksMu.Lock()
 	c.hooks = append(c.hooks, fn)
@@ -463,6 +467,15 @@ func (c *Client) setHealthy(ok bool, err error) {
 	if !ok {
 		c.noteProblem(err)
 	}
+	if c.healthy.Load() == ok {
+		return // no transition: the common case, without the lock
+	}
+	// One transition at a time, its hooks included: a request that saw a broken connection
+	// marks Redis down just as the pinger marks it up, and with the hooks called outside
+	// the lock the earlier transition's could run last, leaving redis_up at 0 and the rate
+	// limiter per process (its gauge at 1) while Redis answered, until the next outage.
+	c.transMu.Lock()
+	defer c.transMu.Unlock()
 	if c.healthy.Swap(ok) == ok {
 		return
 	}
