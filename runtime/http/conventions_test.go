@@ -301,11 +301,39 @@ func TestRequestBodies(t *testing.T) {
 			t.Errorf("fields %v, want all five", f)
 		}
 	})
+	t.Run("400 not UTF-8", func(t *testing.T) {
+		// JSON text is UTF-8 (RFC 8259 section 8.1). encoding/json alone turns bytes that are
+		// not into U+FFFD without a word: a reason sent in Latin-1 was stored altered, and a
+		// client_order_id or username of such bytes came back as a 422 or 401 about text the
+		// client never sent. The body is malformed, whatever field the bytes are in.
+		e.addUser("risk1", trading.RoleRisk)
+		risk := e.token("risk1")
+		o := e.submit(tok, "BTC/USD", "buy", "1", "100")
+		for _, body := range []string{
+			"{\"reason\":\"caf\xe9 limit\"}", // Latin-1
+			"{\"reason\":\"ok\"}\xff",        // after the value
+			"{\"reas\xffon\":\"ok\"}",        // in a name
+			"{\"reason\":\"\xed\xa0\x80\"}",  // a surrogate in UTF-8 form
+		} {
+			if p := e.do("POST", "/api/orders/"+o.ID+"/reject", risk, body).problem(400); !strings.Contains(p.Detail, "UTF-8") {
+				t.Errorf("%q: detail %q does not say UTF-8", body, p.Detail)
+			}
+		}
+		e.do("POST", "/api/orders", tok, "{\"symbol\":\"BTC/USD\",\"side\":\"buy\",\"quantity\":\"1\",\"price\":\"1\",\"client_order_id\":\"a\xffb\"}").problem(400)
+		e.do("POST", "/api/auth/login", "", "{\"username\":\"trader1\",\"password\":\"caf\xe9\"}").problem(400)
+		// No body decided the order; the same reason sent as UTF-8 does.
+		var got order
+		e.do("GET", "/api/orders/"+o.ID, tok, nil).want(200).decode(&got)
+		if got.Status != "pending" || got.DecisionReason != nil {
+			t.Errorf("after bodies that are not UTF-8: %+v", got)
+		}
+		e.do("POST", "/api/orders/"+o.ID+"/reject", risk, map[string]string{"reason": "café limit"}).want(200)
+	})
 	t.Run("no order was stored by any of it", func(t *testing.T) {
 		var list struct{ Orders []order }
 		e.do("GET", "/api/orders", tok, nil).want(200).decode(&list)
-		if len(list.Orders) != 3 { // the two "parameters allowed" and the trailing whitespace one
-			t.Errorf("%d orders stored, want 3", len(list.Orders))
+		if len(list.Orders) != 4 { // the two "parameters allowed", the trailing whitespace one and "400 not UTF-8"'s
+			t.Errorf("%d orders stored, want 4", len(list.Orders))
 		}
 	})
 }

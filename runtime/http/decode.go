@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -28,7 +29,7 @@ var (
 )
 
 // decode reads a JSON request body into v (a pointer to a struct): application/json only,
-// at most the body limit, one JSON object whose members are v's fields, spelled exactly,
+// at most the body limit, UTF-8, one JSON object whose members are v's fields, spelled exactly,
 // each at most once, and nothing after it. Those are 400s, checked first; then a value of
 // the wrong JSON type for a field is EINVALID naming the field, and v holds the other
 // fields as read, so that a caller can list every failing field at once.
@@ -43,6 +44,12 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	}
 	if err != nil {
 		return decodeError(err)
+	}
+	// JSON text is UTF-8 (RFC 8259 section 8.1). encoding/json would replace bytes that are
+	// not with U+FFFD and carry on: a reason sent in Latin-1 was stored altered, and a name
+	// of such bytes answered as text the client never sent. Malformed, before anything reads it.
+	if !utf8.Valid(body) {
+		return trading.Errorf(trading.EMALFORMED, "the body is not UTF-8 text")
 	}
 	fields := fieldsOf(v)
 	if err := checkObject(body, fields); err != nil {
