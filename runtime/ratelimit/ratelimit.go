@@ -174,11 +174,16 @@ func New(cfg Config, o Options) *Limiter {
 		prefix: o.Prefix,
 		rec:    o.Metrics,
 		log:    o.Logger,
-		// Local buckets expire when unused for a day (the longest period): a full bucket is
-		// the same as no bucket. The size bound keeps a flood of client IPs from growing it.
+		// A local bucket expires when unused for its own period (a minute for most, a day
+		// for the per-day one): by then it is full again, the same as no bucket. They exist
+		// for every client while Redis answers too (they count what this replica lets
+		// through), so a flood of client IPs, each a login bucket and two global ones,
+		// leaves a minute's worth, not a day's. The size bound caps even that.
 		local: otter.Must(&otter.Options[string, *rate.Limiter]{
-			MaximumSize:      200_000,
-			ExpiryCalculator: otter.ExpiryAccessing[string, *rate.Limiter](24 * time.Hour),
+			MaximumSize: 200_000,
+			ExpiryCalculator: otter.ExpiryAccessingFunc(func(e otter.Entry[string, *rate.Limiter]) time.Duration {
+				return time.Duration(float64(e.Value.Burst()) / float64(e.Value.Limit()) * float64(time.Second))
+			}),
 		}),
 	}
 	if o.Redis != nil {
@@ -276,8 +281,16 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 				// Taken at the time before the round trip, as if at Redis's decision or
 				// earlier: taken later, a client waiting out Retry-After to the instant
 				// could find its token a round trip short here while Redis allows it.
-				for _, tb := range tbs {
+				for i, tb := range tbs {
 					tb.ReserveN(now, 1) // an unconditional take: Redis has allowed it
+					// A bucket of this replica's that is now empty refuses the next request
+					// here, whatever Redis says (after an outage Redis may not know what this
+					// replica let through meanwhile): the headers say so. (Only then: under
+					// concurrency the local counts run in another order than Redis's, and
+					// Remaining otherwise stays Redis's, exactly as one by one.)
+					if rem, reset := localLeft(tb, bs[i].lim, now); rem == 0 && d.Remaining > 0 {
+						d.Class, d.Limit, d.Remaining, d.Reset = bs[i].req.Class, bs[i].lim.n, rem, reset
+					}
 				}
 			}
 			return d
@@ -312,7 +325,6 @@ func (l *Limiter) decideLocal(bs []bucket) Decision {
 }
 
 func (l *Limiter) checkLocal(r Request, lim limit, now time.Time) (Decision, *rate.Reservation) {
-	every := lim.period / time.Duration(lim.n)
 	tb := l.localBucket(r, lim)
 	res := tb.ReserveN(now, 1)
 	d := Decision{Class: r.Class, Limit: lim.n}
@@ -322,10 +334,15 @@ func (l *Limiter) checkLocal(r Request, lim limit, now time.Time) (Decision, *ra
 	} else {
 		d.Allowed = true
 	}
-	tokens := tb.TokensAt(now)
-	d.Remaining = max(0, int(math.Floor(tokens)))
-	d.Reset = time.Duration((float64(lim.n) - tokens) * float64(every))
+	d.Remaining, d.Reset = localLeft(tb, lim, now)
 	return d, res
+}
+
+// localLeft is what a per-process bucket has left at now, and how long until it is full.
+func localLeft(tb *rate.Limiter, lim limit, now time.Time) (remaining int, reset time.Duration) {
+	tokens := tb.TokensAt(now)
+	every := lim.period / time.Duration(lim.n)
+	return max(0, int(math.Floor(tokens))), time.Duration((float64(lim.n) - tokens) * float64(every))
 }
 
 // localBucket is the per-process bucket of r.

@@ -557,3 +557,37 @@ func TestNoFreshBudgetAtTheSwitch(t *testing.T) {
 		t.Fatalf("another client after the recovery got %d %v", w.Code, w.Header())
 	}
 }
+
+// The headers of a request that Redis allows describe what this replica will do next: when
+// its own buckets (which count what it let through during an outage, unknown to Redis) are
+// tighter than Redis's, RateLimit-Remaining says so. A client that trusted "Remaining: 2"
+// and was refused on its very next request was told wrong.
+func TestHeadersAfterTheSwitchBackCountTheOutage(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &recorder{}
+	l := ratelimit.New(ratelimit.Config{Login: 3}, ratelimit.Options{Redis: openRedis(t, srv.URL(), redistest.Prefix(t)), Metrics: rec})
+	h := loginRoute(l)
+	redistest.Eventually(t, 10*time.Second, "shared limits", func() bool { return !l.Local() })
+	srv.Stop()
+	redistest.Eventually(t, 10*time.Second, "the fallback", func() bool { return l.Local() })
+	for i := range 2 {
+		if w := login(h, "203.0.113.70:1"); w.Code != 200 {
+			t.Fatalf("local attempt %d got %d", i+1, w.Code)
+		}
+	}
+	srv.Restart()
+	redistest.Eventually(t, 10*time.Second, "shared limits resume", func() bool { return !l.Local() })
+	w := login(h, "203.0.113.70:1")
+	if w.Code != 200 {
+		t.Fatalf("3rd attempt got %d, want 200", w.Code)
+	}
+	remaining := w.Header().Get("RateLimit-Remaining")
+	next := login(h, "203.0.113.70:1")
+	if next.Code != http.StatusTooManyRequests {
+		t.Fatalf("4th attempt got %d, want 429", next.Code)
+	}
+	if remaining != "0" {
+		t.Fatalf("the 3rd attempt said RateLimit-Remaining %s (reset %s), yet the next one was refused: want 0",
+			remaining, w.Header().Get("RateLimit-Reset"))
+	}
+}

@@ -411,3 +411,45 @@ func TestLastAnswerOnlyOnReplies(t *testing.T) {
 		t.Fatalf("LastAnswer moved to %v (from %v) without a reply", got, afterReply)
 	}
 }
+
+// The cache's epoch (carried by every L2 value's version) moves after a silence to a new
+// random number, never the old one plus one: a Redis that went back to older data (a crash
+// losing the last second of its AOF, a failover to a lagging replica) would otherwise be
+// moved on to exactly the epoch it lost, and a load that read its version then would store
+// an old book under a version that matches again. And it never expires: expiring, it made
+// every L2 value a miss at once, a week after the last outage.
+func TestEpochMovesAtRandomAndStays(t *testing.T) {
+	srv := redistest.Start(t)
+	link := redistest.Slow(t, "127.0.0.1:"+strconv.Itoa(srv.Port))
+	prefix := redistest.Prefix(t)
+	c := open(t, link.URL(), prefix)
+	admin := open(t, srv.URL(), "")
+	ctx := context.Background()
+	if _, _, _, err := c.GetVersioned(ctx, "ver", "val"); err != nil {
+		t.Fatal(err)
+	}
+	epoch := func() int64 {
+		t.Helper()
+		v, err := admin.Redis().Get(ctx, prefix+"cache-epoch").Int64()
+		if err != nil {
+			t.Fatalf("epoch: %v", err)
+		}
+		if ttl := admin.Redis().TTL(ctx, prefix+"cache-epoch").Val(); ttl != -1 {
+			t.Errorf("the epoch expires (TTL %v); want it kept", ttl)
+		}
+		return v
+	}
+	before := epoch()
+	link.Cut()
+	redistest.Eventually(t, 10*time.Second, "a silence (Options.Silence, 250 ms) without answers", func() bool {
+		return !c.Healthy() && time.Since(c.LastAnswer()) > time.Second
+	})
+	link.Mend()
+	redistest.Eventually(t, 10*time.Second, "the epoch moves once Redis answers again", func() bool {
+		v, _ := admin.Redis().Get(ctx, prefix+"cache-epoch").Int64()
+		return v != before
+	})
+	if after := epoch(); after == before+1 {
+		t.Errorf("the epoch moved from %d to the next number; want a new random one", before)
+	}
+}

@@ -126,7 +126,9 @@ func (c *Client) GetVersioned(ctx context.Context, versionKey, key string) (vers
 		// stores carries a number that no value from before can have. Nothing stored
 		// before it is ours.
 		pipe := c.rdb.TxPipeline()
-		pipe.SetNX(ctx, c.opts.Prefix+epochKey, startVersion(), versionTTL)
+		// The epoch never expires: expiring, it would make every value of the deployment
+		// a miss at once, a week after the last outage.
+		pipe.SetNX(ctx, c.opts.Prefix+epochKey, startVersion(), 0)
 		pipe.SetNX(ctx, c.opts.Prefix+versionKey, startVersion(), versionTTL)
 		get := pipe.MGet(ctx, c.opts.Prefix+epochKey, c.opts.Prefix+versionKey)
 		if _, err := pipe.Exec(ctx); err != nil {
@@ -169,11 +171,11 @@ func (c *Client) moveEpoch(ctx context.Context) error {
 	if c.epochAt.Load() >= n {
 		return nil
 	}
-	pipe := c.rdb.TxPipeline()
-	pipe.SetNX(ctx, c.opts.Prefix+epochKey, startVersion(), versionTTL)
-	pipe.Incr(ctx, c.opts.Prefix+epochKey)
-	pipe.Expire(ctx, c.opts.Prefix+epochKey, versionTTL)
-	if _, err := pipe.Exec(ctx); err != nil {
+	// A new random epoch, not the old one plus one: a Redis that went back to older data
+	// (a crash with the last second of its AOF lost, a failover to a lagging replica) could
+	// otherwise be moved on to exactly the epoch it lost, and a load that read its version
+	// then would store an old book under a version that matches again.
+	if err := c.rdb.Set(ctx, c.opts.Prefix+epochKey, startVersion(), 0).Err(); err != nil {
 		c.ReportError(err)
 		return err
 	}
