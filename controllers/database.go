@@ -23,6 +23,13 @@ import (
 // checks the external database's Secret.
 func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass) (bool, error) {
 	if p.spec.ExternalPostgres() {
+		// The user's Secret first: while it is missing (a typo, a Secret applied after the
+		// stack) the later steps wait, and the runtime keeps the managed database it is
+		// configured for. Deleting that first left a serving stack without its database
+		// while it said it waited for the user.
+		if stop, err := r.reconcileExternalDatabase(ctx, p); stop || err != nil {
+			return stop, err
+		}
 		// A stack moved to an external database no longer runs its own; its volume stays.
 		released, err := r.releaseDatabaseVolumes(ctx, p)
 		if err != nil {
@@ -36,7 +43,7 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 				return false, err
 			}
 		}
-		return r.reconcileExternalDatabase(ctx, p)
+		return false, nil
 	}
 
 	var credentials *corev1.Secret

@@ -95,6 +95,7 @@ func TestOperator(t *testing.T) {
 		{"MigrationPodWaiting", testMigrationPodWaiting},
 		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
 		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
+		{"MoveWaitsForUserSecret", testMoveWaitsForUserSecret},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -2960,4 +2961,71 @@ func testAnnotationRequestsPass(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// testMoveWaitsForUserSecret: a serving stack moved to an external Redis, then an external
+// database, whose Secret does not exist yet (a typo, a Secret applied after the stack). The
+// stack waits for it (CacheReady or DatabaseReady False, Degraded "serves, waits for a user's
+// action"), and meanwhile the managed Redis and PostgreSQL keep running, with their
+// NetworkPolicies: the runtime, still configured for them, keeps serving. They were deleted
+// before the Secret was looked at, so the stack said it served while its database was gone.
+// Once the Secret exists the move goes on and the managed ones are removed.
+func testMoveWaitsForUserSecret(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "mw"))
+	makeReady(t, ns, "mw")
+	stillThere := func(what string, objs ...client.Object) {
+		t.Helper()
+		for _, o := range objs {
+			if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil || o.GetDeletionTimestamp() != nil {
+				t.Errorf("%s: %T %s gone while the stack waits for the user's Secret (%v)", what, o, o.GetName(), err)
+			}
+		}
+	}
+	gone := func(what string, objs ...client.Object) {
+		t.Helper()
+		eventually(t, what, func() error {
+			for _, o := range objs {
+				if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); !apierrors.IsNotFound(err) {
+					return fmt.Errorf("%T %s still there (%v)", o, o.GetName(), err)
+				}
+			}
+			return nil
+		})
+	}
+
+	updateStack(t, ns, "mw", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}}
+	})
+	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
+	stillThere("external Redis's Secret missing",
+		objectNamed(&appsv1.Deployment{}, ns, "mw-redis"), objectNamed(&corev1.Service{}, ns, "mw-redis"),
+		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-redis"))
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-redis"},
+		StringData: map[string]string{"pw": "s3cret"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheExternal)
+	gone("managed Redis removed once the external one's Secret exists",
+		objectNamed(&appsv1.Deployment{}, ns, "mw-redis"), objectNamed(&corev1.Service{}, ns, "mw-redis"),
+		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-redis"))
+	markDeploymentReady(t, ns, "mw-api")
+	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+
+	updateStack(t, ns, "mw", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"}}
+	})
+	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonExternalSecretNotFound)
+	stillThere("external database's Secret missing",
+		objectNamed(&appsv1.StatefulSet{}, ns, "mw-postgres"), objectNamed(&corev1.Service{}, ns, "mw-postgres"),
+		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-postgres"))
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-db"},
+		StringData: map[string]string{"dsn": "postgres://app:pw@db.corp:5432/trading"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
+	gone("managed PostgreSQL removed once the external one's Secret exists",
+		objectNamed(&appsv1.StatefulSet{}, ns, "mw-postgres"), objectNamed(&corev1.Service{}, ns, "mw-postgres"),
+		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-postgres"))
 }
