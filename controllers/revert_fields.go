@@ -24,10 +24,15 @@ import (
 
 // revertsHandEdits reports whether the fields of kind that other managers set are removed
 // after each apply (foreignFieldOps, on the apply's answer). Secrets are not: a value edited by hand is kept
-// (tradingstack.md); Jobs neither: their template cannot change.
+// (tradingstack.md); Jobs neither: their template cannot change. The autoscaler, the
+// disruption budget and the monitoring objects are: a `behavior` added by hand to the HPA
+// (scaling down at once), a sampleLimit or relabelling added to the ServiceMonitor stayed
+// for good, as nothing the operator applies owns them (EditsOfEveryKindReverted). Their
+// controllers write only the status subresource, which foreignFieldOps leaves alone.
 func revertsHandEdits(kind string) bool {
 	switch kind {
-	case "Deployment", "StatefulSet", "Service", "ConfigMap", "NetworkPolicy":
+	case "Deployment", "StatefulSet", "Service", "ConfigMap", "NetworkPolicy",
+		hpaKind, "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule":
 		return true
 	}
 	return false

@@ -96,6 +96,10 @@ func TestOperator(t *testing.T) {
 		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
 		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
 		{"MoveWaitsForUserSecret", testMoveWaitsForUserSecret},
+		{"QuietEveryConfig", testQuietEveryConfig},
+		{"OthersEditsNotFought", testOthersEditsNotFought},
+		{"EditsOfEveryKindReverted", testEditsOfEveryKindReverted},
+		{"QuietInOtherStates", testQuietInOtherStates},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
