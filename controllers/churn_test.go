@@ -144,7 +144,13 @@ func assertQuiet(t *testing.T, ns, name string) {
 	if res.RequeueAfter != 0 {
 		t.Errorf("a Ready stack asks to be requeued after %s", res.RequeueAfter)
 	}
-	after := resourceVersions(t, ns, name)
+	sameObjects(t, before, resourceVersions(t, ns, name))
+}
+
+// sameObjects fails the test on any object written or created between the two reads of
+// resourceVersions.
+func sameObjects(t *testing.T, before, after map[string]string) {
+	t.Helper()
 	for k, v := range before {
 		if after[k] != v {
 			t.Errorf("%s written at rest: resourceVersion %s -> %s", k, v, after[k])

@@ -575,17 +575,7 @@ func testQuietAtRest(t *testing.T) {
 	if res.RequeueAfter != 0 {
 		t.Errorf("a Ready stack asks to be requeued after %s", res.RequeueAfter)
 	}
-	after := resourceVersions(t, ns, "quiet")
-	for k, v := range before {
-		if after[k] != v {
-			t.Errorf("%s written at rest: resourceVersion %s -> %s", k, v, after[k])
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			t.Errorf("%s created at rest", k)
-		}
-	}
+	sameObjects(t, before, resourceVersions(t, ns, "quiet"))
 }
 
 // testStatusWritesNotApplied: the autoscaler writes its status every 15 s, the disruption

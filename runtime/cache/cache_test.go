@@ -1108,22 +1108,8 @@ func TestApproveDuringOutageOnAReplicaThatGoesAway(t *testing.T) {
 	srv := redistest.Start(t)
 	link := redistest.Slow(t, "127.0.0.1:"+strconv.Itoa(srv.Port))
 	prefix := redistest.Prefix(t)
-	a := replica(t, w, link.URL(), prefix, cache.Options{})
-	rb, err := redis.OpenWith(link.URL(), redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rb.Close() })
-	b := cache.NewPortfolio(w.portfolio, cache.Options{Remote: rb, NoRefresh: true})
-	t.Cleanup(b.Close)
+	a, b, rb, c := outageReplicas(t, w, link, prefix)
 	user := w.trader.UserID
-	w.trade(t, a, "1")
-	obs := &counts{}
-	c := replica(t, w, link.URL(), prefix, cache.Options{Observer: obs})
-	redistest.Eventually(t, 5*time.Second, "positions in L2", func() bool {
-		_ = quantity(t, a, user)
-		return quantity(t, c, user) == "1" && obs.get("hit:l2:positions") > 0
-	})
 
 	link.Cut()
 	redistest.Eventually(t, 10*time.Second, "the replicas see Redis gone", func() bool { return a.Degraded() && b.Degraded() && c.Degraded() })
@@ -1161,22 +1147,8 @@ func TestReplicaStartedDuringOutageReadsFresh(t *testing.T) {
 	t.Cleanup(func() { admin.Close() })
 	epoch := func() string { return admin.Redis().Get(context.Background(), prefix+"cache-epoch").Val() }
 
-	a := replica(t, w, link.URL(), prefix, cache.Options{})
-	rb, err := redis.OpenWith(link.URL(), redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rb.Close() })
-	b := cache.NewPortfolio(w.portfolio, cache.Options{Remote: rb, NoRefresh: true})
-	t.Cleanup(b.Close)
+	a, b, rb, c := outageReplicas(t, w, link, prefix)
 	user := w.trader.UserID
-	w.trade(t, a, "1")
-	obs := &counts{}
-	c := replica(t, w, link.URL(), prefix, cache.Options{Observer: obs})
-	redistest.Eventually(t, 5*time.Second, "positions in L2", func() bool {
-		_ = quantity(t, a, user)
-		return quantity(t, c, user) == "1" && obs.get("hit:l2:positions") > 0
-	})
 	c.Close()
 
 	link.Cut()
@@ -1192,4 +1164,28 @@ func TestReplicaStartedDuringOutageReadsFresh(t *testing.T) {
 	if q := quantity(t, d, user); q != "3" {
 		t.Fatalf("D reads %s after Redis came back, want 3: the L2 value from before the trade on B", q)
 	}
+}
+
+// outageReplicas starts replicas A, B and C behind link, B with its Redis client returned (to
+// close it as a replica that goes away), after a trade of quantity 1 on A whose positions C
+// has read from L2.
+func outageReplicas(t *testing.T, w *world, link *redistest.SlowLink, prefix string) (a, b *cache.Portfolio, rb *redis.Client, c *cache.Portfolio) {
+	t.Helper()
+	a = replica(t, w, link.URL(), prefix, cache.Options{})
+	rb, err := redis.OpenWith(link.URL(), redis.Options{Prefix: prefix, PingInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rb.Close() })
+	b = cache.NewPortfolio(w.portfolio, cache.Options{Remote: rb, NoRefresh: true})
+	t.Cleanup(b.Close)
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	obs := &counts{}
+	c = replica(t, w, link.URL(), prefix, cache.Options{Observer: obs})
+	redistest.Eventually(t, 5*time.Second, "positions in L2", func() bool {
+		_ = quantity(t, a, user)
+		return quantity(t, c, user) == "1" && obs.get("hit:l2:positions") > 0
+	})
+	return a, b, rb, c
 }
