@@ -27,23 +27,9 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 		// stack) the later steps wait, and the runtime keeps the managed database it is
 		// configured for. Deleting that first left a serving stack without its database
 		// while it said it waited for the user.
-		if stop, err := r.reconcileExternalDatabase(ctx, p); stop || err != nil {
-			return stop, err
-		}
-		// A stack moved to an external database no longer runs its own; its volume stays.
-		released, err := r.releaseDatabaseVolumes(ctx, p)
-		if err != nil {
-			return false, err
-		}
-		for _, obj := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}} {
-			if !released {
-				break // the StatefulSet's next status update brings the next pass
-			}
-			if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, postgresName(p.stack))); err != nil {
-				return false, err
-			}
-		}
-		return false, nil
+		// Its removal is a step of its own (retireManagedDatabase), after the cache's: a
+		// missing external Redis Secret also keeps the runtime on the managed database.
+		return r.reconcileExternalDatabase(ctx, p)
 	}
 
 	var credentials *corev1.Secret
@@ -90,6 +76,29 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 	} else {
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady,
 			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s", sts.Name, notApplied))
+	}
+	return false, nil
+}
+
+// retireManagedDatabase removes the managed database of a stack moved to an external one, its
+// volume kept. A step after the database's and the cache's: while either waits for a user's
+// Secret, the later steps wait and the runtime keeps the managed database it is configured
+// for (MoveWaitsForUserSecret, MoveBothWaitsForRedisSecret).
+func (r *TradingStackReconciler) retireManagedDatabase(ctx context.Context, p *pass) (bool, error) {
+	if !p.spec.ExternalPostgres() {
+		return false, nil
+	}
+	released, err := r.releaseDatabaseVolumes(ctx, p)
+	if err != nil {
+		return false, err
+	}
+	for _, obj := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}} {
+		if !released {
+			break // the StatefulSet's next status update brings the next pass
+		}
+		if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, postgresName(p.stack))); err != nil {
+			return false, err
+		}
 	}
 	return false, nil
 }

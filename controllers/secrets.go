@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -63,6 +64,14 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 		}
 		*g.record = current.Name
 		p.runtimeSecrets = append(p.runtimeSecrets, current)
+	}
+	// RuntimeAvailable is set by the runtime's step, which a later step may keep from running
+	// (an external database's missing Secret): its SecretKeyMissing of an earlier pass, the
+	// key now added, is not this step's to keep saying.
+	if _, ok := lacking[tradingv1alpha1.ConditionRuntimeAvailable]; !ok {
+		if c := meta.FindStatusCondition(p.stack.Status.Conditions, tradingv1alpha1.ConditionRuntimeAvailable); c != nil && c.Reason == tradingv1alpha1.ReasonSecretKeyMissing {
+			p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionUnknown, tradingv1alpha1.ReasonNotChecked, "not checked yet")
+		}
 	}
 	if len(lacking) == 0 {
 		return false, nil

@@ -96,6 +96,8 @@ func TestOperator(t *testing.T) {
 		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
 		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
 		{"MoveWaitsForUserSecret", testMoveWaitsForUserSecret},
+		{"MoveBothWaitsForRedisSecret", testMoveBothWaitsForRedisSecret},
+		{"UserSecretKeyAddedNotStale", testUserSecretKeyAddedNotStale},
 		{"QuietEveryConfig", testQuietEveryConfig},
 		{"OthersEditsNotFought", testOthersEditsNotFought},
 		{"EditsOfEveryKindReverted", testEditsOfEveryKindReverted},
@@ -3022,4 +3024,74 @@ func testMoveWaitsForUserSecret(t *testing.T) {
 	gone("managed PostgreSQL removed once the external one's Secret exists",
 		objectNamed(&appsv1.StatefulSet{}, ns, "mw-postgres"), objectNamed(&corev1.Service{}, ns, "mw-postgres"),
 		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-postgres"))
+}
+
+// testMoveBothWaitsForRedisSecret: one edit moves a serving stack to an external database
+// (its Secret exists) and an external Redis (its Secret does not, yet): the cache step waits,
+// so the runtime, migrations and all stay on the managed database; that database must stay
+// too until the later steps can run.
+func testMoveBothWaitsForRedisSecret(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "mb"))
+	makeReady(t, ns, "mb")
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-db"},
+		StringData: map[string]string{"dsn": "postgres://app:pw@db.corp:5432/trading"}}); err != nil {
+		t.Fatal(err)
+	}
+	updateStack(t, ns, "mb", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"}}
+		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
+			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}}
+	})
+	waitCondition(t, ns, "mb", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
+	reconcileDirectly(t, ns, "mb", 2)
+	for _, o := range []client.Object{objectNamed(&appsv1.StatefulSet{}, ns, "mb-postgres"), objectNamed(&corev1.Service{}, ns, "mb-postgres"),
+		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mb-postgres")} {
+		if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil || o.GetDeletionTimestamp() != nil {
+			t.Errorf("%T %s gone while the stack waits for the Redis Secret and its runtime still uses it (%v)", o, o.GetName(), err)
+		}
+	}
+	dep := &appsv1.Deployment{}
+	if err := k8s.Get(bg, key(ns, "mb-api"), dep); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("runtime env still: %v", dep.Spec.Template.Spec.Containers[0].Env)
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-redis"},
+		StringData: map[string]string{"pw": "s3cret"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "mb", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheExternal)
+	eventually(t, "managed PostgreSQL removed once both Secrets exist", func() error {
+		if err := k8s.Get(bg, key(ns, "mb-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("StatefulSet still there (%v)", err)
+		}
+		return nil
+	})
+}
+
+// testUserSecretKeyAddedNotStale: once the user adds the key a user-made Secret lacked, the
+// RuntimeAvailable that named it no longer does, even when a later step (the external
+// database's missing Secret) stops the pass before the runtime's step.
+func testUserSecretKeyAddedNotStale(t *testing.T) {
+	ns := newNamespace(t)
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "us-admin"},
+		StringData: map[string]string{"admin-password": "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "us", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"}}
+	}))
+	waitCondition(t, ns, "us", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonSecretKeyMissing)
+	sec := waitFor(t, &corev1.Secret{}, ns, "us-admin")
+	sec.Data[adminPasswordKey] = []byte("x")
+	if err := k8s.Update(bg, sec); err != nil {
+		t.Fatal(err)
+	}
+	s := waitCondition(t, ns, "us", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonExternalSecretNotFound)
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c.Reason == tradingv1alpha1.ReasonSecretKeyMissing {
+		t.Errorf("RuntimeAvailable still says the fixed Secret lacks a key: %s", c.Message)
+	}
+	if c := condition(s, tradingv1alpha1.ConditionProgressing); true {
+		t.Logf("Progressing %s %s: %s; phase %s", c.Status, c.Reason, c.Message, s.Status.Phase)
+	}
 }
