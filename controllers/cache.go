@@ -12,22 +12,12 @@ import (
 )
 
 // reconcileCache runs the managed Redis (Deployment and Service), checks an
-// external one's password Secret, or records that Redis is disabled. Leaving
-// managed mode removes the managed Redis.
+// external one's password Secret, or records that Redis is disabled. A managed Redis the
+// stack left is removed later, by retireManagedBackends.
 func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (bool, error) {
 	spec := p.spec.Spec.Redis
-	removeManaged := func() error {
-		if err := r.deleteIfExists(ctx, p, objectNamed(&appsv1.Deployment{}, p.stack.Namespace, redisName(p.stack))); err != nil {
-			return err
-		}
-		return r.deleteIfExists(ctx, p, objectNamed(&corev1.Service{}, p.stack.Namespace, redisName(p.stack)))
-	}
-
 	switch spec.Mode {
 	case tradingv1alpha1.RedisDisabled:
-		if err := removeManaged(); err != nil {
-			return false, err
-		}
 		msg := "spec.redis.mode is disabled: the runtime caches in its memory and rate-limits on its own"
 		if severalReplicas(p.spec) {
 			msg = "spec.redis.mode is disabled: each runtime replica rate-limits on its own and keeps no cache (the replicas cannot tell each other of a trade), so reads go to the database"
@@ -45,11 +35,6 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 			if stop, err := r.needUserSecret(ctx, p, tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ReasonCacheSecretMissing, need); stop || err != nil {
 				return stop, err
 			}
-		}
-		// Only now: while the external Redis's Secret is missing the later steps wait, and
-		// the runtime keeps the managed Redis it is configured for.
-		if err := removeManaged(); err != nil {
-			return false, err
 		}
 		how := ""
 		if redisTLS(p.spec) {

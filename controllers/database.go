@@ -23,12 +23,8 @@ import (
 // checks the external database's Secret.
 func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass) (bool, error) {
 	if p.spec.ExternalPostgres() {
-		// The user's Secret first: while it is missing (a typo, a Secret applied after the
-		// stack) the later steps wait, and the runtime keeps the managed database it is
-		// configured for. Deleting that first left a serving stack without its database
-		// while it said it waited for the user.
-		// Its removal is a step of its own (retireManagedDatabase), after the cache's: a
-		// missing external Redis Secret also keeps the runtime on the managed database.
+		// Only the user's Secrets here: the managed database the stack left is removed by
+		// retireManagedBackends, once every backend's Secrets were found.
 		return r.reconcileExternalDatabase(ctx, p)
 	}
 
@@ -80,11 +76,20 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 	return false, nil
 }
 
-// retireManagedDatabase removes the managed database of a stack moved to an external one, its
-// volume kept. A step after the database's and the cache's: while either waits for a user's
-// Secret, the later steps wait and the runtime keeps the managed database it is configured
-// for (MoveWaitsForUserSecret, MoveBothWaitsForRedisSecret).
-func (r *TradingStackReconciler) retireManagedDatabase(ctx context.Context, p *pass) (bool, error) {
+// retireManagedBackends removes the managed Redis of a stack that no longer uses it, and the
+// managed database of one moved to an external database (its volume kept). A step after the
+// database's and the cache's: while either waits for a user's Secret (a typo, a Secret applied
+// after the stack), the later steps wait and the runtime keeps the backends it is configured
+// for; removed first, a serving stack lost its database while it said it waited for the user
+// (MoveWaitsForUserSecret, MoveBothWaitsForRedisSecret).
+func (r *TradingStackReconciler) retireManagedBackends(ctx context.Context, p *pass) (bool, error) {
+	if p.spec.Spec.Redis.Mode != tradingv1alpha1.RedisManaged {
+		for _, obj := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}} {
+			if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, redisName(p.stack))); err != nil {
+				return false, err
+			}
+		}
+	}
 	if !p.spec.ExternalPostgres() {
 		return false, nil
 	}

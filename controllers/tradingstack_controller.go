@@ -172,7 +172,7 @@ func (r *TradingStackReconciler) steps() []step {
 		{"secrets", r.reconcileSecrets},
 		{"database", r.reconcileDatabase},
 		{"cache", r.reconcileCache},
-		{"retired database", r.retireManagedDatabase},
+		{"retired backends", r.retireManagedBackends},
 		{"migrations", r.reconcileMigrations},
 		{"runtime", r.reconcileRuntime},
 		{"policy", r.reconcilePolicy},

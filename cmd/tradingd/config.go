@@ -269,7 +269,7 @@ var settings = []setting{
 		// One line ending at the end is not part of it, as for `user add`: a Secret made from
 		// a file (kubectl create secret --from-file) usually ends in one, and the admin's
 		// password then held a line break nobody types.
-		v = strings.TrimSuffix(strings.TrimSuffix(v, "\n"), "\r")
+		v = withoutLineEnding(v)
 		if len(v) > maxPasswordBytes {
 			return fmt.Errorf("is %d bytes long; bcrypt takes at most %d", len(v), maxPasswordBytes)
 		}

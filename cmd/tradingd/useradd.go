@@ -83,6 +83,12 @@ func userAdd(ctx context.Context, args []string, getenv func(string) string, std
 	return nil
 }
 
+// withoutLineEnding drops one line ending ("\n" or "\r\n") from the end of a password read
+// from a line or a file, which nobody means as part of it.
+func withoutLineEnding(s string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(s, "\n"), "\r")
+}
+
 // promptPassword asks for the password twice at a terminal, without echo: read as a line
 // from a terminal it was shown on the screen as it was typed.
 func promptPassword(fd int, username string, prompt io.Writer) (string, error) {
@@ -127,7 +133,7 @@ func readPassword(r io.Reader) (string, error) {
 	if len(line) > maxPasswordLine {
 		return "", fmt.Errorf("the password on standard input is longer than %d bytes", maxPasswordBytes)
 	}
-	password := strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	password := withoutLineEnding(line)
 	// Only what has arrived with the first line: reading on to the end blocked when standard
 	// input stays open after it (kubectl exec -i without -t, where the user types the line).
 	if rest, _ := br.Peek(br.Buffered()); strings.Trim(string(rest), "\r\n") != "" {
