@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -108,10 +109,18 @@ func TestOrderListingsArePlannedWithTheirValues(t *testing.T) {
 	list(trading.OrderFilter{Status: status(trading.StatusPending), Symbol: symbol("BTC/USD")})
 	traced := rec.take()
 
+	noGenericPlans(t, db, "orders", traced)
+}
+
+// noGenericPlans fails for each statement on table, prepared on db's connections, that ran
+// with its generic plan, showing the plan it would get with the arguments traced for it.
+func noGenericPlans(t *testing.T, db *postgres.DB, table string, traced []recordedQuery) {
+	t.Helper()
+	ctx := context.Background()
 	rows, err := db.Pool().Query(ctx, `
 		SELECT statement, generic_plans FROM pg_prepared_statements
-		WHERE statement LIKE '%FROM orders%' AND statement NOT LIKE '%pg_prepared_statements%'
-			AND generic_plans > 0`)
+		WHERE statement LIKE '%FROM '||$1||'%' AND statement NOT LIKE '%pg_prepared_statements%'
+			AND generic_plans > 0`, table)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +143,78 @@ func TestOrderListingsArePlannedWithTheirValues(t *testing.T) {
 			t.Errorf("ran %d times with its generic plan:\n%s", g.Generic, g.SQL)
 		}
 	}
+}
+
+// TestTradeListingsArePlannedWithTheirValues: FindTrades with a symbol met the same generic
+// plan as the order listings (TestOrderListingsArePlannedWithTheirValues). The generic plan
+// of user_id = $1 AND symbol = $2 walks the user's trades newest first and filters on the
+// symbol; costed for an average user and symbol, it looks no dearer than the custom plans of
+// traders listing a symbol less traded than the average one, so after five of those it was
+// taken for every call. A trader with many trades listing a symbol they traded a few times
+// (or never) then read every one of their trades per page (200k trades, 40k of one user, 5
+// in the symbol: 60 ms and 3.4k buffers instead of 0.09 ms and 4 through
+// trades_symbol_executed_idx).
+func TestTradeListingsArePlannedWithTheirValues(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewMigratedDatabase(t)
+	rec := &recorder{}
+	db, err := postgres.Open(ctx, postgres.Config{URL: dsn, MinConns: 1, MaxConns: 1, Tracer: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	portfolio := postgres.NewPortfolioService(db)
+	// 40 traders with 1000 trades each over four symbols, and a trader (whale) with 40k
+	// trades in BTC/USD and 5 in SOL/USD, which nobody else trades.
+	for _, sql := range []string{
+		`INSERT INTO users (username, password_hash, roles)
+		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 40) g`,
+		`INSERT INTO users (username, password_hash, roles) VALUES ('whale', 'x', ARRAY['trader']), ('desk', 'x', ARRAY['risk'])`, `
+		INSERT INTO orders (symbol, side, quantity, price, status, requested_by, decided_by, created_at, decided_at)
+		SELECT (ARRAY['BTC/USD','ETH/USD','BNB/USD','XRP/USD'])[1 + g / 40 % 4], 'buy', 1, 100, 'approved',
+			u.ids[1 + g % cardinality(u.ids)], d.id, now() - g * interval '1 second', now() - g * interval '1 second'
+		FROM generate_series(1, 40000) g,
+			(SELECT array_agg(id) AS ids FROM users WHERE username LIKE 'g%') u, (SELECT id FROM users WHERE username = 'desk') d`, `
+		INSERT INTO orders (symbol, side, quantity, price, status, requested_by, decided_by, created_at, decided_at)
+		SELECT CASE WHEN g % 8000 = 0 THEN 'SOL/USD' ELSE 'BTC/USD' END, 'buy', 1, 100, 'approved',
+			w.id, d.id, now() - g * interval '1 second', now() - g * interval '1 second'
+		FROM generate_series(1, 40000) g,
+			(SELECT id FROM users WHERE username = 'whale') w, (SELECT id FROM users WHERE username = 'desk') d`, `
+		INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, executed_at)
+		SELECT id, requested_by, symbol, side, quantity, price, decided_at FROM orders`,
+		`ANALYZE users`, `ANALYZE orders`, `ANALYZE trades`,
+	} {
+		if _, err := db.Pool().Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	user := func(name string) *trading.User {
+		u := &trading.User{Username: name, Roles: []trading.Role{trading.RoleTrader}}
+		if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = $1`, name).Scan(&u.ID); err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	whale := user("whale")
+	symbol := func(s string) *string { return &s }
+	list := func(u *trading.User, sym string) {
+		t.Helper()
+		if _, _, err := portfolio.FindTrades(as(u), trading.TradeFilter{Symbol: symbol(sym)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Traders looking at their symbols (each in a quarter of their trades, less common than
+	// BTC/USD overall, so that the generic plan looks no dearer), then the whale at rare ones.
+	for i := range 8 {
+		list(user(fmt.Sprintf("g%d", 1+i)), "ETH/USD")
+		list(user(fmt.Sprintf("g%d", 11+i)), "BNB/USD")
+		list(user(fmt.Sprintf("g%d", 21+i)), "XRP/USD")
+	}
+	rec.take()
+	list(whale, "SOL/USD")
+	list(whale, "ADA/USD")
+	noGenericPlans(t, db, "trades", rec.take())
 }
 
 // genericPlan is the text of the generic plan of sql with args (EXPLAIN EXECUTE of a

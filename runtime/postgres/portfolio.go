@@ -58,7 +58,12 @@ func (s *PortfolioService) FindTrades(ctx context.Context, f trading.TradeFilter
 	}
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
-	rows, err := s.db.pool.Query(ctx, `SELECT `+tradeColumns+` FROM trades`+w.String()+page.sql("executed_at"), w.args...)
+	// Planned with its values on every call, as FindOrders is: with a symbol, the generic plan
+	// walks the user's trades newest first and filters on the symbol, and for a user with
+	// many trades and few (or none) in that symbol it read all of them per page
+	// (TestTradeListingsArePlannedWithTheirValues).
+	args := append([]any{pgx.QueryExecModeCacheDescribe}, w.args...)
+	rows, err := s.db.pool.Query(ctx, `SELECT `+tradeColumns+` FROM trades`+w.String()+page.sql("executed_at"), args...)
 	if err != nil {
 		return nil, "", s.db.mapError(err)
 	}
