@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
 
 	trading "github.com/findmy/trading-operator/runtime"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -91,11 +95,15 @@ func TestIndexesExistAndValid(t *testing.T) {
 	db := openDB(t, dsn)
 	want := []string{
 		"orders_requested_by_client_order_id_key", "orders_symbol_status_idx",
-		"orders_pending_symbol_idx", "orders_pending_created_idx",
-		"orders_pending_requested_by_idx", "orders_status_idx", "orders_created_at_idx",
-		"orders_updated_at_idx", "orders_requested_by_keyset_idx", "orders_keyset_idx",
+		"orders_pending_requested_by_idx", "orders_requested_by_keyset_idx", "orders_keyset_idx",
+		"orders_status_keyset_idx",
 		"trades_order_id_key", "trades_symbol_executed_idx", "trades_user_keyset_idx",
 		"refresh_tokens_session_id_idx", "sessions_user_id_idx",
+	}
+	// Dropped by 00005: read by no statement, or served by orders_status_keyset_idx.
+	gone := []string{
+		"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx",
+		"orders_pending_created_idx", "orders_pending_symbol_idx",
 	}
 	rows, err := db.Pool().Query(context.Background(), `
 		SELECT c.relname, i.indisvalid, i.indisunique, pg_get_indexdef(i.indexrelid)
@@ -129,6 +137,11 @@ func TestIndexesExistAndValid(t *testing.T) {
 			t.Errorf("index %s is INVALID", name)
 		}
 	}
+	for _, name := range gone {
+		if _, ok := got[name]; ok {
+			t.Errorf("index %s is still there", name)
+		}
+	}
 	for name, x := range got {
 		if !x.valid {
 			t.Errorf("index %s is INVALID", name)
@@ -139,38 +152,107 @@ func TestIndexesExistAndValid(t *testing.T) {
 			t.Errorf("index %s is not unique", name)
 		}
 	}
-	if def := got["orders_pending_created_idx"].def; def == "" || !contains(def, "WHERE (status = 'pending'::text)") {
-		t.Errorf("orders_pending_created_idx is not partial on pending: %q", def)
+	if def := got["orders_pending_requested_by_idx"].def; def == "" || !contains(def, "WHERE (status = 'pending'::text)") {
+		t.Errorf("orders_pending_requested_by_idx is not partial on pending: %q", def)
+	}
+	if def := got["orders_status_keyset_idx"].def; !contains(def, "(status, created_at DESC, id DESC)") {
+		t.Errorf("orders_status_keyset_idx = %q, want (status, created_at DESC, id DESC)", def)
 	}
 	if def := got["orders_keyset_idx"].def; !contains(def, "created_at DESC, id DESC") {
 		t.Errorf("orders_keyset_idx = %q, want (created_at DESC, id DESC)", def)
 	}
 }
 
-// TestMigrateDropsInvalidLeftover simulates a CREATE INDEX CONCURRENTLY that failed halfway:
-// the migration must replace the INVALID index instead of keeping it.
+// TestMigrateDropsInvalidLeftover simulates a CREATE INDEX CONCURRENTLY that failed halfway,
+// in 00002 and in 00005: the migration must replace the INVALID index instead of keeping it.
 func TestMigrateDropsInvalidLeftover(t *testing.T) {
+	for _, c := range []struct {
+		version int
+		index   string
+	}{{2, "orders_keyset_idx"}, {5, "orders_status_keyset_idx"}} {
+		t.Run(c.index, func(t *testing.T) {
+			t.Parallel()
+			dsn := pgtest.NewMigratedDatabase(t)
+			db := openDB(t, dsn)
+			ctx := context.Background()
+			exec := func(sql string) {
+				t.Helper()
+				if _, err := db.Pool().Exec(ctx, sql); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+			}
+			// The version unrecorded, as after its failure (the later versions never ran then).
+			exec(fmt.Sprintf(`DELETE FROM goose_db_version WHERE version_id >= %d`, c.version))
+			exec(`UPDATE pg_index SET indisvalid = false WHERE indexrelid = '` + c.index + `'::regclass`)
+			if _, err := postgres.Migrate(ctx, dsn, quietLogger()); err != nil {
+				t.Fatalf("migrate: %v", err)
+			}
+			var valid bool
+			if err := db.Pool().QueryRow(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = '`+c.index+`'::regclass`).Scan(&valid); err != nil {
+				t.Fatal(err)
+			}
+			if !valid {
+				t.Fatalf("%s is still INVALID after migrate", c.index)
+			}
+		})
+	}
+}
+
+// TestOrderIndexesDownAndUp: 00005's down migration puts back the indexes of orders that
+// 00002 built (a rollback of the runtime to one that expects them), and up again replaces
+// them once more.
+func TestOrderIndexesDownAndUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
 	db := openDB(t, dsn)
-	ctx := context.Background()
-	exec := func(sql string) {
+	indexes := func() map[string]bool {
 		t.Helper()
-		if _, err := db.Pool().Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
+		rows, err := db.Pool().Query(ctx, `
+			SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+			WHERE i.indrelid = 'orders'::regclass`)
+		if err != nil {
+			t.Fatal(err)
 		}
+		got := map[string]bool{}
+		for rows.Next() {
+			var name string
+			var valid bool
+			if err := rows.Scan(&name, &valid); err != nil {
+				t.Fatal(err)
+			}
+			got[name] = valid
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
-	// Version 2 unrecorded, as after its failure (the later versions never ran then).
-	exec(`DELETE FROM goose_db_version WHERE version_id >= 2`)
-	exec(`UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'orders_status_idx'::regclass`)
-	if _, err := postgres.Migrate(ctx, dsn, quietLogger()); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	var valid bool
-	if err := db.Pool().QueryRow(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_status_idx'::regclass`).Scan(&valid); err != nil {
+	atFive := indexes()
+	sqlDB := stdlib.OpenDBFromPool(db.Pool())
+	defer sqlDB.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !valid {
-		t.Fatal("orders_status_idx is still INVALID after migrate")
+	if _, err := p.DownTo(ctx, 4); err != nil {
+		t.Fatalf("down to 4: %v", err)
+	}
+	atFour := indexes()
+	for _, name := range []string{"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx",
+		"orders_pending_created_idx", "orders_pending_symbol_idx"} {
+		if valid, ok := atFour[name]; !ok || !valid {
+			t.Errorf("after down: %s present %v, valid %v", name, ok, valid)
+		}
+	}
+	if _, ok := atFour["orders_status_keyset_idx"]; ok {
+		t.Error("after down: orders_status_keyset_idx is still there")
+	}
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatalf("up again: %v", err)
+	}
+	if again := indexes(); !maps.Equal(again, atFive) {
+		t.Errorf("indexes of orders after down and up:\n%v\nwant\n%v", again, atFive)
 	}
 }
 

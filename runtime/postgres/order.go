@@ -473,7 +473,7 @@ func (s *OrderService) FindPendingOrders(ctx context.Context) ([]*trading.Order,
 	ctx, cancel := s.db.bound(ctx)
 	defer cancel()
 	// Two query shapes rather than "($1 OR requested_by = $2)", so that each keeps its own
-	// index under a generic plan: orders_pending_created_idx for risk/admin,
+	// index under a generic plan: orders_status_keyset_idx (read backward) for risk/admin,
 	// orders_pending_requested_by_idx for a trader.
 	var w where
 	w.add("status = 'pending'")
