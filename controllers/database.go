@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -77,21 +78,49 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 }
 
 // retireManagedBackends removes the managed Redis of a stack that no longer uses it, and the
-// managed database of one moved to an external database (its volume kept). A step after the
-// database's and the cache's: while either waits for a user's Secret (a typo, a Secret applied
-// after the stack), the later steps wait and the runtime keeps the backends it is configured
-// for; removed first, a serving stack lost its database while it said it waited for the user
-// (MoveWaitsForUserSecret, MoveBothWaitsForRedisSecret).
+// managed database of one moved to an external database (its volume kept), once no runtime
+// pod can still use them: the runtime's pods read their configuration at start, so those from
+// before the move keep talking to the managed backends until the Deployment has rolled out
+// completely onto a template without them (runtimeRollout), and the database is needed until
+// the external one's migration succeeded besides (a failed migration keeps the old runtime
+// serving from it, and a move back finds it). Until then DatabaseReady or CacheReady says why
+// it is kept. A step after the runtime's, so that it judges the template this pass applied;
+// a step before it that waits (a user's Secret missing, a typo, a Secret applied after the
+// stack) stops the pass, and the backends stay (MoveWaitsForUserSecret,
+// MoveBothWaitsForRedisSecret). Removed as soon as the Secrets were found, the old pods lost
+// their database or Redis in the middle of the rollout, and a wrong DSN left nothing serving
+// (MoveRetiresAfterRollout, WrongDSNKeepsManaged).
 func (r *TradingStackReconciler) retireManagedBackends(ctx context.Context, p *pass) (bool, error) {
+	rollout, err := r.runtimeRollout(ctx, p)
+	if err != nil {
+		return false, err
+	}
 	if p.spec.Spec.Redis.Mode != tradingv1alpha1.RedisManaged {
-		for _, obj := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}} {
-			if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, redisName(p.stack))); err != nil {
+		name := redisName(p.stack)
+		if rollout != "" {
+			if err := r.keepManaged(ctx, p, tradingv1alpha1.ConditionCacheReady, &appsv1.Deployment{}, name, "Redis", rollout); err != nil {
 				return false, err
+			}
+		} else {
+			for _, obj := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}} {
+				if err := r.deleteIfExists(ctx, p, objectNamed(obj, p.stack.Namespace, name)); err != nil {
+					return false, err
+				}
 			}
 		}
 	}
 	if !p.spec.ExternalPostgres() {
 		return false, nil
+	}
+	why := rollout
+	if migration := meta.FindStatusCondition(p.stack.Status.Conditions, tradingv1alpha1.ConditionMigrationsSucceeded); p.stack.Status.Migration.Database != migrationDatabase(p) {
+		why = "the migration of the external database has not succeeded yet (see MigrationsSucceeded)"
+		if migration != nil && migration.Reason == tradingv1alpha1.ReasonMigrationFailed {
+			why = "the migration of the external database failed (see MigrationsSucceeded): the runtime's pods from before serve from it"
+		}
+	}
+	if why != "" {
+		return false, r.keepManaged(ctx, p, tradingv1alpha1.ConditionDatabaseReady, &appsv1.StatefulSet{}, postgresName(p.stack), "PostgreSQL", why)
 	}
 	released, err := r.releaseDatabaseVolumes(ctx, p)
 	if err != nil {
@@ -106,6 +135,69 @@ func (r *TradingStackReconciler) retireManagedBackends(ctx context.Context, p *p
 		}
 	}
 	return false, nil
+}
+
+// keepManaged says in cond's message (set by an earlier step of this pass) that the managed
+// backend workload (kind and name) is kept, and why, when it still runs.
+func (r *TradingStackReconciler) keepManaged(ctx context.Context, p *pass, cond string, workload client.Object, name, what, why string) error {
+	found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: name}, workload)
+	if err != nil || !found || !isControlledBy(workload, p.stack) {
+		return err
+	}
+	c := meta.FindStatusCondition(p.stack.Status.Conditions, cond)
+	if c == nil {
+		return nil
+	}
+	kind := "Deployment"
+	if _, ok := workload.(*appsv1.StatefulSet); ok {
+		kind = "StatefulSet"
+	}
+	p.setCondition(cond, c.Status, c.Reason, fmt.Sprintf("%s; the managed %s (%s %s) %s: %s", c.Message, what, kind, name, keptMessage, why))
+	return nil
+}
+
+// keptMessage is what DatabaseReady or CacheReady says of a managed backend the spec left
+// while it is kept.
+const keptMessage = "is kept while the runtime may still use it"
+
+// runtimeRollout says why runtime pods may still run with a configuration from before this
+// pass (and use a managed backend the spec left), or "" when none can: the Deployment this
+// pass applied has rolled out completely, or there is none.
+func (r *TradingStackReconciler) runtimeRollout(ctx context.Context, p *pass) (string, error) {
+	if p.runtime != nil {
+		return rolloutPending(p.runtime, p.runtimeReplicas), nil
+	}
+	// Not applied: no image has migrated yet, so no Deployment should exist; one that does
+	// (a status lost) runs pods of a template this pass did not judge.
+	found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: apiName(p.stack)}, &appsv1.Deployment{})
+	if err != nil || !found {
+		return "", err
+	}
+	return fmt.Sprintf("Deployment %s has not been moved to the configuration the spec asks for yet", apiName(p.stack)), nil
+}
+
+// rolloutPending says why d has not finished rolling out its current template onto desired
+// pods, or "" when it has: the Deployment controller saw the template, every pod runs it and
+// is available, and no pod of an older one is left, not even terminating (it may still be
+// answering requests). Stricter than rolledOut, which counts ready old pods as served: here an
+// old pod still running is the question. With no pods wanted (a Deployment scaled to zero)
+// nothing runs the old template once the old pods are gone.
+func rolloutPending(d *appsv1.Deployment, desired int32) string {
+	st := d.Status
+	var why string
+	switch old := st.Replicas - st.UpdatedReplicas; {
+	case st.ObservedGeneration < d.Generation:
+		why = "the Deployment controller has not seen its new pod template yet"
+	case st.UpdatedReplicas < desired || old > 0:
+		why = fmt.Sprintf("%d of %d pods run its current pod template, %d an older one", st.UpdatedReplicas, desired, max(old, 0))
+	case st.AvailableReplicas < desired:
+		why = fmt.Sprintf("%d of %d pods of its current pod template are available", st.AvailableReplicas, desired)
+	case ptr.Deref(st.TerminatingReplicas, 0) > 0:
+		why = fmt.Sprintf("pods of an older pod template are still terminating: %d", *st.TerminatingReplicas)
+	default:
+		return ""
+	}
+	return fmt.Sprintf("Deployment %s has not finished rolling out (%s)", d.Name, why)
 }
 
 // managedMaxConnections is the managed PostgreSQL's max_connections (the image's default);

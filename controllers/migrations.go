@@ -76,6 +76,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		return false, r.pruneMigrationJobs(ctx, p, p.stack.Status.Migration.JobName)
 	}
 
+	p.databaseMoved = previous != "" && !sameDatabase
 	if !meta.IsStatusConditionTrue(p.stack.Status.Conditions, tradingv1alpha1.ConditionDatabaseReady) {
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonWaitingForDatabase,
 			fmt.Sprintf("the migration for image %s waits for the database", image))
@@ -117,6 +118,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 	switch cond, state := jobOutcome(current); state {
 	case jobSucceeded:
 		p.servingImage = image
+		p.databaseMoved = false
 		p.stack.Status.Migration = tradingv1alpha1.MigrationStatus{Image: image, JobName: current.Name, Database: database}
 		p.stack.Status.SchemaVersion = r.appliedSchemaVersion(ctx, current, image)
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, tradingv1alpha1.ReasonMigrationSucceeded,
@@ -130,7 +132,10 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		if cond != nil {
 			msg = fmt.Sprintf("migration Job %s failed: %s: %s", current.Name, cond.Reason, cond.Message)
 		}
-		if previous != "" {
+		switch {
+		case p.databaseMoved:
+			msg += fmt.Sprintf("; the runtime keeps serving image %s from the database it used before", previous)
+		case previous != "":
 			msg += fmt.Sprintf("; the runtime keeps serving image %s", previous)
 		}
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, reason, msg)

@@ -114,6 +114,7 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	if dep.Spec.Replicas != nil {
 		desired = *dep.Spec.Replicas
 	}
+	p.runtime, p.runtimeReplicas = dep, desired
 	p.stack.Status.Runtime = tradingv1alpha1.RuntimeStatus{
 		Replicas:      desired,
 		ReadyReplicas: dep.Status.ReadyReplicas,

@@ -91,6 +91,9 @@ func summarize(p *pass) {
 
 	// Degraded: serving, but something needs a look.
 	switch {
+	case migrationFailed && serving && p.databaseMoved:
+		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonOldRuntimeServing,
+			fmt.Sprintf("the migration of image %s on the database the spec names now failed; the runtime's pods from before keep serving image %s from the database it used before", p.spec.RuntimeImage(), st.Migration.Image))
 	case migrationFailed && serving:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonOldRuntimeServing,
 			fmt.Sprintf("the migration of image %s failed; the runtime keeps serving image %s", p.spec.RuntimeImage(), st.Migration.Image))

@@ -122,6 +122,14 @@ type pass struct {
 	// servingImage is the runtime image whose migration Job succeeded (empty:
 	// none yet, so no runtime Deployment).
 	servingImage string
+	// runtime is the runtime Deployment as this pass applied it (nil: not applied), with
+	// runtimeReplicas the pods it is to run; retireManagedBackends reads its rollout.
+	runtime         *appsv1.Deployment
+	runtimeReplicas int32
+	// databaseMoved: the runtime serves an image migrated on a database other than the one
+	// the spec names now (a move to or from an external database, a DSN edited to point
+	// elsewhere), whose migration has not succeeded.
+	databaseMoved bool
 	// requeueAfter is set only while waiting on something no watch reports.
 	requeueAfter time.Duration
 	// failed says which step failed and why; the status then says that this
@@ -172,9 +180,9 @@ func (r *TradingStackReconciler) steps() []step {
 		{"secrets", r.reconcileSecrets},
 		{"database", r.reconcileDatabase},
 		{"cache", r.reconcileCache},
-		{"retired backends", r.retireManagedBackends},
 		{"migrations", r.reconcileMigrations},
 		{"runtime", r.reconcileRuntime},
+		{"retired backends", r.retireManagedBackends},
 		{"policy", r.reconcilePolicy},
 		{"monitoring", r.reconcileMonitoring},
 	}

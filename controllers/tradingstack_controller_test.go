@@ -97,6 +97,8 @@ func TestOperator(t *testing.T) {
 		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
 		{"MoveWaitsForUserSecret", testMoveWaitsForUserSecret},
 		{"MoveBothWaitsForRedisSecret", testMoveBothWaitsForRedisSecret},
+		{"MoveRetiresAfterRollout", testMoveRetiresAfterRollout},
+		{"WrongDSNKeepsManaged", testWrongDSNKeepsManaged},
 		{"UserSecretKeyAddedNotStale", testUserSecretKeyAddedNotStale},
 		{"QuietEveryConfig", testQuietEveryConfig},
 		{"OthersEditsNotFought", testOthersEditsNotFought},
@@ -1056,11 +1058,15 @@ func testPolicyFollowsSpec(t *testing.T) {
 	waitFor(t, &autoscalingv2.HorizontalPodAutoscaler{}, ns, "pol-api")
 	waitFor(t, &policyv1.PodDisruptionBudget{}, ns, "pol-api")
 
+	gen := runtimeGeneration(t, ns, "pol")
 	updateStack(t, ns, "pol", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Autoscaling = nil
 		s.Spec.Runtime.Replicas = 1
 		s.Spec.Redis.Mode = tradingv1alpha1.RedisDisabled
 	})
+	// The managed Redis goes once the runtime has rolled out without it.
+	waitRuntimeTemplate(t, ns, "pol", gen)
+	markDeploymentReady(t, ns, "pol-api")
 	eventually(t, "HPA, PDB and managed Redis removed", func() error {
 		for _, o := range []client.Object{
 			&autoscalingv2.HorizontalPodAutoscaler{}, &policyv1.PodDisruptionBudget{},
@@ -1076,9 +1082,26 @@ func testPolicyFollowsSpec(t *testing.T) {
 	})
 	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheDisabled)
 
-	// Moving to an external database removes the managed one (its volume
-	// follows the retention policy) and its NetworkPolicy.
+	// The external database is another database: the same image's migration runs again
+	// for it (same Job name, new run), and the stack says so until it succeeded.
+	gen = runtimeGeneration(t, ns, "pol")
 	moveToExternalDatabase(t, ns, "pol", "external-db", "postgres://app:pw@db.example.com:5432/trading?sslmode=require")
+	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
+	job := waitExternalMigrationJob(t, ns, "pol", "external-db")
+	s := waitCondition(t, ns, "pol", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning)
+	if s.Status.Migration.Database != "managed" {
+		t.Errorf("status.migration.database %q while the external one migrates, want managed", s.Status.Migration.Database)
+	}
+	finishJob(t, ns, job.Name, true)
+	s = waitCondition(t, ns, "pol", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, "")
+	if s.Status.Migration.Database != job.Annotations[databaseAnnotation] {
+		t.Errorf("status.migration.database %q, want %q", s.Status.Migration.Database, job.Annotations[databaseAnnotation])
+	}
+
+	// Migrated, and the runtime rolled out onto it: the managed database is removed (its
+	// volume follows the retention policy), and its NetworkPolicy.
+	waitRuntimeTemplate(t, ns, "pol", gen)
+	markDeploymentReady(t, ns, "pol-api")
 	eventually(t, "managed PostgreSQL removed", func() error {
 		if err := k8s.Get(bg, key(ns, "pol-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("StatefulSet still there (%v)", err)
@@ -1095,20 +1118,7 @@ func testPolicyFollowsSpec(t *testing.T) {
 		}
 		return nil
 	})
-	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
-
-	// The external database is another database: the same image's migration runs again
-	// for it (same Job name, new run), and the stack says so until it succeeded.
-	job := waitExternalMigrationJob(t, ns, "pol", "external-db")
-	s := waitCondition(t, ns, "pol", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning)
-	if s.Status.Migration.Database != "managed" {
-		t.Errorf("status.migration.database %q while the external one migrates, want managed", s.Status.Migration.Database)
-	}
-	finishJob(t, ns, job.Name, true)
-	s = waitCondition(t, ns, "pol", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionTrue, "")
-	if s.Status.Migration.Database != job.Annotations[databaseAnnotation] {
-		t.Errorf("status.migration.database %q, want %q", s.Status.Migration.Database, job.Annotations[databaseAnnotation])
-	}
+	waitCondition(t, ns, "pol", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }
 
 func testValidationRules(t *testing.T) {
@@ -1814,10 +1824,15 @@ func testMoveToExternalKeepsVolume(t *testing.T) {
 		StringData: map[string]string{"dsn": "postgres://app:pw@db.example.com:5432/trading"}}); err != nil {
 		t.Fatal(err)
 	}
+	gen := runtimeGeneration(t, ns, "mx")
 	updateStack(t, ns, "mx", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Paused = false
 		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "mx-ext", Key: "dsn"}}
 	})
+	// The managed database goes once the external one is migrated and the runtime rolled out.
+	finishJob(t, ns, waitExternalMigrationJob(t, ns, "mx", "mx-ext").Name, true)
+	waitRuntimeTemplate(t, ns, "mx", gen)
+	markDeploymentReady(t, ns, "mx-api")
 	// The StatefulSet controller (absent here) would report that it saw the Retain policy.
 	eventually(t, "claim policy turned to Retain", func() error {
 		sts := &appsv1.StatefulSet{}
@@ -2965,65 +2980,45 @@ func testAnnotationRequestsPass(t *testing.T) {
 // action"), and meanwhile the managed Redis and PostgreSQL keep running, with their
 // NetworkPolicies: the runtime, still configured for them, keeps serving. They were deleted
 // before the Secret was looked at, so the stack said it served while its database was gone.
-// Once the Secret exists the move goes on and the managed ones are removed.
+// Once the Secret exists the move goes on, and the managed ones are removed once the runtime
+// has rolled out without them (and, for the database, the external one is migrated).
 func testMoveWaitsForUserSecret(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "mw"))
 	makeReady(t, ns, "mw")
-	stillThere := func(what string, objs ...client.Object) {
-		t.Helper()
-		for _, o := range objs {
-			if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil || o.GetDeletionTimestamp() != nil {
-				t.Errorf("%s: %T %s gone while the stack waits for the user's Secret (%v)", what, o, o.GetName(), err)
-			}
-		}
-	}
-	gone := func(what string, objs ...client.Object) {
-		t.Helper()
-		eventually(t, what, func() error {
-			for _, o := range objs {
-				if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); !apierrors.IsNotFound(err) {
-					return fmt.Errorf("%T %s still there (%v)", o, o.GetName(), err)
-				}
-			}
-			return nil
-		})
-	}
-
 	updateStack(t, ns, "mw", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Redis = tradingv1alpha1.RedisSpec{Mode: tradingv1alpha1.RedisExternal, Address: "cache.corp:6380",
 			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}}
 	})
 	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
-	stillThere("external Redis's Secret missing",
-		objectNamed(&appsv1.Deployment{}, ns, "mw-redis"), objectNamed(&corev1.Service{}, ns, "mw-redis"),
-		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-redis"))
+	stillThere(t, "external Redis's Secret missing", managedRedis(ns, "mw")...)
+	gen := runtimeGeneration(t, ns, "mw")
 	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-redis"},
 		StringData: map[string]string{"pw": "s3cret"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheExternal)
-	gone("managed Redis removed once the external one's Secret exists",
-		objectNamed(&appsv1.Deployment{}, ns, "mw-redis"), objectNamed(&corev1.Service{}, ns, "mw-redis"),
-		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-redis"))
+	waitRuntimeTemplate(t, ns, "mw", gen)
 	markDeploymentReady(t, ns, "mw-api")
+	waitGone(t, "managed Redis removed once the external one's Secret exists and the runtime rolled out", managedRedis(ns, "mw")...)
 	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 
 	updateStack(t, ns, "mw", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"}}
 	})
 	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonExternalSecretNotFound)
-	stillThere("external database's Secret missing",
-		objectNamed(&appsv1.StatefulSet{}, ns, "mw-postgres"), objectNamed(&corev1.Service{}, ns, "mw-postgres"),
-		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-postgres"))
+	stillThere(t, "external database's Secret missing", managedPostgres(ns, "mw")...)
+	gen = runtimeGeneration(t, ns, "mw")
 	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-db"},
 		StringData: map[string]string{"dsn": "postgres://app:pw@db.corp:5432/trading"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
-	gone("managed PostgreSQL removed once the external one's Secret exists",
-		objectNamed(&appsv1.StatefulSet{}, ns, "mw-postgres"), objectNamed(&corev1.Service{}, ns, "mw-postgres"),
-		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mw-postgres"))
+	finishJob(t, ns, waitExternalMigrationJob(t, ns, "mw", "corp-db").Name, true)
+	waitRuntimeTemplate(t, ns, "mw", gen)
+	markDeploymentReady(t, ns, "mw-api")
+	waitGone(t, "managed PostgreSQL removed once the external one's Secret exists, it is migrated and the runtime rolled out",
+		managedPostgres(ns, "mw")...)
 }
 
 // testMoveBothWaitsForRedisSecret: one edit moves a serving stack to an external database
@@ -3044,6 +3039,7 @@ func testMoveBothWaitsForRedisSecret(t *testing.T) {
 			PasswordSecretRef: &tradingv1alpha1.SecretKeyReference{Name: "corp-redis", Key: "pw"}}
 	})
 	waitCondition(t, ns, "mb", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
+	gen := runtimeGeneration(t, ns, "mb")
 	reconcileDirectly(t, ns, "mb", 2)
 	for _, o := range []client.Object{objectNamed(&appsv1.StatefulSet{}, ns, "mb-postgres"), objectNamed(&corev1.Service{}, ns, "mb-postgres"),
 		objectNamed(&networkingv1.NetworkPolicy{}, ns, "mb-postgres")} {
@@ -3061,12 +3057,11 @@ func testMoveBothWaitsForRedisSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCondition(t, ns, "mb", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheExternal)
-	eventually(t, "managed PostgreSQL removed once both Secrets exist", func() error {
-		if err := k8s.Get(bg, key(ns, "mb-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
-			return fmt.Errorf("StatefulSet still there (%v)", err)
-		}
-		return nil
-	})
+	finishJob(t, ns, waitExternalMigrationJob(t, ns, "mb", "corp-db").Name, true)
+	waitRuntimeTemplate(t, ns, "mb", gen)
+	markDeploymentReady(t, ns, "mb-api")
+	waitGone(t, "managed PostgreSQL and Redis removed once both Secrets exist, the database is migrated and the runtime rolled out",
+		append(managedPostgres(ns, "mb"), managedRedis(ns, "mb")...)...)
 }
 
 // testUserSecretKeyAddedNotStale: once the user adds the key a user-made Secret lacked, the
