@@ -60,7 +60,19 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		if err != nil {
 			return false, err
 		}
-		if !found {
+		if migrated := current.Annotations[databaseAnnotation]; found && migrated != "" && migrated != database {
+			// This image's Job ran on another database, which the spec named for a while (a
+			// move taken back before that migration succeeded): it is no record of this
+			// database's migration, and its failure is not this database's. Once it is not
+			// running it is deleted, and its deletion brings the pass that puts this database's
+			// back.
+			if _, state := jobOutcome(current); state != jobRunning {
+				if err := r.Delete(ctx, current, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
+					return false, err
+				}
+			}
+			found = false
+		} else if !found {
 			if err := r.applyChild(ctx, p, job); err != nil {
 				return false, err
 			}

@@ -198,7 +198,8 @@ func testMoveRetiresAfterRollout(t *testing.T) {
 // (a typo in the host): the migration Job fails and the runtime's new pod never becomes
 // ready. The managed database stays, the old pods keep serving from it, and the stack says
 // so (Degraded, DatabaseReady saying why the managed database is kept), writing nothing at
-// rest. Moved back before the removal, the stack just keeps using the managed database.
+// rest. Moved back before the removal, the stack just keeps using the managed database, and
+// the failed Job of the external one no longer reads as its migration record.
 func testWrongDSNKeepsManaged(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "wd"))
@@ -238,7 +239,22 @@ func testWrongDSNKeepsManaged(t *testing.T) {
 	if s.Status.Migration.Database != "managed" {
 		t.Errorf("status.migration.database %q, want managed", s.Status.Migration.Database)
 	}
-	t.Logf("moved back: MigrationsSucceeded: %s", condition(s, tradingv1alpha1.ConditionMigrationsSucceeded).Message)
+	// The failed Job ran on the external database: it is no record of the managed one's
+	// migration, and MigrationsSucceeded does not point at its failure.
+	waitMessage(t, ns, "wd", tradingv1alpha1.ConditionMigrationsSucceeded, func(msg string) error {
+		if strings.Contains(msg, "failed") {
+			return fmt.Errorf("message %q", msg)
+		}
+		return nil
+	})
+	eventually(t, "the migration Job is the managed database's again", func() error {
+		for _, j := range migrationJobs(t, ns, "wd") {
+			if db := j.Annotations[databaseAnnotation]; db != "managed" {
+				return fmt.Errorf("Job %s migrated %s", j.Name, db)
+			}
+		}
+		return nil
+	})
 	fresh := waitFor(t, &appsv1.StatefulSet{}, ns, "wd-postgres")
 	if fresh.UID != sts.UID || fresh.DeletionTimestamp != nil {
 		t.Errorf("StatefulSet wd-postgres replaced or deleted (UID %s, was %s)", fresh.UID, sts.UID)
