@@ -19,6 +19,8 @@ import (
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
+	"github.com/findmy/trading-operator/runtime/jwt"
+	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/redis"
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
@@ -277,6 +279,72 @@ func TestLogout(t *testing.T) {
 	e.do("POST", "/api/auth/logout", "", map[string]string{"refresh_token": "unknown"}).want(204)
 	e.do("POST", "/api/auth/logout", "", "{}").problem(422)
 	e.do("POST", "/api/auth/logout", "", "nope").problem(400)
+}
+
+// TestEndedLoginsPruned: deleting the logins that ended long ago (postgres.SessionPruner)
+// changes no answer of api.md's: their tokens are refused and logged out as before, a login
+// in use keeps working, and presenting its month-old rotated token is still reuse that ends
+// it; logout works as before.
+func TestEndedLoginsPruned(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	ctx := context.Background()
+	refresh := func(tok string) *response {
+		return e.do("POST", "/api/auth/refresh", "", map[string]string{"refresh_token": tok})
+	}
+	logout := func(tok string) *response {
+		return e.do("POST", "/api/auth/logout", "", map[string]string{"refresh_token": tok})
+	}
+	exec := func(sql string, tok string) {
+		t.Helper()
+		if _, err := e.db.Pool().Exec(ctx, sql, jwt.HashRefreshToken(tok)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var live2, live3, gone2 rthttp.TokenPair
+	live := e.login("trader1")
+	refresh(live.RefreshToken).want(200).decode(&live2)
+	refresh(live2.RefreshToken).want(200).decode(&live3)
+	exec(`UPDATE refresh_tokens SET expires_at = now() - interval '40 days' WHERE token_hash = $1`, live.RefreshToken)
+	out := e.login("trader1")
+	logout(out.RefreshToken).want(204)
+	exec(`UPDATE sessions SET revoked_at = now() - interval '3 hours'
+		WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)`, out.RefreshToken)
+	gone := e.login("trader1")
+	refresh(gone.RefreshToken).want(200).decode(&gone2)
+	exec(`UPDATE refresh_tokens SET expires_at = now() - interval '3 hours'
+		WHERE session_id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)`, gone.RefreshToken)
+
+	// Its refresh token expired a minute ago; the access token issued with it has most of
+	// its hour left, and works until then.
+	recent := e.login("trader1")
+	exec(`UPDATE refresh_tokens SET expires_at = now() - interval '1 minute' WHERE token_hash = $1`, recent.RefreshToken)
+
+	r, err := postgres.NewSessionPruner(e.db, time.Hour, nil).Prune(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Revoked != 1 || r.Expired != 1 {
+		t.Errorf("pruned %+v; want the logged-out and the expired login", r)
+	}
+
+	e.do("GET", "/api/auth/me", live3.AccessToken, nil).want(200)
+	e.do("GET", "/api/auth/me", recent.AccessToken, nil).want(200)
+	refresh(recent.RefreshToken).problem(401)
+	for _, tok := range []string{out.RefreshToken, gone.RefreshToken, gone2.RefreshToken} {
+		refresh(tok).problem(401)
+		logout(tok).want(204)
+	}
+	// Reuse of the live login's first token, rotated a month ago: 401, and the login ends.
+	refresh(live.RefreshToken).problem(401)
+	refresh(live3.RefreshToken).problem(401)
+	e.do("GET", "/api/auth/me", live3.AccessToken, nil).problem(401)
+	// Logout of a new login.
+	next := e.login("trader1")
+	logout(next.RefreshToken).want(204)
+	refresh(next.RefreshToken).problem(401)
+	e.do("GET", "/api/auth/me", next.AccessToken, nil).problem(401)
 }
 
 // The access log has method, route pattern, status, duration and request id, and never a

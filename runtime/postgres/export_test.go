@@ -63,3 +63,9 @@ func (s *OrderService) ApproveBatch(ctx context.Context, in []Approval) ([]Appro
 	}
 	return out, err
 }
+
+// SetBatch bounds the pruner's batches (sessions, tokens) and drops its pause between them,
+// so that a test's backlog takes many batches.
+func (p *SessionPruner) SetBatch(sessions, tokens int) {
+	p.batchSessions, p.batchTokens, p.pause = sessions, tokens, 0
+}

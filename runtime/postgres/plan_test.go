@@ -61,6 +61,12 @@ func TestQueriesUseTheirIndexes(t *testing.T) {
 		{"trades_user_keyset_idx", `SELECT COALESCE(SUM(realized_pnl), 0) FROM trades WHERE user_id = ` + user +
 			` AND executed_at >= date_trunc('day', now(), 'UTC')`},
 		{"refresh_tokens_session_id_idx", `SELECT token_hash FROM refresh_tokens WHERE session_id = ` + user},
+		// SessionPruner's candidates, and the rotated tokens of those it deletes.
+		{"sessions_revoked_at_idx", `SELECT id FROM sessions WHERE revoked_at < now() - interval '2 hours' LIMIT 500`},
+		{"refresh_tokens_current_expires_at_idx", `SELECT session_id FROM refresh_tokens
+			WHERE used_at IS NULL AND expires_at < now() - interval '2 hours' LIMIT 500`},
+		{"refresh_tokens_session_id_idx", `SELECT ctid FROM refresh_tokens WHERE session_id = ANY(ARRAY[` + user + `])
+			AND used_at IS NOT NULL LIMIT 5000`},
 	}
 	for _, c := range cases {
 		err := pgx.BeginFunc(ctx, e.db.Pool(), func(tx pgx.Tx) error {
