@@ -291,12 +291,26 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	logger.Info("serving", "api_addr", apiLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
 		"schema_version", version)
 
+	// Ended logins and their refresh tokens are deleted in the background, at once and then
+	// every SessionPruneInterval, once no answer can depend on them (see postgres.SessionPruner).
+	// Every replica runs it; one at a time does the work.
+	pruneCtx, stopPruning := context.WithCancel(ctx)
+	defer stopPruning()
+	pruned := make(chan struct{})
+	go func() {
+		defer close(pruned)
+		postgres.NewSessionPruner(db, cfg.AccessTokenTTL, logger).Run(pruneCtx, postgres.SessionPruneInterval)
+	}()
+
 	var failed error
 	select {
 	case <-ctx.Done():
 	case failed = <-serveErr: // a listener died: drain the rest and exit non-zero
 	}
 	stop() // a second signal kills the process the default way
+	// Its batch in flight is rolled back (the next start goes on); waited for before the
+	// pool closes, within the pool's bound.
+	stopPruning()
 
 	// Drain: /readyz turns 503 at once (the admin server keeps answering), the API stops
 	// accepting and in-flight requests get up to SHUTDOWN_GRACE to finish.
@@ -310,6 +324,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		api.Close()
 	}
 	shutdownAdmin(admin, logger)
+	closeWithin(func() { <-pruned }, poolCloseBound)
 	if closePool() {
 		logger.Info("database pool closed; stopped")
 	} else {
