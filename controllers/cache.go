@@ -57,7 +57,7 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 			fmt.Sprintf("Deployment %s is available", dep.Name))
 	} else {
 		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheNotReady,
-			fmt.Sprintf("waiting for Deployment %s to become available", dep.Name))
+			fmt.Sprintf("waiting for Deployment %s to become available%s", dep.Name, podsRefused(dep)))
 	}
 	return false, nil
 }
@@ -104,4 +104,17 @@ func deploymentAvailable(d *appsv1.Deployment) bool {
 		}
 	}
 	return false
+}
+
+// podsRefused says, after "; ", why d's controller cannot create its pods (its ReplicaFailure
+// condition: the API server refused them, most often for a namespace's ResourceQuota or
+// LimitRange, an admission policy, or a missing ServiceAccount), or "". Waiting ends no such
+// refusal, and `kubectl describe tstack` is where a platform team looks first.
+func podsRefused(d *appsv1.Deployment) string {
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue {
+			return "; its pods cannot be created: " + shortReason(c.Reason, c.Message)
+		}
+	}
+	return ""
 }

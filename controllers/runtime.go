@@ -110,6 +110,8 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		stuck = before != nil && equality.Semantic.DeepEqual(before.Spec.Template, dep.Spec.Template)
 	}
 
+	p.runtimePodsRefused = podsRefused(dep)
+
 	desired := p.spec.Spec.Runtime.Replicas
 	if dep.Spec.Replicas != nil {
 		desired = *dep.Spec.Replicas
@@ -132,10 +134,10 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	case deploymentAvailable(dep):
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,
-			fmt.Sprintf("Deployment %s is available and rolling out image %s", dep.Name, p.servingImage))
+			fmt.Sprintf("Deployment %s is available and rolling out image %s%s", dep.Name, p.servingImage, p.runtimePodsRefused))
 	default:
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
-			fmt.Sprintf("waiting for Deployment %s to become available", dep.Name))
+			fmt.Sprintf("waiting for Deployment %s to become available%s", dep.Name, p.runtimePodsRefused))
 	}
 	return false, nil
 }

@@ -130,6 +130,9 @@ type pass struct {
 	// the spec names now (a move to or from an external database, a DSN edited to point
 	// elsewhere), whose migration has not succeeded.
 	databaseMoved bool
+	// runtimePodsRefused is why the runtime Deployment cannot create pods (podsRefused), or
+	// "": said in RuntimeAvailable, and in Degraded when too few replicas are ready.
+	runtimePodsRefused string
 	// requeueAfter is set only while waiting on something no watch reports.
 	requeueAfter time.Duration
 	// failed says which step failed and why; the status then says that this

@@ -104,6 +104,7 @@ func TestOperator(t *testing.T) {
 		{"OthersEditsNotFought", testOthersEditsNotFought},
 		{"EditsOfEveryKindReverted", testEditsOfEveryKindReverted},
 		{"QuietInOtherStates", testQuietInOtherStates},
+		{"PodsRefusedSaid", testPodsRefusedSaid},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.

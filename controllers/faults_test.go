@@ -1,0 +1,138 @@
+package controllers
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
+)
+
+// testPodsRefusedSaid: a namespace's ResourceQuota refuses the pods of a Deployment (the
+// ReplicaSet controller's create is forbidden, and the Deployment controller reports it in its
+// ReplicaFailure condition). The stack says so in the component's condition, with the API
+// server's answer, instead of "waiting for Deployment to become available", which no wait
+// ends: Redis's CacheReady, the runtime's RuntimeAvailable on a new stack, and Degraded on a
+// serving one that cannot scale up.
+func testPodsRefusedSaid(t *testing.T) {
+	ns := newNamespace(t)
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "pods"},
+		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
+	if err := k8s.Create(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+	// What the quota controller would write (there is none here): nothing used yet. The quota
+	// admission plugin judges by it.
+	quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}
+	if err := k8s.Status().Update(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+	createStack(t, newStack(ns, "pq"))
+	waitFor(t, &appsv1.StatefulSet{}, ns, "pq-postgres")
+	markStatefulSetReady(t, ns, "pq-postgres")
+
+	redis := waitFor(t, &appsv1.Deployment{}, ns, "pq-redis")
+	refusal := refusedPod(t, redis)
+	setReplicaFailure(t, ns, "pq-redis", 0, refusal)
+	waitConditionSays(t, ns, "pq", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheNotReady, "exceeded quota")
+
+	markDeploymentReady(t, ns, "pq-redis")
+	finishJob(t, ns, waitMigrationJob(t, ns, "pq", "registry.example.com/tradingd:v1").Name, true)
+	api := waitFor(t, &appsv1.Deployment{}, ns, "pq-api")
+	setReplicaFailure(t, ns, "pq-api", 0, refusedPod(t, api))
+	waitConditionSays(t, ns, "pq", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable, "exceeded quota")
+
+	// Serving on one pod of two: the second is refused.
+	markDeploymentReady(t, ns, "pq-api")
+	waitCondition(t, ns, "pq", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	setReplicaFailure(t, ns, "pq-api", 1, refusedPod(t, api))
+	waitConditionSays(t, ns, "pq", tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable, "exceeded quota")
+
+	// The quota raised, the pods come: nothing is said of the refusal any more.
+	markDeploymentReady(t, ns, "pq-api")
+	s := waitCondition(t, ns, "pq", tradingv1alpha1.ConditionDegraded, metav1.ConditionFalse, tradingv1alpha1.ReasonStable)
+	for _, c := range s.Status.Conditions {
+		if strings.Contains(c.Message, "quota") {
+			t.Errorf("%s still speaks of the refusal: %s", c.Type, c.Message)
+		}
+	}
+}
+
+// refusedPod is the API server's answer to a pod of d's template (what the ReplicaSet
+// controller meets): the namespace's quota refuses it.
+func refusedPod(t *testing.T, d *appsv1.Deployment) string {
+	t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: "default"}}
+	_ = k8s.Create(bg, sa) // the ServiceAccount admission plugin wants it; no controller makes it here
+	var msg string
+	eventually(t, "the quota refuses a pod of "+d.Name, func() error {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, GenerateName: d.Name + "-6d4cf56db6-", Labels: d.Spec.Template.Labels},
+			Spec: d.Spec.Template.Spec}
+		err := k8s.Create(bg, pod)
+		if err == nil {
+			_ = k8s.Delete(bg, pod)
+			return fmt.Errorf("pod admitted")
+		}
+		if !strings.Contains(err.Error(), "exceeded quota") {
+			return err
+		}
+		msg = err.Error()
+		return nil
+	})
+	return msg
+}
+
+// setReplicaFailure writes the status the Deployment controller writes for a Deployment of
+// whose pods ready are ready and the others refused: ReplicaFailure FailedCreate with the
+// API server's answer, Available while at least one is.
+func setReplicaFailure(t *testing.T, ns, name string, ready int32, refusal string) {
+	t.Helper()
+	eventually(t, "Deployment "+name+" with pods refused", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, name), d); err != nil {
+			return err
+		}
+		want := *d.Spec.Replicas
+		now := metav1.Now()
+		available := appsv1.DeploymentCondition{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionFalse, Reason: "MinimumReplicasUnavailable",
+			Message: "Deployment does not have minimum availability.", LastUpdateTime: now, LastTransitionTime: now}
+		if ready > 0 {
+			available.Status, available.Reason, available.Message = corev1.ConditionTrue, "MinimumReplicasAvailable", "Deployment has minimum availability."
+		}
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: ready, UpdatedReplicas: ready, ReadyReplicas: ready, AvailableReplicas: ready,
+			UnavailableReplicas: want - ready,
+			Conditions: []appsv1.DeploymentCondition{
+				available,
+				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "ReplicaSetUpdated", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refusal, LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(bg, d)
+	})
+}
+
+// waitConditionSays waits for the condition (as waitCondition) with text in its message.
+func waitConditionSays(t *testing.T, ns, name, condType string, status metav1.ConditionStatus, reason, text string) *tradingv1alpha1.TradingStack {
+	t.Helper()
+	var s *tradingv1alpha1.TradingStack
+	eventually(t, fmt.Sprintf("%s %s=%s %s saying %q", name, condType, status, reason, text), func() error {
+		s = getStack(t, ns, name)
+		c := condition(s, condType)
+		switch {
+		case c == nil:
+			return fmt.Errorf("no %s condition; conditions: %s", condType, describeConditions(s))
+		case c.Status != status || c.Reason != reason || !strings.Contains(c.Message, text):
+			return fmt.Errorf("%s is %s/%s: %s", condType, c.Status, c.Reason, c.Message)
+		case c.ObservedGeneration != s.Generation:
+			return fmt.Errorf("%s describes generation %d, stack is at %d", condType, c.ObservedGeneration, s.Generation)
+		}
+		return nil
+	})
+	return s
+}
