@@ -5,8 +5,12 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -135,4 +139,50 @@ func waitConditionSays(t *testing.T, ns, name, condType string, status metav1.Co
 		return nil
 	})
 	return s
+}
+
+// testRefusedChildKeepsOthers: an admission policy of the cluster refuses the stack's
+// PodDisruptionBudgets (as Gatekeeper or Kyverno policies on PDBs do). The stack says which
+// child was refused and why, and the children that do not build on it are still made: the
+// HorizontalPodAutoscaler (without it autoscaling silently does not happen), the
+// ServiceMonitor and the PrometheusRule (without them nobody is alerted). Lifted, the PDB
+// comes and the stack is Ready.
+func testRefusedChildKeepsOthers(t *testing.T) {
+	installMonitoringCRDs(t)
+	ns := newNamespace(t)
+	lift := refuseInNamespace(t, ns, "policy", "poddisruptionbudgets", admissionregistrationv1.Create, "PodDisruptionBudgets need the platform team's approval",
+		func() error {
+			probe := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"}}
+			err := k8s.Create(bg, probe)
+			if err == nil {
+				_ = k8s.Delete(bg, probe)
+			}
+			return err
+		})
+	createStack(t, newStack(ns, "rk", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 4}
+	}))
+	waitFor(t, &appsv1.StatefulSet{}, ns, "rk-postgres")
+	markStatefulSetReady(t, ns, "rk-postgres")
+	waitFor(t, &appsv1.Deployment{}, ns, "rk-redis")
+	markDeploymentReady(t, ns, "rk-redis")
+	finishJob(t, ns, waitMigrationJob(t, ns, "rk", "registry.example.com/tradingd:v1").Name, true)
+	waitFor(t, &appsv1.Deployment{}, ns, "rk-api")
+	markDeploymentReady(t, ns, "rk-api")
+
+	s := waitConditionSays(t, ns, "rk", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed,
+		"PodDisruptionBudgets need the platform team's approval")
+	if !strings.Contains(condition(s, tradingv1alpha1.ConditionReady).Message, "apply PodDisruptionBudget "+ns+"/rk-api") {
+		t.Errorf("Ready does not name the refused child: %s", condition(s, tradingv1alpha1.ConditionReady).Message)
+	}
+	waitFor(t, &autoscalingv2.HorizontalPodAutoscaler{}, ns, "rk-api")
+	waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "rk-api")
+	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "rk-alerts")
+	waitCondition(t, ns, "rk", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
+
+	lift()
+	// A change of the stack retries at once (the backoff would, later).
+	updateStack(t, ns, "rk", func(s *tradingv1alpha1.TradingStack) { s.Annotations = map[string]string{"retry": "1"} })
+	waitFor(t, &policyv1.PodDisruptionBudget{}, ns, "rk-api")
+	waitCondition(t, ns, "rk", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }

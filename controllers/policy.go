@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"errors"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -13,30 +15,54 @@ import (
 // reconcilePolicy applies the PodDisruptionBudget (more than one replica) and the
 // HorizontalPodAutoscaler (autoscaling set), and removes the ones, and the NetworkPolicies,
 // the spec no longer asks for.
+//
+// Each of the three is tried whatever became of the others (none builds on another): a
+// PodDisruptionBudget an admission policy refuses must not keep the HPA from scaling the
+// runtime. The errors are returned together.
 func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (bool, error) {
 	ns, name := p.stack.Namespace, apiName(p.stack)
+	var errs []error
 
 	if pdb := desiredPDB(p.spec); pdb != nil {
-		if err := r.applyChild(ctx, p, pdb); err != nil {
-			return false, err
-		}
-	} else if err := r.deleteIfExists(ctx, p, objectNamed(&policyv1.PodDisruptionBudget{}, ns, name)); err != nil {
-		return false, err
+		errs = append(errs, r.applyChild(ctx, p, pdb))
+	} else {
+		errs = append(errs, r.deleteIfExists(ctx, p, objectNamed(&policyv1.PodDisruptionBudget{}, ns, name)))
 	}
 
 	if hpa := desiredHPA(p.spec); hpa != nil {
-		if err := r.applyChild(ctx, p, hpa); err != nil {
-			return false, err
-		}
-	} else if err := r.deleteIfExists(ctx, p, objectNamed(&autoscalingv2.HorizontalPodAutoscaler{}, ns, name)); err != nil {
-		return false, err
+		errs = append(errs, r.applyChild(ctx, p, hpa))
+	} else {
+		errs = append(errs, r.deleteIfExists(ctx, p, objectNamed(&autoscalingv2.HorizontalPodAutoscaler{}, ns, name)))
 	}
-	if err := r.pruneNetworkPolicies(ctx, p); err != nil {
-		return false, err
-	}
+	errs = append(errs, r.pruneNetworkPolicies(ctx, p))
 
-	return false, nil
+	return false, oneLine(errors.Join(errs...))
 }
+
+// oneLine is a joined error (errors.Join, or nil) whose message is one line, "; " between
+// its errors, as a condition's message is read; errors.Is and As see them all.
+func oneLine(err error) error {
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok || len(joined.Unwrap()) < 2 {
+		if ok {
+			return joined.Unwrap()[0]
+		}
+		return err
+	}
+	return lineJoined{joined.Unwrap()}
+}
+
+type lineJoined struct{ errs []error }
+
+func (e lineJoined) Error() string {
+	msgs := make([]string, len(e.errs))
+	for i, err := range e.errs {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e lineJoined) Unwrap() []error { return e.errs }
 
 // reconcileNetworkPolicies runs first of all steps: the policies depend on the spec alone,
 // and a later step that waits (for the database to start, for a user's Secret) must not

@@ -175,19 +175,23 @@ func (p *pass) requeue(d time.Duration) {
 type step struct {
 	name string
 	run  func(ctx context.Context, p *pass) (stop bool, err error)
+	// afterFailure: the step builds on the spec alone, so it runs even when an earlier step
+	// failed. A PodDisruptionBudget an admission policy refuses must not keep the HPA, the
+	// ServiceMonitor and the alerts from being made (or put back) until someone lifts it.
+	afterFailure bool
 }
 
 func (r *TradingStackReconciler) steps() []step {
 	return []step{
-		{"network policies", r.reconcileNetworkPolicies},
-		{"secrets", r.reconcileSecrets},
-		{"database", r.reconcileDatabase},
-		{"cache", r.reconcileCache},
-		{"migrations", r.reconcileMigrations},
-		{"runtime", r.reconcileRuntime},
-		{"retired backends", r.retireManagedBackends},
-		{"policy", r.reconcilePolicy},
-		{"monitoring", r.reconcileMonitoring},
+		{name: "network policies", run: r.reconcileNetworkPolicies},
+		{name: "secrets", run: r.reconcileSecrets},
+		{name: "database", run: r.reconcileDatabase},
+		{name: "cache", run: r.reconcileCache},
+		{name: "migrations", run: r.reconcileMigrations},
+		{name: "runtime", run: r.reconcileRuntime},
+		{name: "retired backends", run: r.retireManagedBackends},
+		{name: "policy", run: r.reconcilePolicy, afterFailure: true},
+		{name: "monitoring", run: r.reconcileMonitoring, afterFailure: true},
 	}
 }
 
@@ -245,29 +249,40 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return finish(r.writeStatus(ctx, p), ctrl.Result{})
 	}
 
+	var failures []error
 	for _, s := range r.steps() {
+		if len(failures) > 0 && !s.afterFailure {
+			continue // it would build on what failed
+		}
 		stop, err := s.run(ctx, p)
 		if err != nil {
-			// Record why on the stack, then let the workqueue retry with its
-			// per-object backoff; other stacks are unaffected. Monitoring is not
-			// required for Ready: its failure is its own condition's.
+			// Record why on the stack; the workqueue retries with its per-object backoff
+			// once the pass is over; other stacks are unaffected. Monitoring is not required
+			// for Ready: its failure is its own condition's.
 			if s.name == "monitoring" {
 				p.setCondition(tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed, err.Error())
 			} else {
-				p.failed = fmt.Sprintf("%s: %v", s.name, err)
-				p.failedInvalid = apierrors.IsInvalid(err)
+				if p.failed != "" {
+					p.failed += "; "
+				}
+				p.failed += fmt.Sprintf("%s: %v", s.name, err)
+				p.failedInvalid = p.failedInvalid || apierrors.IsInvalid(err)
 				if cond, ok := stepConditions[s.name]; ok && !meta.IsStatusConditionTrue(p.stack.Status.Conditions, cond) {
 					p.setCondition(cond, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed, err.Error())
 				}
 			}
-			if serr := r.writeStatus(ctx, p); serr != nil && !errors.Is(serr, errStaleStack) {
-				logger.Error(serr, "write status after a failed step")
-			}
-			return ctrl.Result{}, fmt.Errorf("%s: %w", s.name, err)
+			failures = append(failures, fmt.Errorf("%s: %w", s.name, err))
+			continue
 		}
 		if stop {
 			break
 		}
+	}
+	if len(failures) > 0 {
+		if serr := r.writeStatus(ctx, p); serr != nil && !errors.Is(serr, errStaleStack) {
+			logger.Error(serr, "write status after a failed step")
+		}
+		return ctrl.Result{}, errors.Join(failures...)
 	}
 	return finish(r.writeStatus(ctx, p), ctrl.Result{RequeueAfter: p.requeueAfter})
 }

@@ -105,6 +105,7 @@ func TestOperator(t *testing.T) {
 		{"EditsOfEveryKindReverted", testEditsOfEveryKindReverted},
 		{"QuietInOtherStates", testQuietInOtherStates},
 		{"PodsRefusedSaid", testPodsRefusedSaid},
+		{"RefusedChildKeepsOthers", testRefusedChildKeepsOthers},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
