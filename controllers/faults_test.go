@@ -186,3 +186,21 @@ func testRefusedChildKeepsOthers(t *testing.T) {
 	waitFor(t, &policyv1.PodDisruptionBudget{}, ns, "rk-api")
 	waitCondition(t, ns, "rk", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }
+
+// testDeletedDuringPass: a stack deleted while a pass runs (the pass read it just before) is
+// no failure: the pass's status write finds nothing to write to, and that is not logged as a
+// reconcile error nor counted in controller_runtime_reconcile_errors_total, where an alert on
+// the operator's errors would fire for every stack a pipeline deletes.
+func testDeletedDuringPass(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "gone"))
+	waitCondition(t, ns, "gone", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady)
+	read := getStack(t, ns, "gone")
+	if err := k8s.Delete(bg, read); err != nil {
+		t.Fatal(err)
+	}
+	read.Status = tradingv1alpha1.TradingStackStatus{} // as read before its first status: the pass has a status to write
+	if _, _, err := reconcileStale(t, ns, "gone", read); err != nil {
+		t.Errorf("a pass on a stack deleted meanwhile failed: %v", err)
+	}
+}

@@ -229,6 +229,11 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 		if apierrors.IsConflict(err) {
 			return errStaleStack
 		}
+		if apierrors.IsNotFound(err) {
+			// Deleted while the pass ran: nobody is left to read the status, and it is no
+			// failure to log or count (the deletion's event brings a pass that forgets it).
+			return nil
+		}
 		return fmt.Errorf("write status: %w", err)
 	}
 	if p.stack.ResourceVersion != from { // the API server took a change (a no-op keeps the version)

@@ -106,6 +106,7 @@ func TestOperator(t *testing.T) {
 		{"QuietInOtherStates", testQuietInOtherStates},
 		{"PodsRefusedSaid", testPodsRefusedSaid},
 		{"RefusedChildKeepsOthers", testRefusedChildKeepsOthers},
+		{"DeletedDuringPass", testDeletedDuringPass},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
