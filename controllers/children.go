@@ -400,6 +400,12 @@ func (r *TradingStackReconciler) deleteIfExists(ctx context.Context, p *pass, ob
 	if !isControlledBy(obj, p.stack) {
 		return nil
 	}
+	if obj.GetDeletionTimestamp() != nil {
+		// Deleted already, and held by a finalizer (another tool's): deleting it again
+		// changes nothing, and said again on every pass it broke quiet at rest. Its
+		// removal's event brings the next pass.
+		return nil
+	}
 	if err := r.Delete(ctx, obj, client.PropagationPolicy("Background")); client.IgnoreNotFound(err) != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -203,4 +204,59 @@ func testDeletedDuringPass(t *testing.T) {
 	if _, _, err := reconcileStale(t, ns, "gone", read); err != nil {
 		t.Errorf("a pass on a stack deleted meanwhile failed: %v", err)
 	}
+}
+
+// testTerminatingChildLeftToGo: a child the spec no longer wants is deleted once; while a
+// finalizer of someone else holds it (a backup or policy tool's), a pass neither deletes it
+// again nor says again that it deleted it: a Ready stack stays quiet at rest, and the event
+// is not repeated on every pass. Its removal, when the finalizer goes, wakes no error.
+func testTerminatingChildLeftToGo(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "tc"))
+	makeReady(t, ns, "tc")
+	eventually(t, "a finalizer of another tool on the PodDisruptionBudget", func() error {
+		pdb := &policyv1.PodDisruptionBudget{}
+		if err := k8s.Get(bg, key(ns, "tc-api"), pdb); err != nil {
+			return err
+		}
+		pdb.Finalizers = append(pdb.Finalizers, "backup.example.com/hold")
+		return k8s.Update(bg, pdb)
+	})
+	updateStack(t, ns, "tc", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 1 })
+	eventually(t, "the PodDisruptionBudget deleted, held by the finalizer", func() error {
+		pdb := &policyv1.PodDisruptionBudget{}
+		if err := k8s.Get(bg, key(ns, "tc-api"), pdb); err != nil {
+			return err
+		}
+		if pdb.DeletionTimestamp == nil {
+			return fmt.Errorf("not deleted yet")
+		}
+		return nil
+	})
+	makeReady(t, ns, "tc")
+	reconcileDirectly(t, ns, "tc", 1)
+	operatorWrites.settle(t, ns)
+
+	mark := operatorWrites.mark()
+	reconcileDirectly(t, ns, "tc", 3)
+	operatorWrites.settle(t, ns)
+	for _, w := range operatorWrites.since(mark, ns) {
+		t.Errorf("a Ready stack whose PodDisruptionBudget waits for another's finalizer wrote at rest: %s", w)
+	}
+
+	// The finalizer goes: so does the PDB, and nothing makes it again.
+	eventually(t, "the finalizer removed", func() error {
+		pdb := &policyv1.PodDisruptionBudget{}
+		if err := k8s.Get(bg, key(ns, "tc-api"), pdb); err != nil {
+			return err
+		}
+		pdb.Finalizers = nil
+		return k8s.Update(bg, pdb)
+	})
+	eventually(t, "the PodDisruptionBudget gone", func() error {
+		if err := k8s.Get(bg, key(ns, "tc-api"), &policyv1.PodDisruptionBudget{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
 }

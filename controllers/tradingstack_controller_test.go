@@ -107,6 +107,7 @@ func TestOperator(t *testing.T) {
 		{"PodsRefusedSaid", testPodsRefusedSaid},
 		{"RefusedChildKeepsOthers", testRefusedChildKeepsOthers},
 		{"DeletedDuringPass", testDeletedDuringPass},
+		{"TerminatingChildLeftToGo", testTerminatingChildLeftToGo},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
