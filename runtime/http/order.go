@@ -153,8 +153,17 @@ func (s *Server) handlePendingOrders(w http.ResponseWriter, r *http.Request) {
 // errNoOrder answers an id that is not a UUID like one that does not exist.
 var errNoOrder = trading.Errorf(trading.ENOTFOUND, "order not found")
 
+// orderID reads the {id} of an order's path: a UUID as the API writes it, 8-4-4-4-12
+// hexadecimal digits, in either case (RFC 9562 reads hex digits case-insensitively).
+// uuid.Parse also takes {braces}, a urn:uuid: prefix and the 32 digits without hyphens:
+// each of those answered as the order, so one order had five addresses; an order has the
+// one, and the others are no order (404).
 func orderID(r *http.Request) (uuid.UUID, error) {
-	id, err := uuid.Parse(r.PathValue("id"))
+	s := r.PathValue("id")
+	if len(s) != 36 {
+		return uuid.Nil, errNoOrder
+	}
+	id, err := uuid.Parse(s)
 	if err != nil {
 		return uuid.Nil, errNoOrder
 	}

@@ -354,6 +354,18 @@ func TestVisibility(t *testing.T) {
 	}
 	e.do("GET", "/api/orders/not-a-uuid", t2, nil).problem(404)
 	e.do("GET", "/api/orders/"+strings.ToUpper(o1.ID), t1, nil).want(200)
+	// The other spellings uuid.Parse knows are no order: one order, one address. Nor are
+	// they decided.
+	for _, id := range []string{"{" + o1.ID + "}", "urn:uuid:" + o1.ID, strings.ReplaceAll(o1.ID, "-", "")} {
+		e.do("GET", "/api/orders/"+url.PathEscape(id), t1, nil).problem(404)
+		e.do("GET", "/api/orders/"+url.PathEscape(id), risk, nil).problem(404)
+		e.do("POST", "/api/orders/"+url.PathEscape(id)+"/approve", risk, nil).problem(404)
+		e.do("POST", "/api/orders/"+url.PathEscape(id)+"/reject", risk, map[string]string{"reason": "no"}).problem(404)
+	}
+	e.do("GET", "/api/orders/"+o1.ID, t1, nil).want(200).decode(&o1)
+	if o1.Status != "pending" {
+		t.Fatalf("order decided through another spelling of its id: %+v", o1)
+	}
 
 	ids := func(tok, path string) map[string]bool {
 		var l struct{ Orders []order }
