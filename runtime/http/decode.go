@@ -34,17 +34,53 @@ var (
 // the wrong JSON type for a field is EINVALID naming the field, and v holds the other
 // fields as read, so that a caller can list every failing field at once.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/json" {
+	if !isJSON(r) {
 		return errMediaType
 	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return err
+	}
+	return decodeBody(body, v)
+}
+
+// decodeNoBody checks the body of a route that takes none (approve): no body at all, of any
+// Content-Type, or one held to decode's rules as the body of no field, so that an empty
+// object is all it may hold. A body the route would ignore is refused before anything is
+// done: a client sending one (a reason meant for reject, garbage) meant something else, and
+// an approve executes a trade.
+func (s *Server) decodeNoBody(w http.ResponseWriter, r *http.Request) error {
+	body, err := s.readBody(w, r)
+	switch {
+	case err != nil:
+		return err
+	case len(body) == 0:
+		return nil
+	case !isJSON(r):
+		return errMediaType
+	}
+	return decodeBody(body, &struct{}{})
+}
+
+func isJSON(r *http.Request) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mt == "application/json"
+}
+
+// readBody reads the whole request body, at most the body limit.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.BodyLimit))
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return errBodyTimeout
+		return nil, errBodyTimeout
 	}
 	if err != nil {
-		return decodeError(err)
+		return nil, decodeError(err)
 	}
+	return body, nil
+}
+
+// decodeBody is decode's work after the body is read.
+func decodeBody(body []byte, v any) error {
 	// JSON text is UTF-8 (RFC 8259 section 8.1). encoding/json would replace bytes that are
 	// not with U+FFFD and carry on: a reason sent in Latin-1 was stored altered, and a name
 	// of such bytes answered as text the client never sent. Malformed, before anything reads it.

@@ -199,6 +199,15 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
+	// The role first, whatever the body is, as for reject.
+	if p, _ := trading.PrincipalFromContext(r.Context()); !p.CanDecide() {
+		s.Error(w, r, trading.ErrMayNotDecide())
+		return
+	}
+	if err := s.decodeNoBody(w, r); err != nil {
+		s.decodeFailed(w, r, err)
+		return
+	}
 	order, trade, err := s.svc.Orders.ApproveOrder(r.Context(), id)
 	if err != nil {
 		s.Error(w, r, err)

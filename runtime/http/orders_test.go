@@ -276,6 +276,43 @@ func TestApproveAnswer(t *testing.T) {
 	decEq(t, "trade realized", a.Trade.RealizedPnL, "0")
 }
 
+// Approve takes no body. One that is sent is held to the rules of every body (api.md,
+// Conventions) before anything is decided: it was ignored, so a reason meant for reject,
+// garbage or a form approved the order and executed its trade.
+func TestApproveBody(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	e.addUser("risk1", trading.RoleRisk)
+	trader, risk := e.token("trader1"), e.token("risk1")
+	o := e.submit(trader, "BTC/USD", "buy", "1", "100")
+	approve := "/api/orders/" + o.ID + "/approve"
+
+	if p := e.do("POST", approve, risk, `{"reason":"too big"}`).problem(400); !strings.Contains(p.Detail, "reason") {
+		t.Errorf("unknown field: detail %q does not name it", p.Detail)
+	}
+	for _, body := range []string{"garbage", "{", "{}{}", "{} x", "null", "[]", `"ok"`, "\xff"} {
+		e.do("POST", approve, risk, body).problem(400)
+	}
+	e.do("POST", approve, risk, "reason=x", "Content-Type", "application/x-www-form-urlencoded").problem(415)
+	e.do("POST", approve, risk, "{}", "Content-Type", "text/plain").problem(415)
+	e.do("POST", approve, risk, "{}"+strings.Repeat(" ", 65<<10)).problem(413)
+	// Who may not decide is told so whatever the body, as for reject.
+	e.do("POST", approve, trader, "garbage").problem(403)
+
+	var got order
+	e.do("GET", "/api/orders/"+o.ID, trader, nil).want(200).decode(&got)
+	if got.Status != "pending" {
+		t.Fatalf("decided by a refused body: %+v", got)
+	}
+
+	// An empty object is no body; so is an empty body.
+	e.do("POST", approve, risk, "{}").want(200)
+	e.do("POST", "/api/orders/"+e.submit(trader, "BTC/USD", "buy", "1", "100").ID+"/approve", risk, " {\n} ").want(200)
+	e.do("POST", "/api/orders/"+e.submit(trader, "BTC/USD", "buy", "1", "100").ID+"/approve", risk, nil).want(200)
+	e.do("POST", "/api/orders/"+e.submit(trader, "BTC/USD", "buy", "1", "100").ID+"/approve", risk, "").want(200)
+}
+
 func TestReject(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
