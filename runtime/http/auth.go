@@ -1,6 +1,7 @@
 package http
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"time"
@@ -10,30 +11,45 @@ import (
 )
 
 // authenticate lets a request through only with a valid bearer access token and puts its
-// principal into the context. Roles are the services' business, not this layer's.
-func (s *Server) authenticate(next http.Handler) http.Handler {
+// principal into the context. Roles are the services' business, not this layer's. A request
+// it refuses goes to refused, with the error in its context (refuseUnauthenticated answers it).
+func (s *Server) authenticate(next, refused http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		refuse := func(err error) {
+			refused.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), authErrorKey{}, err)))
+		}
 		token, ok := bearerToken(r)
 		if !ok {
-			s.Error(w, r, trading.Errorf(trading.EUNAUTHORIZED, "a bearer access token is required"))
+			refuse(trading.Errorf(trading.EUNAUTHORIZED, "a bearer access token is required"))
 			return
 		}
 		p, err := s.cfg.Tokens.Verify(token)
 		if err != nil {
-			s.Error(w, r, err)
+			refuse(err)
 			return
 		}
 		switch alive, err := s.sessions.alive(r.Context(), p.SessionID); {
 		case err != nil:
-			s.Error(w, r, err)
+			refuse(err)
 			return
 		case !alive:
-			s.Error(w, r, trading.Errorf(trading.EUNAUTHORIZED, "the login of this access token has ended"))
+			refuse(trading.Errorf(trading.EUNAUTHORIZED, "the login of this access token has ended"))
 			return
 		}
 		infoFrom(r.Context()).user = p.UserID.String()
 		next.ServeHTTP(w, r.WithContext(trading.NewContextWithPrincipal(r.Context(), p)))
 	})
+}
+
+type authErrorKey struct{}
+
+// refuseUnauthenticated answers the error authenticate refused a request with.
+func (s *Server) refuseUnauthenticated(w http.ResponseWriter, r *http.Request) {
+	err, _ := r.Context().Value(authErrorKey{}).(error)
+	if err == nil {
+		err = trading.Errorf(trading.EUNAUTHORIZED, "a bearer access token is required")
+	}
+	s.Error(w, r, err)
 }
 
 // bearerToken reads "Authorization: Bearer <token>" (scheme case-insensitive, RFC 9110).

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/pb33f/jsonschema/v6"
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
@@ -371,4 +372,53 @@ func TestRateLimitedExchangesConform(t *testing.T) {
 
 	// logout last: it ends the login whose tokens the requests above used.
 	limited(e.do("POST", "/api/auth/logout", "", map[string]string{"refresh_token": refreshed.RefreshToken})).want(204)
+}
+
+// A request that authentication refuses is limited per client IP in its route's class (api.md:
+// "per client IP before login"): it was not counted at all, so a client could hammer any route
+// with garbage or expired tokens without end. It uses neither a user's budget nor the global
+// buckets of its IP, which hold its logins.
+func TestUnauthenticatedRequestsLimitedPerClientIP(t *testing.T) {
+	t.Parallel()
+	limiter := ratelimit.New(ratelimit.Config{Login: 2, Trading: 2, Data: 3, GlobalPerMinute: 4, GlobalPerDay: 1000},
+		ratelimit.Options{Logger: slog.New(slog.DiscardHandler)})
+	e := newEnv(t, func(o *envOptions) {
+		o.guard = []rthttp.Middleware{func(rt rthttp.Route, next http.Handler) http.Handler {
+			return limiter.Route(rt.Class, rt.Pattern, next)
+		}}
+	})
+	e.addUser("trader1", trading.RoleTrader)
+	tok := e.token("trader1") // the IP's first login
+
+	limited := func(r *response) *response {
+		t.Helper()
+		if r.header.Get("RateLimit-Limit") == "" || r.header.Get("RateLimit-Remaining") == "" || r.header.Get("RateLimit-Reset") == "" {
+			t.Errorf("%s without RateLimit headers: %v", r, r.header)
+		}
+		if r.status == http.StatusTooManyRequests && r.header.Get("Retry-After") == "" {
+			t.Errorf("429 without Retry-After: %v", r.header)
+		}
+		return r
+	}
+
+	// data: three refused requests from this IP, whatever the route and the bad token, then 429.
+	limited(e.do("GET", "/api/orders", "", nil)).problem(401)
+	limited(e.do("GET", "/api/positions", "garbage", nil)).problem(401)
+	if r := limited(e.do("GET", "/api/auth/me", tok+"x", nil)); r.header.Get("RateLimit-Remaining") != "0" {
+		t.Errorf("third refused data request: RateLimit-Remaining %q, want 0", r.header.Get("RateLimit-Remaining"))
+	}
+	limited(e.do("GET", "/api/summary", "", nil)).problem(429)
+	// trading: a bucket of its own.
+	order := map[string]string{"symbol": "BTC/USD", "side": "buy", "quantity": "1", "price": "2"}
+	limited(e.do("POST", "/api/orders", "garbage", order)).problem(401)
+	limited(e.do("POST", "/api/orders/"+uuid.NewString()+"/approve", "", nil)).problem(401)
+	limited(e.do("POST", "/api/orders", "", order)).problem(429)
+
+	// The user's own budget is untouched, and so are the IP's global buckets (4 a minute): a
+	// second login passes.
+	for range 3 {
+		limited(e.do("GET", "/api/orders", tok, nil)).want(200)
+	}
+	limited(e.do("POST", "/api/orders", tok, order)).want(201)
+	e.login("trader1")
 }

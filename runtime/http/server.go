@@ -36,7 +36,9 @@ type Config struct {
 	// route answers, 401s included (metrics). Applied in order: the first is outermost.
 	Observe []Middleware
 	// Guard wraps every route inside authentication, so the principal is in the context
-	// when the route needs one (rate limits per user; per client IP on login).
+	// when the route needs one (rate limits per user; per client IP on login). It also wraps
+	// authentication's refusals of a route that needs a principal (401; 503 when the login
+	// could not be checked), then without one (rate limits per client IP before login).
 	Guard []Middleware
 
 	// ClientIP names the client of a request in the access log: ratelimit.ClientIP with the
@@ -170,12 +172,18 @@ func (s *Server) route(pattern, class string, auth bool, h http.HandlerFunc) {
 	rt := Route{Pattern: pattern, Class: class, Auth: auth}
 	s.routes = append(s.routes, rt)
 
-	var next http.Handler = h
-	for i := len(s.cfg.Guard) - 1; i >= 0; i-- {
-		next = s.cfg.Guard[i](rt, next)
+	guard := func(next http.Handler) http.Handler {
+		for i := len(s.cfg.Guard) - 1; i >= 0; i-- {
+			next = s.cfg.Guard[i](rt, next)
+		}
+		return next
 	}
+	next := guard(h)
 	if auth {
-		next = s.authenticate(next)
+		// The refusal of a request without a valid token passes the Guard too, with no
+		// principal in the context: a limiter counts it per client IP (api.md: "per client
+		// IP before login"), so that hammering with garbage tokens is limited like a login.
+		next = s.authenticate(next, guard(http.HandlerFunc(s.refuseUnauthenticated)))
 	}
 	for i := len(s.cfg.Observe) - 1; i >= 0; i-- {
 		next = s.cfg.Observe[i](rt, next)

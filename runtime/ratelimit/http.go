@@ -69,16 +69,11 @@ var (
 // itself when refused.
 func (l *Limiter) allow(w http.ResponseWriter, r *http.Request, c Class, path string) bool {
 	var reqs []Request
-	if c == Login {
-		// Per client IP, one bucket per auth endpoint. An IPv6 client is its /64: one host
-		// usually holds a whole /64 and could otherwise rotate addresses past the limit.
-		addr := ClientIP(r, l.cfg.TrustedProxies)
-		ip := addr.String()
-		if addr.Is6() {
-			if p, err := addr.Prefix(64); err == nil {
-				ip = p.String()
-			}
-		}
+	p, authenticated := trading.PrincipalFromContext(r.Context())
+	switch {
+	case c == Login:
+		// Per client IP, one bucket per auth endpoint.
+		ip := l.clientKey(r)
 		if path != "/api/auth/login" {
 			reqs = []Request{{Login, path + ":" + ip}}
 		} else {
@@ -89,11 +84,16 @@ func (l *Limiter) allow(w http.ResponseWriter, r *http.Request, c Class, path st
 			g := "ip:" + ip
 			reqs = []Request{{Login, ip}, {GlobalMinute, g}, {GlobalDay, g}}
 		}
-	} else {
-		p, ok := trading.PrincipalFromContext(r.Context())
-		if !ok {
-			return true // authentication answers 401; nothing to count it for
-		}
+	case !authenticated:
+		// Authentication refused it (runtime/http's Guard also wraps the 401): before login
+		// a client is its IP (api.md), so a client hammering with garbage or expired tokens
+		// is limited in the route's class like one hammering logins. Not in the global
+		// buckets of its IP, which hold its logins: the 401 a client gets when its access
+		// token has expired, once an hour for every user of an office behind one address,
+		// would otherwise use up the day's budget of that office's logins. (The "ip:" keys
+		// never meet a user's: those are UUIDs.)
+		reqs = []Request{{c, "ip:" + l.clientKey(r)}}
+	default:
 		u := p.UserID.String()
 		reqs = []Request{{c, u}, {GlobalMinute, u}, {GlobalDay, u}}
 	}
@@ -121,6 +121,18 @@ func (l *Limiter) allow(w http.ResponseWriter, r *http.Request, c Class, path st
 		"detail": "rate limit of class " + string(d.Class) + " exceeded; retry after " + strconv.Itoa(retry) + " seconds",
 	})
 	return false
+}
+
+// clientKey names the client of r in its per-IP buckets: its address, or the /64 of an IPv6
+// one (one host usually holds a whole /64 and could otherwise rotate addresses past a limit).
+func (l *Limiter) clientKey(r *http.Request) string {
+	addr := ClientIP(r, l.cfg.TrustedProxies)
+	if addr.Is6() {
+		if p, err := addr.Prefix(64); err == nil {
+			return p.String()
+		}
+	}
+	return addr.String()
 }
 
 func ceilSeconds(d time.Duration) int {

@@ -28,7 +28,10 @@
 // an access token, so there is no user to count them for); trading (POST /api/orders, approve,
 // reject) and data (GET under /api, /api/auth/me included) per user, and every authenticated
 // request also in the two global buckets; a login also in the global buckets of its client
-// IP (api.md: the global limits are over every class, and before login a client is its IP). /openapi.json and the admin port are not limited.
+// IP (api.md: the global limits are over every class, and before login a client is its IP);
+// a request to a trading or data route that authentication refuses (401: no, a garbage or an
+// expired token) in the route's class per client IP, not in the global buckets (see allow).
+// /openapi.json and the admin port are not limited.
 //
 // Client IP: the TCP peer, unless the peer is in TRUSTED_PROXIES; only then the right-most
 // X-Forwarded-For entry that is not itself a trusted proxy. IPv6 clients are counted per /64.
