@@ -216,7 +216,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	adminMux.Handle("GET /metrics", m.Handler())
 	serveErr := make(chan error, 2)
 	admin := newServer(adminMux, logger)
-	go func() { serveErr <- serveOn(admin, adminLn, "admin") }()
+	// WrapListener: a request net/http cannot parse (431, 400) is answered with the headers
+	// of every response and a problem, not net/http's text/plain.
+	go func() { serveErr <- serveOn(admin, tradinghttp.WrapListener(adminLn), "admin") }()
 	logger.Info("admin listening", "addr", adminLn.Addr().String())
 
 	version, err := waitForSchema(ctx, db, logger)
@@ -286,7 +288,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	base, cancelBase := context.WithCancelCause(context.Background())
 	defer cancelBase(nil)
 	api.BaseContext = func(net.Listener) context.Context { return base }
-	go func() { serveErr <- serveOn(api, apiLn, "api") }()
+	go func() { serveErr <- serveOn(api, tradinghttp.WrapListener(apiLn), "api") }()
 	state.Store(stateServing)
 	logger.Info("serving", "api_addr", apiLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
 		"schema_version", version)

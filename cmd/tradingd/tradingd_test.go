@@ -492,6 +492,22 @@ func TestServe(t *testing.T) {
 	if code, body := get(t, "http://"+admin+"/metrics"); code != http.StatusOK || !strings.Contains(body, "\ngo_gc_gogc_percent 400\n") {
 		t.Errorf("/metrics: %d, want go_gc_gogc_percent 400 in it", code)
 	}
+	// Header fields over the limit are answered by net/http before any handler: on both
+	// ports as the API answers (the listeners are runtime/http's WrapListener).
+	for _, addr := range []string{api, admin} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/api/orders", nil)
+		req.Header.Set("X-Big", strings.Repeat("a", 64<<10))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || resp.Header.Get("Content-Type") != "application/problem+json" ||
+			resp.Header.Get("Strict-Transport-Security") == "" || resp.Header.Get("X-Request-ID") == "" {
+			t.Errorf("%s: header fields too large: %d %v %s, want 431 problem+json with the common headers", addr, resp.StatusCode, resp.Header, b)
+		}
+	}
 	for _, u := range []struct{ name, password string }{
 		{"trader1", "password123"}, {"trader2", "password456"}, {"risk1", "password789"},
 		{"admin", "admin-bootstrap-pw"}, {"alice", "alice-password"},
