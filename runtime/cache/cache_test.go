@@ -1181,10 +1181,13 @@ func outageReplicas(t *testing.T, w *world, link *redistest.SlowLink, prefix str
 	t.Cleanup(b.Close)
 	user := w.trader.UserID
 	w.trade(t, a, "1")
-	obs := &counts{}
-	c = replica(t, w, link.URL(), prefix, cache.Options{Observer: obs})
-	redistest.Eventually(t, 5*time.Second, "positions in L2", func() bool {
-		_ = quantity(t, a, user)
+	_ = quantity(t, a, user)
+	// A new C each round: a C whose first read missed L2 (A's write to L2 or C's read of it
+	// later than the 100 ms a cache call waits for Redis, on a loaded machine) holds the book
+	// in its L1 and would never read L2 again; its read fills L2 for the next one.
+	redistest.Eventually(t, 10*time.Second, "a replica reads positions from L2", func() bool {
+		obs := &counts{}
+		c = replica(t, w, link.URL(), prefix, cache.Options{Observer: obs})
 		return quantity(t, c, user) == "1" && obs.get("hit:l2:positions") > 0
 	})
 	return a, b, rb, c
