@@ -260,3 +260,49 @@ func testTerminatingChildLeftToGo(t *testing.T) {
 		return nil
 	})
 }
+
+// testRefusedRolloutStuckSaid: a serving stack in a namespace whose quota is used up is
+// upgraded: the Deployment controller's surge pod is refused (ReplicaFailure), and ten
+// minutes later it gives up on the rollout (ProgressDeadlineExceeded) while the refusal
+// stands. RuntimeAvailable and Degraded, RolloutStuck, still carry the API server's answer:
+// "the new pods do not become ready ... see the pods' events" sent the platform team looking
+// for pods that were never created, and the quota, which no wait ends, went unsaid.
+func testRefusedRolloutStuckSaid(t *testing.T) {
+	ns, job := upgradingStack(t, "rs", "registry.example.com/tradingd:v2")
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "pods"},
+		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
+	if err := k8s.Create(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+	quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}
+	if err := k8s.Status().Update(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+	finishJob(t, ns, job.Name, true)
+	waitAPIImage(t, ns, "rs", "registry.example.com/tradingd:v2")
+	api := waitFor(t, &appsv1.Deployment{}, ns, "rs-api")
+	refusal := refusedPod(t, api)
+
+	// The two old pods serve; the new template's first pod is refused, and the deadline passed.
+	eventually(t, "Deployment rs-api stuck with its pods refused", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "rs-api"), d); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 0, ReadyReplicas: 2, AvailableReplicas: 2,
+			Conditions: []appsv1.DeploymentCondition{
+				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refusal, LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(bg, d)
+	})
+	s := waitConditionSays(t, ns, "rs", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck, "exceeded quota")
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); strings.Contains(c.Message, "do not become ready") {
+		t.Errorf("RuntimeAvailable says the new pods do not become ready; none was created: %s", c.Message)
+	}
+	waitConditionSays(t, ns, "rs", tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck, "exceeded quota")
+}

@@ -129,8 +129,14 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
 			fmt.Sprintf("Deployment %s is available with image %s", dep.Name, p.servingImage))
 	case deploymentAvailable(dep) && stuck:
+		why := fmt.Sprintf("the new pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name)
+		if p.runtimePodsRefused != "" {
+			// The deadline passes as well when the new pods were never created (a quota used
+			// up by the old ones): there are no pods to look at, and no wait ends it.
+			why = strings.TrimPrefix(p.runtimePodsRefused, "; ")
+		}
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck,
-			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): the new pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name, p.servingImage, dep.Name))
+			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s", dep.Name, p.servingImage, why))
 	case deploymentAvailable(dep):
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,

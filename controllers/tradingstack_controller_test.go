@@ -105,6 +105,7 @@ func TestOperator(t *testing.T) {
 		{"EditsOfEveryKindReverted", testEditsOfEveryKindReverted},
 		{"QuietInOtherStates", testQuietInOtherStates},
 		{"PodsRefusedSaid", testPodsRefusedSaid},
+		{"RefusedRolloutStuckSaid", testRefusedRolloutStuckSaid},
 		{"RefusedChildKeepsOthers", testRefusedChildKeepsOthers},
 		{"DeletedDuringPass", testDeletedDuringPass},
 		{"TerminatingChildLeftToGo", testTerminatingChildLeftToGo},
