@@ -306,3 +306,28 @@ func testRefusedRolloutStuckSaid(t *testing.T) {
 	}
 	waitConditionSays(t, ns, "rs", tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck, "exceeded quota")
 }
+
+// testRefusedServiceMonitorKeepsAlerts: an admission policy of the cluster refuses the
+// stack's ServiceMonitor (a Gatekeeper or Kyverno rule on scrape settings, say). The
+// PrometheusRule is made all the same: its TradingAPIDown alert (no series of NAME-api
+// scraped) is then what tells someone that nothing scrapes the stack. MonitoringReady says
+// which child was refused and why; the stack stays Ready (monitoring is not required).
+func testRefusedServiceMonitorKeepsAlerts(t *testing.T) {
+	installMonitoringCRDs(t)
+	ns := newNamespace(t)
+	refuseInNamespace(t, ns, "monitoring.coreos.com", "servicemonitors", admissionregistrationv1.Create, "ServiceMonitors need a sampleLimit",
+		func() error {
+			probe := &monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"},
+				Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "metrics"}}}}
+			err := k8s.Create(bg, probe)
+			if err == nil {
+				_ = k8s.Delete(bg, probe)
+			}
+			return err
+		})
+	createStack(t, newStack(ns, "sm"))
+	makeReady(t, ns, "sm")
+	waitConditionSays(t, ns, "sm", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed,
+		"ServiceMonitors need a sampleLimit")
+	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "sm-alerts")
+}

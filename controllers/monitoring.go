@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -191,6 +192,11 @@ func (r *TradingStackReconciler) monitoringCRDChanged(ctx context.Context, _ cli
 // are enabled and their CRDs exist, and deletes them when disabled. An absent
 // CRD is reported in MonitoringReady; it is not an error and does not keep the
 // stack from becoming Ready.
+//
+// Each of the two is tried whatever became of the other, as in reconcilePolicy: a
+// ServiceMonitor an admission policy refuses must not keep the alerts away, whose
+// TradingAPIDown (nothing of NAME-api scraped) is then what tells someone. The errors are
+// returned together.
 func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pass) (bool, error) {
 	kinds := []struct {
 		gk      schema.GroupKind
@@ -207,6 +213,7 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			func() client.Object { return &monitoringv1.PrometheusRule{} }},
 	}
 	var missing, made []string
+	var errs []error
 	for _, k := range kinds {
 		installed, err := r.monitoring.isInstalled(ctx, k.gk)
 		if err != nil {
@@ -223,7 +230,7 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 		}
 		if !k.wanted {
 			if err := r.deleteIfExists(ctx, p, objectNamed(k.empty(), p.stack.Namespace, k.name)); err != nil && !meta.IsNoMatchError(err) {
-				return false, err
+				errs = append(errs, err)
 			}
 			continue
 		}
@@ -235,7 +242,8 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 				missing = append(missing, k.gk.Kind)
 				continue
 			}
-			return false, err
+			errs = append(errs, err)
+			continue
 		}
 		made = append(made, k.gk.Kind+" "+k.name)
 		// The kind's informer lists again with backoff after its CRD went away and came back
@@ -247,6 +255,9 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 		} else if !found {
 			p.requeue(crdSettle)
 		}
+	}
+	if len(errs) > 0 {
+		return false, oneLine(errors.Join(errs...))
 	}
 
 	switch {

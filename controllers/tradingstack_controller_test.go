@@ -107,6 +107,7 @@ func TestOperator(t *testing.T) {
 		{"PodsRefusedSaid", testPodsRefusedSaid},
 		{"RefusedRolloutStuckSaid", testRefusedRolloutStuckSaid},
 		{"RefusedChildKeepsOthers", testRefusedChildKeepsOthers},
+		{"RefusedServiceMonitorKeepsAlerts", testRefusedServiceMonitorKeepsAlerts},
 		{"DeletedDuringPass", testDeletedDuringPass},
 		{"TerminatingChildLeftToGo", testTerminatingChildLeftToGo},
 	} {
