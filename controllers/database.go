@@ -165,7 +165,13 @@ const keptMessage = "is kept while the runtime may still use it"
 // pass applied has rolled out completely, or there is none.
 func (r *TradingStackReconciler) runtimeRollout(ctx context.Context, p *pass) (string, error) {
 	if p.runtime != nil {
-		return rolloutPending(p.runtime, p.runtimeReplicas), nil
+		why := rolloutPending(p.runtime, p.runtimeReplicas)
+		if why != "" {
+			// A rollout whose new pods the API server refuses (a used-up quota) goes on only
+			// once someone acts, and the backend kept may hold the very quota they lack.
+			why += p.runtimePodsRefused
+		}
+		return why, nil
 	}
 	// Not applied: no image has migrated yet, so no Deployment should exist; one that does
 	// (a status lost) runs pods of a template this pass did not judge.

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -292,4 +293,48 @@ func TestRolloutPending(t *testing.T) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
+}
+
+// testKeptWhilePodsRefused: a serving stack in a namespace whose quota is used up moves off
+// its managed Redis. The rollout's first new pod is refused, so the old pods stay, and the
+// managed Redis is kept for them; CacheReady says why the rollout does not go on (the API
+// server's answer), since the Redis it keeps may hold the very quota the new pod lacks.
+// "has not finished rolling out" alone read as a wait that ends by itself.
+func testKeptWhilePodsRefused(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "kq"))
+	makeReady(t, ns, "kq")
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "pods"},
+		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
+	if err := k8s.Create(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+	quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}
+	if err := k8s.Status().Update(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+
+	gen := runtimeGeneration(t, ns, "kq")
+	updateStack(t, ns, "kq", func(s *tradingv1alpha1.TradingStack) { s.Spec.Redis.Mode = tradingv1alpha1.RedisDisabled })
+	waitRuntimeTemplate(t, ns, "kq", gen)
+	api := waitFor(t, &appsv1.Deployment{}, ns, "kq-api")
+	refusal := refusedPod(t, api)
+	eventually(t, "Deployment kq-api with its new pod refused", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "kq-api"), d); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 0, ReadyReplicas: 2, AvailableReplicas: 2,
+			Conditions: []appsv1.DeploymentCondition{
+				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "ReplicaSetUpdated", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refusal, LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(bg, d)
+	})
+	waitMessage(t, ns, "kq", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment kq-api has not finished rolling out", "exceeded quota"))
+	stillThere(t, "the new pods refused, the old ones serving", managedRedis(ns, "kq")...)
 }

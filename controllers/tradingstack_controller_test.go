@@ -99,6 +99,7 @@ func TestOperator(t *testing.T) {
 		{"MoveBothWaitsForRedisSecret", testMoveBothWaitsForRedisSecret},
 		{"MoveRetiresAfterRollout", testMoveRetiresAfterRollout},
 		{"WrongDSNKeepsManaged", testWrongDSNKeepsManaged},
+		{"KeptWhilePodsRefused", testKeptWhilePodsRefused},
 		{"UserSecretKeyAddedNotStale", testUserSecretKeyAddedNotStale},
 		{"QuietEveryConfig", testQuietEveryConfig},
 		{"OthersEditsNotFought", testOthersEditsNotFought},
