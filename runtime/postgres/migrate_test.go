@@ -199,6 +199,155 @@ func TestMigrateDropsInvalidLeftover(t *testing.T) {
 	}
 }
 
+// TestInvalidLeftoverDoesNotBlockTheRuntime: a migration run again after a concurrent build
+// failed (its INVALID index left behind) must not stop the runtime's statements on the table
+// while a long transaction reads it (pg_dump, a report). The leftover was dropped with a
+// plain DROP INDEX, whose ACCESS EXCLUSIVE lock waits for that transaction, and every insert
+// and select of the table queued behind it until the transaction ended: the order endpoints
+// (00005, up and down), and with 00006 every login and every request's session check.
+func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
+	for _, c := range []struct {
+		name, index, table, probe string
+		version                   int // unrecorded for an up; 0: the down to 4
+	}{
+		{"00005 up", "orders_status_keyset_idx", "orders",
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 5},
+		{"00006 up", "sessions_revoked_at_idx", "sessions", `INSERT INTO sessions (user_id) SELECT id FROM users`, 6},
+		{"00005 down", "orders_status_idx", "orders",
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			dsn := pgtest.NewMigratedDatabase(t)
+			conn := func() *pgx.Conn {
+				t.Helper()
+				c, err := pgx.Connect(ctx, dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close(context.Background()) })
+				return c
+			}
+			admin := conn()
+			exec := func(sql string) {
+				t.Helper()
+				if _, err := admin.Exec(ctx, sql); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+			}
+			exec(`INSERT INTO users (username, password_hash, roles) VALUES ('alice', 'x', '{trader}')`)
+			// The state a failed concurrent build leaves: the index INVALID and, for an up,
+			// its version unrecorded; for the down, one of 00002's indexes that it rebuilt.
+			migrate := func() error { _, err := postgres.Migrate(ctx, dsn, quietLogger()); return err }
+			down := c.version == 0
+			if down {
+				exec(`CREATE INDEX ` + c.index + ` ON orders (status)`)
+				sqlDB := stdlib.OpenDB(*admin.Config())
+				t.Cleanup(func() { sqlDB.Close() })
+				p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
+				if err != nil {
+					t.Fatal(err)
+				}
+				migrate = func() error { _, err := p.DownTo(ctx, 4); return err }
+			} else {
+				exec(fmt.Sprintf(`DELETE FROM goose_db_version WHERE version_id >= %d`, c.version))
+			}
+			exec(`UPDATE pg_index SET indisvalid = false WHERE indexrelid = '` + c.index + `'::regclass`)
+
+			// A long reader of the table, as pg_dump is (it holds a snapshot too).
+			long := conn()
+			for _, sql := range []string{`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`,
+				`LOCK TABLE ` + c.table + ` IN ACCESS SHARE MODE`, `SELECT 1`} {
+				if _, err := long.Exec(ctx, sql); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+			}
+			migrated := make(chan error, 1)
+			go func() { migrated <- migrate() }()
+			waitsFor := func(pid uint32) bool {
+				t.Helper()
+				var n int
+				if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+					WHERE datname = current_database() AND $1::int = ANY(pg_blocking_pids(pid))`, int(pid)).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n > 0
+			}
+			// The migration gets as far as waiting for the long transaction (a concurrent
+			// build or drop waits for it: that is its job).
+			for !waitsFor(long.PgConn().PID()) {
+				select {
+				case err := <-migrated:
+					t.Fatalf("migration ended (%v) without waiting for the long transaction", err)
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			// Meanwhile the runtime's statement on the table goes through, never waiting for a lock.
+			probe := conn()
+			probed := make(chan error, 1)
+			go func() { _, err := probe.Exec(ctx, c.probe); probed <- err }()
+			var blockers []int32
+			done := false
+			for !done && len(blockers) == 0 {
+				select {
+				case err := <-probed:
+					if err != nil {
+						t.Fatalf("%s: %v", c.probe, err)
+					}
+					done = true
+				case <-time.After(10 * time.Millisecond):
+					if err := admin.QueryRow(ctx, `SELECT pg_blocking_pids($1)`, int(probe.PgConn().PID())).Scan(&blockers); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if !done {
+				t.Errorf("%s waits for the migration, which waits for a long transaction: the table is closed to the runtime meanwhile", c.probe)
+			}
+			if _, err := long.Exec(ctx, `COMMIT`); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-migrated; err != nil {
+				t.Fatalf("migration: %v", err)
+			}
+			if !done {
+				if err := <-probed; err != nil {
+					t.Fatalf("%s: %v", c.probe, err)
+				}
+			}
+			// The leftover is gone and the migration's indexes are there, valid.
+			want := map[bool][]string{false: {"orders_status_keyset_idx", "sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx"},
+				true: {"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx", "orders_pending_created_idx", "orders_pending_symbol_idx"}}[down]
+			rows, err := admin.Query(ctx, `SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+				WHERE c.relnamespace = current_schema()::regnamespace
+					AND (c.relname = ANY($1) OR NOT i.indisvalid OR c.relname LIKE '%\_invalid')`, want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]bool{}
+			for rows.Next() {
+				var name string
+				var valid bool
+				if err := rows.Scan(&name, &valid); err != nil {
+					t.Fatal(err)
+				}
+				got[name] = valid
+			}
+			if err := rows.Err(); err != nil {
+				t.Fatal(err)
+			}
+			wantValid := map[string]bool{}
+			for _, name := range want {
+				wantValid[name] = true
+			}
+			if !maps.Equal(got, wantValid) {
+				t.Errorf("indexes after the migration %v, want %v", got, wantValid)
+			}
+		})
+	}
+}
+
 // TestOrderIndexesDownAndUp: 00005's down migration puts back the indexes of orders that
 // 00002 built (a rollback of the runtime to one that expects them), and up again replaces
 // them once more.

@@ -20,30 +20,39 @@
 -- serves while this runs, always has an index for its listings. Built and dropped
 -- CONCURRENTLY (no lock that blocks writes), hence NO TRANSACTION, and idempotent like 00002:
 -- a failure leaves the version unrecorded and the next `tradingd migrate` runs the whole file
--- again, after dropping an INVALID leftover of a failed concurrent build (see 00002 for why a
--- plain DROP INDEX there).
+-- again, after dropping an INVALID leftover of a failed concurrent build.
+--
+-- That leftover is renamed to NAME_invalid in a DO block (a function body: DROP INDEX
+-- CONCURRENTLY cannot run there) and dropped CONCURRENTLY by the statement after it. 00002
+-- drops it with a plain DROP INDEX instead, whose ACCESS EXCLUSIVE lock on the table waits
+-- for every transaction reading it (pg_dump, a report: often what made the first build fail),
+-- and every statement of the runtime on the table queues behind that lock meanwhile. A
+-- rename of an index takes SHARE UPDATE EXCLUSIVE, which no read or write waits for. NAME is
+-- built only once NAME_invalid has been dropped, so the rename never finds its name taken
+-- (TestInvalidLeftoverDoesNotBlockTheRuntime).
 
 -- +goose NO TRANSACTION
 -- +goose Up
 -- +goose StatementBegin
 DO $$
 DECLARE
-    leftover regclass;
+    leftover name;
 BEGIN
     FOR leftover IN
-        SELECT i.indexrelid::regclass
+        SELECT c.relname
         FROM pg_index i
         JOIN pg_class c ON c.oid = i.indexrelid
         WHERE c.relnamespace = current_schema()::regnamespace
           AND NOT i.indisvalid
           AND c.relname = 'orders_status_keyset_idx'
     LOOP
-        RAISE NOTICE 'dropping invalid leftover index %', leftover;
-        EXECUTE format('DROP INDEX %s', leftover);
+        RAISE NOTICE 'setting aside invalid leftover index % to drop it', leftover;
+        EXECUTE format('ALTER INDEX %I RENAME TO %I', leftover, leftover || '_invalid');
     END LOOP;
 END
 $$;
 -- +goose StatementEnd
+DROP INDEX CONCURRENTLY IF EXISTS orders_status_keyset_idx_invalid;
 
 -- GET /api/orders?status= for risk/admin (and for a trader when it is the rarer filter):
 -- FindOrders keyset pagination within one status, WHERE status = $1 AND (created_at, id) <
@@ -62,10 +71,10 @@ DROP INDEX CONCURRENTLY IF EXISTS orders_pending_symbol_idx;
 -- +goose StatementBegin
 DO $$
 DECLARE
-    leftover regclass;
+    leftover name;
 BEGIN
     FOR leftover IN
-        SELECT i.indexrelid::regclass
+        SELECT c.relname
         FROM pg_index i
         JOIN pg_class c ON c.oid = i.indexrelid
         WHERE c.relnamespace = current_schema()::regnamespace
@@ -73,12 +82,17 @@ BEGIN
           AND c.relname IN ('orders_status_idx', 'orders_created_at_idx', 'orders_updated_at_idx',
                             'orders_pending_created_idx', 'orders_pending_symbol_idx')
     LOOP
-        RAISE NOTICE 'dropping invalid leftover index %', leftover;
-        EXECUTE format('DROP INDEX %s', leftover);
+        RAISE NOTICE 'setting aside invalid leftover index % to drop it', leftover;
+        EXECUTE format('ALTER INDEX %I RENAME TO %I', leftover, leftover || '_invalid');
     END LOOP;
 END
 $$;
 -- +goose StatementEnd
+DROP INDEX CONCURRENTLY IF EXISTS orders_status_idx_invalid;
+DROP INDEX CONCURRENTLY IF EXISTS orders_created_at_idx_invalid;
+DROP INDEX CONCURRENTLY IF EXISTS orders_updated_at_idx_invalid;
+DROP INDEX CONCURRENTLY IF EXISTS orders_pending_created_idx_invalid;
+DROP INDEX CONCURRENTLY IF EXISTS orders_pending_symbol_idx_invalid;
 
 -- As 00002 built them.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_pending_symbol_idx

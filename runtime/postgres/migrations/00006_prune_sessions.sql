@@ -11,29 +11,34 @@
 --   rotated tokens of logins still in use, which must stay (presenting one is reuse).
 --
 -- Built CONCURRENTLY outside a transaction, as in 00002 (whose comment explains the INVALID
--- leftover of a failed build, dropped first, and why that drop is not CONCURRENTLY).
+-- leftover of a failed build, dropped first). The leftover is renamed and then dropped
+-- CONCURRENTLY, as in 00005 (whose comment says why not with a plain DROP INDEX: every login
+-- and every request's session check would queue behind it while a long transaction reads
+-- sessions or refresh_tokens).
 
 -- +goose NO TRANSACTION
 -- +goose Up
 -- +goose StatementBegin
 DO $$
 DECLARE
-    leftover regclass;
+    leftover name;
 BEGIN
     FOR leftover IN
-        SELECT i.indexrelid::regclass
+        SELECT c.relname
         FROM pg_index i
         JOIN pg_class c ON c.oid = i.indexrelid
         WHERE c.relnamespace = current_schema()::regnamespace
           AND NOT i.indisvalid
           AND c.relname IN ('sessions_revoked_at_idx', 'refresh_tokens_current_expires_at_idx')
     LOOP
-        RAISE NOTICE 'dropping invalid leftover index %', leftover;
-        EXECUTE format('DROP INDEX %s', leftover);
+        RAISE NOTICE 'setting aside invalid leftover index % to drop it', leftover;
+        EXECUTE format('ALTER INDEX %I RENAME TO %I', leftover, leftover || '_invalid');
     END LOOP;
 END
 $$;
 -- +goose StatementEnd
+DROP INDEX CONCURRENTLY IF EXISTS sessions_revoked_at_idx_invalid;
+DROP INDEX CONCURRENTLY IF EXISTS refresh_tokens_current_expires_at_idx_invalid;
 
 -- Revoked logins, oldest revocation first.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS sessions_revoked_at_idx
