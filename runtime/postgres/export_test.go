@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -69,3 +70,6 @@ func (s *OrderService) ApproveBatch(ctx context.Context, in []Approval) ([]Appro
 func (p *SessionPruner) SetBatch(sessions, tokens int) {
 	p.batchSessions, p.batchTokens, p.pause = sessions, tokens, 0
 }
+
+// SetPause sets the pruner's pause between batches.
+func (p *SessionPruner) SetPause(d time.Duration) { p.pause = d }

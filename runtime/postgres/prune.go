@@ -121,8 +121,14 @@ func (p *SessionPruner) round(ctx context.Context) {
 	start := time.Now()
 	r, err := p.Prune(ctx)
 	switch {
-	case ctx.Err() != nil:
+	case ctx.Err() != nil && r.Batches == 0:
 		// Stopping: the batch in flight was rolled back, the next start goes on.
+	case ctx.Err() != nil:
+		// Stopping after batches that committed: the same line as a whole round's, since it
+		// is the only record of what was deleted (the batch in flight was rolled back).
+		p.log.InfoContext(ctx, "pruned ended logins", "revoked_sessions", r.Revoked,
+			"expired_sessions", r.Expired, "refresh_tokens", r.Tokens, "batches", r.Batches,
+			"duration", time.Since(start), "horizon", p.Horizon(), "stopped", true)
 	case lockTimedOut(err):
 		p.log.InfoContext(ctx, "pruning ended logins gave way to a request that held one of their rows; going on next round",
 			"revoked_sessions", r.Revoked, "expired_sessions", r.Expired, "refresh_tokens", r.Tokens)

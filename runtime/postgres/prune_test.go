@@ -1,12 +1,15 @@
 package postgres_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -284,6 +287,46 @@ func TestPruneRunStopsWithContext(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestPruneStoppedSaysWhatItDeleted: a round stopped (SIGTERM) after some batches still logs
+// the logins it deleted. It said nothing: on a restart during the first round after an
+// upgrade (the whole backlog, tens of seconds), thousands of logins went without a line.
+func TestPruneStoppedSaysWhatItDeleted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	e.seedLogins(t, e.trader1.ID, 10, 1, true)
+	var logs bytes.Buffer // written by Run's goroutine, read once it returned
+	p := postgres.NewSessionPruner(e.db, accessTTL, slog.New(slog.NewJSONHandler(&logs, nil)))
+	p.SetBatch(4, 1000)
+	p.SetPause(time.Hour) // the round waits after its first batch until it is stopped
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx, time.Hour) }()
+	for e.count(t, `SELECT count(*) FROM sessions`) == 10 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	deleted := 10 - e.count(t, `SELECT count(*) FROM sessions`)
+	var line map[string]any
+	for l := range strings.Lines(logs.String()) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		if m["msg"] == "pruned ended logins" {
+			line = m
+		}
+	}
+	if line == nil {
+		t.Fatalf("the stopped round deleted %d logins and logged no 'pruned ended logins' line; log:\n%s", deleted, logs.String())
+	}
+	revoked, _ := line["revoked_sessions"].(float64)
+	expired, _ := line["expired_sessions"].(float64)
+	if revoked+expired != float64(deleted) || line["refresh_tokens"] != float64(2*deleted) {
+		t.Errorf("logged %v, want %d logins and %d tokens", line, deleted, 2*deleted)
+	}
 }
 
 // BenchmarkPruneBacklog measures a round over a backlog of ended logins (PRUNE_BACKLOG,
