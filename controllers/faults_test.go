@@ -122,6 +122,33 @@ func setReplicaFailure(t *testing.T, ns, name string, ready int32, refusal strin
 	})
 }
 
+// setRolloutRefused writes the status the Deployment controller writes for a rollout of name
+// whose two old pods serve while the new template's first pod is refused (the API server's
+// answer in ReplicaFailure FailedCreate); stuck: past its progress deadline.
+func setRolloutRefused(t *testing.T, ns, name, refusal string, stuck bool) {
+	t.Helper()
+	eventually(t, "Deployment "+name+" rolling out with its new pod refused", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, name), d); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		progressing := appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "ReplicaSetUpdated", LastUpdateTime: now, LastTransitionTime: now}
+		if stuck {
+			progressing.Status, progressing.Reason = corev1.ConditionFalse, "ProgressDeadlineExceeded"
+		}
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 0, ReadyReplicas: 2, AvailableReplicas: 2,
+			Conditions: []appsv1.DeploymentCondition{
+				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
+				progressing,
+				{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refusal, LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(bg, d)
+	})
+}
+
 // waitConditionSays waits for the condition (as waitCondition) with text in its message.
 func waitConditionSays(t *testing.T, ns, name, condType string, status metav1.ConditionStatus, reason, text string) *tradingv1alpha1.TradingStack {
 	t.Helper()
@@ -284,22 +311,7 @@ func testRefusedRolloutStuckSaid(t *testing.T) {
 	refusal := refusedPod(t, api)
 
 	// The two old pods serve; the new template's first pod is refused, and the deadline passed.
-	eventually(t, "Deployment rs-api stuck with its pods refused", func() error {
-		d := &appsv1.Deployment{}
-		if err := k8s.Get(bg, key(ns, "rs-api"), d); err != nil {
-			return err
-		}
-		now := metav1.Now()
-		d.Status = appsv1.DeploymentStatus{
-			ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 0, ReadyReplicas: 2, AvailableReplicas: 2,
-			Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refusal, LastUpdateTime: now, LastTransitionTime: now},
-			},
-		}
-		return k8s.Status().Update(bg, d)
-	})
+	setRolloutRefused(t, ns, "rs-api", refusal, true)
 	s := waitConditionSays(t, ns, "rs", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck, "exceeded quota")
 	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); strings.Contains(c.Message, "do not become ready") {
 		t.Errorf("RuntimeAvailable says the new pods do not become ready; none was created: %s", c.Message)

@@ -319,22 +319,7 @@ func testKeptWhilePodsRefused(t *testing.T) {
 	waitRuntimeTemplate(t, ns, "kq", gen)
 	api := waitFor(t, &appsv1.Deployment{}, ns, "kq-api")
 	refusal := refusedPod(t, api)
-	eventually(t, "Deployment kq-api with its new pod refused", func() error {
-		d := &appsv1.Deployment{}
-		if err := k8s.Get(bg, key(ns, "kq-api"), d); err != nil {
-			return err
-		}
-		now := metav1.Now()
-		d.Status = appsv1.DeploymentStatus{
-			ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 0, ReadyReplicas: 2, AvailableReplicas: 2,
-			Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "ReplicaSetUpdated", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refusal, LastUpdateTime: now, LastTransitionTime: now},
-			},
-		}
-		return k8s.Status().Update(bg, d)
-	})
+	setRolloutRefused(t, ns, "kq-api", refusal, false)
 	waitMessage(t, ns, "kq", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment kq-api has not finished rolling out", "exceeded quota"))
 	stillThere(t, "the new pods refused, the old ones serving", managedRedis(ns, "kq")...)
 }
