@@ -153,6 +153,10 @@ type Limiter struct {
 	local  *otter.Cache[string, *rate.Limiter]
 
 	fallback atomic.Bool
+
+	// afterShared, when set (internal tests), runs between Redis's decision and the local
+	// takes: it stands for the requests that run in between under concurrency.
+	afterShared func()
 }
 
 // New builds a limiter. With Options.Redis it follows the client's health: shared while
@@ -268,10 +272,11 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 		// fresh budget. They count a subset of what Redis counts, so while Redis answers
 		// they refuse only what this replica let through during an outage.
 		tbs := make([]*rate.Limiter, len(bs))
+		before := make([]float64, len(bs))
 		now := time.Now()
 		for i, b := range bs {
 			tbs[i] = l.localBucket(b.req, b.lim)
-			if tbs[i].TokensAt(now) < 1 {
+			if before[i] = tbs[i].TokensAt(now); before[i] < 1 {
 				d, _ := l.checkLocal(b.req, b.lim, now) // refuses, takes nothing
 				return d
 			}
@@ -279,6 +284,9 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 		// The Batcher bounds the call with the operation timeout itself, and a failed call
 		// fails the ones queued behind it: no timer per request.
 		d, err := l.checkShared(ctx, bs)
+		if l.afterShared != nil {
+			l.afterShared()
+		}
 		if err == nil {
 			if d.Allowed {
 				// Taken at the time before the round trip, as if at Redis's decision or
@@ -286,12 +294,20 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 				// could find its token a round trip short here while Redis allows it.
 				for i, tb := range tbs {
 					tb.ReserveN(now, 1) // an unconditional take: Redis has allowed it
-					// A bucket of this replica's that is now empty refuses the next request
-					// here, whatever Redis says (after an outage Redis may not know what this
-					// replica let through meanwhile): the headers say so. (Only then: under
-					// concurrency the local counts run in another order than Redis's, and
-					// Remaining otherwise stays Redis's, exactly as one by one.)
-					if rem, reset := localLeft(tb, bs[i].lim, now); rem == 0 && d.Remaining > 0 {
+					// A bucket of this replica's that this request empties refuses the next
+					// request here, whatever Redis says (after an outage Redis may not know
+					// what this replica let through meanwhile): the headers say so. Counted
+					// from the tokens seen before the round trip, not from the bucket now:
+					// what had been taken then, Redis decided before this request; the
+					// bucket now also holds the concurrent requests, taken in the order
+					// their goroutines ran, not Redis's. Read now, of 50 concurrent requests
+					// of a user on one replica (one HTTP/2 connection) the one Redis counted
+					// first could answer 0, two 0s and no 1 in all. Read before, Remaining
+					// stays Redis's, exactly as one by one, unless this replica's own count
+					// is tighter. (The price: right after an outage, two concurrent
+					// requests that together empty the bucket may both say 1; the next one
+					// is still refused, with its Retry-After.)
+					if rem, reset := leftAfterOne(before[i], bs[i].lim); rem == 0 && d.Remaining > 0 {
 						d.Class, d.Limit, d.Remaining, d.Reset = bs[i].req.Class, bs[i].lim.n, rem, reset
 					}
 				}
@@ -343,7 +359,15 @@ func (l *Limiter) checkLocal(r Request, lim limit, now time.Time) (Decision, *ra
 
 // localLeft is what a per-process bucket has left at now, and how long until it is full.
 func localLeft(tb *rate.Limiter, lim limit, now time.Time) (remaining int, reset time.Duration) {
-	tokens := tb.TokensAt(now)
+	return left(tb.TokensAt(now), lim)
+}
+
+// leftAfterOne is what a per-process bucket that had tokens has left once one is taken.
+func leftAfterOne(tokens float64, lim limit) (remaining int, reset time.Duration) {
+	return left(tokens-1, lim)
+}
+
+func left(tokens float64, lim limit) (remaining int, reset time.Duration) {
 	every := lim.period / time.Duration(lim.n)
 	return max(0, int(math.Floor(tokens))), time.Duration((float64(lim.n) - tokens) * float64(every))
 }
