@@ -26,17 +26,7 @@ import (
 // serving one that cannot scale up.
 func testPodsRefusedSaid(t *testing.T) {
 	ns := newNamespace(t)
-	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "pods"},
-		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
-	if err := k8s.Create(bg, quota); err != nil {
-		t.Fatal(err)
-	}
-	// What the quota controller would write (there is none here): nothing used yet. The quota
-	// admission plugin judges by it.
-	quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}
-	if err := k8s.Status().Update(bg, quota); err != nil {
-		t.Fatal(err)
-	}
+	noPodsQuota(t, ns)
 	createStack(t, newStack(ns, "pq"))
 	waitFor(t, &appsv1.StatefulSet{}, ns, "pq-postgres")
 	markStatefulSetReady(t, ns, "pq-postgres")
@@ -90,6 +80,37 @@ func refusedPod(t *testing.T, d *appsv1.Deployment) string {
 		return nil
 	})
 	return msg
+}
+
+// noPodsQuota makes a ResourceQuota of no pods in ns, with the status the quota controller
+// would write (there is none here): nothing used yet. The quota admission plugin judges by it.
+func noPodsQuota(t *testing.T, ns string) {
+	t.Helper()
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "pods"},
+		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
+	if err := k8s.Create(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+	quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}
+	if err := k8s.Status().Update(bg, quota); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// refuseServiceMonitors makes an admission policy refuse every ServiceMonitor created in ns
+// with message, and waits until it does.
+func refuseServiceMonitors(t *testing.T, ns, message string) {
+	t.Helper()
+	refuseInNamespace(t, ns, "monitoring.coreos.com", "servicemonitors", admissionregistrationv1.Create, message,
+		func() error {
+			probe := &monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"},
+				Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "metrics"}}}}
+			err := k8s.Create(bg, probe)
+			if err == nil {
+				_ = k8s.Delete(bg, probe)
+			}
+			return err
+		})
 }
 
 // setReplicaFailure writes the status the Deployment controller writes for a Deployment of
@@ -327,16 +348,7 @@ func testRefusedRolloutStuckSaid(t *testing.T) {
 func testRefusedServiceMonitorKeepsAlerts(t *testing.T) {
 	installMonitoringCRDs(t)
 	ns := newNamespace(t)
-	refuseInNamespace(t, ns, "monitoring.coreos.com", "servicemonitors", admissionregistrationv1.Create, "ServiceMonitors need a sampleLimit",
-		func() error {
-			probe := &monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"},
-				Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "metrics"}}}}
-			err := k8s.Create(bg, probe)
-			if err == nil {
-				_ = k8s.Delete(bg, probe)
-			}
-			return err
-		})
+	refuseServiceMonitors(t, ns, "ServiceMonitors need a sampleLimit")
 	createStack(t, newStack(ns, "sm"))
 	makeReady(t, ns, "sm")
 	waitConditionSays(t, ns, "sm", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed,

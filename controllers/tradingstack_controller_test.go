@@ -1710,16 +1710,7 @@ func waitExternalMigrationJob(t *testing.T, ns, stack, secret string) *batchv1.J
 func testMonitoringFailureKeepsReady(t *testing.T) {
 	installMonitoringCRDs(t)
 	ns := newNamespace(t)
-	refuseInNamespace(t, ns, "monitoring.coreos.com", "servicemonitors", admissionregistrationv1.Create, "ServiceMonitors are refused here",
-		func() error {
-			probe := &monitoringv1.ServiceMonitor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"},
-				Spec: monitoringv1.ServiceMonitorSpec{Endpoints: []monitoringv1.Endpoint{{Port: "metrics"}}}}
-			err := k8s.Create(bg, probe)
-			if err == nil {
-				_ = k8s.Delete(bg, probe)
-			}
-			return err
-		})
+	refuseServiceMonitors(t, ns, "ServiceMonitors are refused here")
 
 	createStack(t, newStack(ns, "nomon"))
 	makeReady(t, ns, "nomon")

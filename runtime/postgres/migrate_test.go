@@ -319,24 +319,9 @@ func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 			// The leftover is gone and the migration's indexes are there, valid.
 			want := map[bool][]string{false: {"orders_status_keyset_idx", "sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx"},
 				true: {"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx", "orders_pending_created_idx", "orders_pending_symbol_idx"}}[down]
-			rows, err := admin.Query(ctx, `SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+			got := indexValidity(t, admin, `SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 				WHERE c.relnamespace = current_schema()::regnamespace
 					AND (c.relname = ANY($1) OR NOT i.indisvalid OR c.relname LIKE '%\_invalid')`, want)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := map[string]bool{}
-			for rows.Next() {
-				var name string
-				var valid bool
-				if err := rows.Scan(&name, &valid); err != nil {
-					t.Fatal(err)
-				}
-				got[name] = valid
-			}
-			if err := rows.Err(); err != nil {
-				t.Fatal(err)
-			}
 			wantValid := map[string]bool{}
 			for _, name := range want {
 				wantValid[name] = true
@@ -346,6 +331,24 @@ func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// indexValidity runs sql, which selects (index name, indisvalid), and returns them as a map.
+func indexValidity(t *testing.T, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, sql string, args ...any) map[string]bool {
+	t.Helper()
+	rows, err := q.Query(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	var name string
+	var valid bool
+	if _, err := pgx.ForEachRow(rows, []any{&name, &valid}, func() error { got[name] = valid; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // TestOrderIndexesDownAndUp: 00005's down migration puts back the indexes of orders that
@@ -358,25 +361,9 @@ func TestOrderIndexesDownAndUp(t *testing.T) {
 	db := openDB(t, dsn)
 	indexes := func() map[string]bool {
 		t.Helper()
-		rows, err := db.Pool().Query(ctx, `
+		return indexValidity(t, db.Pool(), `
 			SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 			WHERE i.indrelid = 'orders'::regclass`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]bool{}
-		for rows.Next() {
-			var name string
-			var valid bool
-			if err := rows.Scan(&name, &valid); err != nil {
-				t.Fatal(err)
-			}
-			got[name] = valid
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		return got
 	}
 	atLatest := indexes()
 	sqlDB := stdlib.OpenDBFromPool(db.Pool())

@@ -43,6 +43,19 @@ func (r *recorder) take() []recordedQuery {
 	return c
 }
 
+// tracedDB opens dsn on one pooled connection (so that pg_prepared_statements shows every
+// statement the tests ran) with a recorder of the statements.
+func tracedDB(t *testing.T, dsn string) (*postgres.DB, *recorder) {
+	t.Helper()
+	rec := &recorder{}
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: dsn, MinConns: 1, MaxConns: 1, Tracer: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	return db, rec
+}
+
 // TestOrderListingsArePlannedWithTheirValues: pgx prepares each statement once per
 // connection, and after five executions PostgreSQL runs a prepared statement with its generic
 // plan when that looks no dearer than the custom ones: one plan for every value of the status
@@ -59,12 +72,7 @@ func TestOrderListingsArePlannedWithTheirValues(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
-	rec := &recorder{}
-	db, err := postgres.Open(ctx, postgres.Config{URL: dsn, MinConns: 1, MaxConns: 1, Tracer: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db, rec := tracedDB(t, dsn)
 	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
 	for _, sql := range []string{
 		`INSERT INTO users (username, password_hash, roles)
@@ -158,12 +166,7 @@ func TestTradeListingsArePlannedWithTheirValues(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
-	rec := &recorder{}
-	db, err := postgres.Open(ctx, postgres.Config{URL: dsn, MinConns: 1, MaxConns: 1, Tracer: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db, rec := tracedDB(t, dsn)
 	portfolio := postgres.NewPortfolioService(db)
 	// 40 traders with 1000 trades each over four symbols, and a trader (whale) with 40k
 	// trades in BTC/USD and 5 in SOL/USD, which nobody else trades.

@@ -104,12 +104,7 @@ func TestOrderListingPagesReadFewBuffers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
-	rec := &recorder{}
-	db, err := postgres.Open(ctx, postgres.Config{URL: dsn, MinConns: 1, MaxConns: 1, Tracer: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db, rec := tracedDB(t, dsn)
 	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
 	// 50k orders of 50 traders over four symbols, newest first: 1% rejected, 10 pending.
 	for _, sql := range []string{
