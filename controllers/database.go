@@ -165,11 +165,11 @@ const keptMessage = "is kept while the runtime may still use it"
 // pass applied has rolled out completely, or there is none.
 func (r *TradingStackReconciler) runtimeRollout(ctx context.Context, p *pass) (string, error) {
 	if p.runtime != nil {
-		why := rolloutPending(p.runtime, p.runtimeReplicas)
+		why := rolloutPending(p.runtime, p.stack.Status.Runtime.Replicas)
 		if why != "" {
 			// A rollout whose new pods the API server refuses (a used-up quota) goes on only
 			// once someone acts, and the backend kept may hold the very quota they lack.
-			why += p.runtimePodsRefused
+			why += p.runtimePodsRefused()
 		}
 		return why, nil
 	}

@@ -110,13 +110,13 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		stuck = before != nil && equality.Semantic.DeepEqual(before.Spec.Template, dep.Spec.Template)
 	}
 
-	p.runtimePodsRefused = podsRefused(dep)
+	refused := podsRefused(dep)
 
 	desired := p.spec.Spec.Runtime.Replicas
 	if dep.Spec.Replicas != nil {
 		desired = *dep.Spec.Replicas
 	}
-	p.runtime, p.runtimeReplicas = dep, desired
+	p.runtime = dep
 	p.stack.Status.Runtime = tradingv1alpha1.RuntimeStatus{
 		Replicas:      desired,
 		ReadyReplicas: dep.Status.ReadyReplicas,
@@ -130,20 +130,20 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 			fmt.Sprintf("Deployment %s is available with image %s", dep.Name, p.servingImage))
 	case deploymentAvailable(dep) && stuck:
 		why := fmt.Sprintf("the new pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name)
-		if p.runtimePodsRefused != "" {
+		if refused != "" {
 			// The deadline passes as well when the new pods were never created (a quota used
 			// up by the old ones): there are no pods to look at, and no wait ends it.
-			why = strings.TrimPrefix(p.runtimePodsRefused, "; ")
+			why = strings.TrimPrefix(refused, "; ")
 		}
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck,
 			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s", dep.Name, p.servingImage, why))
 	case deploymentAvailable(dep):
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,
-			fmt.Sprintf("Deployment %s is available and rolling out image %s%s", dep.Name, p.servingImage, p.runtimePodsRefused))
+			fmt.Sprintf("Deployment %s is available and rolling out image %s%s", dep.Name, p.servingImage, refused))
 	default:
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
-			fmt.Sprintf("waiting for Deployment %s to become available%s", dep.Name, p.runtimePodsRefused))
+			fmt.Sprintf("waiting for Deployment %s to become available%s", dep.Name, refused))
 	}
 	return false, nil
 }

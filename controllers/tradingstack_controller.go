@@ -122,17 +122,13 @@ type pass struct {
 	// servingImage is the runtime image whose migration Job succeeded (empty:
 	// none yet, so no runtime Deployment).
 	servingImage string
-	// runtime is the runtime Deployment as this pass applied it (nil: not applied), with
-	// runtimeReplicas the pods it is to run; retireManagedBackends reads its rollout.
-	runtime         *appsv1.Deployment
-	runtimeReplicas int32
+	// runtime is the runtime Deployment as this pass applied it (nil: not applied);
+	// retireManagedBackends reads its rollout, status.runtime.replicas the pods it is to run.
+	runtime *appsv1.Deployment
 	// databaseMoved: the runtime serves an image migrated on a database other than the one
 	// the spec names now (a move to or from an external database, a DSN edited to point
 	// elsewhere), whose migration has not succeeded.
 	databaseMoved bool
-	// runtimePodsRefused is why the runtime Deployment cannot create pods (podsRefused), or
-	// "": said in RuntimeAvailable, and in Degraded when too few replicas are ready.
-	runtimePodsRefused string
 	// requeueAfter is set only while waiting on something no watch reports.
 	requeueAfter time.Duration
 	// failed says which step failed and why; the status then says that this
@@ -172,6 +168,16 @@ func (p *pass) requeue(d time.Duration) {
 // step is one concern of the reconcile. It sets its conditions on the pass; it
 // returns stop=true when the later steps cannot run yet (they would build on
 // something missing), and an error only for API failures worth a retry.
+// runtimePodsRefused is why the runtime Deployment this pass applied cannot create pods
+// (podsRefused), or "": said in RuntimeAvailable, in Degraded when too few replicas are
+// ready, and where a managed backend is kept for its rollout.
+func (p *pass) runtimePodsRefused() string {
+	if p.runtime == nil {
+		return ""
+	}
+	return podsRefused(p.runtime)
+}
+
 type step struct {
 	name string
 	run  func(ctx context.Context, p *pass) (stop bool, err error)
