@@ -451,3 +451,17 @@ func TestHPASpecOrMetadataChanged(t *testing.T) {
 		}
 	}
 }
+
+// A condition's message is one line: errors.Join's and a webhook's several lines are joined
+// with "; ", blank lines and surrounding spaces dropped.
+func TestOneLine(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":                               "plain",
+		"policy: a\nmonitoring: b":            "policy: a; monitoring: b",
+		"denied:\r\n  line one\n\nline two\n": "denied:; line one; line two",
+	} {
+		if got := oneLine(in); got != want {
+			t.Errorf("oneLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

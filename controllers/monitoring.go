@@ -257,7 +257,7 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 		}
 	}
 	if len(errs) > 0 {
-		return false, oneLine(errors.Join(errs...))
+		return false, errors.Join(errs...)
 	}
 
 	switch {

@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"errors"
-	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -36,33 +35,8 @@ func (r *TradingStackReconciler) reconcilePolicy(ctx context.Context, p *pass) (
 	}
 	errs = append(errs, r.pruneNetworkPolicies(ctx, p))
 
-	return false, oneLine(errors.Join(errs...))
+	return false, errors.Join(errs...)
 }
-
-// oneLine is a joined error (errors.Join, or nil) whose message is one line, "; " between
-// its errors, as a condition's message is read; errors.Is and As see them all.
-func oneLine(err error) error {
-	joined, ok := err.(interface{ Unwrap() []error })
-	if !ok || len(joined.Unwrap()) < 2 {
-		if ok {
-			return joined.Unwrap()[0]
-		}
-		return err
-	}
-	return lineJoined{joined.Unwrap()}
-}
-
-type lineJoined struct{ errs []error }
-
-func (e lineJoined) Error() string {
-	msgs := make([]string, len(e.errs))
-	for i, err := range e.errs {
-		msgs[i] = err.Error()
-	}
-	return strings.Join(msgs, "; ")
-}
-
-func (e lineJoined) Unwrap() []error { return e.errs }
 
 // reconcileNetworkPolicies runs first of all steps: the policies depend on the spec alone,
 // and a later step that waits (for the database to start, for a user's Secret) must not

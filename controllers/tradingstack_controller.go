@@ -154,9 +154,25 @@ func (p *pass) setCondition(condType string, status metav1.ConditionStatus, reas
 		Type:               condType,
 		Status:             status,
 		Reason:             reason,
-		Message:            message,
+		Message:            oneLine(message),
 		ObservedGeneration: p.stack.Generation,
 	})
+}
+
+// oneLine is message as one line, "; " between its lines: a condition's message is read in
+// one line (kubectl get, describe), and errors.Join (the policy and monitoring steps' errors
+// together) or an admission webhook's answer may hold several.
+func oneLine(message string) string {
+	if !strings.ContainsAny(message, "\r\n") {
+		return message
+	}
+	var lines []string
+	for line := range strings.FieldsFuncSeq(message, func(r rune) bool { return r == '\n' || r == '\r' }) {
+		if line = strings.TrimSpace(line); line != "" {
+			lines = append(lines, line)
+		}
+	}
+	return strings.Join(lines, "; ")
 }
 
 func (p *pass) requeue(d time.Duration) {
