@@ -271,12 +271,15 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 		// meanwhile, and may have lost its state), would otherwise hand every client a
 		// fresh budget. They count a subset of what Redis counts, so while Redis answers
 		// they refuse only what this replica let through during an outage.
-		tbs := make([]*rate.Limiter, len(bs))
-		before := make([]float64, len(bs))
+		// Each bucket of this replica's with the tokens it held before the round trip.
+		local := make([]struct {
+			tb     *rate.Limiter
+			before float64
+		}, len(bs))
 		now := time.Now()
 		for i, b := range bs {
-			tbs[i] = l.localBucket(b.req, b.lim)
-			if before[i] = tbs[i].TokensAt(now); before[i] < 1 {
+			local[i].tb = l.localBucket(b.req, b.lim)
+			if local[i].before = local[i].tb.TokensAt(now); local[i].before < 1 {
 				d, _ := l.checkLocal(b.req, b.lim, now) // refuses, takes nothing
 				return d
 			}
@@ -292,8 +295,8 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 				// Taken at the time before the round trip, as if at Redis's decision or
 				// earlier: taken later, a client waiting out Retry-After to the instant
 				// could find its token a round trip short here while Redis allows it.
-				for i, tb := range tbs {
-					tb.ReserveN(now, 1) // an unconditional take: Redis has allowed it
+				for i, lb := range local {
+					lb.tb.ReserveN(now, 1) // an unconditional take: Redis has allowed it
 					// A bucket of this replica's that this request empties refuses the next
 					// request here, whatever Redis says (after an outage Redis may not know
 					// what this replica let through meanwhile): the headers say so. Counted
@@ -307,7 +310,7 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 					// is tighter. (The price: right after an outage, two concurrent
 					// requests that together empty the bucket may both say 1; the next one
 					// is still refused, with its Retry-After.)
-					if rem, reset := leftAfterOne(before[i], bs[i].lim); rem == 0 && d.Remaining > 0 {
+					if rem, reset := leftAfterOne(lb.before, bs[i].lim); rem == 0 && d.Remaining > 0 {
 						d.Class, d.Limit, d.Remaining, d.Reset = bs[i].req.Class, bs[i].lim.n, rem, reset
 					}
 				}
