@@ -10,10 +10,13 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -354,4 +357,58 @@ func testRefusedServiceMonitorKeepsAlerts(t *testing.T) {
 	waitConditionSays(t, ns, "sm", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed,
 		"ServiceMonitors need a sampleLimit")
 	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "sm-alerts")
+}
+
+// testNamespaceTerminatingQuiet: a stack whose namespace is being deleted (the namespace
+// controller removes the stack with the rest, a moment later) meets the API server's refusal of
+// every creation there ("unable to create new content in namespace ... because it is being
+// terminated") when a pass makes a child again. Nothing is wrong: the pass ends without an
+// error and without writing ApplyFailed. It returned the refusal, which was logged, retried with
+// backoff until the namespace was gone, and counted in controller_runtime_reconcile_errors_total,
+// where an alert on the operator's errors fired for every namespace a pipeline deleted.
+func testNamespaceTerminatingQuiet(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "nt"))
+	waitCondition(t, ns, "nt", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady)
+	if err := k8s.Delete(bg, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	// Without a namespace controller the namespace stays terminating with its content; a child
+	// deleted (as that controller would, in whatever order) gives the pass something to create.
+	np := objectNamed(&networkingv1.NetworkPolicy{}, ns, "nt-postgres")
+	if err := k8s.Delete(bg, np); err != nil {
+		t.Fatal(err)
+	}
+	mgrMu.Lock()
+	mgr := currentMgr
+	mgrMu.Unlock()
+	eventually(t, "the operator's cache without NetworkPolicy nt-postgres", func() error {
+		if err := mgr.GetCache().Get(bg, client.ObjectKeyFromObject(np), &networkingv1.NetworkPolicy{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still cached (%v)", err)
+		}
+		return nil
+	})
+	eventually(t, "creation refused in the terminating namespace", func() error {
+		probe := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "probe"}}
+		err := k8s.Create(bg, probe)
+		if err == nil {
+			_ = k8s.Delete(bg, probe)
+			return fmt.Errorf("created")
+		}
+		if !apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
+			return err
+		}
+		return nil
+	})
+
+	res, _, err := reconcileStale(t, ns, "nt")
+	if err != nil {
+		t.Errorf("a pass in a namespace being deleted failed: %v", err)
+	}
+	if res != (ctrl.Result{}) {
+		t.Errorf("a pass in a namespace being deleted asks to run again: %+v", res)
+	}
+	if c := condition(getStack(t, ns, "nt"), tradingv1alpha1.ConditionReady); c != nil && c.Reason == tradingv1alpha1.ReasonApplyFailed {
+		t.Errorf("Ready says the spec could not be applied in a namespace being deleted: %s", c.Message)
+	}
 }

@@ -277,6 +277,14 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 			continue // it would build on what failed
 		}
 		stop, err := s.run(ctx, p)
+		if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
+			// The namespace is being deleted, the stack with it: nothing can be made in it any
+			// more, and nothing is wrong. An error would be logged, retried with backoff until
+			// the namespace is gone, and counted as a reconcile error; a status would be
+			// written for nobody to read.
+			logger.V(1).Info("namespace is being deleted; the stack goes with it", "step", s.name)
+			return ctrl.Result{}, nil
+		}
 		if err != nil {
 			// Record why on the stack; the workqueue retries with its per-object backoff
 			// once the pass is over; other stacks are unaffected. Monitoring is not required

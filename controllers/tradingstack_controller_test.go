@@ -111,6 +111,7 @@ func TestOperator(t *testing.T) {
 		{"RefusedServiceMonitorKeepsAlerts", testRefusedServiceMonitorKeepsAlerts},
 		{"DeletedDuringPass", testDeletedDuringPass},
 		{"TerminatingChildLeftToGo", testTerminatingChildLeftToGo},
+		{"NamespaceTerminatingQuiet", testNamespaceTerminatingQuiet},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
