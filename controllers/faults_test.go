@@ -359,6 +359,52 @@ func testRefusedServiceMonitorKeepsAlerts(t *testing.T) {
 	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "sm-alerts")
 }
 
+// testWaitingStackKeepsPolicyAndMonitoring: a serving stack moved to an external database whose
+// Secret does not exist yet waits for it: the steps that build on the Secret do not run. Its
+// PodDisruptionBudget, ServiceMonitor and PrometheusRule build on the spec alone, as they do
+// when an earlier step fails: deleted by hand meanwhile, they are put back, and MonitoringReady
+// is judged for the generation the stack waits at. The pass that stopped for the Secret skipped
+// them, so the runtime that still served went without its disruption budget and its alerts for
+// as long as the Secret was missing.
+func testWaitingStackKeepsPolicyAndMonitoring(t *testing.T) {
+	installMonitoringCRDs(t)
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "wp"))
+	makeReady(t, ns, "wp")
+	updateStack(t, ns, "wp", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"}}
+	})
+	waitCondition(t, ns, "wp", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonExternalSecretNotFound)
+	waitCondition(t, ns, "wp", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
+
+	children := []client.Object{objectNamed(&policyv1.PodDisruptionBudget{}, ns, "wp-api"),
+		objectNamed(&monitoringv1.ServiceMonitor{}, ns, "wp-api"), objectNamed(&monitoringv1.PrometheusRule{}, ns, "wp-alerts")}
+	for _, o := range children {
+		if err := k8s.Get(bg, client.ObjectKeyFromObject(o), o); err != nil {
+			t.Fatal(err)
+		}
+		if err := k8s.Delete(bg, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range children {
+		eventually(t, fmt.Sprintf("%T %s put back while the stack waits for its Secret", o, o.GetName()), func() error {
+			got := o.DeepCopyObject().(client.Object)
+			if err := k8s.Get(bg, client.ObjectKeyFromObject(o), got); err != nil {
+				return err
+			}
+			if got.GetUID() == o.GetUID() {
+				return fmt.Errorf("still the one deleted")
+			}
+			return nil
+		})
+	}
+	s := getStack(t, ns, "wp")
+	if c := condition(s, tradingv1alpha1.ConditionDatabaseReady); c.Reason != tradingv1alpha1.ReasonExternalSecretNotFound {
+		t.Errorf("DatabaseReady %s: %s; the stack should still wait for its Secret", c.Reason, c.Message)
+	}
+}
+
 // testNamespaceTerminatingQuiet: a stack whose namespace is being deleted (the namespace
 // controller removes the stack with the rest, a moment later) meets the API server's refusal of
 // every creation there ("unable to create new content in namespace ... because it is being

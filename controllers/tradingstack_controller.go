@@ -138,6 +138,9 @@ type pass struct {
 	// the schema lets through, such as requests above limits): retrying cannot help until
 	// the spec changes.
 	failedInvalid bool
+	// cutShort says which step failed or waits, when one did: the steps after it run only if
+	// they do not build on it (afterFailure).
+	cutShort string
 }
 
 // stepConditions are the conditions of the steps that have one: a failed step's own
@@ -197,9 +200,11 @@ func (p *pass) runtimePodsRefused() string {
 type step struct {
 	name string
 	run  func(ctx context.Context, p *pass) (stop bool, err error)
-	// afterFailure: the step builds on the spec alone, so it runs even when an earlier step
-	// failed. A PodDisruptionBudget an admission policy refuses must not keep the HPA, the
-	// ServiceMonitor and the alerts from being made (or put back) until someone lifts it.
+	// afterFailure: the step runs even when an earlier step failed or waits (p.cutShort).
+	// The policy and monitoring steps build on the spec alone: a PodDisruptionBudget an
+	// admission policy refuses must not keep the HPA, the ServiceMonitor and the alerts from
+	// being made (or put back) until someone lifts it, nor must a user's missing Secret, while
+	// the runtime from before serves.
 	afterFailure bool
 }
 
@@ -273,8 +278,8 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 
 	var failures []error
 	for _, s := range r.steps() {
-		if len(failures) > 0 && !s.afterFailure {
-			continue // it would build on what failed
+		if p.cutShort != "" && !s.afterFailure {
+			continue // it would build on what failed or is missing
 		}
 		stop, err := s.run(ctx, p)
 		if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
@@ -302,10 +307,13 @@ func (r *TradingStackReconciler) Reconcile(ctx context.Context, req ctrl.Request
 				}
 			}
 			failures = append(failures, fmt.Errorf("%s: %w", s.name, err))
+			if p.cutShort == "" {
+				p.cutShort = fmt.Sprintf("the %s step failed (see Ready)", s.name)
+			}
 			continue
 		}
-		if stop {
-			break
+		if stop && p.cutShort == "" {
+			p.cutShort = fmt.Sprintf("the %s step waits", s.name)
 		}
 	}
 	if len(failures) > 0 {

@@ -111,6 +111,7 @@ func TestOperator(t *testing.T) {
 		{"RefusedServiceMonitorKeepsAlerts", testRefusedServiceMonitorKeepsAlerts},
 		{"DeletedDuringPass", testDeletedDuringPass},
 		{"TerminatingChildLeftToGo", testTerminatingChildLeftToGo},
+		{"WaitingStackKeepsPolicyAndMonitoring", testWaitingStackKeepsPolicyAndMonitoring},
 		{"NamespaceTerminatingQuiet", testNamespaceTerminatingQuiet},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
@@ -981,15 +982,20 @@ func testBrokenStackDoesNotBlockOthers(t *testing.T) {
 	if s.Status.Phase != tradingv1alpha1.PhaseFailed {
 		t.Errorf("broken stack's phase %q", s.Status.Phase)
 	}
-	// The steps after the database did not run; their conditions are there all the same,
-	// Unknown, saying they were not checked, for this generation.
+	// The steps after the database that build on it did not run; their conditions are there
+	// all the same, Unknown, saying they were not checked, for this generation. Monitoring
+	// builds on the spec alone: it is judged all the same.
 	for _, ct := range []string{tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ConditionMigrationsSucceeded,
-		tradingv1alpha1.ConditionRuntimeAvailable, tradingv1alpha1.ConditionMonitoringReady} {
+		tradingv1alpha1.ConditionRuntimeAvailable} {
 		c := condition(s, ct)
 		if c == nil || c.Status != metav1.ConditionUnknown || c.Reason != tradingv1alpha1.ReasonNotChecked ||
 			c.Message == "" || c.ObservedGeneration != s.Generation {
 			t.Errorf("%s of a stack stopped at its database: %+v", ct, c)
 		}
+	}
+	if c := condition(s, tradingv1alpha1.ConditionMonitoringReady); c == nil || c.Reason == tradingv1alpha1.ReasonNotChecked ||
+		c.ObservedGeneration != s.Generation {
+		t.Errorf("MonitoringReady of a stack stopped at its database: %+v", c)
 	}
 	if err := k8s.Get(bg, key(ns, "broken-postgres"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
 		t.Errorf("external-database stack got a StatefulSet (%v)", err)
