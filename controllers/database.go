@@ -85,12 +85,27 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 // the external one's migration succeeded besides (a failed migration keeps the old runtime
 // serving from it, and a move back finds it). Until then DatabaseReady or CacheReady says why
 // it is kept. A step after the runtime's, so that it judges the template this pass applied;
-// a step before it that waits (a user's Secret missing, a typo, a Secret applied after the
-// stack) stops the pass, and the backends stay (MoveWaitsForUserSecret,
-// MoveBothWaitsForRedisSecret). Removed as soon as the Secrets were found, the old pods lost
-// their database or Redis in the middle of the rollout, and a wrong DSN left nothing serving
-// (MoveRetiresAfterRollout, WrongDSNKeepsManaged).
+// when a step before it failed or waits (a user's Secret missing, a typo, a Secret applied
+// after the stack), the runtime's step did not run: the backends stay (MoveWaitsForUserSecret,
+// MoveBothWaitsForRedisSecret), still said to be kept (KeptSaidWhenAStepFails: the cache and
+// database steps, which ran, wrote their messages afresh). Removed as soon as the Secrets were
+// found, the old pods lost their database or Redis in the middle of the rollout, and a wrong
+// DSN left nothing serving (MoveRetiresAfterRollout, WrongDSNKeepsManaged).
 func (r *TradingStackReconciler) retireManagedBackends(ctx context.Context, p *pass) (bool, error) {
+	if p.cutShort != "" {
+		// Whether a pod still uses a backend was not judged (p.runtime is nil): none is removed,
+		// and each that still runs is said to be kept, as in the pass before.
+		why := p.cutShort + ", so this pass did not judge the runtime's rollout"
+		if p.spec.Spec.Redis.Mode != tradingv1alpha1.RedisManaged {
+			if err := r.keepManaged(ctx, p, tradingv1alpha1.ConditionCacheReady, &appsv1.Deployment{}, redisName(p.stack), "Redis", why); err != nil {
+				return false, err
+			}
+		}
+		if p.spec.ExternalPostgres() {
+			return false, r.keepManaged(ctx, p, tradingv1alpha1.ConditionDatabaseReady, &appsv1.StatefulSet{}, postgresName(p.stack), "PostgreSQL", why)
+		}
+		return false, nil
+	}
 	rollout, err := r.runtimeRollout(ctx, p)
 	if err != nil {
 		return false, err
@@ -138,8 +153,13 @@ func (r *TradingStackReconciler) retireManagedBackends(ctx context.Context, p *p
 }
 
 // keepManaged says in cond's message (set by an earlier step of this pass) that the managed
-// backend workload (kind and name) is kept, and why, when it still runs.
+// backend workload (kind and name) is kept, and why, when it still runs. A cond this pass did
+// not set (its step did not run) is left as an earlier pass wrote it, kept backend said or not:
+// it would otherwise read as judged for this generation.
 func (r *TradingStackReconciler) keepManaged(ctx context.Context, p *pass, cond string, workload client.Object, name, what, why string) error {
+	if !p.evaluated[cond] {
+		return nil
+	}
 	found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: name}, workload)
 	if err != nil || !found || !isControlledBy(workload, p.stack) {
 		return err

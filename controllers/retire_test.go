@@ -314,3 +314,45 @@ func testKeptWhilePodsRefused(t *testing.T) {
 	waitMessage(t, ns, "kq", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment kq-api has not finished rolling out", "exceeded quota"))
 	stillThere(t, "the new pods refused, the old ones serving", managedRedis(ns, "kq")...)
 }
+
+// testKeptSaidWhenAStepFails: a serving stack moved off its managed Redis and onto an external
+// database keeps both while its runtime may still use them, and says so in CacheReady and
+// DatabaseReady. A later spec the API server refuses for the runtime (requests above limits)
+// fails the runtime's step; the cache and database steps before it still run and write their
+// messages, which kept saying so only when the step of the removals ran: it was skipped, and
+// the kept backends went unsaid until the spec was fixed. Nothing is removed either, even once
+// the Deployment looks rolled out: the pass did not apply the runtime the spec asks for.
+func testKeptSaidWhenAStepFails(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "kf"))
+	makeReady(t, ns, "kf")
+	gen := runtimeGeneration(t, ns, "kf")
+	updateStack(t, ns, "kf", func(s *tradingv1alpha1.TradingStack) { s.Spec.Redis.Mode = tradingv1alpha1.RedisDisabled })
+	waitRuntimeTemplate(t, ns, "kf", gen)
+	moveToExternalDatabase(t, ns, "kf", "corp-db", "postgres://app:pw@db.corp:5432/trading")
+	waitMessage(t, ns, "kf", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment kf-redis"))
+	waitMessage(t, ns, "kf", tradingv1alpha1.ConditionDatabaseReady, saysKept("StatefulSet kf-postgres"))
+
+	updateStack(t, ns, "kf", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Resources = requestsAboveLimits() })
+	s := waitCondition(t, ns, "kf", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
+	for _, cond := range []struct{ typ, reason, workload string }{
+		{tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ReasonCacheDisabled, "Deployment kf-redis"},
+		{tradingv1alpha1.ConditionDatabaseReady, tradingv1alpha1.ReasonExternalDatabase, "StatefulSet kf-postgres"},
+	} {
+		c := condition(s, cond.typ)
+		if c.Reason != cond.reason || c.ObservedGeneration != s.Generation {
+			t.Errorf("%s %s for generation %d (stack at %d): the step before the failed one ran", cond.typ, c.Reason, c.ObservedGeneration, s.Generation)
+		}
+		if err := saysKept(cond.workload)(c.Message); err != nil {
+			t.Errorf("%s after the runtime's step failed: %v", cond.typ, err)
+		}
+		t.Logf("%s: %s", cond.typ, c.Message)
+	}
+
+	markDeploymentReady(t, ns, "kf-api")
+	if _, _, err := reconcileStale(t, ns, "kf"); err == nil {
+		t.Errorf("a pass with the runtime's spec refused succeeded")
+	}
+	stillThere(t, "the runtime's step failed", append(managedPostgres(ns, "kf"), managedRedis(ns, "kf")...)...)
+	waitMessage(t, ns, "kf", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment kf-redis"))
+}

@@ -141,6 +141,8 @@ type pass struct {
 	// cutShort says which step failed or waits, when one did: the steps after it run only if
 	// they do not build on it (afterFailure).
 	cutShort string
+	// evaluated holds the conditions this pass set; the others say what an earlier pass found.
+	evaluated map[string]bool
 }
 
 // stepConditions are the conditions of the steps that have one: a failed step's own
@@ -153,6 +155,10 @@ var stepConditions = map[string]string{
 }
 
 func (p *pass) setCondition(condType string, status metav1.ConditionStatus, reason, message string) {
+	if p.evaluated == nil {
+		p.evaluated = map[string]bool{}
+	}
+	p.evaluated[condType] = true
 	meta.SetStatusCondition(&p.stack.Status.Conditions, metav1.Condition{
 		Type:               condType,
 		Status:             status,
@@ -204,7 +210,7 @@ type step struct {
 	// The policy and monitoring steps build on the spec alone: a PodDisruptionBudget an
 	// admission policy refuses must not keep the HPA, the ServiceMonitor and the alerts from
 	// being made (or put back) until someone lifts it, nor must a user's missing Secret, while
-	// the runtime from before serves.
+	// the runtime from before serves. The retired backends' step then only says what it keeps.
 	afterFailure bool
 }
 
@@ -216,7 +222,7 @@ func (r *TradingStackReconciler) steps() []step {
 		{name: "cache", run: r.reconcileCache},
 		{name: "migrations", run: r.reconcileMigrations},
 		{name: "runtime", run: r.reconcileRuntime},
-		{name: "retired backends", run: r.retireManagedBackends},
+		{name: "retired backends", run: r.retireManagedBackends, afterFailure: true},
 		{name: "policy", run: r.reconcilePolicy, afterFailure: true},
 		{name: "monitoring", run: r.reconcileMonitoring, afterFailure: true},
 	}

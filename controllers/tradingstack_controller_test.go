@@ -112,6 +112,7 @@ func TestOperator(t *testing.T) {
 		{"DeletedDuringPass", testDeletedDuringPass},
 		{"TerminatingChildLeftToGo", testTerminatingChildLeftToGo},
 		{"WaitingStackKeepsPolicyAndMonitoring", testWaitingStackKeepsPolicyAndMonitoring},
+		{"KeptSaidWhenAStepFails", testKeptSaidWhenAStepFails},
 		{"NamespaceTerminatingQuiet", testNamespaceTerminatingQuiet},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
@@ -2997,6 +2998,7 @@ func testMoveWaitsForUserSecret(t *testing.T) {
 	})
 	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheSecretMissing)
 	stillThere(t, "external Redis's Secret missing", managedRedis(ns, "mw")...)
+	waitMessage(t, ns, "mw", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment mw-redis", "corp-redis"))
 	gen := runtimeGeneration(t, ns, "mw")
 	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-redis"},
 		StringData: map[string]string{"pw": "s3cret"}}); err != nil {
@@ -3013,6 +3015,7 @@ func testMoveWaitsForUserSecret(t *testing.T) {
 	})
 	waitCondition(t, ns, "mw", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonExternalSecretNotFound)
 	stillThere(t, "external database's Secret missing", managedPostgres(ns, "mw")...)
+	waitMessage(t, ns, "mw", tradingv1alpha1.ConditionDatabaseReady, saysKept("StatefulSet mw-postgres", "corp-db"))
 	gen = runtimeGeneration(t, ns, "mw")
 	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "corp-db"},
 		StringData: map[string]string{"dsn": "postgres://app:pw@db.corp:5432/trading"}}); err != nil {
