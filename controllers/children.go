@@ -400,13 +400,7 @@ func (r *TradingStackReconciler) deleteIfExists(ctx context.Context, p *pass, ob
 	if !isControlledBy(obj, p.stack) {
 		return nil
 	}
-	if obj.GetDeletionTimestamp() != nil {
-		// Deleted already, and held by a finalizer (another tool's): deleting it again
-		// changes nothing, and said again on every pass it broke quiet at rest. Its
-		// removal's event brings the next pass.
-		return nil
-	}
-	if err := r.Delete(ctx, obj, client.PropagationPolicy("Background")); client.IgnoreNotFound(err) != nil {
+	if deleted, err := r.deleteOnce(ctx, obj); err != nil || !deleted {
 		return err
 	}
 	kind := fmt.Sprintf("%T", obj)
@@ -415,6 +409,20 @@ func (r *TradingStackReconciler) deleteIfExists(ctx context.Context, p *pass, ob
 	}
 	r.Recorder.Eventf(p.stack, obj, corev1.EventTypeNormal, "Deleted", "Delete", "Deleted %s %s: no longer wanted", kind, obj.GetName())
 	return nil
+}
+
+// deleteOnce deletes obj (its dependents in the background), unless it is being deleted
+// already: held by a finalizer (another tool's), deleting it again changes nothing, and done
+// on every pass it broke quiet at rest (and said "Deleted" again). Its removal's event brings
+// the next pass. deleted: a DELETE was sent (an object gone meanwhile included).
+func (r *TradingStackReconciler) deleteOnce(ctx context.Context, obj client.Object) (deleted bool, err error) {
+	if obj.GetDeletionTimestamp() != nil {
+		return false, nil
+	}
+	if err := r.Delete(ctx, obj, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 func isControlledBy(obj client.Object, owner client.Object) bool {

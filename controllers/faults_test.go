@@ -9,6 +9,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -457,4 +458,102 @@ func testNamespaceTerminatingQuiet(t *testing.T) {
 	if c := condition(getStack(t, ns, "nt"), tradingv1alpha1.ConditionReady); c != nil && c.Reason == tradingv1alpha1.ReasonApplyFailed {
 		t.Errorf("Ready says the spec could not be applied in a namespace being deleted: %s", c.Message)
 	}
+}
+
+// testTerminatingMigrationJobLeftToGo: a migration Job the operator deletes while another
+// tool's finalizer holds it (a backup or policy tool's) is deleted once, not on every pass: an
+// older image's Job pruned after an upgrade (the stack Ready, quiet at rest), and the Job
+// deleted to run again for another database (which comes back once the finalizer goes).
+func testTerminatingMigrationJobLeftToGo(t *testing.T) {
+	const v2 = "registry.example.com/tradingd:v2"
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "tj"))
+	makeReady(t, ns, "tj")
+	old := waitMigrationJob(t, ns, "tj", "registry.example.com/tradingd:v1")
+	holdJob(t, ns, old.Name)
+	updateStack(t, ns, "tj", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Image = v2 })
+	finishJob(t, ns, waitMigrationJob(t, ns, "tj", v2).Name, true)
+	waitJobTerminating(t, ns, old.Name)
+	waitAPIImage(t, ns, "tj", v2)
+	makeReady(t, ns, "tj")
+	reconcileDirectly(t, ns, "tj", 1)
+	operatorWrites.settle(t, ns)
+	mark := operatorWrites.mark()
+	reconcileDirectly(t, ns, "tj", 3)
+	operatorWrites.settle(t, ns)
+	for _, w := range operatorWrites.since(mark, ns) {
+		t.Errorf("a Ready stack whose old migration Job waits for another's finalizer wrote at rest: %s", w)
+	}
+	releaseJob(t, ns, old.Name)
+	eventually(t, "the old migration Job gone", func() error {
+		if err := k8s.Get(bg, key(ns, old.Name), &batchv1.Job{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
+
+	ns = newNamespace(t)
+	createStack(t, newStack(ns, "tm"))
+	makeReady(t, ns, "tm")
+	job := waitMigrationJob(t, ns, "tm", "registry.example.com/tradingd:v1")
+	holdJob(t, ns, job.Name)
+	moveToExternalDatabase(t, ns, "tm", "external-db", "postgres://app:pw@db.example.com:5432/trading?sslmode=require")
+	waitConditionSays(t, ns, "tm", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning, "the database changed")
+	waitJobTerminating(t, ns, job.Name)
+	reconcileDirectly(t, ns, "tm", 1)
+	operatorWrites.settle(t, ns)
+	mark = operatorWrites.mark()
+	reconcileDirectly(t, ns, "tm", 3)
+	operatorWrites.settle(t, ns)
+	deletes := 0
+	for _, w := range operatorWrites.since(mark, ns) {
+		if strings.HasPrefix(w, "DELETE ") && strings.Contains(w, "/jobs/") {
+			deletes++
+		}
+	}
+	if deletes != 0 {
+		t.Errorf("three passes while the migration Job to run again waits for another's finalizer sent %d DELETEs of it", deletes)
+	}
+	releaseJob(t, ns, job.Name)
+	waitExternalMigrationJob(t, ns, "tm", "external-db")
+}
+
+// holdJob puts another tool's finalizer on the Job, as a backup or policy tool does.
+func holdJob(t *testing.T, ns, name string) {
+	t.Helper()
+	eventually(t, "a finalizer of another tool on Job "+name, func() error {
+		j := &batchv1.Job{}
+		if err := k8s.Get(bg, key(ns, name), j); err != nil {
+			return err
+		}
+		j.Finalizers = append(j.Finalizers, "backup.example.com/hold")
+		return k8s.Update(bg, j)
+	})
+}
+
+// releaseJob is that tool done: its finalizer removed.
+func releaseJob(t *testing.T, ns, name string) {
+	t.Helper()
+	eventually(t, "the finalizer removed from Job "+name, func() error {
+		j := &batchv1.Job{}
+		if err := k8s.Get(bg, key(ns, name), j); err != nil {
+			return err
+		}
+		j.Finalizers = nil
+		return k8s.Update(bg, j)
+	})
+}
+
+func waitJobTerminating(t *testing.T, ns, name string) {
+	t.Helper()
+	eventually(t, "Job "+name+" deleted, held by the finalizer", func() error {
+		j := &batchv1.Job{}
+		if err := k8s.Get(bg, key(ns, name), j); err != nil {
+			return err
+		}
+		if j.DeletionTimestamp == nil {
+			return fmt.Errorf("not deleted yet")
+		}
+		return nil
+	})
 }

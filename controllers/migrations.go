@@ -67,7 +67,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 			// running it is deleted, and its deletion brings the pass that puts this database's
 			// back.
 			if _, state := jobOutcome(current); state != jobRunning {
-				if err := r.Delete(ctx, current, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
+				if _, err := r.deleteOnce(ctx, current); err != nil {
 					return false, err
 				}
 			}
@@ -110,7 +110,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 			p.requeue(migrationPoll(current))
 			return false, nil
 		}
-		if err := r.Delete(ctx, current, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
+		if _, err := r.deleteOnce(ctx, current); err != nil {
 			return false, err
 		}
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
@@ -305,7 +305,7 @@ func (r *TradingStackReconciler) pruneMigrationJobs(ctx context.Context, p *pass
 		if _, state := jobOutcome(j); state == jobRunning {
 			continue // an image change raced with it; let it finish
 		}
-		if err := r.Delete(ctx, j, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
+		if _, err := r.deleteOnce(ctx, j); err != nil {
 			return err
 		}
 	}

@@ -114,6 +114,7 @@ func TestOperator(t *testing.T) {
 		{"WaitingStackKeepsPolicyAndMonitoring", testWaitingStackKeepsPolicyAndMonitoring},
 		{"KeptSaidWhenAStepFails", testKeptSaidWhenAStepFails},
 		{"NamespaceTerminatingQuiet", testNamespaceTerminatingQuiet},
+		{"TerminatingMigrationJobLeftToGo", testTerminatingMigrationJobLeftToGo},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
