@@ -3,10 +3,14 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -117,4 +121,74 @@ func podsRefused(d *appsv1.Deployment) string {
 		}
 	}
 	return ""
+}
+
+// createRefused is podsRefused for a Job or a StatefulSet (obj), whose controllers keep no
+// condition of it: they record a FailedCreate warning event on obj for each pod (or a
+// StatefulSet's volume claim) the API server refuses, and the Job controller retries until the
+// Job's deadline, the StatefulSet controller for ever; "running" or "waiting" alone sent the
+// platform team looking at pods that do not exist. pods are obj's (its selector's). The newest
+// refusal tells, unless one of pods was created since (the refusal is over) or is still live
+// (no pod is wanted: nothing is refused now). Events are read uncached, and only when no pod
+// is live: the operator keeps no informer on events, which every component of a cluster writes.
+func (r *TradingStackReconciler) createRefused(ctx context.Context, obj client.Object, pods []corev1.Pod) string {
+	if obj.GetUID() == "" {
+		return ""
+	}
+	var progress time.Time
+	for i := range pods {
+		if !podDone(&pods[i]) {
+			return ""
+		}
+		if t := pods[i].CreationTimestamp.Time; t.After(progress) {
+			progress = t
+		}
+	}
+	events := &eventsv1.EventList{}
+	if err := r.APIReader.List(ctx, events, client.InNamespace(obj.GetNamespace()),
+		client.MatchingFields{"regarding.uid": string(obj.GetUID())}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "cannot read the events of a child waiting for its pods", "name", obj.GetName())
+		return "" // the condition says what it said before; the next pass reads again
+	}
+	var newest *eventsv1.Event
+	var newestAt time.Time
+	for i := range events.Items {
+		e := &events.Items[i]
+		if e.Type != corev1.EventTypeWarning || e.Reason != failedCreate {
+			continue
+		}
+		// Whole seconds (the controllers' events keep only those): a pod created in the
+		// second of the refusal is taken as later, the refusal as over.
+		if at := eventTime(e); at.After(progress) && (newest == nil || at.After(newestAt)) {
+			newest, newestAt = e, at
+		}
+	}
+	if newest == nil {
+		return ""
+	}
+	return "; its pods cannot be created: " + shortReason(newest.Reason, newest.Note)
+}
+
+// failedCreate is the reason the Job, StatefulSet and ReplicaSet controllers give a pod (or a
+// volume claim) the API server refused.
+const failedCreate = "FailedCreate"
+
+// eventTime is when e was last seen: the Job and StatefulSet controllers write core/v1 events,
+// counted up in place when the same refusal repeats (deprecatedLastTimestamp here), an
+// events.k8s.io writer a series. Not its creation unless nothing else is set: a recorder
+// writes its events in the background, maybe after a pod created since.
+func eventTime(e *eventsv1.Event) time.Time {
+	var at time.Time
+	for _, t := range []time.Time{e.EventTime.Time, e.DeprecatedFirstTimestamp.Time, e.DeprecatedLastTimestamp.Time} {
+		if t.After(at) {
+			at = t
+		}
+	}
+	if e.Series != nil && e.Series.LastObservedTime.After(at) {
+		at = e.Series.LastObservedTime.Time
+	}
+	if at.IsZero() {
+		return e.CreationTimestamp.Time
+	}
+	return at
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -71,8 +72,18 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonDatabaseAvailable,
 			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod%s%s", sts.Name, notApplied, poolsWarning(p.spec)))
 	} else {
+		refused := ""
+		pods, err := r.selectedPods(ctx, sts.Namespace, sts.Spec.Selector)
+		if err == nil {
+			refused = r.createRefused(ctx, sts, pods)
+		}
+		if err != nil || !slices.ContainsFunc(pods, func(pod corev1.Pod) bool { return !podDone(&pod) }) {
+			// No pod whose readiness would bring the next pass: the StatefulSet controller
+			// says a refusal only in an event, maybe after this pass read them.
+			p.requeue(waitPoll(sts))
+		}
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady,
-			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s", sts.Name, notApplied))
+			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s%s", sts.Name, notApplied, refused))
 	}
 	return false, nil
 }

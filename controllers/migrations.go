@@ -22,12 +22,13 @@ import (
 	"github.com/findmy/trading-operator/runtime/postgres"
 )
 
-// Waiting on a migration Job is the one place the operator polls: the Job's
-// own status changes wake it too, the timer is a backstop that grows with the
-// Job's age so a slow migration is not polled hot.
+// Waiting on a migration Job, or on a database StatefulSet without a pod, are the places the
+// operator polls: the Job's own status changes wake it too, the timer is a backstop that grows
+// with the object's age so a slow migration is not polled hot; a pod the API server refuses is
+// said only in events, which nothing watches (createRefused).
 const (
-	migrationPollMin = 5 * time.Second
-	migrationPollMax = 2 * time.Minute
+	pollMin = 5 * time.Second
+	pollMax = 2 * time.Minute
 )
 
 // reconcileMigrations runs `tradingd migrate` for the desired runtime image in
@@ -107,7 +108,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		if _, state := jobOutcome(current); state == jobRunning {
 			p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
 				fmt.Sprintf("migration Job %s still runs for the previous database; it runs again for this one next", current.Name))
-			p.requeue(migrationPoll(current))
+			p.requeue(waitPoll(current))
 			return false, nil
 		}
 		if _, err := r.deleteOnce(ctx, current); err != nil {
@@ -115,7 +116,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		}
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
 			fmt.Sprintf("the database changed: migration Job %s runs again for image %s", current.Name, image))
-		p.requeue(migrationPollMin)
+		p.requeue(pollMin)
 		return false, nil
 	}
 	if !found {
@@ -155,31 +156,33 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 
 	default:
 		msg := fmt.Sprintf("migration Job %s for image %s is running", current.Name, image)
-		if why := r.migrationPodWaiting(ctx, current); why != "" {
-			msg += "; its pod waits: " + why
+		// Read uncached, once per poll of a running Job, like the schema report. Unreadable,
+		// the condition says "running", as before; the next poll reads again.
+		if pods, err := r.selectedPods(ctx, current.Namespace, current.Spec.Selector); err == nil {
+			if why := migrationPodWaiting(pods); why != "" {
+				msg += "; its pod waits: " + why
+			} else {
+				msg += r.createRefused(ctx, current, pods)
+			}
 		}
 		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning, msg)
-		p.requeue(migrationPoll(current))
+		p.requeue(waitPoll(current))
 		return false, nil
 	}
 }
 
-// migrationPodWaiting says why a running migration Job's pod does not run, when it cannot
-// (an image that cannot be pulled, a Secret or key its environment names that is missing, no
-// node for it), or "". Such a pod is no failure to the Job controller: the Job only fails at
-// its deadline, ten minutes later, and until then "running" would be all the stack said about
-// a mistyped image tag. Read uncached, once per poll of a running Job, like the schema report.
-func (r *TradingStackReconciler) migrationPodWaiting(ctx context.Context, job *batchv1.Job) string {
-	pods, err := r.jobPods(ctx, job)
-	if err != nil {
-		return "" // the condition says "running", as before; the next poll reads again
-	}
+// migrationPodWaiting says why a running migration Job's pod (of pods, the Job's) does not
+// run, when it cannot (an image that cannot be pulled, a Secret or key its environment names
+// that is missing, no node for it), or "". Such a pod is no failure to the Job controller: the
+// Job only fails at its deadline, ten minutes later, and until then "running" would be all the
+// stack said about a mistyped image tag.
+func migrationPodWaiting(pods []corev1.Pod) string {
 	// The newest pod tells: an earlier attempt's state is history.
 	slices.SortFunc(pods, func(a, b corev1.Pod) int {
 		return b.CreationTimestamp.Compare(a.CreationTimestamp.Time)
 	})
 	for _, pod := range pods {
-		if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		if podDone(&pod) {
 			continue
 		}
 		for _, c := range pod.Status.ContainerStatuses {
@@ -195,6 +198,12 @@ func (r *TradingStackReconciler) migrationPodWaiting(ctx context.Context, job *b
 		return ""
 	}
 	return ""
+}
+
+// podDone: pod has ended or is going; it no longer waits, nor stands for one that could not
+// be created.
+func podDone(pod *corev1.Pod) bool {
+	return pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
 }
 
 // shortReason is "reason: message" on one line of at most 300 bytes (a registry's error can
@@ -282,11 +291,11 @@ func jobOutcome(j *batchv1.Job) (*batchv1.JobCondition, jobState) {
 	return nil, jobRunning
 }
 
-// migrationPoll is half the Job's age, within bounds: a quick migration is
-// noticed quickly, a long one is not polled often.
-func migrationPoll(j *batchv1.Job) time.Duration {
-	d := time.Since(j.CreationTimestamp.Time) / 2
-	return min(max(d, migrationPollMin), migrationPollMax)
+// waitPoll is half obj's age, within bounds: a quick migration is noticed quickly, a long one
+// (or a refusal that lasts) is not polled often.
+func waitPoll(obj client.Object) time.Duration {
+	d := time.Since(obj.GetCreationTimestamp().Time) / 2
+	return min(max(d, pollMin), pollMax)
 }
 
 // pruneMigrationJobs deletes the stack's migration Jobs other than keep: they
@@ -322,7 +331,7 @@ func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *
 	if image == tradingv1alpha1.DefaultRuntimeImage {
 		return schemaVersionOf(image)
 	}
-	pods, err := r.jobPods(ctx, job)
+	pods, err := r.selectedPods(ctx, job.Namespace, job.Spec.Selector)
 	if err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "cannot read the migration Job's pods for the schema version; showing the image's tag", "job", job.Name)
 		return schemaVersionOf(image)
@@ -339,18 +348,19 @@ func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *
 	return schemaVersionOf(image)
 }
 
-// jobPods lists job's pods (none for a Job without a selector). Uncached: the operator keeps
-// no informer on pods for the few reads of a migration (its schema report, why it waits).
-func (r *TradingStackReconciler) jobPods(ctx context.Context, job *batchv1.Job) ([]corev1.Pod, error) {
-	if job.Spec.Selector == nil {
+// selectedPods lists the pods of a Job or StatefulSet: those its selector matches in
+// namespace (none for a nil selector). Uncached: the operator keeps no informer on pods for the
+// few reads of a migration (its schema report, why it waits) or of a database that waits.
+func (r *TradingStackReconciler) selectedPods(ctx context.Context, namespace string, sel *metav1.LabelSelector) ([]corev1.Pod, error) {
+	if sel == nil {
 		return nil, nil
 	}
-	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
+	selector, err := metav1.LabelSelectorAsSelector(sel)
 	if err != nil {
 		return nil, err
 	}
 	pods := &corev1.PodList{}
-	if err := r.APIReader.List(ctx, pods, client.InNamespace(job.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := r.APIReader.List(ctx, pods, client.InNamespace(namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, err
 	}
 	return pods.Items, nil

@@ -62,7 +62,9 @@ import (
 // The monitoring kinds' schemas, read after a restart (crdTypes). Every authenticated user
 // may by default (system:discovery); said here for clusters that narrowed that binding.
 // +kubebuilder:rbac:urls=/openapi/v3;/openapi/v3/*,verbs=get
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// Events are read too, list only: the refusals a Job or StatefulSet controller says in none
+// of its object's fields (createRefused).
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch;list
 
 // TradingStackReconciler turns a TradingStack into its children. Each pass runs
 // the steps of reconcileSteps in order and writes the status once at the end.

@@ -114,6 +114,8 @@ func TestOperator(t *testing.T) {
 		{"WaitingStackKeepsPolicyAndMonitoring", testWaitingStackKeepsPolicyAndMonitoring},
 		{"KeptSaidWhenAStepFails", testKeptSaidWhenAStepFails},
 		{"NamespaceTerminatingQuiet", testNamespaceTerminatingQuiet},
+		{"MigrationPodsRefusedSaid", testMigrationPodsRefusedSaid},
+		{"DatabasePodsRefusedSaid", testDatabasePodsRefusedSaid},
 		{"TerminatingMigrationJobLeftToGo", testTerminatingMigrationJobLeftToGo},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
