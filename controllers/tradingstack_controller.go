@@ -192,9 +192,6 @@ func (p *pass) requeue(d time.Duration) {
 	}
 }
 
-// step is one concern of the reconcile. It sets its conditions on the pass; it
-// returns stop=true when the later steps cannot run yet (they would build on
-// something missing), and an error only for API failures worth a retry.
 // runtimePodsRefused is why the runtime Deployment this pass applied cannot create pods
 // (podsRefused), or "": said in RuntimeAvailable, in Degraded when too few replicas are
 // ready, and where a managed backend is kept for its rollout.
@@ -205,6 +202,9 @@ func (p *pass) runtimePodsRefused() string {
 	return podsRefused(p.runtime)
 }
 
+// step is one concern of the reconcile. It sets its conditions on the pass; it returns
+// stop=true when the later steps cannot run yet because they would build on something missing
+// (only the afterFailure ones still run), and an error only for API failures worth a retry.
 type step struct {
 	name string
 	run  func(ctx context.Context, p *pass) (stop bool, err error)
