@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,6 +101,7 @@ func TestIndexesExistAndValid(t *testing.T) {
 		"trades_order_id_key", "trades_symbol_executed_idx", "trades_user_keyset_idx",
 		"refresh_tokens_session_id_idx", "sessions_user_id_idx",
 		"sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx",
+		"orders_requested_by_symbol_keyset_idx", "trades_user_symbol_keyset_idx",
 	}
 	// Dropped by 00005: read by no statement, or served by orders_status_keyset_idx.
 	gone := []string{
@@ -162,15 +164,36 @@ func TestIndexesExistAndValid(t *testing.T) {
 	if def := got["orders_keyset_idx"].def; !contains(def, "created_at DESC, id DESC") {
 		t.Errorf("orders_keyset_idx = %q, want (created_at DESC, id DESC)", def)
 	}
+	if def := got["orders_requested_by_symbol_keyset_idx"].def; !contains(def, "(requested_by, symbol, created_at DESC, id DESC)") {
+		t.Errorf("orders_requested_by_symbol_keyset_idx = %q, want (requested_by, symbol, created_at DESC, id DESC)", def)
+	}
+	if def := got["trades_user_symbol_keyset_idx"].def; !contains(def, "(user_id, symbol, executed_at DESC, id DESC)") {
+		t.Errorf("trades_user_symbol_keyset_idx = %q, want (user_id, symbol, executed_at DESC, id DESC)", def)
+	}
+	// 00007's statistics on (trader, symbol), without which the planner misses those indexes
+	// for a trader and a symbol that are each a large share of the rows.
+	var stats []string
+	if err := db.Pool().QueryRow(context.Background(), `
+		SELECT array_agg(s.stxname || ' ON ' || s.stxrelid::regclass || ' (' || (
+			SELECT string_agg(a.attname, ', ' ORDER BY a.attname) FROM pg_attribute a
+			WHERE a.attrelid = s.stxrelid AND a.attnum = ANY(s.stxkeys)) || ')' ORDER BY s.stxname)
+		FROM pg_statistic_ext s WHERE 'm' = ANY(s.stxkind)`).Scan(&stats); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"orders_requested_by_symbol_stats ON orders (requested_by, symbol)",
+		"trades_user_symbol_stats ON trades (symbol, user_id)"}; !slices.Equal(stats, want) {
+		t.Errorf("multivariate MCV statistics %q, want %q", stats, want)
+	}
 }
 
 // TestMigrateDropsInvalidLeftover simulates a CREATE INDEX CONCURRENTLY that failed halfway,
-// in 00002 and in 00005: the migration must replace the INVALID index instead of keeping it.
+// in 00002, 00005 and 00007: the migration must replace the INVALID index instead of keeping it.
 func TestMigrateDropsInvalidLeftover(t *testing.T) {
 	for _, c := range []struct {
 		version int
 		index   string
-	}{{2, "orders_keyset_idx"}, {5, "orders_status_keyset_idx"}} {
+	}{{2, "orders_keyset_idx"}, {5, "orders_status_keyset_idx"},
+		{7, "orders_requested_by_symbol_keyset_idx"}, {7, "trades_user_symbol_keyset_idx"}} {
 		t.Run(c.index, func(t *testing.T) {
 			t.Parallel()
 			dsn := pgtest.NewMigratedDatabase(t)
@@ -204,7 +227,7 @@ func TestMigrateDropsInvalidLeftover(t *testing.T) {
 // while a long transaction reads it (pg_dump, a report). The leftover was dropped with a
 // plain DROP INDEX, whose ACCESS EXCLUSIVE lock waits for that transaction, and every insert
 // and select of the table queued behind it until the transaction ended: the order endpoints
-// (00005, up and down), and with 00006 every login and every request's session check.
+// (00005, up and down; 00007), and with 00006 every login and every request's session check.
 func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 	for _, c := range []struct {
 		name, index, table, probe string
@@ -213,6 +236,8 @@ func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 		{"00005 up", "orders_status_keyset_idx", "orders",
 			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 5},
 		{"00006 up", "sessions_revoked_at_idx", "sessions", `INSERT INTO sessions (user_id) SELECT id FROM users`, 6},
+		{"00007 up", "orders_requested_by_symbol_keyset_idx", "orders",
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 7},
 		{"00005 down", "orders_status_idx", "orders",
 			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 0},
 	} {
@@ -317,7 +342,8 @@ func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 				}
 			}
 			// The leftover is gone and the migration's indexes are there, valid.
-			want := map[bool][]string{false: {"orders_status_keyset_idx", "sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx"},
+			want := map[bool][]string{false: {"orders_status_keyset_idx", "sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx",
+				"orders_requested_by_symbol_keyset_idx", "trades_user_symbol_keyset_idx"},
 				true: {"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx", "orders_pending_created_idx", "orders_pending_symbol_idx"}}[down]
 			got := indexValidity(t, admin, `SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 				WHERE c.relnamespace = current_schema()::regnamespace

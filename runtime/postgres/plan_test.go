@@ -49,6 +49,8 @@ func TestQueriesUseTheirIndexes(t *testing.T) {
 			` AND (created_at, id) < ` + key + ` ORDER BY created_at DESC, id DESC LIMIT 51`},
 		{"orders_keyset_idx", `SELECT id FROM orders WHERE (created_at, id) < ` + key +
 			` ORDER BY created_at DESC, id DESC LIMIT 51`},
+		{"orders_requested_by_symbol_keyset_idx", `SELECT id FROM orders WHERE requested_by = ` + user +
+			` AND symbol = 'ETH/USD' AND (created_at, id) < ` + key + ` ORDER BY created_at DESC, id DESC LIMIT 51`},
 		// The whole pending queue (2500 orders here): read in order, or through the other
 		// partial index on pending and sorted. Listings by status: TestOrderListingPagesReadFewBuffers.
 		{"orders_status_keyset_idx|orders_pending_requested_by_idx", `SELECT id FROM orders WHERE status = 'pending' ORDER BY created_at, id`},
@@ -56,10 +58,14 @@ func TestQueriesUseTheirIndexes(t *testing.T) {
 		{"orders_symbol_status_idx", `SELECT id FROM orders WHERE symbol = 'BTC/USD' AND status = 'approved'`},
 		{"orders_requested_by_client_order_id_key", `SELECT id FROM orders WHERE requested_by = ` + user + ` AND client_order_id = 'c-1'`},
 		{"trades_symbol_executed_idx", `SELECT price FROM trades WHERE symbol = 'BTC/USD' ORDER BY executed_at DESC, id DESC LIMIT 1`},
-		{"trades_user_keyset_idx", `SELECT id FROM trades WHERE user_id = ` + user + ` AND (executed_at, id) < ` + key +
+		// About 60 trades per user here: all of them, through either index of the user's
+		// trades, then sorted (with a user's thousands, trades_user_keyset_idx in order).
+		{"trades_user_keyset_idx|trades_user_symbol_keyset_idx", `SELECT id FROM trades WHERE user_id = ` + user + ` AND (executed_at, id) < ` + key +
 			` ORDER BY executed_at DESC, id DESC LIMIT 51`},
 		{"trades_user_keyset_idx", `SELECT COALESCE(SUM(realized_pnl), 0) FROM trades WHERE user_id = ` + user +
 			` AND executed_at >= date_trunc('day', now(), 'UTC')`},
+		{"trades_user_symbol_keyset_idx", `SELECT id FROM trades WHERE user_id = ` + user +
+			` AND symbol = 'ETH/USD' AND (executed_at, id) < ` + key + ` ORDER BY executed_at DESC, id DESC LIMIT 51`},
 		{"refresh_tokens_session_id_idx", `SELECT token_hash FROM refresh_tokens WHERE session_id = ` + user},
 		// SessionPruner's candidates, and the rotated tokens of those it deletes.
 		{"sessions_revoked_at_idx", `SELECT id FROM sessions WHERE revoked_at < now() - interval '2 hours' LIMIT 500`},
@@ -206,4 +212,104 @@ func atoi(t *testing.T, s string) int {
 		t.Fatalf("%q: %v", s, err)
 	}
 	return n
+}
+
+// TestTraderSymbolListingPagesReadFewBuffers: a page of a trader's GET /api/orders?symbol= or
+// GET /api/trades?symbol= reads about the rows it returns, also for a symbol that is busy
+// overall but rare for the trader. With no index on (trader, symbol, time) the listing walked
+// the trader's rows, or the symbol's, or all of them, newest first and filtered (here 338-752
+// buffers per page, 36-47 for a page of 5). With the indexes of migration 00007 but not its
+// statistics on the pair, the whale's listings still walked orders_keyset_idx and
+// trades_symbol_executed_idx: the planner took whale AND ETH/USD for 7.4k of the 42k rows
+// (half are the whale's, a third ETH/USD) where they are 105. Each listing runs through FindOrders or FindTrades; its statement is then run again
+// under EXPLAIN (ANALYZE, BUFFERS) with the same values.
+func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewMigratedDatabase(t)
+	db, rec := tracedDB(t, dsn)
+	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
+	portfolio := postgres.NewPortfolioService(db)
+	// 42k approved orders, each with its trade, interleaved in time: a whale (half of them,
+	// BTC/USD but for one in 200 in ETH/USD), a minnow (one in 20, ETH/USD but for one in 50
+	// in BTC/USD) and 20 others, two thirds of theirs in ETH/USD. Both symbols are busy; each
+	// is rare for one of the two traders who list it.
+	for _, sql := range []string{
+		`INSERT INTO users (username, password_hash, roles)
+		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 20) g`,
+		`INSERT INTO users (username, password_hash, roles)
+		 VALUES ('whale', 'x', ARRAY['trader']), ('minnow', 'x', ARRAY['trader']), ('desk', 'x', ARRAY['risk'])`, `
+		INSERT INTO orders (symbol, side, quantity, price, status, requested_by, decided_by, created_at, decided_at)
+		SELECT CASE WHEN g % 2 = 0 THEN CASE WHEN g % 400 = 0 THEN 'ETH/USD' ELSE 'BTC/USD' END
+				WHEN g % 20 = 1 THEN CASE WHEN g % 1000 = 1 THEN 'BTC/USD' ELSE 'ETH/USD' END
+				WHEN g % 3 = 0 THEN 'BTC/USD' ELSE 'ETH/USD' END,
+			'buy', 1, 100, 'approved',
+			CASE WHEN g % 2 = 0 THEN w.id WHEN g % 20 = 1 THEN m.id ELSE u.ids[1 + g % cardinality(u.ids)] END,
+			d.id, now() - g * interval '1 second', now() - g * interval '1 second'
+		FROM generate_series(1, 42000) g,
+			(SELECT array_agg(id) AS ids FROM users WHERE username LIKE 'g%') u,
+			(SELECT id FROM users WHERE username = 'whale') w, (SELECT id FROM users WHERE username = 'minnow') m,
+			(SELECT id FROM users WHERE username = 'desk') d`, `
+		INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, executed_at)
+		SELECT id, requested_by, symbol, side, quantity, price, decided_at FROM orders ORDER BY created_at DESC`,
+		`VACUUM ANALYZE users`, `VACUUM ANALYZE orders`, `VACUUM ANALYZE trades`,
+	} {
+		if _, err := db.Pool().Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	user := func(name string) *trading.User {
+		u := &trading.User{Username: name, Roles: []trading.Role{trading.RoleTrader}}
+		if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = $1`, name).Scan(&u.ID); err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	// list returns a page's row count and the next cursor.
+	type list func(u *trading.User, symbol, cursor string) (int, string, error)
+	listOrders := func(u *trading.User, symbol, cursor string) (int, string, error) {
+		got, next, err := orders.FindOrders(as(u), trading.OrderFilter{Symbol: &symbol, Cursor: cursor})
+		return len(got), next, err
+	}
+	listTrades := func(u *trading.User, symbol, cursor string) (int, string, error) {
+		got, next, err := portfolio.FindTrades(as(u), trading.TradeFilter{Symbol: &symbol, Cursor: cursor})
+		return len(got), next, err
+	}
+	for _, c := range []struct {
+		name, user, symbol string
+		list               list
+	}{
+		{"orders of whale in ETH/USD", "whale", "ETH/USD", listOrders},
+		{"orders of minnow in BTC/USD", "minnow", "BTC/USD", listOrders},
+		{"orders of whale in BTC/USD", "whale", "BTC/USD", listOrders},
+		{"trades of whale in ETH/USD", "whale", "ETH/USD", listTrades},
+		{"trades of minnow in BTC/USD", "minnow", "BTC/USD", listTrades},
+		{"trades of whale in BTC/USD", "whale", "BTC/USD", listTrades},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			u, cursor := user(c.user), ""
+			for page := 1; page <= 3; page++ {
+				rec.take()
+				n, next, err := c.list(u, c.symbol, cursor)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 {
+					t.Fatalf("page %d is empty", page)
+				}
+				traced := rec.take()
+				if len(traced) != 1 {
+					t.Fatalf("the listing sent %d statements, want 1", len(traced))
+				}
+				plan, buffers := explainBuffers(t, db, traced[0])
+				if limit := 2*n + 20; buffers > limit {
+					t.Errorf("page %d (%d rows) read %d buffers, want at most %d:\n%s", page, n, buffers, limit, plan)
+				}
+				if next == "" {
+					break
+				}
+				cursor = next
+			}
+		})
+	}
 }
