@@ -195,6 +195,11 @@ const keptMessage = "is kept while the runtime may still use it"
 // pass (and use a managed backend the spec left), or "" when none can: the Deployment this
 // pass applied has rolled out completely, or there is none.
 func (r *TradingStackReconciler) runtimeRollout(ctx context.Context, p *pass) (string, error) {
+	if p.runtimeHeld {
+		// Rolled out or not, its template is the one from before: a Redis the spec left
+		// (the same edit may move both) is still what its pods use.
+		return fmt.Sprintf("Deployment %s keeps its pod template from before until the migration of the database the spec names now succeeds", apiName(p.stack)), nil
+	}
 	if p.runtime != nil {
 		why := rolloutPending(p.runtime, p.stack.Status.Runtime.Replicas)
 		if why != "" {

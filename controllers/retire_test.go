@@ -6,10 +6,13 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -174,32 +177,32 @@ func testMoveRetiresAfterRollout(t *testing.T) {
 	gen = runtimeGeneration(t, ns, "ra")
 	moveToExternalDatabase(t, ns, "ra", "corp-db", "postgres://app:pw@db.corp:5432/trading")
 	waitCondition(t, ns, "ra", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonExternalDatabase)
-	waitRuntimeTemplate(t, ns, "ra", gen)
 	job := waitExternalMigrationJob(t, ns, "ra", "corp-db")
 	reconcileDirectly(t, ns, "ra", 2)
-	stillThere(t, "external database not migrated, the runtime not rolled out", managedPostgres(ns, "ra")...)
+	stillThere(t, "external database not migrated, the runtime not moved", managedPostgres(ns, "ra")...)
 	waitMessage(t, ns, "ra", tradingv1alpha1.ConditionDatabaseReady, saysKept("StatefulSet ra-postgres", "migration"))
 
-	// The runtime rolled out (the external database holds a restored dump, so the new pods
-	// start), but the migration has not succeeded: the move is not complete, and a move back
-	// must find the managed database.
-	markDeploymentReady(t, ns, "ra-api")
-	reconcileDirectly(t, ns, "ra", 2)
-	stillThere(t, "the runtime rolled out, its migration not done", managedPostgres(ns, "ra")...)
-	waitMessage(t, ns, "ra", tradingv1alpha1.ConditionDatabaseReady, saysKept("migration"))
-
+	// Migrated: the runtime moves onto the external database, and until every pod runs there
+	// the managed one is kept for the pods from before.
 	finishJob(t, ns, job.Name, true)
+	waitRuntimeTemplate(t, ns, "ra", gen)
+	reconcileDirectly(t, ns, "ra", 2)
+	stillThere(t, "migrated, the runtime not rolled out", managedPostgres(ns, "ra")...)
+	waitMessage(t, ns, "ra", tradingv1alpha1.ConditionDatabaseReady, saysKept("Deployment ra-api has not finished rolling out"))
+
+	markDeploymentReady(t, ns, "ra-api")
 	waitGone(t, "managed PostgreSQL removed once migrated and rolled out", managedPostgres(ns, "ra")...)
 	waitMessage(t, ns, "ra", tradingv1alpha1.ConditionDatabaseReady, saysNotKept)
 	waitCondition(t, ns, "ra", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }
 
 // testWrongDSNKeepsManaged: a serving stack moved to an external database whose DSN is wrong
-// (a typo in the host): the migration Job fails and the runtime's new pod never becomes
-// ready. The managed database stays, the old pods keep serving from it, and the stack says
-// so (Degraded, DatabaseReady saying why the managed database is kept), writing nothing at
-// rest. Moved back before the removal, the stack just keeps using the managed database, and
-// the failed Job of the external one no longer reads as its migration record.
+// (a typo in the host): the migration Job fails, and the runtime never moves onto that DSN
+// (it rolled out at once: its new pods never became ready, and the rollout ended stuck). The
+// managed database stays, the pods keep serving from it, and the stack says so (Degraded,
+// DatabaseReady saying why the managed database is kept), writing nothing at rest. Moved back
+// before the removal, the stack just keeps using the managed database, without a rollout,
+// and the failed Job of the external one no longer reads as its migration record.
 func testWrongDSNKeepsManaged(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "wd"))
@@ -208,31 +211,38 @@ func testWrongDSNKeepsManaged(t *testing.T) {
 
 	gen := runtimeGeneration(t, ns, "wd")
 	moveToExternalDatabase(t, ns, "wd", "corp-db", "postgres://app:pw@db.typo.corp:5432/trading")
-	waitRuntimeTemplate(t, ns, "wd", gen)
-	runtimeRolloutAt(t, ns, "wd-api", 3, 1, 2, 0) // the new pod cannot reach its database
-	finishJob(t, ns, waitExternalMigrationJob(t, ns, "wd", "corp-db").Name, false)
+	job := waitExternalMigrationJob(t, ns, "wd", "corp-db")
+	reconcileDirectly(t, ns, "wd", 2)
+	wantRuntimeDatabase(t, "the external database's migration running", ns, "wd", "wd-postgres-credentials/dsn")
+	finishJob(t, ns, job.Name, false)
 	waitCondition(t, ns, "wd", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionFalse, tradingv1alpha1.ReasonMigrationFailed)
 	reconcileDirectly(t, ns, "wd", 2)
 	stillThere(t, "the external database's migration failed", managedPostgres(ns, "wd")...)
+	// The runtime never moved onto the DSN that cannot work: no pod of it, no stalled rollout.
+	wantRuntimeDatabase(t, "the external database's migration failed", ns, "wd", "wd-postgres-credentials/dsn")
+	if g := runtimeGeneration(t, ns, "wd"); g != gen {
+		t.Errorf("Deployment wd-api changed (generation %d -> %d) for a database whose migration failed", gen, g)
+	}
 
 	s := waitMessage(t, ns, "wd", tradingv1alpha1.ConditionDatabaseReady, saysKept("StatefulSet wd-postgres", "migration", "failed"))
 	if c := condition(s, tradingv1alpha1.ConditionDegraded); s.Status.Phase != tradingv1alpha1.PhaseDegraded || c == nil ||
 		c.Status != metav1.ConditionTrue || c.Reason != tradingv1alpha1.ReasonOldRuntimeServing || !strings.Contains(c.Message, "database it used before") {
 		t.Errorf("phase %s, Degraded %+v; want Degraded OldRuntimeServing saying the runtime serves from the database it used before", s.Status.Phase, c)
 	}
-	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c == nil || c.Status != metav1.ConditionTrue {
-		t.Errorf("RuntimeAvailable %+v; the old pods serve", c)
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c == nil || c.Status != metav1.ConditionTrue ||
+		c.Reason != tradingv1alpha1.ReasonDeploymentAvailable || saysHeld(c.Message) != nil {
+		t.Errorf("RuntimeAvailable %+v; the pods from before serve, held on the managed database", c)
 	}
 	for _, c := range []string{tradingv1alpha1.ConditionDatabaseReady, tradingv1alpha1.ConditionDegraded} {
 		t.Logf("%s: %s", c, condition(s, c).Message)
 	}
 	assertQuietNoRequeue(t, ns, "wd")
 
-	gen = runtimeGeneration(t, ns, "wd")
 	updateStack(t, ns, "wd", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.External = nil })
-	waitRuntimeTemplate(t, ns, "wd", gen)
-	markDeploymentReady(t, ns, "wd-api")
 	s = waitCondition(t, ns, "wd", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	if g := runtimeGeneration(t, ns, "wd"); g != gen {
+		t.Errorf("Deployment wd-api changed (generation %d -> %d) by a move back to the database it serves from", gen, g)
+	}
 	if c := condition(s, tradingv1alpha1.ConditionDatabaseReady); c.Reason != tradingv1alpha1.ReasonDatabaseAvailable {
 		t.Errorf("DatabaseReady %s: %s, want the managed database", c.Reason, c.Message)
 	}
@@ -322,6 +332,12 @@ func testKeptWhilePodsRefused(t *testing.T) {
 // messages, which kept saying so only when the step of the removals ran: it was skipped, and
 // the kept backends went unsaid until the spec was fixed. Nothing is removed either, even once
 // the Deployment looks rolled out: the pass did not apply the runtime the spec asks for.
+//
+// The runtime's pod template is held while the external database's migration has not
+// succeeded, and the resources wait with it: the refusal (and the failed step) comes only
+// once that migration succeeded, so the test lets it succeed to reach its point. That is the
+// sharper case besides: the database is migrated and the Deployment looks rolled out, but the
+// template applied last is still the held one, every pod on the managed database and Redis.
 func testKeptSaidWhenAStepFails(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "kf"))
@@ -330,11 +346,22 @@ func testKeptSaidWhenAStepFails(t *testing.T) {
 	updateStack(t, ns, "kf", func(s *tradingv1alpha1.TradingStack) { s.Spec.Redis.Mode = tradingv1alpha1.RedisDisabled })
 	waitRuntimeTemplate(t, ns, "kf", gen)
 	moveToExternalDatabase(t, ns, "kf", "corp-db", "postgres://app:pw@db.corp:5432/trading")
+	job := waitExternalMigrationJob(t, ns, "kf", "corp-db")
 	waitMessage(t, ns, "kf", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment kf-redis"))
 	waitMessage(t, ns, "kf", tradingv1alpha1.ConditionDatabaseReady, saysKept("StatefulSet kf-postgres"))
 
+	gen = runtimeGeneration(t, ns, "kf")
 	updateStack(t, ns, "kf", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Resources = requestsAboveLimits() })
+	reconcileDirectly(t, ns, "kf", 2) // held: the refused resources are not applied yet
+	if g := runtimeGeneration(t, ns, "kf"); g != gen {
+		t.Errorf("Deployment kf-api changed (generation %d -> %d) before the external database was migrated", gen, g)
+	}
+	finishJob(t, ns, job.Name, true)
 	s := waitCondition(t, ns, "kf", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed)
+	if c := condition(s, tradingv1alpha1.ConditionMigrationsSucceeded); c.Status != metav1.ConditionTrue {
+		t.Errorf("MigrationsSucceeded %s: %s; want the external database migrated", c.Status, c.Message)
+	}
+	wantRuntimeDatabase(t, "the template for the external database refused", ns, "kf", "kf-postgres-credentials/dsn")
 	for _, cond := range []struct{ typ, reason, workload string }{
 		{tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ReasonCacheDisabled, "Deployment kf-redis"},
 		{tradingv1alpha1.ConditionDatabaseReady, tradingv1alpha1.ReasonExternalDatabase, "StatefulSet kf-postgres"},
@@ -343,7 +370,7 @@ func testKeptSaidWhenAStepFails(t *testing.T) {
 		if c.Reason != cond.reason || c.ObservedGeneration != s.Generation {
 			t.Errorf("%s %s for generation %d (stack at %d): the step before the failed one ran", cond.typ, c.Reason, c.ObservedGeneration, s.Generation)
 		}
-		if err := saysKept(cond.workload)(c.Message); err != nil {
+		if err := saysKept(cond.workload, "the runtime step failed")(c.Message); err != nil {
 			t.Errorf("%s after the runtime's step failed: %v", cond.typ, err)
 		}
 		t.Logf("%s: %s", cond.typ, c.Message)
@@ -355,4 +382,185 @@ func testKeptSaidWhenAStepFails(t *testing.T) {
 	}
 	stillThere(t, "the runtime's step failed", append(managedPostgres(ns, "kf"), managedRedis(ns, "kf")...)...)
 	waitMessage(t, ns, "kf", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment kf-redis"))
+}
+
+// heldText is what RuntimeAvailable says while the runtime is held on the database it used
+// before a move.
+const heldText = "keeps serving from the database it used before until the migration on the new one succeeds"
+
+func saysHeld(msg string) error {
+	if !strings.Contains(msg, heldText) {
+		return fmt.Errorf("message %q does not say %q", msg, heldText)
+	}
+	return nil
+}
+
+func saysNotHeld(msg string) error {
+	if strings.Contains(msg, heldText) {
+		return fmt.Errorf("message %q still says the runtime is held", msg)
+	}
+	return nil
+}
+
+// runtimeDatabase is the Secret (and key) the runtime Deployment's pods take DATABASE_URL from,
+// and the PGSSLROOTCERT they are given ("" without one).
+func runtimeDatabase(t *testing.T, ns, stack string) (secret, rootCert string) {
+	t.Helper()
+	d := waitFor(t, &appsv1.Deployment{}, ns, stack+"-api")
+	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+		switch {
+		case e.Name == "DATABASE_URL" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+			secret = e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+		case e.Name == "PGSSLROOTCERT":
+			rootCert = e.Value
+		}
+	}
+	return secret, rootCert
+}
+
+// wantRuntimeDatabase fails the test unless the runtime's pods take DATABASE_URL from secret.
+func wantRuntimeDatabase(t *testing.T, what, ns, stack, secret string) {
+	t.Helper()
+	if got, _ := runtimeDatabase(t, ns, stack); got != secret {
+		t.Errorf("%s: the runtime's DATABASE_URL comes from %s, want %s", what, got, secret)
+	}
+}
+
+// waitNewMigrationJob waits for a migration Job of the stack other than the one with UID old
+// (the same image's Job, run again for another database) and returns it.
+func waitNewMigrationJob(t *testing.T, ns, stack string, old types.UID) *batchv1.Job {
+	t.Helper()
+	var job *batchv1.Job
+	eventually(t, "the migration Job run again for the new database", func() error {
+		for _, j := range migrationJobs(t, ns, stack) {
+			if j.UID != old && j.DeletionTimestamp == nil {
+				job = &j
+				return nil
+			}
+		}
+		return fmt.Errorf("no new migration Job yet")
+	})
+	return job
+}
+
+// testMoveHoldsRuntime: a serving stack pointed at an external database keeps its runtime on
+// the managed database until the external one's migration succeeded. It was re-applied at
+// once with the new DATABASE_URL: its new pods met an empty schema and crash-looped until the
+// Job succeeded. Meanwhile a new replica count passes (pods added start from the template
+// that serves); once the Job succeeded the new template rolls out, and the managed database
+// goes only after that rollout.
+func testMoveHoldsRuntime(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "hr"))
+	makeReady(t, ns, "hr")
+	before := waitFor(t, &appsv1.Deployment{}, ns, "hr-api")
+
+	moveToExternalDatabase(t, ns, "hr", "corp-db", "postgres://app:pw@db.corp:5432/trading")
+	job := waitExternalMigrationJob(t, ns, "hr", "corp-db")
+	reconcileDirectly(t, ns, "hr", 2)
+	wantRuntimeDatabase(t, "the external database's migration running", ns, "hr", "hr-postgres-credentials/dsn")
+	waitMessage(t, ns, "hr", tradingv1alpha1.ConditionRuntimeAvailable, saysHeld)
+	updateStack(t, ns, "hr", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 3 })
+	eventually(t, "the new replica count applied during the move", func() error {
+		if d := waitFor(t, &appsv1.Deployment{}, ns, "hr-api"); ptr.Deref(d.Spec.Replicas, 0) != 3 {
+			return fmt.Errorf("replicas %v", d.Spec.Replicas)
+		}
+		return nil
+	})
+	markDeploymentReady(t, ns, "hr-api") // three pods of the held template
+	reconcileDirectly(t, ns, "hr", 2)
+	held := waitFor(t, &appsv1.Deployment{}, ns, "hr-api")
+	wantRuntimeDatabase(t, "the external database not migrated yet", ns, "hr", "hr-postgres-credentials/dsn")
+	if !equality.Semantic.DeepEqual(before.Spec.Template, held.Spec.Template) {
+		t.Errorf("the runtime's pod template changed before the external database was migrated:\n%+v\n%+v", before.Spec.Template, held.Spec.Template)
+	}
+	s := waitMessage(t, ns, "hr", tradingv1alpha1.ConditionRuntimeAvailable, saysHeld)
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c.Status != metav1.ConditionTrue || c.Reason != tradingv1alpha1.ReasonDeploymentAvailable {
+		t.Errorf("RuntimeAvailable %s/%s while held, want True/DeploymentAvailable", c.Status, c.Reason)
+	}
+
+	finishJob(t, ns, job.Name, true)
+	waitRuntimeTemplate(t, ns, "hr", held.Generation)
+	wantRuntimeDatabase(t, "the external database migrated", ns, "hr", "corp-db/dsn")
+	waitMessage(t, ns, "hr", tradingv1alpha1.ConditionRuntimeAvailable, saysNotHeld)
+	reconcileDirectly(t, ns, "hr", 2)
+	stillThere(t, "migrated, the runtime not rolled out onto it yet", managedPostgres(ns, "hr")...)
+	markDeploymentReady(t, ns, "hr-api")
+	waitGone(t, "managed PostgreSQL removed once the runtime rolled out onto the external one", managedPostgres(ns, "hr")...)
+	waitCondition(t, ns, "hr", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+}
+
+// testExternalMovesHoldRuntime: a stack on an external database with a CA bundle. Its DSN
+// edited in place to another server keeps the runtime's pods as they are (the Secret's name
+// is the same: only the config hash would roll them onto the new server) until that server's
+// migration succeeded. Then moved to a managed database, the runtime keeps the external DSN
+// and its CA while the managed one starts and migrates.
+func testExternalMovesHoldRuntime(t *testing.T) {
+	ns := newNamespace(t)
+	for name, data := range map[string]map[string]string{
+		"corp-db":    {"dsn": "postgres://app:pw@db1.corp:5432/trading?sslmode=verify-full"},
+		"corp-db-ca": {"ca.pem": testCAPEM(t)},
+	} {
+		if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, StringData: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	createStack(t, newStack(ns, "hx", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.External = &tradingv1alpha1.ExternalPostgres{
+			ConnectionSecretRef: tradingv1alpha1.SecretKeyReference{Name: "corp-db", Key: "dsn"},
+			CASecretRef:         &tradingv1alpha1.SecretKeyReference{Name: "corp-db-ca", Key: "ca.pem"}}
+	}))
+	makeReady(t, ns, "hx")
+	before := waitFor(t, &appsv1.Deployment{}, ns, "hx-api")
+	first := waitExternalMigrationJob(t, ns, "hx", "corp-db")
+
+	sec := waitFor(t, &corev1.Secret{}, ns, "corp-db")
+	sec.Data["dsn"] = []byte("postgres://app:pw@db2.corp:5432/trading?sslmode=verify-full")
+	if err := k8s.Update(bg, sec); err != nil {
+		t.Fatal(err)
+	}
+	job := waitNewMigrationJob(t, ns, "hx", first.UID)
+	reconcileDirectly(t, ns, "hx", 2)
+	if held := waitFor(t, &appsv1.Deployment{}, ns, "hx-api"); !equality.Semantic.DeepEqual(before.Spec.Template, held.Spec.Template) {
+		t.Errorf("the runtime's pod template changed before the new server was migrated: config hash %s -> %s",
+			before.Spec.Template.Annotations[configHashAnnotation], held.Spec.Template.Annotations[configHashAnnotation])
+	}
+	waitMessage(t, ns, "hx", tradingv1alpha1.ConditionRuntimeAvailable, saysHeld)
+	finishJob(t, ns, job.Name, true)
+	waitRuntimeTemplate(t, ns, "hx", before.Generation)
+	markDeploymentReady(t, ns, "hx-api")
+	waitCondition(t, ns, "hx", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+
+	migrated := waitFor(t, &appsv1.Deployment{}, ns, "hx-api")
+	updateStack(t, ns, "hx", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.External = nil })
+	waitFor(t, &appsv1.StatefulSet{}, ns, "hx-postgres")
+	waitCondition(t, ns, "hx", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonWaitingForDatabase)
+	reconcileDirectly(t, ns, "hx", 2)
+	if secret, root := runtimeDatabase(t, ns, "hx"); secret != "corp-db/dsn" || root == "" {
+		t.Errorf("the managed database not migrated yet: DATABASE_URL from %s, PGSSLROOTCERT %q; want corp-db/dsn and the CA", secret, root)
+	}
+	if held := waitFor(t, &appsv1.Deployment{}, ns, "hx-api"); held.Generation != migrated.Generation {
+		t.Errorf("Deployment hx-api changed (generation %d -> %d) before the managed database was migrated", migrated.Generation, held.Generation)
+	}
+	waitMessage(t, ns, "hx", tradingv1alpha1.ConditionRuntimeAvailable, saysHeld)
+
+	// Deleted by hand meanwhile, it has no template to keep: it is made once the managed
+	// database is migrated, not now on a database without the schema.
+	if err := k8s.Delete(bg, objectNamed(&appsv1.Deployment{}, ns, "hx-api")); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "hx", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonWaitingForMigration)
+	reconcileDirectly(t, ns, "hx", 2)
+	if err := k8s.Get(bg, key(ns, "hx-api"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Deployment hx-api made again before the managed database was migrated (%v)", err)
+	}
+
+	markStatefulSetReady(t, ns, "hx-postgres")
+	finishJob(t, ns, waitNewMigrationJob(t, ns, "hx", job.UID).Name, true)
+	waitFor(t, &appsv1.Deployment{}, ns, "hx-api")
+	if secret, root := runtimeDatabase(t, ns, "hx"); secret != "hx-postgres-credentials/dsn" || root != "" {
+		t.Errorf("the managed database migrated: DATABASE_URL from %s, PGSSLROOTCERT %q; want hx-postgres-credentials/dsn and no CA", secret, root)
+	}
+	markDeploymentReady(t, ns, "hx-api")
+	waitCondition(t, ns, "hx", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 }

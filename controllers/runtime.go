@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -49,7 +50,8 @@ func (r *TradingStackReconciler) removeForeignKeys(ctx context.Context, p *pass,
 // reconcileRuntime applies the runtime's ConfigMap, Service and Deployment. The
 // Deployment runs the image whose migration succeeded (never an unmigrated
 // one), and its pod template carries a hash of the ConfigMap and the Secrets
-// the runtime reads, so a change to either rolls the pods.
+// the runtime reads, so a change to either rolls the pods. While the stack moves
+// to a database whose migration has not succeeded, the pod template is kept as it is.
 func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) (bool, error) {
 	cm := desiredRuntimeConfigMap(p.spec)
 	live := cm.DeepCopy()
@@ -71,22 +73,49 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	}
 
 	dep := desiredAPIDeployment(p.spec, p.servingImage, configHash(cm, p.runtimeSecrets...))
+	// The Deployment as it is now, read from the API server, not the cache, and only when
+	// this pass keeps something of it: a count or a template the cache has not seen yet (the
+	// HPA scaled, or the previous pass applied, just before this one) would be applied back.
+	var cur *appsv1.Deployment
+	if p.spec.Spec.Runtime.Autoscaling != nil || p.databaseMoved {
+		cur = &appsv1.Deployment{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(dep), cur); apierrors.IsNotFound(err) {
+			cur = nil
+		} else if err != nil {
+			return false, err
+		}
+	}
 	if as := p.spec.Spec.Runtime.Autoscaling; as != nil {
 		// The HorizontalPodAutoscaler decides the count, but a field this operator stops
 		// applying is removed and defaults to 1: turning autoscaling on would scale a
 		// serving Deployment down to one pod before the HPA acts. So the operator applies
 		// the count the Deployment has now (the HPA's latest), and minReplicas at creation.
-		// Read from the API server, not the cache: a count the cache has not seen yet (the
-		// HPA scaled just before this pass) would be applied back, and owned by the operator.
 		dep.Spec.Replicas = ptr.To(max(as.MinReplicas, 1))
-		cur := &appsv1.Deployment{}
-		err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(dep), cur)
-		if client.IgnoreNotFound(err) != nil {
-			return false, err
-		}
-		if err == nil && cur.Spec.Replicas != nil {
+		if cur != nil && cur.Spec.Replicas != nil {
 			dep.Spec.Replicas = ptr.To(*cur.Spec.Replicas)
 		}
+	}
+	held := ""
+	if p.databaseMoved {
+		// The stack names another database, whose migration has not succeeded: pods started
+		// on it would find no schema (or, with a wrong DSN, no database) and crash-loop, and
+		// the rollout would stall with the pods from before serving alone. The pod template
+		// stays as it is, so every pod keeps the database it was migrated for: the
+		// DATABASE_URL Secret and key, the CA volume, and the config hash (a DSN edited in
+		// place to another host keeps its Secret's name; only the hash would roll the pods
+		// onto it). The rest of the template (image, resources, settings, Secrets) waits with
+		// it; the replica count is outside the template and follows the spec (or the HPA) as
+		// ever: pods added meanwhile start from the held template.
+		if cur == nil {
+			// Gone (deleted by hand during the move): made once the migration succeeded, on
+			// the new database, rather than now, where its pods could not start.
+			p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonWaitingForMigration,
+				fmt.Sprintf("Deployment %s is made again once the migration for image %s on the database the spec names now succeeded", dep.Name, p.spec.RuntimeImage()))
+			return false, nil
+		}
+		dep.Spec.Template = *cur.Spec.Template.DeepCopy()
+		p.runtimeHeld = true
+		held = "; it keeps serving from the database it used before until the migration on the new one succeeds (its pod template waits until then)"
 	}
 	// A ProgressDeadlineExceeded the Deployment controller has not judged again
 	// (observedGeneration behind) is about the template it last saw: it still holds through a
@@ -127,7 +156,7 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	switch {
 	case deploymentAvailable(dep) && rolledOut(dep, desired):
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
-			fmt.Sprintf("Deployment %s is available with image %s", dep.Name, p.servingImage))
+			fmt.Sprintf("Deployment %s is available with image %s%s", dep.Name, p.servingImage, held))
 	case deploymentAvailable(dep) && stuck:
 		why := fmt.Sprintf("the new pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name)
 		if refused != "" {
@@ -136,14 +165,14 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 			why = strings.TrimPrefix(refused, "; ")
 		}
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck,
-			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s", dep.Name, p.servingImage, why))
+			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s", dep.Name, p.servingImage, why, held))
 	case deploymentAvailable(dep):
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,
-			fmt.Sprintf("Deployment %s is available and rolling out image %s%s", dep.Name, p.servingImage, refused))
+			fmt.Sprintf("Deployment %s is available and rolling out image %s%s%s", dep.Name, p.servingImage, refused, held))
 	default:
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
-			fmt.Sprintf("waiting for Deployment %s to become available%s", dep.Name, refused))
+			fmt.Sprintf("waiting for Deployment %s to become available%s%s", dep.Name, refused, held))
 	}
 	return false, nil
 }

@@ -131,6 +131,10 @@ type pass struct {
 	// the spec names now (a move to or from an external database, a DSN edited to point
 	// elsewhere), whose migration has not succeeded.
 	databaseMoved bool
+	// runtimeHeld: because of databaseMoved, the runtime Deployment was applied with the pod
+	// template it had, so its pods keep the configuration from before the move, the managed
+	// backends it names included.
+	runtimeHeld bool
 	// requeueAfter is set only while waiting on something no watch reports.
 	requeueAfter time.Duration
 	// failed says which step failed and why; the status then says that this

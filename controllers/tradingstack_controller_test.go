@@ -99,6 +99,8 @@ func TestOperator(t *testing.T) {
 		{"MoveBothWaitsForRedisSecret", testMoveBothWaitsForRedisSecret},
 		{"MoveRetiresAfterRollout", testMoveRetiresAfterRollout},
 		{"WrongDSNKeepsManaged", testWrongDSNKeepsManaged},
+		{"MoveHoldsRuntime", testMoveHoldsRuntime},
+		{"ExternalMovesHoldRuntime", testExternalMovesHoldRuntime},
 		{"KeptWhilePodsRefused", testKeptWhilePodsRefused},
 		{"UserSecretKeyAddedNotStale", testUserSecretKeyAddedNotStale},
 		{"QuietEveryConfig", testQuietEveryConfig},
@@ -3068,6 +3070,12 @@ func testMoveBothWaitsForRedisSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCondition(t, ns, "mb", tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheExternal)
+	// The runtime's pod template is held on the managed database until the external one is
+	// migrated, so its pods keep the managed Redis too: a Deployment that has rolled out
+	// completely is no sign they left it.
+	reconcileDirectly(t, ns, "mb", 2)
+	stillThere(t, "the runtime held on the managed database", managedRedis(ns, "mb")...)
+	waitMessage(t, ns, "mb", tradingv1alpha1.ConditionCacheReady, saysKept("Deployment mb-api keeps its pod template from before"))
 	finishJob(t, ns, waitExternalMigrationJob(t, ns, "mb", "corp-db").Name, true)
 	waitRuntimeTemplate(t, ns, "mb", gen)
 	markDeploymentReady(t, ns, "mb-api")
