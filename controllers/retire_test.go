@@ -362,6 +362,11 @@ func testKeptSaidWhenAStepFails(t *testing.T) {
 		t.Errorf("MigrationsSucceeded %s: %s; want the external database migrated", c.Status, c.Message)
 	}
 	wantRuntimeDatabase(t, "the template for the external database refused", ns, "kf", "kf-postgres-credentials/dsn")
+	// The pods from before serve on, but for the refusal (Ready says it), not for a migration:
+	// that one succeeded.
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); c.Status != metav1.ConditionTrue || saysNotHeld(c.Message) != nil {
+		t.Errorf("RuntimeAvailable %s: %s; want True, no longer waiting for the migration", c.Status, c.Message)
+	}
 	for _, cond := range []struct{ typ, reason, workload string }{
 		{tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ReasonCacheDisabled, "Deployment kf-redis"},
 		{tradingv1alpha1.ConditionDatabaseReady, tradingv1alpha1.ReasonExternalDatabase, "StatefulSet kf-postgres"},

@@ -52,7 +52,12 @@ func (r *TradingStackReconciler) removeForeignKeys(ctx context.Context, p *pass,
 // one), and its pod template carries a hash of the ConfigMap and the Secrets
 // the runtime reads, so a change to either rolls the pods. While the stack moves
 // to a database whose migration has not succeeded, the pod template is kept as it is.
-func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) (bool, error) {
+func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) (stop bool, err error) {
+	defer func() {
+		if err != nil && !p.databaseMoved {
+			unsayHeld(p)
+		}
+	}()
 	cm := desiredRuntimeConfigMap(p.spec)
 	live := cm.DeepCopy()
 	if err := r.applyChild(ctx, p, live); err != nil {
@@ -115,7 +120,7 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		}
 		dep.Spec.Template = *cur.Spec.Template.DeepCopy()
 		p.runtimeHeld = true
-		held = "; it keeps serving from the database it used before until the migration on the new one succeeds (its pod template waits until then)"
+		held = runtimeHeldText
 	}
 	// A ProgressDeadlineExceeded the Deployment controller has not judged again
 	// (observedGeneration behind) is about the template it last saw: it still holds through a
@@ -175,4 +180,20 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 			fmt.Sprintf("waiting for Deployment %s to become available%s%s", dep.Name, refused, held))
 	}
 	return false, nil
+}
+
+// runtimeHeldText ends RuntimeAvailable's message while the runtime's pod template is held.
+const runtimeHeldText = "; it keeps serving from the database it used before until the migration on the new one succeeds (its pod template waits until then)"
+
+// unsayHeld takes runtimeHeldText off RuntimeAvailable, left from an earlier pass, when this
+// pass ended the hold (the migration succeeded, or the spec names the database the pods use)
+// but failed before judging the Deployment: a condition that is True is left as it was (the
+// pods serve), and would go on saying they wait for a migration that is done, while they stay
+// on the database from before for another reason (a template the API server refuses, which
+// Ready says). Only the ending goes: the rest is still what the pods from before do, for the
+// generation that condition describes.
+func unsayHeld(p *pass) {
+	if c := meta.FindStatusCondition(p.stack.Status.Conditions, tradingv1alpha1.ConditionRuntimeAvailable); c != nil {
+		c.Message = strings.TrimSuffix(c.Message, runtimeHeldText)
+	}
 }
