@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
@@ -684,4 +685,35 @@ func testNamespaceTerminatingQuiet(t *testing.T) {
 	if c := condition(getStack(t, ns, "nt"), tradingv1alpha1.ConditionReady); c != nil && c.Reason == tradingv1alpha1.ReasonApplyFailed {
 		t.Errorf("Ready says the spec could not be applied in a namespace being deleted: %s", c.Message)
 	}
+}
+
+// testHeldMigrationJobNotPolled: after a move to another database, the migration Job that ran
+// on the old one is deleted to run again; another tool's finalizer (a backup or policy tool's)
+// holds it, for as long as that tool takes. Its removal's event brings the next pass, so a
+// pass that finds it held asks for no other; it asked to run again every 5 s, for as long as
+// the Job was held. And MigrationsSucceeded says what it waits for, naming the finalizer: it
+// said the Job "runs again", while nothing ran and nothing would until the tool let go.
+func testHeldMigrationJobNotPolled(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "hj", func(s *tradingv1alpha1.TradingStack) {
+		// Monitoring off: its own short look-again after a CRD change is not this test's.
+		s.Spec.Monitoring.ServiceMonitor.Enabled = ptr.To(false)
+		s.Spec.Monitoring.PrometheusRule.Enabled = ptr.To(false)
+	}))
+	makeReady(t, ns, "hj")
+	job := waitMigrationJob(t, ns, "hj", "registry.example.com/tradingd:v1")
+	holdJob(t, ns, job.Name)
+	moveToExternalDatabase(t, ns, "hj", "external-db", "postgres://app:pw@db.example.com:5432/trading?sslmode=require")
+	waitJobTerminating(t, ns, job.Name)
+
+	res := reconcileDirectly(t, ns, "hj", 1)
+	if res.RequeueAfter != 0 {
+		t.Errorf("a pass that finds the migration Job held by another tool's finalizer asks to run again in %s", res.RequeueAfter)
+	}
+	waitConditionSays(t, ns, "hj", tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
+		"the database changed: migration Job "+job.Name+" runs again for image registry.example.com/tradingd:v1 once it is gone: "+
+			"it is being deleted, held by finalizers backup.example.com/hold")
+
+	releaseJob(t, ns, job.Name)
+	waitExternalMigrationJob(t, ns, "hj", "external-db")
 }

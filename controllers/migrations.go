@@ -111,12 +111,20 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 			p.requeue(waitPoll(current))
 			return false, nil
 		}
-		if _, err := r.deleteOnce(ctx, current); err != nil {
+		deleted, err := r.deleteOnce(ctx, current)
+		if err != nil {
 			return false, err
 		}
-		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning,
-			fmt.Sprintf("the database changed: migration Job %s runs again for image %s", current.Name, image))
-		p.requeue(pollMin)
+		msg := fmt.Sprintf("the database changed: migration Job %s runs again for image %s", current.Name, image)
+		if deleted {
+			p.requeue(pollMin)
+		} else {
+			// Held by another tool's finalizer, for as long as that tool takes: nothing runs
+			// until it lets go, which only that tool (or the user) can do; the Job's removal
+			// brings the next pass. Polled, it was a pass every 5 s for as long.
+			msg += fmt.Sprintf(" once it is gone: it is being deleted, held by finalizers %s", strings.Join(current.Finalizers, ", "))
+		}
+		p.setCondition(tradingv1alpha1.ConditionMigrationsSucceeded, metav1.ConditionUnknown, tradingv1alpha1.ReasonMigrationRunning, msg)
 		return false, nil
 	}
 	if !found {

@@ -119,6 +119,7 @@ func TestOperator(t *testing.T) {
 		{"MigrationPodsRefusedSaid", testMigrationPodsRefusedSaid},
 		{"DatabasePodsRefusedSaid", testDatabasePodsRefusedSaid},
 		{"TerminatingMigrationJobLeftToGo", testTerminatingMigrationJobLeftToGo},
+		{"HeldMigrationJobNotPolled", testHeldMigrationJobNotPolled},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
