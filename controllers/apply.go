@@ -29,6 +29,11 @@ import (
 // over fields the API server or other controllers default.
 const FieldOwner = "trading-operator"
 
+// handoverFieldOwner is the operator's second field manager: it holds a Deployment's
+// spec.replicas between the operator's apply giving the count up (autoscaling turned on) and
+// the HorizontalPodAutoscaler's first scale (see handOverReplicas).
+const handoverFieldOwner = "trading-operator-handover"
+
 // applyContent converts a typed object built by a desired* function (TypeMeta
 // set) into the content of an apply request, without the fields a Go struct
 // cannot leave out: nulls (metadata.creationTimestamp and every unset pointer)
@@ -368,6 +373,26 @@ func appliedAsDesired(types managedfields.TypeConverter, desired, live *unstruct
 	}
 	cmp, err := have.ExtractItems(leaves).Compare(want.ExtractItems(leaves))
 	return err == nil && cmp.IsSame()
+}
+
+// appliedOwns reports whether the operator's apply (FieldOwner's Apply entry on the object
+// itself) owns path in obj's managedFields (read from the API server: the cache strips them):
+// the next apply that leaves path out removes it, unless another manager owns it too.
+func appliedOwns(obj metav1.Object, path fieldpath.Path) bool {
+	for _, mf := range obj.GetManagedFields() {
+		if mf.Manager != FieldOwner || mf.Operation != metav1.ManagedFieldsOperationApply || mf.Subresource != "" || mf.FieldsV1 == nil {
+			continue
+		}
+		owned := &fieldpath.Set{}
+		if err := owned.FromJSON(bytes.NewReader(mf.FieldsV1.Raw)); err != nil {
+			// Unreadable: taken as owned, so that a handover is made rather than skipped.
+			return true
+		}
+		if owned.Has(path) {
+			return true
+		}
+	}
+	return false
 }
 
 // uid is the UID of the object last applied under key, or "".

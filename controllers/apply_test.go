@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 	"github.com/findmy/trading-operator/runtime/postgres"
@@ -462,6 +463,40 @@ func TestOneLine(t *testing.T) {
 	} {
 		if got := oneLine(in); got != want {
 			t.Errorf("oneLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestAppliedOwns: only the operator's apply entry on the object itself decides whether its
+// next apply may drop a field: a handover manager's or a scale write's ownership of the count
+// is not the apply's.
+func TestAppliedOwns(t *testing.T) {
+	replicas := fieldpath.MakePathOrDie("spec", "replicas")
+	entry := func(manager string, op metav1.ManagedFieldsOperationType, subresource, fields string) metav1.ManagedFieldsEntry {
+		return metav1.ManagedFieldsEntry{Manager: manager, Operation: op, Subresource: subresource, FieldsV1: &metav1.FieldsV1{Raw: []byte(fields)}}
+	}
+	const withReplicas, without = `{"f:spec":{"f:replicas":{},"f:template":{}}}`, `{"f:spec":{"f:template":{}}}`
+	for _, tc := range []struct {
+		name    string
+		entries []metav1.ManagedFieldsEntry
+		want    bool
+	}{
+		{"the apply owns it", []metav1.ManagedFieldsEntry{entry(FieldOwner, metav1.ManagedFieldsOperationApply, "", withReplicas)}, true},
+		{"handed over", []metav1.ManagedFieldsEntry{
+			entry(FieldOwner, metav1.ManagedFieldsOperationApply, "", without),
+			entry(handoverFieldOwner, metav1.ManagedFieldsOperationApply, "", `{"f:spec":{"f:replicas":{}}}`)}, false},
+		{"the HPA's scale", []metav1.ManagedFieldsEntry{
+			entry(FieldOwner, metav1.ManagedFieldsOperationApply, "", without),
+			entry("kube-controller-manager", metav1.ManagedFieldsOperationUpdate, "scale", `{"f:spec":{"f:replicas":{}}}`)}, false},
+		{"an update of the operator's (a put-back patch) is no apply", []metav1.ManagedFieldsEntry{
+			entry(FieldOwner, metav1.ManagedFieldsOperationApply, "", without),
+			entry(FieldOwner, metav1.ManagedFieldsOperationUpdate, "", withReplicas)}, false},
+		{"unreadable: taken as owned", []metav1.ManagedFieldsEntry{entry(FieldOwner, metav1.ManagedFieldsOperationApply, "", `{`)}, true},
+		{"no entry", nil, false},
+	} {
+		obj := &metav1.ObjectMeta{ManagedFields: tc.entries}
+		if got := appliedOwns(obj, replicas); got != tc.want {
+			t.Errorf("%s: appliedOwns = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

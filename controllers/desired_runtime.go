@@ -213,8 +213,8 @@ const preStopSleep = 5
 
 // desiredAPIDeployment is NAME-api: `tradingd serve` with image (the last image whose
 // migration succeeded), settings from NAME-runtime, secrets from their Secrets, and
-// configHash on the pod template. With autoscaling, replicas is left unset here: the
-// HorizontalPodAutoscaler decides it, and reconcileRuntime applies the current count.
+// configHash on the pod template. With autoscaling, replicas is left unset: the
+// HorizontalPodAutoscaler decides it (reconcileRuntime sets minReplicas for the creation).
 func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configHash string) *appsv1.Deployment {
 	r := s.Spec.Runtime
 	var replicas *int32

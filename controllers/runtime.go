@@ -14,9 +14,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -78,9 +80,10 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	}
 
 	dep := desiredAPIDeployment(p.spec, p.servingImage, configHash(cm, p.runtimeSecrets...))
-	// The Deployment as it is now, read from the API server, not the cache, and only when
-	// this pass keeps something of it: a count or a template the cache has not seen yet (the
-	// HPA scaled, or the previous pass applied, just before this one) would be applied back.
+	// The Deployment as it is now, read from the API server, not the cache (managedFields
+	// included), and only when this pass needs it: a template the cache has not seen yet (the
+	// previous pass applied it just before this one) would be applied back while held, and
+	// with autoscaling the owners of spec.replicas decide whether it must be handed over.
 	var cur *appsv1.Deployment
 	if p.spec.Spec.Runtime.Autoscaling != nil || p.databaseMoved {
 		cur = &appsv1.Deployment{}
@@ -91,13 +94,14 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		}
 	}
 	if as := p.spec.Spec.Runtime.Autoscaling; as != nil {
-		// The HorizontalPodAutoscaler decides the count, but a field this operator stops
-		// applying is removed and defaults to 1: turning autoscaling on would scale a
-		// serving Deployment down to one pod before the HPA acts. So the operator applies
-		// the count the Deployment has now (the HPA's latest), and minReplicas at creation.
-		dep.Spec.Replicas = ptr.To(max(as.MinReplicas, 1))
-		if cur != nil && cur.Spec.Replicas != nil {
-			dep.Spec.Replicas = ptr.To(*cur.Spec.Replicas)
+		// The HorizontalPodAutoscaler decides the count, and the operator never writes it
+		// once the Deployment exists (it is made with minReplicas): an apply of a count read
+		// earlier would undo a scale the HPA made in between. The operator's apply leaves
+		// spec.replicas out, after handing it over if that apply owned it.
+		if cur == nil {
+			dep.Spec.Replicas = ptr.To(max(as.MinReplicas, 1))
+		} else if cur, err = r.handOverReplicas(ctx, cur); err != nil {
+			return false, err
 		}
 	}
 	held := ""
@@ -195,5 +199,45 @@ const runtimeHeldText = "; it keeps serving from the database it used before unt
 func unsayHeld(p *pass) {
 	if c := meta.FindStatusCondition(p.stack.Status.Conditions, tradingv1alpha1.ConditionRuntimeAvailable); c != nil {
 		c.Message = strings.TrimSuffix(c.Message, runtimeHeldText)
+	}
+}
+
+// handOverReplicas makes sure the operator's apply can leave spec.replicas out without the
+// API server removing it (a field an applier stops sending is removed when no other manager
+// owns it, and the Deployment's count then defaults to 1: a serving Deployment would drop to
+// one pod before the HPA acts). While the apply owns the count (autoscaling just turned on, a
+// Deployment just made with minReplicas, or one an operator that applied the count left), the
+// count is first applied as it is under handoverFieldOwner, without force: the field is then
+// shared, and stays when the apply lets go, until the HPA's first scale takes it over
+// (Kubernetes' "Transferring ownership" between managers). The handover carries the
+// resourceVersion it read: a conflict means the count (or anything else) changed since,
+// perhaps by the HPA, which then owns it; the Deployment is read again and judged anew. It
+// returns the Deployment as last read.
+func (r *TradingStackReconciler) handOverReplicas(ctx context.Context, cur *appsv1.Deployment) (*appsv1.Deployment, error) {
+	for attempt := 1; ; attempt++ {
+		if cur.Spec.Replicas == nil || !appliedOwns(cur, fieldpath.MakePathOrDie("spec", "replicas")) {
+			return cur, nil
+		}
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
+		u.SetNamespace(cur.Namespace)
+		u.SetName(cur.Name)
+		u.SetResourceVersion(cur.ResourceVersion)
+		if err := unstructured.SetNestedField(u.Object, int64(*cur.Spec.Replicas), "spec", "replicas"); err != nil {
+			return nil, err
+		}
+		err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(handoverFieldOwner))
+		if err == nil {
+			return cur, nil
+		}
+		if !apierrors.IsConflict(err) || attempt == 3 {
+			return nil, fmt.Errorf("hand the replica count of Deployment %s over to the autoscaler: %w", cur.Name, err)
+		}
+		fresh := &appsv1.Deployment{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(cur), fresh); err != nil {
+			// Gone meanwhile: fail the pass rather than make it again without a count.
+			return nil, err
+		}
+		cur = fresh
 	}
 }

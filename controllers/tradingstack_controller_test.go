@@ -64,6 +64,8 @@ func TestOperator(t *testing.T) {
 		{"WatchNamespace", testWatchNamespace},
 		{"FailedApplyIsReported", testFailedApplyIsReported},
 		{"AutoscalingKeepsReplicas", testAutoscalingKeepsReplicas},
+		{"HPAScaleNotUndone", testHPAScaleNotUndone},
+		{"HPARacesHandover", testHPARacesHandover},
 		{"LegacyMigrationStatus", testLegacyMigrationStatus},
 		{"MonitoringFailureKeepsReady", testMonitoringFailureKeepsReady},
 		{"CacheHoldsOnlyManaged", testCacheHoldsOnlyManaged},
@@ -1613,8 +1615,10 @@ func testFailedApplyIsReported(t *testing.T) {
 }
 
 // Turning autoscaling on leaves a serving Deployment at its size (it does not drop to the
-// API server's default of one pod before the HPA acts), and a later pass keeps the count the
-// HPA chose.
+// API server's default of one pod before the HPA acts, not for a moment), later passes keep the
+// count the HPA chose, and turning autoscaling off applies the spec's count again. The count
+// changes hands in managedFields: the operator's apply gives it up while autoscaling (a
+// handover manager of the operator's keeps it until the HPA writes), and claims it again after.
 func testAutoscalingKeepsReplicas(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "as", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 4 }))
@@ -1629,23 +1633,26 @@ func testAutoscalingKeepsReplicas(t *testing.T) {
 	if n, _ := replicas(); n != 4 {
 		t.Fatalf("replicas %d, want 4", n)
 	}
+	if owners := replicasOwners(t, ns, "as-api"); !operatorApplyOwnsReplicas(owners) {
+		t.Errorf("spec.replicas owned by %v without autoscaling, want the operator's apply among them", owners)
+	}
+	rw := watchReplicas(t, ns, "as-api")
 	updateStack(t, ns, "as", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 6}
 	})
 	waitFor(t, &autoscalingv2.HorizontalPodAutoscaler{}, ns, "as-api")
 	waitCondition(t, ns, "as", tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, "")
-	if n, _ := replicas(); n != 4 {
-		t.Fatalf("replicas %d after autoscaling was turned on, want 4 until the HPA decides", n)
+	operatorWrites.settle(t, ns)
+	if seen := rw.upToNow(t); !slices.Equal(seen, []int32{4}) {
+		t.Fatalf("replicas %v while autoscaling was turned on, want 4 throughout until the HPA decides", seen)
+	}
+	if owners := replicasOwners(t, ns, "as-api"); !slices.Equal(owners, []string{handoverFieldOwner + "/Apply"}) {
+		t.Errorf("spec.replicas owned by %v once autoscaling is on, want the handover manager's alone", owners)
 	}
 
 	// The HPA scales to 5; a change that rolls the pods keeps 5.
-	d := &appsv1.Deployment{}
-	if err := k8s.Get(bg, key(ns, "as-api"), d); err != nil {
-		t.Fatal(err)
-	}
-	before := d.DeepCopy()
-	d.Spec.Replicas = ptr.To(int32(5))
-	if err := k8s.Update(bg, d, client.FieldOwner("horizontal-pod-autoscaler")); err != nil {
+	before := waitFor(t, &appsv1.Deployment{}, ns, "as-api")
+	if err := hpaScale(bg, ns, "as-api", 5); err != nil {
 		t.Fatal(err)
 	}
 	_, hash := replicas()
@@ -1656,15 +1663,38 @@ func testAutoscalingKeepsReplicas(t *testing.T) {
 		}
 		return nil
 	})
-	if n, _ := replicas(); n != 5 {
-		t.Fatalf("replicas %d after a change, want the HPA's 5", n)
+	operatorWrites.settle(t, ns)
+	if seen := rw.upToNow(t); !slices.Equal(seen, []int32{4, 5}) {
+		t.Fatalf("replicas %v after the HPA's scale to 5 and a change, want [4 5]", seen)
 	}
 	// A pass whose cache has not seen the HPA's count yet keeps it too.
 	if _, _, err := reconcileStale(t, ns, "as", before); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := replicas(); n != 5 {
-		t.Errorf("replicas %d after a pass whose cache showed 4, want the HPA's 5", n)
+	if seen := rw.upToNow(t); !slices.Equal(seen, []int32{4, 5}) {
+		t.Errorf("replicas %v after a pass whose cache showed 4, want [4 5]", seen)
+	}
+	if owners := replicasOwners(t, ns, "as-api"); !slices.Equal(owners, []string{hpaManager + "/Update/scale"}) {
+		t.Errorf("spec.replicas owned by %v after the HPA's scale, want the HPA's alone", owners)
+	}
+
+	// Off again: the spec's count, owned by the operator's apply, and the HPA gone.
+	updateStack(t, ns, "as", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = nil
+		s.Spec.Runtime.Replicas = 3
+	})
+	eventually(t, "the HPA deleted", func() error {
+		if err := k8s.Get(bg, key(ns, "as-api"), &autoscalingv2.HorizontalPodAutoscaler{}); err == nil {
+			return fmt.Errorf("HPA still there")
+		}
+		return nil
+	})
+	operatorWrites.settle(t, ns)
+	if seen := rw.upToNow(t); !slices.Equal(seen, []int32{4, 5, 3}) {
+		t.Errorf("replicas %v after autoscaling was turned off with replicas 3, want [4 5 3]", seen)
+	}
+	if owners := replicasOwners(t, ns, "as-api"); !slices.Equal(owners, []string{FieldOwner + "/Apply"}) {
+		t.Errorf("spec.replicas owned by %v after autoscaling was turned off, want the operator's apply alone", owners)
 	}
 }
 
