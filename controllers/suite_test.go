@@ -132,6 +132,11 @@ func runSuite(m *testing.M) int {
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
+	// Every test's namespace stays with its Services (envtest runs no namespace controller to
+	// delete them), and every stack has up to three: envtest's default /24 service range
+	// (253 addresses) ran out with the suite's tests, and a stack's Service then failed with
+	// "failed to allocate a serviceIP: range is full".
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
 	cfg, err := env.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start envtest:", err)
