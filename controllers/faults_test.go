@@ -331,15 +331,7 @@ func testTerminatingChildLeftToGo(t *testing.T) {
 // for pods that were never created, and the quota, which no wait ends, went unsaid.
 func testRefusedRolloutStuckSaid(t *testing.T) {
 	ns, job := upgradingStack(t, "rs", "registry.example.com/tradingd:v2")
-	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "pods"},
-		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
-	if err := k8s.Create(bg, quota); err != nil {
-		t.Fatal(err)
-	}
-	quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}
-	if err := k8s.Status().Update(bg, quota); err != nil {
-		t.Fatal(err)
-	}
+	noPodsQuota(t, ns)
 	finishJob(t, ns, job.Name, true)
 	waitAPIImage(t, ns, "rs", "registry.example.com/tradingd:v2")
 	api := waitFor(t, &appsv1.Deployment{}, ns, "rs-api")

@@ -45,6 +45,16 @@ func (r *recorder) take() []recordedQuery {
 
 // tracedDB opens dsn on one pooled connection (so that pg_prepared_statements shows every
 // statement the tests ran) with a recorder of the statements.
+// traderNamed is the trader the plan tests' SQL inserted under name.
+func traderNamed(t *testing.T, db *postgres.DB, name string) *trading.User {
+	t.Helper()
+	u := &trading.User{Username: name, Roles: []trading.Role{trading.RoleTrader}}
+	if err := db.Pool().QueryRow(context.Background(), `SELECT id FROM users WHERE username = $1`, name).Scan(&u.ID); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
 func tracedDB(t *testing.T, dsn string) (*postgres.DB, *recorder) {
 	t.Helper()
 	rec := &recorder{}
@@ -192,14 +202,7 @@ func TestTradeListingsArePlannedWithTheirValues(t *testing.T) {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	user := func(name string) *trading.User {
-		u := &trading.User{Username: name, Roles: []trading.Role{trading.RoleTrader}}
-		if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = $1`, name).Scan(&u.ID); err != nil {
-			t.Fatal(err)
-		}
-		return u
-	}
-	whale := user("whale")
+	whale := traderNamed(t, db, "whale")
 	symbol := func(s string) *string { return &s }
 	list := func(u *trading.User, sym string) {
 		t.Helper()
@@ -210,9 +213,9 @@ func TestTradeListingsArePlannedWithTheirValues(t *testing.T) {
 	// Traders looking at their symbols (each in a quarter of their trades, less common than
 	// BTC/USD overall, so that the generic plan looks no dearer), then the whale at rare ones.
 	for i := range 8 {
-		list(user(fmt.Sprintf("g%d", 1+i)), "ETH/USD")
-		list(user(fmt.Sprintf("g%d", 11+i)), "BNB/USD")
-		list(user(fmt.Sprintf("g%d", 21+i)), "XRP/USD")
+		list(traderNamed(t, db, fmt.Sprintf("g%d", 1+i)), "ETH/USD")
+		list(traderNamed(t, db, fmt.Sprintf("g%d", 11+i)), "BNB/USD")
+		list(traderNamed(t, db, fmt.Sprintf("g%d", 21+i)), "XRP/USD")
 	}
 	rec.take()
 	list(whale, "SOL/USD")

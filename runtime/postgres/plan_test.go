@@ -258,13 +258,6 @@ func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	user := func(name string) *trading.User {
-		u := &trading.User{Username: name, Roles: []trading.Role{trading.RoleTrader}}
-		if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = $1`, name).Scan(&u.ID); err != nil {
-			t.Fatal(err)
-		}
-		return u
-	}
 	// list returns a page's row count and the next cursor.
 	type list func(u *trading.User, symbol, cursor string) (int, string, error)
 	listOrders := func(u *trading.User, symbol, cursor string) (int, string, error) {
@@ -287,7 +280,7 @@ func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
 		{"trades of whale in BTC/USD", "whale", "BTC/USD", listTrades},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			u, cursor := user(c.user), ""
+			u, cursor := traderNamed(t, db, c.user), ""
 			for page := 1; page <= 3; page++ {
 				rec.take()
 				n, next, err := c.list(u, c.symbol, cursor)
