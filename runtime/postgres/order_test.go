@@ -589,3 +589,138 @@ func TestPendingOrdersAreListedWhole(t *testing.T) {
 		}
 	}
 }
+
+// TestDailyFiguresFollowTheUTCDay: the daily loss limit, daily_realized_pnl and trades_today
+// count the trades of the current UTC day (api.md), whatever the time zone of the database
+// sessions. The sessions here run 11 hours behind UTC, so that the session's day and the UTC
+// day differ at any hour the test runs: before 11:00 UTC the session's midnight is 11:00 UTC
+// yesterday (a day that counted it would count trader1's loss of yesterday), after it 11:00
+// UTC today (trader2's loss of today would not count).
+func TestDailyFiguresFollowTheUTCDay(t *testing.T) {
+	t.Parallel()
+	// The scenario reads the clock of the database: when the UTC day ends while it runs, its
+	// "today" and "yesterday" are not those of the checks, and it runs once more.
+	for attempt := 0; ; attempt++ {
+		if dailyFiguresScenario(t) || attempt == 1 {
+			return
+		}
+	}
+}
+
+// dailyFiguresScenario runs TestDailyFiguresFollowTheUTCDay's checks on a database of its
+// own and reports false, without failing, when the UTC day changed during them.
+func dailyFiguresScenario(t *testing.T) bool {
+	ctx := context.Background()
+	limit := dec("100")
+	e := newEnv(t, postgres.OrderServiceConfig{MaxDailyLoss: &limit})
+	pool := e.db.Pool()
+	day := func() (d time.Time) {
+		if err := pool.QueryRow(ctx, `SELECT date_trunc('day', now(), 'UTC')`).Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	var name string
+	if err := pool.QueryRow(ctx, `SELECT current_database()`).Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ALTER DATABASE "`+name+`" SET TimeZone = 'Pacific/Pago_Pago'`); err != nil {
+		t.Fatal(err)
+	}
+	pool.Reset() // the next connections start in that zone
+	var zone string
+	if err := pool.QueryRow(ctx, `SHOW TimeZone`).Scan(&zone); err != nil || zone != "Pacific/Pago_Pago" {
+		t.Fatalf("session time zone %q (%v), want Pacific/Pago_Pago", zone, err)
+	}
+	start := day()
+
+	// trader1 lost 200 in the last microsecond of yesterday (UTC), trader2 100 in the first
+	// of today.
+	e.trade(t, e.trader1, trading.Buy, "BTC/USD", "10", "100")
+	e.trade(t, e.trader1, trading.Sell, "BTC/USD", "10", "80")
+	e.trade(t, e.trader2, trading.Buy, "ETH/USD", "10", "100")
+	e.trade(t, e.trader2, trading.Sell, "ETH/USD", "10", "90")
+	for user, at := range map[*trading.User]string{
+		e.trader1: `date_trunc('day', now(), 'UTC') - interval '1 microsecond'`,
+		e.trader2: `date_trunc('day', now(), 'UTC')`,
+	} {
+		if _, err := pool.Exec(ctx, `UPDATE trades SET executed_at = `+at+` WHERE user_id = $1`, user.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Yesterday's loss does not stop trader1 today, nor count in today's figures.
+	_, _, err1 := e.orders.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "1", "1", ""))
+	s1, serr1 := e.portfolio.Summary(ctx, e.trader1.ID)
+	// Today's loss of 100 (at the limit) stops trader2.
+	_, _, err2 := e.orders.CreateOrder(as(e.trader2), newOrder("ETH/USD", trading.Buy, "1", "1", ""))
+	s2, serr2 := e.portfolio.Summary(ctx, e.trader2.ID)
+	if !day().Equal(start) {
+		t.Logf("the UTC day ended during the scenario (%s): once more", start.Format(time.DateOnly))
+		return false
+	}
+	if serr1 != nil || serr2 != nil {
+		t.Fatalf("summaries: %v, %v", serr1, serr2)
+	}
+	if err1 != nil {
+		t.Errorf("trader1's order after a loss of yesterday: %v, want it accepted", err1)
+	}
+	eq(t, "trader1 daily_realized_pnl", s1.DailyRealizedPnL.Decimal, "0")
+	eq(t, "trader1 realized_pnl", s1.RealizedPnL.Decimal, "-200")
+	if s1.TradesToday != 0 {
+		t.Errorf("trader1 trades_today = %d, want 0 (both trades were yesterday)", s1.TradesToday)
+	}
+	wantField(t, err2, "daily_loss")
+	eq(t, "trader2 daily_realized_pnl", s2.DailyRealizedPnL.Decimal, "-100")
+	if s2.TradesToday != 2 {
+		t.Errorf("trader2 trades_today = %d, want 2", s2.TradesToday)
+	}
+	return true
+}
+
+// TestFindOrdersPagesWhileOrdersArrive: a walk through the pages while new orders arrive
+// (a risk desk paging through the book during trading) lists every order that existed once,
+// in order, none twice: the cursor is a position in (created_at, id), not an offset.
+func TestFindOrdersPagesWhileOrdersArrive(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, postgresCfg())
+	existing := map[uuid.UUID]bool{}
+	for range 12 {
+		existing[e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", "")).ID] = true
+	}
+	seen := map[uuid.UUID]bool{}
+	var prev *trading.Order
+	cursor := ""
+	for page := 0; ; page++ {
+		if page > 12 {
+			t.Fatal("pagination does not end")
+		}
+		list, next, err := e.orders.FindOrders(as(e.risk1), trading.OrderFilter{Limit: 5, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range list {
+			if seen[o.ID] {
+				t.Fatalf("page %d: order %s listed twice", page, o.ID)
+			}
+			seen[o.ID] = true
+			if prev != nil && (o.CreatedAt.After(prev.CreatedAt) ||
+				(o.CreatedAt.Equal(prev.CreatedAt) && o.ID.String() > prev.ID.String())) {
+				t.Fatalf("page %d: not newest first: %s (%s) after %s (%s)", page, o.ID, o.CreatedAt, prev.ID, prev.CreatedAt)
+			}
+			prev = o
+		}
+		// New orders arrive between the pages, by another trader and by the same one.
+		e.create(t, e.trader2, newOrder("ETH/USD", trading.Sell, "1", "200", ""))
+		e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "1", "100", ""))
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	for id := range existing {
+		if !seen[id] {
+			t.Errorf("order %s, there before the walk began, was never listed", id)
+		}
+	}
+}
