@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -408,4 +409,21 @@ func testCAPEM(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// stackEvents lists the events (events.k8s.io, as kubectl describe reads them) regarding the
+// stack name in namespace ns.
+func stackEvents(t *testing.T, ns, name string) []eventsv1.Event {
+	t.Helper()
+	list := &eventsv1.EventList{}
+	if err := k8s.List(bg, list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	var out []eventsv1.Event
+	for _, e := range list.Items {
+		if e.Regarding.Kind == "TradingStack" && e.Regarding.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -48,6 +49,7 @@ func TestOperator(t *testing.T) {
 	}{
 		{"MonitoringCRDAbsentThenInstalled", testMonitoringCRDInstalledLater},
 		{"EveryChildCreated", testEveryChildCreated},
+		{"EventsSaid", testEventsSaid},
 		{"ChildrenRestored", testChildrenRestored},
 		{"QuietAtRest", testQuietAtRest},
 		{"SecretsStable", testSecretsStable},
@@ -389,6 +391,81 @@ func testEveryChildCreated(t *testing.T) {
 		tradingv1alpha1.ConditionRuntimeAvailable, tradingv1alpha1.ConditionMonitoringReady, tradingv1alpha1.ConditionReady} {
 		if c := condition(s, ct); c == nil || c.Status != metav1.ConditionTrue || c.Reason == "" || c.Message == "" || c.ObservedGeneration != s.Generation {
 			t.Errorf("condition %s = %+v", ct, c)
+		}
+	}
+}
+
+// testEventsSaid: the contract's "Events on every child created and every condition that
+// changes", read as kubectl describe reads them (events.k8s.io, regarding the stack): a
+// Created event naming each child of a new stack, one for each condition it set, each with a
+// CamelCase reason and a note; and a condition that changes later gets one more.
+func testEventsSaid(t *testing.T) {
+	installMonitoringCRDs(t)
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "ev"))
+	makeReady(t, ns, "ev")
+	operatorWrites.settle(t, ns)
+
+	camel := regexp.MustCompile(`^[A-Z][A-Za-z0-9]*$`)
+	created := map[string]bool{}
+	said := map[string]bool{}
+	for _, e := range stackEvents(t, ns, "ev") {
+		if !camel.MatchString(e.Reason) || e.Note == "" {
+			t.Errorf("event %s %q: reason not CamelCase or no note", e.Reason, e.Note)
+		}
+		if e.Reason == "Created" && e.Related != nil {
+			created[e.Related.Kind+"/"+e.Related.Name] = true
+		}
+		if c, ok := strings.CutPrefix(e.Action, "Set"); ok && strings.HasPrefix(e.Note, c+" is ") {
+			said[c] = true
+		}
+	}
+	want := []string{"Job/" + getStack(t, ns, "ev").Status.Migration.JobName}
+	for _, o := range contractChildren("ev") {
+		kind := reflect.TypeOf(o).Elem().Name()
+		want = append(want, kind+"/"+o.GetName())
+	}
+	nps := &networkingv1.NetworkPolicyList{}
+	if err := k8s.List(bg, nps, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, np := range nps.Items {
+		want = append(want, "NetworkPolicy/"+np.Name)
+	}
+	for _, w := range want {
+		if !created[w] {
+			t.Errorf("no Created event for %s; events for: %v", w, slices.Sorted(maps.Keys(created)))
+		}
+	}
+	conds := []string{tradingv1alpha1.ConditionDatabaseReady, tradingv1alpha1.ConditionCacheReady, tradingv1alpha1.ConditionMigrationsSucceeded,
+		tradingv1alpha1.ConditionRuntimeAvailable, tradingv1alpha1.ConditionMonitoringReady, tradingv1alpha1.ConditionReady}
+	for _, c := range conds {
+		if !said[c] {
+			t.Errorf("no event for condition %s", c)
+		}
+	}
+
+	// The database's pod no longer ready: DatabaseReady and Ready change, and say so.
+	n := len(stackEvents(t, ns, "ev"))
+	eventually(t, "ev-postgres without a ready pod", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(bg, key(ns, "ev-postgres"), sts); err != nil {
+			return err
+		}
+		sts.Status.ReadyReplicas, sts.Status.AvailableReplicas = 0, 0
+		return k8s.Status().Update(bg, sts)
+	})
+	waitCondition(t, ns, "ev", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady)
+	operatorWrites.settle(t, ns)
+	warned := map[string]bool{}
+	for _, e := range stackEvents(t, ns, "ev")[n:] {
+		if e.Type == corev1.EventTypeWarning {
+			warned[strings.TrimPrefix(e.Action, "Set")] = true
+		}
+	}
+	for _, c := range []string{tradingv1alpha1.ConditionDatabaseReady, tradingv1alpha1.ConditionReady} {
+		if !warned[c] {
+			t.Errorf("no Warning event for %s turning False", c)
 		}
 	}
 }
