@@ -397,3 +397,67 @@ func testStuckRolloutNewTemplate(t *testing.T) {
 		t.Errorf("new template not yet observed by the Deployment controller reads stuck: RuntimeAvailable %+v Progressing %+v", c, p)
 	}
 }
+
+// testFirstRolloutStuckSaid: a new stack whose runtime pods never become ready (they crash at
+// start, or an image the nodes cannot pull once the migration ran) until the Deployment
+// controller gives up on the rollout (ProgressDeadlineExceeded, no pod available). Nothing
+// will progress until someone acts: the stack must not read "waiting", Progressing True and
+// phase Provisioning for good, but say that the rollout made no progress within its deadline
+// (RuntimeAvailable False RolloutStuck, Progressing False) and, never having served, be
+// Failed. Once pods become available it is Ready.
+func testFirstRolloutStuckSaid(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "fr"))
+	waitFor(t, &appsv1.StatefulSet{}, ns, "fr-postgres")
+	markStatefulSetReady(t, ns, "fr-postgres")
+	waitFor(t, &appsv1.Deployment{}, ns, "fr-redis")
+	markDeploymentReady(t, ns, "fr-redis")
+	finishJob(t, ns, waitMigrationJob(t, ns, "fr", "registry.example.com/tradingd:v1").Name, true)
+	waitFor(t, &appsv1.Deployment{}, ns, "fr-api")
+	waitCondition(t, ns, "fr", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable)
+
+	eventually(t, "Deployment fr-api past its progress deadline with no pod available", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "fr-api"), d); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 2, UnavailableReplicas: 2,
+			Conditions: []appsv1.DeploymentCondition{
+				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionFalse, Reason: "MinimumReplicasUnavailable", Message: "Deployment does not have minimum availability.", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", Message: `ReplicaSet "fr-api-5d4f" has timed out progressing.`, LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(bg, d)
+	})
+	s := waitConditionSays(t, ns, "fr", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonRolloutStuck, "ProgressDeadlineExceeded")
+	if c := condition(s, tradingv1alpha1.ConditionRuntimeAvailable); !strings.Contains(c.Message, "fr-api") || strings.HasPrefix(c.Message, "waiting") {
+		t.Errorf("RuntimeAvailable %q: want it to name the Deployment and say it gave up, not that it waits", c.Message)
+	}
+	if c := condition(s, tradingv1alpha1.ConditionProgressing); c == nil || c.Status != metav1.ConditionFalse || c.Reason != tradingv1alpha1.ReasonRolloutStuck {
+		t.Errorf("Progressing %+v: want False RolloutStuck (nothing progresses until someone acts)", c)
+	}
+	if c := condition(s, tradingv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse {
+		t.Errorf("Ready %+v", c)
+	}
+	if s.Status.Phase != tradingv1alpha1.PhaseFailed {
+		t.Errorf("phase %q of a stack that never served and whose first rollout the Deployment gave up on, want Failed", s.Status.Phase)
+	}
+
+	operatorWrites.settle(t, ns)
+	warned := false
+	for _, e := range stackEvents(t, ns, "fr") {
+		warned = warned || (e.Type == corev1.EventTypeWarning && e.Reason == tradingv1alpha1.ReasonRolloutStuck)
+	}
+	if !warned {
+		t.Errorf("no Warning event RolloutStuck for kubectl describe")
+	}
+
+	// The cause fixed (the pods become ready): Ready.
+	markDeploymentReady(t, ns, "fr-api")
+	s = waitCondition(t, ns, "fr", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	if s.Status.Phase != tradingv1alpha1.PhaseReady {
+		t.Errorf("phase %q once the pods are ready", s.Status.Phase)
+	}
+}

@@ -179,6 +179,17 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,
 			fmt.Sprintf("Deployment %s is available and rolling out image %s%s%s", dep.Name, p.servingImage, refused, held))
+	case stuck:
+		// No pod serves, and the Deployment controller gave up on the rollout (a crash loop,
+		// an image the nodes cannot pull): no wait ends that, so the stack must not read as
+		// waiting (Progressing True, phase Provisioning) for good. A pod that becomes ready
+		// resets the verdict, and the Deployment's status change brings the next pass.
+		why := fmt.Sprintf("its pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name)
+		if refused != "" {
+			why = strings.TrimPrefix(refused, "; ")
+		}
+		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonRolloutStuck,
+			fmt.Sprintf("Deployment %s has no available pod, and its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s", dep.Name, p.servingImage, why, held))
 	default:
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
 			fmt.Sprintf("waiting for Deployment %s to become available%s%s", dep.Name, refused, held))

@@ -69,6 +69,10 @@ func summarize(p *pass) {
 	// The Deployment gave up on the rollout: still serving, but it needs a look (Degraded),
 	// and nothing progresses until the spec or the pods' cause changes.
 	rolloutStuck := runtimeUp && runtimeCond.Reason == tradingv1alpha1.ReasonRolloutStuck
+	// The Deployment gave up on a rollout with no pod serving: no wait ends it, someone must
+	// act (the pods' image or crash). Outside a migration, which may bring the fix.
+	runtimeStuck := runtimeCond != nil && runtimeCond.Status == metav1.ConditionFalse &&
+		runtimeCond.Reason == tradingv1alpha1.ReasonRolloutStuck && !migrating
 	serving := st.Migration.Image != ""
 	// Has served: Ready or Degraded at the start of this pass. (A migrated image is not
 	// enough: the runtime's first rollout follows its first migration.)
@@ -127,6 +131,8 @@ func summarize(p *pass) {
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonReconciling, runtimeCond.Message)
 	case len(notReady) == 0:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "the stack matches its spec")
+	case runtimeStuck:
+		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonRolloutStuck, runtimeCond.Message)
 	case migrationFailed || userAction:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady,
 			"waiting for a user's action: "+strings.Join(notReady, ", "))
@@ -152,6 +158,8 @@ func summarize(p *pass) {
 		st.Phase = tradingv1alpha1.PhaseFailed // the spec must change: not still provisioning
 	case migrating:
 		st.Phase = tradingv1alpha1.PhaseMigrating
+	case runtimeStuck && !served:
+		st.Phase = tradingv1alpha1.PhaseFailed // it never served, and no wait brings it up
 	case brokeAfterServing(notReady, served, migrating):
 		st.Phase = tradingv1alpha1.PhaseDegraded
 	default:
@@ -264,7 +272,7 @@ func (r *TradingStackReconciler) conditionEvents(p *pass) {
 			(c.Type != tradingv1alpha1.ConditionDegraded && c.Type != tradingv1alpha1.ConditionProgressing && c.Status == metav1.ConditionFalse &&
 				old != nil && old.Status == metav1.ConditionTrue) ||
 			c.Reason == tradingv1alpha1.ReasonApplyFailed || c.Reason == tradingv1alpha1.ReasonExternalSecretNotFound || c.Reason == tradingv1alpha1.ReasonSecretKeyMissing ||
-			c.Reason == tradingv1alpha1.ReasonCRDNotInstalled || (c.Type == tradingv1alpha1.ConditionMigrationsSucceeded && c.Status == metav1.ConditionFalse)
+			c.Reason == tradingv1alpha1.ReasonCRDNotInstalled || c.Reason == tradingv1alpha1.ReasonRolloutStuck || (c.Type == tradingv1alpha1.ConditionMigrationsSucceeded && c.Status == metav1.ConditionFalse)
 		if bad {
 			eventType = corev1.EventTypeWarning
 		}

@@ -99,6 +99,7 @@ func TestOperator(t *testing.T) {
 		{"MigrationPodWaiting", testMigrationPodWaiting},
 		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
 		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
+		{"FirstRolloutStuckSaid", testFirstRolloutStuckSaid},
 		{"MoveWaitsForUserSecret", testMoveWaitsForUserSecret},
 		{"MoveBothWaitsForRedisSecret", testMoveBothWaitsForRedisSecret},
 		{"MoveRetiresAfterRollout", testMoveRetiresAfterRollout},

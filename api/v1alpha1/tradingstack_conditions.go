@@ -69,8 +69,9 @@ const (
 	ReasonDeploymentAvailable   = "DeploymentAvailable"
 	ReasonDeploymentUnavailable = "DeploymentUnavailable"
 	ReasonRollingOut            = "RollingOut"
-	// RolloutStuck: the old pods serve, and the Deployment gave up waiting for the new ones
-	// (its progress deadline passed). Also Degraded's and Progressing's reason then.
+	// RolloutStuck: the Deployment gave up waiting for its new pods (its progress deadline
+	// passed). RuntimeAvailable True while the old pods serve (Degraded's reason too), False
+	// when no pod serves (a first rollout: phase Failed); Progressing False either way.
 	ReasonRolloutStuck        = "RolloutStuck"
 	ReasonWaitingForMigration = "WaitingForMigration"
 

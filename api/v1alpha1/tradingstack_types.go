@@ -546,8 +546,9 @@ const (
 	// component no longer ready).
 	PhaseDegraded Phase = "Degraded"
 	// PhaseFailed: the stack cannot serve and needs a user's action (e.g. the external
-	// database's Secret is missing, the first migration failed, the API server refuses a
-	// child as invalid). A stack that serves and needs one is Degraded.
+	// database's Secret is missing, the first migration failed, the first rollout of the
+	// runtime passed its progress deadline, the API server refuses a child as invalid). A
+	// stack that serves and needs one is Degraded.
 	PhaseFailed Phase = "Failed"
 )
 
