@@ -315,23 +315,19 @@ func schemaPointers(v any, at string) []string {
 	return out
 }
 
-// TestRateLimitedExchangesConform runs the API behind tradingd's real limiter (per process,
-// tight limits), so that conform sees what only a limited route sends: RateLimit-Limit,
-// RateLimit-Remaining and RateLimit-Reset on every answer of a counted request, and 429 with
-// Retry-After once a bucket is empty (api.md, Rate limits), for each class.
-func TestRateLimitedExchangesConform(t *testing.T) {
-	t.Parallel()
-	limiter := ratelimit.New(ratelimit.Config{Login: 3, Trading: 2, Data: 2, GlobalPerMinute: 100, GlobalPerDay: 1000},
-		ratelimit.Options{Logger: slog.New(slog.DiscardHandler)})
-	e := newEnv(t, func(o *envOptions) {
+// newLimitedEnv is an env whose routes are behind tradingd's real limiter with cfg (per
+// process), and limited, which fails t unless a response carries what api.md's Rate limits
+// section says every answer of a counted request carries: RateLimit-Limit,
+// RateLimit-Remaining and RateLimit-Reset, and Retry-After on a 429.
+func newLimitedEnv(t *testing.T, cfg ratelimit.Config) (e *env, limited func(*response) *response) {
+	t.Helper()
+	limiter := ratelimit.New(cfg, ratelimit.Options{Logger: slog.New(slog.DiscardHandler)})
+	e = newEnv(t, func(o *envOptions) {
 		o.guard = []rthttp.Middleware{func(rt rthttp.Route, next http.Handler) http.Handler {
 			return limiter.Route(rt.Class, rt.Pattern, next)
 		}}
 	})
-	e.addUser("trader1", trading.RoleTrader)
-	e.addUser("risk1", trading.RoleRisk)
-
-	limited := func(r *response) *response {
+	limited = func(r *response) *response {
 		t.Helper()
 		if r.header.Get("RateLimit-Limit") == "" || r.header.Get("RateLimit-Remaining") == "" || r.header.Get("RateLimit-Reset") == "" {
 			t.Errorf("%s without RateLimit headers: %v", r, r.header)
@@ -341,6 +337,18 @@ func TestRateLimitedExchangesConform(t *testing.T) {
 		}
 		return r
 	}
+	return e, limited
+}
+
+// TestRateLimitedExchangesConform runs the API behind tradingd's real limiter (per process,
+// tight limits), so that conform sees what only a limited route sends: RateLimit-Limit,
+// RateLimit-Remaining and RateLimit-Reset on every answer of a counted request, and 429 with
+// Retry-After once a bucket is empty (api.md, Rate limits), for each class.
+func TestRateLimitedExchangesConform(t *testing.T) {
+	t.Parallel()
+	e, limited := newLimitedEnv(t, ratelimit.Config{Login: 3, Trading: 2, Data: 2, GlobalPerMinute: 100, GlobalPerDay: 1000})
+	e.addUser("trader1", trading.RoleTrader)
+	e.addUser("risk1", trading.RoleRisk)
 
 	// login: three per client IP, then 429; refresh and logout have buckets of their own.
 	pair := e.login("trader1")
@@ -380,26 +388,9 @@ func TestRateLimitedExchangesConform(t *testing.T) {
 // buckets of its IP, which hold its logins.
 func TestUnauthenticatedRequestsLimitedPerClientIP(t *testing.T) {
 	t.Parallel()
-	limiter := ratelimit.New(ratelimit.Config{Login: 2, Trading: 2, Data: 3, GlobalPerMinute: 4, GlobalPerDay: 1000},
-		ratelimit.Options{Logger: slog.New(slog.DiscardHandler)})
-	e := newEnv(t, func(o *envOptions) {
-		o.guard = []rthttp.Middleware{func(rt rthttp.Route, next http.Handler) http.Handler {
-			return limiter.Route(rt.Class, rt.Pattern, next)
-		}}
-	})
+	e, limited := newLimitedEnv(t, ratelimit.Config{Login: 2, Trading: 2, Data: 3, GlobalPerMinute: 4, GlobalPerDay: 1000})
 	e.addUser("trader1", trading.RoleTrader)
 	tok := e.token("trader1") // the IP's first login
-
-	limited := func(r *response) *response {
-		t.Helper()
-		if r.header.Get("RateLimit-Limit") == "" || r.header.Get("RateLimit-Remaining") == "" || r.header.Get("RateLimit-Reset") == "" {
-			t.Errorf("%s without RateLimit headers: %v", r, r.header)
-		}
-		if r.status == http.StatusTooManyRequests && r.header.Get("Retry-After") == "" {
-			t.Errorf("429 without Retry-After: %v", r.header)
-		}
-		return r
-	}
 
 	// data: three refused requests from this IP, whatever the route and the bad token, then 429.
 	limited(e.do("GET", "/api/orders", "", nil)).problem(401)
