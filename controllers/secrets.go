@@ -216,7 +216,7 @@ func secretMetadataMatches(current, want *corev1.Secret) bool {
 // restoreMissingKeys puts back the keys of a generated Secret that were removed (or emptied) by
 // hand, with new values, as a deleted Secret is made again: without them the runtime's pods
 // would not start (the Secret's hash changed, so they roll). The values that are there are
-// kept. In NAME-postgres-credentials the DSN follows the user and password it then holds:
+// kept, and so is an emptied admin password, which the pods start with (no first admin). In NAME-postgres-credentials the DSN follows the user and password it then holds:
 // rebuilt when it is missing or when the password is new (the database takes the new password
 // when its pod restarts, as after an edit of it).
 //
@@ -241,7 +241,12 @@ func (r *TradingStackReconciler) restoreMissingKeys(ctx context.Context, p *pass
 func (r *TradingStackReconciler) restoreMissingKeysOnce(ctx context.Context, p *pass, desired, current *corev1.Secret) error {
 	var missing []string
 	for k := range desired.Data {
-		if len(current.Data[k]) == 0 {
+		v, ok := current.Data[k]
+		// An emptied admin password is the user's "no first admin" (BOOTSTRAP_ADMIN_PASSWORD
+		// empty), as in a NAME-admin the user made (userSecretLacks): a value the contract
+		// keeps, and the pods start with it. A new random one would bring the bootstrap admin
+		// back on their next start.
+		if !ok || (len(v) == 0 && desired.Name != adminSecretName(p.stack)) {
 			missing = append(missing, k)
 		}
 	}

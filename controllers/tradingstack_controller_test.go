@@ -81,6 +81,7 @@ func TestOperator(t *testing.T) {
 		{"ForeignObjectLeftAlone", testForeignObjectLeftAlone},
 		{"SecretLabelRemovedStaysOurs", testSecretLabelRemovedStaysOurs},
 		{"GeneratedSecretKeysPutBack", testGeneratedSecretKeysPutBack},
+		{"EmptiedAdminPasswordKept", testEmptiedAdminPasswordKept},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
 		{"SamplesValid", testSamplesValid},
@@ -2509,6 +2510,60 @@ func testGeneratedSecretKeysPutBack(t *testing.T) {
 	if string(now.Data[postgresPasswordKey]) != string(restored.Data[postgresPasswordKey]) || now.ResourceVersion != restored.ResourceVersion {
 		t.Errorf("a pass with a stale Secret replaced the password put back (resourceVersion %s -> %s)", restored.ResourceVersion, now.ResourceVersion)
 	}
+}
+
+// testEmptiedAdminPasswordKept: the contract keeps a user-edited value of a generated Secret,
+// and an empty NAME-admin password is one with a meaning (tradingd's "no first admin", as
+// for a NAME-admin the user made): it is kept, not replaced with a new random password that
+// would bring a bootstrap admin back on the pods' next start; the pods roll onto it.
+func testEmptiedAdminPasswordKept(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "ea"))
+	makeReady(t, ns, "ea")
+	before := waitFor(t, &appsv1.Deployment{}, ns, "ea-api").Spec.Template.Annotations[configHashAnnotation]
+	admin := waitFor(t, &corev1.Secret{}, ns, "ea-admin")
+	if len(admin.Data[adminPasswordKey]) == 0 {
+		t.Fatal("the generated admin password is empty")
+	}
+	admin.Data[adminPasswordKey] = []byte{}
+	if err := k8s.Update(bg, admin); err != nil {
+		t.Fatal(err)
+	}
+	// The passes below judge the edit, not a cache from before it.
+	mgrMu.Lock()
+	mgr := currentMgr
+	mgrMu.Unlock()
+	eventually(t, "the operator's cache sees the edit", func() error {
+		live, cached := &corev1.Secret{}, &corev1.Secret{}
+		if err := k8s.Get(bg, key(ns, "ea-admin"), live); err != nil {
+			return err
+		}
+		if live.ResourceVersion != admin.ResourceVersion {
+			return nil // written again since the edit: judged below
+		}
+		if err := mgr.GetCache().Get(bg, key(ns, "ea-admin"), cached); err != nil {
+			return err
+		}
+		if cached.ResourceVersion != admin.ResourceVersion {
+			return fmt.Errorf("cache at resourceVersion %s, the edit is %s", cached.ResourceVersion, admin.ResourceVersion)
+		}
+		return nil
+	})
+	reconcileDirectly(t, ns, "ea", 3)
+	now := waitFor(t, &corev1.Secret{}, ns, "ea-admin")
+	if v, ok := now.Data[adminPasswordKey]; !ok || len(v) != 0 {
+		t.Fatalf("the emptied admin password was replaced (key present %v, %d bytes)", ok, len(v))
+	}
+	eventually(t, "the runtime rolls onto the emptied password", func() error {
+		dep := &appsv1.Deployment{}
+		if err := k8s.Get(bg, key(ns, "ea-api"), dep); err != nil {
+			return err
+		}
+		if h := dep.Spec.Template.Annotations[configHashAnnotation]; h == before {
+			return fmt.Errorf("config hash still %s", h)
+		}
+		return nil
+	})
 }
 
 // testForeignObjectLeftAlone: an object a user made with a child's name (a Service
