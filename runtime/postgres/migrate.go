@@ -35,7 +35,7 @@ func ParseSchemaReport(text string) (string, bool) {
 }
 
 // SchemaVersion is the migration version this binary needs; `serve` refuses an older schema.
-const SchemaVersion int64 = 7
+const SchemaVersion int64 = 8
 
 // ErrSchemaTooOld is wrapped by CheckSchema when the database is behind SchemaVersion.
 var ErrSchemaTooOld = errors.New("database schema is older than this binary needs: run `tradingd migrate`")

@@ -95,18 +95,20 @@ func TestIndexesExistAndValid(t *testing.T) {
 	dsn := pgtest.NewMigratedDatabase(t)
 	db := openDB(t, dsn)
 	want := []string{
-		"orders_requested_by_client_order_id_key", "orders_symbol_status_idx",
+		"orders_requested_by_client_order_id_key",
 		"orders_pending_requested_by_idx", "orders_requested_by_keyset_idx", "orders_keyset_idx",
 		"orders_status_keyset_idx",
 		"trades_order_id_key", "trades_symbol_executed_idx", "trades_user_keyset_idx",
 		"refresh_tokens_session_id_idx", "sessions_user_id_idx",
 		"sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx",
 		"orders_requested_by_symbol_keyset_idx", "trades_user_symbol_keyset_idx",
+		"orders_symbol_keyset_idx", "orders_symbol_status_keyset_idx",
 	}
-	// Dropped by 00005: read by no statement, or served by orders_status_keyset_idx.
+	// Dropped by 00005: read by no statement, or served by orders_status_keyset_idx; by
+	// 00008: served by orders_symbol_status_keyset_idx.
 	gone := []string{
 		"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx",
-		"orders_pending_created_idx", "orders_pending_symbol_idx",
+		"orders_pending_created_idx", "orders_pending_symbol_idx", "orders_symbol_status_idx",
 	}
 	rows, err := db.Pool().Query(context.Background(), `
 		SELECT c.relname, i.indisvalid, i.indisunique, pg_get_indexdef(i.indexrelid)
@@ -167,6 +169,12 @@ func TestIndexesExistAndValid(t *testing.T) {
 	if def := got["orders_requested_by_symbol_keyset_idx"].def; !contains(def, "(requested_by, symbol, created_at DESC, id DESC)") {
 		t.Errorf("orders_requested_by_symbol_keyset_idx = %q, want (requested_by, symbol, created_at DESC, id DESC)", def)
 	}
+	if def := got["orders_symbol_keyset_idx"].def; !contains(def, "(symbol, created_at DESC, id DESC)") {
+		t.Errorf("orders_symbol_keyset_idx = %q, want (symbol, created_at DESC, id DESC)", def)
+	}
+	if def := got["orders_symbol_status_keyset_idx"].def; !contains(def, "(symbol, status, created_at DESC, id DESC)") {
+		t.Errorf("orders_symbol_status_keyset_idx = %q, want (symbol, status, created_at DESC, id DESC)", def)
+	}
 	if def := got["trades_user_symbol_keyset_idx"].def; !contains(def, "(user_id, symbol, executed_at DESC, id DESC)") {
 		t.Errorf("trades_user_symbol_keyset_idx = %q, want (user_id, symbol, executed_at DESC, id DESC)", def)
 	}
@@ -187,13 +195,14 @@ func TestIndexesExistAndValid(t *testing.T) {
 }
 
 // TestMigrateDropsInvalidLeftover simulates a CREATE INDEX CONCURRENTLY that failed halfway,
-// in 00002, 00005 and 00007: the migration must replace the INVALID index instead of keeping it.
+// in 00002, 00005, 00007 and 00008: the migration must replace the INVALID index instead of keeping it.
 func TestMigrateDropsInvalidLeftover(t *testing.T) {
 	for _, c := range []struct {
 		version int
 		index   string
 	}{{2, "orders_keyset_idx"}, {5, "orders_status_keyset_idx"},
-		{7, "orders_requested_by_symbol_keyset_idx"}, {7, "trades_user_symbol_keyset_idx"}} {
+		{7, "orders_requested_by_symbol_keyset_idx"}, {7, "trades_user_symbol_keyset_idx"},
+		{8, "orders_symbol_keyset_idx"}, {8, "orders_symbol_status_keyset_idx"}} {
 		t.Run(c.index, func(t *testing.T) {
 			t.Parallel()
 			dsn := pgtest.NewMigratedDatabase(t)
@@ -227,19 +236,25 @@ func TestMigrateDropsInvalidLeftover(t *testing.T) {
 // while a long transaction reads it (pg_dump, a report). The leftover was dropped with a
 // plain DROP INDEX, whose ACCESS EXCLUSIVE lock waits for that transaction, and every insert
 // and select of the table queued behind it until the transaction ended: the order endpoints
-// (00005, up and down; 00007), and with 00006 every login and every request's session check.
+// (00005, up and down; 00007; 00008, up and down), and with 00006 every login and every
+// request's session check.
 func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 	for _, c := range []struct {
 		name, index, table, probe string
-		version                   int // unrecorded for an up; 0: the down to 4
+		version                   int   // unrecorded for an up; 0: a down
+		downTo                    int64 // the version a down goes to
 	}{
 		{"00005 up", "orders_status_keyset_idx", "orders",
-			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 5},
-		{"00006 up", "sessions_revoked_at_idx", "sessions", `INSERT INTO sessions (user_id) SELECT id FROM users`, 6},
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 5, 0},
+		{"00006 up", "sessions_revoked_at_idx", "sessions", `INSERT INTO sessions (user_id) SELECT id FROM users`, 6, 0},
 		{"00007 up", "orders_requested_by_symbol_keyset_idx", "orders",
-			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 7},
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 7, 0},
+		{"00008 up", "orders_symbol_status_keyset_idx", "orders",
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 8, 0},
 		{"00005 down", "orders_status_idx", "orders",
-			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 0},
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 0, 4},
+		{"00008 down", "orders_symbol_status_idx", "orders",
+			`INSERT INTO orders (symbol, side, quantity, price, requested_by) SELECT 'BTC/USD', 'buy', 1, 1, id FROM users`, 0, 7},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -274,7 +289,7 @@ func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				migrate = func() error { _, err := p.DownTo(ctx, 4); return err }
+				migrate = func() error { _, err := p.DownTo(ctx, c.downTo); return err }
 			} else {
 				exec(fmt.Sprintf(`DELETE FROM goose_db_version WHERE version_id >= %d`, c.version))
 			}
@@ -342,9 +357,11 @@ func TestInvalidLeftoverDoesNotBlockTheRuntime(t *testing.T) {
 				}
 			}
 			// The leftover is gone and the migration's indexes are there, valid.
-			want := map[bool][]string{false: {"orders_status_keyset_idx", "sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx",
-				"orders_requested_by_symbol_keyset_idx", "trades_user_symbol_keyset_idx"},
-				true: {"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx", "orders_pending_created_idx", "orders_pending_symbol_idx"}}[down]
+			want := map[int64][]string{0: {"orders_status_keyset_idx", "sessions_revoked_at_idx", "refresh_tokens_current_expires_at_idx",
+				"orders_requested_by_symbol_keyset_idx", "trades_user_symbol_keyset_idx",
+				"orders_symbol_keyset_idx", "orders_symbol_status_keyset_idx"},
+				4: {"orders_status_idx", "orders_created_at_idx", "orders_updated_at_idx", "orders_pending_created_idx", "orders_pending_symbol_idx"},
+				7: {"orders_symbol_status_idx"}}[c.downTo]
 			got := indexValidity(t, admin, `SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 				WHERE c.relnamespace = current_schema()::regnamespace
 					AND (c.relname = ANY($1) OR NOT i.indisvalid OR c.relname LIKE '%\_invalid')`, want)
@@ -377,9 +394,9 @@ func indexValidity(t *testing.T, q interface {
 	return got
 }
 
-// TestOrderIndexesDownAndUp: 00005's down migration puts back the indexes of orders that
-// 00002 built (a rollback of the runtime to one that expects them), and up again replaces
-// them once more.
+// TestOrderIndexesDownAndUp: the down migrations of 00008 and 00005 put back the indexes of
+// orders that 00002 built (a rollback of the runtime to one that expects them), and up again
+// replaces them once more.
 func TestOrderIndexesDownAndUp(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -397,6 +414,18 @@ func TestOrderIndexesDownAndUp(t *testing.T) {
 	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := p.DownTo(ctx, 7); err != nil {
+		t.Fatalf("down to 7: %v", err)
+	}
+	atSeven := indexes()
+	if valid, ok := atSeven["orders_symbol_status_idx"]; !ok || !valid {
+		t.Errorf("after down to 7: orders_symbol_status_idx present %v, valid %v", ok, valid)
+	}
+	for _, name := range []string{"orders_symbol_keyset_idx", "orders_symbol_status_keyset_idx"} {
+		if _, ok := atSeven[name]; ok {
+			t.Errorf("after down to 7: %s is still there", name)
+		}
 	}
 	if _, err := p.DownTo(ctx, 4); err != nil {
 		t.Fatalf("down to 4: %v", err)

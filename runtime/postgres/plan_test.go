@@ -55,7 +55,12 @@ func TestQueriesUseTheirIndexes(t *testing.T) {
 		// partial index on pending and sorted. Listings by status: TestOrderListingPagesReadFewBuffers.
 		{"orders_status_keyset_idx|orders_pending_requested_by_idx", `SELECT id FROM orders WHERE status = 'pending' ORDER BY created_at, id`},
 		{"orders_pending_requested_by_idx", `SELECT count(*) FROM orders WHERE requested_by = ` + user + ` AND status = 'pending'`},
-		{"orders_symbol_status_idx", `SELECT id FROM orders WHERE symbol = 'BTC/USD' AND status = 'approved'`},
+		// A page of a symbol here (a fifth of the orders) is found as fast by walking
+		// orders_keyset_idx; all of a symbol's orders, in order, are not. Pages of symbols of
+		// every frequency: TestRiskSymbolListingPagesReadFewBuffers.
+		{"orders_symbol_keyset_idx", `SELECT id FROM orders WHERE symbol = 'BTC/USD' ORDER BY created_at DESC, id DESC`},
+		{"orders_symbol_status_keyset_idx", `SELECT id FROM orders WHERE symbol = 'BTC/USD' AND status = 'rejected'
+			ORDER BY created_at DESC, id DESC`},
 		{"orders_requested_by_client_order_id_key", `SELECT id FROM orders WHERE requested_by = ` + user + ` AND client_order_id = 'c-1'`},
 		{"trades_symbol_executed_idx", `SELECT price FROM trades WHERE symbol = 'BTC/USD' ORDER BY executed_at DESC, id DESC LIMIT 1`},
 		// About 60 trades per user here: all of them, through either index of the user's
@@ -304,5 +309,97 @@ func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
 				cursor = next
 			}
 		})
+	}
+}
+
+// TestRiskSymbolListingPagesReadFewBuffers: a page of a risk user's GET /api/orders?symbol=,
+// with or without ?status=, reads about the rows it returns, for a symbol of any frequency
+// and at any cursor depth. With only orders_symbol_status_idx (symbol, status) to lead to a
+// symbol, a symbol of a few tenths of a percent of the orders walked orders_keyset_idx and
+// filtered, or read all of the symbol's orders and sorted them, per page; and the rejected
+// orders of a busy symbol were found by walking all rejected orders newest first, or by
+// reading all of the symbol's rejected orders and sorting them (200k orders, 40 symbols:
+// 320-420 buffers per page of a symbol with 0.2-0.3% of the orders, 310-330 for the rejected
+// orders of one with 5-8%). Each listing runs through FindOrders; its statement is then run
+// again under EXPLAIN (ANALYZE, BUFFERS) with the same values.
+func TestRiskSymbolListingPagesReadFewBuffers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewMigratedDatabase(t)
+	db, rec := tracedDB(t, dsn)
+	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
+	// 80k orders of 40 traders, newest first, symbols and statuses drawn by a hash of the
+	// order's number (so that no symbol lines up with a status): BTC/USD 60%, ETH/USD 25%,
+	// SOL/USD 10%, ADA/USD 4.3%, DOT/USD 0.3% (about 240), XLM/USD 40 orders spread over the
+	// whole time; 3% rejected, 30 pending among the newest.
+	for _, sql := range []string{
+		`INSERT INTO users (username, password_hash, roles)
+		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 40) g`,
+		`INSERT INTO users (username, password_hash, roles) VALUES ('desk', 'x', ARRAY['risk'])`, `
+		INSERT INTO orders (symbol, side, quantity, price, status, requested_by, decided_by, created_at, decided_at)
+		SELECT CASE WHEN g % 2000 = 7 THEN 'XLM/USD' WHEN s < 600 THEN 'BTC/USD' WHEN s < 850 THEN 'ETH/USD'
+				WHEN s < 950 THEN 'SOL/USD' WHEN s < 997 THEN 'ADA/USD' ELSE 'DOT/USD' END,
+			'buy', 1, 100, st, u.ids[1 + g % cardinality(u.ids)],
+			CASE WHEN st = 'pending' THEN NULL ELSE d.id END,
+			now() - g * interval '1 second', CASE WHEN st = 'pending' THEN NULL ELSE now() END
+		FROM generate_series(1, 80000) g
+		CROSS JOIN LATERAL (SELECT abs(hashint4(g)) % 1000 AS s,
+			CASE WHEN g <= 3000 AND g % 100 = 0 THEN 'pending'
+				WHEN abs(hashint4(-g)) % 100 < 3 THEN 'rejected' ELSE 'approved' END AS st) x,
+			(SELECT array_agg(id) AS ids FROM users WHERE 'trader' = ANY(roles)) u,
+			(SELECT id FROM users WHERE username = 'desk') d`,
+		`VACUUM ANALYZE users`, `VACUUM ANALYZE orders`,
+	} {
+		if _, err := db.Pool().Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	desk := &trading.User{Username: "desk", Roles: []trading.Role{trading.RoleRisk}}
+	if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = 'desk'`).Scan(&desk.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, symbol := range []string{"BTC/USD", "ETH/USD", "SOL/USD", "ADA/USD", "DOT/USD", "XLM/USD"} {
+		for _, status := range []trading.OrderStatus{"", trading.StatusApproved, trading.StatusRejected, trading.StatusPending} {
+			name := symbol
+			f := trading.OrderFilter{Symbol: &symbol}
+			if status != "" {
+				f.Status, name = &status, symbol+" "+string(status)
+			}
+			t.Run(name, func(t *testing.T) {
+				var want int
+				q := `SELECT count(*) FROM orders WHERE symbol = $1 AND ($2 = '' OR status = $2)`
+				if err := db.Pool().QueryRow(ctx, q, symbol, string(status)).Scan(&want); err != nil {
+					t.Fatal(err)
+				}
+				// Every page to the end, so that the deep cursors are measured too: the
+				// first three, every twentieth and the last.
+				listed := 0
+				for page := 1; ; page++ {
+					rec.take()
+					got, next, err := orders.FindOrders(as(desk), f)
+					if err != nil {
+						t.Fatal(err)
+					}
+					traced := rec.take()
+					if len(traced) != 1 {
+						t.Fatalf("FindOrders sent %d statements, want 1", len(traced))
+					}
+					listed += len(got)
+					if page <= 3 || page%20 == 0 || next == "" {
+						plan, buffers := explainBuffers(t, db, traced[0])
+						if limit := 2*len(got) + 20; buffers > limit {
+							t.Errorf("page %d (%d orders) read %d buffers, want at most %d:\n%s", page, len(got), buffers, limit, plan)
+						}
+					}
+					if next == "" {
+						break
+					}
+					f.Cursor = next
+				}
+				if listed != want {
+					t.Errorf("the pages listed %d orders, want %d", listed, want)
+				}
+			})
+		}
 	}
 }
