@@ -364,7 +364,8 @@ type sqlBusiness struct{ q Querier }
 
 // NewSQLBusiness computes BusinessStats with three aggregate queries against tradingd's
 // schema. Each is cheap: positions has one row per user and traded symbol; the pending
-// count uses the partial index on pending orders; today's losses read today's trades per
+// count is an index-only scan of the pending range of orders_status_keyset_idx (migration
+// 00005); today's losses read today's trades per
 // traded symbol through trades_symbol_executed_idx.
 func NewSQLBusiness(q Querier) BusinessSource { return sqlBusiness{q} }
 
