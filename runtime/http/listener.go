@@ -14,8 +14,9 @@ import (
 // WrapListener returns ln with the answers net/http writes itself, before any handler, turned
 // into this API's: a request it cannot parse (header fields over http.Server.MaxHeaderBytes:
 // 431; a malformed request line, header or Host: 400; an unknown transfer coding: 501) is
-// answered on the raw connection in text/plain, without the headers every response carries
-// (api.md: security headers, X-Request-ID, problem+json errors). Serve the API and the admin
+// answered on the raw connection in text/plain, and one whose Expect is not 100-continue
+// with an empty 417, both without the headers every response carries (api.md: security
+// headers, X-Request-ID, problem+json errors). Serve the API and the admin
 // port on it. It must see the plain HTTP bytes: a TLS listener goes around it, not under it.
 func WrapListener(ln net.Listener) net.Listener { return protocolErrorListener{ln} }
 
@@ -40,8 +41,15 @@ type protocolErrorConn struct{ net.Conn }
 
 // Write passes every write through but the answer of a request net/http could not parse:
 // one write, "HTTP/1.1 NNN ..." followed at once by net/http's errorHeaders (a handler's
-// answer never is: its first header is Cache-Control), which is replaced by ours.
+// answer never is: its first header is Cache-Control), which is replaced by ours; and the
+// 417 net/http gives to an Expect other than 100-continue, before any handler.
 func (c *protocolErrorConn) Write(p []byte) (int, error) {
+	if bytes.HasPrefix(p, []byte(netHTTPExpectationFailed)) {
+		if _, err := c.Conn.Write(protocolErrorResponse(http.StatusExpectationFailed, "")); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	if status, detail, ok := parseProtocolError(p); ok {
 		if _, err := c.Conn.Write(protocolErrorResponse(status, detail)); err != nil {
 			return 0, err
@@ -61,6 +69,12 @@ func (c *protocolErrorCloseWriteConn) CloseWrite() error { return c.cw.CloseWrit
 // netHTTPErrorHeaders are the header lines of net/http's own error answers (net/http
 // server.go, conn.serve).
 const netHTTPErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+// netHTTPExpectationFailed starts net/http's answer to an Expect it does not know
+// (response.sendExpectationFailed): written through the response writer, so not in the
+// shape of its other error answers, with Connection as its first header (sorted: a
+// handler's first is Allow or Cache-Control, and no handler answers 417).
+const netHTTPExpectationFailed = "HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\n"
 
 // parseProtocolError recognizes net/http's own error answer and returns its status and the
 // text it gives (the reason after "NNN Status Text: ", when there is one).
@@ -97,6 +111,7 @@ var protocolErrorDetails = map[int]string{
 	http.StatusRequestHeaderFieldsTooLarge: "the request's header fields are too large",
 	http.StatusBadRequest:                  "the request is not valid HTTP",
 	http.StatusNotImplemented:              "the request uses a transfer coding this server does not support",
+	http.StatusExpectationFailed:           "the request's Expect header asks for something other than 100-continue",
 }
 
 // protocolErrorResponse is the answer of a request net/http could not parse: the headers of

@@ -65,6 +65,10 @@ func TestProtocolErrors(t *testing.T) {
 		{"not HTTP", "GARBAGE\r\n\r\n", 400, "the request is not valid HTTP"},
 		{"unknown transfer coding", "POST /api/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
 			"the request uses a transfer coding this server does not support"},
+		// net/http answers an Expect other than 100-continue itself (417), through the
+		// response writer rather than as text/plain, with no header of ours.
+		{"unknown expectation", "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", 417,
+			"the request's Expect header asks for something other than 100-continue"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, b := send(t, tc.raw)
