@@ -47,6 +47,46 @@ func checkSecurityHeaders(t *testing.T, what string, h http.Header) {
 	}
 }
 
+// A client that declares a body over the limit and asks to be told first (Expect:
+// 100-continue, what curl sends for a body over 1 MiB) is answered 413 at once, without being
+// asked for the body: when it was asked, the server read 64 KiB of it, answered and closed,
+// and the client, still sending, often got a connection reset instead of the 413.
+func TestBodyTooLargeAnsweredBeforeItIsSent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	tok := e.token("trader1")
+	srv := httptest.NewServer(e.handler)
+	t.Cleanup(srv.Close)
+
+	for _, tc := range []struct{ path, token string }{{"/api/orders", tok}, {"/api/auth/login", ""}} {
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+		req := "POST " + tc.path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\n"
+		if tc.token != "" {
+			req += "Authorization: Bearer " + tc.token + "\r\n"
+		}
+		if _, err := io.WriteString(conn, req+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// Nothing of the body is sent: the first answer must be the final one.
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 413 || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s: first answer %d %q %s, want 413 problem+json without asking for the body", tc.path, resp.StatusCode, resp.Header.Get("Content-Type"), b)
+		}
+		checkSecurityHeaders(t, tc.path, resp.Header)
+	}
+}
+
 // Every response, successes and every kind of error alike, carries the security headers
 // and a request id.
 func TestHeadersOnEveryResponse(t *testing.T) {
@@ -207,6 +247,14 @@ func TestRequestBodies(t *testing.T) {
 		// Whitespace after a valid object counts too.
 		e.do("POST", "/api/orders", tok, good+strings.Repeat("\n", 65<<10)).problem(413)
 		e.do("POST", "/api/auth/login", "", `{"username":"`+strings.Repeat("u", 65<<10)+`","password":"x"}`).problem(413)
+		// The limit is 64 KiB exactly: a body of 65536 bytes is read (and refused for what it
+		// says, so that no order is stored), one more byte is not.
+		zero := `{"symbol":"BTC/USD","side":"buy","quantity":"0","price":"100"}`
+		exact := strings.Repeat(" ", 64<<10-len(zero)) + zero
+		if f := e.do("POST", "/api/orders", tok, exact).fields(); f["quantity"] == "" {
+			t.Errorf("a body of exactly 64 KiB: fields %v, want quantity refused", f)
+		}
+		e.do("POST", "/api/orders", tok, exact+" ").problem(413)
 		// Just under the limit is read (and refused for what it says, not its size).
 		under := `{"symbol":"BTC/USD","side":"buy","quantity":"1","price":"100","client_order_id":"` + strings.Repeat("x", 60<<10) + `"}`
 		if f := e.do("POST", "/api/orders", tok, under).fields(); f["client_order_id"] == "" {

@@ -69,6 +69,12 @@ func isJSON(r *http.Request) bool {
 
 // readBody reads the whole request body, at most the body limit.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if r.ContentLength > s.cfg.BodyLimit {
+		// Refused unread: a client waiting on Expect: 100-continue is then answered 413
+		// instead of being asked for a body the server would cut off (and reset the
+		// connection under while the client still sends it).
+		return nil, errBodyTooLarge
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.BodyLimit))
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return nil, errBodyTimeout
