@@ -61,7 +61,8 @@ func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("status"); v != "" {
 		st, err := trading.ParseOrderStatus(v)
 		if err != nil {
-			fields = append(fields, trading.FieldError{Field: "status", Message: trading.ErrorMessage(err)})
+			// The field names itself: its message, as every field's, does not repeat it.
+			fields = append(fields, trading.FieldError{Field: "status", Message: "must be one of pending, approved, rejected"})
 		}
 		f.Status = &st
 	}

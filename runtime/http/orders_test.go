@@ -602,6 +602,10 @@ func TestPagination(t *testing.T) {
 	if f := e.do("GET", "/api/orders?limit=0&status=open", tok, nil).fields(); len(f) != 2 {
 		t.Errorf("both bad parameters not listed: %v", f)
 	}
+	// A field's message does not repeat the field's name, as every other message.
+	if f := e.do("GET", "/api/orders?status=open", tok, nil).fields(); f["status"] != "must be one of pending, approved, rejected" {
+		t.Errorf("status=open: message %q", f["status"])
+	}
 
 	// Trades paginate the same way.
 	for i := range 5 {
