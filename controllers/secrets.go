@@ -216,9 +216,10 @@ func secretMetadataMatches(current, want *corev1.Secret) bool {
 // restoreMissingKeys puts back the keys of a generated Secret that were removed (or emptied) by
 // hand, with new values, as a deleted Secret is made again: without them the runtime's pods
 // would not start (the Secret's hash changed, so they roll). The values that are there are
-// kept, and so is an emptied admin password, which the pods start with (no first admin). In NAME-postgres-credentials the DSN follows the user and password it then holds:
-// rebuilt when it is missing or when the password is new (the database takes the new password
-// when its pod restarts, as after an edit of it).
+// kept, and so is an emptied admin password, which the pods start with (no first admin). In
+// NAME-postgres-credentials the DSN follows the user and password it then holds: rebuilt when
+// it is missing or when the password is new (the database takes the new password when its
+// pod restarts, as after an edit of it).
 //
 // The patch carries the resourceVersion read: a Secret from a cache that has not seen a key
 // put back yet (by the user, or by the previous pass) must not have it overwritten with a new
