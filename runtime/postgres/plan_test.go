@@ -156,21 +156,10 @@ func TestOrderListingPagesReadFewBuffers(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := c.filter
 			for page := 1; page <= c.pages; page++ {
-				rec.take()
-				got, next, err := orders.FindOrders(as(desk), f)
-				if err != nil {
-					t.Fatal(err)
-				}
-				traced := rec.take()
-				if len(traced) != 1 {
-					t.Fatalf("FindOrders sent %d statements, want 1", len(traced))
-				}
-				plan, buffers := explainBuffers(t, db, traced[0])
-				// A page's rows are scattered over the heap, one buffer each at worst, plus
-				// the descent of an index.
-				if limit := 2*len(got) + 20; buffers > limit {
-					t.Errorf("page %d (%d orders) read %d buffers, want at most %d:\n%s", page, len(got), buffers, limit, plan)
-				}
+				_, next := readPage(t, db, rec, page, nil, func() (int, string, error) {
+					got, next, err := orders.FindOrders(as(desk), f)
+					return len(got), next, err
+				})
 				if next == "" {
 					break
 				}
@@ -178,6 +167,31 @@ func TestOrderListingPagesReadFewBuffers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readPage reads one page of a listing through list, which returns the page's row count and
+// next cursor, and fails t when the listing sent other than one statement. Unless measured
+// (given the next cursor) says no, it runs that statement again under EXPLAIN and fails t when
+// it read more than a page's worth of buffers (two a row and twenty: a page's rows are
+// scattered over the heap, one buffer each at worst, plus the index's).
+func readPage(t *testing.T, db *postgres.DB, rec *recorder, page int, measured func(next string) bool, list func() (int, string, error)) (int, string) {
+	t.Helper()
+	rec.take()
+	n, next, err := list()
+	if err != nil {
+		t.Fatal(err)
+	}
+	traced := rec.take()
+	if len(traced) != 1 {
+		t.Fatalf("the listing sent %d statements, want 1", len(traced))
+	}
+	if measured == nil || measured(next) {
+		plan, buffers := explainBuffers(t, db, traced[0])
+		if limit := 2*n + 20; buffers > limit {
+			t.Errorf("page %d (%d rows) read %d buffers, want at most %d:\n%s", page, n, buffers, limit, plan)
+		}
+	}
+	return n, next
 }
 
 // explainBuffers runs q again under EXPLAIN (ANALYZE, BUFFERS) with its own values and
@@ -287,21 +301,9 @@ func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			u, cursor := traderNamed(t, db, c.user), ""
 			for page := 1; page <= 3; page++ {
-				rec.take()
-				n, next, err := c.list(u, c.symbol, cursor)
-				if err != nil {
-					t.Fatal(err)
-				}
+				n, next := readPage(t, db, rec, page, nil, func() (int, string, error) { return c.list(u, c.symbol, cursor) })
 				if n == 0 {
 					t.Fatalf("page %d is empty", page)
-				}
-				traced := rec.take()
-				if len(traced) != 1 {
-					t.Fatalf("the listing sent %d statements, want 1", len(traced))
-				}
-				plan, buffers := explainBuffers(t, db, traced[0])
-				if limit := 2*n + 20; buffers > limit {
-					t.Errorf("page %d (%d rows) read %d buffers, want at most %d:\n%s", page, n, buffers, limit, plan)
 				}
 				if next == "" {
 					break
@@ -375,22 +377,12 @@ func TestRiskSymbolListingPagesReadFewBuffers(t *testing.T) {
 				// first three, every twentieth and the last.
 				listed := 0
 				for page := 1; ; page++ {
-					rec.take()
-					got, next, err := orders.FindOrders(as(desk), f)
-					if err != nil {
-						t.Fatal(err)
-					}
-					traced := rec.take()
-					if len(traced) != 1 {
-						t.Fatalf("FindOrders sent %d statements, want 1", len(traced))
-					}
-					listed += len(got)
-					if page <= 3 || page%20 == 0 || next == "" {
-						plan, buffers := explainBuffers(t, db, traced[0])
-						if limit := 2*len(got) + 20; buffers > limit {
-							t.Errorf("page %d (%d orders) read %d buffers, want at most %d:\n%s", page, len(got), buffers, limit, plan)
-						}
-					}
+					measured := func(next string) bool { return page <= 3 || page%20 == 0 || next == "" }
+					n, next := readPage(t, db, rec, page, measured, func() (int, string, error) {
+						got, next, err := orders.FindOrders(as(desk), f)
+						return len(got), next, err
+					})
+					listed += n
 					if next == "" {
 						break
 					}
