@@ -167,6 +167,9 @@ func severalReplicas(s *tradingv1alpha1.TradingStack) bool {
 // schema version (appliedSchemaVersion).
 const migrateContainer = "migrate"
 
+// runtimeContainer is the container of the runtime's pods (NAME-api).
+const runtimeContainer = "tradingd"
+
 // desiredMigrationJob is NAME-migrate-HASH: `tradingd migrate` with image against the stack's
 // database. It never restarts in place (failed pods stay for their logs) and gives up after a
 // few attempts or ten minutes; its last log lines become the termination message, so a failure
@@ -279,7 +282,7 @@ func desiredAPIDeployment(s *tradingv1alpha1.TradingStack, image string, configH
 					// 3s closing the pool.
 					TerminationGracePeriodSeconds: ptr.To[int64](30),
 					Containers: []corev1.Container{{
-						Name:            "tradingd",
+						Name:            runtimeContainer,
 						Image:           image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
 						Command:         []string{tradingdBinary, "serve"},

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,10 +21,11 @@ import (
 	"github.com/findmy/trading-operator/runtime/postgres"
 )
 
-// Waiting on a migration Job, or on a database StatefulSet without a pod, are the places the
-// operator polls: the Job's own status changes wake it too, the timer is a backstop that grows
-// with the object's age so a slow migration is not polled hot; a pod the API server refuses is
-// said only in events, which nothing watches (createRefused).
+// Waiting on a migration Job, on a database StatefulSet without a pod, or on a runtime pod
+// that is not ready are the places the operator polls: the Job's own status changes wake it
+// too, the timer is a backstop that grows with the object's age so a slow migration is not
+// polled hot; a pod the API server refuses is said only in events, which nothing watches
+// (createRefused), and why a pod waits only in the pod (runtimePodsWaiting).
 const (
 	pollMin = 5 * time.Second
 	pollMax = 2 * time.Minute
@@ -186,24 +186,12 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 // stack said about a mistyped image tag.
 func migrationPodWaiting(pods []corev1.Pod) string {
 	// The newest pod tells: an earlier attempt's state is history.
-	slices.SortFunc(pods, func(a, b corev1.Pod) int {
-		return b.CreationTimestamp.Compare(a.CreationTimestamp.Time)
-	})
+	sortNewestFirst(pods)
 	for _, pod := range pods {
 		if podDone(&pod) {
 			continue
 		}
-		for _, c := range pod.Status.ContainerStatuses {
-			if w := c.State.Waiting; c.Name == migrateContainer && w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
-				return shortReason(w.Reason, w.Message)
-			}
-		}
-		for _, c := range pod.Status.Conditions {
-			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
-				return shortReason(c.Reason, c.Message)
-			}
-		}
-		return ""
+		return podWaiting(&pod, migrateContainer)
 	}
 	return ""
 }

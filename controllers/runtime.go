@@ -162,6 +162,13 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 		Image:         p.servingImage,
 	}
 
+	// Why the pods that are not ready wait, read only while the Deployment has not rolled out:
+	// a stack at rest reads no pods.
+	waiting := ""
+	if !deploymentAvailable(dep) || !rolledOut(dep, desired) {
+		waiting = r.runtimePodsWaiting(ctx, p, dep)
+	}
+
 	switch {
 	case deploymentAvailable(dep) && rolledOut(dep, desired):
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
@@ -174,11 +181,11 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 			why = strings.TrimPrefix(refused, "; ")
 		}
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck,
-			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s", dep.Name, p.servingImage, why, held))
+			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s%s", dep.Name, p.servingImage, why, waiting, held))
 	case deploymentAvailable(dep):
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,
-			fmt.Sprintf("Deployment %s is available and rolling out image %s%s%s", dep.Name, p.servingImage, refused, held))
+			fmt.Sprintf("Deployment %s is available and rolling out image %s%s%s%s", dep.Name, p.servingImage, refused, waiting, held))
 	case stuck:
 		// No pod serves, and the Deployment controller gave up on the rollout (a crash loop,
 		// an image the nodes cannot pull): no wait ends that, so the stack must not read as
@@ -189,10 +196,10 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 			why = strings.TrimPrefix(refused, "; ")
 		}
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonRolloutStuck,
-			fmt.Sprintf("Deployment %s has no available pod, and its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s", dep.Name, p.servingImage, why, held))
+			fmt.Sprintf("Deployment %s has no available pod, and its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s%s", dep.Name, p.servingImage, why, waiting, held))
 	default:
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
-			fmt.Sprintf("waiting for Deployment %s to become available%s%s", dep.Name, refused, held))
+			fmt.Sprintf("waiting for Deployment %s to become available%s%s%s", dep.Name, refused, waiting, held))
 	}
 	return false, nil
 }

@@ -353,7 +353,8 @@ func finish(writeErr error, res ctrl.Result) (ctrl.Result, error) {
 // status writes must not wake it) and every kind of child, so a child deleted or
 // edited by hand is put back. A stack at rest runs on no timer: a pass asks to run again
 // (p.requeue) only while it waits on what no watch reports (a running migration Job, a
-// database without a pod, whose refusals are only events, a CRD settling).
+// database without a pod, whose refusals are only events, a runtime pod that is not ready, a
+// CRD settling).
 func (r *TradingStackReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	userSecrets, err := r.userSecretWatch(mgr)
 	if err != nil {
