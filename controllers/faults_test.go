@@ -225,12 +225,7 @@ func testRefusedChildKeepsOthers(t *testing.T) {
 	createStack(t, newStack(ns, "rk", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 2, MaxReplicas: 4}
 	}))
-	waitFor(t, &appsv1.StatefulSet{}, ns, "rk-postgres")
-	markStatefulSetReady(t, ns, "rk-postgres")
-	waitFor(t, &appsv1.Deployment{}, ns, "rk-redis")
-	markDeploymentReady(t, ns, "rk-redis")
-	finishJob(t, ns, waitMigrationJob(t, ns, "rk", "registry.example.com/tradingd:v1").Name, true)
-	waitFor(t, &appsv1.Deployment{}, ns, "rk-api")
+	untilRuntime(t, ns, "rk")
 	markDeploymentReady(t, ns, "rk-api")
 
 	s := waitConditionSays(t, ns, "rk", tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonApplyFailed,

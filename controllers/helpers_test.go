@@ -275,6 +275,16 @@ func createMigrationPod(t *testing.T, job *batchv1.Job, name string) *corev1.Pod
 // the stack is Ready.
 func makeReady(t *testing.T, ns, name string) *tradingv1alpha1.TradingStack {
 	t.Helper()
+	untilRuntime(t, ns, name)
+	markDeploymentReady(t, ns, name+"-api")
+	return waitCondition(t, ns, name, tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+}
+
+// untilRuntime plays kubelet for a stack's database and cache and lets its migration succeed,
+// and returns the runtime's Deployment once it exists, not yet available: the point where a
+// test decides what the runtime's pods do.
+func untilRuntime(t *testing.T, ns, name string) *appsv1.Deployment {
+	t.Helper()
 	s := getStack(t, ns, name)
 	if !s.ExternalPostgres() {
 		waitFor(t, &appsv1.StatefulSet{}, ns, name+"-postgres")
@@ -288,9 +298,7 @@ func makeReady(t *testing.T, ns, name string) *tradingv1alpha1.TradingStack {
 	if _, state := jobOutcome(job); state == jobRunning {
 		finishJob(t, ns, job.Name, true)
 	}
-	waitFor(t, &appsv1.Deployment{}, ns, name+"-api")
-	markDeploymentReady(t, ns, name+"-api")
-	return waitCondition(t, ns, name, tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	return waitFor(t, &appsv1.Deployment{}, ns, name+"-api")
 }
 
 // reconcileDirectly runs passes of a reconciler wired like the manager's, so a

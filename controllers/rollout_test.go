@@ -408,12 +408,7 @@ func testStuckRolloutNewTemplate(t *testing.T) {
 func testFirstRolloutStuckSaid(t *testing.T) {
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "fr"))
-	waitFor(t, &appsv1.StatefulSet{}, ns, "fr-postgres")
-	markStatefulSetReady(t, ns, "fr-postgres")
-	waitFor(t, &appsv1.Deployment{}, ns, "fr-redis")
-	markDeploymentReady(t, ns, "fr-redis")
-	finishJob(t, ns, waitMigrationJob(t, ns, "fr", "registry.example.com/tradingd:v1").Name, true)
-	waitFor(t, &appsv1.Deployment{}, ns, "fr-api")
+	untilRuntime(t, ns, "fr")
 	waitCondition(t, ns, "fr", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable)
 
 	eventually(t, "Deployment fr-api past its progress deadline with no pod available", func() error {

@@ -29,12 +29,7 @@ func testRuntimePodsWaitSaid(t *testing.T) {
 	const image = "registry.example.com/tradingd:v1"
 	ns := newNamespace(t)
 	createStack(t, newStack(ns, "rw", func(s *tradingv1alpha1.TradingStack) { s.Spec.Runtime.Replicas = 1 }))
-	waitFor(t, &appsv1.StatefulSet{}, ns, "rw-postgres")
-	markStatefulSetReady(t, ns, "rw-postgres")
-	waitFor(t, &appsv1.Deployment{}, ns, "rw-redis")
-	markDeploymentReady(t, ns, "rw-redis")
-	finishJob(t, ns, waitMigrationJob(t, ns, "rw", image).Name, true)
-	api := waitFor(t, &appsv1.Deployment{}, ns, "rw-api")
+	api := untilRuntime(t, ns, "rw")
 
 	// The ReplicaSet controller's pod, which the kubelet cannot start; the Deployment
 	// controller counts it, and reports nothing else before its deadline.
