@@ -173,30 +173,28 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	case deploymentAvailable(dep) && rolledOut(dep, desired):
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonDeploymentAvailable,
 			fmt.Sprintf("Deployment %s is available with image %s%s", dep.Name, p.servingImage, held))
-	case deploymentAvailable(dep) && stuck:
-		why := fmt.Sprintf("the new pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name)
+	case stuck:
+		// The Deployment controller gave up on the rollout (a crash loop, an image the nodes
+		// cannot pull): no wait ends that. With the pods from before serving, available but
+		// stuck (Degraded); with none, the stack must not read as waiting (Progressing True,
+		// phase Provisioning) for good. A pod that becomes ready resets the verdict, and the
+		// Deployment's status change brings the next pass.
+		status, state, pods := metav1.ConditionFalse, "has no available pod, and its rollout", "its pods"
+		if deploymentAvailable(dep) {
+			status, state, pods = metav1.ConditionTrue, "serves, but its rollout", "the new pods"
+		}
+		why := fmt.Sprintf("%s do not become ready; see kubectl rollout status deployment/%s and the pods' events", pods, dep.Name)
 		if refused != "" {
 			// The deadline passes as well when the new pods were never created (a quota used
 			// up by the old ones): there are no pods to look at, and no wait ends it.
 			why = strings.TrimPrefix(refused, "; ")
 		}
-		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck,
-			fmt.Sprintf("Deployment %s serves, but its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s%s", dep.Name, p.servingImage, why, waiting, held))
+		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, status, tradingv1alpha1.ReasonRolloutStuck,
+			fmt.Sprintf("Deployment %s %s (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s%s", dep.Name, state, p.servingImage, why, waiting, held))
 	case deploymentAvailable(dep):
 		// Serving, but a rollout or a scale-up is under way.
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionTrue, tradingv1alpha1.ReasonRollingOut,
 			fmt.Sprintf("Deployment %s is available and rolling out image %s%s%s%s", dep.Name, p.servingImage, refused, waiting, held))
-	case stuck:
-		// No pod serves, and the Deployment controller gave up on the rollout (a crash loop,
-		// an image the nodes cannot pull): no wait ends that, so the stack must not read as
-		// waiting (Progressing True, phase Provisioning) for good. A pod that becomes ready
-		// resets the verdict, and the Deployment's status change brings the next pass.
-		why := fmt.Sprintf("its pods do not become ready; see kubectl rollout status deployment/%s and the pods' events", dep.Name)
-		if refused != "" {
-			why = strings.TrimPrefix(refused, "; ")
-		}
-		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonRolloutStuck,
-			fmt.Sprintf("Deployment %s has no available pod, and its rollout (image %s) made no progress within its deadline (ProgressDeadlineExceeded): %s%s%s", dep.Name, p.servingImage, why, waiting, held))
 	default:
 		p.setCondition(tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
 			fmt.Sprintf("waiting for Deployment %s to become available%s%s%s", dep.Name, refused, waiting, held))
