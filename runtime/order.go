@@ -31,13 +31,14 @@ const (
 	StatusRejected OrderStatus = "rejected"
 )
 
-// ParseOrderStatus returns the status named s.
+// ParseOrderStatus returns the status named s, or the invalid field "status" (every layer
+// that reads a status from a client answers in the same words).
 func ParseOrderStatus(s string) (OrderStatus, error) {
 	switch st := OrderStatus(s); st {
 	case StatusPending, StatusApproved, StatusRejected:
 		return st, nil
 	}
-	return "", Errorf(EINVALID, "status must be one of pending, approved, rejected")
+	return "", Invalid(FieldError{Field: "status", Message: "must be one of pending, approved, rejected"})
 }
 
 // Order is a request to trade that a second person must approve before it executes.

@@ -60,10 +60,7 @@ func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 	f := trading.OrderFilter{Cursor: q.Get("cursor")}
 	if v := q.Get("status"); v != "" {
 		st, err := trading.ParseOrderStatus(v)
-		if err != nil {
-			// The field names itself: its message, as every field's, does not repeat it.
-			fields = append(fields, trading.FieldError{Field: "status", Message: "must be one of pending, approved, rejected"})
-		}
+		fields = append(fields, trading.ErrorFields(err)...)
 		f.Status = &st
 	}
 	if v := q.Get("symbol"); v != "" {

@@ -431,7 +431,7 @@ func (s *OrderService) FindOrders(ctx context.Context, f trading.OrderFilter) ([
 	}
 	if f.Status != nil {
 		if _, err := trading.ParseOrderStatus(string(*f.Status)); err != nil {
-			return nil, "", trading.Invalid(trading.FieldError{Field: "status", Message: "must be one of pending, approved, rejected"})
+			return nil, "", err
 		}
 		w.add("status = ?", string(*f.Status))
 	}
