@@ -153,16 +153,37 @@ func markDeploymentReady(t *testing.T, ns, name string) {
 		if d.Spec.Replicas != nil {
 			n = *d.Spec.Replicas
 		}
-		now := metav1.Now()
 		d.Status = appsv1.DeploymentStatus{
 			ObservedGeneration: d.Generation, Replicas: n, ReadyReplicas: n, AvailableReplicas: n, UpdatedReplicas: n,
-			Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "NewReplicaSetAvailable", LastUpdateTime: now, LastTransitionTime: now},
-			},
+			Conditions: deploymentConditions(true, "NewReplicaSetAvailable"),
 		}
 		return k8s.Status().Update(bg, d)
 	})
+}
+
+// deploymentConditions are the conditions the Deployment controller writes: Available as
+// available says; Progressing with reason progress, False when that is
+// ProgressDeadlineExceeded (it gave up on the rollout); then more (replicaFailure, say).
+func deploymentConditions(available bool, progress string, more ...appsv1.DeploymentCondition) []appsv1.DeploymentCondition {
+	now := metav1.Now()
+	a := appsv1.DeploymentCondition{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable",
+		Message: "Deployment has minimum availability.", LastUpdateTime: now, LastTransitionTime: now}
+	if !available {
+		a.Status, a.Reason, a.Message = corev1.ConditionFalse, "MinimumReplicasUnavailable", "Deployment does not have minimum availability."
+	}
+	p := appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: progress, LastUpdateTime: now, LastTransitionTime: now}
+	if progress == "ProgressDeadlineExceeded" {
+		p.Status, p.Message = corev1.ConditionFalse, "ReplicaSet has timed out progressing."
+	}
+	return append([]appsv1.DeploymentCondition{a, p}, more...)
+}
+
+// replicaFailure is the condition the Deployment controller writes when the API server
+// refuses its pods, with the answer (refusal).
+func replicaFailure(refusal string) appsv1.DeploymentCondition {
+	now := metav1.Now()
+	return appsv1.DeploymentCondition{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refusal,
+		LastUpdateTime: now, LastTransitionTime: now}
 }
 
 // migrationJobs lists the stack's migration Jobs (NAME-migrate-HASH).

@@ -89,15 +89,11 @@ func runtimeRolloutAt(t *testing.T, ns, name string, replicas, updated, availabl
 		if err := k8s.Get(bg, key(ns, name), d); err != nil {
 			return err
 		}
-		now := metav1.Now()
 		d.Status = appsv1.DeploymentStatus{
 			ObservedGeneration: d.Generation, Replicas: replicas, UpdatedReplicas: updated,
 			ReadyReplicas: available, AvailableReplicas: available, UnavailableReplicas: replicas - available,
 			TerminatingReplicas: ptr.To(terminating),
-			Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "ReplicaSetUpdated", LastUpdateTime: now, LastTransitionTime: now},
-			},
+			Conditions:          deploymentConditions(true, "ReplicaSetUpdated"),
 		}
 		return k8s.Status().Update(bg, d)
 	})

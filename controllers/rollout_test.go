@@ -28,23 +28,15 @@ func setDeploymentStatus(t *testing.T, ns, name string, replicas, updated, ready
 // Progressing condition (ProgressDeadlineExceeded: the controller gave up on the rollout).
 func setDeploymentStatusProgress(t *testing.T, ns, name string, replicas, updated, ready int32, progress string) {
 	t.Helper()
-	progressing := corev1.ConditionTrue
-	if progress == "ProgressDeadlineExceeded" {
-		progressing = corev1.ConditionFalse
-	}
 	d := &appsv1.Deployment{}
 	eventually(t, "set Deployment "+name+" status", func() error {
 		if err := k8s.Get(bg, key(ns, name), d); err != nil {
 			return err
 		}
-		now := metav1.Now()
 		d.Status = appsv1.DeploymentStatus{
 			ObservedGeneration: d.Generation, Replicas: replicas, UpdatedReplicas: updated,
 			ReadyReplicas: ready, AvailableReplicas: ready, UnavailableReplicas: max(replicas-ready, 0),
-			Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentProgressing, Status: progressing, Reason: progress, LastUpdateTime: now, LastTransitionTime: now},
-			},
+			Conditions: deploymentConditions(true, progress),
 		}
 		return k8s.Status().Update(bg, d)
 	})
@@ -416,13 +408,9 @@ func testFirstRolloutStuckSaid(t *testing.T) {
 		if err := k8s.Get(bg, key(ns, "fr-api"), d); err != nil {
 			return err
 		}
-		now := metav1.Now()
 		d.Status = appsv1.DeploymentStatus{
 			ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 2, UnavailableReplicas: 2,
-			Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionFalse, Reason: "MinimumReplicasUnavailable", Message: "Deployment does not have minimum availability.", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", Message: `ReplicaSet "fr-api-5d4f" has timed out progressing.`, LastUpdateTime: now, LastTransitionTime: now},
-			},
+			Conditions: deploymentConditions(false, "ProgressDeadlineExceeded"),
 		}
 		return k8s.Status().Update(bg, d)
 	})

@@ -194,19 +194,10 @@ func setDeploymentPods(t *testing.T, ns, name string, replicas, updated, ready i
 		if err := k8s.Get(bg, key(ns, name), d); err != nil {
 			return err
 		}
-		now := metav1.Now()
-		available := appsv1.DeploymentCondition{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionFalse, Reason: "MinimumReplicasUnavailable",
-			Message: "Deployment does not have minimum availability.", LastUpdateTime: now, LastTransitionTime: now}
-		if ready >= *d.Spec.Replicas {
-			available.Status, available.Reason, available.Message = corev1.ConditionTrue, "MinimumReplicasAvailable", "Deployment has minimum availability."
-		}
 		d.Status = appsv1.DeploymentStatus{
 			ObservedGeneration: d.Generation, Replicas: replicas, UpdatedReplicas: updated, ReadyReplicas: ready, AvailableReplicas: ready,
 			UnavailableReplicas: replicas - ready,
-			Conditions: []appsv1.DeploymentCondition{
-				available,
-				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "ReplicaSetUpdated", LastUpdateTime: now, LastTransitionTime: now},
-			},
+			Conditions:          deploymentConditions(ready >= *d.Spec.Replicas, "ReplicaSetUpdated"),
 		}
 		return k8s.Status().Update(bg, d)
 	})
