@@ -55,7 +55,11 @@ while a <= #ARGV do
           i, 0, math.floor(-diff * 1000000), math.floor((cur - now) * 1000000)
       else
         new[i] = new_tat
-        local left = math.floor(diff / interval)
+        -- Seconds since 2017 in doubles are exact to about 0.1 us, and the subtractions
+        -- above land that much short of a boundary: the first request of a limit of 100
+        -- left 98.999999... A microsecond (TIME's resolution) of slack counts it as 99;
+        -- at most limit - 1 are left after a request, whatever the slack adds to tiny intervals.
+        local left = math.min(math.floor((diff + 0.000001) / interval), limit - 1)
         if pick == 0 or left < remaining then
           pick, remaining, reset = i, left, new_tat - now
         end

@@ -591,3 +591,28 @@ func TestHeadersAfterTheSwitchBackCountTheOutage(t *testing.T) {
 			remaining, w.Header().Get("RateLimit-Reset"))
 	}
 }
+
+// RateLimit-Remaining counts down by one per request for any limit, not only for those that
+// divide their period into whole seconds: a limit of 100 per minute (0.6 s a request) said 98
+// after the first request and 98 again after the second, the theoretical arrival time in
+// float seconds landing a hair short of the boundary.
+func TestRemainingCountsDownByOne(t *testing.T) {
+	url := redistest.SharedURL(t)
+	for _, n := range []int{7, 60, 100, 110, 1000} {
+		for name, o := range map[string]ratelimit.Options{
+			"shared": {Redis: openPatientRedis(t, url, redistest.Prefix(t))},
+			"local":  {},
+		} {
+			l := ratelimit.New(ratelimit.Config{Data: n}, o)
+			h := l.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+			user := uuid.New()
+			for i := 1; i <= 3; i++ {
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, withUser(httptest.NewRequest("GET", "/api/positions", nil), user))
+				if got, want := w.Header().Get("RateLimit-Remaining"), strconv.Itoa(n-i); w.Code != 200 || got != want {
+					t.Errorf("%s, limit %d, request %d: %d, RateLimit-Remaining %s, want %s", name, n, i, w.Code, got, want)
+				}
+			}
+		}
+	}
+}
