@@ -199,11 +199,11 @@ var settings = []setting{
 	{env: "MAX_QUANTITY", def: "1000000", usage: "largest order quantity", apply: storableBound(func(c *Config, d decimal.Decimal) { c.MaxQuantity = d })},
 	{env: "MAX_PRICE", def: "1000000", usage: "largest order price", apply: storableBound(func(c *Config, d decimal.Decimal) { c.MaxPrice = d })},
 	{env: "MAX_DAILY_LOSS", usage: "daily realized loss at which a user's new orders are refused (unset: no limit)", apply: positiveDecimal(func(c *Config, d decimal.Decimal) { c.MaxDailyLoss = &d })},
-	{env: "RATE_LIMIT_LOGIN", def: "5", usage: "logins per minute per client IP (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitLogin })},
-	{env: "RATE_LIMIT_TRADING", def: "30", usage: "trading requests per minute per user (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitTrading })},
-	{env: "RATE_LIMIT_DATA", def: "60", usage: "data requests per minute per user (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitData })},
-	{env: "RATE_LIMIT_GLOBAL_PER_MINUTE", def: "100", usage: "requests per minute over all classes (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitGlobalPerMinute })},
-	{env: "RATE_LIMIT_GLOBAL_PER_DAY", def: "1000", usage: "requests per day over all classes (0: off)", apply: nonNegativeInt(func(c *Config) *int { return &c.RateLimitGlobalPerDay })},
+	{env: "RATE_LIMIT_LOGIN", def: "5", usage: "logins per minute per client IP (0: off)", apply: rateLimit(func(c *Config) *int { return &c.RateLimitLogin })},
+	{env: "RATE_LIMIT_TRADING", def: "30", usage: "trading requests per minute per user (0: off)", apply: rateLimit(func(c *Config) *int { return &c.RateLimitTrading })},
+	{env: "RATE_LIMIT_DATA", def: "60", usage: "data requests per minute per user (0: off)", apply: rateLimit(func(c *Config) *int { return &c.RateLimitData })},
+	{env: "RATE_LIMIT_GLOBAL_PER_MINUTE", def: "100", usage: "requests per minute over all classes (0: off)", apply: rateLimit(func(c *Config) *int { return &c.RateLimitGlobalPerMinute })},
+	{env: "RATE_LIMIT_GLOBAL_PER_DAY", def: "1000", usage: "requests per day over all classes (0: off)", apply: rateLimit(func(c *Config) *int { return &c.RateLimitGlobalPerDay })},
 	{env: "CACHE_POSITIONS_TTL", def: "30s", usage: "positions cache lifetime (at most 24h; 0 means the default)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CachePositionsTTL })},
 	{env: "CACHE_SUMMARY_TTL", def: "10s", usage: "summary cache lifetime (at most 24h; 0 means the default)", apply: cacheTTL(func(c *Config) *time.Duration { return &c.CacheSummaryTTL })},
 	{env: "CACHE_L1", def: "true", bool: true, usage: "keep positions and summaries in process memory; false for several replicas without REDIS_URL, which cannot tell each other of a trade", apply: boolean(func(c *Config) *bool { return &c.CacheL1 })},
@@ -598,11 +598,14 @@ func boolean(field func(*Config) *bool) func(*Config, string) error {
 	}
 }
 
-func nonNegativeInt(field func(*Config) *int) func(*Config, string) error {
+// rateLimit reads a RATE_LIMIT_* setting: requests per period, 0 off. The upper bound is the
+// TradingStack's (an int32): far larger numbers (a "1<<62" meant as unlimited, where 0 is)
+// overflow the limiter's arithmetic and the headers said 0 remaining on allowed requests.
+func rateLimit(field func(*Config) *int) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return fmt.Errorf("%q is not a whole number of 0 or more", v)
+		if err != nil || n < 0 || n > math.MaxInt32 {
+			return fmt.Errorf("%q is not a whole number from 0 (off) to %d", v, math.MaxInt32)
 		}
 		*field(c) = n
 		return nil

@@ -117,7 +117,7 @@ func TestLoadSources(t *testing.T) {
 		{"RATE_LIMIT_TRADING", "--rate-limit-trading", "11", "9", func(c *Config) bool { return c.RateLimitTrading == 11 }},
 		{"RATE_LIMIT_DATA", "--rate-limit-data", "12", "9", func(c *Config) bool { return c.RateLimitData == 12 }},
 		{"RATE_LIMIT_GLOBAL_PER_MINUTE", "--rate-limit-global-per-minute", "13", "9", func(c *Config) bool { return c.RateLimitGlobalPerMinute == 13 }},
-		{"RATE_LIMIT_GLOBAL_PER_DAY", "--rate-limit-global-per-day", "14", "9", func(c *Config) bool { return c.RateLimitGlobalPerDay == 14 }},
+		{"RATE_LIMIT_GLOBAL_PER_DAY", "--rate-limit-global-per-day", "2147483647", "9", func(c *Config) bool { return c.RateLimitGlobalPerDay == 2147483647 }}, // the largest accepted
 		{"CACHE_POSITIONS_TTL", "--cache-positions-ttl", "1m", "2m", func(c *Config) bool { return c.CachePositionsTTL == time.Minute }},
 		{"CACHE_SUMMARY_TTL", "--cache-summary-ttl", "0s", "2m", func(c *Config) bool { return c.CacheSummaryTTL == 0 }},
 		{"CACHE_L1", "--cache-l1", "false", "true", func(c *Config) bool { return !c.CacheL1 }},
@@ -250,6 +250,9 @@ func TestLoadErrors(t *testing.T) {
 		{"max daily loss", nil, with(required(), "MAX_DAILY_LOSS", "NaN"), "MAX_DAILY_LOSS"},
 		{"rate limit negative", nil, with(required(), "RATE_LIMIT_LOGIN", "-1"), "RATE_LIMIT_LOGIN"},
 		{"rate limit not a number", nil, with(required(), "RATE_LIMIT_GLOBAL_PER_DAY", "1e3"), "RATE_LIMIT_GLOBAL_PER_DAY"},
+		// Meant as "unlimited" (0 is), it overflowed the limiter: 0 remaining on allowed requests.
+		{"rate limit beyond the TradingStack's int32", nil, with(required(), "RATE_LIMIT_DATA", "2147483648"), "RATE_LIMIT_DATA"},
+		{"rate limit 1<<62", []string{"--rate-limit-trading", "4611686018427387904"}, required(), "RATE_LIMIT_TRADING"},
 		{"cache ttl", nil, with(required(), "CACHE_SUMMARY_TTL", "10"), "CACHE_SUMMARY_TTL"},
 		{"cache ttl beyond a day", nil, with(required(), "CACHE_SUMMARY_TTL", "48h"), "CACHE_SUMMARY_TTL"},
 		{"db max conns zero", nil, with(required(), "DB_MAX_CONNS", "0"), "DB_MAX_CONNS"},
