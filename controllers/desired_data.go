@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"strconv"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -151,6 +153,7 @@ func desiredRedisDeployment(s *tradingv1alpha1.TradingStack) *appsv1.Deployment 
 	}
 	readiness := tcp(5, 3)
 	readiness.ProbeHandler = corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"redis-cli", "-p", "6379", "ping"}}}
+	resources := resourcesOr(s.Spec.Redis.Resources, defaultRedisResources())
 	return &appsv1.Deployment{
 		TypeMeta:   typeMeta("apps/v1", "Deployment"),
 		ObjectMeta: objectMeta(s, redisName(s), redisApp, cacheComponent),
@@ -168,9 +171,9 @@ func desiredRedisDeployment(s *tradingv1alpha1.TradingStack) *appsv1.Deployment 
 						Name:            "redis",
 						Image:           s.Spec.Redis.Image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
-						Args:            []string{"redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"},
+						Args:            redisArgs(resources),
 						Ports:           []corev1.ContainerPort{tcpPort("redis", redisPort)},
-						Resources:       resourcesOr(s.Spec.Redis.Resources, defaultRedisResources()),
+						Resources:       resources,
 						ReadinessProbe:  readiness,
 						LivenessProbe:   tcp(10, 6),
 						SecurityContext: containerSecurityContext(),
@@ -181,6 +184,51 @@ func desiredRedisDeployment(s *tradingv1alpha1.TradingStack) *appsv1.Deployment 
 			},
 		},
 	}
+}
+
+// redisArgs runs Redis as a cache within its container's memory limit. Without maxmemory it
+// grew until the kernel killed the container, and every replica lost its L2 and the shared
+// rate limits at once (then again whenever it filled up: a crash loop). Its keys are the
+// traders' cached views and their version counters and the rate-limit buckets, which grow
+// with the traders and with the client addresses that call (a request that authentication
+// refuses has buckets per address), so it fills up in time whatever its size.
+//
+// maxmemory is three quarters of the limit (192Mi of the default 256Mi). It bounds what
+// Redis's allocator counts (the data and the clients' buffers), not the memory the kernel
+// charges the container: jemalloc's fragmentation as keys of many sizes come and go with
+// their TTLs (INFO memory's mem_fragmentation_ratio), the process itself (a few MiB) and
+// buffers beyond that count come on top, and the last quarter is for them (Amazon
+// ElastiCache reserves the same quarter by default, its reserved-memory-percent). Nothing
+// else needs room: there is no replica (no replication backlog or replica buffers) and no
+// persistence (no fork for a snapshot or AOF rewrite, whose copy-on-write could double the
+// memory).
+//
+// When it is full Redis evicts volatile-lru: the least recently used of the keys that have
+// a TTL. Every key the runtime writes has one except the deployment's cache epoch (runtime/
+// redis/store.go), and losing any of them is survivable: an evicted L2 value or version
+// counter is a miss, a read from the database (a lost counter starts again at random, so no
+// older value is taken for the current one), and an evicted rate-limit bucket lets its user
+// or address through early once (a fresh bucket's burst). The epoch is the one key that
+// volatile-lru never evicts (allkeys-lru may): its loss is survivable too, but it makes
+// every L2 value of the deployment a miss at once, a burst of database reads just when
+// Redis is under pressure. Least recently used goes first: the counters of traders gone
+// for days and the buckets of addresses that called once, not the summaries (10 s by
+// default) being read now, which volatile-ttl would take first. noeviction would refuse
+// the runtime's writes once full (OOM command not allowed): an approve's version bump
+// fails, so the other replicas serve the book from before the trade until it expires, and
+// the limits fall back to each replica's own (cmd/tradingd's TestReplicasOnAFullRedis
+// shows both).
+//
+// Resources without a memory limit (requests only) leave Redis without maxmemory: nothing
+// bounds the container, and there is no limit to take a share of. (A default limit that a
+// LimitRange adds at admission is not seen here: set spec.redis.resources.limits then.)
+func redisArgs(resources corev1.ResourceRequirements) []string {
+	args := []string{"redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no",
+		"--maxmemory-policy", "volatile-lru"}
+	if limit, ok := resources.Limits[corev1.ResourceMemory]; ok && !limit.IsZero() {
+		args = append(args, "--maxmemory", strconv.FormatInt(limit.Value()/4*3, 10))
+	}
+	return args
 }
 
 // desiredRedisService is NAME-redis, the address in REDIS_URL.

@@ -391,6 +391,49 @@ func TestRedisModes(t *testing.T) {
 	}
 }
 
+// The managed Redis keeps within its container's memory limit: it evicts (maxmemory, a
+// quarter below the limit, and an eviction policy) instead of growing until the kernel
+// kills it, which lost every replica's L2 and the shared rate limits at once. Without a
+// memory limit there is nothing to keep within.
+func TestRedisMaxMemory(t *testing.T) {
+	tests := []struct {
+		name      string
+		resources corev1.ResourceRequirements
+		want      string // --maxmemory in bytes; "" means absent
+	}{
+		{"default 256Mi", corev1.ResourceRequirements{}, "201326592"},
+		{"limit 1Gi", corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}, "805306368"},
+		{"limit 500M", corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("500M")}}, "375000000"},
+		{"requests without a limit", corev1.ResourceRequirements{Requests: corev1.ResourceList{
+			corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := stackWith(func(sp *tradingv1alpha1.TradingStackSpec) { sp.Redis.Resources = tt.resources })
+			args := desiredRedisDeployment(s).Spec.Template.Spec.Containers[0].Args
+			if len(args) == 0 || args[0] != "redis-server" || len(args)%2 != 1 {
+				t.Fatalf("args %q, want redis-server and --option value pairs", args)
+			}
+			flags := map[string]string{}
+			for i := 1; i < len(args); i += 2 {
+				flags[args[i]] = args[i+1]
+			}
+			if got, ok := flags["--maxmemory"]; got != tt.want || ok != (tt.want != "") {
+				t.Errorf("--maxmemory %q (present %v), want %q; args %q", got, ok, tt.want, args)
+			}
+			if p := flags["--maxmemory-policy"]; p != "volatile-lru" {
+				t.Errorf("--maxmemory-policy %q, want volatile-lru; args %q", p, args)
+			}
+			// Still a cache without persistence, reachable from the runtime's pods.
+			for k, v := range map[string]string{"--save": "", "--appendonly": "no", "--protected-mode": "no"} {
+				if got, ok := flags[k]; !ok || got != v {
+					t.Errorf("%s %q (present %v), want %q", k, got, ok, v)
+				}
+			}
+		})
+	}
+}
+
 func TestReplicasPDBAndHPA(t *testing.T) {
 	tests := []struct {
 		name         string

@@ -127,6 +127,7 @@ func TestOperator(t *testing.T) {
 		{"DatabasePodsRefusedSaid", testDatabasePodsRefusedSaid},
 		{"TerminatingMigrationJobLeftToGo", testTerminatingMigrationJobLeftToGo},
 		{"HeldMigrationJobNotPolled", testHeldMigrationJobNotPolled},
+		{"RedisMaxMemoryFollowsLimit", testRedisMaxMemoryFollowsLimit},
 	} {
 		if !t.Run(tc.name, tc.run) && tc.name == "MonitoringCRDAbsentThenInstalled" {
 			// The later tests expect the CRDs installed.
@@ -3268,4 +3269,42 @@ func testUserSecretKeyAddedNotStale(t *testing.T) {
 	if c := condition(s, tradingv1alpha1.ConditionProgressing); true {
 		t.Logf("Progressing %s %s: %s; phase %s", c.Status, c.Reason, c.Message, s.Status.Phase)
 	}
+}
+
+// testRedisMaxMemoryFollowsLimit: the managed Redis's maxmemory is a share of its container's
+// memory limit as the API server stores it, and follows spec.redis.resources: a raised limit
+// raises it, and resources without a limit take it away.
+func testRedisMaxMemoryFollowsLimit(t *testing.T) {
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "mem"))
+	argsSay := func(what, want string) {
+		t.Helper()
+		eventually(t, what, func() error {
+			d := &appsv1.Deployment{}
+			if err := k8s.Get(bg, key(ns, "mem-redis"), d); err != nil {
+				return err
+			}
+			c := d.Spec.Template.Spec.Containers[0]
+			args := strings.Join(c.Args, " ")
+			if !strings.Contains(args, "--maxmemory-policy volatile-lru") {
+				return fmt.Errorf("args %q without --maxmemory-policy volatile-lru", args)
+			}
+			if got := strings.Contains(args, "--maxmemory "+want); want != "" && !got {
+				return fmt.Errorf("args %q, want --maxmemory %s (limit %s)", args, want, c.Resources.Limits.Memory())
+			}
+			if want == "" && strings.Contains(args, "--maxmemory ") {
+				return fmt.Errorf("args %q with a maxmemory, but no memory limit %v", args, c.Resources.Limits)
+			}
+			return nil
+		})
+	}
+	argsSay("maxmemory 3/4 of the default 256Mi", "201326592")
+	updateStack(t, ns, "mem", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis.Resources = corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
+	})
+	argsSay("maxmemory 3/4 of a limit of 1Gi", "805306368")
+	updateStack(t, ns, "mem", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Redis.Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")}}
+	})
+	argsSay("no maxmemory without a memory limit", "")
 }

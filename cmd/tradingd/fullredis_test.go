@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
+)
+
+// TestReplicasOnAFullRedis runs two tradingd replicas on a Redis that is full (at its
+// maxmemory), as the operator's managed Redis is once enough traders, or enough client
+// addresses with limiter buckets of their own, have passed through it. With the eviction
+// policy the operator gives it (volatile-lru, controllers/desired_data.go) every request is
+// answered, a trade approved on one replica is in the positions and summary the other
+// serves at once, and the login limit still holds across both: Redis makes room by evicting
+// what the runtime can lose. With noeviction, Redis refuses the runtime's writes (OOM
+// command not allowed): the requests are still answered (a refusal is Redis answering), but
+// the version bump of an approve fails, so the other replica goes on serving the book from
+// before the trade, and the limiter falls back to each replica's own buckets; the second
+// case shows that this is still so (the reason for the policy).
+func TestReplicasOnAFullRedis(t *testing.T) {
+	for _, tt := range []struct {
+		policy string
+		fine   bool
+	}{{"volatile-lru", true}, {"noeviction", false}} {
+		t.Run(tt.policy, func(t *testing.T) {
+			problems, info := onFullRedis(t, tt.policy)
+			t.Logf("Redis after the requests:\n%s", info)
+			switch {
+			case tt.fine && len(problems) > 0:
+				t.Errorf("on a full Redis with %s:\n%s\n%s", tt.policy, strings.Join(problems, "\n"), info)
+			case tt.fine && !regexp.MustCompile(`(?m)^evicted_keys:[1-9]`).MatchString(info):
+				t.Errorf("Redis evicted nothing: it was not full\n%s", info)
+			case !tt.fine && len(problems) == 0:
+				t.Errorf("a full Redis with %s broke nothing: the managed Redis's policy lost its reason\n%s", tt.policy, info)
+			case !tt.fine:
+				t.Logf("with %s, as expected:\n%s", tt.policy, strings.Join(problems, "\n"))
+			}
+		})
+	}
+}
+
+// onFullRedis fills a throwaway Redis with keys that have a TTL (more than maxmemory), gives it
+// policy, runs two replicas on it and returns what went wrong, and Redis's stats.
+func onFullRedis(t *testing.T, policy string) (problems []string, info string) {
+	srv := redistest.Start(t)
+	rdb := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(srv.Port)})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	env := map[string]string{
+		"DATABASE_URL":     pgtest.NewMigratedDatabase(t),
+		"JWT_KEYS":         jwtKeys,
+		"REDIS_URL":        srv.URL(),
+		"LISTEN_ADDR":      "127.0.0.1:0",
+		"ADMIN_ADDR":       "127.0.0.1:0",
+		"DEMO_USERS":       "true",
+		"RATE_LIMIT_LOGIN": "4",
+	}
+	a := startReplica(t, env) // first alone: it creates the demo users
+	b := startReplica(t, env)
+
+	// 3 MB of other keys with a TTL (an hour: none expires during the test), then a maxmemory
+	// 1 MB below what Redis holds: every write the replicas make from now on finds it full.
+	filler := strings.Repeat("x", 1024)
+	for i := 0; i < 3000; i += 100 {
+		pipe := rdb.Pipeline()
+		for j := i; j < i+100; j++ {
+			pipe.Set(ctx, fmt.Sprintf("filler:%d", j), filler, time.Hour)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem, err := rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^used_memory:(\d+)`).FindStringSubmatch(mem)
+	if m == nil {
+		t.Fatalf("INFO memory: %s", mem)
+	}
+	usedMemory, _ := strconv.ParseInt(m[1], 10, 64)
+	for _, kv := range [][2]string{{"maxmemory-policy", policy}, {"maxmemory", strconv.FormatInt(usedMemory-1<<20, 10)}} {
+		if err := rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	wrong := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	// The login limit of 127.0.0.1 is shared: four logins over both replicas use it up.
+	trader := token(t, a.api[len("http://"):], "trader1", "password123")
+	risk := token(t, b.api[len("http://"):], "risk1", "password789")
+	token(t, a.api[len("http://"):], "trader2", "password456")
+	token(t, b.api[len("http://"):], "trader2", "password456")
+	if code, _, _ := call(t, "POST", a.api+"/api/auth/login", "", `{"username":"trader1","password":"password123"}`); code != http.StatusTooManyRequests {
+		wrong("fifth login over two replicas with RATE_LIMIT_LOGIN=4: %d, want 429 (the limit did not hold across replicas)", code)
+	}
+
+	// must is a request that has to succeed whatever Redis does.
+	must := func(want int, method, url, tok, body string) []byte {
+		t.Helper()
+		code, _, out := call(t, method, url, tok, body)
+		if code != want {
+			t.Fatalf("%s %s: %d %s, want %d", method, url, code, out, want)
+		}
+		return out
+	}
+	var book struct {
+		Positions []struct{ Quantity string }
+	}
+	var summary struct {
+		TradesToday int `json:"trades_today"`
+	}
+	read := func(r replica) (quantity string, trades int) {
+		t.Helper()
+		book.Positions = nil
+		_ = json.Unmarshal(must(200, "GET", r.api+"/api/positions", trader, ""), &book)
+		_ = json.Unmarshal(must(200, "GET", r.api+"/api/summary", trader, ""), &summary)
+		if len(book.Positions) == 0 {
+			return "0", summary.TradesToday
+		}
+		return strings.TrimRight(strings.TrimRight(book.Positions[0].Quantity, "0"), "."), summary.TradesToday
+	}
+	read(b)
+	read(b) // B has the trader's empty book in its caches
+	total := 0
+	for i, qty := range []int{1, 2, 3} {
+		var order struct{ ID string }
+		_ = json.Unmarshal(must(201, "POST", a.api+"/api/orders", trader,
+			fmt.Sprintf(`{"symbol":"BTC/USD","side":"buy","quantity":"%d","price":"100"}`, qty)), &order)
+		must(200, "POST", a.api+"/api/orders/"+order.ID+"/approve", risk, "")
+		total += qty
+		if q, n := read(b); q != strconv.Itoa(total) || n != i+1 {
+			wrong("after approve %d on A, B serves quantity %s and %d trades today, want %d and %d (a book from before the trade)", i+1, q, n, total, i+1)
+		}
+		read(a)
+	}
+	for _, r := range []replica{a, b} {
+		if code, body := get(t, r.admin+"/readyz"); code != 200 {
+			wrong("/readyz on %s: %d %s", r.admin, code, body)
+		}
+	}
+	stats, err := rdb.Info(ctx, "memory", "stats", "errorstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if oom := regexp.MustCompile(`(?m)^errorstat_OOM:count=\d+`).FindString(stats); oom != "" {
+		wrong("Redis refused writes for want of memory (%s)", oom)
+	}
+	return problems, strings.Join(regexp.MustCompile(`(?m)^(used_memory|maxmemory|evicted_keys|errorstat_\w+):.*$`).FindAllString(stats, -1), "\n")
+}
