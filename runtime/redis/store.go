@@ -204,8 +204,9 @@ func (c *Client) SetVersioned(ctx context.Context, key string, version int64, va
 }
 
 // Bump increments the versions under versionKeys, so that no value stored before is
-// served again. It is tried even while degraded (an invalidation is worth a round trip:
-// the pinger may simply not have noticed the recovery yet).
+// served again, or deletes them where Redis refuses to increment them. It is tried even
+// while degraded (an invalidation is worth a round trip: the pinger may simply not have
+// noticed the recovery yet).
 func (c *Client) Bump(ctx context.Context, versionKeys ...string) error {
 	if len(versionKeys) == 0 {
 		return nil
@@ -219,6 +220,23 @@ func (c *Client) Bump(ctx context.Context, versionKeys ...string) error {
 		pipe.Expire(ctx, c.opts.Prefix+k, versionTTL)
 	}
 	_, err := pipe.Exec(ctx)
+	if err != nil && !IsUnavailable(err) && !errors.Is(err, context.Canceled) {
+		// Redis answered and refused the writes: full with noeviction (OOM, Redis's default
+		// policy). Left as they were, the counters would let every other replica serve the
+		// book from before the change. Deleting them is a change too, allowed where those
+		// writes are not (DEL frees memory): a counter that does not exist makes every value
+		// stored before a miss (see startVersion). A Redis that refuses every write (MISCONF,
+		// READONLY) refuses this too: the invalidation waits for a replay, as without Redis.
+		keys := make([]string, len(versionKeys))
+		for i, k := range versionKeys {
+			keys[i] = c.opts.Prefix + k
+		}
+		if derr := c.rdb.Del(ctx, keys...).Err(); derr == nil {
+			err = nil
+		} else {
+			err = fmt.Errorf("%w; deleting the versions instead: %w", err, derr)
+		}
+	}
 	c.ReportError(err)
 	if err == nil {
 		c.setHealthy(true, nil)
