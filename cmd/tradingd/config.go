@@ -96,10 +96,12 @@ type Config struct {
 	// memory limit (AUTOMEMLIMIT); 0: off.
 	MemoryLimitRatio float64
 
-	// TerminationLog is where `migrate` reports the schema version it left, when that file
-	// exists: the kubelet mounts one into every container and shows its text as the
-	// container's termination message, which the operator reads (it knows the version of no
-	// image but its own). migrate only.
+	// TerminationLog is where `migrate` reports the schema version it left, and a failed
+	// `serve` or `migrate` its error line, when that file exists: the kubelet mounts one into
+	// every container and shows its text as the container's termination message, which the
+	// operator reads (it knows the version of no image but its own) and repeats (why the
+	// runtime's pods crash, why a migration failed), and which a failure's line would
+	// otherwise reach only in the logs.
 	TerminationLog string
 }
 
@@ -276,7 +278,7 @@ var settings = []setting{
 		c.BootstrapAdminPassword = v
 		return nil
 	}},
-	{env: "TERMINATION_LOG", def: "/dev/termination-log", usage: "migrate: file that receives the schema version when it exists (Kubernetes' termination message)", apply: func(c *Config, v string) error {
+	{env: "TERMINATION_LOG", def: "/dev/termination-log", usage: "file that receives, when it exists, the error line of a failed serve or migrate and the schema version of a successful migrate (Kubernetes' termination message)", apply: func(c *Config, v string) error {
 		c.TerminationLog = v
 		return nil
 	}},
@@ -290,7 +292,7 @@ const maxPasswordBytes = 72
 // (api.md: "needs only DATABASE_URL"), so a serve-only setting that is wrong or missing
 // never stops them.
 var (
-	serveSettings   = settingNames(settings, "TERMINATION_LOG")
+	serveSettings   = settingNames(settings)
 	dbSettings      = []string{"DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT"}
 	migrateSettings = append(slices.Clone(dbSettings), "TERMINATION_LOG")
 )
@@ -370,21 +372,7 @@ func (v *flagValue) Set(s string) error {
 // load registers the named settings on fs, parses args and resolves every setting:
 // flag, then environment, then default.
 func load(fs *flag.FlagSet, names []string, args []string, getenv func(string) string) (*Config, error) {
-	values := make(map[string]*flagValue, len(names))
-	var used []setting
-	for _, s := range settings {
-		if !slices.Contains(names, s.env) {
-			continue
-		}
-		v := &flagValue{isBool: s.bool}
-		values[s.env] = v
-		used = append(used, s)
-		usage := s.usage + " (env " + s.env
-		if s.def != "" {
-			usage += ", default " + s.def
-		}
-		fs.Var(v, s.flagName(), usage+")")
-	}
+	values, used := register(fs, names)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, &helpRequested{fs: fs}
@@ -404,13 +392,7 @@ func load(fs *flag.FlagSet, names []string, args []string, getenv func(string) s
 	c := &Config{}
 	source := map[string]string{}
 	for _, s := range used {
-		text, src := values[s.env].text, "flag"
-		if !values[s.env].given {
-			text, src = getenv(s.env), "env"
-		}
-		if text == "" {
-			text, src = s.def, "default"
-		}
+		text, src := resolve(s, values[s.env], getenv)
 		if text == "" {
 			continue
 		}
@@ -465,6 +447,60 @@ func load(fs *flag.FlagSet, names []string, args []string, getenv func(string) s
 			c.MaxPrice, c.MaxQuantity, maxTradeValue))
 	}
 	return c, nil
+}
+
+// register adds a flag to fs for each named setting, and returns their values and settings.
+func register(fs *flag.FlagSet, names []string) (map[string]*flagValue, []setting) {
+	values := make(map[string]*flagValue, len(names))
+	var used []setting
+	for _, s := range settings {
+		if !slices.Contains(names, s.env) {
+			continue
+		}
+		v := &flagValue{isBool: s.bool}
+		values[s.env] = v
+		used = append(used, s)
+		usage := s.usage + " (env " + s.env
+		if s.def != "" {
+			usage += ", default " + s.def
+		}
+		fs.Var(v, s.flagName(), usage+")")
+	}
+	return values, used
+}
+
+// resolve is s's text, "" when unset, and where it came from: the flag, else the
+// environment, else the default.
+func resolve(s setting, v *flagValue, getenv func(string) string) (text, source string) {
+	text, source = v.text, "flag"
+	if !v.given {
+		text, source = getenv(s.env), "env"
+	}
+	if text == "" {
+		text, source = s.def, "default"
+	}
+	return text, source
+}
+
+// terminationLog resolves TERMINATION_LOG alone, for a command whose settings are names
+// (none: ""): its failure goes there, and the failure may be any other setting's error,
+// which stops load before it returns a Config. A command line the flag package stops on
+// (an unknown flag) before --termination-log leaves the path to the environment or the
+// default.
+func terminationLog(names []string, args []string, getenv func(string) string) string {
+	if !slices.Contains(names, "TERMINATION_LOG") {
+		return ""
+	}
+	fs := newFlagSet("")
+	values, used := register(fs, names)
+	_ = fs.Parse(args) // its error is load's to report
+	for _, s := range used {
+		if s.env == "TERMINATION_LOG" {
+			text, _ := resolve(s, values[s.env], getenv)
+			return text
+		}
+	}
+	return ""
 }
 
 // maxTradeValue bounds MAX_QUANTITY x MAX_PRICE (exclusive): a trade's realized P&L, stored in

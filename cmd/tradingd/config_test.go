@@ -81,7 +81,8 @@ func TestLoadDefaults(t *testing.T) {
 		LogFormat:                "json",
 		BootstrapAdminPassword:   "",
 		DemoUsers:                false,
-		MemoryLimitRatio:         0.9, // beyond api.md's table: automemlimit's default
+		MemoryLimitRatio:         0.9,                    // beyond api.md's table: automemlimit's default
+		TerminationLog:           "/dev/termination-log", // beyond api.md's table: where the kubelet mounts it
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults differ from api.md's table:\n got %+v\nwant %+v", got, want)

@@ -4,7 +4,8 @@
 // Every setting is a flag with an environment twin (api.md, "Process and configuration");
 // see config.go. Exit codes: 0 success (also after a graceful SIGTERM), 1 failure at run
 // time (database, schema, duplicate user), 2 a bad command line or a missing or malformed
-// setting, reported on one line that names the setting.
+// setting, reported on one line that names the setting. serve's and migrate's failure line
+// also goes to TERMINATION_LOG when that file exists (Kubernetes' termination message).
 //
 // Lifecycle of serve: validate every setting (exit 2) → bind both ports → the admin port
 // answers at once (/healthz 200, /readyz 503 "starting") → check the schema: too old is exit 1
@@ -22,8 +23,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"strings"
 
 	trading "github.com/findmy/trading-operator/runtime"
 )
@@ -48,11 +51,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(stderr, usageText)
 		return 2
 	}
-	var err error
+	var (
+		err error
+		// termLog is where a failure's line goes besides stderr (TERMINATION_LOG), "" for a
+		// command that writes none: `user add` is also run in the runtime's container
+		// (kubectl exec), whose termination message would then tell of it.
+		termLog string
+	)
 	switch args[0] {
 	case "serve":
+		termLog = terminationLog(serveSettings, args[1:], getenv)
 		err = serve(ctx, args[1:], getenv, stderr)
 	case "migrate":
+		termLog = terminationLog(migrateSettings, args[1:], getenv)
 		err = migrate(ctx, args[1:], getenv, stdout, stderr)
 	case "user":
 		if len(args) < 2 || args[1] != "add" {
@@ -67,7 +78,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	default:
 		err = usageErrorf("unknown command %q", args[0])
 	}
-	return report(err, stdout, stderr)
+	return report(err, termLog, stdout, stderr)
 }
 
 // helpRequested carries the flag set whose -h was asked for, so that its flags are printed.
@@ -75,8 +86,11 @@ type helpRequested struct{ fs *flag.FlagSet }
 
 func (h *helpRequested) Error() string { return "help requested" }
 
-// report prints err on one line and maps it to the exit code.
-func report(err error, stdout, stderr io.Writer) int {
+// report prints err on one line, also to the termination log termLog (reportTermination),
+// and maps it to the exit code. In a pod stderr is only in the logs; the termination message
+// is what `kubectl describe pod` and the operator's conditions show of a container that
+// exited.
+func report(err error, termLog string, stdout, stderr io.Writer) int {
 	var (
 		help *helpRequested
 		ue   *usageError
@@ -86,9 +100,12 @@ func report(err error, stdout, stderr io.Writer) int {
 	if errors.As(err, &f) {
 		// The command's logger exists: the last line is in its format too (LOG_FORMAT=json:
 		// every line of stderr is JSON, a log collector parses them all).
-		f.log.Error("tradingd: " + oneLine(f.err.Error()))
+		line := "tradingd: " + oneLine(f.err.Error())
+		f.log.Error(line)
+		reportFailure(termLog, line)
 		return exitCode(f.err)
 	}
+	var line string
 	switch {
 	case err == nil:
 		return 0
@@ -98,15 +115,48 @@ func report(err error, stdout, stderr io.Writer) int {
 		help.fs.PrintDefaults()
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "tradingd: %s\n%s", oneLine(ue.msg), usageText)
-		return 2
+		line = "tradingd: " + oneLine(ue.msg)
+		fmt.Fprintf(stderr, "%s\n%s", line, usageText)
 	case errors.As(err, &ce):
-		fmt.Fprintf(stderr, "tradingd: %s\n", oneLine(ce.msg))
-		return 2
+		line = "tradingd: " + oneLine(ce.msg)
+		fmt.Fprintln(stderr, line)
 	default:
-		fmt.Fprintf(stderr, "tradingd: %s\n", oneLine(err.Error()))
-		return 1
+		line = "tradingd: " + oneLine(err.Error())
+		fmt.Fprintln(stderr, line)
 	}
+	reportFailure(termLog, line)
+	return exitCode(err)
+}
+
+// reportFailure writes a failure's line to the termination log path ("" : none). An error
+// writing it is not reported: the line is on stderr already, and a second line there would
+// hide the one that says why.
+func reportFailure(path, line string) {
+	if path != "" {
+		_ = reportTermination(path, line+"\n")
+	}
+}
+
+// maxTerminationMessage is as much of a termination log as the kubelet reads.
+const maxTerminationMessage = 4096
+
+// reportTermination writes text to path only when the file is there: in a Kubernetes
+// container the kubelet mounted it, and elsewhere (a laptop, as root) nothing is created
+// in /dev. Text beyond maxTerminationMessage is cut here, where the cut can be marked and
+// keep UTF-8 whole, rather than by the kubelet.
+func reportTermination(path, text string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if len(text) > maxTerminationMessage {
+		text = strings.ToValidUTF8(text[:maxTerminationMessage-len("...\n")], "") + "...\n"
+	}
+	_, err = f.WriteString(text)
+	return errors.Join(err, f.Close())
 }
 
 // exitCode is 2 for a bad command line or setting, 1 for any other failure.

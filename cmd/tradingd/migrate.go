@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"os/signal"
 	"syscall"
 
@@ -44,19 +41,4 @@ func migrate(ctx context.Context, args []string, getenv func(string) string, std
 		logger.Warn("the schema version could not be written to the termination log", "path", cfg.TerminationLog, "error", err)
 	}
 	return nil
-}
-
-// reportTermination writes line to path only when the file is there: in a Kubernetes
-// container the kubelet mounted it, and elsewhere (a laptop, as root) nothing is created
-// in /dev.
-func reportTermination(path, line string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(line)
-	return errors.Join(err, f.Close())
 }

@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
@@ -268,6 +269,173 @@ func TestServeMissingDatabase(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "no_such_database_here") {
 		t.Errorf("exit %d, stderr %s; want 1 and the database named", r.code, r.stderr)
 	}
+}
+
+// TestFailureInTerminationLog: in a pod a failed start's line is in the logs only, unless it
+// is also in the termination log, which the kubelet mounts (TERMINATION_LOG, a file that
+// exists) and shows as the container's termination message: `kubectl describe pod` and the
+// operator's conditions then say why the container exits. Elsewhere no file is made, and a
+// clean stop writes nothing.
+func TestFailureInTerminationLog(t *testing.T) {
+	// mounted is a termination log as the kubelet leaves it: there, and empty.
+	mounted := func(t *testing.T) string {
+		path := filepath.Join(t.TempDir(), "termination-log")
+		if err := os.WriteFile(path, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	// holds checks that path holds the line tradingd ended stderr with; json: stderr is the
+	// logger's, whose last line's msg is that line.
+	holds := func(t *testing.T, path string, r result, json bool) {
+		t.Helper()
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		want := lines[len(lines)-1]
+		if json {
+			want = jsonMsg(t, want)
+		}
+		if !strings.HasPrefix(want, "tradingd: ") {
+			t.Fatalf("stderr does not end with tradingd's line: %s", r.stderr)
+		}
+		if got, err := os.ReadFile(path); err != nil || string(got) != want+"\n" {
+			t.Errorf("termination log holds %q (%v), want %q", got, err, want+"\n")
+		}
+	}
+	dsn := "postgres://nobody@127.0.0.1:1/nothing?sslmode=disable"
+
+	// Settings are resolved in api.md's order, TERMINATION_LOG near the end, and some are
+	// checked after all are read: the path is known whichever fails, wherever it comes from.
+	settingErrors := []struct {
+		name string
+		args []string
+		env  map[string]string
+	}{
+		{"malformed DATABASE_URL, read before it", nil, map[string]string{"DATABASE_URL": "mysql://a@b/c", "JWT_KEYS": jwtKeys}},
+		{"missing JWT_KEYS, checked after all", nil, map[string]string{"DATABASE_URL": dsn}},
+		{"malformed DEMO_USERS, read after it", nil, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "DEMO_USERS": "maybe"}},
+		{"DATABASE_URL pgx refuses, checked after Load", nil, map[string]string{"DATABASE_URL": "host=b port=x", "JWT_KEYS": jwtKeys}},
+		{"--database-url without a value", []string{"--database-url"}, map[string]string{"JWT_KEYS": jwtKeys}},
+	}
+	for _, tt := range settingErrors {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, how := range []string{"env", "flag"} {
+				path := mounted(t)
+				env, args := with(tt.env), append([]string{"serve"}, tt.args...)
+				if how == "env" {
+					env["TERMINATION_LOG"] = path
+				} else {
+					args = append([]string{"serve", "--termination-log", path}, tt.args...)
+				}
+				r := tradingd(t, env, "", args...)
+				if r.code != 2 {
+					t.Errorf("TERMINATION_LOG from the %s: exit %d, want 2 (stderr %q)", how, r.code, r.stderr)
+				}
+				holds(t, path, r, false)
+			}
+		})
+	}
+
+	t.Run("absent", func(t *testing.T) {
+		absent := filepath.Join(t.TempDir(), "absent")
+		r := tradingd(t, map[string]string{"DATABASE_URL": dsn, "TERMINATION_LOG": absent}, "", "serve")
+		if r.code != 2 {
+			t.Errorf("exit %d, want 2 (stderr %q)", r.code, r.stderr)
+		}
+		if _, err := os.Stat(absent); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("serve created %s (%v); only a mounted file is written", absent, err)
+		}
+	})
+
+	// The kubelet reads 4096 bytes of it: a longer line is cut there, marked, in whole
+	// characters.
+	t.Run("longer than the kubelet reads", func(t *testing.T) {
+		path := mounted(t)
+		r := tradingd(t, map[string]string{"DATABASE_URL": dsn, "JWT_KEYS": jwtKeys, "SYMBOLS": "X" + strings.Repeat("é", 3000),
+			"TERMINATION_LOG": path}, "", "serve")
+		if r.code != 2 {
+			t.Errorf("exit %d, want 2 (stderr %q)", r.code, r.stderr)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, cut := strings.CutSuffix(string(got), "...\n")
+		if len(got) > 4096 || len(got) < 4090 || !cut || !utf8.Valid(got) || !strings.HasPrefix(r.stderr, text) {
+			t.Errorf("termination log holds %d bytes ending in %q (valid UTF-8: %v), want at most 4096 of the line, cut whole and marked",
+				len(got), got[max(0, len(got)-16):], utf8.Valid(got))
+		}
+	})
+
+	t.Run("schema too old", func(t *testing.T) {
+		path := mounted(t)
+		r := tradingd(t, map[string]string{
+			"DATABASE_URL":    pgtest.NewDatabase(t),
+			"JWT_KEYS":        jwtKeys,
+			"LISTEN_ADDR":     "127.0.0.1:0",
+			"ADMIN_ADDR":      "127.0.0.1:0",
+			"TERMINATION_LOG": path,
+		}, "", "serve")
+		if r.code != 1 {
+			t.Errorf("exit %d, want 1 (stderr %s)", r.code, r.stderr)
+		}
+		holds(t, path, r, true)
+		if got, _ := os.ReadFile(path); !strings.Contains(string(got), "run `tradingd migrate`") {
+			t.Errorf("termination log %q does not say to run `tradingd migrate`", got)
+		}
+	})
+
+	// The migration Job's container: its failure is the operator's MigrationFailed.
+	t.Run("migrate fails", func(t *testing.T) {
+		u, err := url.Parse(pgtest.NewDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Path = "/no_such_database_here"
+		path := mounted(t)
+		r := tradingd(t, map[string]string{"DATABASE_URL": u.String(), "TERMINATION_LOG": path}, "", "migrate")
+		if r.code != 1 {
+			t.Errorf("exit %d, want 1 (stderr %s)", r.code, r.stderr)
+		}
+		holds(t, path, r, true)
+		if got, _ := os.ReadFile(path); !strings.Contains(string(got), "no_such_database_here") {
+			t.Errorf("termination log %q does not name the database", got)
+		}
+	})
+
+	t.Run("clean stop", func(t *testing.T) {
+		dsn := pgtest.NewDatabase(t)
+		if r := tradingd(t, map[string]string{"DATABASE_URL": dsn}, "", "migrate"); r.code != 0 {
+			t.Fatalf("migrate: %d %s", r.code, r.stderr)
+		}
+		path := mounted(t)
+		p := startServe(t, map[string]string{
+			"DATABASE_URL":    dsn,
+			"JWT_KEYS":        jwtKeys,
+			"LISTEN_ADDR":     "127.0.0.1:0",
+			"ADMIN_ADDR":      "127.0.0.1:0",
+			"TERMINATION_LOG": path,
+		})
+		p.waitLog("serving")
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := p.wait(); code != 0 {
+			t.Errorf("exit %d after SIGTERM, want 0", code)
+		}
+		if got, err := os.ReadFile(path); err != nil || len(got) != 0 {
+			t.Errorf("termination log holds %q (%v) after a clean stop, want it untouched", got, err)
+		}
+	})
+}
+
+// jsonMsg is the msg of a JSON log line.
+func jsonMsg(t *testing.T, line string) string {
+	t.Helper()
+	var l struct{ Msg string }
+	if err := json.Unmarshal([]byte(line), &l); err != nil {
+		t.Fatalf("not a JSON log line: %s", line)
+	}
+	return l.Msg
 }
 
 func TestUserAdd(t *testing.T) {
