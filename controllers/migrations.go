@@ -153,6 +153,7 @@ func (r *TradingStackReconciler) reconcileMigrations(ctx context.Context, p *pas
 		if cond != nil {
 			msg = fmt.Sprintf("migration Job %s failed: %s: %s", current.Name, cond.Reason, cond.Message)
 		}
+		msg += r.lastAttemptFailed(ctx, current)
 		switch {
 		case p.databaseMoved:
 			msg += fmt.Sprintf("; the runtime keeps serving image %s from the database it used before", previous)
@@ -202,14 +203,52 @@ func podDone(pod *corev1.Pod) bool {
 	return pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
 }
 
+// lastAttemptFailed says, after "; ", how the newest failed attempt of job (failed) ended:
+// its migrate container's exit code and the last line of its termination message (tradingd's
+// error line, or with FallbackToLogsOnError the last of its logs), which the Job's own
+// BackoffLimitExceeded does not tell. "" when no pod tells (gone, or unreadable): the
+// condition says what the Job says. Read uncached, only for a failed Job, whose pods no longer
+// change: every pass says the same, and one at rest writes nothing.
+func (r *TradingStackReconciler) lastAttemptFailed(ctx context.Context, job *batchv1.Job) string {
+	pods, err := r.selectedPods(ctx, job.Namespace, job.Spec.Selector)
+	if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "cannot read the failed migration Job's pods to say why it failed", "job", job.Name)
+		return ""
+	}
+	sortNewestFirst(pods)
+	for _, pod := range pods {
+		for _, c := range pod.Status.ContainerStatuses {
+			if t := c.State.Terminated; c.Name == migrateContainer && t != nil && t.ExitCode != 0 {
+				return "; " + clip(containerExited(c.Name, t, lastLine(t.Message)), maxFailureLine)
+			}
+		}
+	}
+	return ""
+}
+
+// maxFailureLine bounds what a failed migration's condition quotes of its container: room
+// for a database error with its context, short of a log's tail.
+const maxFailureLine = 1024
+
+// lastLine is the last line of text that is not blank: a failed command's last word.
+func lastLine(text string) string {
+	text = strings.TrimRight(text, " \t\r\n")
+	return text[strings.LastIndexByte(text, '\n')+1:]
+}
+
 // shortReason is "reason: message" on one line of at most 300 bytes (a registry's error can
 // run to many lines).
 func shortReason(reason, message string) string {
-	s := strings.Join(strings.Fields(reason+": "+message), " ")
-	if len(s) > 300 {
-		s = strings.ToValidUTF8(s[:297], "") + "..."
+	return strings.TrimSuffix(clip(reason+": "+message, 300), ":")
+}
+
+// clip is s on one line of at most limit bytes, cut in whole characters and marked.
+func clip(s string, limit int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > limit {
+		s = strings.ToValidUTF8(s[:limit-3], "") + "..."
 	}
-	return strings.TrimSuffix(s, ":")
+	return s
 }
 
 // legacyJobSameDatabase reports whether the migration Job recorded in the status read its

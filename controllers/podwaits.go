@@ -22,14 +22,7 @@ func podWaiting(pod *corev1.Pod, container string) string {
 			continue
 		}
 		if t := c.LastTerminationState.Terminated; w.Reason == "CrashLoopBackOff" && t != nil {
-			last := fmt.Sprintf("the container %s exited with code %d", c.Name, t.ExitCode)
-			if t.Reason != "" {
-				last += " (" + t.Reason + ")"
-			}
-			if t.Message != "" {
-				last += ": " + t.Message
-			}
-			return shortReason(w.Reason, last)
+			return shortReason(w.Reason, containerExited(c.Name, t, t.Message))
 		}
 		return shortReason(w.Reason, w.Message)
 	}
@@ -39,6 +32,19 @@ func podWaiting(pod *corev1.Pod, container string) string {
 		}
 	}
 	return ""
+}
+
+// containerExited says how a run of the container named name ended: its exit code, the
+// kubelet's reason and message (the termination message: tradingd's error line).
+func containerExited(name string, t *corev1.ContainerStateTerminated, message string) string {
+	s := fmt.Sprintf("the container %s exited with code %d", name, t.ExitCode)
+	if t.Reason != "" {
+		s += " (" + t.Reason + ")"
+	}
+	if message != "" {
+		s += ": " + message
+	}
+	return s
 }
 
 // sortNewestFirst orders pods from the most recently created: the newest attempt, or the

@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tradingv1alpha1 "github.com/findmy/trading-operator/api/v1alpha1"
 )
@@ -317,6 +318,53 @@ func testMigrationPodWaiting(t *testing.T) {
 	reconcileDirectly(t, ns, "pw", 1)
 	if c := condition(getStack(t, ns, "pw"), tradingv1alpha1.ConditionMigrationsSucceeded); c == nil || strings.Contains(c.Message, "waits") {
 		t.Errorf("migration pod running: %+v", c)
+	}
+}
+
+// testFailedMigrationSaysWhy: a failed migration Job's condition says why its last attempt
+// failed (how the migrate container exited: tradingd's error line, or with
+// FallbackToLogsOnError its logs' tail), not only that the Job reached its backoff limit. The
+// failed pods are kept; a pass at rest writes nothing; once they are gone the condition says
+// what the Job says, as before.
+func testFailedMigrationSaysWhy(t *testing.T) {
+	ns, job := upgradingStack(t, "fw", "registry.example.com/tradingd:v2")
+	// Two attempts; pods are listed by name, so the newest comes last: it is the one that tells.
+	migrationPod(t, job, 1, 1, "tradingd: migrate: connection reset by peer\n")
+	// creationTimestamp has whole seconds: the second attempt is a second newer.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	migrationPod(t, job, 2, 2, `{"level":"INFO","msg":"migrating"}`+"\n"+
+		"tradingd: migrate: postgres: migrate: ERROR: permission denied for schema public (SQLSTATE 42501)\n")
+	finishJob(t, ns, job.Name, false)
+
+	failed := fmt.Sprintf("migration Job %s failed: BackoffLimitExceeded: Job has reached the specified backoff limit", job.Name)
+	const serving = "; the runtime keeps serving image registry.example.com/tradingd:v1"
+	want := failed + "; the container migrate exited with code 2: tradingd: migrate: postgres: migrate: ERROR: permission denied for schema public (SQLSTATE 42501)" + serving
+	eventually(t, "MigrationsSucceeded says why the last attempt failed", func() error {
+		c := condition(getStack(t, ns, "fw"), tradingv1alpha1.ConditionMigrationsSucceeded)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != tradingv1alpha1.ReasonMigrationFailed || c.Message != want {
+			return fmt.Errorf("MigrationsSucceeded %+v, want MigrationFailed %q", c, want)
+		}
+		return nil
+	})
+
+	// At rest (it waits for the user): the same message, no write, no timer.
+	operatorWrites.settle(t, ns)
+	mark := operatorWrites.mark()
+	if res := reconcileDirectly(t, ns, "fw", 3); res.RequeueAfter != 0 {
+		t.Errorf("a failed migration requeues after %s", res.RequeueAfter)
+	}
+	if w := operatorWrites.since(mark, ns); len(w) > 0 {
+		t.Errorf("writes at rest after a failed migration: %v", w)
+	}
+
+	// The pods gone (deleted by hand, or a TTL): what the Job says, as before.
+	if err := k8s.DeleteAllOf(bg, &corev1.Pod{}, client.InNamespace(ns), client.MatchingLabels(job.Spec.Template.Labels),
+		client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	reconcileDirectly(t, ns, "fw", 1)
+	if c := condition(getStack(t, ns, "fw"), tradingv1alpha1.ConditionMigrationsSucceeded); c == nil || c.Message != failed+serving {
+		t.Errorf("MigrationsSucceeded %+v once the pods are gone, want %q", c, failed+serving)
 	}
 }
 

@@ -98,6 +98,7 @@ func TestOperator(t *testing.T) {
 		{"ImageFlipsDuringMigration", testImageFlipsDuringMigration},
 		{"PausedDuringMigration", testPausedDuringMigration},
 		{"MigrationPodWaiting", testMigrationPodWaiting},
+		{"FailedMigrationSaysWhy", testFailedMigrationSaysWhy},
 		{"RuntimePodsWaitSaid", testRuntimePodsWaitSaid},
 		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
 		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
