@@ -440,7 +440,9 @@ type RedisSpec struct {
 	Image string `json:"image,omitempty"`
 
 	// Resources of the managed Redis container. Empty means requests of 50m CPU and 64Mi memory
-	// and a memory limit of 256Mi. Managed mode only.
+	// and a memory limit of 256Mi. Redis keeps to three quarters of the memory limit
+	// (maxmemory, evicting the least recently used keys that expire); without a limit it is
+	// not bounded. Managed mode only.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 
