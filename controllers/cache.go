@@ -60,8 +60,10 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionTrue, tradingv1alpha1.ReasonCacheAvailable,
 			fmt.Sprintf("Deployment %s is available", dep.Name))
 	} else {
+		// Why its pod waits, read only while Redis is not available: a stack at rest reads no pods.
+		waiting := r.deploymentPodsWaiting(ctx, p, dep, redisContainer)
 		p.setCondition(tradingv1alpha1.ConditionCacheReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCacheNotReady,
-			fmt.Sprintf("waiting for Deployment %s to become available%s", dep.Name, podsRefused(dep)))
+			fmt.Sprintf("waiting for Deployment %s to become available%s%s", dep.Name, podsRefused(dep), waiting))
 	}
 	return false, nil
 }

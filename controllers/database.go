@@ -72,10 +72,13 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonDatabaseAvailable,
 			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod%s%s", sts.Name, notApplied, poolsWarning(p.spec)))
 	} else {
-		refused := ""
+		refused, waiting := "", ""
 		pods, err := r.selectedPods(ctx, sts.Namespace, sts.Spec.Selector)
 		if err == nil {
 			refused = r.createRefused(ctx, sts, pods)
+			// Why the pod waits (its volume claim unbound, an image that cannot be pulled, a
+			// crash loop); polled while it is not ready.
+			waiting = podsWaiting(p, pods, postgresContainer)
 		}
 		if err != nil || !slices.ContainsFunc(pods, func(pod corev1.Pod) bool { return !podDone(&pod) }) {
 			// No pod whose readiness would bring the next pass: the StatefulSet controller
@@ -83,7 +86,7 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 			p.requeue(waitPoll(sts))
 		}
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady,
-			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s%s", sts.Name, notApplied, refused))
+			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s%s%s", sts.Name, notApplied, refused, waiting))
 	}
 	return false, nil
 }

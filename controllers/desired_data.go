@@ -33,6 +33,9 @@ echo "ALTER ROLE :\"role\" PASSWORD :'password';" |
   psql -q -X -h /var/run/postgresql -U "$POSTGRES_USER" -d postgres -v ON_ERROR_STOP=1 \
     -v role="$POSTGRES_USER" -v password="$POSTGRES_PASSWORD" >/dev/null 2>&1 || true`}
 
+// postgresContainer is the container of the managed PostgreSQL's pod (NAME-postgres-0).
+const postgresContainer = "postgres"
+
 // desiredPostgresStatefulSet is NAME-postgres: one PostgreSQL pod with a PVC from the template
 // "data". PGDATA is a subdirectory of the volume, so the entrypoint can create it with the
 // owner and mode initdb insists on even when the volume's root holds lost+found. The claim
@@ -102,7 +105,7 @@ func desiredPostgresStatefulSet(s *tradingv1alpha1.TradingStack, credentialsHash
 					SecurityContext:               podSecurityContext(postgresUID),
 					TerminationGracePeriodSeconds: ptr.To[int64](60),
 					Containers: []corev1.Container{{
-						Name:            "postgres",
+						Name:            postgresContainer,
 						Image:           m.Image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
 						Ports:           []corev1.ContainerPort{tcpPort("postgres", postgresPort)},
@@ -140,6 +143,9 @@ func desiredPostgresService(s *tradingv1alpha1.TradingStack) *corev1.Service {
 		corev1.ServicePort{Name: "postgres", Port: postgresPort, TargetPort: intstr.FromString("postgres"), Protocol: corev1.ProtocolTCP})
 }
 
+// redisContainer is the container of the managed Redis's pod (NAME-redis).
+const redisContainer = "redis"
+
 // desiredRedisDeployment is NAME-redis: one Redis used as a cache and rate-limit store, without
 // persistence (its contents are rebuilt from the database and lost limits reset gracefully).
 func desiredRedisDeployment(s *tradingv1alpha1.TradingStack) *appsv1.Deployment {
@@ -168,7 +174,7 @@ func desiredRedisDeployment(s *tradingv1alpha1.TradingStack) *appsv1.Deployment 
 					AutomountServiceAccountToken: ptr.To(false),
 					SecurityContext:              podSecurityContext(postgresUID),
 					Containers: []corev1.Container{{
-						Name:            "redis",
+						Name:            redisContainer,
 						Image:           s.Spec.Redis.Image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
 						Args:            redisArgs(resources),

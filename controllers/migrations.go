@@ -21,11 +21,12 @@ import (
 	"github.com/findmy/trading-operator/runtime/postgres"
 )
 
-// Waiting on a migration Job, on a database StatefulSet without a pod, or on a runtime pod
-// that is not ready are the places the operator polls: the Job's own status changes wake it
-// too, the timer is a backstop that grows with the object's age so a slow migration is not
-// polled hot; a pod the API server refuses is said only in events, which nothing watches
-// (createRefused), and why a pod waits only in the pod (runtimePodsWaiting).
+// Waiting on a migration Job, on a database StatefulSet without a pod, or on a pod of the
+// runtime, the database or Redis that is not ready are the places the operator polls: the
+// Job's own status changes wake it too, the timer is a backstop that grows with the object's
+// age so a slow migration is not polled hot; a pod the API server refuses is said only in
+// events, which nothing watches (createRefused), and why a pod waits only in the pod
+// (podsWaiting).
 const (
 	pollMin = 5 * time.Second
 	pollMax = 2 * time.Minute
@@ -383,9 +384,9 @@ func (r *TradingStackReconciler) appliedSchemaVersion(ctx context.Context, job *
 	return schemaVersionOf(image)
 }
 
-// selectedPods lists the pods of a Job or StatefulSet: those its selector matches in
-// namespace (none for a nil selector). Uncached: the operator keeps no informer on pods for the
-// few reads of a migration (its schema report, why it waits) or of a database that waits.
+// selectedPods lists the pods of a Job, StatefulSet or Deployment: those its selector matches
+// in namespace (none for a nil selector). Uncached: the operator keeps no informer on pods for
+// the few reads of a migration (its schema report, why it waits) or of a workload that waits.
 func (r *TradingStackReconciler) selectedPods(ctx context.Context, namespace string, sel *metav1.LabelSelector) ([]corev1.Pod, error) {
 	if sel == nil {
 		return nil, nil

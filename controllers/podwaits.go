@@ -87,23 +87,30 @@ func unreadyPodWaiting(pods []corev1.Pod, container string) (string, *corev1.Pod
 	return "", newest
 }
 
-// runtimePodsWaiting says, after "; ", why the runtime's pods that are not ready wait (an
-// image that cannot be pulled, a crash loop, no node for them), or "". The Deployment
-// controller tells nothing of it until its progress deadline, ten minutes later (RolloutStuck);
-// until then the stack only said it waited. Read uncached, like a migration's pods (no
-// informer on pods), and only while dep has not rolled out. A pod's state changes no object the
-// operator watches, so while one is not ready the pass asks to run again, backing off with
-// that pod's age, and the message follows it; pods created or becoming ready change the
-// Deployment's status, which brings a pass anyway.
-func (r *TradingStackReconciler) runtimePodsWaiting(ctx context.Context, p *pass, dep *appsv1.Deployment) string {
+// deploymentPodsWaiting says, after "; ", why dep's pods that are not ready wait (an image that
+// cannot be pulled, a crash loop, no node for them), from their container named container, or
+// "". The Deployment controller tells nothing of it until its progress deadline, ten minutes
+// later (RolloutStuck), and Redis's never; until then the stack only said it waited. Read
+// uncached, like a migration's pods (no informer on pods), and only while dep is not ready (the
+// runtime's: has not rolled out): a stack at rest reads no pods.
+func (r *TradingStackReconciler) deploymentPodsWaiting(ctx context.Context, p *pass, dep *appsv1.Deployment, container string) string {
 	pods, err := r.selectedPods(ctx, dep.Namespace, dep.Spec.Selector)
 	if err != nil {
 		// The condition says only that it waits, as before; the next poll reads again.
-		ctrl.LoggerFrom(ctx).Error(err, "cannot read the runtime's pods to say why they wait", "deployment", dep.Name)
+		ctrl.LoggerFrom(ctx).Error(err, "cannot read a Deployment's pods to say why they wait", "deployment", dep.Name)
 		p.requeue(pollMax)
 		return ""
 	}
-	why, newest := unreadyPodWaiting(pods, runtimeContainer)
+	return podsWaiting(p, pods, container)
+}
+
+// podsWaiting says, after "; ", why those of pods (one workload's) that are not ready wait,
+// from their container named container (unreadyPodWaiting), or "". A pod's state changes no
+// object the operator watches, so while one is not ready the pass asks to run again, backing
+// off with that pod's age, and the message follows it; pods created or becoming ready change
+// the workload's status, which brings a pass anyway.
+func podsWaiting(p *pass, pods []corev1.Pod, container string) string {
+	why, newest := unreadyPodWaiting(pods, container)
 	if newest != nil {
 		p.requeue(waitPoll(newest))
 	}

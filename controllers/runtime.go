@@ -166,8 +166,9 @@ func (r *TradingStackReconciler) reconcileRuntime(ctx context.Context, p *pass) 
 	// a stack at rest reads no pods.
 	waiting := ""
 	if !deploymentAvailable(dep) || !rolledOut(dep, desired) {
-		waiting = r.runtimePodsWaiting(ctx, p, dep)
+		waiting = r.deploymentPodsWaiting(ctx, p, dep, runtimeContainer)
 	}
+	p.runtimeWaiting = waiting
 
 	switch {
 	case deploymentAvailable(dep) && rolledOut(dep, desired):

@@ -33,7 +33,7 @@ func testRuntimePodsWaitSaid(t *testing.T) {
 
 	// The ReplicaSet controller's pod, which the kubelet cannot start; the Deployment
 	// controller counts it, and reports nothing else before its deadline.
-	pod := createRuntimePod(t, api, "rw-api-first")
+	pod := createDeploymentPod(t, api, "rw-api-first")
 	setPodStatus(t, pod, waitingStatus("ImagePullBackOff", `Back-off pulling image "`+image+`"`, nil))
 	setDeploymentPods(t, ns, "rw-api", 1, 1, 0)
 	waitConditionSays(t, ns, "rw", tradingv1alpha1.ConditionRuntimeAvailable, metav1.ConditionFalse, tradingv1alpha1.ReasonDeploymentUnavailable,
@@ -71,7 +71,7 @@ func testRuntimePodsWaitSaid(t *testing.T) {
 		api = d
 		return nil
 	})
-	newPod := createRuntimePod(t, api, "rw-api-second")
+	newPod := createDeploymentPod(t, api, "rw-api-second")
 	setPodStatus(t, newPod, waitingStatus("CrashLoopBackOff", "back-off 10s restarting failed container=tradingd pod=rw-api-second",
 		&corev1.ContainerStateTerminated{ExitCode: 2, Reason: "Error", Message: "SYMBOLS: SOL/USD is not traded here"}))
 	setDeploymentPods(t, ns, "rw-api", 2, 1, 1)
@@ -92,6 +92,13 @@ func testRuntimePodsWaitSaid(t *testing.T) {
 	operatorWrites.settle(t, ns)
 
 	// At rest: a pass reads no pods and asks for no poll.
+	restReadsNoPods(t, ns, "rw")
+}
+
+// restReadsNoPods: a pass over the Ready stack name neither lists pods (they are read only
+// while a component waits for them) nor asks to run again.
+func restReadsNoPods(t *testing.T, ns, name string) {
+	t.Helper()
 	mgrMu.Lock()
 	mgr := currentMgr
 	mgrMu.Unlock()
@@ -102,9 +109,9 @@ func testRuntimePodsWaitSaid(t *testing.T) {
 	// A pass that met a cache behind the manager's last status write writes nothing and asks
 	// to run again soon (staleStackRetry): it does not count.
 	for tries := 0; tries == 0 || res.RequeueAfter == staleStackRetry && tries < 50; tries++ {
-		waitCachedStack(t, mgr, ns, "rw")
+		waitCachedStack(t, mgr, ns, name)
 		var err error
-		if res, err = r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, "rw")}); err != nil {
+		if res, err = r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, name)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -129,19 +136,25 @@ func (c *podListCounter) List(ctx context.Context, list client.ObjectList, opts 
 	return c.Reader.List(ctx, list, opts...)
 }
 
-// createRuntimePod plays the ReplicaSet controller: a pod of d's current template named name.
-func createRuntimePod(t *testing.T, d *appsv1.Deployment, name string) *corev1.Pod {
+// createDeploymentPod plays the ReplicaSet controller: a pod of d's current template named name.
+func createDeploymentPod(t *testing.T, d *appsv1.Deployment, name string) *corev1.Pod {
 	t.Helper()
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: "default"}}
+	return createTemplatePod(t, d.Namespace, name, d.Spec.Template)
+}
+
+// createTemplatePod makes the pod named name of tmpl, as a workload's controller would.
+func createTemplatePod(t *testing.T, ns, name string, tmpl corev1.PodTemplateSpec) *corev1.Pod {
+	t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "default"}}
 	if err := k8s.Create(bg, sa); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: name, Labels: d.Spec.Template.Labels, Annotations: d.Spec.Template.Annotations},
-		Spec:       d.Spec.Template.Spec,
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: tmpl.Labels, Annotations: tmpl.Annotations},
+		Spec:       tmpl.Spec,
 	}
 	if err := k8s.Create(bg, pod); err != nil {
-		t.Fatalf("create runtime pod: %v", err)
+		t.Fatalf("create pod %s: %v", name, err)
 	}
 	return pod
 }

@@ -108,7 +108,7 @@ func summarize(p *pass) {
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonRolloutStuck, runtimeCond.Message)
 	case runtimeUp && st.Runtime.ReadyReplicas < st.Runtime.Replicas:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonReplicasUnavailable,
-			fmt.Sprintf("%d of %d runtime replicas are ready%s", st.Runtime.ReadyReplicas, st.Runtime.Replicas, p.runtimePodsRefused()))
+			fmt.Sprintf("%d of %d runtime replicas are ready%s%s", st.Runtime.ReadyReplicas, st.Runtime.Replicas, p.runtimePodsRefused(), p.runtimeWaiting))
 	case userAction && (served || runtimeUp):
 		// A user's Secret went missing under a stack that serves (its pods keep what they
 		// read at start): Degraded, on every pass, not Failed from the second pass on.

@@ -127,6 +127,10 @@ type pass struct {
 	// runtime is the runtime Deployment as this pass applied it (nil: not applied);
 	// retireManagedBackends reads its rollout, status.runtime.replicas the pods it is to run.
 	runtime *appsv1.Deployment
+	// runtimeWaiting is why the runtime's pods that are not ready wait, as this pass read them
+	// (deploymentPodsWaiting), or "": said in RuntimeAvailable, and in Degraded when too few
+	// replicas are ready.
+	runtimeWaiting string
 	// databaseMoved: the runtime serves an image migrated on a database other than the one
 	// the spec names now (a move to or from an external database, a DSN edited to point
 	// elsewhere), whose migration has not succeeded.

@@ -100,6 +100,8 @@ func TestOperator(t *testing.T) {
 		{"MigrationPodWaiting", testMigrationPodWaiting},
 		{"FailedMigrationSaysWhy", testFailedMigrationSaysWhy},
 		{"RuntimePodsWaitSaid", testRuntimePodsWaitSaid},
+		{"BackendPodsWaitSaid", testBackendPodsWaitSaid},
+		{"ReplicasUnavailableWaitSaid", testReplicasUnavailableWaitSaid},
 		{"StuckRolloutThroughScale", testStuckRolloutThroughScale},
 		{"StuckRolloutNewTemplate", testStuckRolloutNewTemplate},
 		{"FirstRolloutStuckSaid", testFirstRolloutStuckSaid},
