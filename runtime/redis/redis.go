@@ -6,7 +6,8 @@
 // timeout (Options.OpTimeout, 100ms by default); a connection error marks the client degraded
 // (Healthy() == false) so that callers skip Redis at once instead of waiting for a timeout on
 // every request, and a background pinger marks it healthy again when Redis answers: the
-// runtime reconnects by itself.
+// runtime reconnects by itself. A Redis that answers but refuses writes (READONLY, MISCONF)
+// marks it degraded too, until a write goes through.
 //
 // Wiring (cmd/tradingd serve, only when REDIS_URL is set; runtime/metrics'
 // Example_wiring is the compiled version):
@@ -85,6 +86,10 @@ type Client struct {
 
 	healthy atomic.Bool
 	probing atomic.Bool
+	// writesRefused: Redis answers but refuses writes (writeRefusal). Only a write that
+	// goes through clears it (Ping), not the replies to reads or PINGs that such a Redis
+	// still gives.
+	writesRefused atomic.Bool
 	// problem says why the client is degraded (Problem).
 	problem atomic.Pointer[string]
 	// lastAnswer is when Redis last answered a command of rdb, in nanoseconds since start
@@ -184,6 +189,7 @@ func OpenWith(url string, o Options) (*Client, error) {
 	err = c.rdb.Ping(ctx).Err()
 	cancel()
 	c.healthy.Store(err == nil)
+	c.writesRefused.Store(writeRefusal(err) != nil)
 	c.noteProblem(err)
 	if err != nil {
 		c.logger().Warn("redis cannot be used; cache and rate limits run degraded until it can", "addr", ro.Addr, "problem", c.Problem())
@@ -237,22 +243,94 @@ func (c *Client) Close() error {
 	return err
 }
 
-// Ping checks Redis now (readiness probes) and updates the health state.
+// Ping checks Redis now (readiness probes) and updates the health state. While Redis
+// refuses writes, it checks with a write instead, which changes nothing (DEL of a key that
+// never exists): a replica after a failover answers PING.
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	started := time.Now()
-	err := c.rdb.Ping(ctx).Err()
+	refused := c.writesRefused.Load()
+	var err error
+	if refused {
+		err = c.rdb.Del(ctx, c.opts.Prefix+writeProbeKey).Err()
+	} else {
+		err = c.rdb.Ping(ctx).Err()
+	}
+	if refused && err == nil && c.writesRefused.Load() {
+		// ResumedAt first: as soon as the flag is down, any answer may mark the client
+		// healthy, and the cache must not trust its L1 from before in between.
+		c.writesTaken()
+		c.writesRefused.Store(false)
+	}
 	c.probed(started, err)
 	return err
 }
+
+// writeProbeKey is the key that Ping deletes while Redis refuses writes; nothing stores it.
+const writeProbeKey = "write-probe"
 
 // probed records the outcome of a ping that began at started (see staleProbe).
 func (c *Client) probed(started time.Time, err error) {
 	if staleProbe(err, started, c.LastAnswer()) {
 		return
 	}
+	if r := writeRefusal(err); r != nil { // MISCONF refuses PING too
+		c.refuseWrites(r)
+		return
+	}
 	c.setHealthy(err == nil, err)
+}
+
+// writeRefusal returns the reply in err by which Redis refused a write while it answers
+// reads, or nil: a replica (READONLY: a failover left this client's connections on the old
+// master, whose name still resolves to it), a failed RDB save with
+// stop-writes-on-bgsave-error (MISCONF), too few replicas for min-replicas-to-write
+// (NOREPLICAS). Neither an approve's version bump nor its fallback, deleting the counters,
+// goes through then, while the other replicas still read the old values and versions; so
+// the client counts as degraded (see refuseWrites). Not OOM: a full Redis takes the DEL
+// (see Bump). go-redis itself closes a connection that got READONLY (and retries once on a
+// new one), so a name that now resolves to the new master is dialled again.
+func writeRefusal(err error) error {
+	switch e := err.(type) {
+	case nil:
+		return nil
+	case goredis.Error:
+		for _, code := range []string{"READONLY ", "MISCONF ", "NOREPLICAS "} {
+			if strings.HasPrefix(e.Error(), code) {
+				return e
+			}
+		}
+		return nil
+	case interface{ Unwrap() []error }: // Bump's "EXECABORT ...; deleting the versions instead: READONLY ..."
+		for _, e := range e.Unwrap() {
+			if r := writeRefusal(e); r != nil {
+				return r
+			}
+		}
+		return nil
+	}
+	return writeRefusal(errors.Unwrap(err))
+}
+
+// refuseWrites marks the client degraded because Redis refused a write with reply. A trade
+// approved meanwhile bumps no version and tells no replica, so no replica may answer from
+// L1 or L2: each notices at its own next write (the rate limiter writes on every request,
+// before the handler reads the cache), and its pinger then writes until a write goes
+// through.
+func (c *Client) refuseWrites(reply error) {
+	c.writesRefused.Store(true)
+	c.setHealthy(false, reply)
+}
+
+// writesTaken ends a time of refused writes like a silence (answeredAt): what a replica
+// cached before it may miss a trade approved during it, whose invalidation reached no one
+// and whose version bump Redis refused. So the epoch moves on and the OnResume hooks run
+// (the cache flushes its L1, waits Settle and replays what it could not deliver) before the
+// client counts as healthy again.
+func (c *Client) writesTaken() {
+	c.resume(int64(time.Since(c.start)), true)
+	c.logger().Info("redis takes writes again")
 }
 
 // LastAnswer is when Redis last answered this client in time (within OpTimeout: a late
@@ -314,12 +392,18 @@ func (c *Client) answeredAt(now int64) {
 	if time.Duration(now-prev) <= c.opts.Silence {
 		return
 	}
+	// A silence after answers (not a slow start) moves the epoch: L2 values stored before
+	// it may miss a change that Redis did not take (see epochKey in store.go). A client
+	// that starts while Redis is down leaves the epoch to those that saw the outage, so
+	// that a replica starting slowly does not make every replica's L2 cold.
+	c.resume(now, prev != 0)
+}
+
+// resume starts a new run of answers at now (nanoseconds since start): ResumedAt moves, the
+// epoch too when moveEpoch, and the OnResume hooks run.
+func (c *Client) resume(now int64, moveEpoch bool) {
 	c.resumed.Store(now)
-	if prev != 0 {
-		// A silence after answers (not a slow start): L2 values stored before it may miss
-		// a change that Redis did not take (see epochKey in store.go). A client that starts
-		// while Redis is down leaves the epoch to those that saw the outage, so that a
-		// replica starting slowly does not make every replica's L2 cold.
+	if moveEpoch {
 		c.silences.Add(1)
 		// Moved now, not only before this client's own next L2 read: a replica that started
 		// during the outage moves no epoch, and it would read the values from before the
@@ -379,6 +463,10 @@ func (c *Client) OnHealthChange(fn func(healthy bool)) {
 // ping with a longer deadline, one at a time) that decides: on a busy machine one slow
 // reply must not flip every replica into per-process rate limits.
 func (c *Client) ReportError(err error) {
+	if r := writeRefusal(err); r != nil {
+		c.refuseWrites(r)
+		return
+	}
 	if !IsUnavailable(err) {
 		return
 	}
@@ -466,6 +554,8 @@ func (c *Client) noteProblem(err error) {
 func (c *Client) setHealthy(ok bool, err error) {
 	if !ok {
 		c.noteProblem(err)
+	} else if c.writesRefused.Load() {
+		return // an answer, but only a write that goes through ends it (Ping)
 	}
 	if c.healthy.Load() == ok {
 		return // no transition: the common case, without the lock

@@ -453,3 +453,68 @@ func TestEpochMovesAtRandomAndStays(t *testing.T) {
 		t.Errorf("the epoch moved from %d to the next number; want a new random one", before)
 	}
 }
+
+// A Redis that answers reads and PING but refuses writes (here a replica whose master does
+// not answer: READONLY, with its data kept, as the old master after a failover) marks the
+// client degraded at the first refused write, with Redis's reply as the reason, and keeps
+// it degraded although every PING succeeds: an approve's version bump is refused there, and
+// a cache that trusted its L1 and L2 again would serve the book from before it. Once a write
+// goes through, the client is healthy again and that counts as the end of a silence: the
+// epoch moves (no L2 value stored before is served) and the OnResume hooks run.
+func TestRefusedWritesDegradeUntilAWriteGoesThrough(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(srv.Port)})
+	t.Cleanup(func() { admin.Close() })
+	c := open(t, srv.URL(), redistest.Prefix(t))
+	var resumes atomic.Int32
+	c.OnResume(func() { resumes.Add(1) })
+	version, _, _, err := c.GetVersioned(ctx, "v", "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := net.Listen("tcp", "127.0.0.1:0") // a master that never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if err := admin.Do(ctx, "REPLICAOF", "127.0.0.1", l.Addr().(*net.TCPAddr).Port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Bump(ctx, "v")
+	if err == nil || !strings.Contains(err.Error(), "READONLY") {
+		t.Fatalf("Bump on a replica: %v, want READONLY", err)
+	}
+	if c.Healthy() || !strings.Contains(c.Problem(), "READONLY") {
+		t.Fatalf("after a refused write: healthy %v, problem %q; want degraded, saying READONLY", c.Healthy(), c.Problem())
+	}
+	time.Sleep(300 * time.Millisecond) // six pings, each answered
+	if err := admin.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Healthy() {
+		t.Fatal("a PING that Redis answers made the client healthy while Redis still refuses writes")
+	}
+	if _, _, _, err := c.GetVersioned(ctx, "v", "k"); err != redis.ErrDegraded {
+		t.Fatalf("GetVersioned while writes are refused: %v, want ErrDegraded", err)
+	}
+
+	before := resumes.Load()
+	refusedUntil := time.Now()
+	if err := admin.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 5*time.Second, "healthy once Redis takes writes", c.Healthy)
+	if !c.ResumedAt().After(refusedUntil) {
+		t.Errorf("ResumedAt %v: taking writes again is not a new run of answers", c.ResumedAt())
+	}
+	redistest.Eventually(t, 5*time.Second, "the OnResume hooks", func() bool { return resumes.Load() > before })
+	again, _, _, err := c.GetVersioned(ctx, "v", "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again == version {
+		t.Error("the version is the one from before the refused writes: the epoch did not move")
+	}
+}

@@ -226,7 +226,9 @@ func (c *Client) Bump(ctx context.Context, versionKeys ...string) error {
 		// book from before the change. Deleting them is a change too, allowed where those
 		// writes are not (DEL frees memory): a counter that does not exist makes every value
 		// stored before a miss (see startVersion). A Redis that refuses every write (MISCONF,
-		// READONLY) refuses this too: the invalidation waits for a replay, as without Redis.
+		// READONLY) refuses this too: the invalidation waits for a replay, as without Redis,
+		// and ReportError marks the client degraded (writeRefusal), as every other replica's
+		// own next write does there, so that none answers from its caches meanwhile.
 		keys := make([]string, len(versionKeys))
 		for i, k := range versionKeys {
 			keys[i] = c.opts.Prefix + k

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
+	"github.com/findmy/trading-operator/runtime/redis/redistest"
+)
+
+// TestReplicasOnARedisThatRefusesWrites runs two tradingd replicas on a Redis that goes on
+// answering reads, with the data it had, but refuses every write, DEL included:
+//   - READONLY: a failover that left the replicas' connections on the old master, now a
+//     replica of the new one (a DNS name that still resolves to it, as with a cloud-managed
+//     Redis), holding the same keys, version counters included;
+//   - MISCONF: stop-writes-on-bgsave-error after an RDB save that failed.
+//
+// A trade approved on A meanwhile must be in the positions and summary B serves at once,
+// although B had the trader's book in its caches: A's version bump is refused, so B may
+// answer from neither level. /readyz says why the cache and the limits are degraded. Once
+// Redis takes writes again, the book B serves is still the fresh one (nothing cached before
+// is trusted again), and the next trade shows on B through the cache as usual.
+func TestReplicasOnARedisThatRefusesWrites(t *testing.T) {
+	ctx := context.Background()
+	t.Run("READONLY", func(t *testing.T) {
+		onRefusingRedis(t, "READONLY", func(t *testing.T, x *redistest.Server, rx *goredis.Client) func() {
+			// A failover as Sentinel or a managed service does it: Y replicates X, then Y is
+			// promoted and X follows it. X keeps its keys (it resynchronizes from a copy of
+			// them) and refuses writes.
+			y := redistest.Start(t)
+			ry := serverClient(t, y)
+			for _, c := range []*goredis.Client{rx, ry} {
+				if err := c.ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := ry.Do(ctx, "REPLICAOF", "127.0.0.1", x.Port).Err(); err != nil {
+				t.Fatal(err)
+			}
+			redistest.Eventually(t, 10*time.Second, "Y replicating X", func() bool {
+				n, err := rx.Wait(ctx, 1, 100*time.Millisecond).Result()
+				return err == nil && n == 1
+			})
+			if err := ry.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := rx.Do(ctx, "REPLICAOF", "127.0.0.1", y.Port).Err(); err != nil {
+				t.Fatal(err)
+			}
+			redistest.Eventually(t, 10*time.Second, "X replicating Y", func() bool {
+				info, err := rx.Info(ctx, "replication").Result()
+				return err == nil && strings.Contains(info, "master_link_status:up")
+			})
+			return func() { // X is a master again (with Y's data, the same)
+				if err := rx.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	})
+	t.Run("MISCONF", func(t *testing.T) {
+		onRefusingRedis(t, "MISCONF", func(t *testing.T, x *redistest.Server, rx *goredis.Client) func() {
+			// An RDB save into a directory that is gone (root ignores permissions; Redis does
+			// not let CONFIG SET move dir): the save fails, and with a save point configured
+			// stop-writes-on-bgsave-error (on by default) refuses writes.
+			dir, err := rx.ConfigGet(ctx, "dir").Result()
+			if err != nil || dir["dir"] == "" {
+				t.Fatalf("CONFIG GET dir: %v %v", dir, err)
+			}
+			if err := rx.ConfigSet(ctx, "save", "3600 1").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.RemoveAll(dir["dir"]); err != nil {
+				t.Fatal(err)
+			}
+			if err := rx.BgSave(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			redistest.Eventually(t, 10*time.Second, "a failed RDB save", func() bool {
+				info, err := rx.Info(ctx, "persistence").Result()
+				return err == nil && strings.Contains(info, "rdb_last_bgsave_status:err")
+			})
+			return func() { // no save point: writes are taken again
+				if err := rx.ConfigSet(ctx, "save", "").Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+// serverClient is a plain client of s for the test's own commands.
+func serverClient(t *testing.T, s *redistest.Server) *goredis.Client {
+	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(s.Port)})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// onRefusingRedis runs two replicas on a throwaway Redis X, warms B's caches with the trader's
+// book, makes X refuse writes with refuse (whose reply starts with reply), approves trades
+// on A and reads them on B; then lets X take writes again (refuse's result) and reads again.
+func onRefusingRedis(t *testing.T, reply string, refuse func(*testing.T, *redistest.Server, *goredis.Client) (accept func())) {
+	ctx := context.Background()
+	x := redistest.Start(t)
+	rx := serverClient(t, x)
+	env := map[string]string{
+		"DATABASE_URL": pgtest.NewMigratedDatabase(t),
+		"JWT_KEYS":     jwtKeys,
+		"REDIS_URL":    x.URL(),
+		"LISTEN_ADDR":  "127.0.0.1:0",
+		"ADMIN_ADDR":   "127.0.0.1:0",
+		"DEMO_USERS":   "true",
+	}
+	a := startReplica(t, env) // first alone: it creates the demo users
+	b := startReplica(t, env)
+	trader := token(t, a.api[len("http://"):], "trader1", "password123")
+	risk := token(t, b.api[len("http://"):], "risk1", "password789")
+
+	must := func(want int, method, url, tok, body string) []byte {
+		t.Helper()
+		code, _, out := call(t, method, url, tok, body)
+		if code != want {
+			t.Fatalf("%s %s: %d %s, want %d", method, url, code, out, want)
+		}
+		return out
+	}
+	read := func(r replica) (quantity string, trades int) {
+		t.Helper()
+		var book struct{ Positions []struct{ Quantity string } }
+		var summary struct {
+			TradesToday int `json:"trades_today"`
+		}
+		_ = json.Unmarshal(must(200, "GET", r.api+"/api/positions", trader, ""), &book)
+		_ = json.Unmarshal(must(200, "GET", r.api+"/api/summary", trader, ""), &summary)
+		if len(book.Positions) == 0 {
+			return "0", summary.TradesToday
+		}
+		return strings.TrimRight(strings.TrimRight(book.Positions[0].Quantity, "0"), "."), summary.TradesToday
+	}
+	total, trades := 0, 0
+	var stale []string
+	check := func(when string) {
+		t.Helper()
+		if q, n := read(b); q != strconv.Itoa(total) || n != trades {
+			stale = append(stale, fmt.Sprintf("%s, B serves quantity %s and %d trades today, want %d and %d (a book from before the trade)", when, q, n, total, trades))
+		}
+	}
+	approve := func(qty int) {
+		t.Helper()
+		var order struct{ ID string }
+		_ = json.Unmarshal(must(201, "POST", a.api+"/api/orders", trader,
+			fmt.Sprintf(`{"symbol":"BTC/USD","side":"buy","quantity":"%d","price":"100"}`, qty)), &order)
+		must(200, "POST", a.api+"/api/orders/"+order.ID+"/approve", risk, "")
+		total += qty
+		trades++
+	}
+
+	read(b)
+	read(b) // B has the trader's empty book in L1 and L2
+	versions, err := rx.Keys(ctx, "cache-version:*").Result()
+	if err != nil || len(versions) == 0 {
+		t.Fatalf("no version counters in Redis: %v %v", versions, err)
+	}
+
+	accept := refuse(t, x, rx)
+	if err := rx.Set(ctx, "refused-write", "1", time.Minute).Err(); err == nil || !strings.HasPrefix(err.Error(), reply) {
+		t.Fatalf("a write to X: %v, want a %s reply", err, reply)
+	}
+	if n, err := rx.Exists(ctx, versions...).Result(); err != nil || n != int64(len(versions)) {
+		t.Fatalf("X lost the version counters (%d of %d left, %v): it would not be the Redis of a failover", n, len(versions), err)
+	}
+	for i, qty := range []int{1, 2} {
+		approve(qty)
+		check(fmt.Sprintf("after approve %d on A while Redis refuses writes (%s)", i+1, reply))
+		read(a)
+	}
+	for _, r := range []replica{a, b} {
+		code, body := get(t, r.admin+"/readyz")
+		if code != 200 || !strings.Contains(body, "degraded") || !strings.Contains(body, reply) {
+			t.Errorf("/readyz on %s while Redis refuses writes: %d %s, want 200 saying degraded and why (%s)", r.admin, code, body, reply)
+		}
+	}
+
+	accept()
+	degraded := regexp.MustCompile(`degraded`)
+	for _, r := range []replica{a, b} {
+		redistest.Eventually(t, 10*time.Second, "/readyz on "+r.admin+" no longer degraded once Redis takes writes", func() bool {
+			code, body := get(t, r.admin+"/readyz")
+			return code == 200 && !degraded.MatchString(body)
+		})
+	}
+	check("once Redis takes writes again")
+	read(b)
+	check("read again on B once Redis takes writes again")
+	approve(3)
+	check("after approve 3 on A, once Redis takes writes again")
+	if len(stale) > 0 {
+		t.Errorf("on a Redis that refuses writes (%s):\n%s", reply, strings.Join(stale, "\n"))
+	}
+}
