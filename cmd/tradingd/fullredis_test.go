@@ -25,10 +25,12 @@ import (
 // serves at once, and the login limit still holds across both: Redis makes room by evicting
 // what the runtime can lose. With noeviction (Redis's default, so an external Redis may
 // well have it), Redis refuses the runtime's writes (OOM command not allowed): the requests
-// are still answered and no trader is served a book from before their trade (an approve
-// whose version bump is refused deletes the counters instead, which a full Redis allows), but
-// the limiter falls back to each replica's own buckets; the second case shows that this is
-// still so (the reason for the managed Redis's policy).
+// are still answered, without waiting for acknowledgements that Redis would refuse too, and
+// no trader is served a book from before their trade (every replica counts Redis as degraded
+// at its first refused write and reads the database, /readyz says why; an approve whose
+// version bump is refused deletes the counters instead, which a full Redis allows), but the
+// limiter falls back to each replica's own buckets; the second case shows that this is still
+// so (the reason for the managed Redis's policy).
 func TestReplicasOnAFullRedis(t *testing.T) {
 	for _, tt := range []struct {
 		policy string
@@ -150,8 +152,13 @@ func onFullRedis(t *testing.T, policy string) (problems, stale []string, info st
 		read(a)
 	}
 	for _, r := range []replica{a, b} {
-		if code, body := get(t, r.admin+"/readyz"); code != 200 {
+		code, body := get(t, r.admin+"/readyz")
+		if code != 200 {
 			wrong("/readyz on %s: %d %s", r.admin, code, body)
+		}
+		if policy == "noeviction" && !strings.Contains(body, "refused: OOM") {
+			// The operator of the Redis must be told why the caches are off.
+			stale = append(stale, fmt.Sprintf("/readyz on %s does not say that Redis refuses writes for want of memory: %s", r.admin, body))
 		}
 	}
 	stats, err := rdb.Info(ctx, "memory", "stats", "errorstats").Result()

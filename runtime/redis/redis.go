@@ -244,8 +244,9 @@ func (c *Client) Close() error {
 }
 
 // Ping checks Redis now (readiness probes) and updates the health state. While Redis
-// refuses writes, it checks with a write instead, which changes nothing (DEL of a key that
-// never exists): a replica after a failover answers PING.
+// refuses writes, it checks with a write instead, one that needs memory and lasts a
+// millisecond (SET of a key nothing reads, PX 1): a replica after a failover answers PING,
+// and a full Redis takes a DEL.
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
@@ -253,7 +254,7 @@ func (c *Client) Ping(ctx context.Context) error {
 	refused := c.writesRefused.Load()
 	var err error
 	if refused {
-		err = c.rdb.Del(ctx, c.opts.Prefix+writeProbeKey).Err()
+		err = c.rdb.Set(ctx, c.opts.Prefix+writeProbeKey, "", time.Millisecond).Err()
 	} else {
 		err = c.rdb.Ping(ctx).Err()
 	}
@@ -267,7 +268,7 @@ func (c *Client) Ping(ctx context.Context) error {
 	return err
 }
 
-// writeProbeKey is the key that Ping deletes while Redis refuses writes; nothing stores it.
+// writeProbeKey is the key that Ping writes while Redis refuses writes; nothing reads it.
 const writeProbeKey = "write-probe"
 
 // probed records the outcome of a ping that began at started (see staleProbe).
@@ -286,17 +287,19 @@ func (c *Client) probed(started time.Time, err error) {
 // reads, or nil: a replica (READONLY: a failover left this client's connections on the old
 // master, whose name still resolves to it), a failed RDB save with
 // stop-writes-on-bgsave-error (MISCONF), too few replicas for min-replicas-to-write
-// (NOREPLICAS). Neither an approve's version bump nor its fallback, deleting the counters,
-// goes through then, while the other replicas still read the old values and versions; so
-// the client counts as degraded (see refuseWrites). Not OOM: a full Redis takes the DEL
-// (see Bump). go-redis itself closes a connection that got READONLY (and retries once on a
-// new one), so a name that now resolves to the new master is dialled again.
+// (NOREPLICAS), a full Redis with the noeviction policy (OOM; EXECABORT for a transaction
+// one of whose writes it refused so). An approve's version bump does not go through then,
+// nor (but for OOM) its fallback, deleting the counters, while the other replicas still read
+// the old values and versions; and the invalidations' acknowledgements are writes too, so
+// an approve would wait for them in vain. So the client counts as degraded (see
+// refuseWrites). go-redis itself closes a connection that got READONLY (and retries once on
+// a new one), so a name that now resolves to the new master is dialled again.
 func writeRefusal(err error) error {
 	switch e := err.(type) {
 	case nil:
 		return nil
 	case goredis.Error:
-		for _, code := range []string{"READONLY ", "MISCONF ", "NOREPLICAS "} {
+		for _, code := range []string{"READONLY ", "MISCONF ", "NOREPLICAS ", "OOM ", "EXECABORT "} {
 			if strings.HasPrefix(e.Error(), code) {
 				return e
 			}

@@ -219,22 +219,31 @@ func (c *Client) Bump(ctx context.Context, versionKeys ...string) error {
 		pipe.Incr(ctx, c.opts.Prefix+k)
 		pipe.Expire(ctx, c.opts.Prefix+k, versionTTL)
 	}
-	_, err := pipe.Exec(ctx)
+	cmds, err := pipe.Exec(ctx)
 	if err != nil && !IsUnavailable(err) && !errors.Is(err, context.Canceled) {
+		// EXECABORT says only that a queued command was refused; the refusal itself
+		// (OOM, READONLY) is that command's reply, and says what to fix.
+		for _, cmd := range cmds {
+			if cerr := cmd.Err(); cerr != nil && !strings.HasPrefix(cerr.Error(), "EXECABORT") {
+				err = cerr
+				break
+			}
+		}
 		// Redis answered and refused the writes: full with noeviction (OOM, Redis's default
-		// policy). Left as they were, the counters would let every other replica serve the
-		// book from before the change. Deleting them is a change too, allowed where those
-		// writes are not (DEL frees memory): a counter that does not exist makes every value
-		// stored before a miss (see startVersion). A Redis that refuses every write (MISCONF,
-		// READONLY) refuses this too: the invalidation waits for a replay, as without Redis,
-		// and ReportError marks the client degraded (writeRefusal), as every other replica's
-		// own next write does there, so that none answers from its caches meanwhile.
+		// policy), a replica (READONLY), a failed save (MISCONF). Left as they were, the
+		// counters would let a replica that reads L2 serve the book from before the change.
+		// Deleting them is a change too, which a full Redis allows (DEL frees memory): a
+		// counter that does not exist makes every value stored before a miss (see
+		// startVersion). The error stays: ReportError marks the client degraded
+		// (writeRefusal), as every other replica's own next write does there, so that none
+		// answers from its caches meanwhile, and the invalidation waits for a replay, as
+		// without Redis, instead of for acknowledgements that Redis would refuse too.
 		keys := make([]string, len(versionKeys))
 		for i, k := range versionKeys {
 			keys[i] = c.opts.Prefix + k
 		}
 		if derr := c.rdb.Del(ctx, keys...).Err(); derr == nil {
-			err = nil
+			err = fmt.Errorf("%w (the versions were deleted instead)", err)
 		} else {
 			err = fmt.Errorf("%w; deleting the versions instead: %w", err, derr)
 		}
