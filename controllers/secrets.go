@@ -2,8 +2,10 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -51,6 +53,13 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 		if !userMade {
 			if err := r.restoreMissingKeys(ctx, p, desired, current); err != nil {
 				return false, err
+			}
+			// Said, never mended: a user-edited value is kept. A Secret the user made is
+			// theirs to judge (its dsn may go through a pooler with other credentials).
+			if desired.Name == postgresCredentialsSecretName(p.stack) {
+				if keys := dsnMismatch(current); len(keys) > 0 {
+					p.dsnWarning = dsnWarning(current, keys)
+				}
 			}
 		}
 		// Also for a Secret that lacks keys: its labels bring its next edit to this stack.
@@ -285,4 +294,126 @@ func (r *TradingStackReconciler) restoreMissingKeysOnce(ctx context.Context, p *
 		"Put back %s of Secret %s with new values: removed by hand, the runtime cannot start without them", strings.Join(missing, ", "), current.Name)
 	*current = *patched
 	return nil
+}
+
+// dsnMismatch says which of keys user and password of NAME-postgres-credentials its dsn does
+// not carry (key order: user, password), or nothing when it carries both or the operator
+// cannot tell. The database's pod takes keys user and password when it starts, the runtime and
+// the migration connect with key dsn: when they disagree (a password rotated by editing only
+// key password, or only the dsn), the API pods cannot connect after their next start. The
+// generated Secret is never overwritten (a user-edited value is kept), so DatabaseReady says
+// it instead (dsnWarning). A key emptied is put back by restoreMissingKeys, and a dsn that
+// dsnCredentials does not judge is the user's: nothing is said of either.
+func dsnMismatch(sec *corev1.Secret) []string {
+	user, password := string(sec.Data[postgresUserKey]), string(sec.Data[postgresPasswordKey])
+	if user == "" || password == "" {
+		return nil
+	}
+	dsnUser, dsnPassword, ok := dsnCredentials(string(sec.Data[postgresDSNKey]))
+	if !ok {
+		return nil
+	}
+	var differ []string
+	if dsnUser != user {
+		differ = append(differ, postgresUserKey)
+	}
+	if dsnPassword != password {
+		differ = append(differ, postgresPasswordKey)
+	}
+	return differ
+}
+
+// dsnWarning is DatabaseReady's suffix for the keys dsnMismatch found. It names the Secret
+// and its keys, never a value: the dsn and the keys hold the password.
+func dsnWarning(sec *corev1.Secret, keys []string) string {
+	which, keyWord := strings.Join(keys, " and "), "key"
+	if len(keys) > 1 {
+		keyWord = "keys"
+	}
+	return fmt.Sprintf("; warning: the dsn in Secret %s does not carry the %s in its %s %s (the database takes %s, the runtime and the migration dsn: they fail to connect): edit them together",
+		sec.Name, which, keyWord, which, which)
+}
+
+// dsnCredentials returns the user and password that the runtime's driver, pgx, connects with
+// from a postgres URL (empty: the URL names none, and pgx would take its environment's), and
+// whether dsn is a URL that pgx parses. pgx parses it as libpq does, which net/url does not
+// quite: the userinfo ends at the first '@' that comes before any '/' (net/url takes the
+// last, so a raw '@' in a password reads differently), the password after its first ':';
+// options user= and password= in the query win over the userinfo; components are
+// percent-decoded, a '+' is a '+', and a space inside one or a malformed escape fails the
+// parse. A keyword=value dsn, or a URL pgx refuses, is not judged (false).
+func dsnCredentials(dsn string) (user, password string, ok bool) {
+	rest, isURL := strings.CutPrefix(dsn, "postgresql://")
+	if !isURL {
+		rest, isURL = strings.CutPrefix(dsn, "postgres://")
+	}
+	if !isURL || strings.IndexByte(dsn, 0) >= 0 {
+		return "", "", false
+	}
+	var err error
+	if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' {
+		rawUser, rawPassword, _ := strings.Cut(rest[:i], ":")
+		if user, err = libpqDecode(rawUser); err != nil {
+			return "", "", false
+		}
+		if password, err = libpqDecode(rawPassword); err != nil {
+			return "", "", false
+		}
+		rest = rest[i+1:]
+	}
+	// Hosts, ports and the database name hold no '?': the query starts at the first.
+	_, query, _ := strings.Cut(rest, "?")
+	for query != "" {
+		pair := query
+		if i := strings.IndexByte(query, '&'); i >= 0 {
+			pair, query = query[:i], query[i+1:]
+		} else {
+			query = ""
+		}
+		rawKey, rawValue, found := strings.Cut(pair, "=")
+		if !found || strings.Contains(rawValue, "=") {
+			return "", "", false
+		}
+		key, err := libpqDecode(rawKey)
+		if err != nil {
+			return "", "", false
+		}
+		value, err := libpqDecode(rawValue)
+		if err != nil {
+			return "", "", false
+		}
+		switch key {
+		case postgresUserKey:
+			user = value
+		case postgresPasswordKey:
+			password = value
+		}
+	}
+	return user, password, true
+}
+
+// libpqDecode percent-decodes a component of a postgres URL as libpq (and pgx) do: leading and
+// trailing spaces dropped, one inside refused, '%' followed by two hex digits (not %00).
+func libpqDecode(raw string) (string, error) {
+	raw = strings.Trim(raw, " ")
+	if strings.Contains(raw, " ") {
+		return "", errors.New("a space inside a URL component")
+	}
+	var b strings.Builder
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '%' {
+			b.WriteByte(raw[i])
+			continue
+		}
+		if i+2 >= len(raw) {
+			return "", errors.New("a malformed percent-encoding")
+		}
+		c, err := strconv.ParseUint(raw[i+1:i+3], 16, 8)
+		if err != nil || c == 0 {
+			return "", errors.New("a malformed percent-encoding")
+		}
+		b.WriteByte(byte(c))
+		i += 2
+	}
+	return b.String(), nil
 }

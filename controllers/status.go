@@ -249,7 +249,23 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	}
 	// Announced once written: a refused write's changes are found again by the next pass.
 	r.conditionEvents(p)
+	r.dsnMismatchEvent(p)
 	return nil
+}
+
+// dsnMismatchEvent records one Warning event when DatabaseReady's message starts carrying
+// this pass's dsnWarning: the message says it on every pass while the dsn disagrees, the event
+// only when that appears (or names other keys), so that kubectl describe and an event-based
+// alert see it without a new event every pass. The warning names keys, never values.
+func (r *TradingStackReconciler) dsnMismatchEvent(p *pass) {
+	if p.dsnWarning == "" {
+		return
+	}
+	if old := meta.FindStatusCondition(p.original.Conditions, tradingv1alpha1.ConditionDatabaseReady); old != nil && strings.Contains(old.Message, p.dsnWarning) {
+		return
+	}
+	r.Recorder.Eventf(p.stack, nil, corev1.EventTypeWarning, "DSNMismatch", "CheckCredentials", "%s",
+		strings.TrimPrefix(p.dsnWarning, "; warning: "))
 }
 
 // errStaleStack: the stack changed since the pass read it (the cache was behind, or a user

@@ -153,6 +153,9 @@ type pass struct {
 	cutShort string
 	// evaluated holds the conditions this pass set; the others say what an earlier pass found.
 	evaluated map[string]bool
+	// dsnWarning is what DatabaseReady's message adds when the dsn of NAME-postgres-credentials
+	// does not carry its user and password (dsnMismatch); dsnMismatchEvent announces it once.
+	dsnWarning string
 }
 
 // stepConditions are the conditions of the steps that have one: a failed step's own

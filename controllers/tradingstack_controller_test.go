@@ -82,6 +82,7 @@ func TestOperator(t *testing.T) {
 		{"SecretLabelRemovedStaysOurs", testSecretLabelRemovedStaysOurs},
 		{"GeneratedSecretKeysPutBack", testGeneratedSecretKeysPutBack},
 		{"EmptiedAdminPasswordKept", testEmptiedAdminPasswordKept},
+		{"DSNMismatchWarned", testDSNMismatchWarned},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
 		{"SamplesValid", testSamplesValid},
