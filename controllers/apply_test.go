@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"maps"
 	"slices"
 	"strconv"
@@ -498,5 +499,62 @@ func TestAppliedOwns(t *testing.T) {
 		if got := appliedOwns(obj, replicas); got != tc.want {
 			t.Errorf("%s: appliedOwns = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// Ready, Progressing and Degraded name each required condition that is not True with its
+// reason, so that Ready's message alone says what the stack waits for ("not ready:
+// DatabaseReady" sent the reader to a second query for every wait).
+func TestSummaryNamesWhatIsNotReady(t *testing.T) {
+	type cond struct {
+		status metav1.ConditionStatus
+		reason string
+	}
+	for _, tc := range []struct {
+		name   string
+		served bool
+		conds  map[string]cond
+		want   map[string]string // condition type -> its message
+	}{
+		{"provisioning", false,
+			map[string]cond{
+				tradingv1alpha1.ConditionDatabaseReady:       {metav1.ConditionFalse, "DatabaseNotReady"},
+				tradingv1alpha1.ConditionCacheReady:          {metav1.ConditionTrue, "CacheAvailable"},
+				tradingv1alpha1.ConditionMigrationsSucceeded: {metav1.ConditionUnknown, "WaitingForDatabase"},
+				tradingv1alpha1.ConditionRuntimeAvailable:    {metav1.ConditionFalse, "WaitingForMigration"},
+			},
+			map[string]string{
+				tradingv1alpha1.ConditionReady:       "not ready: DatabaseReady (DatabaseNotReady), MigrationsSucceeded (WaitingForDatabase), RuntimeAvailable (WaitingForMigration)",
+				tradingv1alpha1.ConditionProgressing: "waiting for: DatabaseReady (DatabaseNotReady), MigrationsSucceeded (WaitingForDatabase), RuntimeAvailable (WaitingForMigration)",
+			}},
+		{"broke after serving", true,
+			map[string]cond{
+				tradingv1alpha1.ConditionDatabaseReady:       {metav1.ConditionTrue, "DatabaseAvailable"},
+				tradingv1alpha1.ConditionCacheReady:          {metav1.ConditionTrue, "CacheAvailable"},
+				tradingv1alpha1.ConditionMigrationsSucceeded: {metav1.ConditionTrue, "MigrationSucceeded"},
+				tradingv1alpha1.ConditionRuntimeAvailable:    {metav1.ConditionFalse, "DeploymentUnavailable"},
+			},
+			map[string]string{
+				tradingv1alpha1.ConditionReady:    "not ready: RuntimeAvailable (DeploymentUnavailable)",
+				tradingv1alpha1.ConditionDegraded: "the stack has served, and now not ready: RuntimeAvailable (DeploymentUnavailable)",
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &tradingv1alpha1.TradingStack{}
+			phase := tradingv1alpha1.PhaseProvisioning
+			if tc.served {
+				phase = tradingv1alpha1.PhaseReady
+			}
+			p := &pass{stack: s, original: &tradingv1alpha1.TradingStackStatus{Phase: phase}}
+			for typ, c := range tc.conds {
+				p.setCondition(typ, c.status, c.reason, "")
+			}
+			summarize(p)
+			for typ, want := range tc.want {
+				if c := apimeta.FindStatusCondition(s.Status.Conditions, typ); c == nil || c.Message != want {
+					t.Errorf("%s: %+v, want the message %q", typ, c, want)
+				}
+			}
+		})
 	}
 }

@@ -35,13 +35,19 @@ var componentConditions = append(slices.Clone(requiredConditions), tradingv1alph
 func summarize(p *pass) {
 	st := &p.stack.Status
 	conds := st.Conditions
-	var notReady []string
+	// notReady names the required conditions that are not True; waitingFor says them with
+	// their reasons, so that Ready's message alone tells what the stack waits for.
+	var notReady, named []string
 	for _, t := range requiredConditions {
 		c := meta.FindStatusCondition(conds, t)
-		if c == nil || c.Status != metav1.ConditionTrue {
-			notReady = append(notReady, t)
+		switch {
+		case c == nil:
+			notReady, named = append(notReady, t), append(named, t)
+		case c.Status != metav1.ConditionTrue:
+			notReady, named = append(notReady, t), append(named, t+" ("+c.Reason+")")
 		}
 	}
+	waitingFor := strings.Join(named, ", ")
 
 	migration := meta.FindStatusCondition(conds, tradingv1alpha1.ConditionMigrationsSucceeded)
 	// A failed Job, not a Job the API server would not take (ApplyFailed: a transient
@@ -90,7 +96,7 @@ func summarize(p *pass) {
 			"the database, cache, migrations and runtime are ready")
 	default:
 		p.setCondition(tradingv1alpha1.ConditionReady, metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady,
-			"not ready: "+strings.Join(notReady, ", "))
+			"not ready: "+waitingFor)
 	}
 
 	// Degraded: serving, but something needs a look.
@@ -113,10 +119,10 @@ func summarize(p *pass) {
 		// A user's Secret went missing under a stack that serves (its pods keep what they
 		// read at start): Degraded, on every pass, not Failed from the second pass on.
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady,
-			"the stack serves, and waits for a user's action: "+strings.Join(notReady, ", "))
+			"the stack serves, and waits for a user's action: "+waitingFor)
 	case brokeAfterServing(notReady, served, migrating):
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionTrue, tradingv1alpha1.ReasonComponentsNotReady,
-			"the stack has served, and now not ready: "+strings.Join(notReady, ", "))
+			"the stack has served, and now not ready: "+waitingFor)
 	default:
 		p.setCondition(tradingv1alpha1.ConditionDegraded, metav1.ConditionFalse, tradingv1alpha1.ReasonStable, "nothing needs attention")
 	}
@@ -135,10 +141,10 @@ func summarize(p *pass) {
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonRolloutStuck, runtimeCond.Message)
 	case migrationFailed || userAction:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionFalse, tradingv1alpha1.ReasonComponentsNotReady,
-			"waiting for a user's action: "+strings.Join(notReady, ", "))
+			"waiting for a user's action: "+waitingFor)
 	default:
 		p.setCondition(tradingv1alpha1.ConditionProgressing, metav1.ConditionTrue, tradingv1alpha1.ReasonReconciling,
-			"waiting for: "+strings.Join(notReady, ", "))
+			"waiting for: "+waitingFor)
 	}
 
 	switch {

@@ -2076,7 +2076,7 @@ func testMiddleStateMended(t *testing.T) {
 	// The reconciler's last pass saw the runtime down and wrote so.
 	mid := ready.DeepCopy()
 	meta.SetStatusCondition(&mid.Status.Conditions, metav1.Condition{Type: tradingv1alpha1.ConditionDegraded, Status: metav1.ConditionTrue,
-		Reason: tradingv1alpha1.ReasonComponentsNotReady, Message: "the stack has served, and now not ready: RuntimeAvailable", ObservedGeneration: mid.Generation})
+		Reason: tradingv1alpha1.ReasonComponentsNotReady, Message: "the stack has served, and now not ready: RuntimeAvailable (DeploymentUnavailable)", ObservedGeneration: mid.Generation})
 	mid.Status.Phase = tradingv1alpha1.PhaseDegraded
 	if err := k8s.Status().Patch(bg, mid, client.MergeFrom(ready)); err != nil {
 		t.Fatal(err)
