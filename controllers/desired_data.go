@@ -220,10 +220,10 @@ func desiredRedisDeployment(s *tradingv1alpha1.TradingStack) *appsv1.Deployment 
 // Redis is under pressure. Least recently used goes first: the counters of traders gone
 // for days and the buckets of addresses that called once, not the summaries (10 s by
 // default) being read now, which volatile-ttl would take first. noeviction would refuse
-// the runtime's writes once full (OOM command not allowed): an approve's version bump
-// fails, so the other replicas serve the book from before the trade until it expires, and
-// the limits fall back to each replica's own (cmd/tradingd's TestReplicasOnAFullRedis
-// shows both).
+// the runtime's writes once full (OOM command not allowed): every replica then counts Redis
+// as refusing writes, reads the database instead of either cache level and limits on its
+// own, so the cache would be off for as long as Redis stays full (cmd/tradingd's
+// TestReplicasOnAFullRedis shows both policies).
 //
 // Resources without a memory limit (requests only) leave Redis without maxmemory: nothing
 // bounds the container, and there is no limit to take a share of. (A default limit that a
