@@ -29,10 +29,19 @@ import (
 // answer from neither level. /readyz says why the cache and the limits are degraded. Once
 // Redis takes writes again, the book B serves is still the fresh one (nothing cached before
 // is trusted again), and the next trade shows on B through the cache as usual.
+//
+// With every rate limit off too ("limits off"): then B writes nothing when it serves a read,
+// so only its pinger can notice the refusal, and A's approve must not answer before it has.
 func TestReplicasOnARedisThatRefusesWrites(t *testing.T) {
+	for _, limits := range []string{"limits on", "limits off"} {
+		t.Run(limits, func(t *testing.T) { replicasOnARedisThatRefusesWrites(t, limits == "limits off") })
+	}
+}
+
+func replicasOnARedisThatRefusesWrites(t *testing.T, limitsOff bool) {
 	ctx := context.Background()
 	t.Run("READONLY", func(t *testing.T) {
-		onRefusingRedis(t, "READONLY", func(t *testing.T, x *redistest.Server, rx *goredis.Client) func() {
+		onRefusingRedis(t, "READONLY", limitsOff, func(t *testing.T, x *redistest.Server, rx *goredis.Client) func() {
 			// A failover as Sentinel or a managed service does it: Y replicates X, then Y is
 			// promoted and X follows it. X keeps its keys (it resynchronizes from a copy of
 			// them) and refuses writes.
@@ -68,7 +77,7 @@ func TestReplicasOnARedisThatRefusesWrites(t *testing.T) {
 		})
 	})
 	t.Run("MISCONF", func(t *testing.T) {
-		onRefusingRedis(t, "MISCONF", func(t *testing.T, x *redistest.Server, rx *goredis.Client) func() {
+		onRefusingRedis(t, "MISCONF", limitsOff, func(t *testing.T, x *redistest.Server, rx *goredis.Client) func() {
 			// An RDB save into a directory that is gone (root ignores permissions; Redis does
 			// not let CONFIG SET move dir): the save fails, and with a save point configured
 			// stop-writes-on-bgsave-error (on by default) refuses writes.
@@ -108,7 +117,8 @@ func serverClient(t *testing.T, s *redistest.Server) *goredis.Client {
 // onRefusingRedis runs two replicas on a throwaway Redis X, warms B's caches with the trader's
 // book, makes X refuse writes with refuse (whose reply starts with reply), approves trades
 // on A and reads them on B; then lets X take writes again (refuse's result) and reads again.
-func onRefusingRedis(t *testing.T, reply string, refuse func(*testing.T, *redistest.Server, *goredis.Client) (accept func())) {
+// limitsOff turns every rate limit off.
+func onRefusingRedis(t *testing.T, reply string, limitsOff bool, refuse func(*testing.T, *redistest.Server, *goredis.Client) (accept func())) {
 	ctx := context.Background()
 	x := redistest.Start(t)
 	rx := serverClient(t, x)
@@ -119,6 +129,11 @@ func onRefusingRedis(t *testing.T, reply string, refuse func(*testing.T, *redist
 		"LISTEN_ADDR":  "127.0.0.1:0",
 		"ADMIN_ADDR":   "127.0.0.1:0",
 		"DEMO_USERS":   "true",
+	}
+	if limitsOff {
+		for _, l := range []string{"LOGIN", "TRADING", "DATA", "GLOBAL_PER_MINUTE", "GLOBAL_PER_DAY"} {
+			env["RATE_LIMIT_"+l] = "0"
+		}
 	}
 	a := startReplica(t, env) // first alone: it creates the demo users
 	b := startReplica(t, env)

@@ -37,7 +37,10 @@
 // needs an answer from Redis within TrustWindow (the Remote's pinger keeps an idle
 // replica's recent), and an invalidation that got no answer returns only once every
 // replica's last answer is older than that (waitOutTrust): the requester's next read, on
-// any replica, then comes from L2 or the database. What remains is a lost message while
+// any replica, then comes from L2 or the database. Likewise an invalidation whose writes
+// Redis refused (it answers but takes no write: READONLY, MISCONF, OOM) returns only once
+// every replica must have met that refusal (Remote.RefusalKnownBy: each one's pinger
+// writes) and so stopped trusting its caches. What remains is a lost message while
 // Redis answers (the subscriber flushes on resubscription) and a partition that leaves one
 // replica talking to Redis and another not: never past an entry's TTL (positions 30s,
 // summary 10s).
@@ -124,6 +127,10 @@ type Remote interface {
 	// longer); the zero time when there was none. OnResume registers a function to run then.
 	ResumedAt() time.Time
 	OnResume(fn func())
+	// RefusalKnownBy is when every replica must know that the remote answers but refuses
+	// writes (each one's pinger writes at least every ping interval), after this replica met
+	// that refusal; the zero time while it takes writes.
+	RefusalKnownBy() time.Time
 	// Unavailable reports whether err means that no answer came (a timeout, a refused or
 	// broken connection), as opposed to an error reply.
 	Unavailable(err error) bool
@@ -933,6 +940,14 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 			cached |= again
 		}
 	}
+	if err != nil && !r.Unavailable(err) {
+		// Redis answered and refused the version bump (READONLY after a failover, a failed
+		// save, a full Redis): the other replicas' caches hold the old book under versions
+		// that did not move, and no invalidation reaches them. They stop using their caches
+		// once they meet the refusal themselves, at the latest at their pinger's next write:
+		// answer after that, so that the requester's next read, on any replica, is fresh.
+		waitUntil(ctx, r.RefusalKnownBy())
+	}
 	p.refresh(userID, cached)
 	if err != nil {
 		// Replayed as soon as Redis takes it (replayPending retries); until then this
@@ -969,14 +984,19 @@ func (p *Portfolio) invalidate(ctx context.Context, userID uuid.UUID, stale trad
 // requester's next read, on any replica, comes from L2 or the database. After the first
 // moments of an outage it does not wait at all.
 func (p *Portfolio) waitOutTrust(ctx context.Context) {
-	d := time.Until(p.opts.Remote.LastAnswer().Add(2 * p.opts.TrustWindow))
+	waitUntil(ctx, p.opts.Remote.LastAnswer().Add(2*p.opts.TrustWindow))
+}
+
+// waitUntil returns at t (at once when it is past) or when ctx ends.
+func waitUntil(ctx context.Context, t time.Time) {
+	d := time.Until(t)
 	if d <= 0 {
 		return
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
 	select {
-	case <-t.C:
+	case <-timer.C:
 	case <-ctx.Done():
 	}
 }

@@ -883,7 +883,8 @@ func TestApproveDuringOutageIsReadFreshAfterIt(t *testing.T) {
 // An invalidation that Redis answers with an error (READONLY after a failover, NOAUTH after a
 // password change) does not wait for the replicas' trust to run out: Redis is there, and
 // they keep trusting their L1 on its answers anyway; only a Redis that does not answer makes
-// the approve wait.
+// the approve wait that long (a refused write waits for the pingers instead: see
+// TestRefusedInvalidationWaitsForTheOthersToKnow).
 func TestErrorReplyDoesNotWait(t *testing.T) {
 	w := newWorld(t)
 	rc, err := redis.OpenWith(redistest.SharedURL(t), redis.Options{Prefix: redistest.Prefix(t)})
@@ -906,8 +907,38 @@ func TestErrorReplyDoesNotWait(t *testing.T) {
 	}
 }
 
+// An invalidation whose version bump Redis refused answers once every replica must know
+// that Redis refuses writes (RefusalKnownBy: their pingers write), since until then another
+// replica may serve the trader's book from before the trade; and not longer: a refusal
+// that everyone knows of costs an approve nothing.
+func TestRefusedInvalidationWaitsForTheOthersToKnow(t *testing.T) {
+	w := newWorld(t)
+	var known refusalKnown
+	_, p := cachedTradeAnd(t, w, func(r cache.Remote) cache.Remote { known.Remote = readOnly{r}; return &known })
+	const wait = 400 * time.Millisecond
+	known.by = time.Now().Add(wait)
+	start := time.Now()
+	w.trade(t, p, "2")
+	if d := time.Since(start); d < wait-10*time.Millisecond {
+		t.Errorf("the approve whose version bump Redis refused answered after %v, before every replica must know (%v)", d, wait)
+	}
+	start = time.Now()
+	w.trade(t, p, "3")
+	if d := time.Since(start); d > wait {
+		t.Errorf("an approve once every replica knows of the refusal took %v: it waited again", d)
+	}
+}
+
+// refusalKnown is a Remote whose RefusalKnownBy is by.
+type refusalKnown struct {
+	cache.Remote
+	by time.Time
+}
+
+func (r *refusalKnown) RefusalKnownBy() time.Time { return r.by }
+
 // A replica whose invalidation Redis refused (READONLY after a failover: Redis answers, so
-// nobody waits) reads that trader from the database until the replay goes through: the L2
+// nobody waits out the trust window) reads that trader from the database until the replay goes through: the L2
 // value another replica stored before the trade is still there under the old version.
 func TestPendingInvalidationReadsFromTheDatabase(t *testing.T) {
 	w := newWorld(t)

@@ -90,6 +90,13 @@ type Client struct {
 	// goes through clears it (Ping), not the replies to reads or PINGs that such a Redis
 	// still gives.
 	writesRefused atomic.Bool
+	// refusedAt is when this client met the refusal that writesRefused records, in
+	// nanoseconds since start (RefusalKnownBy); 0 while writes go through. takenMu makes one
+	// write that goes through end it (writesWentThrough).
+	refusedAt atomic.Int64
+	takenMu   sync.Mutex
+	// probeForbidden: an ACL refused the write probe (NOPERM); Ping uses PING instead.
+	probeForbidden atomic.Bool
 	// problem says why the client is degraded (Problem).
 	problem atomic.Pointer[string]
 	// lastAnswer is when Redis last answered a command of rdb, in nanoseconds since start
@@ -186,10 +193,13 @@ func OpenWith(url string, o Options) (*Client, error) {
 	c.rdb.AddHook(answerHook{c})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*o.OpTimeout+ro.DialTimeout)
-	err = c.rdb.Ping(ctx).Err()
+	_, err = c.probe(ctx)
 	cancel()
 	c.healthy.Store(err == nil)
-	c.writesRefused.Store(writeRefusal(err) != nil)
+	if writeRefusal(err) != nil {
+		c.refusedAt.Store(int64(time.Since(c.start)))
+		c.writesRefused.Store(true)
+	}
 	c.noteProblem(err)
 	if err != nil {
 		c.logger().Warn("redis cannot be used; cache and rate limits run degraded until it can", "addr", ro.Addr, "problem", c.Problem())
@@ -243,32 +253,84 @@ func (c *Client) Close() error {
 	return err
 }
 
-// Ping checks Redis now (readiness probes) and updates the health state. While Redis
-// refuses writes, it checks with a write instead, one that needs memory and lasts a
-// millisecond (SET of a key nothing reads, PX 1): a replica after a failover answers PING,
-// and a full Redis takes a DEL.
+// Ping checks Redis now (readiness probes, the pinger) and updates the health state. It
+// checks with a write that changes nothing (probe): a Redis that answers PING may still
+// refuse writes (a replica after a failover, a failed save, a full Redis), and every replica
+// must notice that within a ping interval whatever its traffic, since another replica's
+// trade reaches it neither as a version bump nor as an invalidation then (see
+// RefusalKnownBy). The first write that goes through after a refusal ends it.
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	started := time.Now()
-	refused := c.writesRefused.Load()
-	var err error
-	if refused {
-		err = c.rdb.Set(ctx, c.opts.Prefix+writeProbeKey, "", time.Millisecond).Err()
-	} else {
-		err = c.rdb.Ping(ctx).Err()
-	}
-	if refused && err == nil && c.writesRefused.Load() {
-		// ResumedAt first: as soon as the flag is down, any answer may mark the client
-		// healthy, and the cache must not trust its L1 from before in between.
-		c.writesTaken()
-		c.writesRefused.Store(false)
+	wrote, err := c.probe(ctx)
+	if wrote && err == nil {
+		c.writesWentThrough()
 	}
 	c.probed(started, err)
 	return err
 }
 
-// writeProbeKey is the key that Ping writes while Redis refuses writes; nothing reads it.
+// probe sends the health check: a SET of writeProbeKey with XX and a 1 ms TTL. The key does
+// not exist, so the SET changes nothing and is neither logged to the AOF nor sent to
+// replicas (a PING's cost, but for the key lookup); Redis still refuses it as a write where
+// it refuses writes (READONLY, MISCONF, NOREPLICAS) and, being a command that may use
+// memory, where it is full (OOM), before looking at the key. Should the key exist after
+// all, the SET makes it expire in a millisecond. An ACL that does not let this client write
+// the key (NOPERM) says nothing about Redis: the client then checks with PING from then on
+// (wrote false), and says so once.
+func (c *Client) probe(ctx context.Context) (wrote bool, err error) {
+	if c.probeForbidden.Load() {
+		return false, c.rdb.Ping(ctx).Err()
+	}
+	err = c.rdb.SetArgs(ctx, c.opts.Prefix+writeProbeKey, "", goredis.SetArgs{Mode: "XX", TTL: time.Millisecond}).Err()
+	if errors.Is(err, goredis.Nil) { // not set: the key does not exist, as expected
+		err = nil
+	}
+	var reply goredis.Error
+	if errors.As(err, &reply) && strings.HasPrefix(reply.Error(), "NOPERM") {
+		if !c.probeForbidden.Swap(true) {
+			c.logger().Warn("redis does not let this client write its probe key; health checks use PING, and a Redis that refuses writes is noticed only at a write of a request",
+				"key", c.opts.Prefix+writeProbeKey, "reply", reply.Error())
+		}
+		return false, c.rdb.Ping(ctx).Err()
+	}
+	return true, err
+}
+
+// writesWentThrough ends a time of refused writes, once, when a write went through.
+func (c *Client) writesWentThrough() {
+	if !c.writesRefused.Load() {
+		return
+	}
+	c.takenMu.Lock()
+	defer c.takenMu.Unlock()
+	if !c.writesRefused.Load() {
+		return
+	}
+	// ResumedAt first: as soon as the flag is down, any answer may mark the client
+	// healthy, and the cache must not trust its L1 from before in between.
+	c.writesTaken()
+	c.refusedAt.Store(0) // first: a refusal met once the flag is down starts a new one
+	c.writesRefused.Store(false)
+}
+
+// RefusalKnownBy is when every replica on this Redis must know that it refuses writes,
+// while this client counts it so: two ping intervals after this client first met the
+// refusal, since every replica's pinger writes once per interval (Ping) and Redis refused
+// writes from that moment at the latest. The zero time while writes go through. An
+// invalidation whose writes Redis refused answers only after it (runtime/cache), so that the
+// trader's next read, on any replica, skips the caches that the refused version bump left
+// stale.
+func (c *Client) RefusalKnownBy() time.Time {
+	at := c.refusedAt.Load()
+	if at == 0 || !c.writesRefused.Load() {
+		return time.Time{}
+	}
+	return c.start.Add(time.Duration(at) + 2*c.opts.PingInterval)
+}
+
+// writeProbeKey is the key that Ping writes (with XX: it never exists); nothing reads it.
 const writeProbeKey = "write-probe"
 
 // probed records the outcome of a ping that began at started (see staleProbe).
@@ -319,9 +381,10 @@ func writeRefusal(err error) error {
 // refuseWrites marks the client degraded because Redis refused a write with reply. A trade
 // approved meanwhile bumps no version and tells no replica, so no replica may answer from
 // L1 or L2: each notices at its own next write (the rate limiter writes on every request,
-// before the handler reads the cache), and its pinger then writes until a write goes
-// through.
+// before the handler reads the cache) or its pinger's, within a ping interval, and the
+// pinger goes on writing until a write goes through.
 func (c *Client) refuseWrites(reply error) {
+	c.refusedAt.CompareAndSwap(0, int64(time.Since(c.start))) // the first refusal of a run
 	c.writesRefused.Store(true)
 	c.setHealthy(false, reply)
 }
@@ -480,10 +543,7 @@ func (c *Client) ReportError(err error) {
 		if c.probing.CompareAndSwap(false, true) {
 			go func() {
 				defer c.probing.Store(false)
-				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
-				defer cancel()
-				started := time.Now()
-				c.probed(started, c.rdb.Ping(ctx).Err())
+				_ = c.Ping(context.Background())
 			}()
 		}
 		return

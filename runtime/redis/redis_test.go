@@ -518,3 +518,121 @@ func TestRefusedWritesDegradeUntilAWriteGoesThrough(t *testing.T) {
 		t.Error("the version is the one from before the refused writes: the epoch did not move")
 	}
 }
+
+// A client that writes nothing (every rate limit off, reads served from the caches) still
+// notices within a ping interval or so that Redis refuses writes, since its pinger checks
+// with a write: READONLY answers PING. RefusalKnownBy says when every replica must have
+// noticed (two ping intervals after this one did), and is cleared once writes go through.
+func TestPingerNoticesRefusedWritesWithoutTraffic(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(srv.Port)})
+	t.Cleanup(func() { admin.Close() })
+	c := open(t, srv.URL(), redistest.Prefix(t)) // pings every 50ms
+	if !c.Healthy() || !c.RefusalKnownBy().IsZero() {
+		t.Fatalf("at start: healthy %v, RefusalKnownBy %v; want healthy and zero", c.Healthy(), c.RefusalKnownBy())
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0") // a master that never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	refused := time.Now()
+	if err := admin.Do(ctx, "REPLICAOF", "127.0.0.1", l.Addr().(*net.TCPAddr).Port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 2*time.Second, "degraded by the pinger alone", func() bool { return !c.Healthy() })
+	if d := time.Since(refused); d > 500*time.Millisecond {
+		t.Errorf("the pinger took %v to notice refused writes (pings every 50ms)", d)
+	}
+	if !strings.Contains(c.Problem(), "READONLY") {
+		t.Errorf("problem %q, want Redis's READONLY reply", c.Problem())
+	}
+	by := c.RefusalKnownBy()
+	if by.Before(refused.Add(100*time.Millisecond)) || by.After(time.Now().Add(100*time.Millisecond)) {
+		t.Errorf("RefusalKnownBy is %v after Redis began refusing writes, noticed within %v: want two ping intervals (100ms) past the moment the client noticed",
+			by.Sub(refused), time.Since(refused))
+	}
+	if err := admin.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 5*time.Second, "healthy once Redis takes writes", c.Healthy)
+	if !c.RefusalKnownBy().IsZero() {
+		t.Errorf("RefusalKnownBy %v once Redis takes writes, want zero", c.RefusalKnownBy())
+	}
+	if n, err := admin.Exists(ctx, redistest.Prefix(t)+"write-probe").Result(); err != nil || n != 0 {
+		t.Errorf("the probe key exists (%d, %v): the probe must change nothing", n, err)
+	}
+}
+
+// An ACL that does not let the client write its probe key (NOPERM) says nothing about Redis:
+// the client stays healthy, checks with PING instead and says so once; a Redis that refuses
+// writes is still noticed at a write of the client's own, and the next write that goes
+// through ends it.
+func TestForbiddenProbeKeyFallsBackToPing(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(srv.Port)})
+	t.Cleanup(func() { admin.Close() })
+	// Reads anywhere, writes only to the version counters.
+	if err := admin.Do(ctx, "ACL", "SETUSER", "app", "on", ">secret", "+@all", "%R~*", "~p:v*").Err(); err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	c, err := redis.OpenWith(fmt.Sprintf("redis://app:secret@127.0.0.1:%d/0", srv.Port), redis.Options{Prefix: "p:",
+		PingInterval: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	time.Sleep(300 * time.Millisecond) // six pings
+	if !c.Healthy() {
+		t.Fatalf("degraded by a probe key the ACL forbids: %s", c.Problem())
+	}
+	if n := strings.Count(logs.String(), "probe key"); n != 1 {
+		t.Errorf("%d log lines about the forbidden probe key, want 1:\n%s", n, logs.String())
+	}
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if err := admin.Do(ctx, "REPLICAOF", "127.0.0.1", l.Addr().(*net.TCPAddr).Port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Bump(ctx, "v"); err == nil || c.Healthy() {
+		t.Fatalf("Bump on a replica: %v, healthy %v; want READONLY and degraded", err, c.Healthy())
+	}
+	if err := admin.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if c.Healthy() {
+		t.Fatal("healthy again on PINGs alone, before any write went through")
+	}
+	if err := c.Bump(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Healthy() {
+		t.Fatalf("still degraded after a write went through: %s", c.Problem())
+	}
+}
+
+// lockedBuffer is a log destination that the pinger and the test may use at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -250,6 +250,9 @@ func (c *Client) Bump(ctx context.Context, versionKeys ...string) error {
 	}
 	c.ReportError(err)
 	if err == nil {
+		// A write went through: Redis takes writes again, even where an ACL keeps the
+		// pinger from writing its probe (Ping).
+		c.writesWentThrough()
 		c.setHealthy(true, nil)
 	}
 	return err
