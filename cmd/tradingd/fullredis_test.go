@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
@@ -60,8 +57,7 @@ func TestReplicasOnAFullRedis(t *testing.T) {
 // Redis's stats.
 func onFullRedis(t *testing.T, policy string) (problems, stale []string, info string) {
 	srv := redistest.Start(t)
-	rdb := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(srv.Port)})
-	t.Cleanup(func() { rdb.Close() })
+	rdb := serverClient(t, srv)
 	ctx := context.Background()
 	env := map[string]string{
 		"DATABASE_URL":     pgtest.NewMigratedDatabase(t),
@@ -112,44 +108,16 @@ func onFullRedis(t *testing.T, policy string) (problems, stale []string, info st
 		wrong("fifth login over two replicas with RATE_LIMIT_LOGIN=4: %d, want 429 (the limit did not hold across replicas)", code)
 	}
 
-	// must is a request that has to succeed whatever Redis does.
-	must := func(want int, method, url, tok, body string) []byte {
-		t.Helper()
-		code, _, out := call(t, method, url, tok, body)
-		if code != want {
-			t.Fatalf("%s %s: %d %s, want %d", method, url, code, out, want)
-		}
-		return out
-	}
-	var book struct {
-		Positions []struct{ Quantity string }
-	}
-	var summary struct {
-		TradesToday int `json:"trades_today"`
-	}
-	read := func(r replica) (quantity string, trades int) {
-		t.Helper()
-		book.Positions = nil
-		_ = json.Unmarshal(must(200, "GET", r.api+"/api/positions", trader, ""), &book)
-		_ = json.Unmarshal(must(200, "GET", r.api+"/api/summary", trader, ""), &summary)
-		if len(book.Positions) == 0 {
-			return "0", summary.TradesToday
-		}
-		return strings.TrimRight(strings.TrimRight(book.Positions[0].Quantity, "0"), "."), summary.TradesToday
-	}
-	read(b)
-	read(b) // B has the trader's empty book in its caches
+	bookOn(t, b, trader)
+	bookOn(t, b, trader) // B has the trader's empty book in its caches
 	total := 0
 	for i, qty := range []int{1, 2, 3} {
-		var order struct{ ID string }
-		_ = json.Unmarshal(must(201, "POST", a.api+"/api/orders", trader,
-			fmt.Sprintf(`{"symbol":"BTC/USD","side":"buy","quantity":"%d","price":"100"}`, qty)), &order)
-		must(200, "POST", a.api+"/api/orders/"+order.ID+"/approve", risk, "")
+		tradeOn(t, a, trader, risk, qty)
 		total += qty
-		if q, n := read(b); q != strconv.Itoa(total) || n != i+1 {
+		if q, n := bookOn(t, b, trader); q != strconv.Itoa(total) || n != i+1 {
 			stale = append(stale, fmt.Sprintf("after approve %d on A, B serves quantity %s and %d trades today, want %d and %d (a book from before the trade)", i+1, q, n, total, i+1))
 		}
-		read(a)
+		bookOn(t, a, trader)
 	}
 	for _, r := range []replica{a, b} {
 		code, body := get(t, r.admin+"/readyz")

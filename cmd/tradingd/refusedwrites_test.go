@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -140,47 +139,23 @@ func onRefusingRedis(t *testing.T, reply string, limitsOff bool, refuse func(*te
 	trader := token(t, a.api[len("http://"):], "trader1", "password123")
 	risk := token(t, b.api[len("http://"):], "risk1", "password789")
 
-	must := func(want int, method, url, tok, body string) []byte {
-		t.Helper()
-		code, _, out := call(t, method, url, tok, body)
-		if code != want {
-			t.Fatalf("%s %s: %d %s, want %d", method, url, code, out, want)
-		}
-		return out
-	}
-	read := func(r replica) (quantity string, trades int) {
-		t.Helper()
-		var book struct{ Positions []struct{ Quantity string } }
-		var summary struct {
-			TradesToday int `json:"trades_today"`
-		}
-		_ = json.Unmarshal(must(200, "GET", r.api+"/api/positions", trader, ""), &book)
-		_ = json.Unmarshal(must(200, "GET", r.api+"/api/summary", trader, ""), &summary)
-		if len(book.Positions) == 0 {
-			return "0", summary.TradesToday
-		}
-		return strings.TrimRight(strings.TrimRight(book.Positions[0].Quantity, "0"), "."), summary.TradesToday
-	}
 	total, trades := 0, 0
 	var stale []string
 	check := func(when string) {
 		t.Helper()
-		if q, n := read(b); q != strconv.Itoa(total) || n != trades {
+		if q, n := bookOn(t, b, trader); q != strconv.Itoa(total) || n != trades {
 			stale = append(stale, fmt.Sprintf("%s, B serves quantity %s and %d trades today, want %d and %d (a book from before the trade)", when, q, n, total, trades))
 		}
 	}
 	approve := func(qty int) {
 		t.Helper()
-		var order struct{ ID string }
-		_ = json.Unmarshal(must(201, "POST", a.api+"/api/orders", trader,
-			fmt.Sprintf(`{"symbol":"BTC/USD","side":"buy","quantity":"%d","price":"100"}`, qty)), &order)
-		must(200, "POST", a.api+"/api/orders/"+order.ID+"/approve", risk, "")
+		tradeOn(t, a, trader, risk, qty)
 		total += qty
 		trades++
 	}
 
-	read(b)
-	read(b) // B has the trader's empty book in L1 and L2
+	bookOn(t, b, trader)
+	bookOn(t, b, trader) // B has the trader's empty book in L1 and L2
 	versions, err := rx.Keys(ctx, "cache-version:*").Result()
 	if err != nil || len(versions) == 0 {
 		t.Fatalf("no version counters in Redis: %v %v", versions, err)
@@ -196,7 +171,7 @@ func onRefusingRedis(t *testing.T, reply string, limitsOff bool, refuse func(*te
 	for i, qty := range []int{1, 2} {
 		approve(qty)
 		check(fmt.Sprintf("after approve %d on A while Redis refuses writes (%s)", i+1, reply))
-		read(a)
+		bookOn(t, a, trader)
 	}
 	for _, r := range []replica{a, b} {
 		code, body := get(t, r.admin+"/readyz")
@@ -214,7 +189,7 @@ func onRefusingRedis(t *testing.T, reply string, limitsOff bool, refuse func(*te
 		})
 	}
 	check("once Redis takes writes again")
-	read(b)
+	bookOn(t, b, trader)
 	check("read again on B once Redis takes writes again")
 	approve(3)
 	check("after approve 3 on A, once Redis takes writes again")

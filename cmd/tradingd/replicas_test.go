@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -51,6 +52,42 @@ func token(t *testing.T, api, user, password string) string {
 		t.Fatalf("login %s on %s: %d %v", user, api, code, out)
 	}
 	return tok
+}
+
+// mustCall is call for a request that has to be answered with want whatever Redis does.
+func mustCall(t *testing.T, want int, method, url, tok, body string) []byte {
+	t.Helper()
+	code, _, out := call(t, method, url, tok, body)
+	if code != want {
+		t.Fatalf("%s %s: %d %s, want %d", method, url, code, out, want)
+	}
+	return out
+}
+
+// bookOn reads the book of the trader whose token is tok on replica r: the quantity of
+// their first position ("0" without one), trailing zeros dropped, and the summary's
+// trades_today.
+func bookOn(t *testing.T, r replica, tok string) (quantity string, trades int) {
+	t.Helper()
+	var book struct{ Positions []struct{ Quantity string } }
+	var summary struct {
+		TradesToday int `json:"trades_today"`
+	}
+	_ = json.Unmarshal(mustCall(t, 200, "GET", r.api+"/api/positions", tok, ""), &book)
+	_ = json.Unmarshal(mustCall(t, 200, "GET", r.api+"/api/summary", tok, ""), &summary)
+	if len(book.Positions) == 0 {
+		return "0", summary.TradesToday
+	}
+	return strings.TrimRight(strings.TrimRight(book.Positions[0].Quantity, "0"), "."), summary.TradesToday
+}
+
+// tradeOn buys qty BTC/USD at 100 for trader on replica r, approved by risk there.
+func tradeOn(t *testing.T, r replica, trader, risk string, qty int) {
+	t.Helper()
+	var order struct{ ID string }
+	_ = json.Unmarshal(mustCall(t, 201, "POST", r.api+"/api/orders", trader,
+		fmt.Sprintf(`{"symbol":"BTC/USD","side":"buy","quantity":"%d","price":"100"}`, qty)), &order)
+	mustCall(t, 200, "POST", r.api+"/api/orders/"+order.ID+"/approve", risk, "")
 }
 
 // testRedis returns a REDIS_URL on a database of its own (1-15) of the test Redis: the rate-limit
