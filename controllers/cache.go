@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -20,6 +21,7 @@ import (
 // stack left is removed later, by retireManagedBackends.
 func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (bool, error) {
 	spec := p.spec.Spec.Redis
+	p.cacheWarning = unusedRedisFields(&p.stack.Spec.Redis, spec.Mode)
 	switch spec.Mode {
 	case tradingv1alpha1.RedisDisabled:
 		msg := "spec.redis.mode is disabled: the runtime caches in its memory and rate-limits on its own"
@@ -66,6 +68,42 @@ func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (b
 			fmt.Sprintf("waiting for Deployment %s to become available%s%s", dep.Name, podsRefused(dep), waiting))
 	}
 	return false, nil
+}
+
+// unusedRedisFields is CacheReady's suffix naming the fields of spec.redis that mode does not
+// use, in the spec's order, or "". Most likely an address (and password) written without mode
+// external: the mode defaults to managed, the operator runs a Redis of its own, and a message
+// saying only that it is available let the user believe the stack used theirs. Said, not
+// refused: a rule would refuse a move from external back to managed by a merge patch that
+// leaves the address, and every later edit of a stack stored with such a field. The image is
+// left out: it is defaulted, so every stack has it. set is the spec as the user wrote it (the
+// defaults add none of these), mode the mode in force.
+func unusedRedisFields(set *tradingv1alpha1.RedisSpec, mode tradingv1alpha1.RedisMode) string {
+	r := set.Resources
+	fields := []struct {
+		name    string
+		set     bool
+		managed bool // managed mode's alone; the others are external mode's
+	}{
+		{"spec.redis.resources", len(r.Limits) > 0 || len(r.Requests) > 0 || len(r.Claims) > 0, true},
+		{"spec.redis.address", set.Address != "", false},
+		{"spec.redis.passwordSecretRef", set.PasswordSecretRef != nil, false},
+		{"spec.redis.tls", set.TLS != nil, false}, // refused by the schema outside external mode
+	}
+	var unused []string
+	for _, f := range fields {
+		if f.set && (mode == tradingv1alpha1.RedisDisabled || f.managed != (mode == tradingv1alpha1.RedisManaged)) {
+			unused = append(unused, f.name)
+		}
+	}
+	switch len(unused) {
+	case 0:
+		return ""
+	case 1:
+		return fmt.Sprintf("; warning: %s is not used: spec.redis.mode is %s", unused[0], mode)
+	}
+	return fmt.Sprintf("; warning: %s and %s are not used: spec.redis.mode is %s",
+		strings.Join(unused[:len(unused)-1], ", "), unused[len(unused)-1], mode)
 }
 
 // rolledOut reports whether d's status describes its current spec, every desired replica

@@ -200,6 +200,10 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 			p.setCondition(t, metav1.ConditionUnknown, tradingv1alpha1.ReasonNotChecked, "not checked yet: "+why)
 		}
 	}
+	// Last, after what the steps after the cache's add to it (a managed Redis kept).
+	if c := meta.FindStatusCondition(st.Conditions, tradingv1alpha1.ConditionCacheReady); c != nil && p.evaluated[c.Type] {
+		c.Message += p.cacheWarning
+	}
 	if !p.stack.Spec.Paused {
 		summarize(p)
 	} else {
@@ -255,23 +259,28 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	}
 	// Announced once written: a refused write's changes are found again by the next pass.
 	r.conditionEvents(p)
-	r.dsnMismatchEvent(p)
+	r.warnOnce(p, tradingv1alpha1.ConditionDatabaseReady, p.dsnWarning, "DSNMismatch", "CheckCredentials")
+	r.warnOnce(p, tradingv1alpha1.ConditionCacheReady, p.cacheWarning, "UnusedFields", "CheckSpec")
 	return nil
 }
 
-// dsnMismatchEvent records one Warning event when DatabaseReady's message starts carrying
-// this pass's dsnWarning: the message says it on every pass while the dsn disagrees, the event
-// only when that appears (or names other keys), so that kubectl describe and an event-based
-// alert see it without a new event every pass. The warning names keys, never values.
-func (r *TradingStackReconciler) dsnMismatchEvent(p *pass) {
-	if p.dsnWarning == "" {
+// warnOnce records one Warning event when cond's message starts carrying warning (a
+// "; warning: ..." suffix this pass gave it: the dsn of the database's credentials that does
+// not carry their password, fields of spec.redis the mode does not use): the message says it
+// on every pass while it holds, the event only when it appears or changes, so that kubectl
+// describe and an event-based alert see it without a new event every pass. A warning names
+// keys and fields, never values.
+func (r *TradingStackReconciler) warnOnce(p *pass, cond, warning, reason, action string) {
+	if warning == "" {
 		return
 	}
-	if old := meta.FindStatusCondition(p.original.Conditions, tradingv1alpha1.ConditionDatabaseReady); old != nil && strings.Contains(old.Message, p.dsnWarning) {
+	if now := meta.FindStatusCondition(p.stack.Status.Conditions, cond); now == nil || !strings.Contains(now.Message, warning) {
+		return // not said this pass (its step did not set the condition)
+	}
+	if old := meta.FindStatusCondition(p.original.Conditions, cond); old != nil && strings.Contains(old.Message, warning) {
 		return
 	}
-	r.Recorder.Eventf(p.stack, nil, corev1.EventTypeWarning, "DSNMismatch", "CheckCredentials", "%s",
-		strings.TrimPrefix(p.dsnWarning, "; warning: "))
+	r.Recorder.Eventf(p.stack, nil, corev1.EventTypeWarning, reason, action, "%s", strings.TrimPrefix(warning, "; warning: "))
 }
 
 // errStaleStack: the stack changed since the pass read it (the cache was behind, or a user

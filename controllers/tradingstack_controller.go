@@ -154,8 +154,11 @@ type pass struct {
 	// evaluated holds the conditions this pass set; the others say what an earlier pass found.
 	evaluated map[string]bool
 	// dsnWarning is what DatabaseReady's message adds when the dsn of NAME-postgres-credentials
-	// does not carry its user and password (dsnMismatch); dsnMismatchEvent announces it once.
+	// does not carry its user and password (dsnMismatch); warnOnce announces it once.
 	dsnWarning string
+	// cacheWarning is what CacheReady's message ends with when spec.redis sets fields its mode
+	// does not use (unusedRedisFields), whatever CacheReady says; warnOnce announces it once.
+	cacheWarning string
 }
 
 // stepConditions are the conditions of the steps that have one: a failed step's own

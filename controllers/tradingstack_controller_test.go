@@ -83,6 +83,7 @@ func TestOperator(t *testing.T) {
 		{"GeneratedSecretKeysPutBack", testGeneratedSecretKeysPutBack},
 		{"EmptiedAdminPasswordKept", testEmptiedAdminPasswordKept},
 		{"DSNMismatchWarned", testDSNMismatchWarned},
+		{"UnusedRedisFieldsWarned", testUnusedRedisFieldsWarned},
 		{"InvalidHandEditsReverted", testInvalidHandEditsReverted},
 		{"DeployManifests", testDeployManifests},
 		{"SamplesValid", testSamplesValid},
