@@ -472,6 +472,99 @@ func TestDroppedDatabase(t *testing.T) {
 	}
 }
 
+// TestReadOnlyDatabase: a database that answers reads but refuses writes (a hot standby that
+// the DSN leads to after a failover, or default_transaction_read_only set by a managed service
+// whose disk is full or by an admin during maintenance) is a dependency unavailable for
+// writes: every write answers 503 saying so, with Retry-After, and nothing of it is stored;
+// reads and readiness go on (failing /readyz would take every replica out of the Service and
+// turn a write outage into a full one). Once writes are allowed again, they work.
+func TestReadOnlyDatabase(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addUser("trader1", trading.RoleTrader)
+	e.addUser("risk1", trading.RoleRisk)
+	tok, risk := e.token("trader1"), e.token("risk1")
+	e.trade(tok, risk, "BTC/USD", "buy", "1", "100")
+	pending := e.submit(tok, "BTC/USD", "buy", "2", "100")
+
+	ctx := context.Background()
+	var name string
+	if err := e.db.Pool().QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	readOnly := func(on bool) {
+		t.Helper()
+		if _, err := admin.Exec(ctx, fmt.Sprintf("ALTER DATABASE %s SET default_transaction_read_only = %t", pgx.Identifier{name}.Sanitize(), on)); err != nil {
+			t.Fatal(err)
+		}
+		e.db.Pool().Reset() // the setting applies to new sessions only
+	}
+	readOnly(true)
+
+	const refused = "the database refuses writes (read-only); try again later"
+	for _, r := range []*response{
+		e.do("POST", "/api/orders", tok, map[string]string{"symbol": "ETH/USD", "side": "buy", "quantity": "1", "price": "10"}),
+		e.do("POST", "/api/orders/"+pending.ID+"/approve", risk, nil),
+	} {
+		if p := r.problem(503); p.Detail != refused {
+			t.Errorf("detail %q, want %q", p.Detail, refused)
+		}
+		if r.header.Get("Retry-After") == "" {
+			t.Error("503 without Retry-After")
+		}
+	}
+
+	// Reads answer, and show that nothing of the refused writes was stored.
+	var orders struct{ Orders []order }
+	e.do("GET", "/api/orders", tok, nil).want(200).decode(&orders)
+	if len(orders.Orders) != 2 {
+		t.Errorf("%d orders, want the 2 from before", len(orders.Orders))
+	}
+	var got order
+	e.do("GET", "/api/orders/"+pending.ID, tok, nil).want(200).decode(&got)
+	if got.Status != "pending" || got.Trade != nil {
+		t.Errorf("the refused approve left the order %s (trade %v), want pending without a trade", got.Status, got.Trade)
+	}
+	var trades struct{ Trades []trade }
+	e.do("GET", "/api/trades", tok, nil).want(200).decode(&trades)
+	if len(trades.Trades) != 1 {
+		t.Errorf("%d trades, want 1", len(trades.Trades))
+	}
+	var positions struct {
+		Positions []struct{ Symbol, Quantity string }
+	}
+	e.do("GET", "/api/positions", tok, nil).want(200).decode(&positions)
+	if len(positions.Positions) != 1 {
+		t.Fatalf("positions %+v, want BTC/USD 1", positions.Positions)
+	}
+	decEq(t, "BTC/USD quantity", positions.Positions[0].Quantity, "1")
+
+	readyz := httptest.NewServer(rthttp.NewAdminHandler(e.db.Ping))
+	defer readyz.Close()
+	resp, err := http.Get(readyz.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("readyz %d while the database serves reads, want 200", resp.StatusCode)
+	}
+
+	readOnly(false)
+	e.approve(risk, pending.ID)
+	e.submit(tok, "ETH/USD", "buy", "1", "10")
+	e.do("GET", "/api/positions", tok, nil).want(200).decode(&positions)
+	if len(positions.Positions) != 1 {
+		t.Fatalf("positions %+v after writes work again, want BTC/USD 3", positions.Positions)
+	}
+	decEq(t, "BTC/USD quantity", positions.Positions[0].Quantity, "3")
+}
+
 func TestAdminHandler(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

@@ -27,12 +27,20 @@ const (
 	codeCrashShutdown            = "57P02"
 	codeCannotConnectNow         = "57P03"
 	codeTooManyConnections       = "53300"
+	codeReadOnlyTransaction      = "25006"
+	codeDiskFull                 = "53100"
+	codeOutOfMemory              = "53200"
+	codeConfigurationLimit       = "53400"
+	codeIOError                  = "58030"
 )
 
 // mapError is the one place where database errors become coded trading errors:
 //   - an error that already carries a code passes through unchanged;
 //   - a database that cannot be reached, a timeout or a server going away is EUNAVAILABLE,
 //     so that the API answers 503 instead of hanging or claiming a bug;
+//   - a database that answers but cannot take the statement (read-only, out of disk or memory,
+//     at a configured limit, failing its storage) is EUNAVAILABLE too, saying which: nothing
+//     about the request is wrong, and "internal error" left client and operator guessing;
 //   - a unique violation is ECONFLICT;
 //   - anything else is EINTERNAL, whose message is never shown (no SQL leaks to clients);
 //     the cause stays in Err for the logs.
@@ -58,6 +66,9 @@ func mapError(err error) error {
 		return trading.Unavailable("database", err)
 	}
 	if errors.As(err, &pgErr) {
+		if msg := cannotTake(pgErr.Code); msg != "" {
+			return &trading.Error{Code: trading.EUNAVAILABLE, Message: msg, Err: err}
+		}
 		switch pgErr.Code {
 		case codeUniqueViolation:
 			return &trading.Error{Code: trading.ECONFLICT, Message: "already exists", Err: err}
@@ -78,18 +89,42 @@ func mapError(err error) error {
 // when retried).
 const errRowLocked = "a record this request changes is locked by another transaction; try again shortly"
 
+// cannotTake returns what a client or an operator is told when the database answered but
+// could not take the statement for want of a resource, or "" for any other SQLSTATE. Reads
+// usually still work then; the request may succeed later (503, not 500).
+func cannotTake(code string) string {
+	switch code {
+	case codeReadOnlyTransaction:
+		// A hot standby (the DSN leads to a replica, or to the old primary after a failover
+		// whose DNS has not followed), or default_transaction_read_only set on the database or
+		// role (managed services do it when storage is full, admins during maintenance).
+		return "the database refuses writes (read-only); try again later"
+	case codeDiskFull:
+		return "the database is out of disk space; try again later"
+	case codeOutOfMemory:
+		return "the database is out of memory; try again shortly"
+	case codeConfigurationLimit: // max_locks_per_transaction and the like: a smaller statement may pass
+		return "the database reached a configured limit; try again shortly"
+	case codeIOError:
+		return "the database cannot read or write its storage; try again later"
+	}
+	return ""
+}
+
 // databaseDown reports whether err means the database as a whole cannot answer now (it
-// cannot be reached, is shutting down, or did not answer in time), as opposed to one
-// statement failing (a deadlock, a lock not granted, a constraint): the batches (package
-// batch) fail the calls queued behind the first only for the former, and answer the latter
-// call by call.
+// cannot be reached, is shutting down, or did not answer in time) or refuses every write
+// (read-only, out of disk), as opposed to one statement failing (a deadlock, a lock not
+// granted, a constraint, out of memory or a configured limit, which a smaller statement may
+// escape): the batches (package batch, which carry only writes) fail the calls queued behind
+// the first only for the former, since each of them would meet the same refusal, and answer
+// the latter call by call.
 func databaseDown(err error) bool {
 	if connectFailed(err) {
 		return true
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		return serverDown(pgErr.Code)
+		return serverDown(pgErr.Code) || pgErr.Code == codeReadOnlyTransaction || pgErr.Code == codeDiskFull
 	}
 	return unavailable(err)
 }
