@@ -497,14 +497,10 @@ func TestReadOnlyDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	readOnly := func(on bool) {
-		t.Helper()
-		if _, err := admin.Exec(ctx, fmt.Sprintf("ALTER DATABASE %s SET default_transaction_read_only = %t", pgx.Identifier{name}.Sanitize(), on)); err != nil {
-			t.Fatal(err)
-		}
-		e.db.Pool().Reset() // the setting applies to new sessions only
+	if _, err := admin.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{name}.Sanitize()+" SET default_transaction_read_only = on"); err != nil {
+		t.Fatal(err)
 	}
-	readOnly(true)
+	e.db.Pool().Reset() // the setting applies to new sessions only
 
 	const refused = "the database refuses writes (read-only); try again later"
 	for _, r := range []*response{
@@ -555,8 +551,20 @@ func TestReadOnlyDatabase(t *testing.T) {
 		t.Errorf("readyz %d while the database serves reads, want 200", resp.StatusCode)
 	}
 
-	readOnly(false)
-	e.approve(risk, pending.ID)
+	// Writes allowed again (or, after a failover, the DSN leading to the new primary): the
+	// pool's connections, opened read-only, are replaced within seconds, without a restart.
+	if _, err := admin.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{name}.Sanitize()+" RESET default_transaction_read_only"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r := e.do("POST", "/api/orders/"+pending.ID+"/approve", risk, nil)
+		if r.status == 200 {
+			break
+		}
+		if p := r.problem(503); p.Detail != refused || time.Now().After(deadline) {
+			t.Fatalf("approve %s 10 s after the database takes writes again", r)
+		}
+	}
 	e.submit(tok, "ETH/USD", "buy", "1", "10")
 	e.do("GET", "/api/positions", tok, nil).want(200).decode(&positions)
 	if len(positions.Positions) != 1 {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -50,6 +51,8 @@ type DB struct {
 	timeout time.Duration
 	// now is the clock of the "today" boundaries (daily P&L, trades today); tests keep it.
 	now func() time.Time
+	// readOnlyResetAt is when a write refused as read-only last reset the pool (UnixNano).
+	readOnlyResetAt atomic.Int64
 }
 
 // Open builds the pool. It does not wait for the database: the pool connects lazily, so a

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -217,12 +218,33 @@ func isForeignKeyViolation(err error) bool {
 // connection (restart, failover, pg_terminate_backend), resets the pool: the other pooled
 // connections were almost certainly dropped too, and without the reset each of them would
 // fail one more request before the pool notices. So does a statement that a schema change
-// outdated (stale.go) which got this far: the other connections prepared it too.
+// outdated (stale.go) which got this far: the other connections prepared it too. A write
+// refused as read-only resets it at most every readOnlyResetEvery (resetReadOnly).
 func (db *DB) mapError(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
 		!errors.As(err, &pgErr) && connectionDied(err) || staleStatement(err) {
 		db.pool.Reset()
+	} else if errors.As(err, &pgErr) && pgErr.Code == codeReadOnlyTransaction {
+		db.resetReadOnly()
 	}
 	return mapError(err)
+}
+
+// readOnlyResetEvery is how often at most a write refused as read-only resets the pool.
+const readOnlyResetEvery = 2 * time.Second
+
+// resetReadOnly resets the pool, unless a refused write did less than readOnlyResetEvery ago.
+// Whether a session is read-only is fixed when it opens: a hot standby stays one (after a
+// failover the old primary's address may lead to it until its connections close), and
+// default_transaction_read_only takes effect for new sessions only. Without the reset the
+// pool's connections would refuse writes until their lifetime ends (an hour by default) after
+// the database takes writes again; reset on every refusal, they would be reopened for each
+// write of the outage.
+func (db *DB) resetReadOnly() {
+	last := db.readOnlyResetAt.Load()
+	now := time.Now().UnixNano()
+	if now-last >= int64(readOnlyResetEvery) && db.readOnlyResetAt.CompareAndSwap(last, now) {
+		db.pool.Reset()
+	}
 }
