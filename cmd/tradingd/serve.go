@@ -200,6 +200,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 			}
 			return nil
 		},
+	}, {
+		// Optional: a database that refuses writes (read-only, out of disk) still serves
+		// reads; failing readiness would take every replica out of the Service and turn a
+		// write outage into a full one. /readyz stays 200 and says why writes fail.
+		Name: "database_writes", Optional: true,
+		Check: func(context.Context) error {
+			if why := db.WritesRefused(); why != "" {
+				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s; reads still work", why)
+			}
+			return nil
+		},
 	}}
 	if rc != nil {
 		// Optional: Redis down degrades the service (reads skip L1 and go to the database, so

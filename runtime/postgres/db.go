@@ -53,6 +53,30 @@ type DB struct {
 	now func() time.Time
 	// readOnlyResetAt is when a write refused as read-only last reset the pool (UnixNano).
 	readOnlyResetAt atomic.Int64
+	// refused is the last refusal of every write (read-only, out of disk), for WritesRefused.
+	refused atomic.Pointer[writesRefusal]
+}
+
+type writesRefusal struct {
+	at  time.Time
+	why string
+}
+
+// WritesRefusedFor is how long WritesRefused reports a refusal after it happened.
+const WritesRefusedFor = 10 * time.Second
+
+// WritesRefused returns why the database refused a write as it would refuse every write
+// (read-only, out of disk) less than WritesRefusedFor ago, or "" ("the database refuses
+// writes (read-only)"). /readyz shows it as degraded, not as unavailable: reads still work,
+// and failing readiness would take every replica out of the Service at once. The database is
+// only known to refuse writes when one is tried, so this clears after WritesRefusedFor
+// without one, which with write traffic is about when writes work again.
+func (db *DB) WritesRefused() string {
+	r := db.refused.Load()
+	if r == nil || time.Since(r.at) >= WritesRefusedFor {
+		return ""
+	}
+	return r.why
 }
 
 // Open builds the pool. It does not wait for the database: the pool connects lazily, so a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 
@@ -125,9 +126,15 @@ func databaseDown(err error) bool {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		return serverDown(pgErr.Code) || pgErr.Code == codeReadOnlyTransaction || pgErr.Code == codeDiskFull
+		return serverDown(pgErr.Code) || refusesWrites(pgErr.Code)
 	}
 	return unavailable(err)
+}
+
+// refusesWrites reports whether a SQLSTATE says the database refuses every write now (reads
+// may still work): read-only, or out of disk.
+func refusesWrites(code string) bool {
+	return code == codeReadOnlyTransaction || code == codeDiskFull
 }
 
 // serverDown reports whether a SQLSTATE says the server cannot serve now: shutting down,
@@ -225,8 +232,12 @@ func (db *DB) mapError(err error) error {
 	if errors.As(err, &pgErr) && (pgErr.Code == codeAdminShutdown || pgErr.Code == codeCrashShutdown) ||
 		!errors.As(err, &pgErr) && connectionDied(err) || staleStatement(err) {
 		db.pool.Reset()
-	} else if errors.As(err, &pgErr) && pgErr.Code == codeReadOnlyTransaction {
-		db.resetReadOnly()
+	} else if errors.As(err, &pgErr) && refusesWrites(pgErr.Code) {
+		why, _, _ := strings.Cut(cannotTake(pgErr.Code), ";")
+		db.refused.Store(&writesRefusal{at: time.Now(), why: why})
+		if pgErr.Code == codeReadOnlyTransaction {
+			db.resetReadOnly()
+		}
 	}
 	return mapError(err)
 }
