@@ -21,7 +21,6 @@ import (
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
 	"github.com/findmy/trading-operator/runtime/postgres"
-	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
 
 var wantSecurityHeaders = map[string]string{
@@ -450,15 +449,7 @@ func TestDroppedDatabase(t *testing.T) {
 	unchecked := e.token("trader2") // its login is checked for the first time after the drop
 
 	ctx := context.Background()
-	var name string
-	if err := e.db.Pool().QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
-		t.Fatal(err)
-	}
-	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
+	admin, name := e.adminOnDatabase()
 	if _, err := admin.Exec(ctx, "DROP DATABASE "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
 		t.Fatal(err)
 	}
@@ -488,15 +479,7 @@ func TestReadOnlyDatabase(t *testing.T) {
 	pending := e.submit(tok, "BTC/USD", "buy", "2", "100")
 
 	ctx := context.Background()
-	var name string
-	if err := e.db.Pool().QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
-		t.Fatal(err)
-	}
-	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
+	admin, name := e.adminOnDatabase()
 	if _, err := admin.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{name}.Sanitize()+" SET default_transaction_read_only = on"); err != nil {
 		t.Fatal(err)
 	}

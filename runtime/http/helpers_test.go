@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/shopspring/decimal"
 	"golang.org/x/crypto/bcrypt"
 
@@ -118,6 +119,24 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return &env{t: t, srv: srv, handler: h, db: db, users: users, logs: logs, passwords: map[string]string{}, ids: map[string]string{}}
+}
+
+// adminOnDatabase returns a connection as the PostgreSQL admin (closed when the test ends)
+// and the name of e's own database, for the tests that do to it what only an admin can
+// (drop it, make it read-only).
+func (e *env) adminOnDatabase() (*pgx.Conn, string) {
+	e.t.Helper()
+	ctx := context.Background()
+	var name string
+	if err := e.db.Pool().QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
+		e.t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { admin.Close(context.Background()) })
+	return admin, name
 }
 
 // as returns e reporting to t (a fuzz target's or a subtest's T).
