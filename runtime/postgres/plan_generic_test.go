@@ -43,18 +43,34 @@ func (r *recorder) take() []recordedQuery {
 	return c
 }
 
-// tracedDB opens dsn on one pooled connection (so that pg_prepared_statements shows every
-// statement the tests ran) with a recorder of the statements.
 // traderNamed is the trader the plan tests' SQL inserted under name.
 func traderNamed(t *testing.T, db *postgres.DB, name string) *trading.User {
 	t.Helper()
-	u := &trading.User{Username: name, Roles: []trading.Role{trading.RoleTrader}}
+	return userNamed(t, db, name, trading.RoleTrader)
+}
+
+// userNamed is the user with role that the plan tests' SQL inserted under name.
+func userNamed(t *testing.T, db *postgres.DB, name string, role trading.Role) *trading.User {
+	t.Helper()
+	u := &trading.User{Username: name, Roles: []trading.Role{role}}
 	if err := db.Pool().QueryRow(context.Background(), `SELECT id FROM users WHERE username = $1`, name).Scan(&u.ID); err != nil {
 		t.Fatal(err)
 	}
 	return u
 }
 
+// execAll runs the plan tests' dataset statements in order.
+func execAll(t *testing.T, db *postgres.DB, statements ...string) {
+	t.Helper()
+	for _, sql := range statements {
+		if _, err := db.Pool().Exec(context.Background(), sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+}
+
+// tracedDB opens dsn on one pooled connection (so that pg_prepared_statements shows every
+// statement the tests ran) with a recorder of the statements.
 func tracedDB(t *testing.T, dsn string) (*postgres.DB, *recorder) {
 	t.Helper()
 	rec := &recorder{}
@@ -80,11 +96,10 @@ func tracedDB(t *testing.T, dsn string) (*postgres.DB, *recorder) {
 // get is shown when they did.
 func TestOrderListingsArePlannedWithTheirValues(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
 	db, rec := tracedDB(t, dsn)
 	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
-	for _, sql := range []string{
+	execAll(t, db,
 		`INSERT INTO users (username, password_hash, roles)
 		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 100) g`,
 		`INSERT INTO users (username, password_hash, roles) VALUES ('desk', 'x', ARRAY['risk'])`, `
@@ -96,22 +111,14 @@ func TestOrderListingsArePlannedWithTheirValues(t *testing.T) {
 		FROM generate_series(1, 20000) g,
 			(SELECT array_agg(id) AS ids FROM users WHERE 'trader' = ANY(roles)) u`,
 		`ANALYZE users`, `ANALYZE orders`,
-	} {
-		if _, err := db.Pool().Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	var desk trading.User
-	if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = 'desk'`).Scan(&desk.ID); err != nil {
-		t.Fatal(err)
-	}
-	desk.Username, desk.Roles = "desk", []trading.Role{trading.RoleRisk}
+	)
+	desk := userNamed(t, db, "desk", trading.RoleRisk)
 
 	status := func(s trading.OrderStatus) *trading.OrderStatus { return &s }
 	symbol := func(s string) *string { return &s }
 	list := func(f trading.OrderFilter) {
 		t.Helper()
-		if _, _, err := orders.FindOrders(as(&desk), f); err != nil {
+		if _, _, err := orders.FindOrders(as(desk), f); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -174,13 +181,12 @@ func noGenericPlans(t *testing.T, db *postgres.DB, table string, traced []record
 // trades_symbol_executed_idx).
 func TestTradeListingsArePlannedWithTheirValues(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
 	db, rec := tracedDB(t, dsn)
 	portfolio := postgres.NewPortfolioService(db)
 	// 40 traders with 1000 trades each over four symbols, and a trader (whale) with 40k
 	// trades in BTC/USD and 5 in SOL/USD, which nobody else trades.
-	for _, sql := range []string{
+	execAll(t, db,
 		`INSERT INTO users (username, password_hash, roles)
 		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 40) g`,
 		`INSERT INTO users (username, password_hash, roles) VALUES ('whale', 'x', ARRAY['trader']), ('desk', 'x', ARRAY['risk'])`, `
@@ -197,11 +203,7 @@ func TestTradeListingsArePlannedWithTheirValues(t *testing.T) {
 		INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, executed_at)
 		SELECT id, requested_by, symbol, side, quantity, price, decided_at FROM orders`,
 		`ANALYZE users`, `ANALYZE orders`, `ANALYZE trades`,
-	} {
-		if _, err := db.Pool().Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	)
 	whale := traderNamed(t, db, "whale")
 	symbol := func(s string) *string { return &s }
 	list := func(u *trading.User, sym string) {

@@ -23,7 +23,7 @@ func TestQueriesUseTheirIndexes(t *testing.T) {
 	ctx := context.Background()
 	// Enough rows over several users, symbols and statuses for the planner's statistics to
 	// mean something.
-	for _, sql := range []string{
+	execAll(t, e.db,
 		`INSERT INTO users (username, password_hash, roles)
 		 SELECT 'plan' || g, 'x', ARRAY['trader'] FROM generate_series(1, 200) g`, `
 		INSERT INTO orders (client_order_id, symbol, side, quantity, price, status, requested_by, created_at, decided_at)
@@ -36,11 +36,7 @@ func TestQueriesUseTheirIndexes(t *testing.T) {
 		SELECT id, requested_by, symbol, side, quantity, price, decided_at - (random() * interval '30 days')
 		FROM orders WHERE status = 'approved'`,
 		`ANALYZE users`, `ANALYZE orders`, `ANALYZE trades`,
-	} {
-		if _, err := e.db.Pool().Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	)
 	user := "'" + e.trader1.ID.String() + "'::uuid"
 	const key = `(now() - interval '10000 seconds', '00000000-0000-0000-0000-000000000001'::uuid)`
 	// index may name alternatives separated by "|".
@@ -113,12 +109,11 @@ func TestQueriesUseTheirIndexes(t *testing.T) {
 // run again under EXPLAIN (ANALYZE, BUFFERS) with the same values.
 func TestOrderListingPagesReadFewBuffers(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
 	db, rec := tracedDB(t, dsn)
 	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
 	// 50k orders of 50 traders over four symbols, newest first: 1% rejected, 10 pending.
-	for _, sql := range []string{
+	execAll(t, db,
 		`INSERT INTO users (username, password_hash, roles)
 		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 50) g`,
 		`INSERT INTO users (username, password_hash, roles) VALUES ('desk', 'x', ARRAY['risk'])`, `
@@ -130,15 +125,8 @@ func TestOrderListingPagesReadFewBuffers(t *testing.T) {
 		FROM generate_series(1, 50000) g,
 			(SELECT array_agg(id) AS ids FROM users WHERE 'trader' = ANY(roles)) u`,
 		`VACUUM ANALYZE orders`,
-	} {
-		if _, err := db.Pool().Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	desk := &trading.User{Username: "desk", Roles: []trading.Role{trading.RoleRisk}}
-	if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = 'desk'`).Scan(&desk.ID); err != nil {
-		t.Fatal(err)
-	}
+	)
+	desk := userNamed(t, db, "desk", trading.RoleRisk)
 	status := func(s trading.OrderStatus) *trading.OrderStatus { return &s }
 	symbol := func(s string) *string { return &s }
 	for _, c := range []struct {
@@ -244,7 +232,6 @@ func atoi(t *testing.T, s string) int {
 // under EXPLAIN (ANALYZE, BUFFERS) with the same values.
 func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	dsn := pgtest.NewMigratedDatabase(t)
 	db, rec := tracedDB(t, dsn)
 	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{})
@@ -253,7 +240,7 @@ func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
 	// BTC/USD but for one in 200 in ETH/USD), a minnow (one in 20, ETH/USD but for one in 50
 	// in BTC/USD) and 20 others, two thirds of theirs in ETH/USD. Both symbols are busy; each
 	// is rare for one of the two traders who list it.
-	for _, sql := range []string{
+	execAll(t, db,
 		`INSERT INTO users (username, password_hash, roles)
 		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 20) g`,
 		`INSERT INTO users (username, password_hash, roles)
@@ -272,11 +259,7 @@ func TestTraderSymbolListingPagesReadFewBuffers(t *testing.T) {
 		INSERT INTO trades (order_id, user_id, symbol, side, quantity, price, executed_at)
 		SELECT id, requested_by, symbol, side, quantity, price, decided_at FROM orders ORDER BY created_at DESC`,
 		`VACUUM ANALYZE users`, `VACUUM ANALYZE orders`, `VACUUM ANALYZE trades`,
-	} {
-		if _, err := db.Pool().Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	)
 	// list returns a page's row count and the next cursor.
 	type list func(u *trading.User, symbol, cursor string) (int, string, error)
 	listOrders := func(u *trading.User, symbol, cursor string) (int, string, error) {
@@ -334,7 +317,7 @@ func TestRiskSymbolListingPagesReadFewBuffers(t *testing.T) {
 	// order's number (so that no symbol lines up with a status): BTC/USD 60%, ETH/USD 25%,
 	// SOL/USD 10%, ADA/USD 4.3%, DOT/USD 0.3% (about 240), XLM/USD 40 orders spread over the
 	// whole time; 3% rejected, 30 pending among the newest.
-	for _, sql := range []string{
+	execAll(t, db,
 		`INSERT INTO users (username, password_hash, roles)
 		 SELECT 'g' || g, 'x', ARRAY['trader'] FROM generate_series(1, 40) g`,
 		`INSERT INTO users (username, password_hash, roles) VALUES ('desk', 'x', ARRAY['risk'])`, `
@@ -351,15 +334,8 @@ func TestRiskSymbolListingPagesReadFewBuffers(t *testing.T) {
 			(SELECT array_agg(id) AS ids FROM users WHERE 'trader' = ANY(roles)) u,
 			(SELECT id FROM users WHERE username = 'desk') d`,
 		`VACUUM ANALYZE users`, `VACUUM ANALYZE orders`,
-	} {
-		if _, err := db.Pool().Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	desk := &trading.User{Username: "desk", Roles: []trading.Role{trading.RoleRisk}}
-	if err := db.Pool().QueryRow(ctx, `SELECT id FROM users WHERE username = 'desk'`).Scan(&desk.ID); err != nil {
-		t.Fatal(err)
-	}
+	)
+	desk := userNamed(t, db, "desk", trading.RoleRisk)
 	for _, symbol := range []string{"BTC/USD", "ETH/USD", "SOL/USD", "ADA/USD", "DOT/USD", "XLM/USD"} {
 		for _, status := range []trading.OrderStatus{"", trading.StatusApproved, trading.StatusRejected, trading.StatusPending} {
 			name := symbol
