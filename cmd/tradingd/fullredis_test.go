@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
@@ -59,17 +58,7 @@ func onFullRedis(t *testing.T, policy string) (problems, stale []string, info st
 	srv := redistest.Start(t)
 	rdb := serverClient(t, srv)
 	ctx := context.Background()
-	env := map[string]string{
-		"DATABASE_URL":     pgtest.NewMigratedDatabase(t),
-		"JWT_KEYS":         jwtKeys,
-		"REDIS_URL":        srv.URL(),
-		"LISTEN_ADDR":      "127.0.0.1:0",
-		"ADMIN_ADDR":       "127.0.0.1:0",
-		"DEMO_USERS":       "true",
-		"RATE_LIMIT_LOGIN": "4",
-	}
-	a := startReplica(t, env) // first alone: it creates the demo users
-	b := startReplica(t, env)
+	a, b := twoReplicas(t, srv.URL(), map[string]string{"RATE_LIMIT_LOGIN": "4"})
 
 	// 3 MB of other keys with a TTL (an hour: none expires during the test), then a maxmemory
 	// 1 MB below what Redis holds: every write the replicas make from now on finds it full.

@@ -12,7 +12,6 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 	"github.com/findmy/trading-operator/runtime/redis/redistest"
 )
 
@@ -121,21 +120,13 @@ func onRefusingRedis(t *testing.T, reply string, limitsOff bool, refuse func(*te
 	ctx := context.Background()
 	x := redistest.Start(t)
 	rx := serverClient(t, x)
-	env := map[string]string{
-		"DATABASE_URL": pgtest.NewMigratedDatabase(t),
-		"JWT_KEYS":     jwtKeys,
-		"REDIS_URL":    x.URL(),
-		"LISTEN_ADDR":  "127.0.0.1:0",
-		"ADMIN_ADDR":   "127.0.0.1:0",
-		"DEMO_USERS":   "true",
-	}
+	limits := map[string]string{}
 	if limitsOff {
 		for _, l := range []string{"LOGIN", "TRADING", "DATA", "GLOBAL_PER_MINUTE", "GLOBAL_PER_DAY"} {
-			env["RATE_LIMIT_"+l] = "0"
+			limits["RATE_LIMIT_"+l] = "0"
 		}
 	}
-	a := startReplica(t, env) // first alone: it creates the demo users
-	b := startReplica(t, env)
+	a, b := twoReplicas(t, x.URL(), limits)
 	trader := token(t, a.api[len("http://"):], "trader1", "password123")
 	risk := token(t, b.api[len("http://"):], "risk1", "password789")
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -52,6 +53,23 @@ func token(t *testing.T, api, user, password string) string {
 		t.Fatalf("login %s on %s: %d %v", user, api, code, out)
 	}
 	return tok
+}
+
+// twoReplicas starts two tradingd replicas on a migrated database of their own and the Redis
+// at redisURL, with the demo users, and more (settings of the test's own, overriding these).
+// The first starts alone: it creates the demo users.
+func twoReplicas(t *testing.T, redisURL string, more map[string]string) (a, b replica) {
+	t.Helper()
+	env := map[string]string{
+		"DATABASE_URL": pgtest.NewMigratedDatabase(t),
+		"JWT_KEYS":     jwtKeys,
+		"REDIS_URL":    redisURL,
+		"LISTEN_ADDR":  "127.0.0.1:0",
+		"ADMIN_ADDR":   "127.0.0.1:0",
+		"DEMO_USERS":   "true",
+	}
+	maps.Copy(env, more)
+	return startReplica(t, env), startReplica(t, env)
 }
 
 // mustCall is call for a request that has to be answered with want whatever Redis does.
@@ -127,18 +145,7 @@ func startReplica(t *testing.T, env map[string]string) replica {
 // the positions and summary the other serves (its L1 was invalidated through Redis), and
 // each exposes the contract's metrics.
 func TestReplicasBehaveAsOne(t *testing.T) {
-	dsn := pgtest.NewMigratedDatabase(t)
-	env := map[string]string{
-		"DATABASE_URL":     dsn,
-		"JWT_KEYS":         jwtKeys,
-		"REDIS_URL":        testRedis(t),
-		"LISTEN_ADDR":      "127.0.0.1:0",
-		"ADMIN_ADDR":       "127.0.0.1:0",
-		"DEMO_USERS":       "true",
-		"RATE_LIMIT_LOGIN": "4",
-	}
-	a := startReplica(t, env) // first alone: it creates the demo users
-	b := startReplica(t, env)
+	a, b := twoReplicas(t, testRedis(t), map[string]string{"RATE_LIMIT_LOGIN": "4"})
 
 	// Four logins spread over both replicas use up the shared login limit of 127.0.0.1.
 	trader := token(t, a.api[len("http://"):], "trader1", "password123")
