@@ -21,7 +21,7 @@ import (
 // stack left is removed later, by retireManagedBackends.
 func (r *TradingStackReconciler) reconcileCache(ctx context.Context, p *pass) (bool, error) {
 	spec := p.spec.Spec.Redis
-	p.cacheWarning = unusedRedisFields(&p.stack.Spec.Redis, spec.Mode)
+	p.warn(tradingv1alpha1.ConditionCacheReady, unusedRedisFields(&p.stack.Spec.Redis, spec.Mode), "UnusedFields", "CheckSpec")
 	switch spec.Mode {
 	case tradingv1alpha1.RedisDisabled:
 		msg := "spec.redis.mode is disabled: the runtime caches in its memory and rate-limits on its own"

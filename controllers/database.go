@@ -68,11 +68,9 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 		return false, err
 	}
 
-	// p.dsnWarning is said whether the pod is ready or not: the database takes keys user and
-	// password at its next start, the API pods the dsn at theirs.
 	if sts.Status.ReadyReplicas >= 1 {
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonDatabaseAvailable,
-			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod%s%s%s", sts.Name, notApplied, poolsWarning(p.spec), p.dsnWarning))
+			fmt.Sprintf("StatefulSet %s has a ready PostgreSQL pod%s%s", sts.Name, notApplied, poolsWarning(p.spec)))
 	} else {
 		refused, waiting := "", ""
 		pods, err := r.selectedPods(ctx, sts.Namespace, sts.Spec.Selector)
@@ -88,7 +86,7 @@ func (r *TradingStackReconciler) reconcileDatabase(ctx context.Context, p *pass)
 			p.requeue(waitPoll(sts))
 		}
 		p.setCondition(tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionFalse, tradingv1alpha1.ReasonDatabaseNotReady,
-			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s%s%s%s", sts.Name, notApplied, refused, waiting, p.dsnWarning))
+			fmt.Sprintf("waiting for StatefulSet %s to have a ready pod%s%s%s", sts.Name, notApplied, refused, waiting))
 	}
 	return false, nil
 }

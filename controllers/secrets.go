@@ -58,7 +58,7 @@ func (r *TradingStackReconciler) reconcileSecrets(ctx context.Context, p *pass) 
 			// theirs to judge (its dsn may go through a pooler with other credentials).
 			if desired.Name == postgresCredentialsSecretName(p.stack) {
 				if keys := dsnMismatch(current); len(keys) > 0 {
-					p.dsnWarning = dsnWarning(current, keys)
+					p.warn(tradingv1alpha1.ConditionDatabaseReady, dsnWarning(current, keys), "DSNMismatch", "CheckCredentials")
 				}
 			}
 		}

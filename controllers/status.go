@@ -200,9 +200,13 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 			p.setCondition(t, metav1.ConditionUnknown, tradingv1alpha1.ReasonNotChecked, "not checked yet: "+why)
 		}
 	}
-	// Last, after what the steps after the cache's add to it (a managed Redis kept).
-	if c := meta.FindStatusCondition(st.Conditions, tradingv1alpha1.ConditionCacheReady); c != nil && p.evaluated[c.Type] {
-		c.Message += p.cacheWarning
+	// Last, after what later steps add to a message (a managed backend kept), and whatever
+	// the condition says: the database takes the credentials' keys at its next start and the
+	// API pods the dsn at theirs, ready or not.
+	for t, w := range p.warnings {
+		if c := meta.FindStatusCondition(st.Conditions, t); c != nil && p.evaluated[t] {
+			c.Message += w.suffix
+		}
 	}
 	if !p.stack.Spec.Paused {
 		summarize(p)
@@ -259,8 +263,11 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	}
 	// Announced once written: a refused write's changes are found again by the next pass.
 	r.conditionEvents(p)
-	r.warnOnce(p, tradingv1alpha1.ConditionDatabaseReady, p.dsnWarning, "DSNMismatch", "CheckCredentials")
-	r.warnOnce(p, tradingv1alpha1.ConditionCacheReady, p.cacheWarning, "UnusedFields", "CheckSpec")
+	for _, t := range componentConditions { // in a fixed order
+		if w, ok := p.warnings[t]; ok {
+			r.warnOnce(p, t, w)
+		}
+	}
 	return nil
 }
 
@@ -270,17 +277,15 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 // on every pass while it holds, the event only when it appears or changes, so that kubectl
 // describe and an event-based alert see it without a new event every pass. A warning names
 // keys and fields, never values.
-func (r *TradingStackReconciler) warnOnce(p *pass, cond, warning, reason, action string) {
-	if warning == "" {
-		return
-	}
+func (r *TradingStackReconciler) warnOnce(p *pass, cond string, w conditionWarning) {
+	warning := w.suffix
 	if now := meta.FindStatusCondition(p.stack.Status.Conditions, cond); now == nil || !strings.Contains(now.Message, warning) {
 		return // not said this pass (its step did not set the condition)
 	}
 	if old := meta.FindStatusCondition(p.original.Conditions, cond); old != nil && strings.Contains(old.Message, warning) {
 		return
 	}
-	r.Recorder.Eventf(p.stack, nil, corev1.EventTypeWarning, reason, action, "%s", strings.TrimPrefix(warning, "; warning: "))
+	r.Recorder.Eventf(p.stack, nil, corev1.EventTypeWarning, w.reason, w.action, "%s", strings.TrimPrefix(warning, "; warning: "))
 }
 
 // errStaleStack: the stack changed since the pass read it (the cache was behind, or a user

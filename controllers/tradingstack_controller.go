@@ -153,12 +153,26 @@ type pass struct {
 	cutShort string
 	// evaluated holds the conditions this pass set; the others say what an earlier pass found.
 	evaluated map[string]bool
-	// dsnWarning is what DatabaseReady's message adds when the dsn of NAME-postgres-credentials
-	// does not carry its user and password (dsnMismatch); warnOnce announces it once.
-	dsnWarning string
-	// cacheWarning is what CacheReady's message ends with when spec.redis sets fields its mode
-	// does not use (unusedRedisFields), whatever CacheReady says; warnOnce announces it once.
-	cacheWarning string
+	// warnings are what a step found that needs the user's eye without changing the
+	// condition's status (warn): writeStatus ends the condition's message with it, whatever
+	// the message says, and warnOnce announces it once.
+	warnings map[string]conditionWarning
+}
+
+// conditionWarning is a "; warning: ..." suffix of a condition's message and the reason and
+// action of its Warning event.
+type conditionWarning struct{ suffix, reason, action string }
+
+// warn ends cond's message with suffix ("; warning: ...", "" for none) in this pass's
+// status, and has a Warning event say it when it appears (warnOnce).
+func (p *pass) warn(cond, suffix, reason, action string) {
+	if suffix == "" {
+		return
+	}
+	if p.warnings == nil {
+		p.warnings = map[string]conditionWarning{}
+	}
+	p.warnings[cond] = conditionWarning{suffix, reason, action}
 }
 
 // stepConditions are the conditions of the steps that have one: a failed step's own
