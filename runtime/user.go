@@ -2,6 +2,7 @@ package trading
 
 import (
 	"context"
+	"regexp"
 	"slices"
 	"time"
 
@@ -26,6 +27,16 @@ func ParseRole(s string) (Role, error) {
 	}
 	return "", Errorf(EINVALID, "role must be one of trader, risk, admin")
 }
+
+// usernamePattern is what a username may be: one spelling on the command line, in a login's
+// JSON and in the logs.
+var usernamePattern = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,64}$`)
+
+// UsernameRule says what ValidUsername accepts, for messages.
+const UsernameRule = "must be 1 to 64 characters of A-Z a-z 0-9 . _ @ -"
+
+// ValidUsername reports whether s may name a new user.
+func ValidUsername(s string) bool { return usernamePattern.MatchString(s) }
 
 // User is an account that can log in.
 type User struct {

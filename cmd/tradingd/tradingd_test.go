@@ -462,6 +462,9 @@ func TestUserAdd(t *testing.T) {
 		{"password over 72 bytes", strings.Repeat("x", 73) + "\n", []string{"--username", "bob", "--role", "trader"}, 1, "72"},
 		{"no password", "", []string{"--username", "bob", "--role", "trader"}, 1, "password"},
 		{"no username", "pw\n", []string{"--role", "trader"}, 2, "--username"},
+		// A name no login could use is a bad command line like a bad role: exit 2 with the
+		// flag named, before the password is read or the database touched.
+		{"malformed username", "pw-for-bob\n", []string{"--username", "bob smith", "--role", "trader"}, 2, `--username "bob smith"`},
 		// A second line was dropped without a word: the user may have meant it as part of
 		// the password.
 		{"two lines", "first-line\nsecond-line\n", []string{"--username", "bob", "--role", "trader"}, 1, "more than one line"},

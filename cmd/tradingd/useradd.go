@@ -44,6 +44,11 @@ func userAdd(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return usageErrorf("user add: --role %q: %s", *role, trading.ErrorMessage(err))
 	}
+	// Checked here too, not only by CreateUser: a name no login could use is a bad command
+	// line (exit 2), said before a password is asked for or the database is touched.
+	if !trading.ValidUsername(*username) {
+		return usageErrorf("user add: --username %q: %s", *username, trading.UsernameRule)
+	}
 	var password string
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		password, err = promptPassword(int(f.Fd()), *username, stderr)

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -18,8 +17,6 @@ import (
 
 // BcryptCost is the work factor of stored password hashes (about 60 ms on a small core).
 const BcryptCost = 10
-
-var usernamePattern = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,64}$`)
 
 // UserService implements trading.UserService.
 type UserService struct{ db *DB }
@@ -67,8 +64,8 @@ func hashPassword(password string) ([]byte, error) {
 
 func checkNewUser(username string, role trading.Role) error {
 	var fields []trading.FieldError
-	if !usernamePattern.MatchString(username) {
-		fields = append(fields, trading.FieldError{Field: "username", Message: "must be 1 to 64 characters of A-Z a-z 0-9 . _ @ -"})
+	if !trading.ValidUsername(username) {
+		fields = append(fields, trading.FieldError{Field: "username", Message: trading.UsernameRule})
 	}
 	if _, err := trading.ParseRole(string(role)); err != nil {
 		fields = append(fields, trading.FieldError{Field: "role", Message: "must be one of trader, risk, admin"})
