@@ -72,7 +72,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			err = userAdd(ctx, args[2:], getenv, stdin, stdout, stderr)
 		}
 	case "version":
-		fmt.Fprintln(stdout, trading.Version)
+		// It takes nothing: `version --json` printed the plain version and exit 0, so a
+		// script could not tell that its flag was not understood.
+		if len(args) > 1 {
+			err = usageErrorf("version: unexpected argument %q", args[1])
+		} else {
+			fmt.Fprintln(stdout, trading.Version)
+		}
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 	default:

@@ -109,7 +109,7 @@ func TestCommandLine(t *testing.T) {
 	if r := tradingd(t, nil, "", "version"); r.code != 0 || r.stdout != testVersion+"\n" {
 		t.Errorf("version: exit %d, stdout %q; want 0 and %q", r.code, r.stdout, testVersion)
 	}
-	for _, args := range [][]string{nil, {"launch"}, {"user"}, {"user", "remove"}, {"serve", "--no-such-flag"}} {
+	for _, args := range [][]string{nil, {"launch"}, {"user"}, {"user", "remove"}, {"serve", "--no-such-flag"}, {"version", "--json"}} {
 		r := tradingd(t, nil, "", args...)
 		if r.code != 2 || !strings.Contains(r.stderr, "Usage:") {
 			t.Errorf("tradingd %q: exit %d, stderr %q; want 2 and the usage", args, r.code, r.stderr)
