@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -274,6 +275,12 @@ var settings = []setting{
 		v = withoutLineEnding(v)
 		if len(v) > maxPasswordBytes {
 			return fmt.Errorf("is %d bytes long; bcrypt takes at most %d", len(v), maxPasswordBytes)
+		}
+		// A login carries the password in JSON, which holds only text: admin could never log
+		// in with it. Said here, before the database is touched, not as the store's bare
+		// "the request has invalid fields".
+		if !utf8.ValidString(v) {
+			return errors.New("is not UTF-8 text, which a login's JSON could never carry")
 		}
 		c.BootstrapAdminPassword = v
 		return nil

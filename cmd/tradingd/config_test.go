@@ -266,6 +266,9 @@ func TestLoadErrors(t *testing.T) {
 		{"log format", nil, with(required(), "LOG_FORMAT", "xml"), "LOG_FORMAT"},
 		{"cache l1", nil, with(required(), "CACHE_L1", "maybe"), "CACHE_L1"},
 		{"bootstrap password too long", nil, with(required(), "BOOTSTRAP_ADMIN_PASSWORD", strings.Repeat("p", 73)), "BOOTSTRAP_ADMIN_PASSWORD"},
+		// Refused at the first start after connecting, as "the request has invalid fields":
+		// the line did not say what was wrong with it.
+		{"bootstrap password not UTF-8", nil, with(required(), "BOOTSTRAP_ADMIN_PASSWORD", "ppppppp\xff"), "BOOTSTRAP_ADMIN_PASSWORD"},
 		{"demo users", nil, with(required(), "DEMO_USERS", "yes please"), "DEMO_USERS"},
 	}
 	for _, tt := range tests {
