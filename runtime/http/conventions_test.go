@@ -236,6 +236,22 @@ func TestRequestBodies(t *testing.T) {
 			e.do("POST", "/api/auth/login", "", `{"username":"a","password":"b"}`, "Content-Type", ct).problem(415)
 		}
 	})
+	t.Run("415 for a content coding", func(t *testing.T) {
+		// A body sent with Content-Encoding was read as if it were plain: a gzipped one was
+		// refused as "not UTF-8 text" (400), a plain one labelled gzip was taken. RFC 9110
+		// 12.5.3: a coding the server does not decode is 415 with Accept-Encoding saying which
+		// it takes.
+		for _, coding := range []string{"gzip", "deflate", "br", "identity, gzip", "GZIP"} {
+			r := e.do("POST", "/api/orders", tok, good, "Content-Encoding", coding)
+			if p := r.problem(415); !strings.Contains(p.Detail, "Content-Encoding") {
+				t.Errorf("Content-Encoding %q: detail %q, want it to name Content-Encoding", coding, p.Detail)
+			}
+			if got := r.header.Get("Accept-Encoding"); got != "identity" {
+				t.Errorf("Content-Encoding %q: Accept-Encoding %q, want identity", coding, got)
+			}
+			e.do("POST", "/api/auth/login", "", `{"username":"a","password":"b"}`, "Content-Encoding", coding).problem(415)
+		}
+	})
 	t.Run("parameters allowed", func(t *testing.T) {
 		e.do("POST", "/api/orders", tok, good, "Content-Type", "application/json; charset=utf-8").want(201)
 		e.do("POST", "/api/orders", tok, good, "Content-Type", "Application/JSON").want(201)

@@ -23,6 +23,10 @@ import (
 var (
 	errBodyTooLarge = errors.New("request body too large")
 	errMediaType    = errors.New("unsupported media type")
+	// errContentCoding: a body sent with a Content-Encoding (gzip, say). Nothing here decodes
+	// one, and reading it as plain JSON either refused a gzipped body as "not UTF-8 text" or
+	// took a plain one its header said was compressed: 415, as RFC 9110 12.5.3 has it.
+	errContentCoding = errors.New("unsupported content coding")
 	// errBodyTimeout: the body did not arrive within the server's read timeout (a stalled or
 	// very slow client), answered with 408 rather than as malformed JSON.
 	errBodyTimeout = errors.New("request body timed out")
@@ -36,6 +40,9 @@ var (
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if !isJSON(r) {
 		return errMediaType
+	}
+	if encoded(r) {
+		return errContentCoding
 	}
 	body, err := s.readBody(w, r)
 	if err != nil {
@@ -58,8 +65,22 @@ func (s *Server) decodeNoBody(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	case !isJSON(r):
 		return errMediaType
+	case encoded(r):
+		return errContentCoding
 	}
 	return decodeBody(body, &struct{}{})
+}
+
+// encoded reports whether the body comes with a content coding other than identity.
+func encoded(r *http.Request) bool {
+	for _, v := range r.Header.Values("Content-Encoding") {
+		for coding := range strings.SplitSeq(v, ",") {
+			if c := strings.TrimSpace(coding); c != "" && !strings.EqualFold(c, "identity") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func isJSON(r *http.Request) bool {
@@ -250,6 +271,9 @@ func (s *Server) decodeFailed(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case errors.Is(err, errMediaType):
 		s.problem(w, r, http.StatusUnsupportedMediaType, "the body must be application/json", nil)
+	case errors.Is(err, errContentCoding):
+		w.Header().Set("Accept-Encoding", "identity")
+		s.problem(w, r, http.StatusUnsupportedMediaType, "the body must be sent without a Content-Encoding (it is not decompressed)", nil)
 	case errors.Is(err, errBodyTimeout):
 		s.problem(w, r, http.StatusRequestTimeout, "the body did not arrive in time", nil)
 	case errors.Is(err, errBodyTooLarge):
