@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
@@ -347,6 +348,37 @@ func TestServeSurvivesRedisOutage(t *testing.T) {
 			t.Errorf("a log line that is not JSON: %s", line)
 		}
 	}
+}
+
+// TestReadyzSaysRedisIsSlow: a Redis whose every reply comes later than the 100 ms bound of
+// a cache call (here about 300 ms, behind a proxy) serves no read: neither cache level is
+// trusted and every read goes to the database. /readyz said "ready" and "redis":"ok" all
+// along, since the health probe waits up to a second; it says degraded, and why, while
+// that lasts, and ready again once Redis answers in time. Requests keep working meanwhile.
+func TestReadyzSaysRedisIsSlow(t *testing.T) {
+	redisURL, err := url.Parse(testRedis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newStallProxy(t, redisURL.Host)
+	redisURL.Host = proxy.ln.Addr().String()
+	r := startReplica(t, map[string]string{
+		"DATABASE_URL": pgtest.NewMigratedDatabase(t),
+		"JWT_KEYS":     jwtKeys,
+		"REDIS_URL":    redisURL.String(),
+		"LISTEN_ADDR":  "127.0.0.1:0",
+		"ADMIN_ADDR":   "127.0.0.1:0",
+		"DEMO_USERS":   "true",
+	})
+	waitReadyz(t, r.admin, `"redis":"ok"`, "/readyz before Redis is slow")
+
+	proxy.slow(150 * time.Millisecond)
+	waitReadyz(t, r.admin, `"redis":"degraded: slow: no reply within 100ms`, "/readyz with every Redis reply about 300 ms late: degraded, saying slow")
+	trader := token(t, r.api[len("http://"):], "trader1", "password123")
+	mustCall(t, http.StatusOK, "GET", r.api+"/api/positions", trader, "")
+
+	proxy.slow(0)
+	waitReadyz(t, r.admin, `"redis":"ok"`, "/readyz once Redis answers in time again")
 }
 
 // waitFor polls cond (every 50ms) until it holds; the test binary's timeout bounds it.

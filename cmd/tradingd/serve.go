@@ -220,6 +220,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 			if !rc.Healthy() {
 				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s; reads go to the database and rate limits are per replica meanwhile", rc.Problem())
 			}
+			// Answering, but too late for any cache call: the reads go to the database all
+			// the same, while the rate limiter still shares its buckets through Redis.
+			if late := rc.Late(); late != "" {
+				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s; reads go to the database meanwhile", late)
+			}
 			return nil
 		}})
 	}

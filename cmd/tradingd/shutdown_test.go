@@ -15,11 +15,13 @@ import (
 
 // stallProxy forwards TCP connections to addr until stall, after which it neither forwards
 // nor answers anything, new connections included, while keeping every socket open: a
-// database that is stopped (SIGSTOP) or partitioned away, as its clients see it.
+// database that is stopped (SIGSTOP) or partitioned away, as its clients see it. Before
+// that, delay makes it slow instead: every chunk is held that long before it is forwarded.
 type stallProxy struct {
 	ln      net.Listener
 	mu      sync.Mutex
 	stalled bool
+	delay   time.Duration
 	conns   []net.Conn
 	// dropped is closed when the first bytes are dropped after stall: a query is stuck.
 	dropped  chan struct{}
@@ -78,17 +80,25 @@ func (p *stallProxy) copy(dst, src net.Conn) {
 			return
 		}
 		p.mu.Lock()
-		stalled := p.stalled
+		stalled, delay := p.stalled, p.delay
 		p.mu.Unlock()
 		if stalled {
 			p.dropOnce.Do(func() { close(p.dropped) })
 			_, _ = io.Copy(io.Discard, src)
 			return
 		}
+		time.Sleep(delay)
 		if _, err := dst.Write(buf[:n]); err != nil {
 			return
 		}
 	}
+}
+
+// slow holds every chunk for d (each way) before forwarding it; 0 forwards at once again.
+func (p *stallProxy) slow(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
 }
 
 func (p *stallProxy) stall() {

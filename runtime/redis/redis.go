@@ -19,7 +19,8 @@
 //	rc.SetLogger(logger)
 //	m.SetRedisUp(rc.Healthy()); rc.OnHealthChange(m.SetRedisUp) // redis_up gauge
 //	// /readyz stays 200 while Redis is down and says so: if !rc.Healthy() -> checks.redis
-//	// "degraded: " + rc.Problem() + "; reads go to ...", status "degraded".
+//	// "degraded: " + rc.Problem() + "; reads go to ...", status "degraded"; likewise while
+//	// rc.Late() != "" (answers, but later than OpTimeout).
 //	// cache.Options{Remote: rc} and ratelimit.Options{Redis: rc}; without REDIS_URL pass a nil
 //	// cache.Remote (not a typed nil *Client) and a nil *Client.
 package redis
@@ -406,6 +407,18 @@ func (c *Client) writesTaken() {
 // monotonic clock: compare it with time.Since, not with wall-clock times.
 func (c *Client) LastAnswer() time.Time {
 	return c.start.Add(time.Duration(c.lastAnswer.Load()))
+}
+
+// Late says why Redis counts as slow, or "" when it does not: no reply came within OpTimeout
+// for longer than Options.Silence. Healthy stays true then (the health probe waits a second,
+// and one slow reply on a busy machine must not move the rate limits to each process), but
+// the cache trusts neither level without timely answers, so every read goes to the
+// database: /readyz says degraded, as for a Redis that is down.
+func (c *Client) Late() string {
+	if since := time.Since(c.LastAnswer()); since > c.opts.Silence {
+		return fmt.Sprintf("slow: no reply within %s for %s", c.opts.OpTimeout, since.Round(time.Millisecond))
+	}
+	return ""
 }
 
 // answerHook records when Redis answered: a reply (redis.Nil and error replies included)
