@@ -21,7 +21,8 @@ import (
 // per bucket. The requests are decided in order, each seeing the buckets as the ones
 // before it left them, so a batch decides exactly as the same requests one by one. The
 // reply is four integers per request:
-// refused: {index of the first refusing bucket (1-based), 0, retry-after us, reset-after us};
+// refused: {index of the refusing bucket that allows latest (1-based), 0, retry-after us,
+// reset-after us}: its retry-after is when every bucket allows the request;
 // allowed: {0, index of the tightest bucket (fewest remaining), remaining, reset-after us}.
 // It runs on every request, so it does little: one MGET, and one SET per bucket a request
 // of the batch used.
@@ -38,7 +39,7 @@ local k, a = 0, 1
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
   a = a + 2
-  local pick, remaining, reset, refused = 0, 0, 0, false
+  local pick, remaining, reset, refused, wait = 0, 0, 0, false, 0
   for i = 1, n do
     local key = KEYS[k + i]
     local limit = tonumber(ARGV[a])
@@ -48,25 +49,28 @@ while a <= #ARGV do
     if cur < now then cur = now end
     local new_tat = cur + interval
     local diff = now - (new_tat - limit * interval)
-    if not refused then
-      if diff < 0 then
-        refused = true
-        out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] =
-          i, 0, math.floor(-diff * 1000000), math.floor((cur - now) * 1000000)
-      else
-        new[i] = new_tat
-        -- Seconds since 2017 in doubles are exact to about 0.1 us, and the subtractions
-        -- above land that much short of a boundary: the first request of a limit of 100
-        -- left 98.999999... A microsecond (TIME's resolution) of slack counts it as 99;
-        -- at most limit - 1 are left after a request, whatever the slack adds to tiny intervals.
-        local left = math.min(math.floor((diff + 0.000001) / interval), limit - 1)
-        if pick == 0 or left < remaining then
-          pick, remaining, reset = i, left, new_tat - now
-        end
+    if diff < 0 then
+      -- Of the buckets that refuse, the one that allows latest answers.
+      if not refused or -diff > wait then
+        pick, wait, reset = i, -diff, cur - now
+      end
+      refused = true
+    elseif not refused then
+      new[i] = new_tat
+      -- Seconds since 2017 in doubles are exact to about 0.1 us, and the subtractions
+      -- above land that much short of a boundary: the first request of a limit of 100
+      -- left 98.999999... A microsecond (TIME's resolution) of slack counts it as 99;
+      -- at most limit - 1 are left after a request, whatever the slack adds to tiny intervals.
+      local left = math.min(math.floor((diff + 0.000001) / interval), limit - 1)
+      if pick == 0 or left < remaining then
+        pick, remaining, reset = i, left, new_tat - now
       end
     end
   end
-  if not refused then
+  if refused then
+    out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] =
+      pick, 0, math.floor(wait * 1000000), math.floor(reset * 1000000)
+  else
     for i = 1, n do
       tat[KEYS[k + i]] = new[i]
       used[KEYS[k + i]] = true

@@ -239,7 +239,8 @@ func (l *Limiter) Check(ctx context.Context, class Class, key string) Decision {
 }
 
 // CheckAll checks the buckets together (see the package comment): allowed when every
-// enabled bucket allows, refused by the first that does not. With no enabled bucket the
+// enabled bucket allows, else refused by the one that allows latest (its Retry-After is
+// when the request would go through). With no enabled bucket the
 // decision is Allowed with Limit 0 (no headers).
 func (l *Limiter) CheckAll(ctx context.Context, reqs ...Request) Decision {
 	bs := make([]bucket, 0, len(reqs))
@@ -277,12 +278,19 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 			before float64
 		}, len(bs))
 		now := time.Now()
+		var refused Decision
 		for i, b := range bs {
 			local[i].tb = l.localBucket(b.req, b.lim)
 			if local[i].before = local[i].tb.TokensAt(now); local[i].before < 1 {
-				d, _ := l.checkLocal(b.req, b.lim, now) // refuses, takes nothing
-				return d
+				// Refuses, takes nothing. Of several that refuse, the one that allows latest
+				// answers: its Retry-After is when the request goes through.
+				if d, _ := l.checkLocal(b.req, b.lim, now); refused.Class == "" || d.RetryAfter > refused.RetryAfter {
+					refused = d
+				}
 			}
+		}
+		if refused.Class != "" {
+			return refused
 		}
 		// The Batcher bounds the call with the operation timeout itself, and a failed call
 		// fails the ones queued behind it: no timer per request.
@@ -325,23 +333,30 @@ func (l *Limiter) decide(ctx context.Context, bs []bucket) Decision {
 }
 
 // decideLocal is the per-process fallback with the same all-or-nothing rule: tokens are
-// reserved in order and given back when a later bucket refuses.
+// reserved in order and given back when any bucket refuses. Of several that refuse, the one
+// that allows latest answers, as in the script.
 func (l *Limiter) decideLocal(bs []bucket) Decision {
 	now := time.Now()
 	taken := make([]*rate.Reservation, 0, len(bs))
-	var best Decision
+	var best, refused Decision
 	for i, b := range bs {
 		d, res := l.checkLocal(b.req, b.lim, now)
 		if !d.Allowed {
-			for _, r := range taken {
-				r.CancelAt(now)
+			if refused.Class == "" || d.RetryAfter > refused.RetryAfter {
+				refused = d
 			}
-			return d
+			continue
 		}
 		taken = append(taken, res)
 		if i == 0 || d.Remaining < best.Remaining {
 			best = d
 		}
+	}
+	if refused.Class != "" {
+		for _, r := range taken {
+			r.CancelAt(now)
+		}
+		return refused
 	}
 	return best
 }

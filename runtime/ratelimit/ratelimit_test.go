@@ -421,6 +421,40 @@ func TestRefusedRequestCostsNothing(t *testing.T) {
 	}
 }
 
+// A request that several buckets refuse is answered with the one that allows latest: its
+// Retry-After is when the request would go through. Data 3/min and 3/day, 3 requests: the
+// 4th said "data, retry after 20 seconds", and the retry 20 s later was refused for 8 hours.
+func TestRetryAfterWaitsForEveryRefusingBucket(t *testing.T) {
+	cfg := ratelimit.Config{Data: 3, GlobalPerDay: 3}
+	for name, o := range map[string]ratelimit.Options{
+		"shared": {Redis: openPatientRedis(t, redistest.SharedURL(t), redistest.Prefix(t))},
+		"local":  {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l := ratelimit.New(cfg, o)
+			u := uuid.NewString()
+			both := []ratelimit.Request{{Class: ratelimit.Data, Key: u}, {Class: ratelimit.GlobalDay, Key: u}}
+			for i := range 3 {
+				if d := l.CheckAll(context.Background(), both...); !d.Allowed {
+					t.Fatalf("request %d: %+v", i+1, d)
+				}
+			}
+			// This replica's own buckets refuse it; with Redis, so does the script for another
+			// replica, which let nothing through itself.
+			deciders := map[string]*ratelimit.Limiter{"this replica": l}
+			if o.Redis != nil {
+				deciders["another replica"] = ratelimit.New(cfg, o)
+			}
+			for who, l := range deciders {
+				d := l.CheckAll(context.Background(), both...)
+				if d.Allowed || d.Class != ratelimit.GlobalDay || d.RetryAfter < 7*time.Hour || d.Reset < 23*time.Hour {
+					t.Fatalf("4th on %s: %+v, want refused by global_day, retry after about 8 h, full again in about 24 h", who, d)
+				}
+			}
+		})
+	}
+}
+
 // Requests decided in one script call (the ones in flight together) are decided exactly as
 // one by one: under 400 concurrent requests from 4 users on two replicas, each user gets
 // exactly its limit, and each allowed request saw its own count (remaining 49, 48, ... 0,
