@@ -23,7 +23,8 @@ import (
 // reply is four integers per request:
 // refused: {index of the refusing bucket that allows latest (1-based), 0, retry-after us,
 // reset-after us}: its retry-after is when every bucket allows the request;
-// allowed: {0, index of the tightest bucket (fewest remaining), remaining, reset-after us}.
+// allowed: {0, index of the tightest bucket (fewest remaining; of equals, the one that fills
+// last), remaining, reset-after us}.
 // It runs on every request, so it does little: one MGET, and one SET per bucket a request
 // of the batch used.
 var allowAll = goredis.NewScript(`
@@ -62,7 +63,8 @@ while a <= #ARGV do
       -- left 98.999999... A microsecond (TIME's resolution) of slack counts it as 99;
       -- at most limit - 1 are left after a request, whatever the slack adds to tiny intervals.
       local left = math.min(math.floor((diff + 0.000001) / interval), limit - 1)
-      if pick == 0 or left < remaining then
+      -- Of buckets with as many left, the one that fills last.
+      if pick == 0 or left < remaining or (left == remaining and new_tat - now > reset) then
         pick, remaining, reset = i, left, new_tat - now
       end
     end

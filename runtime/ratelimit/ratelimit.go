@@ -348,7 +348,7 @@ func (l *Limiter) decideLocal(bs []bucket) Decision {
 			continue
 		}
 		taken = append(taken, res)
-		if i == 0 || d.Remaining < best.Remaining {
+		if i == 0 || d.Remaining < best.Remaining || d.Remaining == best.Remaining && d.Reset > best.Reset {
 			best = d
 		}
 	}

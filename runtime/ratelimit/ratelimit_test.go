@@ -424,6 +424,8 @@ func TestRefusedRequestCostsNothing(t *testing.T) {
 // A request that several buckets refuse is answered with the one that allows latest: its
 // Retry-After is when the request would go through. Data 3/min and 3/day, 3 requests: the
 // 4th said "data, retry after 20 seconds", and the retry 20 s later was refused for 8 hours.
+// Likewise the headers of an allowed request: of buckets with as many left, the one that
+// fills last.
 func TestRetryAfterWaitsForEveryRefusingBucket(t *testing.T) {
 	cfg := ratelimit.Config{Data: 3, GlobalPerDay: 3}
 	for name, o := range map[string]ratelimit.Options{
@@ -435,8 +437,14 @@ func TestRetryAfterWaitsForEveryRefusingBucket(t *testing.T) {
 			u := uuid.NewString()
 			both := []ratelimit.Request{{Class: ratelimit.Data, Key: u}, {Class: ratelimit.GlobalDay, Key: u}}
 			for i := range 3 {
-				if d := l.CheckAll(context.Background(), both...); !d.Allowed {
+				d := l.CheckAll(context.Background(), both...)
+				if !d.Allowed {
 					t.Fatalf("request %d: %+v", i+1, d)
+				}
+				// Both buckets have as many left after each: the headers describe the day's,
+				// which fills last (they said data: 0 left, full again in 60 s).
+				if d.Class != ratelimit.GlobalDay || d.Reset < 7*time.Hour {
+					t.Fatalf("request %d: %+v, want the headers of global_day", i+1, d)
 				}
 			}
 			// This replica's own buckets refuse it; with Redis, so does the script for another
