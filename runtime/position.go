@@ -213,7 +213,14 @@ type Book struct {
 	DailyRealized decimal.Decimal `json:"daily_realized"`
 	PendingOrders int             `json:"pending_orders"`
 	TradesToday   int             `json:"trades_today"`
+	// Day is the UTC day (its midnight) that DailyRealized and TradesToday count, as the
+	// database's clock had it; zero in a book read without the summary. A cache serves a
+	// summary only on its day: at midnight the counters start again from zero.
+	Day time.Time `json:"day,omitzero"`
 }
+
+// StartOfDay is the midnight (UTC) that begins t's UTC day.
+func StartOfDay(t time.Time) time.Time { return t.UTC().Truncate(24 * time.Hour) }
 
 // Marks are mark prices by symbol: the price of the symbol's latest trade by anyone.
 type Marks map[string]decimal.Decimal

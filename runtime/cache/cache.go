@@ -179,6 +179,9 @@ type Options struct {
 	// replays that as soon as Redis answers (and until then reads that trader from the
 	// database itself), and the others wait this long for it.
 	Settle time.Duration
+	// Now is the clock that tells which UTC day it is (default time.Now): a summary loaded
+	// on another day than the current one is not served (tests move it to the next day).
+	Now func() time.Time
 }
 
 type kind uint8
@@ -335,6 +338,9 @@ func NewPortfolio(next Source, o Options) *Portfolio {
 	}
 	if o.Settle <= 0 {
 		o.Settle = 2 * o.TrustWindow
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -641,6 +647,11 @@ func (p *Portfolio) get(ctx context.Context, user uuid.UUID, k kind) (*entry, er
 		return p.load(ctx, ck)
 	}
 	e, ok := p.l1.GetIfPresent(ck)
+	if ok && !p.ofToday(e.book, k) {
+		// A summary of yesterday (cached before midnight): its daily counters start again.
+		p.l1.Invalidate(ck)
+		ok = false
+	}
 	if ok {
 		p.observe(reader, true, "l1", k)
 	} else {
@@ -674,7 +685,7 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 		if err == nil && p.settled() {
 			version, haveVersion = v, true
 			if ok {
-				if e, err := decode(b); err == nil {
+				if e, err := decode(b); err == nil && p.ofToday(e.book, ck.kind) {
 					p.observe(reader, true, "l2", ck.kind)
 					return e, nil
 				}
@@ -695,6 +706,16 @@ func (p *Portfolio) load(ctx context.Context, ck key) (*entry, error) {
 		}
 	}
 	return &entry{book: book}, nil
+}
+
+// ofToday reports whether book, cached as a k, may still be served today: a summary counts
+// the trades and realized P&L of its UTC day, so one loaded before midnight is not served
+// after it, whatever its TTL says (one from a version that did not say its day neither).
+// The day is the database's, the clock this replica's: around midnight, a clock that
+// differs from the database's costs database reads until both have moved on, never an
+// answer from another day.
+func (p *Portfolio) ofToday(book *trading.Book, k kind) bool {
+	return k != kindSummary || book.Day.Equal(trading.StartOfDay(p.opts.Now()))
 }
 
 func decode(b []byte) (*entry, error) {

@@ -1264,3 +1264,49 @@ func outageReplicas(t *testing.T, w *world, link *redistest.SlowLink, prefix str
 	})
 	return a, b, rb, c
 }
+
+// A summary counts today's trades and realized P&L (UTC): one cached at 23:59:55 must not be
+// served at 00:00:02, though its 10 s are not over, on the replica that cached it (L1) nor on
+// another (L2). Positions have no day and stay cached. The replicas' clocks are moved to the
+// next day; the database's day does not move, so from then on every summary read loads.
+func TestSummaryDoesNotOutliveItsDay(t *testing.T) {
+	w := newWorld(t)
+	url, prefix := redistest.SharedURL(t), redistest.Prefix(t)
+	var offset atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	a := steadyReplica(t, w, url, prefix, cache.Options{Now: clock})
+	b := steadyReplica(t, w, url, prefix, cache.Options{Now: clock})
+	user := w.trader.UserID
+	w.trade(t, a, "1")
+	summary := func(p *cache.Portfolio) {
+		t.Helper()
+		s, err := p.Summary(context.Background(), user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.TradesToday != 1 {
+			t.Fatalf("trades today %d, want 1", s.TradesToday)
+		}
+	}
+	summary(a) // loads, fills L1 and L2
+	_ = quantity(t, a, user)
+	loads, positionLoads := w.portfolio.summaryLoads.Load(), w.portfolio.positionLoads.Load()
+	summary(a)
+	summary(b)
+	if got := w.portfolio.summaryLoads.Load(); got != loads {
+		t.Fatalf("%d summary loads within the day, want 0 (L1 on A, L2 on B)", got-loads)
+	}
+
+	offset.Store(int64(24 * time.Hour))
+	summary(a)
+	if got := w.portfolio.summaryLoads.Load(); got != loads+1 {
+		t.Fatalf("the next day A served the summary it cached yesterday (%d loads, want 1)", got-loads)
+	}
+	summary(b)
+	if got := w.portfolio.summaryLoads.Load(); got != loads+2 {
+		t.Fatalf("the next day B served yesterday's summary from L2 (%d loads, want 2)", got-loads)
+	}
+	if q := quantity(t, a, user); q != "1" || w.portfolio.positionLoads.Load() != positionLoads {
+		t.Fatalf("positions the next day: quantity %s, %d loads, want 1 from L1", q, w.portfolio.positionLoads.Load()-positionLoads)
+	}
+}

@@ -172,14 +172,16 @@ func (s *PortfolioService) Book(ctx context.Context, userID uuid.UUID, summary b
 			}
 			return tx.QueryRow(ctx, `
 				SELECT COALESCE(SUM(realized_pnl), 0), count(*),
-					(SELECT count(*) FROM orders WHERE requested_by = $1 AND status = 'pending')
+					(SELECT count(*) FROM orders WHERE requested_by = $1 AND status = 'pending'),
+					`+startOfDayUTC+`
 				FROM trades
 				WHERE user_id = $1 AND executed_at >= `+startOfDayUTC, userID).
-				Scan(num(&b.DailyRealized), &b.TradesToday, &b.PendingOrders)
+				Scan(num(&b.DailyRealized), &b.TradesToday, &b.PendingOrders, &b.Day)
 		})
 	if err != nil {
 		return nil, err
 	}
+	b.Day = b.Day.UTC()
 	return &b, nil
 }
 
