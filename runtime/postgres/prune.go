@@ -122,10 +122,10 @@ func (p *SessionPruner) round(ctx context.Context) {
 	r, err := p.Prune(ctx)
 	switch {
 	case ctx.Err() != nil && r.Batches == 0:
-		// Stopping: the batch in flight was rolled back, the next start goes on.
+		// Stopping before a batch deleted anything: the next start goes on.
 	case ctx.Err() != nil:
-		// Stopping after batches that committed: the same line as a whole round's, since it
-		// is the only record of what was deleted (the batch in flight was rolled back).
+		// Stopping after batches that committed (the one in flight finishes first): the same
+		// line as a whole round's, since it is the only record of what was deleted.
 		p.log.InfoContext(ctx, "pruned ended logins", "revoked_sessions", r.Revoked,
 			"expired_sessions", r.Expired, "refresh_tokens", r.Tokens, "batches", r.Batches,
 			"duration", time.Since(start), "horizon", p.Horizon(), "stopped", true)
@@ -158,7 +158,13 @@ func (p *SessionPruner) Prune(ctx context.Context) (PruneResult, error) {
 	var r PruneResult
 	for _, k := range []pruneKind{pruneRevoked, pruneExpired} {
 		for {
-			b, err := p.batch(ctx, k)
+			if ctx.Err() != nil {
+				return r, ctx.Err()
+			}
+			// A stop does not cancel the batch in flight, which the query timeout bounds:
+			// cancelled during its COMMIT, pgx answered an error for a batch that had
+			// committed, and the logins it deleted were counted and logged nowhere.
+			b, err := p.batch(context.WithoutCancel(ctx), k)
 			if err != nil || b.busy {
 				return r, err
 			}
