@@ -151,8 +151,29 @@ func (s *OrderService) approveTogetherOnce(ctx context.Context, batch []approval
 		_, _ = conn.Exec(rctx, "ROLLBACK")
 		cancel()
 	}
+	// The trades may have been committed: drop the cached views they would have changed
+	// before the approvals answer 503, as a success would (a needless reload if they were
+	// not). Else a retried approval's 409 and the order reading approved came with positions
+	// that lacked the trade until the cache entry expired.
+	var unknown *commitUnknown
+	if errors.As(err, &unknown) {
+		for _, o := range unknown.decided {
+			s.invalidateTrade(ctx, o.RequestedBy, o.Symbol)
+		}
+	}
 	return err
 }
+
+// commitUnknown is an error after the COMMIT of approvals that decided orders was sent,
+// other than the server refusing a statement (which rolls back): the connection failed or
+// the time ran out, and the trades may or may not have been committed.
+type commitUnknown struct {
+	err     error
+	decided []*trading.Order
+}
+
+func (e *commitUnknown) Error() string { return e.err.Error() }
+func (e *commitUnknown) Unwrap() error { return e.err }
 
 func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out []approved, alone []bool, lockWait time.Duration) error {
 	// The first approval of each order goes into the UPDATE; a second one of the same order
@@ -244,6 +265,9 @@ func approveTogether(ctx context.Context, conn *pgx.Conn, batch []approval, out 
 	err = readTrades(br, len(decided) > 0)
 	if cerr := br.Close(); err == nil {
 		err = cerr
+	}
+	if err != nil && len(decided) > 0 && !refusedByServer(err) {
+		return &commitUnknown{err: err, decided: decided}
 	}
 	if err != nil {
 		return err

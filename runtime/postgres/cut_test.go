@@ -1,16 +1,20 @@
 package postgres_test
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
 
 	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/cache"
 	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
@@ -114,5 +118,184 @@ func TestConnectionCutIsUnavailable(t *testing.T) {
 		if err := call(); err != nil && trading.ErrorCode(err) != trading.ENOTFOUND {
 			t.Errorf("%s: the call after the first failure: %v", name, err)
 		}
+	}
+}
+
+// commitLossProxy forwards TCP connections to addr; once armed with a command tag, the
+// server's answer to the next command that completes with it (COMMIT, or INSERT 0 1 for a
+// statement in a transaction of its own) never reaches the client: the proxy swallows it and
+// closes the connection, as a crash or a network failure right after the commit leaves a
+// client that does not know whether its transaction went through.
+type commitLossProxy struct {
+	ln    net.Listener
+	armed atomic.Pointer[[]byte] // the CommandComplete message to swallow
+}
+
+// arm makes the proxy lose the answer to the next command completing with tag: PostgreSQL's
+// CommandComplete message, 'C', its length (4 + the tag and its NUL), the tag.
+func (p *commitLossProxy) arm(tag string) {
+	msg := append([]byte{'C', 0, 0, 0, byte(4 + len(tag) + 1)}, tag...)
+	msg = append(msg, 0)
+	p.armed.Store(&msg)
+}
+
+func newCommitLossProxy(t *testing.T, addr string) *commitLossProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &commitLossProxy{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(s, c); s.Close() }()
+			go func() {
+				defer c.Close()
+				defer s.Close()
+				buf, tail := make([]byte, 64<<10), []byte(nil)
+				for {
+					n, err := s.Read(buf)
+					if n > 0 {
+						seen := append(tail, buf[:n]...)
+						if msg := p.armed.Load(); msg != nil && bytes.Contains(seen, *msg) {
+							p.armed.Store(nil)
+							return // committed; the client hears nothing more
+						}
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+						tail = append(tail[:0], seen[max(0, len(seen)-32):]...)
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
+}
+
+// lossyEnv is env with its services on a direct pool, and a cache in front of the portfolio
+// that decisions sent through a commitLossProxy (lossy) invalidate.
+type lossyEnv struct {
+	*env
+	proxy  *commitLossProxy
+	lossy  *postgres.OrderService
+	cached *cache.Portfolio
+}
+
+func newLossyEnv(t *testing.T) *lossyEnv {
+	t.Helper()
+	dsn := pgtest.NewMigratedDatabase(t)
+	direct := openDB(t, dsn)
+	e := &env{db: direct, users: postgres.NewUserService(direct), orders: postgres.NewOrderService(direct, postgresCfg()),
+		portfolio: postgres.NewPortfolioService(direct)}
+	e.trader1 = e.addUser(t, "trader1", trading.RoleTrader)
+	e.risk1 = e.addUser(t, "risk1", trading.RoleRisk)
+	cached := cache.NewPortfolio(e.portfolio, cache.Options{Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(cached.Close)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newCommitLossProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	lossy := postgres.NewOrderService(openDB(t, u.String()),
+		postgres.OrderServiceConfig{Invalidator: cached, Logger: slog.New(slog.DiscardHandler)})
+	return &lossyEnv{env: e, proxy: proxy, lossy: lossy, cached: cached}
+}
+
+// An approval whose COMMIT went through but whose answer was lost answers 503 (the outcome
+// is unknown to it), and the trade is there: the order reads approved, a retried approval
+// gets 409. The cache must not go on showing the position from before the trade. It did,
+// until the entry expired (30 s): in a chaos test (PostgreSQL paused for 5 s under load) an
+// approval timed out after its COMMIT had reached the server, the retry got 409, the order
+// read approved, and the trader's positions on the other replica still lacked the trade.
+func TestApprovalWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
+	t.Parallel()
+	e := newLossyEnv(t)
+	e.trade(t, e.trader1, trading.Buy, "BTC/USD", "1", "100")
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
+	before, err := e.cached.Positions(as(e.trader1), e.trader1.ID)
+	if err != nil || len(before) != 1 {
+		t.Fatalf("positions before the approval: %v, %v", before, err)
+	}
+	eq(t, "position before the approval", before[0].Quantity.Decimal, "1")
+
+	e.proxy.arm("COMMIT")
+	_, _, err = e.lossy.ApproveOrder(as(e.risk1), o.ID)
+	if trading.ErrorCode(err) != trading.EUNAVAILABLE {
+		t.Fatalf("the approval whose answer was lost: %v, want unavailable", err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM trades WHERE order_id = $1`, o.ID); n != 1 {
+		t.Fatalf("%d trades for the order, want 1 (the COMMIT went through)", n)
+	}
+	if _, _, err := e.orders.ApproveOrder(as(e.risk1), o.ID); trading.ErrorCode(err) != trading.ECONFLICT {
+		t.Fatalf("the retried approval: %v, want conflict (already approved)", err)
+	}
+	after, err := e.cached.Positions(as(e.trader1), e.trader1.ID)
+	if err != nil || len(after) != 1 {
+		t.Fatalf("positions after the approval: %v, %v", after, err)
+	}
+	eq(t, "position after the approval whose answer was lost", after[0].Quantity.Decimal, "3")
+}
+
+// Likewise a rejection: the summary's pending_orders went on counting the rejected order
+// until the entry expired (10 s).
+func TestRejectionWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
+	t.Parallel()
+	e := newLossyEnv(t)
+	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
+	before, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
+	if err != nil || before.PendingOrders != 1 {
+		t.Fatalf("summary before the rejection: %+v, %v", before, err)
+	}
+
+	e.proxy.arm("COMMIT")
+	if _, err := e.lossy.RejectOrder(as(e.risk1), o.ID, "too big"); trading.ErrorCode(err) != trading.EUNAVAILABLE {
+		t.Fatalf("the rejection whose answer was lost: %v, want unavailable", err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'rejected'`, o.ID); n != 1 {
+		t.Fatalf("the order is not rejected (the COMMIT went through)")
+	}
+	after, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
+	if err != nil || after.PendingOrders != 0 {
+		t.Fatalf("summary after the rejection whose answer was lost: pending_orders %d (%v), want 0", after.PendingOrders, err)
+	}
+}
+
+// Likewise a submission (one INSERT, its own transaction): the summary's pending_orders did
+// not count the new order until the entry expired (10 s), though a retry with the same
+// client_order_id answered 200 with it.
+func TestSubmissionWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
+	t.Parallel()
+	e := newLossyEnv(t)
+	before, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
+	if err != nil || before.PendingOrders != 0 {
+		t.Fatalf("summary before the submission: %+v, %v", before, err)
+	}
+
+	e.proxy.arm("INSERT 0 1")
+	_, _, err = e.lossy.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "2", "100", "lost-answer"))
+	if trading.ErrorCode(err) != trading.EUNAVAILABLE {
+		t.Fatalf("the submission whose answer was lost: %v, want unavailable", err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM orders WHERE client_order_id = 'lost-answer'`); n != 1 {
+		t.Fatalf("%d orders, want 1 (the INSERT went through)", n)
+	}
+	after, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
+	if err != nil || after.PendingOrders != 1 {
+		t.Fatalf("summary after the submission whose answer was lost: pending_orders %d (%v), want 1", after.PendingOrders, err)
 	}
 }

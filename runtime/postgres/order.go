@@ -147,6 +147,11 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 		return nil, false, trading.Errorf(trading.EUNAUTHORIZED, "the user no longer exists")
 	}
 	if err != nil {
+		if !refusedByServer(err) {
+			// The INSERT may have committed with its answer lost: its retry finds the order
+			// (client_order_id), and the summary must count it then, not once it expires.
+			s.invalidate(ctx, p.UserID, trading.ViewSummary)
+		}
 		return nil, false, s.db.mapError(err)
 	}
 	if r.order == nil && clientOrderID == nil {
@@ -661,17 +666,25 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 		if _, err := tx.Exec(ctx, `SELECT id FROM users WHERE id = $1 FOR SHARE`, p.UserID); err != nil {
 			return err
 		}
-		var err error
-		order, err = decide(ctx, tx, p, id, `status = 'rejected', decision_reason = $3`, reason)
+		o, err := decide(ctx, tx, p, id, `status = 'rejected', decision_reason = $3`, reason)
+		if err == nil {
+			order = o
+		}
 		return err
 	})
 	if isForeignKeyViolation(err) {
 		return nil, errDeciderGone() // a valid token of a user deleted since
 	}
-	if err == nil {
-		s.invalidate(ctx, order.RequestedBy, trading.ViewSummary) // the requester's pending_orders changed
+	// The requester's pending_orders changed. order is set once the UPDATE decided it: on an
+	// error after that the COMMIT may still have gone through (its answer lost), so the
+	// summary is dropped then too, lest it count a rejected order until it expires.
+	if order != nil {
+		s.invalidate(ctx, order.RequestedBy, trading.ViewSummary)
 	}
-	return order, err
+	if err != nil {
+		return nil, err
+	}
+	return order, nil
 }
 
 // errDeciderGone: the decision's foreign key to the decider failed, so the token outlived its
