@@ -132,6 +132,11 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 		// A retry of an order that exists is answered with it even once the loss limit is
 		// reached: it creates nothing.
 		if o, err := s.findByClientOrderID(ctx, p.UserID, n); err == nil || !errors.Is(err, pgx.ErrNoRows) {
+			if err == nil {
+				// A retry: the replica that committed the order may have died before its
+				// invalidation, and the summary must count the order the retry is answered.
+				s.invalidate(ctx, p.UserID, trading.ViewSummary)
+			}
 			return o, false, err
 		}
 	}
@@ -604,7 +609,9 @@ func (s *OrderService) ApproveOrder(ctx context.Context, id uuid.UUID) (*trading
 		return nil, nil, errDeciderGone() // a valid token of a user deleted since
 	}
 	if err != nil {
-		return nil, nil, s.db.mapError(err)
+		err = s.db.mapError(err)
+		s.invalidateDecided(ctx, id, err)
+		return nil, nil, err
 	}
 	s.invalidateTrade(ctx, r.order.RequestedBy, r.order.Symbol) // a trade moved a position and a mark
 	return r.order, r.trade, nil
@@ -682,9 +689,38 @@ func (s *OrderService) RejectOrder(ctx context.Context, id uuid.UUID, reason str
 		s.invalidate(ctx, order.RequestedBy, trading.ViewSummary)
 	}
 	if err != nil {
+		s.invalidateDecided(ctx, id, err)
 		return nil, err
 	}
 	return order, nil
+}
+
+// invalidateDecided drops the requester's cached views when a decision of order id was
+// refused with 409 because the order is already decided. The replica that decided it may have
+// died between its COMMIT and its invalidation (kill -9, a lost node), leaving every cache,
+// Redis's too, without the decision until the entries expire; the refused decision is most
+// often that client's retry, and its next read must show the decision the 409 reports. It
+// costs a lookup and an invalidation per 409, which only retries and races get.
+func (s *OrderService) invalidateDecided(ctx context.Context, id uuid.UUID, err error) {
+	if s.cfg.Invalidator == nil || trading.ErrorCode(err) != trading.ECONFLICT {
+		return
+	}
+	ctx, cancel := s.db.bound(context.WithoutCancel(ctx))
+	defer cancel()
+	var (
+		requestedBy    uuid.UUID
+		symbol, status string
+	)
+	if err := s.db.pool.QueryRow(ctx, `SELECT requested_by, symbol, status FROM orders WHERE id = $1`, id).
+		Scan(&requestedBy, &symbol, &status); err != nil {
+		return // the caches' TTLs bound what is left stale
+	}
+	switch trading.OrderStatus(status) {
+	case trading.StatusApproved:
+		s.invalidateTrade(ctx, requestedBy, symbol)
+	case trading.StatusRejected:
+		s.invalidate(ctx, requestedBy, trading.ViewSummary)
+	}
 }
 
 // errDeciderGone: the decision's foreign key to the decider failed, so the token outlived its
