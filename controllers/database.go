@@ -316,8 +316,10 @@ func storageNotApplied(desired, current []corev1.PersistentVolumeClaim, claimCla
 // growVolumes carries a grown spec.postgres.managed.storage.size to the
 // database's PersistentVolumeClaim (the StatefulSet's claim template cannot
 // change). The schema only lets the size grow; a storage class that cannot
-// expand volumes makes the API server refuse, which is reported as a warning
-// event rather than retried as an error.
+// expand volumes makes the API server refuse, which is no error to retry with
+// backoff: a warning on DatabaseReady says the volume keeps its size and why
+// (the stack read as matching its spec, with only a Warning event per pass
+// telling otherwise), and one Warning event announces it.
 func (r *TradingStackReconciler) growVolumes(ctx context.Context, p *pass, desired, current *appsv1.StatefulSet) error {
 	for _, want := range desired.Spec.VolumeClaimTemplates {
 		size := want.Spec.Resources.Requests[corev1.ResourceStorage]
@@ -354,8 +356,10 @@ func (r *TradingStackReconciler) growVolumes(ctx context.Context, p *pass, desir
 			}
 			if err := applyRequest(ctx, r.Client, u); err != nil {
 				if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) {
-					r.Recorder.Eventf(p.stack, pvc, corev1.EventTypeWarning, "VolumeNotExpanded", "Resize",
-						"PersistentVolumeClaim %s cannot grow to %s: %v", name, size.String(), err)
+					p.warn(tradingv1alpha1.ConditionDatabaseReady,
+						fmt.Sprintf("; warning: PersistentVolumeClaim %s keeps %s: growing it to %s was refused: %v",
+							name, pvc.Spec.Resources.Requests.Storage().String(), size.String(), err),
+						"VolumeNotExpanded", "Resize")
 					continue
 				}
 				return err

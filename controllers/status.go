@@ -203,9 +203,11 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	// Last, after what later steps add to a message (a managed backend kept), and whatever
 	// the condition says: the database takes the credentials' keys at its next start and the
 	// API pods the dsn at theirs, ready or not.
-	for t, w := range p.warnings {
+	for t, ws := range p.warnings {
 		if c := meta.FindStatusCondition(st.Conditions, t); c != nil && p.evaluated[t] {
-			c.Message += w.suffix
+			for _, w := range ws {
+				c.Message += w.suffix
+			}
 		}
 	}
 	if !p.stack.Spec.Paused {
@@ -264,7 +266,7 @@ func (r *TradingStackReconciler) writeStatus(ctx context.Context, p *pass) error
 	// Announced once written: a refused write's changes are found again by the next pass.
 	r.conditionEvents(p)
 	for _, t := range componentConditions { // in a fixed order
-		if w, ok := p.warnings[t]; ok {
+		for _, w := range p.warnings[t] {
 			r.warnOnce(p, t, w)
 		}
 	}

@@ -154,9 +154,9 @@ type pass struct {
 	// evaluated holds the conditions this pass set; the others say what an earlier pass found.
 	evaluated map[string]bool
 	// warnings are what a step found that needs the user's eye without changing the
-	// condition's status (warn): writeStatus ends the condition's message with it, whatever
-	// the message says, and warnOnce announces it once.
-	warnings map[string]conditionWarning
+	// condition's status (warn): writeStatus ends the condition's message with each, in the
+	// order said, whatever the message says, and warnOnce announces each once.
+	warnings map[string][]conditionWarning
 }
 
 // conditionWarning is a "; warning: ..." suffix of a condition's message and the reason and
@@ -164,15 +164,17 @@ type pass struct {
 type conditionWarning struct{ suffix, reason, action string }
 
 // warn ends cond's message with suffix ("; warning: ...", "" for none) in this pass's
-// status, and has a Warning event say it when it appears (warnOnce).
+// status, and has a Warning event say it when it appears (warnOnce). A condition may carry
+// several (DatabaseReady: a dsn without the password, a volume that cannot grow): each is
+// kept, none replaces another.
 func (p *pass) warn(cond, suffix, reason, action string) {
 	if suffix == "" {
 		return
 	}
 	if p.warnings == nil {
-		p.warnings = map[string]conditionWarning{}
+		p.warnings = map[string][]conditionWarning{}
 	}
-	p.warnings[cond] = conditionWarning{suffix, reason, action}
+	p.warnings[cond] = append(p.warnings[cond], conditionWarning{suffix, reason, action})
 }
 
 // stepConditions are the conditions of the steps that have one: a failed step's own

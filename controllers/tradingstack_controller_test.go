@@ -61,6 +61,7 @@ func TestOperator(t *testing.T) {
 		{"PolicyFollowsSpec", testPolicyFollowsSpec},
 		{"ValidationRules", testValidationRules},
 		{"StorageGrows", testStorageGrows},
+		{"StorageGrowRefusedSaid", testStorageGrowRefusedSaid},
 		{"StorageNotShrunk", testStorageNotShrunk},
 		{"SpecDropsEntries", testSpecDropsEntries},
 		{"WatchNamespace", testWatchNamespace},
@@ -1612,24 +1613,7 @@ func testStorageGrows(t *testing.T) {
 	createStack(t, newStack(ns, "disk", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "1Gi", StorageClassName: sc.Name}}
 	}))
-	sts := waitFor(t, &appsv1.StatefulSet{}, ns, "disk-postgres")
-	tmpl := sts.Spec.VolumeClaimTemplates[0]
-
-	// The claim the StatefulSet controller would make for pod 0, bound.
-	pvc := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: tmpl.Name + "-disk-postgres-0", Labels: tmpl.Labels},
-		Spec:       *tmpl.Spec.DeepCopy(),
-	}
-	if err := k8s.Create(bg, pvc); err != nil {
-		t.Fatal(err)
-	}
-	pvc.Status = corev1.PersistentVolumeClaimStatus{
-		Phase: corev1.ClaimBound, AccessModes: pvc.Spec.AccessModes,
-		Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
-	}
-	if err := k8s.Status().Update(bg, pvc); err != nil {
-		t.Fatal(err)
-	}
+	pvc := boundClaim(t, ns, "disk")
 	makeReady(t, ns, "disk")
 
 	updateStack(t, ns, "disk", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Managed.Storage.Size = "3Gi" })
@@ -1646,6 +1630,76 @@ func testStorageGrows(t *testing.T) {
 	s := waitCondition(t, ns, "disk", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 	if c := condition(s, tradingv1alpha1.ConditionProgressing); c != nil && c.Reason == tradingv1alpha1.ReasonApplyFailed {
 		t.Errorf("apply failed after the size grew: %s", c.Message)
+	}
+}
+
+// boundClaim makes the claim the StatefulSet controller would make for pod 0 of stack's
+// database, from its template, bound at the template's size.
+func boundClaim(t *testing.T, ns, stack string) *corev1.PersistentVolumeClaim {
+	t.Helper()
+	sts := waitFor(t, &appsv1.StatefulSet{}, ns, stack+"-postgres")
+	tmpl := sts.Spec.VolumeClaimTemplates[0]
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: tmpl.Name + "-" + sts.Name + "-0", Labels: tmpl.Labels},
+		Spec:       *tmpl.Spec.DeepCopy(),
+	}
+	if err := k8s.Create(bg, pvc); err != nil {
+		t.Fatal(err)
+	}
+	pvc.Status = corev1.PersistentVolumeClaimStatus{
+		Phase: corev1.ClaimBound, AccessModes: pvc.Spec.AccessModes,
+		Capacity: corev1.ResourceList{corev1.ResourceStorage: *tmpl.Spec.Resources.Requests.Storage()},
+	}
+	if err := k8s.Status().Update(bg, pvc); err != nil {
+		t.Fatal(err)
+	}
+	return pvc
+}
+
+// testStorageGrowRefusedSaid: a storage class that does not allow volume expansion makes the
+// API server refuse the grown claim. The stack must not read as matching its spec: DatabaseReady
+// (still True: the database serves) says that the volume keeps its size and why, and one
+// Warning event tells it, not one per pass; the claim is left as it was.
+func testStorageGrowRefusedSaid(t *testing.T) {
+	ns := newNamespace(t)
+	sc := &storagev1.StorageClass{
+		ObjectMeta:  metav1.ObjectMeta{Name: "fixed-" + ns},
+		Provisioner: "example.com/disks",
+	}
+	if err := k8s.Create(bg, sc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(bg, sc) })
+	createStack(t, newStack(ns, "fixed", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Postgres.Managed = &tradingv1alpha1.ManagedPostgres{Storage: tradingv1alpha1.StorageSpec{Size: "1Gi", StorageClassName: sc.Name}}
+	}))
+	pvc := boundClaim(t, ns, "fixed")
+	makeReady(t, ns, "fixed")
+
+	updateStack(t, ns, "fixed", func(s *tradingv1alpha1.TradingStack) { s.Spec.Postgres.Managed.Storage.Size = "3Gi" })
+	const said = "PersistentVolumeClaim data-fixed-postgres-0 keeps 1Gi: growing it to 3Gi was refused"
+	waitConditionSays(t, ns, "fixed", tradingv1alpha1.ConditionDatabaseReady, metav1.ConditionTrue, tradingv1alpha1.ReasonDatabaseAvailable, said)
+	reconcileDirectly(t, ns, "fixed", 3)
+	operatorWrites.settle(t, ns)
+	var refusals []string
+	for _, e := range stackEvents(t, ns, "fixed") {
+		if e.Reason == "VolumeNotExpanded" {
+			n := int32(1)
+			if e.Series != nil {
+				n = e.Series.Count
+			}
+			refusals = append(refusals, fmt.Sprintf("%s %q x%d", e.Type, e.Note, n))
+		}
+	}
+	if len(refusals) != 1 || !strings.HasPrefix(refusals[0], corev1.EventTypeWarning) || !strings.HasSuffix(refusals[0], "x1") {
+		t.Errorf("VolumeNotExpanded events after four passes: %v, want one Warning", refusals)
+	}
+	cur := &corev1.PersistentVolumeClaim{}
+	if err := k8s.Get(bg, client.ObjectKeyFromObject(pvc), cur); err != nil {
+		t.Fatal(err)
+	}
+	if got := cur.Spec.Resources.Requests.Storage(); got.Cmp(resource.MustParse("1Gi")) != 0 {
+		t.Errorf("claim requests %s", got)
 	}
 }
 
