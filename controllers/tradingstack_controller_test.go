@@ -1250,6 +1250,11 @@ func testValidationRules(t *testing.T) {
 	refused("autoscaling min > max", newStack(ns, "v3", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MinReplicas: 5, MaxReplicas: 2}
 	}), "spec.runtime.autoscaling.minReplicas must be less than or equal to spec.runtime.autoscaling.maxReplicas")
+	// minReplicas left out is 2 by the schema's default: a maxReplicas of 1 alone is refused
+	// for a field its author did not write, so the message says where the 2 comes from.
+	refused("autoscaling max below the default min", newStack(ns, "v3d", func(s *tradingv1alpha1.TradingStack) {
+		s.Spec.Runtime.Autoscaling = &tradingv1alpha1.AutoscalingSpec{MaxReplicas: 1}
+	}), "spec.runtime.autoscaling.maxReplicas (minReplicas defaults to 2)")
 	refused("external redis without address", newStack(ns, "v4", func(s *tradingv1alpha1.TradingStack) {
 		s.Spec.Redis.Mode = tradingv1alpha1.RedisExternal
 	}), "spec.redis.address is required when spec.redis.mode is external")

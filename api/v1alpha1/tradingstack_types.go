@@ -264,7 +264,7 @@ type AuthSpec struct {
 }
 
 // AutoscalingSpec makes a HorizontalPodAutoscaler scale the runtime on CPU.
-// +kubebuilder:validation:XValidation:rule="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",message="spec.runtime.autoscaling.minReplicas must be less than or equal to spec.runtime.autoscaling.maxReplicas"
+// +kubebuilder:validation:XValidation:rule="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",message="spec.runtime.autoscaling.minReplicas must be less than or equal to spec.runtime.autoscaling.maxReplicas (minReplicas defaults to 2)"
 type AutoscalingSpec struct {
 	// MinReplicas is the fewest runtime pods. Defaults to 2, so that one pod can be disrupted.
 	// +kubebuilder:default=2
