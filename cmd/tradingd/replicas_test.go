@@ -374,6 +374,10 @@ func TestReadyzSaysRedisIsSlow(t *testing.T) {
 
 	proxy.slow(150 * time.Millisecond)
 	waitReadyz(t, r.admin, `"redis":"degraded: slow: no reply within 100ms`, "/readyz with every Redis reply about 300 ms late: degraded, saying slow")
+	// Each rate-limit script call is bounded by the same 100 ms, so each request is decided
+	// by this replica's own buckets, as with Redis down: it said "reads go to the database
+	// meanwhile" as if limits stayed shared.
+	waitReadyz(t, r.admin, `; reads go to the database and rate limits are per replica meanwhile"`, "/readyz with Redis slow: says the limits are per replica")
 	trader := token(t, r.api[len("http://"):], "trader1", "password123")
 	mustCall(t, http.StatusOK, "GET", r.api+"/api/positions", trader, "")
 

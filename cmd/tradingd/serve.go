@@ -220,10 +220,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 			if !rc.Healthy() {
 				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s; reads go to the database and rate limits are per replica meanwhile", rc.Problem())
 			}
-			// Answering, but too late for any cache call: the reads go to the database all
-			// the same, while the rate limiter still shares its buckets through Redis.
+			// Answering, but too late for any call: the reads go to the database all the same,
+			// and each rate-limit script call times out (OpTimeout too), so every request is
+			// decided by this replica's own buckets, although Healthy() has not moved the
+			// limiter over (rate_limit_local_fallback stays 0).
 			if late := rc.Late(); late != "" {
-				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s; reads go to the database meanwhile", late)
+				return trading.Errorf(trading.EUNAVAILABLE, "degraded: %s; reads go to the database and rate limits are per replica meanwhile", late)
 			}
 			return nil
 		}})

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"sync"
@@ -655,6 +656,42 @@ func TestRemainingCountsDownByOne(t *testing.T) {
 					t.Errorf("%s, limit %d, request %d: %d, RateLimit-Remaining %s, want %s", name, n, i, w.Code, got, want)
 				}
 			}
+		}
+	}
+}
+
+// A Redis that answers, but later than the bound of a call (OpTimeout), stays Healthy (its
+// probe waits a second), yet no request is decided by it: each script call times out and the
+// request is decided by this replica's own buckets, as with Redis down. /readyz says so.
+func TestSlowRedisDecidesLocally(t *testing.T) {
+	u, err := url.Parse(redistest.SharedURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := redistest.Slow(t, u.Host)
+	lu, err := url.Parse(link.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = lu.Host
+	rc := openRedis(t, u.String(), redistest.Prefix(t))
+	l := ratelimit.New(ratelimit.Config{Data: 1000}, ratelimit.Options{Redis: rc})
+	user := uuid.NewString()
+	// Redis decides while it answers in time (a loaded machine may miss the bound now and
+	// then: try again for a while).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		d := l.Check(context.Background(), ratelimit.Data, user)
+		if d.Allowed && d.Shared {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("with Redis answering in time: %+v, want allowed by Redis", d)
+		}
+	}
+	link.SetDelay(3 * rc.OpTimeout())
+	for i := range 3 {
+		if d := l.Check(context.Background(), ratelimit.Data, user); !d.Allowed || d.Shared || !rc.Healthy() {
+			t.Fatalf("request %d with every reply 3 bounds late: %+v, healthy %v; want allowed by this replica, Redis still healthy", i+1, d, rc.Healthy())
 		}
 	}
 }

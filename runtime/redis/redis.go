@@ -413,7 +413,8 @@ func (c *Client) LastAnswer() time.Time {
 // for longer than Options.Silence. Healthy stays true then (the health probe waits a second,
 // and one slow reply on a busy machine must not move the rate limits to each process), but
 // the cache trusts neither level without timely answers, so every read goes to the
-// database: /readyz says degraded, as for a Redis that is down.
+// database, and each rate-limit call (bounded by OpTimeout as well) times out and is decided
+// by the replica's own buckets: /readyz says degraded, as for a Redis that is down.
 func (c *Client) Late() string {
 	if since := time.Since(c.LastAnswer()); since > c.opts.Silence {
 		return fmt.Sprintf("slow: no reply within %s for %s", c.opts.OpTimeout, since.Round(time.Millisecond))
