@@ -328,8 +328,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	case failed = <-serveErr: // a listener died: drain the rest and exit non-zero
 	}
 	stop() // a second signal kills the process the default way
-	// Its batch in flight is rolled back (the next start goes on); waited for before the
-	// pool closes, within the pool's bound.
+	// A batch in flight finishes (bounded by the query timeout) so that what it deleted is
+	// logged; the round then ends and is waited for before the pool closes, within the
+	// pool's bound.
 	stopPruning()
 
 	// Drain: /readyz turns 503 at once (the admin server keeps answering), the API stops
