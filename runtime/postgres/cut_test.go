@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -362,5 +363,52 @@ func TestDecisionAndReplayAfterLostInvalidationInvalidate(t *testing.T) {
 	}
 	if n := pending(); n != 1 {
 		t.Fatalf("pending_orders after the retried submission = %d, want 1", n)
+	}
+}
+
+// Likewise a submission whose retry arrives while the first is still committing: the retry's
+// INSERT waits for the first's row, inserts nothing and answers 200 with that order. The
+// replica of the first may die before its invalidation, as above; the retry's answer then
+// came with a summary that did not count the order until it expired (10 s), where a retry
+// that came a moment later (the replay above) dropped it. Here the first is a transaction of
+// the test's own, which tells no cache.
+func TestConcurrentReplayAfterLostInvalidationInvalidates(t *testing.T) {
+	t.Parallel()
+	e := newLossyEnv(t)
+	if s, err := e.cached.Summary(as(e.trader1), e.trader1.ID); err != nil || s.PendingOrders != 0 {
+		t.Fatalf("summary before the submission: %+v, %v", s, err)
+	}
+	ctx := context.Background()
+	first, err := e.db.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Rollback(ctx) //nolint:errcheck // after Commit it is a no-op
+	if _, err := first.Exec(ctx, `INSERT INTO orders (id, client_order_id, symbol, side, quantity, price, requested_by)
+		VALUES ($1, 'racing', 'BTC/USD', 'buy', 1, 100, $2)`, uuid.New(), e.trader1.ID); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		created bool
+		err     error
+	}
+	retried := make(chan answer, 1)
+	go func() {
+		_, created, err := e.lossy.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "1", "100", "racing"))
+		retried <- answer{created, err}
+	}()
+	// The retry waits for the first's row lock before the first commits.
+	for e.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`) == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-retried; a.err != nil || a.created {
+		t.Fatalf("the retried submission: created %v, %v, want the first order", a.created, a.err)
+	}
+	s, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
+	if err != nil || s.PendingOrders != 1 {
+		t.Fatalf("summary after the retried submission's 200: pending_orders %d (%v), want 1", s.PendingOrders, err)
 	}
 }

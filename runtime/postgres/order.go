@@ -163,8 +163,12 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 		return nil, false, fmt.Errorf("postgres: an order without a client order id was not inserted")
 	}
 	if r.order == nil {
-		// A concurrent request with the same client order id won the insert.
+		// A concurrent request with the same client order id won the insert: most often this
+		// is its retry, and as for a replay above, its replica may die before invalidating.
 		o, err := s.findByClientOrderID(ctx, p.UserID, n)
+		if err == nil {
+			s.invalidate(ctx, p.UserID, trading.ViewSummary)
+		}
 		return o, false, s.db.mapError(err)
 	}
 	o := r.order
