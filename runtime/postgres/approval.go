@@ -125,9 +125,10 @@ type positionKey struct {
 }
 
 // approveTogether runs the batch's transaction. It fills out for the approvals it executed
-// and sets alone for the others; on error nothing was committed. A transaction refused for a
-// statement that a schema change outdated runs once more, after a reset of the pool (see
-// stale.go).
+// and sets alone for the others. On error nothing was committed, unless the error is a
+// *commitUnknown (a COMMIT whose answer was lost; the views it would change are dropped all
+// the same). A transaction refused for a statement that a schema change outdated runs once
+// more, after a reset of the pool (see stale.go).
 func (s *OrderService) approveTogether(ctx context.Context, batch []approval, out []approved, alone []bool, lockWait time.Duration) error {
 	err := s.approveTogetherOnce(ctx, batch, out, alone, lockWait)
 	if staleStatement(err) {
