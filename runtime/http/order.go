@@ -56,7 +56,7 @@ type OrderList struct {
 }
 
 func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
-	q, fields := queryParams(r)
+	q, fields := queryParams(r, "status", "symbol", "limit", "cursor")
 	f := trading.OrderFilter{Cursor: q.Get("cursor")}
 	if v := q.Get("status"); v != "" {
 		st, err := trading.ParseOrderStatus(v)
@@ -82,8 +82,12 @@ func (s *Server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 // queryParams reads the query string. r.URL.Query() drops a pair it cannot decode (a bad
 // %-escape, a semicolon) without a word, so `?limit=5%` listed 50 and `?cursor=%zz` the first
 // page; here such a pair, or one that decodes to no text, is an invalid field (422) named by
-// its key, as a bad value is.
-func queryParams(r *http.Request) (url.Values, []trading.FieldError) {
+// its key, as a bad value is. A parameter of known (the listing's own) given more than once
+// is invalid too: Get would take the first value and drop the others without a word
+// (`?status=pending&status=approved` listed the pending ones); it is removed from the
+// values, so that no check of its value names it a second time. Parameters the listing
+// does not know are ignored, repeated or not.
+func queryParams(r *http.Request, known ...string) (url.Values, []trading.FieldError) {
 	q := url.Values{}
 	var fields []trading.FieldError
 	for pair := range strings.SplitSeq(r.URL.RawQuery, "&") {
@@ -108,6 +112,12 @@ func queryParams(r *http.Request) (url.Values, []trading.FieldError) {
 			continue
 		}
 		q.Add(key, value)
+	}
+	for _, key := range known {
+		if len(q[key]) > 1 {
+			fields = append(fields, trading.FieldError{Field: key, Message: "must be given at most once"})
+			delete(q, key)
+		}
 	}
 	return q, fields
 }

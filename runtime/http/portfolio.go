@@ -13,7 +13,7 @@ type TradeList struct {
 }
 
 func (s *Server) handleTrades(w http.ResponseWriter, r *http.Request) {
-	q, fields := queryParams(r)
+	q, fields := queryParams(r, "symbol", "limit", "cursor")
 	f := trading.TradeFilter{Cursor: q.Get("cursor")}
 	if v := q.Get("symbol"); v != "" {
 		f.Symbol = &v
