@@ -23,7 +23,7 @@ type AdminMux struct{ *http.ServeMux }
 
 func (m AdminMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	setCommonHeaders(w.Header(), requestID(r))
-	serveProblems(m.ServeMux, &statusWriter{ResponseWriter: w}, r)
+	serveProblems(m.ServeMux, &statusWriter{ResponseWriter: w}, r, nil)
 }
 
 // NewAdminHandler returns the admin port's handler with /healthz and /readyz.

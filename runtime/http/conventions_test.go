@@ -20,6 +20,7 @@ import (
 
 	trading "github.com/findmy/trading-operator/runtime"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
+	"github.com/findmy/trading-operator/runtime/metrics"
 	"github.com/findmy/trading-operator/runtime/postgres"
 )
 
@@ -179,6 +180,46 @@ func TestUnknownRoutesAndMethods(t *testing.T) {
 	}
 	e.do("GET", "/api/orders/"+uuid.NewString()+"/approve", tok, nil).problem(405)
 	e.do("DELETE", "/api/auth/login", "", nil).problem(405)
+}
+
+// A method the path does not serve is counted under that path's route pattern, as api.md
+// says endpoint is: `DELETE /api/orders` was api_requests_total{endpoint="unmatched"}, the
+// label of paths no route has, so a client's wrong calls of a real route hid among scans of
+// paths that do not exist. A path no route has stays "unmatched", never the raw path.
+func TestMethodNotAllowedMetrics(t *testing.T) {
+	t.Parallel()
+	m := metrics.New("dev")
+	e := newEnv(t, func(o *envOptions) { o.metrics = m })
+	e.addUser("t", trading.RoleTrader)
+	tok := e.token("t")
+	id := uuid.NewString()
+
+	e.do("DELETE", "/api/orders", tok, nil).problem(405)
+	e.do("PUT", "/api/orders/"+id, tok, nil).problem(405)
+	e.do("GET", "/api/orders/"+id+"/approve", tok, nil).problem(405)
+	e.do("DELETE", "/api/orders/pending", "", nil).problem(405)
+	e.do("GET", "/api/nope/"+id, tok, nil).problem(404)
+
+	w := httptest.NewRecorder()
+	m.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	out := w.Body.String()
+	for _, want := range []string{
+		`api_requests_total{endpoint="/api/orders",method="DELETE",status="405"} 1`,
+		`api_requests_total{endpoint="/api/orders/{id}",method="PUT",status="405"} 1`,
+		`api_requests_total{endpoint="/api/orders/{id}/approve",method="GET",status="405"} 1`,
+		`api_requests_total{endpoint="/api/orders/pending",method="DELETE",status="405"} 1`,
+		`api_requests_total{endpoint="unmatched",method="GET",status="404"} 1`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(out, id) || strings.Contains(out, "/api/nope") {
+		t.Error("a raw path appears in /metrics")
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", regexp.MustCompile(`(?m)^api_requests_total.*$`).FindAllString(out, -1))
+	}
 }
 
 // The server-wide request target *: OPTIONS * is answered with the headers every response

@@ -22,6 +22,7 @@ import (
 	"github.com/findmy/trading-operator/runtime/cache"
 	rthttp "github.com/findmy/trading-operator/runtime/http"
 	"github.com/findmy/trading-operator/runtime/jwt"
+	"github.com/findmy/trading-operator/runtime/metrics"
 	"github.com/findmy/trading-operator/runtime/postgres"
 	"github.com/findmy/trading-operator/runtime/postgres/pgtest"
 )
@@ -67,6 +68,9 @@ type envOptions struct {
 	cached bool
 	// sessionEvents carries ended logins between servers (a runtime/redis client).
 	sessionEvents rthttp.SessionEvents
+	// metrics, when set, counts the requests as tradingd does: the route pattern from
+	// Observe (metrics.CaptureRoute), and metrics.Middleware around the whole handler.
+	metrics *metrics.Metrics
 }
 
 func newEnv(t testing.TB, opts ...func(*envOptions)) *env {
@@ -101,12 +105,18 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 		portfolio, orderInvalidator = c, c
 	}
 	orders := postgres.NewOrderService(db, postgres.OrderServiceConfig{MaxDailyLoss: o.maxDailyLoss, Invalidator: orderInvalidator})
+	observe := o.observe
+	if o.metrics != nil {
+		observe = append(observe, func(rt rthttp.Route, next http.Handler) http.Handler {
+			return metrics.CaptureRoute(rt.Pattern, next)
+		})
+	}
 	h := rthttp.NewHandler(rthttp.Config{
 		Rules:         rules,
 		Tokens:        jwt.NewAuthority(keys, issuer, audience, time.Hour),
 		RefreshTTL:    o.refreshTTL,
 		Logger:        slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Observe:       o.observe,
+		Observe:       observe,
 		Guard:         o.guard,
 		SessionEvents: o.sessionEvents,
 	}, rthttp.Services{
@@ -116,7 +126,11 @@ func newEnvOn(t testing.TB, db *postgres.DB, o envOptions) *env {
 		Portfolio:   portfolio,
 		Invalidator: o.invalidator,
 	})
-	srv := httptest.NewServer(h)
+	served := h
+	if o.metrics != nil {
+		served = o.metrics.Middleware(h)
+	}
+	srv := httptest.NewServer(served)
 	t.Cleanup(srv.Close)
 	return &env{t: t, srv: srv, handler: h, db: db, users: users, logs: logs, passwords: map[string]string{}, ids: map[string]string{}}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,7 +34,10 @@ type Config struct {
 	BodyLimit int64
 
 	// Observe wraps every route outside authentication, so it sees every request the
-	// route answers, 401s included (metrics). Applied in order: the first is outermost.
+	// route answers, 401s included (metrics). It also sees the 405 of a method that a
+	// route's path does not serve, as that route's (the route of the first method in Allow;
+	// r.Method is the request's), so that metrics count it under the route's pattern, not
+	// with the paths no route has. Applied in order: the first is outermost.
 	Observe []Middleware
 	// Guard wraps every route inside authentication, so the principal is in the context
 	// when the route needs one (rate limits per user; per client IP on login). It also wraps
@@ -114,6 +118,9 @@ type Server struct {
 	encoded  EncodedViews
 	sessions *sessionCheck
 	routes   []Route
+	// wrongMethod holds, by route pattern, the 405 problem wrapped in that route's Observe
+	// chain (see Config.Observe).
+	wrongMethod map[string]http.Handler
 }
 
 // NewHandler returns the API handler (the :8080 port).
@@ -141,7 +148,7 @@ func newServer(cfg Config, svc Services) *Server {
 			return ap.Addr().Unmap()
 		}
 	}
-	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, mux: http.NewServeMux(), wrongMethod: map[string]http.Handler{}}
 	s.encoded, _ = svc.Portfolio.(EncodedViews)
 	s.sessions = newSessionCheck(svc.Sessions, cfg.Logger, cfg.Tokens.AccessTTL(), cfg.SessionEvents)
 
@@ -185,10 +192,37 @@ func (s *Server) route(pattern, class string, auth bool, h http.HandlerFunc) {
 		// IP before login"), so that hammering with garbage tokens is limited like a login.
 		next = s.authenticate(next, guard(http.HandlerFunc(s.refuseUnauthenticated)))
 	}
-	for i := len(s.cfg.Observe) - 1; i >= 0; i-- {
-		next = s.cfg.Observe[i](rt, next)
+	observe := func(next http.Handler) http.Handler {
+		for i := len(s.cfg.Observe) - 1; i >= 0; i-- {
+			next = s.cfg.Observe[i](rt, next)
+		}
+		return next
 	}
-	s.mux.Handle(pattern, next)
+	s.mux.Handle(pattern, observe(next))
+	s.wrongMethod[pattern] = observe(http.HandlerFunc(methodNotAllowed))
+}
+
+// methodNotAllowed is the problem of a 405; the mux has set Allow already.
+func methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
+	writeProblem(w, http.StatusMethodNotAllowed, "method not allowed on this resource", nil)
+}
+
+// answerWrongMethod answers the mux's 405 for r through the Observe chain of the route that
+// r's path matches under the first method of Allow (the mux answers 405 only for a path
+// that some route serves with another method). The mux names no pattern for a 405, so
+// the route is found by asking it again with that method.
+func (s *Server) answerWrongMethod(w http.ResponseWriter, r *http.Request) {
+	for m := range strings.SplitSeq(w.Header().Get("Allow"), ",") {
+		probe := r.WithContext(r.Context()) // a shallow copy, to change its method
+		probe.Method = strings.TrimSpace(m)
+		if _, pattern := s.mux.Handler(probe); pattern != "" {
+			if h, ok := s.wrongMethod[pattern]; ok {
+				h.ServeHTTP(w, r)
+				return
+			}
+		}
+	}
+	methodNotAllowed(w, r)
 }
 
 // Routes lists the routes the API serves, in registration order.
@@ -218,13 +252,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.logRequest(r, info, sw.status, time.Since(start))
 	}()
 
-	serveProblems(s.mux, sw, r)
+	serveProblems(s.mux, sw, r, s.answerWrongMethod)
 }
 
 // serveProblems serves r through mux. ServeMux answers unknown paths and wrong methods in
 // plain text; those are found first and answer through a writer that turns them into
-// problem+json. The API and the admin port both serve this way.
-func serveProblems(mux *http.ServeMux, sw *statusWriter, r *http.Request) {
+// problem+json. The API and the admin port both serve this way. wrongMethod, when not nil,
+// answers the mux's 405s (Allow is set) instead of the plain problem.
+func serveProblems(mux *http.ServeMux, sw *statusWriter, r *http.Request, wrongMethod http.HandlerFunc) {
 	if r.RequestURI == "*" {
 		// The server-wide target: OPTIONS * asks what the server supports (net/http answers
 		// it before any handler, without this package's headers, unless the http.Server has
@@ -238,7 +273,7 @@ func serveProblems(mux *http.ServeMux, sw *statusWriter, r *http.Request) {
 		return
 	}
 	if _, pattern := mux.Handler(r); pattern == "" {
-		mux.ServeHTTP(&muxErrorWriter{statusWriter: sw}, r)
+		mux.ServeHTTP(&muxErrorWriter{statusWriter: sw, r: r, wrongMethod: wrongMethod}, r)
 		return
 	}
 	mux.ServeHTTP(sw, r)
@@ -324,7 +359,9 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // answers of the mux (redirects of unclean paths) pass through.
 type muxErrorWriter struct {
 	*statusWriter
-	swallowed bool
+	swallowed   bool
+	r           *http.Request
+	wrongMethod http.HandlerFunc
 }
 
 func (w *muxErrorWriter) WriteHeader(code int) {
@@ -334,7 +371,11 @@ func (w *muxErrorWriter) WriteHeader(code int) {
 		writeProblem(w.statusWriter, code, "no such resource", nil)
 	case http.StatusMethodNotAllowed:
 		w.swallowed = true // the mux has set Allow already
-		writeProblem(w.statusWriter, code, "method not allowed on this resource", nil)
+		if w.wrongMethod != nil {
+			w.wrongMethod(w.statusWriter, w.r)
+			return
+		}
+		methodNotAllowed(w.statusWriter, w.r)
 	default:
 		w.statusWriter.WriteHeader(code)
 	}

@@ -16,7 +16,8 @@ type patternKey struct{}
 // Middleware counts api_requests_total and observes api_request_duration_seconds. Put it
 // outermost, so that it also sees requests that inner middleware answers (429, 413, 401).
 // endpoint is the ServeMux pattern without the method ("/api/orders/{id}/approve"), or
-// "unmatched" when no route matched: never the raw path.
+// "unmatched" when no route matched: never the raw path. (runtime/http hands CaptureRoute
+// the route of a 405 too, so a wrong method on a real path counts under its pattern.)
 func (m *Metrics) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
