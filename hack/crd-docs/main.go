@@ -292,7 +292,8 @@ func renderAPI(data []byte) ([]byte, error) {
 	type route struct{ method, path string }
 	var routes []route
 	for _, p := range slices.Sorted(maps.Keys(paths)) {
-		for _, m := range []string{"get", "put", "post", "patch", "delete"} {
+		// Every method an OpenAPI 3.1 path item can hold, in the order the reference lists them.
+		for _, m := range []string{"get", "head", "put", "post", "patch", "delete", "options", "trace"} {
 			if _, ok := obj(paths[p])[m]; ok {
 				routes = append(routes, route{m, p})
 			}

@@ -51,6 +51,7 @@ func TestDocsContent(t *testing.T) {
 	for _, want := range []string{
 		"### POST /api/orders/{id}/approve",
 		"### GET /api/summary",
+		"### HEAD /api/summary",
 		"| 429 |",
 		"### OrderRequest",
 	} {

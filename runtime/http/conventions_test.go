@@ -22,6 +22,7 @@ import (
 	rthttp "github.com/findmy/trading-operator/runtime/http"
 	"github.com/findmy/trading-operator/runtime/metrics"
 	"github.com/findmy/trading-operator/runtime/postgres"
+	"github.com/findmy/trading-operator/runtime/ratelimit"
 )
 
 var wantSecurityHeaders = map[string]string{
@@ -694,7 +695,8 @@ func TestAdminHandler(t *testing.T) {
 
 func TestOpenAPI(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	// Behind the real limiter, so that the HEADs below show their RateLimit headers.
+	e, limited := newLimitedEnv(t, ratelimit.Config{Login: 100, Trading: 100, Data: 100, GlobalPerMinute: 1000, GlobalPerDay: 10000})
 	r := e.do("GET", "/openapi.json", "", nil).want(200)
 	if ct := r.header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type %q", ct)
@@ -731,6 +733,13 @@ func TestOpenAPI(t *testing.T) {
 		if doc.Paths[path][strings.ToLower(method)] == nil {
 			t.Errorf("route %s is not in openapi.json", rt.Pattern)
 		}
+		// ServeMux answers HEAD on a GET route (net/http drops the body).
+		if method == http.MethodGet {
+			served["head "+path] = true
+			if doc.Paths[path]["head"] == nil {
+				t.Errorf("HEAD %s is served but not in openapi.json", path)
+			}
+		}
 	}
 	if len(served) < 14 {
 		t.Errorf("only %d routes served", len(served))
@@ -748,6 +757,32 @@ func TestOpenAPI(t *testing.T) {
 			}
 		}
 	}
+	// Every HEAD the mux answers is sent, so that conform checks it against the document: GET's
+	// status and headers (RateLimit ones too: it counts in the data limit), without a body.
+	e.addUser("trader1", trading.RoleTrader)
+	tok := e.token("trader1")
+	o := e.submit(tok, "BTC/USD", "buy", "1", "2")
+	for _, rt := range srv.Routes() {
+		method, path, _ := strings.Cut(rt.Pattern, " ")
+		if method != http.MethodGet {
+			continue
+		}
+		target := strings.ReplaceAll(path, "{id}", o.ID)
+		head := e.do("HEAD", target, tok, nil).want(200)
+		if rt.Class != rthttp.ClassNone {
+			limited(head)
+		}
+		get := e.do("GET", target, tok, nil).want(200)
+		if len(head.body) != 0 || head.header.Get("Content-Type") != get.header.Get("Content-Type") {
+			t.Errorf("HEAD %s: Content-Type %q and %d bytes of body; GET's Content-Type %q", target,
+				head.header.Get("Content-Type"), len(head.body), get.header.Get("Content-Type"))
+		}
+	}
+	// Refusals of a HEAD are described too: no token, an order that is not there, a bad query.
+	limited(e.do("HEAD", "/api/summary", "", nil)).want(401)
+	limited(e.do("HEAD", "/api/orders/"+uuid.NewString(), tok, nil)).want(404)
+	limited(e.do("HEAD", "/api/orders?limit=0", tok, nil)).want(422)
+
 	// Every $ref points at something that exists.
 	var whole map[string]any
 	r.decode(&whole)

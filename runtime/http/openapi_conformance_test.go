@@ -133,6 +133,11 @@ func (c *apiContract) check(x exchange) []string {
 		v = c.lenient
 	}
 	resp := &http.Response{StatusCode: x.status, Header: x.header.Clone(), Body: io.NopCloser(bytes.NewReader(x.body)), Request: req}
+	// The validator checks a HEAD against the GET operation when the path has no head one:
+	// a HEAD the document does not describe is undocumented here, as any other method.
+	if item, _, _ := paths.FindPath(req, c.model, nil); x.method == http.MethodHead && (item == nil || item.Head == nil) {
+		return c.checkUndocumented(x)
+	}
 	_, errs := v.ValidateHttpResponse(req, resp)
 	if len(errs) > 0 && (errs[0].IsPathMissingError() || errs[0].IsOperationMissingError()) {
 		return c.checkUndocumented(x)
@@ -145,6 +150,9 @@ func (c *apiContract) check(x exchange) []string {
 		problems = append(problems, c.checkHeaders(x, r)...)
 		if orderedmap.Len(r.Content) == 0 && len(x.body) > 0 {
 			problems = append(problems, "the response declares no body")
+		}
+		if x.method == http.MethodHead && orderedmap.Len(r.Content) > 0 {
+			problems = append(problems, "the response to a HEAD declares a body")
 		}
 	}
 	// A request the server carried out is one the document must let a client send; a
