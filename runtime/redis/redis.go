@@ -210,17 +210,6 @@ func OpenWith(url string, o Options) (*Client, error) {
 	return c, nil
 }
 
-// LogLibraryTo sends go-redis's own diagnostics (a dial that failed, a connection it
-// dropped) to l, as warnings, instead of the standard library logger's plain lines on
-// stderr, which broke LOG_FORMAT=json. go-redis has one logger per process.
-func LogLibraryTo(l *slog.Logger) { goredis.SetLogger(libraryLogger{l}) }
-
-type libraryLogger struct{ l *slog.Logger }
-
-func (g libraryLogger) Printf(ctx context.Context, format string, v ...any) {
-	g.l.WarnContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "component", "go-redis")
-}
-
 // SetLogger replaces the logger (for health transitions).
 func (c *Client) SetLogger(l *slog.Logger) {
 	c.logMu.Lock()
@@ -648,6 +637,7 @@ func (c *Client) setHealthy(ok bool, err error) {
 	}
 	if ok {
 		c.logger().Info("redis is answering again; shared cache and rate limits resume")
+		libraryRecovered() // the next outage's first complaints show
 	} else {
 		c.logger().Warn("redis cannot be used; reads go to the database and rate limits are per process until it can", "problem", c.Problem())
 	}
