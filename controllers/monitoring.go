@@ -35,14 +35,16 @@ var (
 // moment after the CRD object exists.
 const crdSettle = 2 * time.Second
 
-// informerSyncTimeout bounds the wait for a monitoring kind's informer to sync.
+// informerSyncTimeout bounds the wait for a monitoring kind's informer to sync, and each
+// kind's part of the monitoring step.
 const informerSyncTimeout = 30 * time.Second
 
 // monitoringAPIs answers "is the ServiceMonitor (PrometheusRule) CRD
 // installed?" from a cache that lives until a monitoring.coreos.com CRD is
 // created, changed or deleted, so a pass never runs discovery. Once a kind is
 // there it also starts, once, a watch on it, so a ServiceMonitor deleted by
-// hand is put back like any other child.
+// hand is put back like any other child; when its CRD goes, the watch is stopped
+// (unwatch), and started afresh when the CRD is back.
 type monitoringAPIs struct {
 	mapper     meta.RESTMapper
 	cache      cache.Cache
@@ -51,6 +53,9 @@ type monitoringAPIs struct {
 	mu        sync.Mutex
 	installed map[schema.GroupKind]lookup
 	watching  map[schema.GroupKind]bool
+	// read: the kinds a pass has read since their informer was last removed, so that
+	// an informer of theirs may exist (unwatch).
+	read      map[schema.GroupKind]bool
 	changedAt time.Time
 }
 
@@ -60,6 +65,7 @@ func newMonitoringAPIs(mapper meta.RESTMapper, c cache.Cache) *monitoringAPIs {
 		cache:     c,
 		installed: map[schema.GroupKind]lookup{},
 		watching:  map[schema.GroupKind]bool{},
+		read:      map[schema.GroupKind]bool{},
 	}
 }
 
@@ -69,21 +75,13 @@ func newMonitoringAPIs(mapper meta.RESTMapper, c cache.Cache) *monitoringAPIs {
 // serving a new CRD's resource a moment after the CRD object appears, so the
 // first lookup after the event may still miss it.
 func (m *monitoringAPIs) isInstalled(ctx context.Context, gk schema.GroupKind) (bool, error) {
-	// First the CRD object itself, from the informer cache of CRD metadata:
-	// the RESTMapper never forgets a kind, so after the CRD was deleted only
-	// this tells that it is gone.
-	crd := &metav1.PartialObjectMetadata{}
-	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
-	if err := m.cache.Get(ctx, client.ObjectKey{Name: crdName(gk)}, crd); err != nil {
-		if apierrors.IsNotFound(err) {
-			return false, nil
+	if exists, err := m.crdExists(ctx, gk); err != nil || !exists {
+		if err == nil {
+			// Also an informer a pass made after the CRD's event (it read the kind just
+			// before the CRD went) is stopped here.
+			m.unwatch(ctx, gk)
 		}
 		return false, err
-	}
-	if crd.DeletionTimestamp != nil {
-		// Being deleted: its objects are being removed and none may be created, so it is as
-		// good as gone (every stack's apply failed while it terminated).
-		return false, nil
 	}
 
 	m.mu.Lock()
@@ -106,6 +104,23 @@ func (m *monitoringAPIs) isInstalled(ctx context.Context, gk schema.GroupKind) (
 	return m.installed[gk].present, nil
 }
 
+// crdExists tells whether the kind's CRD exists and is not being deleted, from the informer
+// cache of CRD metadata: the RESTMapper never forgets a kind, so after the CRD was deleted
+// only this tells that it is gone.
+func (m *monitoringAPIs) crdExists(ctx context.Context, gk schema.GroupKind) (bool, error) {
+	crd := &metav1.PartialObjectMetadata{}
+	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	if err := m.cache.Get(ctx, client.ObjectKey{Name: crdName(gk)}, crd); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	// Being deleted: its objects are being removed and none may be created, so it is as
+	// good as gone (every stack's apply failed while it terminated).
+	return crd.DeletionTimestamp == nil, nil
+}
+
 // forget drops the cached answers after a CRD event; the next pass asks the
 // RESTMapper, which then re-reads that API group.
 func (m *monitoringAPIs) forget() {
@@ -124,6 +139,7 @@ func (m *monitoringAPIs) recentlyChanged() bool {
 // watch starts watching the kind's objects owned by stacks, once.
 func (m *monitoringAPIs) watch(gk schema.GroupKind, obj client.Object, scheme *runtime.Scheme) error {
 	m.mu.Lock()
+	m.read[gk] = true
 	started := m.watching[gk] || m.controller == nil
 	m.mu.Unlock()
 	if started {
@@ -136,6 +152,9 @@ func (m *monitoringAPIs) watch(gk schema.GroupKind, obj client.Object, scheme *r
 	ctx, cancel := context.WithTimeout(context.Background(), informerSyncTimeout)
 	defer cancel()
 	if _, err := m.cache.GetInformer(ctx, obj); err != nil {
+		// Not left behind: an informer that cannot sync (the CRD went away meanwhile) would
+		// log its failed lists for as long as the operator runs. The next pass makes a new one.
+		m.unwatch(ctx, gk)
 		return fmt.Errorf("watching %s: %w", gk, err)
 	}
 	m.mu.Lock()
@@ -150,6 +169,61 @@ func (m *monitoringAPIs) watch(gk schema.GroupKind, obj client.Object, scheme *r
 	}
 	m.watching[gk] = true
 	return nil
+}
+
+// unwatch stops and drops the informer of a kind whose CRD is gone: left running, its
+// reflector failed to list the kind and logged "Failed to watch" every few seconds (backing
+// off to 30 s) for as long as the CRD stayed away. The kind is then no longer watched, and the
+// next pass that finds the CRD installed again starts a fresh informer and watch (watch). The
+// controller keeps the old source, whose handler sat on the stopped informer and gets no
+// event again.
+//
+// Not only a watched kind: a pass that found the kind installed just before its CRD went
+// may have made an informer since, by reading the kind (that read fails after
+// informerSyncTimeout, and the stack is retried). Such a pass marks the kind read when it is
+// done with it (reconcileMonitoring), after this ran, and the stack's next pass, which the
+// CRD's event asked for, removes it. A kind never read is left alone: with WATCH_NAMESPACE,
+// removing an informer asks the RESTMapper whether the kind is namespaced, which for a CRD
+// never installed is a discovery request, on every pass.
+func (m *monitoringAPIs) unwatch(ctx context.Context, gk schema.GroupKind) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.read[gk] && !m.watching[gk] {
+		return
+	}
+	if err := m.cache.RemoveInformer(ctx, emptyMonitoringObject(gk)); err != nil && !meta.IsNoMatchError(err) {
+		// A kind the RESTMapper does not know has no informer either. Anything else is
+		// logged, and the kind's next absent pass tries again.
+		ctrl.LoggerFrom(ctx).Error(err, "stop watching a monitoring kind whose CRD is gone", "kind", gk.Kind)
+		return
+	}
+	m.watching[gk] = false
+	m.read[gk] = false
+}
+
+// readDone marks the kind read by a pass that is done with it (see unwatch).
+func (m *monitoringAPIs) readDone(gk schema.GroupKind) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.read[gk] = true
+}
+
+// crdGone stops watching the kinds whose CRD is gone, at the CRD's own event: with no stack
+// left to run a pass, nothing else would.
+func (m *monitoringAPIs) crdGone(ctx context.Context) {
+	for _, gk := range []schema.GroupKind{serviceMonitorGK, prometheusRuleGK} {
+		if exists, err := m.crdExists(ctx, gk); err == nil && !exists {
+			m.unwatch(ctx, gk)
+		}
+	}
+}
+
+// emptyMonitoringObject is an empty object of a monitoring kind, to name its informer.
+func emptyMonitoringObject(gk schema.GroupKind) client.Object {
+	if gk == prometheusRuleGK {
+		return &monitoringv1.PrometheusRule{}
+	}
+	return &monitoringv1.ServiceMonitor{}
 }
 
 // lookup is one RESTMapper answer.
@@ -176,6 +250,7 @@ func isMonitoringCRD(obj client.Object) bool {
 // brings the ServiceMonitors without a restart.
 func (r *TradingStackReconciler) monitoringCRDChanged(ctx context.Context, _ client.Object) []ctrl.Request {
 	r.monitoring.forget()
+	r.monitoring.crdGone(ctx)
 	stacks := &tradingv1alpha1.TradingStackList{}
 	if err := r.List(ctx, stacks); err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "list TradingStacks after a monitoring CRD change")
@@ -215,6 +290,12 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 	var missing, made []string
 	var errs []error
 	for _, k := range kinds {
+		// Bounded: a pass that found the kind installed just before its CRD went (and its
+		// informer was removed) makes a new informer at its next read of the kind, which
+		// cannot sync and would hold the pass, a worker with it, for good. It fails instead,
+		// and the stack's retry finds the CRD gone.
+		ctx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
+		defer cancel()
 		installed, err := r.monitoring.isInstalled(ctx, k.gk)
 		if err != nil {
 			return false, err
@@ -225,6 +306,7 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			}
 			continue
 		}
+		defer r.monitoring.readDone(k.gk)
 		if err := r.monitoring.watch(k.gk, k.empty(), r.Scheme); err != nil {
 			return false, err
 		}
@@ -246,10 +328,10 @@ func (r *TradingStackReconciler) reconcileMonitoring(ctx context.Context, p *pas
 			continue
 		}
 		made = append(made, k.gk.Kind+" "+k.name)
-		// The kind's informer lists again with backoff after its CRD went away and came back
-		// (seconds to tens of seconds): until its cache shows what was applied, a deletion of
-		// it would reach no pass, and the stack would say MonitoringConfigured without it.
-		// Look again soon. (Right after a creation, the next look finds it cached.)
+		// The kind's informer may be behind the apply (one that lost its watch lists again
+		// with backoff, seconds to tens of seconds): until its cache shows what was applied, a
+		// deletion of it would reach no pass, and the stack would say MonitoringConfigured
+		// without it. Look again soon. (Right after a creation, the next look finds it cached.)
 		if found, err := r.getCached(ctx, client.ObjectKey{Namespace: p.stack.Namespace, Name: k.name}, k.empty()); err != nil {
 			return false, err
 		} else if !found {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -55,7 +56,51 @@ var (
 	currentReconciler *TradingStackReconciler
 	// operatorWrites records every write request the operator sends.
 	operatorWrites writeLog
+	// operatorLog holds every line the operator's logger writes (errors only, unless
+	// TEST_OPERATOR_LOGS is set), client-go's reflectors included: they log through the
+	// logger controller-runtime puts in their context.
+	operatorLog logLines
 )
+
+// logLines is an io.Writer that keeps the lines written to it, for a test to read what the
+// operator logged.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		l.lines = append(l.lines, line)
+	}
+	return len(b), nil
+}
+
+// mark is a position in the log, for since.
+func (l *logLines) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.lines)
+}
+
+// since returns the lines logged after mark that contain every one of words.
+func (l *logLines) since(mark int, words ...string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+lines:
+	for _, line := range l.lines[mark:] {
+		for _, w := range words {
+			if !strings.Contains(line, w) {
+				continue lines
+			}
+		}
+		out = append(out, line)
+	}
+	return out
+}
 
 // writeLog records write requests ("PATCH /apis/..."), so that a test can check what a
 // pass sent, requests that changed nothing included.
@@ -126,7 +171,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "KUBEBUILDER_ASSETS is not set: run `make test`, or KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh) go test ./controllers/...")
 		return 1
 	}
-	logf.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})))
+	logf.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(io.MultiWriter(os.Stderr, &operatorLog), &slog.HandlerOptions{Level: logLevel()})))
 
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},

@@ -48,6 +48,7 @@ func TestOperator(t *testing.T) {
 		run  func(*testing.T)
 	}{
 		{"MonitoringCRDAbsentThenInstalled", testMonitoringCRDInstalledLater},
+		{"MonitoringCRDDeletedNotWatched", testMonitoringCRDDeletedNotWatched},
 		{"EveryChildCreated", testEveryChildCreated},
 		{"EventsSaid", testEventsSaid},
 		{"ChildrenRestored", testChildrenRestored},
@@ -229,9 +230,8 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 	deleteAndWaitRecreated("ServiceMonitor recreated", sm)
 
 	// The CRDs uninstalled: the stack says so and stays Ready; installed again, the objects
-	// and their watch come back. (The kind's informer keeps running meanwhile and logs its
-	// failed lists with backoff: removing it would let a pass that read the kind just
-	// before block on a new informer that cannot sync, for good.)
+	// and their watch come back (MonitoringCRDDeletedNotWatched: the kinds are not watched
+	// meanwhile).
 	//
 	// While a CRD is being deleted (held here by a finalizer of the test's) it counts as
 	// absent: its objects are removed and new ones refused, which made every stack's apply
@@ -289,6 +289,56 @@ func testMonitoringCRDInstalledLater(t *testing.T) {
 	if res.RequeueAfter == 0 || res.RequeueAfter > crdSettle {
 		t.Errorf("a pass whose cache does not show the ServiceMonitor it applied asks for %+v; want to look again within %v", res, crdSettle)
 	}
+}
+
+// testMonitoringCRDDeletedNotWatched: the monitoring CRDs deleted under a Ready stack, the
+// operator stops watching their kinds. Their informers kept running, and their reflectors
+// logged `"Failed to watch" ... could not find the requested resource` every few seconds
+// (backing off to 30 s) for as long as the CRDs stayed away. Installed again, the kinds are
+// watched afresh: the objects come back, and one deleted by hand is put back. The same with
+// WATCH_NAMESPACE, whose cache keeps an informer per namespace.
+func testMonitoringCRDDeletedNotWatched(t *testing.T) {
+	crdDeletedNotWatched(t, newNamespace(t))
+	ns := newNamespace(t)
+	stopManagerForTest(t)
+	if err := startManager(ns); err != nil {
+		t.Fatalf("start a manager for %s: %v", ns, err)
+	}
+	crdDeletedNotWatched(t, ns)
+}
+
+func crdDeletedNotWatched(t *testing.T, ns string) {
+	t.Helper()
+	installMonitoringCRDs(t)
+	createStack(t, newStack(ns, "gone"))
+	makeReady(t, ns, "gone")
+	waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "gone-api")
+	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "gone-alerts")
+	waitCondition(t, ns, "gone", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
+
+	uninstallMonitoringCRDs(t)
+	waitCondition(t, ns, "gone", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
+	waitCondition(t, ns, "gone", tradingv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	// The reflector of a kind left watched retries its list at about 1, 2, 4 and 8 s: ten
+	// seconds see some of its errors.
+	mark := operatorLog.mark()
+	time.Sleep(10 * time.Second)
+	var failed []string
+	for _, line := range operatorLog.since(mark, "Failed to watch") {
+		if l := strings.ToLower(line); strings.Contains(l, "servicemonitor") || strings.Contains(l, "prometheusrule") {
+			failed = append(failed, line)
+		}
+	}
+	if len(failed) > 0 {
+		t.Errorf("with the monitoring CRDs gone, the operator still watches their kinds and logs %d errors in 10 s, e.g.\n%s", len(failed), failed[0])
+	}
+
+	installMonitoringCRDs(t)
+	sm := waitFor(t, &monitoringv1.ServiceMonitor{}, ns, "gone-api")
+	waitFor(t, &monitoringv1.PrometheusRule{}, ns, "gone-alerts")
+	waitCondition(t, ns, "gone", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
+	deleteAndWaitPutBack(t, sm, "ServiceMonitor put back once its CRD is installed again")
+	deleteAndWaitPutBack(t, waitFor(t, &monitoringv1.PrometheusRule{}, ns, "gone-alerts"), "PrometheusRule put back once its CRD is installed again")
 }
 
 // contractChildren lists every child of a default stack NAME by kind and name.
