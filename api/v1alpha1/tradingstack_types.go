@@ -52,8 +52,12 @@ type TradingStackSpec struct {
 	// +optional
 	RetainDataOnDelete *bool `json:"retainDataOnDelete,omitempty"`
 
-	// Paused stops the operator from changing the stack's children; status is still reported.
-	// Defaults to false.
+	// Paused stops the operator from changing the stack's children, and from checking them:
+	// while paused, only the Progressing condition is re-evaluated (False, reason Paused),
+	// and status.observedGeneration still follows the spec. Ready, the phase and the other
+	// conditions keep what the last unpaused pass found (a child deleted while paused leaves
+	// Ready True); a stack paused before its first pass shows them Unknown. Setting it back
+	// to false runs a full pass. Defaults to false.
 	// +kubebuilder:default=false
 	// +optional
 	Paused bool `json:"paused,omitempty"`
