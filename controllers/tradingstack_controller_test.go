@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -34,6 +35,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -49,6 +51,7 @@ func TestOperator(t *testing.T) {
 	}{
 		{"MonitoringCRDAbsentThenInstalled", testMonitoringCRDInstalledLater},
 		{"MonitoringCRDDeletedNotWatched", testMonitoringCRDDeletedNotWatched},
+		{"MonitoringReadAfterCRDGoneBounded", testMonitoringReadAfterCRDGoneBounded},
 		{"EveryChildCreated", testEveryChildCreated},
 		{"EventsSaid", testEventsSaid},
 		{"ChildrenRestored", testChildrenRestored},
@@ -339,6 +342,78 @@ func crdDeletedNotWatched(t *testing.T, ns string) {
 	waitCondition(t, ns, "gone", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
 	deleteAndWaitPutBack(t, sm, "ServiceMonitor put back once its CRD is installed again")
 	deleteAndWaitPutBack(t, waitFor(t, &monitoringv1.PrometheusRule{}, ns, "gone-alerts"), "PrometheusRule put back once its CRD is installed again")
+}
+
+// testMonitoringReadAfterCRDGoneBounded: a pass that found the ServiceMonitor CRD installed
+// just before it went (here: a view of the CRDs that has not seen the deletion, and the CRD's
+// event handled while the pass runs) reads the kind after its informer was removed, which
+// makes a new informer that cannot sync. The read fails
+// after informerSyncTimeout instead of holding the pass (and a worker) for good, and the
+// stack's next pass removes that informer, so it does not log failed lists from then on.
+func testMonitoringReadAfterCRDGoneBounded(t *testing.T) {
+	installMonitoringCRDs(t)
+	ns := newNamespace(t)
+	createStack(t, newStack(ns, "late"))
+	makeReady(t, ns, "late")
+	waitCondition(t, ns, "late", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionTrue, tradingv1alpha1.ReasonMonitoringConfigured)
+	uninstallMonitoringCRDs(t)
+	t.Cleanup(func() { installMonitoringCRDs(t) })
+	waitCondition(t, ns, "late", tradingv1alpha1.ConditionMonitoringReady, metav1.ConditionFalse, tradingv1alpha1.ReasonCRDNotInstalled)
+
+	r, _ := staleReconciler()
+	cache, c := r.monitoring.cache, r.Client
+	r.monitoring.cache = serviceMonitorCRDStillThere{cache}
+	r.Client = crdEventBeforeRead{Client: c, m: r.monitoring, once: &sync.Once{}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, "late")})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("a pass that read the ServiceMonitors after their CRD went succeeded")
+		}
+	case <-time.After(3 * informerSyncTimeout):
+		t.Fatalf("a pass that read the ServiceMonitors after their CRD went still runs after %v", 3*informerSyncTimeout)
+	}
+
+	// The stack's next pass, which sees the CRD gone.
+	r.monitoring.cache, r.Client = cache, c
+	if _, err := r.Reconcile(bg, ctrl.Request{NamespacedName: key(ns, "late")}); err != nil {
+		t.Fatal(err)
+	}
+	mark := operatorLog.mark()
+	time.Sleep(10 * time.Second)
+	if failed := operatorLog.since(mark, "Failed to watch", "ServiceMonitor"); len(failed) > 0 {
+		t.Errorf("the informer made by a read after the CRD went still runs: %d errors in 10 s, e.g.\n%s", len(failed), failed[0])
+	}
+}
+
+// serviceMonitorCRDStillThere is a cache that has not seen the ServiceMonitor CRD deleted.
+type serviceMonitorCRDStillThere struct{ cache.Cache }
+
+func (c serviceMonitorCRDStillThere) Get(ctx context.Context, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*metav1.PartialObjectMetadata); ok && k.Name == crdName(serviceMonitorGK) {
+		obj.SetName(k.Name)
+		return nil
+	}
+	return c.Cache.Get(ctx, k, obj, opts...)
+}
+
+// crdEventBeforeRead handles the ServiceMonitor CRD's deletion (unwatch) just before the
+// pass's first read of a ServiceMonitor.
+type crdEventBeforeRead struct {
+	client.Client
+	m    *monitoringAPIs
+	once *sync.Once
+}
+
+func (c crdEventBeforeRead) Get(ctx context.Context, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*monitoringv1.ServiceMonitor); ok {
+		c.once.Do(func() { c.m.unwatch(ctx, serviceMonitorGK) })
+	}
+	return c.Client.Get(ctx, k, obj, opts...)
 }
 
 // contractChildren lists every child of a default stack NAME by kind and name.
