@@ -217,6 +217,28 @@ func newLossyEnv(t *testing.T) *lossyEnv {
 	return &lossyEnv{env: e, proxy: proxy, lossy: lossy, cached: cached}
 }
 
+// wantPending checks the pending_orders of trader1's summary read through the cache.
+func (e *lossyEnv) wantPending(t *testing.T, when string, want int) {
+	t.Helper()
+	s, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
+	if err != nil || s.PendingOrders != want {
+		t.Fatalf("summary %s: %+v, %v, want pending_orders %d", when, s, err, want)
+	}
+}
+
+// wantPositions checks trader1's positions read through the cache: as many as quantities,
+// with those quantities.
+func (e *lossyEnv) wantPositions(t *testing.T, when string, quantities ...string) {
+	t.Helper()
+	got, err := e.cached.Positions(as(e.trader1), e.trader1.ID)
+	if err != nil || len(got) != len(quantities) {
+		t.Fatalf("positions %s: %v, %v, want %d", when, got, err, len(quantities))
+	}
+	for i, q := range quantities {
+		eq(t, "position "+when, got[i].Quantity.Decimal, q)
+	}
+}
+
 // An approval whose COMMIT went through but whose answer was lost answers 503 (the outcome
 // is unknown to it), and the trade is there: the order reads approved, a retried approval
 // gets 409. The cache must not go on showing the position from before the trade. It did,
@@ -228,14 +250,10 @@ func TestApprovalWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 	e := newLossyEnv(t)
 	e.trade(t, e.trader1, trading.Buy, "BTC/USD", "1", "100")
 	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
-	before, err := e.cached.Positions(as(e.trader1), e.trader1.ID)
-	if err != nil || len(before) != 1 {
-		t.Fatalf("positions before the approval: %v, %v", before, err)
-	}
-	eq(t, "position before the approval", before[0].Quantity.Decimal, "1")
+	e.wantPositions(t, "before the approval", "1")
 
 	e.proxy.arm("COMMIT")
-	_, _, err = e.lossy.ApproveOrder(as(e.risk1), o.ID)
+	_, _, err := e.lossy.ApproveOrder(as(e.risk1), o.ID)
 	if trading.ErrorCode(err) != trading.EUNAVAILABLE {
 		t.Fatalf("the approval whose answer was lost: %v, want unavailable", err)
 	}
@@ -245,11 +263,7 @@ func TestApprovalWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 	if _, _, err := e.orders.ApproveOrder(as(e.risk1), o.ID); trading.ErrorCode(err) != trading.ECONFLICT {
 		t.Fatalf("the retried approval: %v, want conflict (already approved)", err)
 	}
-	after, err := e.cached.Positions(as(e.trader1), e.trader1.ID)
-	if err != nil || len(after) != 1 {
-		t.Fatalf("positions after the approval: %v, %v", after, err)
-	}
-	eq(t, "position after the approval whose answer was lost", after[0].Quantity.Decimal, "3")
+	e.wantPositions(t, "after the approval whose answer was lost", "3")
 }
 
 // Likewise a rejection: the summary's pending_orders went on counting the rejected order
@@ -258,10 +272,7 @@ func TestRejectionWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 	t.Parallel()
 	e := newLossyEnv(t)
 	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
-	before, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
-	if err != nil || before.PendingOrders != 1 {
-		t.Fatalf("summary before the rejection: %+v, %v", before, err)
-	}
+	e.wantPending(t, "before the rejection", 1)
 
 	e.proxy.arm("COMMIT")
 	if _, err := e.lossy.RejectOrder(as(e.risk1), o.ID, "too big"); trading.ErrorCode(err) != trading.EUNAVAILABLE {
@@ -270,10 +281,7 @@ func TestRejectionWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 	if n := e.count(t, `SELECT count(*) FROM orders WHERE id = $1 AND status = 'rejected'`, o.ID); n != 1 {
 		t.Fatalf("the order is not rejected (the COMMIT went through)")
 	}
-	after, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
-	if err != nil || after.PendingOrders != 0 {
-		t.Fatalf("summary after the rejection whose answer was lost: pending_orders %d (%v), want 0", after.PendingOrders, err)
-	}
+	e.wantPending(t, "after the rejection whose answer was lost", 0)
 }
 
 // Likewise a submission (one INSERT, its own transaction): the summary's pending_orders did
@@ -282,23 +290,17 @@ func TestRejectionWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 func TestSubmissionWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 	t.Parallel()
 	e := newLossyEnv(t)
-	before, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
-	if err != nil || before.PendingOrders != 0 {
-		t.Fatalf("summary before the submission: %+v, %v", before, err)
-	}
+	e.wantPending(t, "before the submission", 0)
 
 	e.proxy.arm("INSERT 0 1")
-	_, _, err = e.lossy.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "2", "100", "lost-answer"))
+	_, _, err := e.lossy.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "2", "100", "lost-answer"))
 	if trading.ErrorCode(err) != trading.EUNAVAILABLE {
 		t.Fatalf("the submission whose answer was lost: %v, want unavailable", err)
 	}
 	if n := e.count(t, `SELECT count(*) FROM orders WHERE client_order_id = 'lost-answer'`); n != 1 {
 		t.Fatalf("%d orders, want 1 (the INSERT went through)", n)
 	}
-	after, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
-	if err != nil || after.PendingOrders != 1 {
-		t.Fatalf("summary after the submission whose answer was lost: pending_orders %d (%v), want 1", after.PendingOrders, err)
-	}
+	e.wantPending(t, "after the submission whose answer was lost", 1)
 }
 
 // A replica killed between an approval's COMMIT and its invalidation leaves every cache
@@ -311,20 +313,14 @@ func TestApprovalConflictAfterLostInvalidationInvalidates(t *testing.T) {
 	t.Parallel()
 	e := newLossyEnv(t)
 	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
-	if before, err := e.cached.Positions(as(e.trader1), e.trader1.ID); err != nil || len(before) != 0 {
-		t.Fatalf("positions before the approval: %v, %v", before, err)
-	}
+	e.wantPositions(t, "before the approval")
 	if _, _, err := e.orders.ApproveOrder(as(e.risk1), o.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := e.lossy.ApproveOrder(as(e.risk1), o.ID); trading.ErrorCode(err) != trading.ECONFLICT {
 		t.Fatalf("the retried approval: %v, want conflict (already approved)", err)
 	}
-	after, err := e.cached.Positions(as(e.trader1), e.trader1.ID)
-	if err != nil || len(after) != 1 {
-		t.Fatalf("positions after the retried approval's 409: %v, %v, want the trade's", after, err)
-	}
-	eq(t, "position after the retried approval's 409", after[0].Quantity.Decimal, "2")
+	e.wantPositions(t, "after the retried approval's 409", "2")
 }
 
 // Likewise a rejection (the summary's pending_orders) and a submission retried with its
@@ -333,26 +329,14 @@ func TestDecisionAndReplayAfterLostInvalidationInvalidate(t *testing.T) {
 	t.Parallel()
 	e := newLossyEnv(t)
 	o := e.create(t, e.trader1, newOrder("BTC/USD", trading.Buy, "2", "100", ""))
-	pending := func() int {
-		t.Helper()
-		s, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s.PendingOrders
-	}
-	if n := pending(); n != 1 {
-		t.Fatalf("pending_orders before the rejection = %d, want 1", n)
-	}
+	e.wantPending(t, "before the rejection", 1)
 	if _, err := e.orders.RejectOrder(as(e.risk1), o.ID, "no"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.lossy.RejectOrder(as(e.risk1), o.ID, "no"); trading.ErrorCode(err) != trading.ECONFLICT {
 		t.Fatalf("the retried rejection: %v, want conflict", err)
 	}
-	if n := pending(); n != 0 {
-		t.Fatalf("pending_orders after the retried rejection's 409 = %d, want 0", n)
-	}
+	e.wantPending(t, "after the retried rejection's 409", 0)
 
 	n := newOrder("BTC/USD", trading.Buy, "1", "100", "retried")
 	if _, _, err := e.orders.CreateOrder(as(e.trader1), n); err != nil {
@@ -361,9 +345,7 @@ func TestDecisionAndReplayAfterLostInvalidationInvalidate(t *testing.T) {
 	if _, created, err := e.lossy.CreateOrder(as(e.trader1), n); err != nil || created {
 		t.Fatalf("the retried submission: created %v, %v, want the first order", created, err)
 	}
-	if n := pending(); n != 1 {
-		t.Fatalf("pending_orders after the retried submission = %d, want 1", n)
-	}
+	e.wantPending(t, "after the retried submission", 1)
 }
 
 // Likewise a submission whose retry arrives while the first is still committing: the retry's
@@ -375,9 +357,7 @@ func TestDecisionAndReplayAfterLostInvalidationInvalidate(t *testing.T) {
 func TestConcurrentReplayAfterLostInvalidationInvalidates(t *testing.T) {
 	t.Parallel()
 	e := newLossyEnv(t)
-	if s, err := e.cached.Summary(as(e.trader1), e.trader1.ID); err != nil || s.PendingOrders != 0 {
-		t.Fatalf("summary before the submission: %+v, %v", s, err)
-	}
+	e.wantPending(t, "before the submission", 0)
 	ctx := context.Background()
 	first, err := e.db.Pool().Begin(ctx)
 	if err != nil {
@@ -407,8 +387,5 @@ func TestConcurrentReplayAfterLostInvalidationInvalidates(t *testing.T) {
 	if a := <-retried; a.err != nil || a.created {
 		t.Fatalf("the retried submission: created %v, %v, want the first order", a.created, a.err)
 	}
-	s, err := e.cached.Summary(as(e.trader1), e.trader1.ID)
-	if err != nil || s.PendingOrders != 1 {
-		t.Fatalf("summary after the retried submission's 200: pending_orders %d (%v), want 1", s.PendingOrders, err)
-	}
+	e.wantPending(t, "after the retried submission's 200", 1)
 }
