@@ -191,10 +191,18 @@ func newCommitLossProxy(t *testing.T, addr string) *commitLossProxy {
 // that decisions sent through a commitLossProxy (lossy) invalidate.
 type lossyEnv struct {
 	*env
-	proxy  *commitLossProxy
-	lossy  *postgres.OrderService
-	cached *cache.Portfolio
+	proxy   *commitLossProxy
+	lossyDB *postgres.DB
+	lossy   *postgres.OrderService
+	cached  *cache.Portfolio
+	lookups *countingObserver
 }
+
+// countingObserver counts the cache's lookups that missed, which go to the database.
+type countingObserver struct{ misses atomic.Int64 }
+
+func (o *countingObserver) CacheHit(level, pattern string)  {}
+func (o *countingObserver) CacheMiss(level, pattern string) { o.misses.Add(1) }
 
 func newLossyEnv(t *testing.T) *lossyEnv {
 	t.Helper()
@@ -204,7 +212,8 @@ func newLossyEnv(t *testing.T) *lossyEnv {
 		portfolio: postgres.NewPortfolioService(direct)}
 	e.trader1 = e.addUser(t, "trader1", trading.RoleTrader)
 	e.risk1 = e.addUser(t, "risk1", trading.RoleRisk)
-	cached := cache.NewPortfolio(e.portfolio, cache.Options{Logger: slog.New(slog.DiscardHandler)})
+	lookups := &countingObserver{}
+	cached := cache.NewPortfolio(e.portfolio, cache.Options{Logger: slog.New(slog.DiscardHandler), Observer: lookups})
 	t.Cleanup(cached.Close)
 	u, err := url.Parse(dsn)
 	if err != nil {
@@ -212,9 +221,10 @@ func newLossyEnv(t *testing.T) *lossyEnv {
 	}
 	proxy := newCommitLossProxy(t, u.Host)
 	u.Host = proxy.ln.Addr().String()
-	lossy := postgres.NewOrderService(openDB(t, u.String()),
+	lossyDB := openDB(t, u.String())
+	lossy := postgres.NewOrderService(lossyDB,
 		postgres.OrderServiceConfig{Invalidator: cached, Logger: slog.New(slog.DiscardHandler)})
-	return &lossyEnv{env: e, proxy: proxy, lossy: lossy, cached: cached}
+	return &lossyEnv{env: e, proxy: proxy, lossyDB: lossyDB, lossy: lossy, cached: cached, lookups: lookups}
 }
 
 // wantPending checks the pending_orders of trader1's summary read through the cache.
@@ -301,6 +311,29 @@ func TestSubmissionWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 		t.Fatalf("%d orders, want 1 (the INSERT went through)", n)
 	}
 	e.wantPending(t, "after the submission whose answer was lost", 1)
+}
+
+// A submission that failed before its INSERT was sent (the database refusing connections:
+// nothing reached it) changed nothing, and the cached summary must go on answering. Every
+// such failure dropped it, on every replica, so during an outage the next GET /api/summary
+// went to the dead database and answered 503 where the cache could have answered.
+func TestSubmissionNeverSentKeepsCache(t *testing.T) {
+	t.Parallel()
+	e := newLossyEnv(t)
+	e.wantPending(t, "before the submission", 0)
+	misses := e.lookups.misses.Load()
+
+	// The database goes away: new connections are refused, the pool's open ones are closed.
+	e.proxy.ln.Close()
+	e.lossyDB.Pool().Reset()
+	_, _, err := e.lossy.CreateOrder(as(e.trader1), newOrder("BTC/USD", trading.Buy, "2", "100", ""))
+	if trading.ErrorCode(err) != trading.EUNAVAILABLE {
+		t.Fatalf("the submission to a database refusing connections: %v, want unavailable", err)
+	}
+	e.wantPending(t, "after the submission that was never sent", 0)
+	if n := e.lookups.misses.Load() - misses; n != 0 {
+		t.Fatalf("the summary after the submission that was never sent missed the cache %d time(s), want 0", n)
+	}
 }
 
 // A replica killed between an approval's COMMIT and its invalidation leaves every cache

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	trading "github.com/findmy/trading-operator/runtime"
+	"github.com/findmy/trading-operator/runtime/batch"
 )
 
 // SQLSTATE codes that the services react to.
@@ -162,6 +163,27 @@ func refusedByServer(err error) bool {
 		severity = pgErr.Severity
 	}
 	return severity == "ERROR"
+}
+
+// notSentError is an error that came before a statement was sent: the pool could not give a
+// connection (a dial refused or timed out, the wait for a free connection timed out, the pool
+// closed), or the batch ahead failed so that this call's statement was never sent. Nothing
+// can have changed. pgconn.SafeToRetry does not say so for these (measured with pgx v5.13: a
+// refused dial is a *pgconn.ConnectError, an acquire or dial that timed out a bare
+// context.DeadlineExceeded, all with SafeToRetry false), so the code that knows marks them.
+type notSentError struct{ err error }
+
+func (e *notSentError) Error() string { return e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
+
+// maybeDone reports whether a failed write may have been carried out all the same: its
+// statement reached the server, which did not refuse it, and the answer was lost. A
+// connection that the server closed before the statement was written looks the same to the
+// client (pgx reports "unexpected EOF" in both cases), so only what is known not sent, or
+// refused, is ruled out.
+func maybeDone(err error) bool {
+	var notSent *notSentError
+	return !errors.As(err, &notSent) && !errors.Is(err, batch.ErrAheadFailed) && !refusedByServer(err)
 }
 
 // unavailable reports whether err means the database could not answer in time.

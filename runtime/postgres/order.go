@@ -152,9 +152,12 @@ func (s *OrderService) CreateOrder(ctx context.Context, n trading.NewOrder) (*tr
 		return nil, false, trading.Errorf(trading.EUNAUTHORIZED, "the user no longer exists")
 	}
 	if err != nil {
-		if !refusedByServer(err) {
+		if maybeDone(err) {
 			// The INSERT may have committed with its answer lost: its retry finds the order
 			// (client_order_id), and the summary must count it then, not once it expires.
+			// Not when it was never sent (no connection, the batch ahead failed): during an
+			// outage each failed submission would drop the cached summary on every replica,
+			// and the next read go to the dead database (503) instead of the cache.
 			s.invalidate(ctx, p.UserID, trading.ViewSummary)
 		}
 		return nil, false, s.db.mapError(err)
@@ -258,8 +261,9 @@ func (s *OrderService) insertOrders(ctx context.Context, batch []orderInsert) ([
 			if !slices.ContainsFunc(out[:i], func(r insertedOrder) bool { return r.order != nil }) {
 				return nil, err
 			}
-			for j := i; j < len(batch); j++ {
-				out[j] = insertedOrder{err: err}
+			out[i] = insertedOrder{err: err}
+			for j := i + 1; j < len(batch); j++ {
+				out[j] = insertedOrder{err: &notSentError{err}} // their INSERTs were not sent
 			}
 			return out, nil
 		}
@@ -293,16 +297,31 @@ func (s *OrderService) insertOrderRows(ctx context.Context, batch []orderInsert)
 		symbols[i], sides[i] = b.order.Symbol, string(b.order.Side)
 		quantity[i], price[i] = numArg(b.order.Quantity), numArg(b.order.Price)
 	}
-	rows, err := s.db.pool.Query(ctx, `
-		INSERT INTO orders (id, client_order_id, symbol, side, quantity, price, requested_by)
-		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::uuid[])
-		ON CONFLICT (requested_by, client_order_id) DO NOTHING
-		RETURNING `+orderColumns,
-		ids, clientOrderIDs, symbols, sides, quantity, price, users)
-	if err != nil {
-		return nil, err
+	// The connection is acquired apart from the statement, so that a failure to get one is
+	// known not sent (notSentError): the caller then keeps the cache. pool.Query's retry of a
+	// stale statement is done here in the same way (nothing ran: it is refused before).
+	insert := func() ([]*trading.Order, error) {
+		conn, err := s.db.pool.Acquire(ctx)
+		if err != nil {
+			return nil, &notSentError{err}
+		}
+		defer conn.Release()
+		rows, err := conn.Query(ctx, `
+			INSERT INTO orders (id, client_order_id, symbol, side, quantity, price, requested_by)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::uuid[])
+			ON CONFLICT (requested_by, client_order_id) DO NOTHING
+			RETURNING `+orderColumns,
+			ids, clientOrderIDs, symbols, sides, quantity, price, users)
+		if err != nil {
+			return nil, err
+		}
+		return collectOrders(rows)
 	}
-	orders, err := collectOrders(rows)
+	orders, err := insert()
+	if staleStatement(err) {
+		s.db.pool.Reset()
+		orders, err = insert()
+	}
 	if err != nil {
 		return nil, err
 	}
