@@ -227,6 +227,15 @@ func newLossyEnv(t *testing.T) *lossyEnv {
 	return &lossyEnv{env: e, proxy: proxy, lossyDB: lossyDB, lossy: lossy, cached: cached, lookups: lookups}
 }
 
+// wantReapprovalConflict approves order id again through orders, as a client retrying an
+// approval whose answer it did not get, and wants the 409 of an order already approved.
+func wantReapprovalConflict(t *testing.T, orders *postgres.OrderService, risk *trading.User, id uuid.UUID) {
+	t.Helper()
+	if _, _, err := orders.ApproveOrder(as(risk), id); trading.ErrorCode(err) != trading.ECONFLICT {
+		t.Fatalf("the retried approval: %v, want conflict (already approved)", err)
+	}
+}
+
 // wantPending checks the pending_orders of trader1's summary read through the cache.
 func (e *lossyEnv) wantPending(t *testing.T, when string, want int) {
 	t.Helper()
@@ -270,9 +279,7 @@ func TestApprovalWhoseCommitAnswerIsLostInvalidates(t *testing.T) {
 	if n := e.count(t, `SELECT count(*) FROM trades WHERE order_id = $1`, o.ID); n != 1 {
 		t.Fatalf("%d trades for the order, want 1 (the COMMIT went through)", n)
 	}
-	if _, _, err := e.orders.ApproveOrder(as(e.risk1), o.ID); trading.ErrorCode(err) != trading.ECONFLICT {
-		t.Fatalf("the retried approval: %v, want conflict (already approved)", err)
-	}
+	wantReapprovalConflict(t, e.orders, e.risk1, o.ID)
 	e.wantPositions(t, "after the approval whose answer was lost", "3")
 }
 
@@ -350,9 +357,7 @@ func TestApprovalConflictAfterLostInvalidationInvalidates(t *testing.T) {
 	if _, _, err := e.orders.ApproveOrder(as(e.risk1), o.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := e.lossy.ApproveOrder(as(e.risk1), o.ID); trading.ErrorCode(err) != trading.ECONFLICT {
-		t.Fatalf("the retried approval: %v, want conflict (already approved)", err)
-	}
+	wantReapprovalConflict(t, e.lossy, e.risk1, o.ID)
 	e.wantPositions(t, "after the retried approval's 409", "2")
 }
 

@@ -397,13 +397,19 @@ func TestNoRedis(t *testing.T) {
 	}
 }
 
+// sharedAndLocal are the limiter's two modes: buckets in Redis at url (a prefix of the
+// test's own) and buckets in process.
+func sharedAndLocal(t *testing.T, url string) map[string]ratelimit.Options {
+	return map[string]ratelimit.Options{
+		"shared": {Redis: openPatientRedis(t, url, redistest.Prefix(t))},
+		"local":  {},
+	}
+}
+
 // A request refused by one bucket uses up nothing in the others, shared or local.
 func TestRefusedRequestCostsNothing(t *testing.T) {
 	cfg := ratelimit.Config{Trading: 2, GlobalPerMinute: 1}
-	for name, o := range map[string]ratelimit.Options{
-		"shared": {Redis: openPatientRedis(t, redistest.SharedURL(t), redistest.Prefix(t))},
-		"local":  {},
-	} {
+	for name, o := range sharedAndLocal(t, redistest.SharedURL(t)) {
 		t.Run(name, func(t *testing.T) {
 			l := ratelimit.New(cfg, o)
 			u := uuid.NewString()
@@ -429,10 +435,7 @@ func TestRefusedRequestCostsNothing(t *testing.T) {
 // fills last.
 func TestRetryAfterWaitsForEveryRefusingBucket(t *testing.T) {
 	cfg := ratelimit.Config{Data: 3, GlobalPerDay: 3}
-	for name, o := range map[string]ratelimit.Options{
-		"shared": {Redis: openPatientRedis(t, redistest.SharedURL(t), redistest.Prefix(t))},
-		"local":  {},
-	} {
+	for name, o := range sharedAndLocal(t, redistest.SharedURL(t)) {
 		t.Run(name, func(t *testing.T) {
 			l := ratelimit.New(cfg, o)
 			u := uuid.NewString()
@@ -642,10 +645,7 @@ func TestHeadersAfterTheSwitchBackCountTheOutage(t *testing.T) {
 func TestRemainingCountsDownByOne(t *testing.T) {
 	url := redistest.SharedURL(t)
 	for _, n := range []int{7, 60, 100, 110, 1000} {
-		for name, o := range map[string]ratelimit.Options{
-			"shared": {Redis: openPatientRedis(t, url, redistest.Prefix(t))},
-			"local":  {},
-		} {
+		for name, o := range sharedAndLocal(t, url) {
 			l := ratelimit.New(ratelimit.Config{Data: n}, o)
 			h := l.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 			user := uuid.New()
